@@ -94,6 +94,7 @@ class Agent:
             for component in self.components:
                 await component.start()
             self._report_agent()
+            await control.start()
             log.info(
                 "edge-agent %s started (device %s, boot %d, %d components)",
                 __version__,
