@@ -49,7 +49,18 @@ class AgentContext:
 
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
-    return []
+    from edge_agent.deployment.component import DeploymentComponent
+    from edge_agent.deployment.store import DeploymentStore
+    from edge_agent.runtime.podman import PodmanRuntime
+
+    deployment = DeploymentComponent(
+        ctx.config,
+        DeploymentStore(ctx.db),
+        ctx.reported,
+        PodmanRuntime(ctx.config.podman.socket),
+        control=ctx.control,
+    )
+    return [deployment]
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

@@ -64,12 +64,12 @@ def judge(
     if last_known_good_version == candidate.version:
         return Settled()
     by_hash: dict[tuple[str, str], ObservedContainer] = {}
-    for c in observed:
-        if c.owned_by(device_id) and c.module and c.spec_hash:
-            key = (c.module, c.spec_hash)
+    for seen in observed:
+        if seen.owned_by(device_id) and seen.module and seen.spec_hash:
+            key = (seen.module, seen.spec_hash)
             # Prefer a running container when duplicates exist.
-            if key not in by_hash or c.state == "running":
-                by_hash[key] = c
+            if key not in by_hash or seen.state == "running":
+                by_hash[key] = seen
     earliest_good = activated_at + settings.window_s
     waiting: str | None = None
     for module in candidate.ordered():
