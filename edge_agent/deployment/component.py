@@ -217,8 +217,11 @@ class DeploymentComponent(BaseComponent):
             timeout = self.config.deployment.poll_interval_s
             if wake_at is not None:
                 timeout = max(0.05, min(timeout, wake_at - self.clock()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives just as the event is set, and then the component never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
 
     async def _watch_events(self) -> None:
         delay = 1.0
@@ -310,6 +313,7 @@ class DeploymentComponent(BaseComponent):
                 self.module_errors.pop(module, None)
             self.module_errors.update(result.failed)
             if result.failed:
+                self._known_images.clear()  # an image may have been removed behind our back
                 self._retry_at = self.clock() + self._failure_delay
                 self._failure_delay = min(self._failure_delay * 2, FAILURE_RETRY_S[1])
                 wake.append(self._retry_at)

@@ -96,9 +96,7 @@ class Executor:
         ):
             with attempt:
                 try:
-                    await asyncio.wait_for(
-                        self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s),
-                        timeout=s.pull_timeout_s + 5,
-                    )
+                    async with asyncio.timeout(s.pull_timeout_s + 5):
+                        await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
                 except TimeoutError:
                     raise RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s") from None

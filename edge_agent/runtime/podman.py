@@ -291,6 +291,13 @@ class PodmanRuntime:
 
     async def remove_image(self, image: str) -> bool:
         def run() -> bool:
+            info = self._client.get(f"/images/{image}/json")
+            if info.status_code == 404:
+                return False
+            if info.status_code != 200:
+                raise _error(f"inspect image {image}", info)
+            if info.json().get("RepoTags"):
+                return False  # someone tagged it (by hand, or another tool): not ours to delete
             resp = self._client.delete(f"/images/{image}")
             if resp.status_code in (200, 204):
                 return True
