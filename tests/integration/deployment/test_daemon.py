@@ -144,3 +144,46 @@ def test_offline_boot_starts_the_stored_deployment(tmp_path: Path, images: RunIm
     assert "module.pull" not in after and ": pull " not in after
     for c in owned(run_id):
         assert "@sha256:" in c["ImageName"]
+
+
+def test_cli_status_plan_logs_restart(tmp_path: Path, images: RunImages, run_id: str,
+                                      podman_service: PodmanService, registry: Registry,
+                                      agents: list[AgentProcess]) -> None:
+    import subprocess
+    import sys
+
+    config = agent_config_text(run_id, podman_service.url, registry)
+    agent = new_agent(agents, tmp_path, config).start()
+    talker = {"image": images.image("one", "v1"), "command": ["sh", "-c"],
+              "args": ["echo hello-from-talker; trap 'exit 0' TERM; while true; do sleep 1; done"]}
+    agent.call("deploy", {"version": 1, "deployment": {"modules": {"talker": talker}}})
+    wait_running(agent, {"talker"})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args, "--config", str(agent.config_path)],
+                              capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
+                                                                                "PYTHONPATH": str(REPO)})
+
+    state = ["--state-dir", str(agent.state_dir)]
+    status = cli("status", *state)
+    assert status.returncode == 0, status.stderr
+    assert "MODULE" in status.stdout and "talker" in status.stdout and "running" in status.stdout
+
+    plan = cli("plan", "--dry-run", *state)
+    assert plan.returncode == 0 and "nothing to change" in plan.stdout, plan.stdout + plan.stderr
+
+    podman("stop", "-t", "0", f"{run_id}-talker")  # an exit the agent will restart after its backoff
+    plan_json = cli("plan", "--dry-run", "--json", *state)
+    assert plan_json.returncode == 0
+
+    logs = cli("logs", "talker")
+    assert logs.returncode == 0 and "hello-from-talker" in logs.stdout, logs.stdout + logs.stderr
+
+    wait_running(agent, {"talker"})
+    before = snapshot(run_id)["talker"]
+    restart = cli("restart", "talker", *state)
+    assert restart.returncode == 0 and "restarted talker" in restart.stdout, restart.stderr
+    after = snapshot(run_id)["talker"]
+    assert after[0] == before[0] and after[1] != before[1]  # same container, started again
+    unknown = cli("restart", "nope", *state)
+    assert unknown.returncode == 1 and "no module 'nope'" in unknown.stderr
