@@ -464,7 +464,8 @@ class DeploymentComponent(BaseComponent):
             return "running", "running" + (f", health {c.health}" if c.health != "none" else "")
         if c.state == "exited":
             if wait is not None:
-                return "backoff", f"exited with code {c.exit_code}; restarting in {max(0.0, wait.until - self.clock()):.1f} s"
+                due = max(0.0, wait.until - self.clock())
+                return "backoff", f"exited with code {c.exit_code}; restarting in {due:.1f} s"
             if desired_status == "stopped":
                 return "stopped", "stopped as desired"
             return ("stopped" if c.exit_code == 0 else "failed"), f"exited with code {c.exit_code}"

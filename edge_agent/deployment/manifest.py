@@ -260,7 +260,8 @@ def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
         where = f"module {loc[1]!r}: "
         loc = loc[2:]
     if loc[-1:] == ["[key]"]:
-        return f"{where}module name: expected lower-case letters, digits, '-', '_' (at most 63, starting with a letter or digit)"
+        return (f"{where}module name: expected lower-case letters, digits, '-', '_' "
+                "(at most 63, starting with a letter or digit)")
     field = ".".join(loc)
     etype = err["type"]
     if etype == "extra_forbidden":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop, Wait
 from edge_agent.deployment.desired import DesiredDeployment, DesiredModule, NamingSettings, container_request
@@ -26,7 +26,7 @@ from edge_agent.runtime.api import ObservedContainer
 @dataclass(frozen=True)
 class PlannerSettings:
     naming: NamingSettings
-    backoff: BackoffSettings = BackoffSettings()
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
 
 
 _STATE_RANK = {"running": 0, "paused": 1, "created": 2, "exited": 3, "unknown": 4}

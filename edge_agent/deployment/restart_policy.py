@@ -55,7 +55,9 @@ def record_restart(state: RestartState, now: float) -> RestartState:
     return RestartState(count=state.count + 1, last_restart_at=now, total=state.total + 1)
 
 
-def settle(state: RestartState, container: ObservedContainer | None, now: float, settings: BackoffSettings) -> RestartState:
+def settle(
+    state: RestartState, container: ObservedContainer | None, now: float, settings: BackoffSettings
+) -> RestartState:
     """Reset the backoff once the container has been up and not unhealthy for reset_after_s."""
     if state.count == 0 or container is None or container.state != "running" or container.health == "unhealthy":
         return state

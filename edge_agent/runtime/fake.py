@@ -59,7 +59,8 @@ class FakeRuntime:
         if any(c.name == request.name for c in self.containers.values()):
             raise RuntimeFailure(f"create {request.name}: name already in use")
         cid = f"c{next(self._ids):04d}"
-        self.containers[cid] = ObservedContainer(cid, request.name, dict(request.labels), "created", image=request.image)
+        labels = dict(request.labels)
+        self.containers[cid] = ObservedContainer(cid, request.name, labels, "created", image=request.image)
         self.requests[cid] = request
         return cid
 

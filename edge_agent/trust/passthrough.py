@@ -39,10 +39,7 @@ class RegistryUnreachable(Exception):
 
 
 def is_loopback_registry(host: str) -> bool:
-    if host.startswith("["):
-        name = host[1 : host.find("]")]
-    else:
-        name = host.rsplit(":", 1)[0] if ":" in host else host
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0] if ":" in host else host
     if name == "localhost":
         return True
     try:
@@ -63,7 +60,9 @@ class PassthroughVerifier:
         try:
             repository, tag, digest = parse_image_reference(reference)
         except ValueError:
-            raise ImageRejected(reference, "bad_reference", "not a registry/repository[:tag][@digest] reference") from None
+            raise ImageRejected(
+                reference, "bad_reference", "not a registry/repository[:tag][@digest] reference"
+            ) from None
         if digest is None:
             assert tag is not None
             digest = await asyncio.to_thread(self._resolve, repository, tag)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 from edge_agent.runtime.podman import parse_time
 from edge_agent.twin.events import DesiredState
 
-from .conftest import RunImages, inspect, owned
+from .conftest import RunImages, owned
 
 SLEEP = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
@@ -111,7 +112,7 @@ async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, ima
             if started is not None and (not starts or started > starts[-1]):
                 starts.append(started)
         await asyncio.sleep(0.05)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) >= 5, f"only {len(starts)} starts seen"
     # 1, 2, 4, 4, 4 s (plus the few ms the container runs): doubling, then capped, never giving up.
     assert 0.9 < gaps[0] < 1.9 and 1.9 < gaps[1] < 2.9 and 3.9 < gaps[2] < 4.9, gaps

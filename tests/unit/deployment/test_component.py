@@ -147,7 +147,7 @@ async def test_agent_restart_adopts_running_containers(tmp_path: Path) -> None:
 
 
 async def test_invalid_and_rejected_deployments_keep_the_current_one(tmp_path: Path) -> None:
-    comp, rt, _, reported = make(tmp_path)
+    comp, _rt, _, reported = make(tmp_path)
     await comp.start()
     await comp.desired(DesiredState(1, doc(a={})))
     await settle(comp)
@@ -172,7 +172,7 @@ async def test_image_gc_keeps_current_and_last_known_good(tmp_path: Path) -> Non
             await settle(comp)
     await comp.collect_images()
     # 3 is on probation, 2 is last-known-good: only a:1 goes.
-    a1, a2, b1 = (hashlib.sha256(f"reg.local:5000/{i}".encode()).hexdigest() for i in ("a:1", "a:2", "b:1"))
+    a1, _a2, b1 = (hashlib.sha256(f"reg.local:5000/{i}".encode()).hexdigest() for i in ("a:1", "a:2", "b:1"))
     assert [c[1] for c in rt.calls if c[0] == "rmi"] == [f"reg.local:5000/a@sha256:{a1}"]
     clock.now += 31
     await settle(comp)

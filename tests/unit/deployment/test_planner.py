@@ -110,7 +110,8 @@ def test_unhealthy_restart(policy: str, restarts: bool) -> None:
     assert kinds(p) == ([("Stop", "a"), ("Start", "a")] if restarts else [])
 
 
-@pytest.mark.parametrize(("count", "delay"), [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (9, 16.0), (500, 16.0)])
+@pytest.mark.parametrize(("count", "delay"),
+                         [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (9, 16.0), (500, 16.0)])
 def test_backoff_doubles_to_cap_and_never_gives_up(count: int, delay: float) -> None:
     d = deployment(1, {"a": {}})
     obs = [container("c1", "a", d.modules["a"].spec_hash, "exited", exit_code=1, finished_at=100.0)]
