@@ -171,3 +171,24 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(harness_factor
     assert h.deployment()["lastReceived"]["status"] == "skipped"
     await h.component.desired(DesiredState(3, good))
     await h.wait_for(lambda: h.deployment().get("current") == 3, 30, "v3 activated")
+
+
+async def test_images_of_old_deployments_are_garbage_collected(harness_factory: Any, images: RunImages,
+                                                               run_id: str) -> None:
+    from tests.infra.podman import podman
+
+    def present(ref: str) -> bool:
+        return podman("image", "exists", ref, check=False).returncode == 0
+
+    h = await harness_factory(stabilisation_window_s=1)
+    refs = [images.image("gc", f"v{i}") for i in (1, 2, 3)]
+    pinned = []
+    for version, ref in enumerate(refs, start=1):
+        await h.component.desired(DesiredState(version, {"modules": {"app": module(ref)}}))
+        await h.wait_for(lambda v=version: h.deployment().get("lastKnownGood") == v, 30, f"v{version} good")
+        pinned.append(f"{ref.rsplit(':', 1)[0]}@{h.modules()['app']['digest']}")
+        assert present(pinned[-1]), "the agent pulled the image by digest"
+
+    # v3 is current and last-known-good: v1's and v2's images go, v3's stays.
+    await h.wait_for(lambda: not present(pinned[0]) and not present(pinned[1]), 20, "old images removed")
+    assert present(pinned[2])
