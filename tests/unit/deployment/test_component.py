@@ -38,6 +38,8 @@ class FakeVerifier:
 CONFIG = """
 [device]
 id = "unit-dev"
+[podman]
+pull_retries = 1
 [deployment]
 stabilisation_window_s = 30
 backoff_initial_s = 1
@@ -190,3 +192,16 @@ async def test_plan_control_command_is_a_dry_run(tmp_path: Path) -> None:
     result = await comp._cmd_plan({})
     assert rt.calls == calls
     assert result["waits"] and result["waits"][0]["module"] == "a"
+
+
+async def test_failed_pull_is_retried_then_reported_and_others_proceed(tmp_path: Path) -> None:
+    comp, rt, _, reported = make(tmp_path)
+    await comp.start()
+    # "a:9" resolves but is not in the registry: every pull attempt fails.
+    await comp.desired(DesiredState(1, doc(a={"img": "a:9"}, b={})))
+    await comp.reconcile()
+    pulls = [c for c in rt.calls if c[0] == "pull" and "/a@" in c[1]]
+    assert len(pulls) == 1 + comp.config.podman.pull_retries
+    mods = reported.get("modules")
+    assert mods["a"]["runtimeStatus"] == "failed" and "not found" in mods["a"]["statusDescription"]
+    assert mods["b"]["runtimeStatus"] == "running"
