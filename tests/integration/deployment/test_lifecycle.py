@@ -115,8 +115,10 @@ async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, ima
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) >= 5, f"only {len(starts)} starts seen"
     # 1, 2, 4, 4, 4 s (plus the few ms the container runs): doubling, then capped, never giving up.
-    assert 0.9 < gaps[0] < 1.9 and 1.9 < gaps[1] < 2.9 and 3.9 < gaps[2] < 4.9, gaps
-    assert all(3.9 < g < 4.9 for g in gaps[3:]), gaps
+    # Upper bounds leave room for a loaded CI machine (create/start/observe overhead).
+    assert 0.95 < gaps[0] < 2.5 and 1.95 < gaps[1] < 3.5 and 3.95 < gaps[2] < 5.5, gaps
+    assert all(3.95 < g < 5.5 for g in gaps[3:]), gaps
+    assert gaps[0] < gaps[1] < gaps[2]
     await h.wait_for(lambda: h.modules()["crashy"]["restartCount"] >= 5, 10, "restart count reported")
     m = h.modules()["crashy"]
     assert m["exitCode"] == 3 and m["lastExitTime"]
