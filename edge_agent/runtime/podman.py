@@ -7,7 +7,7 @@ the create keyword arguments of podman-py do not cover every least-privilege fie
 SpecGenerator (no_new_privileges, read-only tmpfs, per-device entries, ...) across the Podman
 versions we meet (4.3 on Debian bookworm), so we post the SpecGenerator document ourselves and keep
 podman-py for the transport (unix socket, error mapping). podman-py is blocking (requests), so
-every call runs in a small thread pool, and the events stream reads in its own thread and hands
+every call runs in a daemon thread (runtime/threads.py), and the events stream reads in its own thread and hands
 events to the event loop.
 """
 
@@ -19,7 +19,6 @@ import json
 import math
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -36,6 +35,7 @@ from edge_agent.runtime.api import (
     RuntimeEvent,
     RuntimeFailure,
 )
+from edge_agent.runtime.threads import run_blocking
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -171,17 +171,13 @@ def _error(what: str, response: Any) -> RuntimeFailure:
 
 
 class PodmanRuntime:
-    def __init__(self, url: str, workers: int = 4) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
         self._client = APIClient(base_url=url, timeout=API_TIMEOUT_S)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="podman")
-        self._event_responses: set[Any] = set()
-        self._lock = threading.Lock()
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, fn)
+            return await run_blocking(fn, "podman-call")
         except RuntimeFailure:
             raise
         except OSError as exc:  # requests' ConnectionError is an OSError
@@ -366,4 +362,3 @@ class PodmanRuntime:
 
     async def close(self) -> None:
         self._client.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)

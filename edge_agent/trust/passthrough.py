@@ -11,7 +11,6 @@ insecure AND are on a loopback address (a test or on-device registry), never oth
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import re
@@ -21,6 +20,7 @@ import urllib.request
 from collections.abc import Iterable
 
 from edge_agent.deployment.manifest import parse_image_reference
+from edge_agent.runtime.threads import run_blocking
 from edge_agent.trust.api import ImageRejected, VerifiedImage
 
 MANIFEST_TYPES = ", ".join(
@@ -65,7 +65,7 @@ class PassthroughVerifier:
             ) from None
         if digest is None:
             assert tag is not None
-            digest = await asyncio.to_thread(self._resolve, repository, tag)
+            digest = await run_blocking(lambda: self._resolve(repository, tag), "registry-resolve")
         return VerifiedImage(reference, repository, digest, "off", None)
 
     def _resolve(self, repository: str, tag: str) -> str:
