@@ -288,6 +288,11 @@ class DeploymentComponent(BaseComponent):
         wake: list[float] = []
         if self._pin_retry_at is not None and self.pending is not None:
             wake.append(self._pin_retry_at)
+        if self.current is None:
+            # No deployment accepted yet (fresh device, or the twin has not handed over the
+            # stored one yet): leave every container alone rather than "converge" to nothing.
+            self._report_deployment()
+            return min(wake, default=None)
         now = self.clock()
         self.observed = await self.runtime.list_containers(self.device_id)
         desired = self._desired_now()

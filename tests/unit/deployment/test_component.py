@@ -205,3 +205,17 @@ async def test_failed_pull_is_retried_then_reported_and_others_proceed(tmp_path:
     mods = reported.get("modules")
     assert mods["a"]["runtimeStatus"] == "failed" and "not found" in mods["a"]["statusDescription"]
     assert mods["b"]["runtimeStatus"] == "running"
+
+
+async def test_without_any_deployment_existing_containers_are_left_alone(tmp_path: Path) -> None:
+    comp, rt, clock, _ = make(tmp_path)
+    await comp.start()
+    await comp.desired(DesiredState(1, doc(a={})))
+    await settle(comp)
+    # state.db lost (new state dir), containers still there: nothing is stopped or removed
+    # until a deployment is handed over again.
+    fresh, _, _, _ = make(tmp_path / "other", rt, clock)
+    await fresh.start()
+    rt.calls.clear()
+    await settle(fresh)
+    assert rt.calls == [] and len(rt.containers) == 1
