@@ -1,0 +1,208 @@
+"""`edge-agent check`: one line per check with pass/warn/fail and a hint, like `iotedge check`.
+
+Each check is a plain function taking the loaded config and returning a CheckResult; later
+subsystems (trust, TPM, ...) add theirs to CHECKS. Checks never print secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.config import AgentConfig
+from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
+from edge_agent.mqtt_params import broker_params
+
+Outcome = Literal["pass", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    outcome: Outcome
+    detail: str
+    hint: str = ""
+
+
+CheckFn = Callable[[AgentConfig], CheckResult]
+
+# Earliest plausible wall-clock time: a device whose clock is before this has no RTC sync yet.
+CLOCK_FLOOR = time.mktime((2025, 1, 1, 0, 0, 0, 0, 0, -1))
+
+
+def check_state_dir(config: AgentConfig) -> CheckResult:
+    state_dir = config.state.dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".check-"):
+            pass
+    except OSError as exc:
+        return CheckResult(
+            "state dir writable",
+            "fail",
+            f"{state_dir}: {exc.strerror}",
+            "create it or fix ownership; under systemd StateDirectory= does this",
+        )
+    return CheckResult("state dir writable", "pass", str(state_dir))
+
+
+def check_disk_space(config: AgentConfig) -> CheckResult:
+    target = config.state.dir if config.state.dir.exists() else config.state.dir.parent
+    try:
+        usage = shutil.disk_usage(target)
+    except OSError as exc:
+        return CheckResult("disk space", "fail", f"{target}: {exc.strerror}")
+    free_mb = usage.free // (1024 * 1024)
+    need = config.state.min_free_mb
+    if free_mb < need:
+        return CheckResult(
+            "disk space",
+            "fail",
+            f"{free_mb} MB free on {target}, below state.min_free_mb={need}",
+            "free space: old images (podman image prune), journal (journalctl --vacuum-size)",
+        )
+    outcome: Outcome = "warn" if free_mb < 4 * need else "pass"
+    return CheckResult("disk space", outcome, f"{free_mb} MB free on {target} (minimum {need} MB)")
+
+
+def check_clock(config: AgentConfig) -> CheckResult:
+    now = time.time()
+    if now < CLOCK_FLOOR:
+        return CheckResult(
+            "clock sane",
+            "fail",
+            f"system time {time.ctime(now)} is in the past",
+            "TLS certificates and signature expiry need a correct clock: enable NTP (timedatectl)",
+        )
+    synced = Path("/run/systemd/timesync/synchronized").exists()
+    return CheckResult(
+        "clock sane",
+        "pass",
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)) + (" (NTP synchronized)" if synced else ""),
+    )
+
+
+def check_broker(config: AgentConfig) -> CheckResult:
+    name = "broker reachable" + (" with TLS" if config.mqtt.tls else "")
+    where = f"{config.mqtt.host}:{config.mqtt.port}"
+    try:
+        params = broker_params(config.mqtt, config.device.id)
+    except (OSError, KeyError, ssl.SSLError) as exc:
+        return CheckResult(name, "fail", f"cannot load credentials/TLS files: {exc}", "check the mqtt.* file paths")
+    try:
+        asyncio.run(asyncio.wait_for(_mqtt_connect(params), timeout=5))
+    except TimeoutError:
+        return CheckResult(name, "fail", f"{where}: no answer within 5 s", "is the broker running and the port open?")
+    except Exception as exc:
+        return CheckResult(name, "fail", f"{where}: {exc}", "check mqtt.host/port, TLS files and credentials")
+    return CheckResult(name, "pass", where)
+
+
+async def _mqtt_connect(params: object) -> None:
+    import aiomqtt
+
+    from edge_agent.mqtt_params import BrokerParams
+
+    assert isinstance(params, BrokerParams)
+    async with aiomqtt.Client(
+        params.host,
+        params.port,
+        identifier=f"{params.client_id}-check",
+        username=params.username,
+        password=params.password,
+        tls_context=params.tls_context,
+        timeout=5,
+    ):
+        pass
+
+
+def check_podman(config: AgentConfig) -> CheckResult:
+    url = config.podman.socket
+    try:
+        body = podman_ping(url)
+    except OSError as exc:
+        return CheckResult(
+            "podman reachable", "fail", f"{url}: {exc}", "systemctl enable --now podman.socket (or set podman.socket)"
+        )
+    return CheckResult("podman reachable", "pass", f"{url} ({body})")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def podman_ping(url: str, timeout: float = 3.0) -> str:
+    """GET /_ping on the podman API; returns the API version it reports."""
+    if not url.startswith("unix://"):
+        raise OSError(f"only unix:// podman sockets are checked, got {url}")
+    conn = _UnixHTTPConnection(url.removeprefix("unix://"), timeout)
+    try:
+        conn.request("GET", "/_ping")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise OSError(f"HTTP {resp.status} from /_ping")
+        return f"API {resp.getheader('Libpod-API-Version') or resp.getheader('API-Version') or '?'}"
+    finally:
+        conn.close()
+
+
+def check_agent_running(config: AgentConfig) -> CheckResult:
+    try:
+        call(config.state.dir / CONTROL_SOCKET_NAME, "ping", timeout=3)
+    except AgentNotRunning as exc:
+        return CheckResult("agent running", "warn", str(exc), "systemctl start edge-agent")
+    except CommandError as exc:
+        return CheckResult("agent running", "fail", str(exc))
+    return CheckResult("agent running", "pass", f"answers on {config.state.dir / CONTROL_SOCKET_NAME}")
+
+
+def check_secrets_private(config: AgentConfig) -> CheckResult:
+    loose = [str(p) for p in (config.mqtt.key_file,) if p is not None and p.exists() and p.stat().st_mode & 0o077]
+    if config.mqtt.password is not None and config.mqtt.password.scheme == "file":
+        p = Path(config.mqtt.password.target)
+        if p.exists() and p.stat().st_mode & 0o077:
+            loose.append(str(p))
+    if loose:
+        return CheckResult(
+            "secret files private", "warn", "readable by group/others: " + ", ".join(loose), "chmod 600 these files"
+        )
+    return CheckResult("secret files private", "pass", "key and password files are not group/world readable")
+
+
+CHECKS: list[CheckFn] = [
+    check_state_dir,
+    check_disk_space,
+    check_clock,
+    check_secrets_private,
+    check_broker,
+    check_podman,
+    check_agent_running,
+]
+
+
+def run_checks(config: AgentConfig) -> list[CheckResult]:
+    results = []
+    for fn in CHECKS:
+        try:
+            results.append(fn(config))
+        except Exception as exc:  # a broken check is a failed check, not a crash
+            results.append(CheckResult(fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc!r}"))
+    return results

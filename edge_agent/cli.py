@@ -1,0 +1,216 @@
+"""`edge-agent`: the device-side command line.
+
+Exit codes: 0 success, 1 a check or command failed, 2 bad usage or a broken config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+edge-agent runs on the device: it receives signed deployments over MQTT, verifies module
+images, runs them with Podman, queues telemetry and answers attestation requests.
+
+Typical use:
+  systemctl status edge-agent          is it running?
+  edge-agent check                     is this device set up right? (one line per check)
+  edge-agent status                    what is it doing now?
+  edge-agent config check              is my edited config valid? (before systemctl reload)
+  journalctl -u edge-agent MODULE=pilot   logs about one module
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"config file (default {DEFAULT_CONFIG_PATH})",
+    )
+    # --config is accepted before or after the command (edge-agent run --config X).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help="config file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground (what systemd starts)",
+        description="Run the agent in the foreground until SIGTERM or Ctrl-C. "
+        "SIGHUP re-reads the config file; a broken file is refused and the old config keeps running.",
+    )
+    run.add_argument("--state-dir", type=Path, help="override state.dir from the config (e.g. a local folder)")
+
+    check = sub.add_parser(
+        "check",
+        help="check config, state dir, disk, clock, broker, podman; non-zero on failure",
+        description="Run every check and print one line each: PASS, WARN or FAIL, with a hint. "
+        "Exits 1 if any check fails.",
+    )
+    check.add_argument("--json", action="store_true", help="print the results as JSON")
+    check.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
+    status = sub.add_parser(
+        "status",
+        help="show what the running agent is doing",
+        description="Ask the running agent (over its control socket) for its state.",
+    )
+    status.add_argument("--json", action="store_true", help="print the full status document as JSON")
+    status.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
+    config = sub.add_parser("config", help="config file commands")
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    config_check = config_sub.add_parser(
+        "check",
+        help="validate a config file (default: --config)",
+        description="Validate a config file and print every problem as FILE:LINE: KEY: PROBLEM; expected ...",
+    )
+    config_check.add_argument("file", nargs="?", type=Path, help="file to check (default: the --config file)")
+    config_check.add_argument("--json", action="store_true", help="print the problems as JSON")
+
+    version = sub.add_parser("version", help="print the agent version")
+    version.add_argument("--json", action="store_true", help="print version information as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {
+        "run": cmd_run,
+        "check": cmd_check,
+        "status": cmd_status,
+        "config": cmd_config,
+        "version": cmd_version,
+    }[args.command]
+    return handler(args)
+
+
+def _load(path: Path, state_dir: Path | None = None) -> AgentConfig | None:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    if state_dir is not None:
+        from edge_agent.daemon import apply_overrides
+
+        config = apply_overrides(config, {"state_dir": state_dir.resolve()})
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config, args.state_dir)
+    if config is None:
+        return EXIT_USAGE
+    from edge_agent.daemon import run_agent
+
+    overrides: dict[str, Any] = {"state_dir": args.state_dir.resolve()} if args.state_dir else {}
+    return run_agent(config, args.config.resolve(), overrides)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge_agent.checks import CheckResult, run_checks
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        results = [CheckResult("config valid", "fail", str(exc), "edge-agent config check shows every problem")]
+    else:
+        if args.state_dir is not None:
+            from edge_agent.daemon import apply_overrides
+
+            config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
+        results = [CheckResult("config valid", "pass", str(args.config)), *run_checks(config)]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            line = f"{r.outcome.upper():<4}  {r.name:<24} {r.detail}"
+            if r.hint and r.outcome != "pass":
+                line += f"\n      hint: {r.hint}"
+            print(line)
+        failed = sum(r.outcome == "fail" for r in results)
+        warned = sum(r.outcome == "warn" for r in results)
+        print(f"\n{len(results)} checks: {len(results) - failed - warned} passed, {warned} warnings, {failed} failed")
+    return EXIT_FAILED if any(r.outcome == "fail" for r in results) else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
+
+    config = _load(args.config, args.state_dir)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        status = call(config.state.dir / CONTROL_SOCKET_NAME, "status")
+    except (AgentNotRunning, CommandError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(f"device {status['device']}  agent {status['version']}  pid {status['pid']}  up {status['uptime_s']} s")
+    print(f"config {status['config']}  state {status['state_dir']}")
+    for name, comp in status.get("components", {}).items():
+        flag = "stalled: " + comp["stalled"] if comp.get("stalled") else "ok"
+        err = f"  last error: {comp['last_error']}" if comp.get("last_error") else ""
+        print(f"  {name:<14} {flag}{err}")
+    for section, value in sorted(status.get("reported", {}).items()):
+        print(f"  [{section}] {json.dumps(value, sort_keys=True)}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command != "check":
+        print("usage: edge-agent config check [FILE]", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file or args.config
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps([p.__dict__ for p in exc.problems], indent=2))
+        else:
+            print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print("[]")
+    else:
+        print(f"{path}: OK")
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    if args.json:
+        import platform
+
+        print(json.dumps({"version": __version__, "python": platform.python_version(), "arch": platform.machine()}))
+    else:
+        print(f"edge-agent {__version__}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Agent configuration: one TOML file that field technicians edit by hand.
+
+Parsing is strict. Every problem becomes one line of the form
+
+    /etc/edge-agent/config.toml:12: mqtt.port: got 70000; expected TCP port of the broker, 1-65535
+
+and unknown keys get the nearest valid key suggested. Field descriptions double as the
+"expected ..." text, so each field documents itself in errors too.
+
+TOML line numbers: tomllib does not report where a key sits, so `toml_locate` scans the text
+for table headers and key assignments. It handles what people write by hand (tables, arrays of
+tables, dotted and quoted keys); for anything it cannot place it reports the table's line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class SecretRef(str):
+    """Where a secret lives: ``file:/path``, ``credential:NAME`` (systemd LoadCredential=) or
+    ``env:NAME``. The config never holds the secret itself, and this object's repr shows only the
+    reference, so printing a config cannot leak a password."""
+
+    __slots__ = ()
+    SCHEMES = ("file", "credential", "env")
+
+    @property
+    def scheme(self) -> str:
+        return self.split(":", 1)[0]
+
+    @property
+    def target(self) -> str:
+        return self.split(":", 1)[1]
+
+    def resolve(self) -> str:
+        """Read the secret. Raises OSError/KeyError with a message that names the reference only."""
+        scheme, target = self.scheme, self.target
+        if scheme == "file":
+            return Path(target).read_text(encoding="utf-8").rstrip("\r\n")
+        if scheme == "credential":
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not cred_dir:
+                raise KeyError(f"secret {self}: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
+            return (Path(cred_dir) / target).read_text(encoding="utf-8").rstrip("\r\n")
+        value = os.environ.get(target)
+        if value is None:
+            raise KeyError(f"secret {self}: environment variable {target} is not set")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SecretRef({str(self)!r})"
+
+
+def _parse_secret(value: object) -> SecretRef:
+    if not isinstance(value, str):
+        raise PydanticCustomError("secret_ref", "expected a string like file:/path or credential:NAME")
+    scheme, sep, target = value.partition(":")
+    if not sep or scheme not in SecretRef.SCHEMES or not target:
+        # Deliberately do not echo the value: it may be the secret itself.
+        raise PydanticCustomError(
+            "secret_ref",
+            "secrets are not written in the config; expected file:/path, credential:NAME or env:NAME",
+        )
+    if scheme == "file" and not Path(target).is_file():
+        raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})
+    return SecretRef(value)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def default_device_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
+    return name
+
+
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
+    return value
+
+
+class DeviceSection(Section):
+    id: Annotated[
+        str,
+        Field(
+            pattern=DEVICE_ID_PATTERN,
+            description="device id: letters, digits, '_', '.', '-', at most 64, starting with a letter or digit",
+        ),
+    ] = Field(default_factory=default_device_id)
+
+
+class StateSection(Section):
+    dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
+    min_free_mb: int = Field(
+        64, ge=1, le=1_000_000, description="free megabytes to keep on the state filesystem, 1-1000000"
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _not_a_file(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise PydanticCustomError("not_dir", "{path} exists and is not a directory", {"path": str(value)})
+        return value
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="one of debug, info, warning, error"
+    )
+    format: Literal["auto", "text", "json", "journal"] = Field(
+        "auto", description="one of auto (journal under systemd, text on a terminal), text, json, journal"
+    )
+
+
+class MqttSection(Section):
+    host: str = Field("localhost", min_length=1, description="broker host name or IP address")
+    port: int = Field(1883, ge=1, le=65535, description="TCP port of the broker, 1-65535")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds, 5-3600")
+    topic_prefix: str = Field(
+        "edge", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="topic prefix like edge or acme/edge"
+    )
+    client_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="MQTT client id (default: device id)")
+    username: str | None = Field(None, min_length=1, description="broker user name")
+    password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
+    tls: bool = Field(False, description="true or false")
+    ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
+    cert_file: Path | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
+    key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
+    reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+
+    @field_validator("password", "key_password", mode="plain")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef | None:
+        return None if value is None else _parse_secret(value)
+
+
+class PodmanSection(Section):
+    socket: str = Field(
+        "unix:///run/podman/podman.sock",
+        pattern=r"^(unix|tcp)://.+",
+        description="podman API URL like unix:///run/podman/podman.sock",
+    )
+
+
+class AgentConfig(Section):
+    """The whole file. Each section is a table in config/config.toml, where every key is explained."""
+
+    device: DeviceSection = DeviceSection()
+    state: StateSection = StateSection()
+    logging: LoggingSection = LoggingSection()
+    mqtt: MqttSection = MqttSection()
+    podman: PodmanSection = PodmanSection()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems with a config file; str() is one line per problem."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
+    """Read, parse and validate a config file. Raises ConfigError with one line per problem."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: is a directory")]) from None
+    except PermissionError:
+        raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: permission denied")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [ConfigProblem(shown, line, "", "not valid UTF-8 text; expected a UTF-8 TOML file")]
+        ) from None
+    return parse_config(text, shown, base_dir=path.parent)
+
+
+_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        match = _TOML_POS.search(msg)
+        line = int(match.group(1)) if match else None
+        detail = _TOML_POS.sub("", msg)
+        column = f" at column {match.group(2)}" if match else ""
+        raise ConfigError(
+            [ConfigProblem(file, line, "", f"TOML syntax error{column}: {detail}; expected valid TOML")]
+        ) from None
+    if base_dir is not None:
+        data = _resolve_relative_paths(data, base_dir)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        locator = toml_locate(text)
+        problems = [_problem(file, locator, err, data) for err in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+_PATH_KEYS = {("state", "dir"), ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file")}
+
+
+def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Relative paths in a config file are relative to the file, not to the process's cwd."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section, key in _PATH_KEYS:
+        table = out.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            p = Path(table[key])
+            if not p.is_absolute():
+                table[key] = str((base_dir / p).resolve())
+    return out
+
+
+def _problem(file: str, locator: Mapping[str, int], err: Mapping[str, Any], data: Any) -> ConfigProblem:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    line = _line_for(locator, loc)
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        hint = _suggest(loc)
+        return ConfigProblem(file, line, key, "unknown key" + (f", did you mean {hint}?" if hint else ""))
+    field = _field_info(loc)
+    expected = field.description if field is not None and field.description else None
+    if etype == "missing":
+        return ConfigProblem(
+            file, line, key, "required key is missing" + (f"; expected {expected}" if expected else "")
+        )
+    got = _shown_value(loc, err.get("input"))
+    detail = _pydantic_detail(err)
+    if expected:
+        message = f"{got}; expected {expected}" + (f" ({detail})" if detail and etype != "secret_ref" else "")
+        if etype == "secret_ref":
+            message = f"{got}; {detail}"
+        elif etype in {"file_missing", "not_dir"}:
+            message = f"{got}; {detail}; expected {expected}"
+    else:
+        message = f"{got}; {detail}"
+    return ConfigProblem(file, line, key, message)
+
+
+def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
+    if loc and loc[-1] in {"password", "key_password"}:
+        return "got a secret value (hidden)"
+    text = repr(value)
+    return f"got {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _pydantic_detail(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    return re.sub(r"^Input should be ", "should be ", msg)
+
+
+def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:
+    parts = [str(p) for p in loc]
+    while parts:
+        line = locator.get(".".join(parts))
+        if line is not None:
+            return line
+        parts.pop()
+    return None
+
+
+def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] = AgentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = _unwrap_model(field.annotation)
+        if ann is None:
+            return None
+        model = ann
+    return model
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_info(loc: tuple[Any, ...]) -> Any:
+    names = [p for p in loc if not isinstance(p, int)]
+    if not names:
+        return None
+    model = _model_at(names[:-1])
+    return model.model_fields.get(str(names[-1])) if model else None
+
+
+def _suggest(loc: tuple[Any, ...]) -> str | None:
+    parent = loc[:-1]
+    model = _model_at(parent)
+    if model is None:
+        return None
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    if not match:
+        return None
+    return ".".join([*(str(p) for p in parent), match[0]])
+
+
+# --------------------------------------------------------------------------- TOML key locations
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
+_ASSIGN = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+
+
+def _split_key(key: str) -> list[str]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", key)
+    return [p[1:-1] if p[:1] in {'"', "'"} else p for p in parts]
+
+
+def toml_locate(text: str) -> dict[str, int]:
+    """Map dotted key paths (arrays of tables indexed: ``trust.policy.0.mode``) to 1-based lines."""
+    where: dict[str, int] = {}
+    table: list[str] = []
+    array_counts: dict[str, int] = {}
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_multiline:
+            if in_multiline in line:
+                in_multiline = None
+            continue
+        header = _HEADER.match(line)
+        if header and (header.group(1), header.group(3)) in {("[", "]"), ("[[", "]]")}:
+            names = _split_key(header.group(2))
+            if header.group(1) == "[[":
+                base = ".".join(names)
+                index = array_counts.get(base, -1) + 1
+                array_counts[base] = index
+                where.setdefault(base, number)
+                table = [*names, str(index)]
+            else:
+                table = _with_array_indexes(names, array_counts)
+            where.setdefault(".".join(table), number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            path = ".".join([*table, *_split_key(assign.group(1))])
+            where.setdefault(path, number)
+            rest = line[assign.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) == 1:
+                    in_multiline = quote
+    return where
+
+
+def _with_array_indexes(names: list[str], array_counts: Mapping[str, int]) -> list[str]:
+    """[a.b] after [[a]] means a.<last index>.b."""
+    out: list[str] = []
+    plain: list[str] = []
+    for name in names:
+        plain.append(name)
+        out.append(name)
+        key = ".".join(plain)
+        if key in array_counts and len(plain) < len(names):
+            out.append(str(array_counts[key]))
+    return out

@@ -1,0 +1,265 @@
+"""Composition root: builds the components from the config and runs them in one TaskGroup.
+
+Owns the process-level concerns: signals (SIGTERM/SIGINT stop, SIGHUP reload), sd_notify
+(READY after state is loaded, RELOADING, STOPPING, WATCHDOG only while responsive), the
+control socket, and supervision (a failed component is restarted with backoff, never given up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.component import Component
+from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
+from edge_agent.logs import get_logger, setup_logging
+from edge_agent.reported import ReportedState
+from edge_agent.store import get_meta, open_state_db, set_meta
+from edge_agent.systemd import Notifier, watchdog_interval
+
+log = get_logger(__name__)
+
+STOP_TIMEOUT_S = 8.0  # systemd's TimeoutStopSec is 10 s; leave margin
+SUPERVISOR_BACKOFF_MAX_S = 60.0
+WATCHDOG_LAG_LIMIT_S = 5.0
+
+
+@dataclass
+class AgentContext:
+    """What components are built from. Shared objects, not globals."""
+
+    config: AgentConfig
+    config_path: Path
+    db: sqlite3.Connection
+    reported: ReportedState
+    control: ControlServer
+    started_monotonic: float = field(default_factory=time.monotonic)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def build_components(ctx: AgentContext) -> list[Component]:
+    """Every component the agent runs, in start order."""
+    return []
+
+
+def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:
+    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload."""
+    if "state_dir" in overrides:
+        config = config.model_copy(
+            update={"state": config.state.model_copy(update={"dir": Path(overrides["state_dir"])})}
+        )
+    return config
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, config_path: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.notifier = Notifier()
+        self.reported = ReportedState()
+        self.stop_event = asyncio.Event()
+        self.components: list[Component] = []
+        self.component_errors: dict[str, str] = {}
+        self._loop_lag = 0.0
+        self._started = time.monotonic()
+
+    async def run(self) -> int:
+        state_dir = self.config.state.dir
+        db = open_state_db(state_dir)
+        boots = int(get_meta(db, "boot_count") or 0) + 1
+        set_meta(db, "boot_count", str(boots))
+        control = ControlServer(state_dir / CONTROL_SOCKET_NAME)
+        ctx = AgentContext(self.config, self.config_path, db, self.reported, control, overrides=self.overrides)
+        self.components = build_components(ctx)
+        control.register("status", self._status)
+        control.register("ping", self._ping)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+        try:
+            for component in self.components:
+                await component.start()
+            self._report_agent()
+            log.info(
+                "edge-agent %s started (device %s, boot %d, %d components)",
+                __version__,
+                self.config.device.id,
+                boots,
+                len(self.components),
+                extra={"EVENT": "agent.started"},
+            )
+            self.notifier.ready(f"running {len(self.components)} components")
+            await self._run_until_stopped(control)
+        finally:
+            self.notifier.stopping()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            db.close()
+            log.info("edge-agent stopped", extra={"EVENT": "agent.stopped"})
+            self.notifier.close()
+        return 0
+
+    def _request_stop(self, sig: signal.Signals) -> None:
+        if not self.stop_event.is_set():
+            log.info("received %s, stopping", sig.name, extra={"EVENT": "agent.stopping"})
+            self.notifier.stopping()
+        self.stop_event.set()
+
+    async def _run_until_stopped(self, control: ControlServer) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks.append(tg.create_task(control.serve(), name="control"))
+                tasks.append(tg.create_task(self._watchdog(), name="watchdog"))
+                tasks.extend(tg.create_task(self._supervise(c), name=c.name) for c in self.components)
+                await self.stop_event.wait()
+                for task in tasks:
+                    task.cancel()
+                # Give components their grace period; the TaskGroup exit waits for them.
+                await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+                stuck = [t.get_name() for t in tasks if not t.done()]
+                if stuck:
+                    log.error(
+                        "components did not stop in time: %s", ", ".join(stuck), extra={"EVENT": "agent.stop_timeout"}
+                    )
+                    os._exit(1)
+        except* asyncio.CancelledError:
+            pass
+
+    async def _supervise(self, component: Component) -> None:
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await component.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.component_errors[component.name] = reason
+                if time.monotonic() - started > 10 * SUPERVISOR_BACKOFF_MAX_S:
+                    delay = 1.0  # it ran fine for a long time; this is a new failure
+                log.error(
+                    "component %s failed (%s); restarting in %.0f s",
+                    component.name,
+                    reason,
+                    delay,
+                    exc_info=exc,
+                    extra={"EVENT": "component.failed", "COMPONENT": component.name},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SUPERVISOR_BACKOFF_MAX_S)
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        tick = min(interval, 1.0) if interval else 1.0
+        last_ping = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(tick)
+            # How late this task woke up is how blocked the event loop was.
+            self._loop_lag = max(0.0, loop.time() - before - tick)
+            if interval is None:
+                continue
+            problems = [f"{c.name}: {r}" for c in self.components if (r := c.stalled())]
+            if self._loop_lag > WATCHDOG_LAG_LIMIT_S:
+                problems.append(f"event loop blocked for {self._loop_lag:.1f} s")
+            if problems:
+                log.error("not pinging the watchdog: %s", "; ".join(problems), extra={"EVENT": "watchdog.withheld"})
+                continue
+            if loop.time() - last_ping >= interval * 0.9 or tick >= interval:
+                self.notifier.watchdog()
+                last_ping = loop.time()
+
+    async def reload(self) -> bool:
+        """Re-read the config file. A broken file is refused and the running config stays."""
+        self.notifier.reloading()
+        try:
+            new = apply_overrides(load_config(self.config_path), self.overrides)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload refused: %s", problem, extra={"EVENT": "config.rejected"})
+            self.reported.set(
+                "config",
+                {
+                    "status": "rejected",
+                    "description": str(exc).splitlines()[0],
+                    "problems": [str(p) for p in exc.problems],
+                },
+            )
+            self.notifier.reloaded("config reload refused; running with the previous config")
+            return False
+        changed = _changed_keys(self.config.model_dump(), new.model_dump())
+        if new.state.dir != self.config.state.dir:
+            log.warning("state.dir changed: takes effect after a restart", extra={"EVENT": "config.restart_needed"})
+        setup_logging(new.logging.level, new.logging.format)
+        for component in self.components:
+            await component.apply_config(new)
+        self.config = new
+        self.reported.set("config", {"status": "applied", "changed": changed})
+        log.info("config reloaded; changed: %s", ", ".join(changed) or "nothing", extra={"EVENT": "config.reloaded"})
+        self.notifier.reloaded(f"running {len(self.components)} components")
+        return True
+
+    def _report_agent(self) -> None:
+        self.reported.set(
+            "agent",
+            {
+                "version": __version__,
+                "os": platform.system().lower(),
+                "arch": platform.machine(),
+                "python": platform.python_version(),
+            },
+        )
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "device": self.config.device.id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "config": str(self.config_path),
+            "state_dir": str(self.config.state.dir),
+            "components": {
+                c.name: {"stalled": c.stalled(), "last_error": self.component_errors.get(c.name)}
+                for c in self.components
+            },
+            "event_loop_lag_s": round(self._loop_lag, 3),
+            "reported": self.reported.snapshot(),
+        }
+
+    async def _ping(self, args: dict[str, Any]) -> str:
+        return "pong"
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [prefix.rstrip(".")] if old != new else []
+
+
+def run_agent(config: AgentConfig, config_path: Path, overrides: dict[str, Any] | None = None) -> int:
+    setup_logging(config.logging.level, config.logging.format)
+    agent = Agent(config, config_path, overrides)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(agent.run())
+    return 0

@@ -1,0 +1,161 @@
+"""Logging: one event per line, with journald fields when running under systemd.
+
+Callers use plain stdlib logging and pass journal fields as upper-case ``extra`` keys:
+
+    log.info("desired document accepted", extra={"EVENT": "desired.accepted", "DEPLOYMENT": "7"})
+
+so that ``journalctl -u edge-agent EVENT=desired.accepted`` and ``MODULE=pilot`` work.
+
+The journal handler speaks journald's native datagram protocol directly (documented in
+systemd's "Native Journal Protocol"); python-systemd would need libsystemd headers and a
+compiler on the device for about forty lines of socket code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import sys
+import time
+from typing import Any, Literal
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+_FIELD_NAME = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")
+_MAX_VALUE = 64 * 1024  # keep datagrams well under the socket's limit; longer values are cut
+_SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+LogFormat = Literal["auto", "text", "json", "journal"]
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+def journal_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The upper-case extra fields of a record (EVENT, MODULE, DEPLOYMENT, ...)."""
+    return {key: str(value) for key, value in record.__dict__.items() if _FIELD_NAME.match(key) and value is not None}
+
+
+def _priority(levelno: int) -> int:
+    for level, prio in sorted(_SYSLOG_PRIORITY.items(), reverse=True):
+        if levelno >= level:
+            return prio
+    return 7
+
+
+def _message(record: logging.LogRecord) -> str:
+    msg = record.getMessage()
+    if record.exc_info:
+        exc_type, exc, _ = record.exc_info
+        if exc_type is not None:
+            msg = f"{msg}: {exc_type.__name__}: {exc}"
+    return msg
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to journald as one entry with native fields."""
+
+    def __init__(self, identifier: str = "edge-agent", path: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {
+                "MESSAGE": _message(record),
+                "PRIORITY": str(_priority(record.levelno)),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+            }
+            fields.update(journal_fields(record))
+            self.sock.sendto(encode_journal_entry(fields), self.path)
+        except Exception:  # logging must never take the agent down
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def encode_journal_entry(fields: dict[str, str]) -> bytes:
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")[:_MAX_VALUE]
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable single lines for a terminal: time, level, logger, message, then FIELD=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        extras = " ".join(f"{k}={v}" for k, v in journal_fields(record).items())
+        text = f"{stamp} {record.levelname:<7} {record.name.removeprefix('edge_agent.'):<18} {_message(record)}"
+        if extras:
+            text += f"  [{extras}]"
+        return text.replace("\n", "\\n")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": _message(record),
+        }
+        doc.update(journal_fields(record))
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def under_journald() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:ino)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in stream or not os.path.exists(JOURNAL_SOCKET):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    dev, _, ino = stream.partition(":")
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    chosen = fmt
+    if fmt == "auto":
+        chosen = "journal" if under_journald() else "text"
+    handler: logging.Handler
+    if chosen == "journal":
+        handler = JournalHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Libraries are chatty at debug; keep them one notch quieter than ours.
+    for noisy in ("urllib3", "asyncio", "paho", "aiomqtt"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install everything the agent, its tests and the quickstart need on a fresh Debian bookworm
+# machine: Debian packages (podman, mosquitto, registry, swtpm, tpm2-tools, ...) and a Python
+# virtualenv in .venv with the agent and the pilot module. Idempotent and quick when all is there.
+# Source it (". scripts/install-deps.sh") to get .venv on PATH and the dev podman settings.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+APT_PACKAGES=(
+  podman runc uidmap slirp4netns fuse-overlayfs   # module containers (runc: crun fails on these machines)
+  mosquitto mosquitto-clients                      # MQTT broker for tests and the quickstart
+  docker-registry                                  # local OCI registry
+  swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config  # software TPM; libtss2-dev builds tpm2-pytss
+  busybox-static debootstrap                       # tiny test images and the local Debian base image
+  systemd openssl iproute2 ca-certificates gcc python3-dev
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+venv="$repo/.venv"
+py=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "creating $venv"
+  "$py" -m venv "$venv"
+fi
+# Reinstall only when what we install from changed.
+stamp="$venv/.edge-deps"
+want=$(cat "$repo/pyproject.toml" "$repo"/modules/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "installing Python packages into $venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  extras=(-e "$repo[dev,tpm]")
+  for mod in "$repo"/modules/*/pyproject.toml; do
+    [ -f "$mod" ] && extras+=(-e "$(dirname "$mod")[train]")
+  done
+  # torch: take the CPU build (a plain 'torch' would pull several GB of CUDA packages).
+  if grep -q torch "$repo"/modules/*/pyproject.toml 2>/dev/null; then
+    "$venv/bin/pip" install -q "torch==2.13.0"
+  fi
+  "$venv/bin/pip" install -q "${extras[@]}"
+  echo "$want" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"

@@ -1,0 +1,60 @@
+"""Session fixtures for the real components. Each is started by the test session and stopped
+at its end, also on failure. Nothing is skipped when a component is missing: the fixture fails."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.infra.mosquitto import Mosquitto
+from tests.infra.podman import PodmanService, ensure_busybox_image, use_dev_containers_conf
+from tests.infra.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def podman_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dev containers.conf (runc); must be set before any podman call in the session."""
+    return use_dev_containers_conf(tmp_path_factory.mktemp("podman-conf"))
+
+
+@pytest.fixture(scope="session")
+def podman_service(podman_env: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanService]:
+    service = PodmanService(tmp_path_factory.mktemp("podman-service")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(podman_env: Path) -> str:
+    return ensure_busybox_image()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def fresh_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of the test's own, for tests that stop or restart it."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()

@@ -1,0 +1,50 @@
+"""A real mosquitto broker on a free loopback port, with an optional extra config block (TLS, ACL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, anonymous: bool = True) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.anonymous = anonymous
+        self.conf_path = workdir / "mosquitto.conf"
+        self.proc: ManagedProcess | None = None
+
+    def write_conf(self) -> None:
+        # Persistence on, so retained messages and persistent sessions survive a broker restart.
+        self.conf_path.write_text(
+            f"per_listener_settings false\n"
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
+            f"max_packet_size 0\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"{self.extra_conf}\n"
+        )
+
+    def start(self) -> Mosquitto:
+        binary = require_binary("mosquitto")
+        self.write_conf()
+        self.proc = ManagedProcess("mosquitto", [binary, "-c", str(self.conf_path)], self.workdir / "mosquitto.log")
+        self.proc.start()
+        self.proc.wait_ready(lambda: port_open(self.port))
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
