@@ -69,11 +69,6 @@ def unique_name(kind: str) -> str:
     return f"{CONTAINER_PREFIX}{kind}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO_ROOT
-
-
 @pytest.fixture(scope="session", name="podman")
 def podman_fixture():  # type: ignore[no-untyped-def]
     """The podman() helper, for test modules (they don't import conftest)."""
