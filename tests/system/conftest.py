@@ -42,13 +42,9 @@ PODMAN_ENV = _podman_env()
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run podman with the test environment; raise with podman's stderr on failure."""
-    proc = subprocess.run(
-        ["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.run(["podman", *args], env=PODMAN_ENV, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -160,8 +156,7 @@ def systemd_container(systemd_image: str, wheelhouse: Path) -> Iterator[SystemdC
         box = SystemdContainer(name)
         box.wait_for(
             "systemd to finish booting",
-            lambda: box.sh("systemctl is-system-running --wait", check=False).stdout.strip()
-            in ("running", "degraded"),
+            lambda: box.sh("systemctl is-system-running --wait", check=False).stdout.strip() in ("running", "degraded"),
             timeout=60,
         )
         yield box
