@@ -87,7 +87,7 @@ def test_sysusers_creates_user_in_tss_group(tmp_path: Path) -> None:
     assert "edge-agent" in groups["tss"][3].split(",")
 
 
-def test_tmpfiles_makes_config_dir_root_owned_group_readable(tmp_path: Path) -> None:
+def test_tmpfiles_makes_config_and_state_dirs(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     assert run("systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)).returncode == 0
     proc = run("systemd-tmpfiles", f"--root={tmp_path}", "--create", str(TMPFILES))
@@ -99,3 +99,10 @@ def test_tmpfiles_makes_config_dir_root_owned_group_readable(tmp_path: Path) -> 
         if line.startswith("edge-agent:")
     )
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, gid, 0o750)
+    uid = next(
+        int(line.split(":")[2])
+        for line in (tmp_path / "etc/passwd").read_text().splitlines()
+        if line.startswith("edge-agent:")
+    )
+    st = (tmp_path / "var/lib/edge-agent").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, 0o700)
