@@ -11,6 +11,8 @@ out=${1:?usage: build-wheel.sh OUTDIR [--with-deps]}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 mkdir -p "$out"
+# pip builds in the source tree; a stale build/ could smuggle deleted modules into the wheel.
+rm -rf "$repo/build"
 if [ "${2:-}" = "--with-deps" ]; then
   "$python" -m pip wheel --quiet --wheel-dir "$out" "$repo"
 else

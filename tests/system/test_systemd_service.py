@@ -13,6 +13,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,8 +70,14 @@ def test_service_is_active_after_ready_and_hardened(agent: SystemdContainer) -> 
     props = agent.show(UNIT, "ActiveState", "SubState", "Type", "StatusText", "MainPID", "User", "WatchdogUSec")
     assert (props["ActiveState"], props["SubState"], props["Type"]) == ("active", "running", "notify"), props
     assert props["StatusText"].startswith("running"), props  # STATUS= sent with READY=1
-    started = [e for e in agent_entries(journal(agent)) if e.get("EVENT") == "agent.started"]
+    entries = journal(agent)
+    started = [e for e in agent_entries(entries) if e.get("EVENT") == "agent.started"]
     assert started, "no agent.started event in the journal"
+    # systemd considered the unit started only after the agent's READY=1, which it sends after
+    # loading its state (agent.started is logged just before READY=1).
+    unit_started = [e for e in entries if e.get("_COMM") == "systemd" and e["MESSAGE"].startswith("Started ")]
+    assert unit_started, "systemd never logged the unit as started"
+    assert int(unit_started[0]["__REALTIME_TIMESTAMP"]) >= int(started[0]["__REALTIME_TIMESTAMP"])
 
     pid = main_pid(agent)
     status = agent.out(f"cat /proc/{pid}/status")
@@ -106,6 +113,54 @@ def test_journal_carries_native_fields(agent: SystemdContainer) -> None:
     # journalctl field matches work, which is what operators use.
     by_event = agent.out(f"journalctl -u {UNIT} EVENT=agent.started -o json --no-pager").splitlines()
     assert by_event and all(json.loads(line)["EVENT"] == "agent.started" for line in by_event)
+
+
+def test_module_and_deployment_fields_reach_the_journal(agent: SystemdContainer) -> None:
+    """MODULE=/DEPLOYMENT= ride along with EVENT= through the agent's journal handler.
+
+    The daemon logs them once deployments and modules run (no component does yet at this
+    stage), so this drives the installed package's logging setup directly, in a transient
+    unit with the agent's user, exactly as the daemon configures it under systemd."""
+    snippet = (
+        "from edge_agent.logs import get_logger, setup_logging; setup_logging('info', 'auto'); "
+        "get_logger('edge_agent.deployment').info('module started', "
+        "extra={'EVENT': 'module.started', 'MODULE': 'pilot', 'DEPLOYMENT': '7'})"
+    )
+    agent.sh(
+        "systemd-run --wait --quiet --unit edge-agent-fields -p User=edge-agent "
+        f'/opt/edge-agent/bin/python -c "{snippet}"',
+        timeout=60,
+    )
+    lines = agent.out("journalctl MODULE=pilot DEPLOYMENT=7 EVENT=module.started -o json --no-pager").splitlines()
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert entry["_TRANSPORT"] == "journal" and entry["MESSAGE"] == "module started", entry
+    assert entry["_SYSTEMD_UNIT"] == "edge-agent-fields.service"
+
+
+def test_podman_socket_dropin_lets_the_agent_user_connect(agent: SystemdContainer) -> None:
+    """Debian's podman.socket plus our drop-in: root:edge-agent 0660, reachable by the agent
+    user and by no one else. (No podman runs in this container; the socket is enough.)"""
+    agent.sh("mkdir -p /etc/systemd/system/podman.socket.d")
+    podman_socket_unit = Path("/usr/lib/systemd/system/podman.socket").read_text()
+    agent.sh(f"cat > /etc/systemd/system/podman.socket <<'EOF'\n{podman_socket_unit}EOF")
+    # A socket unit needs its service unit to exist; podman itself is not installed here, so a
+    # stand-in that never answers (connect() succeeds on the listening socket regardless).
+    agent.sh("printf '[Service]\\nExecStart=/usr/bin/sleep infinity\\n' > /etc/systemd/system/podman.service")
+    agent.sh(
+        "install -m 0644 /src/systemd/podman.socket.d/edge-agent.conf /etc/systemd/system/podman.socket.d/"
+        " && systemctl daemon-reload && systemctl start podman.socket"
+    )
+    try:
+        assert agent.out("stat -c '%U %G %a' /run/podman/podman.sock").split() == ["root", "edge-agent", "660"]
+        connect = "python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('/run/podman/podman.sock')\""
+        assert (
+            agent.sh(f"setpriv --reuid edge-agent --regid edge-agent --init-groups {connect}", check=False).returncode
+            == 0
+        )
+        assert agent.sh(f"setpriv --reuid nobody --regid nogroup --clear-groups {connect}", check=False).returncode != 0
+    finally:
+        agent.sh("systemctl stop podman.socket podman.service", check=False)
 
 
 def test_reload_with_broken_config_keeps_running_and_logs_file_line(agent: SystemdContainer) -> None:
