@@ -150,6 +150,7 @@ def systemd_container(systemd_image: str, wheelhouse: Path) -> Iterator[SystemdC
         "-v", f"{wheelhouse}:/wheels:ro",
         "-v", f"{REPO_ROOT / 'systemd'}:/src/systemd:ro",
         "-v", f"{REPO_ROOT / 'config'}:/src/config:ro",
+        "-v", f"{Path(__file__).parent / 'sandbox_check.py'}:/src/sandbox_check.py:ro",
         systemd_image, "/sbin/init",
     )  # fmt: skip
     try:

@@ -163,6 +163,25 @@ def test_podman_socket_dropin_lets_the_agent_user_connect(agent: SystemdContaine
         agent.sh("systemctl stop podman.socket podman.service", check=False)
 
 
+def test_agent_libraries_work_inside_the_unit_sandbox(agent: SystemdContainer) -> None:
+    """The shipped unit's exact hardening, with only the command swapped for a check script
+    (Type=oneshot so `systemctl start` waits for it)."""
+    agent.sh(
+        "sed -e 's/^Type=notify/Type=oneshot/'"
+        " -e 's|^ExecStart=.*|ExecStart=/opt/edge-agent/bin/python /src/sandbox_check.py|'"
+        " -e '/^ExecReload=/d' -e '/^WatchdogSec=/d' -e '/^Restart=/d'"
+        f" /etc/systemd/system/{UNIT} > /etc/systemd/system/edge-agent-sandbox.service"
+        " && systemctl daemon-reload"
+    )
+    try:
+        result = agent.sh("systemctl start edge-agent-sandbox.service", check=False, timeout=60)
+        output = agent.out("journalctl -u edge-agent-sandbox.service -o cat --no-pager")
+        assert result.returncode == 0, output
+        assert "SANDBOX OK" in output, output
+    finally:
+        agent.sh("rm -f /etc/systemd/system/edge-agent-sandbox.service && systemctl daemon-reload", check=False)
+
+
 def test_reload_with_broken_config_keeps_running_and_logs_file_line(agent: SystemdContainer) -> None:
     pid = main_pid(agent)
     mark = cursor(agent)
