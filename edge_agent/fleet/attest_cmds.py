@@ -204,7 +204,7 @@ def save_evidence(directory: Path, record: EnrollmentRecord, attest: bytes, sign
                   pcrs: Mapping[int, bytes], selection: tuple[int, ...], nonce: bytes,
                   response: Mapping[str, Any]) -> None:
     """The quote as files for `tpm2_checkquote -u ak.pem -m quote.msg -s quote.sig -f quote.pcrs
-    -l sha256:LIST -g sha256 -q NONCE` (an independent check with tpm2-tools)."""
+    -g sha256 -q NONCE` (an independent check with tpm2-tools)."""
     from tpm2_pytss.types import TPM2B_PUBLIC
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -212,10 +212,32 @@ def save_evidence(directory: Path, record: EnrollmentRecord, attest: bytes, sign
     (directory / "ak.pem").write_bytes(bytes(public.to_pem()))
     (directory / "quote.msg").write_bytes(attest)
     (directory / "quote.sig").write_bytes(signature)
-    (directory / "quote.pcrs").write_bytes(b"".join(pcrs[i] for i in sorted(selection)))
+    (directory / "quote.pcrs").write_bytes(tools_pcr_file(pcrs, selection))
     (directory / "nonce.hex").write_text(nonce.hex())
     (directory / "pcr-list.txt").write_text("sha256:" + ",".join(map(str, sorted(selection))))
     (directory / "response.json").write_text(json.dumps(dict(response), indent=2))
+
+
+def tools_pcr_file(pcrs: Mapping[int, bytes], selection: tuple[int, ...]) -> bytes:
+    """PCR values in tpm2-tools' "serialized" format (what `tpm2_quote -o` writes and
+    `tpm2_checkquote -f` reads): the in-memory C structs, little-endian. TPML_PCR_SELECTION
+    (count, 16 x {hash u16, sizeofSelect u8, pcrSelect[4], pad}), then the number of TPML_DIGEST
+    lists, then each list (count, 8 x {size u16, buffer[64]}). Only the SHA-256 bank."""
+    import struct
+
+    bitmap = bytearray(4)
+    for index in selection:
+        bitmap[index // 8] |= 1 << (index % 8)
+    out = struct.pack("<I", 1) + struct.pack("<HB4sx", 0x000B, 3, bytes(bitmap)) + bytes(8 * 15)
+    values = [pcrs[i] for i in sorted(selection)]
+    chunks = [values[i : i + 8] for i in range(0, len(values), 8)]
+    out += struct.pack("<I", len(chunks))
+    for chunk in chunks:
+        out += struct.pack("<I", len(chunk))
+        for slot in range(8):
+            value = chunk[slot] if slot < len(chunk) else b""
+            out += struct.pack("<H", len(value)) + value.ljust(64, b"\0")
+    return out
 
 
 async def attest_device(
