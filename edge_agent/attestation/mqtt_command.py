@@ -107,7 +107,7 @@ async def _answer(client: aiomqtt.Client, message: aiomqtt.Message, base: str, h
         answer = _error("unknown_command", f"no command {name!r}")
     else:
         answer = await dispatch(handler, payload)
-    out = Properties(PacketTypes.PUBLISH)
+    out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     correlation = getattr(props, "CorrelationData", None)
     if correlation is not None:
         out.CorrelationData = correlation
@@ -132,7 +132,7 @@ async def request(
         host, port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5, **client_kwargs
     ) as client:
         await client.subscribe(response_topic, qos=1)
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = response_topic
         props.CorrelationData = correlation
         await client.publish(

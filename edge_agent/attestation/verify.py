@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_agent.attestation.ima import IMA_PCR, Allowlist, ImaParseError, parse_ima_list, replay
 from edge_agent.attestation.measure import replay_image_log
-from edge_agent.attestation.tpm import BANK
+from edge_agent.attestation.tpm import BANK, ZERO_PCR
 
 # Stable check names (the CLI prints them; docs/attestation.md explains each).
 CHECKS = (
@@ -282,7 +282,11 @@ def _check_ima(evidence: Evidence, expect: Expectations, out: list[CheckOutcome]
                add: Any, skip: Any) -> None:
     names = ["ima_entries", "ima_replay", "ima_allowlist"]
     if evidence.ima_log is None:
-        if expect.ima_required or expect.ima_allowlist is not None:
+        pcr10 = evidence.pcrs.get(IMA_PCR) if trusted and IMA_PCR in expect.pcrs else None
+        if pcr10 is not None and pcr10 != ZERO_PCR:
+            add("ima_entries", f"PCR {IMA_PCR} holds measurements but the device sent no IMA list (withheld?)", "")
+            skip(names[1:], "no IMA measurement list")
+        elif expect.ima_required or expect.ima_allowlist is not None:
             add("ima_entries", "the device sent no IMA measurement list", "")
             skip(names[1:], "no IMA measurement list")
         else:

@@ -23,7 +23,7 @@ from typing import Any
 from edge_agent.attestation.ima import Allowlist
 from edge_agent.attestation.keys import DeviceIdentity, check_challenge_answer, make_challenge
 from edge_agent.attestation.mqtt_command import CommandFailed, request
-from edge_agent.attestation.quote import DEFAULT_PCRS, b64, decode_evidence, unb64
+from edge_agent.attestation.quote import DEFAULT_PCRS, b64, decode_evidence
 from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, ak_name, verify_quote
 from edge_agent.config import DEVICE_ID_PATTERN
 

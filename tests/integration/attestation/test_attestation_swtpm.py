@@ -119,7 +119,7 @@ async def test_changed_pcr_fails(make_service: Any, swtpm: Swtpm) -> None:
 
 async def test_replayed_old_quote_fails(make_service: Any, swtpm: Swtpm) -> None:
     service, _ = await prepared_device(make_service, swtpm)
-    transport, record = await enrolled(service)
+    _transport, record = await enrolled(service)
     recorded: list[dict[str, Any]] = []
 
     def capture(command: str, request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +151,7 @@ async def test_ak_from_another_tpm_is_refused(make_service: Any, swtpm: Swtpm, o
         await enrolled(service, tamper=swap_ak)
 
     # A quote made by another TPM's AK does not verify against the enrolled AK.
-    transport, record = await enrolled(service)
+    _transport, record = await enrolled(service)
     result = await attest_device(local_transport({"dev": other}), record)
     assert failed(result) == ["ak_signature"]
 
