@@ -81,3 +81,37 @@ def activate(tpm: TpmBackend, request: dict[str, Any]) -> dict[str, str]:
     blob = unb64(request.get("credential_blob"), "credential_blob")
     encrypted = unb64(request.get("secret"), "secret")
     return {"secret": b64(tpm.activate_credential(blob, encrypted))}
+
+
+def ek_certificate_problem(identity: DeviceIdentity, ca_bundle: bytes | None) -> str | None:
+    """None when the EK certificate carries the device's EK public key and, with `ca_bundle`
+    (PEM, the TPM vendor's CAs), is directly issued by one of them. Full path validation to a
+    vendor root (with intermediates, revocation) is not done here."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    if identity.ek_cert is None:
+        return "the TPM has no EK certificate in NV"
+    try:
+        cert = x509.load_der_x509_certificate(identity.ek_cert)
+    except ValueError as exc:
+        return f"the EK certificate is not valid DER X.509: {exc}"
+    public, _ = TPM2B_PUBLIC.unmarshal(identity.ek_public)
+    ek_key = serialization.load_pem_public_key(bytes(public.to_pem()))
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, spki) != ek_key.public_bytes(
+        serialization.Encoding.DER, spki
+    ):
+        return "the EK certificate is for another key than the device's EK"
+    if ca_bundle is not None:
+        issuers = x509.load_pem_x509_certificates(ca_bundle)
+        for issuer in issuers:
+            try:
+                cert.verify_directly_issued_by(issuer)
+                return None
+            except (ValueError, TypeError, InvalidSignature):
+                continue  # not this CA; try the next
+        return f"the EK certificate (issuer {cert.issuer.rfc4514_string()}) is not issued by a CA in the bundle"
+    return None

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.attestation.ima import Allowlist
-from edge_agent.attestation.keys import DeviceIdentity, check_challenge_answer, make_challenge
+from edge_agent.attestation.keys import (
+    DeviceIdentity,
+    check_challenge_answer,
+    ek_certificate_problem,
+    make_challenge,
+)
 from edge_agent.attestation.mqtt_command import CommandFailed, request
 from edge_agent.attestation.quote import DEFAULT_PCRS, b64, decode_evidence
 from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, ak_name, verify_quote
@@ -156,10 +161,16 @@ def deployment_images(doc: Any, source: str = "deployment") -> dict[str, set[str
 
 
 async def enroll_device(
-    transport: Transport, device: str, golden: tuple[int, ...] = DEFAULT_GOLDEN, image_pcr: int = 23
+    transport: Transport, device: str, golden: tuple[int, ...] = DEFAULT_GOLDEN, image_pcr: int = 23,
+    ek_ca: bytes | None = None, require_ek_cert: bool = False,
 ) -> EnrollmentRecord:
-    """Register the device's EK and AK, prove the AK is in the EK's TPM, record golden PCRs."""
+    """Register the device's EK and AK, prove the AK is in the EK's TPM, record golden PCRs.
+    The EK certificate, when the TPM has one, must match the EK (and be issued by `ek_ca`)."""
     identity = DeviceIdentity.from_wire(await transport(device, "attest_enroll", {}))
+    if identity.ek_cert is not None or require_ek_cert or ek_ca is not None:
+        problem = ek_certificate_problem(identity, ek_ca)
+        if problem:
+            raise AttestationFailure(f"EK certificate check failed: {problem}")
     challenge = make_challenge(identity)
     try:
         answer = await transport(device, "attest_activate", challenge.to_wire())
@@ -290,6 +301,9 @@ def add_parsers(sub: Any) -> None:
     enroll.add_argument("device", help="device id")
     enroll.add_argument("--golden-pcrs", default="0-7", help="PCRs whose current values become golden (default 0-7)")
     enroll.add_argument("--force", action="store_true", help="replace an existing enrollment record")
+    enroll.add_argument("--ek-ca", type=Path, help="PEM bundle of the TPM vendor's CAs; the EK certificate must be "
+                        "issued by one of them (implies --require-ek-cert)")
+    enroll.add_argument("--require-ek-cert", action="store_true", help="refuse a TPM without an EK certificate")
 
     attest = sub.add_parser(
         "attest", parents=[mqtt], help="ask a device for a TPM quote and verify it",
@@ -353,7 +367,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             print(f"edgectl: {args.device} is already enrolled ({record_path(directory, args.device)}); "
                   "use --force to replace it", file=sys.stderr)
             return 2
-        record = asyncio.run(enroll_device(_transport(args), args.device, parse_pcr_list(args.golden_pcrs)))
+        ek_ca = args.ek_ca.read_bytes() if args.ek_ca else None
+        record = asyncio.run(enroll_device(_transport(args), args.device, parse_pcr_list(args.golden_pcrs),
+                                           ek_ca=ek_ca, require_ek_cert=args.require_ek_cert))
         path = save_record(directory, record)
     except (AttestationFailure, CommandFailed, TimeoutError, OSError) as exc:
         print(f"edgectl: enrollment of {args.device} failed: {exc}", file=sys.stderr)

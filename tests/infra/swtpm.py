@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
@@ -40,6 +41,7 @@ class Swtpm:
         self.port = _free_port_pair()
         self.ctrl_port = self.port + 1
         self.proc: ManagedProcess | None = None
+        self.ca_certs: list[Path] = []
 
     @property
     def tcti(self) -> str:
@@ -49,6 +51,36 @@ class Swtpm:
     def tools_env(self) -> dict[str, str]:
         """Environment for tpm2-tools commands against this TPM."""
         return {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
+
+    def manufacture(self) -> Swtpm:
+        """Before start(): provision the TPM like a vendor does, with swtpm_setup: RSA and ECC EKs
+        and their certificates in NV (RSA 2048 at 0x01c00002), signed by a local CA kept in this
+        TPM's work dir (not the machine-wide /var/lib/swtpm-localca)."""
+        setup = require_binary("swtpm_setup")
+        localca = require_binary("swtpm_localca")
+        ca_dir = self.workdir / "localca"
+        ca_dir.mkdir(exist_ok=True)
+        ca_conf = self.workdir / "swtpm-localca.conf"
+        ca_conf.write_text(
+            f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\n"
+            f"issuercert = {ca_dir}/issuercert.pem\ncertserial = {ca_dir}/certserial\n"
+        )
+        ca_opts = self.workdir / "swtpm-localca.options"
+        ca_opts.write_text("--platform-manufacturer edge-agent-tests\n--platform-version 1\n--platform-model swtpm\n")
+        setup_conf = self.workdir / "swtpm_setup.conf"
+        setup_conf.write_text(
+            f"create_certs_tool = {localca}\ncreate_certs_tool_config = {ca_conf}\n"
+            f"create_certs_tool_options = {ca_opts}\nactive_pcr_banks = sha256\n"
+        )
+        result = subprocess.run(
+            [setup, "--tpm2", "--tpmstate", str(self.state_dir), "--config", str(setup_conf),
+             "--create-ek-cert", "--overwrite", "--pcr-banks", "sha256"],
+            capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"swtpm_setup failed:\n{result.stdout}\n{result.stderr}")
+        self.ca_certs = [ca_dir / "issuercert.pem", ca_dir / "swtpm-localca-rootca-cert.pem"]
+        return self
 
     def start(self) -> Swtpm:
         binary = require_binary("swtpm")

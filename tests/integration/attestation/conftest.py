@@ -49,10 +49,11 @@ ServiceFactory = Callable[..., Any]
 async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     started: list[AttestationService] = []
 
-    async def factory(tpm: Swtpm | None, name: str = "dev", tcti: str | None = None) -> AttestationService:
+    async def factory(tpm: Swtpm | None, name: str = "dev", tcti: str | None = None,
+                      ek_type: str = "ecc") -> AttestationService:
         state = tmp_path / f"state-{name}"
         config = agent_config(state, tcti or (tpm.tcti if tpm else "device:/dev/nonexistent-tpm"),
-                              tmp_path / f"ima-{name}.txt")
+                              tmp_path / f"ima-{name}.txt", f'ek_type = "{ek_type}"\n')
         service = AttestationService(config, ReportedState())
         await service.start()
         started.append(service)

@@ -221,3 +221,30 @@ async def test_without_tpm_attest_is_answered_with_a_clear_error(make_service: A
         await service.handle_attest({"nonce": "00" * 32})
     assert info.value.code == "attestation_unavailable"
     assert service.reported.get("attestation")["available"] is False
+
+
+async def test_ek_certificate_from_nv_is_read_and_checked(make_service: Any, tmp_path: Path) -> None:
+    """A TPM provisioned by swtpm_setup (vendor-style EK certificate in NV), RSA EK."""
+    tpm = Swtpm(tmp_path / "manufactured").manufacture().start()
+    try:
+        service = await make_service(tpm, "rsa-dev", ek_type="rsa")
+        assert service.unavailable is None, service.unavailable
+        vendor_ca = b"".join(p.read_bytes() for p in tpm.ca_certs)
+        transport = local_transport({"rsa-dev": service})
+        record = await enroll_device(transport, "rsa-dev", ek_ca=vendor_ca, require_ek_cert=True)
+        assert record.identity.ek_cert is not None and record.identity.ek_type == "rsa"
+        result = await attest_device(transport, record)
+        assert result.passed, result.as_dict()
+
+        # A CA that did not issue this TPM's certificate is refused.
+        other = Swtpm(tmp_path / "other-vendor").manufacture()
+        with pytest.raises(AttestationFailure, match="not issued by a CA in the bundle"):
+            await enroll_device(transport, "rsa-dev", ek_ca=b"".join(p.read_bytes() for p in other.ca_certs))
+    finally:
+        tpm.stop()
+
+
+async def test_tpm_without_ek_certificate_is_refused_when_one_is_required(make_service: Any, swtpm: Swtpm) -> None:
+    service = await make_service(swtpm)
+    with pytest.raises(AttestationFailure, match="no EK certificate in NV"):
+        await enroll_device(local_transport({"dev": service}), "dev", require_ek_cert=True)
