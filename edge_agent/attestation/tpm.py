@@ -152,16 +152,15 @@ class PytssTpm:
 
         if self.ak_handle is not None:
             try:
-                yield self._esys.tr_from_tpmpublic(self.ak_handle)
-                return
-            except Exception as exc:  # not there yet: create and persist below
+                persistent = self._esys.tr_from_tpmpublic(self.ak_handle)
+            except Exception as exc:  # not there yet (TPM_RC_HANDLE): create and persist it
                 if "0x18b" not in repr(exc).lower() and "handle" not in str(exc).lower():
                     raise
-            handle, *_ = self._esys.create_primary(None, self._ak_template(), ESYS_TR.ENDORSEMENT)
-            try:
-                persistent = self._esys.evict_control(ESYS_TR.OWNER, handle, self.ak_handle)
-            finally:
-                self._esys.flush_context(handle)
+                handle, *_ = self._esys.create_primary(None, self._ak_template(), ESYS_TR.ENDORSEMENT)
+                try:
+                    persistent = self._esys.evict_control(ESYS_TR.OWNER, handle, self.ak_handle)
+                finally:
+                    self._esys.flush_context(handle)
             yield persistent
             return
         handle, *_ = self._esys.create_primary(None, self._ak_template(), ESYS_TR.ENDORSEMENT)

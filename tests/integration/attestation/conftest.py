@@ -50,10 +50,10 @@ async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     started: list[AttestationService] = []
 
     async def factory(tpm: Swtpm | None, name: str = "dev", tcti: str | None = None,
-                      ek_type: str = "ecc") -> AttestationService:
+                      ek_type: str = "ecc", extra: str = "") -> AttestationService:
         state = tmp_path / f"state-{name}"
         config = agent_config(state, tcti or (tpm.tcti if tpm else "device:/dev/nonexistent-tpm"),
-                              tmp_path / f"ima-{name}.txt", f'ek_type = "{ek_type}"\n')
+                              tmp_path / f"ima-{name}.txt", f'ek_type = "{ek_type}"\n{extra}')
         service = AttestationService(config, ReportedState())
         await service.start()
         started.append(service)

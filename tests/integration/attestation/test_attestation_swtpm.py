@@ -248,3 +248,12 @@ async def test_tpm_without_ek_certificate_is_refused_when_one_is_required(make_s
     service = await make_service(swtpm)
     with pytest.raises(AttestationFailure, match="no EK certificate in NV"):
         await enroll_device(local_transport({"dev": service}), "dev", require_ek_cert=True)
+
+
+async def test_persistent_ak_survives_agent_restarts(make_service: Any, swtpm: Swtpm) -> None:
+    service = await make_service(swtpm, extra="ak_handle = 0x81010002\n")
+    _transport, record = await enrolled(service)
+    service.close()
+    restarted = await make_service(swtpm, extra="ak_handle = 0x81010002\n")
+    result = await attest_device(local_transport({"dev": restarted}), record)
+    assert result.passed, result.as_dict()
