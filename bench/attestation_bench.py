@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.attestation.ima import make_entry, parse_ima_list  # noqa: E402
-from edge_agent.attestation.quote import DEFAULT_PCRS  # noqa: E402
-from edge_agent.attestation.tpm import PytssTpm  # noqa: E402
-from edge_agent.attestation.verify import Evidence, Expectations, verify_quote  # noqa: E402
-from tests.infra.swtpm import Swtpm  # noqa: E402
+from edge_agent.attestation.ima import make_entry, parse_ima_list
+from edge_agent.attestation.quote import DEFAULT_PCRS
+from edge_agent.attestation.tpm import PytssTpm
+from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
+from tests.infra.swtpm import Swtpm
 
 
 def timed(fn: Callable[[], object], rounds: int) -> float:

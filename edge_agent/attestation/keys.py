@@ -115,3 +115,30 @@ def ek_certificate_problem(identity: DeviceIdentity, ca_bundle: bytes | None) ->
                 continue  # not this CA; try the next
         return f"the EK certificate (issuer {cert.issuer.rfc4514_string()}) is not issued by a CA in the bundle"
     return None
+
+
+def ak_attributes_problem(ak_public: bytes) -> str | None:
+    """None when the AK is a restricted signing key that never leaves its TPM. A key without
+    `restricted` could sign any data that looks like a quote, so its signatures prove nothing.
+    (The credential challenge binds the AK's name, which covers these attributes.)"""
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    try:
+        public, _ = TPM2B_PUBLIC.unmarshal(ak_public)
+    except Exception as exc:
+        return f"cannot decode the AK public key: {exc}"
+    attrs = int(public.publicArea.objectAttributes)
+    required = {
+        "restricted": TPMA_OBJECT.RESTRICTED,
+        "sign": TPMA_OBJECT.SIGN_ENCRYPT,
+        "fixedtpm": TPMA_OBJECT.FIXEDTPM,
+        "fixedparent": TPMA_OBJECT.FIXEDPARENT,
+        "sensitivedataorigin": TPMA_OBJECT.SENSITIVEDATAORIGIN,
+    }
+    missing = [name for name, bit in required.items() if not attrs & int(bit)]
+    if int(TPMA_OBJECT.DECRYPT) & attrs:
+        missing.append("not decrypt")
+    if missing:
+        return "the AK is not a restricted signing key bound to its TPM (missing: " + ", ".join(missing) + ")"
+    return None

@@ -64,6 +64,7 @@ class AttestationService(BaseComponent):
         if not self.section.enabled:
             self._set_unavailable("attestation is disabled in the config (attestation.enabled = false)")
             return
+        tpm: TpmBackend | None = None
         try:
             tpm = await asyncio.to_thread(self.tpm_factory, self.section)
             self._tpm_description = await asyncio.to_thread(tpm.describe)
@@ -72,6 +73,8 @@ class AttestationService(BaseComponent):
             measurer = ImageMeasurer(tpm, self.state_dir, self.section.image_pcr, self.lock)
             await measurer.load()
         except (TpmError, OSError, ValueError) as exc:
+            if tpm is not None:
+                tpm.close()
             self._set_unavailable(f"no usable TPM at {self.section.tcti}: {exc}")
             return
         self.tpm, self.measurer, self.unavailable = tpm, measurer, None

@@ -23,6 +23,7 @@ from typing import Any
 from edge_agent.attestation.ima import Allowlist
 from edge_agent.attestation.keys import (
     DeviceIdentity,
+    ak_attributes_problem,
     check_challenge_answer,
     ek_certificate_problem,
     make_challenge,
@@ -167,6 +168,9 @@ async def enroll_device(
     """Register the device's EK and AK, prove the AK is in the EK's TPM, record golden PCRs.
     The EK certificate, when the TPM has one, must match the EK (and be issued by `ek_ca`)."""
     identity = DeviceIdentity.from_wire(await transport(device, "attest_enroll", {}))
+    ak_problem = ak_attributes_problem(identity.ak_public)
+    if ak_problem:
+        raise AttestationFailure(ak_problem)
     if identity.ek_cert is not None or require_ek_cert or ek_ca is not None:
         problem = ek_certificate_problem(identity, ek_ca)
         if problem:

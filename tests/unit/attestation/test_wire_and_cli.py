@@ -81,3 +81,19 @@ def test_tools_pcr_file_layout() -> None:
     count, alg, size, bitmap = struct.unpack_from("<IHB4s", data)
     assert (count, alg, size) == (1, 0x000B, 3) and bitmap[:3] == bytes([0xFF, 0x04, 0x80])
     assert struct.unpack_from("<I", data, 132)[0] == 2
+
+
+async def test_enrollment_refuses_an_unrestricted_ak() -> None:
+    from edge_agent.attestation.keys import ak_attributes_problem
+    from edge_agent.attestation.quote import b64
+    from edge_agent.fleet.attest_cmds import enroll_device
+
+    fake_ak = FakeTpm().ak_public()  # a plain software key: not restricted, not fixedTPM
+    assert "restricted" in (ak_attributes_problem(fake_ak) or "")
+
+    async def transport(device: str, command: str, payload: Any) -> dict[str, Any]:
+        assert command == "attest_enroll", "enrollment must stop before the challenge"
+        return {"ek_public": b64(fake_ak), "ek_cert": None, "ek_type": "ecc", "ak_public": b64(fake_ak)}
+
+    with pytest.raises(AttestationFailure, match="not a restricted signing key"):
+        await enroll_device(transport, "dev")
