@@ -27,7 +27,7 @@ def device() -> tuple[FakeTpm, str, list[dict[str, Any]]]:
 
 def run(tpm: FakeTpm, ima: str | None, log: list[dict[str, Any]] | None, **overrides: Any) -> Any:
     nonce = os.urandom(32)
-    raw = tpm.quote(PCRS, overrides.pop("quoted_nonce", nonce))
+    raw = tpm.quote(overrides.pop("quote_pcrs", PCRS), overrides.pop("quoted_nonce", nonce))
     pcrs = dict(raw.pcrs)
     pcrs.update(overrides.pop("pcr_edit", {}))
     evidence = Evidence(overrides.pop("attest", raw.attest), raw.signature, pcrs, ima, log)
@@ -137,3 +137,17 @@ def test_image_log_edits_and_foreign_images() -> None:
     assert "not measured" in result.failures[0].detail and IMG in result.failures[0].detail
     tpm3, ima3, _ = device()
     assert run(tpm3, ima3, None).failed_names()[0] == "image_log_replay"
+
+
+def test_logs_not_covered_by_the_quote_never_pass_policy_checks() -> None:
+    from edge_agent.attestation.ima import Allowlist
+
+    tpm, ima, log = device()
+    allow = Allowlist.from_json({"digests": {f"/bin/f{i}": [hashlib.sha256(bytes([i])).hexdigest()]
+                                             for i in range(3)}})
+    # PCR 10 and 23 not quoted: the logs are unverified, so the policy checks must not pass.
+    result = run(tpm, ima, log, quote_pcrs=(0, 1, 7), pcrs=(0, 1, 7), ima_allowlist=allow)
+    status = {c.name: c.status for c in result.checks}
+    assert status["pcr_selection"] == status["pcr_digest"] == "pass"
+    assert status["ima_replay"] == status["ima_allowlist"] == "skip"
+    assert status["image_log_replay"] == status["image_deployment"] == "skip"
