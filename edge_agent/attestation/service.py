@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.attestation.keys import activate, read_identity
 from edge_agent.attestation.measure import ImageMeasurer
@@ -28,6 +28,8 @@ from edge_agent.reported import ReportedState
 log = get_logger(__name__)
 TpmFactory = Callable[[AttestationSection], TpmBackend]
 STATE_SUBDIR = "attestation"
+TPM_STALL_S = 120.0  # slow hardware TPMs take seconds for a key; minutes means a hang
+T = TypeVar("T")
 
 
 def tpm_from_config(section: AttestationSection) -> TpmBackend:
@@ -55,6 +57,7 @@ class AttestationService(BaseComponent):
         self.lock = asyncio.Lock()
         self._ak_name = ""
         self._tpm_description = ""
+        self._busy: tuple[str, float] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -130,6 +133,19 @@ class AttestationService(BaseComponent):
             "attest_activate": self.handle_activate,
         }
 
+    async def _tpm_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        self._busy = (what, time.monotonic())
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._busy = None
+
+    def stalled(self) -> str | None:
+        """A TPM command far past any sane duration means the TPM (or its bus) hangs."""
+        if self._busy is not None and time.monotonic() - self._busy[1] > TPM_STALL_S:
+            return f"TPM operation '{self._busy[0]}' running for {time.monotonic() - self._busy[1]:.0f} s"
+        return None
+
     def _require_tpm(self) -> TpmBackend:
         if self.tpm is None:
             raise CommandFailed("attestation_unavailable", f"attestation is unavailable on this device: "
@@ -140,7 +156,7 @@ class AttestationService(BaseComponent):
         tpm = self._require_tpm()
         async with self.lock:
             try:
-                identity = await asyncio.to_thread(read_identity, tpm)
+                identity = await self._tpm_call("read keys", read_identity, tpm)
             except TpmError as exc:
                 raise CommandFailed("tpm_error", str(exc)) from None
         return identity.to_wire()
@@ -149,7 +165,7 @@ class AttestationService(BaseComponent):
         tpm = self._require_tpm()
         async with self.lock:
             try:
-                return await asyncio.to_thread(activate, tpm, request)
+                return await self._tpm_call("activate credential", activate, tpm, request)
             except ValueError as exc:
                 raise CommandFailed("bad_request", str(exc)) from None
             except TpmError as exc:
@@ -164,7 +180,7 @@ class AttestationService(BaseComponent):
         async with self.lock:
             # Under the lock no image is measured between the quote and the log snapshot.
             try:
-                raw = await asyncio.to_thread(tpm.quote, parsed.pcrs, parsed.nonce)
+                raw = await self._tpm_call("quote", tpm.quote, parsed.pcrs, parsed.nonce)
             except TpmError as exc:
                 raise CommandFailed("tpm_error", str(exc)) from None
             image_log = self.measurer.snapshot() if self.measurer else []

@@ -67,3 +67,29 @@ def test_bad_attestation_config_names_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(f"[attestation]\n{text}\n", "c.toml")
     assert f"c.toml:2: {key}:" in str(info.value)
+
+
+async def test_a_hanging_tpm_call_is_reported_as_stalled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    from edge_agent.attestation import service as service_module
+
+    tpm = FakeTpm()
+    service = AttestationService(config(tmp_path), ReportedState(), tpm_factory=lambda section: tpm)
+    await service.start()
+    release = threading.Event()
+    original = tpm.quote
+
+    def hanging_quote(*args: object) -> object:
+        release.wait(10)
+        return original(*args)  # type: ignore[arg-type]
+
+    tpm.quote = hanging_quote  # type: ignore[method-assign]
+    monkeypatch.setattr(service_module, "TPM_STALL_S", 0.05)
+    task = asyncio.create_task(service.handle_attest({"nonce": "11" * 32}))
+    await asyncio.sleep(0.3)
+    assert "TPM operation 'quote' running for" in (service.stalled() or "")
+    release.set()
+    await task
+    assert service.stalled() is None
