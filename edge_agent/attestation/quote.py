@@ -95,7 +95,9 @@ def decode_evidence(response: Mapping[str, Any]) -> Evidence:
     image_log = response.get("image_log")
     if image_log is not None and (not isinstance(image_log, list) or not all(isinstance(e, dict) for e in image_log)):
         raise ValueError("image_log: expected a list of event objects")
+    boot = response.get("boot_log")
     return Evidence(
+        boot_log=unb64(boot, "boot_log") if boot is not None else None,
         attest=unb64(quote.get("attest"), "quote.attest"),
         signature=unb64(quote.get("signature"), "quote.signature"),
         pcrs=pcrs,

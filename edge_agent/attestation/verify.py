@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.attestation.bootlog import BOOT_PCRS, BootLogError, boot_log_problems
 from edge_agent.attestation.ima import IMA_PCR, Allowlist, ImaParseError, parse_ima_list, replay
 from edge_agent.attestation.measure import replay_image_log
 from edge_agent.attestation.tpm import BANK, ZERO_PCR
@@ -27,6 +28,7 @@ CHECKS = (
     "pcr_digest",
     "counters",
     "golden_pcrs",
+    "boot_log_replay",
     "ima_entries",
     "ima_replay",
     "ima_allowlist",
@@ -56,6 +58,7 @@ class Evidence:
     pcrs: Mapping[int, bytes]
     ima_log: str | None = None
     image_log: Sequence[Mapping[str, Any]] | None = None
+    boot_log: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,21 @@ def verify_quote(evidence: Evidence, expect: Expectations) -> VerificationResult
             elif got != value:
                 bad.append(f"PCR {index} is {got.hex()[:16]}..., golden {value.hex()[:16]}...")
         add("golden_pcrs", "; ".join(bad) or None, f"PCRs {sorted(expect.golden_pcrs)} match the golden values")
+
+    boot_pcrs = tuple(i for i in BOOT_PCRS if i in expect.pcrs)
+    if evidence.boot_log is None:
+        skip(["boot_log_replay"], "the device sent no boot event log")
+    elif not pcrs_trusted:
+        skip(["boot_log_replay"], "PCR values are not the quoted ones")
+    elif not boot_pcrs:
+        skip(["boot_log_replay"], "no boot PCR (0-7) in the quote")
+    else:
+        try:
+            problems = boot_log_problems(evidence.boot_log, evidence.pcrs, boot_pcrs)
+        except BootLogError as exc:
+            problems = [str(exc)]
+        add("boot_log_replay", "; ".join(problems) or None,
+            f"boot event log replays to PCRs {','.join(map(str, boot_pcrs))}")
 
     _check_ima(evidence, expect, out, pcrs_trusted, add, skip)
     _check_images(evidence, expect, out, pcrs_trusted, add, skip)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.attestation.bootlog import build_boot_log
 from edge_agent.attestation.ima import make_entry
 from edge_agent.attestation.mqtt_command import CommandFailed, dispatch
 from edge_agent.attestation.service import AttestationService
@@ -35,10 +36,11 @@ def other_swtpm(tmp_path: Path) -> Iterator[Swtpm]:
     tpm.stop()
 
 
-def agent_config(state_dir: Path, tcti: str, ima_log: Path, extra: str = "") -> Any:
+def agent_config(state_dir: Path, tcti: str, ima_log: Path, extra: str = "", boot_log: Path | None = None) -> Any:
     return parse_config(
         f'[state]\ndir = "{state_dir}"\n'
-        f'[attestation]\ntcti = "{tcti}"\nima_log = "{ima_log}"\nboot_log = "{state_dir}/no-boot-log"\n{extra}'
+        f'[attestation]\ntcti = "{tcti}"\nima_log = "{ima_log}"\n'
+        f'boot_log = "{boot_log or state_dir / "no-boot-log"}"\n{extra}'
     )
 
 
@@ -53,7 +55,8 @@ async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
                       ek_type: str = "ecc", extra: str = "") -> AttestationService:
         state = tmp_path / f"state-{name}"
         config = agent_config(state, tcti or (tpm.tcti if tpm else "device:/dev/nonexistent-tpm"),
-                              tmp_path / f"ima-{name}.txt", f'ek_type = "{ek_type}"\n{extra}')
+                              tmp_path / f"ima-{name}.txt", f'ek_type = "{ek_type}"\n{extra}',
+                              tmp_path / f"boot-{name}.bin")
         service = AttestationService(config, ReportedState())
         await service.start()
         started.append(service)
@@ -80,6 +83,20 @@ def local_transport(services: Mapping[str, AttestationService],
         return tamper(command, request, result) if tamper else result
 
     return send
+
+
+BOOT_EVENTS = [
+    (0, 0x80000008, hashlib.sha256(b"firmware volume").digest(), b"fv"),
+    (4, 0x80000003, hashlib.sha256(b"boot loader").digest(), b"grub"),
+    (7, 0x800000E0, hashlib.sha256(b"secure boot db").digest(), b"db"),
+    (4, 0x80000003, hashlib.sha256(b"kernel").digest(), b"vmlinuz"),
+]
+
+
+def write_boot_log(path: Path) -> list[tuple[int, bytes]]:
+    """A firmware boot event log; returns the (PCR, digest) extends the "firmware" must do."""
+    path.write_bytes(build_boot_log(BOOT_EVENTS))
+    return [(pcr, digest) for pcr, _, digest, _ in BOOT_EVENTS]
 
 
 def synthetic_files(count: int = 5) -> list[tuple[str, bytes]]:

@@ -11,15 +11,15 @@ from edge_agent.attestation.tpm import PytssTpm
 from tests.infra.agent import AgentProcess
 from tests.infra.mosquitto import Mosquitto
 from tests.infra.swtpm import Swtpm
-from tests.integration.attestation.conftest import synthetic_files, write_ima_list
+from tests.integration.attestation.conftest import synthetic_files, write_boot_log, write_ima_list
 
 
-def agent_config(mosquitto: Mosquitto, device: str, tcti: str, ima_log: Path) -> str:
+def agent_config(mosquitto: Mosquitto, device: str, tcti: str, ima_log: Path, boot_log: Path) -> str:
     return (
         f'[device]\nid = "{device}"\n'
         f'[logging]\nlevel = "info"\nformat = "text"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\ntopic_prefix = "e2e"\n'
-        f'[attestation]\ntcti = "{tcti}"\nima_log = "{ima_log}"\n'
+        f'[attestation]\ntcti = "{tcti}"\nima_log = "{ima_log}"\nboot_log = "{boot_log}"\n'
     )
 
 
@@ -33,14 +33,18 @@ def test_edgectl_enrolls_and_attests_a_running_agent(mosquitto: Mosquitto, swtpm
     # Boot: the "kernel" measures files into PCR 10 before the agent starts.
     files = synthetic_files(4)
     ima_log = tmp_path / "ascii_runtime_measurements"
+    boot_log = tmp_path / "binary_bios_measurements"
     tpm = PytssTpm(swtpm.tcti)
+    for pcr, digest in write_boot_log(boot_log):
+        tpm.pcr_extend(pcr, digest)
     for entry in write_ima_list(ima_log, files):
         tpm.pcr_extend(10, entry.extend_value())
     tpm.close()
     allowlist = tmp_path / "allowlist.json"
     allowlist.write_text(json.dumps({"digests": {p: [d.hex()] for p, d in files}}))
 
-    agent = AgentProcess(tmp_path / "agent", agent_config(mosquitto, "rover-e2e", swtpm.tcti, ima_log)).start()
+    config = agent_config(mosquitto, "rover-e2e", swtpm.tcti, ima_log, boot_log)
+    agent = AgentProcess(tmp_path / "agent", config).start()
     try:
         agent.wait_log("serving attest", timeout=20)
         records = tmp_path / "records"
@@ -56,6 +60,7 @@ def test_edgectl_enrolls_and_attests_a_running_agent(mosquitto: Mosquitto, swtpm
         assert result["passed"] is True
         statuses = {c["name"]: c["status"] for c in result["checks"]}
         assert statuses["ak_signature"] == statuses["ima_replay"] == statuses["golden_pcrs"] == "pass"
+        assert statuses["boot_log_replay"] == statuses["image_log_replay"] == "pass"
 
         # The device's reported state says attestation is available; `edge-agent check` asks the agent.
         status = agent.call("status")
@@ -75,7 +80,7 @@ def test_edgectl_enrolls_and_attests_a_running_agent(mosquitto: Mosquitto, swtpm
 
 
 def test_agent_without_tpm_runs_and_answers_attest_with_a_clear_error(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    config = agent_config(mosquitto, "rover-notpm", "device:/dev/no-such-tpm", tmp_path / "none")
+    config = agent_config(mosquitto, "rover-notpm", "device:/dev/no-such-tpm", tmp_path / "none", tmp_path / "none")
     agent = AgentProcess(tmp_path / "agent", config).start()
     try:
         agent.wait_log("serving attest", timeout=20)

@@ -18,7 +18,12 @@ from edge_agent.attestation.mqtt_command import CommandFailed
 from edge_agent.attestation.service import AttestationService
 from edge_agent.fleet.attest_cmds import AttestationFailure, EnrollmentRecord, attest_device, enroll_device
 from tests.infra.swtpm import Swtpm
-from tests.integration.attestation.conftest import local_transport, synthetic_files, write_ima_list
+from tests.integration.attestation.conftest import (
+    local_transport,
+    synthetic_files,
+    write_boot_log,
+    write_ima_list,
+)
 
 DIGEST_A = "sha256:" + hashlib.sha256(b"image a").hexdigest()
 DIGEST_B = "sha256:" + hashlib.sha256(b"image b").hexdigest()
@@ -29,6 +34,8 @@ async def prepared_device(make_service: Any, swtpm: Swtpm, name: str = "dev") ->
     """A device whose IMA list is extended into the swtpm's PCR 10 and which started two modules."""
     service = await make_service(swtpm, name)
     assert service.unavailable is None, service.unavailable
+    for pcr, digest in write_boot_log(service.section.boot_log):  # the "firmware" measures the boot
+        await asyncio.to_thread(service.tpm.pcr_extend, pcr, digest)
     files = synthetic_files()
     entries = write_ima_list(service.section.ima_log, files)
     for entry in entries:
@@ -60,6 +67,7 @@ async def test_enrollment_registers_ek_and_ak_and_golden_pcrs(make_service: Any,
     assert record.identity.ak_public == identity.ak_public
     assert record.identity.ek_cert is None  # swtpm started without swtpm_setup has no EK certificate in NV
     assert sorted(record.golden_pcrs) == list(range(8))
+    assert record.golden_pcrs[4] != bytes(32)  # the synthetic boot measured into PCR 4
     assert record.last_counters is not None and record.last_counters.reset_count >= 0
 
 
@@ -73,8 +81,8 @@ async def test_valid_quote_passes_our_verifier_and_tpm2_checkquote(make_service:
     assert result.passed, result.as_dict()
     statuses = {c.name: c.status for c in result.checks}
     assert all(statuses[n] == "pass" for n in ("ak_signature", "nonce", "pcr_digest", "counters", "golden_pcrs",
-                                               "ima_entries", "ima_replay", "ima_allowlist", "image_log_replay",
-                                               "image_deployment"))
+                                               "boot_log_replay", "ima_entries", "ima_replay", "ima_allowlist",
+                                               "image_log_replay", "image_deployment"))
     # An independent implementation agrees: tpm2-tools checks signature, nonce and PCR digest.
     nonce = (evidence_dir / "nonce.hex").read_text()
     argv = ["tpm2_checkquote", "-u", evidence_dir / "ak.pem", "-m", evidence_dir / "quote.msg",
@@ -113,8 +121,9 @@ async def test_changed_pcr_fails(make_service: Any, swtpm: Swtpm) -> None:
     # A PCR that really changed since enrollment (e.g. other firmware) fails the golden values.
     await asyncio.to_thread(service.tpm.pcr_extend, 7, hashlib.sha256(b"other firmware").digest())
     result = await attest_device(transport, record)
-    assert failed(result) == ["golden_pcrs"]
-    assert "PCR 7" in next(c.detail for c in result.failures)
+    # ... and, extended behind the firmware's back, the boot log no longer explains it either.
+    assert failed(result) == ["golden_pcrs", "boot_log_replay"]
+    assert all("PCR 7" in c.detail for c in result.failures)
 
 
 async def test_replayed_old_quote_fails(make_service: Any, swtpm: Swtpm) -> None:
@@ -257,3 +266,15 @@ async def test_persistent_ak_survives_agent_restarts(make_service: Any, swtpm: S
     restarted = await make_service(swtpm, extra="ak_handle = 0x81010002\n")
     result = await attest_device(local_transport({"dev": restarted}), record)
     assert result.passed, result.as_dict()
+
+
+async def test_boot_event_log_is_replayed_against_the_boot_pcrs(make_service: Any, swtpm: Swtpm) -> None:
+    service, _ = await prepared_device(make_service, swtpm)
+    transport, record = await enrolled(service)
+    boot_log = service.section.boot_log
+    original = boot_log.read_bytes()
+    # Edit the logged kernel digest (the last event): the log no longer explains PCR 4.
+    boot_log.write_bytes(original[: -(32 + 4 + 7)] + hashlib.sha256(b"nice kernel").digest() + original[-11:])
+    result = await attest_device(transport, record)
+    assert failed(result) == ["boot_log_replay"]
+    assert "PCR 4" in result.failures[0].detail
