@@ -82,7 +82,16 @@ class ImageMeasurer:
         async with self.lock:
             current = await asyncio.to_thread(self.tpm.pcr_read, [self.pcr])
             value = current[self.pcr]
-            events = read_log(self.path)
+            try:
+                events = read_log(self.path)
+            except (ValueError, UnicodeDecodeError) as exc:
+                # Keep the broken file for inspection; quotes fail image_log_replay until reboot.
+                kept = self.path.with_name(f"image-measurements.corrupt-{int(time.time())}.jsonl")
+                self.path.replace(kept)
+                log.error("image measurement log is damaged (%s); kept as %s", exc, kept,
+                          extra={"EVENT": "attestation.log_corrupt"})
+                self.events, self.consistent = [], value == ZERO_PCR
+                return
             if events and value == ZERO_PCR:
                 # PCR reset (a reboot): this log described the previous boot.
                 self.path.replace(self.path.with_name("image-measurements.prev.jsonl"))

@@ -78,7 +78,8 @@ class AttestationService(BaseComponent):
         except (TpmError, OSError, ValueError) as exc:
             if tpm is not None:
                 tpm.close()
-            self._set_unavailable(f"no usable TPM at {self.section.tcti}: {exc}")
+            where = f"no usable TPM at {self.section.tcti}" if isinstance(exc, TpmError) else "cannot start"
+            self._set_unavailable(f"{where}: {exc}")
             return
         self.tpm, self.measurer, self.unavailable = tpm, measurer, None
         log.info("attestation ready: %s, AK %s", self._tpm_description, self._ak_name[:16],

@@ -77,3 +77,16 @@ def test_broken_log_line_is_named(tmp_path: Path) -> None:
     path.write_text('{"seq": 0}\nnot json\n')
     with pytest.raises(ValueError, match=r"log.jsonl:2: not a JSON event"):
         read_log(path)
+
+
+async def test_damaged_log_is_kept_aside_and_reported_inconsistent(tmp_path: Path) -> None:
+    tpm = FakeTpm()
+    m = ImageMeasurer(tpm, tmp_path)
+    await m.load()
+    await m.extend(D1, "pilot", 1)
+    m.path.write_text("{broken\n")
+    again = ImageMeasurer(tpm, tmp_path)
+    await again.load()
+    assert again.events == [] and not again.consistent
+    kept = list(tmp_path.glob("image-measurements.corrupt-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == "{broken\n"
