@@ -187,6 +187,61 @@ def check_secrets_private(config: AgentConfig) -> CheckResult:
     return CheckResult("secret files private", "pass", "key and password files are not group/world readable")
 
 
+def check_attestation(config: AgentConfig) -> CheckResult:
+    name = "TPM attestation"
+    if not config.attestation.enabled:
+        return CheckResult(name, "warn", "attestation is unavailable: disabled (attestation.enabled = false)")
+    # A running agent holds the TPM connection (swtpm and /dev/tpm0 serve one client): ask it.
+    try:
+        status = call(config.state.dir / CONTROL_SOCKET_NAME, "attestation", timeout=5)
+    except (AgentNotRunning, CommandError):
+        status = None
+    if isinstance(status, dict):
+        if status.get("available"):
+            return CheckResult(name, "pass", f"{status.get('tpm')}, AK {str(status.get('ak_name'))[:16]}... "
+                               "(from the running agent)")
+        return CheckResult(name, "warn", f"attestation is unavailable: {status.get('reason')}", _TPM_HINT)
+    try:
+        detail = _probe_tpm(config)
+    except Exception as exc:
+        return CheckResult(name, "warn", f"attestation is unavailable: {exc}", _TPM_HINT)
+    return CheckResult(name, "pass", detail)
+
+
+_TPM_HINT = ("the agent runs without it; enable the TPM (Raspberry Pi: dtoverlay=tpm-slb9670), "
+             "set attestation.tcti, install edge-agent[tpm]")
+
+
+def _probe_tpm(config: AgentConfig) -> str:
+    import threading
+
+    from edge_agent.attestation.tpm import open_tpm
+    from edge_agent.attestation.verify import ak_name
+
+    result: list[str] = []
+    error: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            tpm = open_tpm(config.attestation.tcti, config.attestation.ek_type, config.attestation.ak_handle)
+            try:
+                result.append(f"{tpm.describe()}, AK {ak_name(tpm.ak_public()).hex()[:16]}...")
+            finally:
+                tpm.close()
+        except BaseException as exc:
+            error.append(exc)
+
+    # A TPM held by another client never answers; do not hang the check.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(10)
+    if error:
+        raise error[0]
+    if not result:
+        raise TimeoutError(f"no answer from the TPM at {config.attestation.tcti} within 10 s (busy?)")
+    return result[0]
+
+
 CHECKS: list[CheckFn] = [
     check_state_dir,
     check_disk_space,
@@ -195,6 +250,7 @@ CHECKS: list[CheckFn] = [
     check_broker,
     check_podman,
     check_agent_running,
+    check_attestation,
 ]
 
 

@@ -168,6 +168,33 @@ class PodmanSection(Section):
     )
 
 
+class AttestationSection(Section):
+    enabled: bool = Field(True, description="true or false")
+    tcti: str = Field(
+        "device:/dev/tpmrm0",
+        pattern=r"^(device|tabrmd|swtpm|mssim)(:.*)?$",
+        description="TPM connection (TCTI) like device:/dev/tpmrm0, tabrmd or swtpm:host=127.0.0.1,port=2321",
+    )
+    ek_type: Literal["ecc", "rsa"] = Field("ecc", description="endorsement key type: ecc (P-256) or rsa (2048)")
+    ak_handle: int | None = Field(
+        None,
+        ge=0x81000000,
+        le=0x81FFFFFF,
+        description="persistent handle for the attestation key, 0x81000000-0x81FFFFFF (default: re-created)",
+    )
+    image_pcr: int = Field(
+        23, ge=16, le=23, description="PCR that module image digests are extended into, 16-23"
+    )
+    ima_log: Path = Field(
+        Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
+        description="path of the kernel's IMA ASCII measurement list",
+    )
+    boot_log: Path = Field(
+        Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
+        description="path of the firmware's TPM boot event log",
+    )
+
+
 class AgentConfig(Section):
     """The whole file. Each section is a table in config/config.toml, where every key is explained."""
 
@@ -176,6 +203,7 @@ class AgentConfig(Section):
     logging: LoggingSection = LoggingSection()
     mqtt: MqttSection = MqttSection()
     podman: PodmanSection = PodmanSection()
+    attestation: AttestationSection = AttestationSection()
 
 
 # --------------------------------------------------------------------------- errors

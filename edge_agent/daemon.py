@@ -49,7 +49,13 @@ class AgentContext:
 
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
-    return []
+    from edge_agent.attestation.service import AttestationService
+
+    # serve_mqtt=True: attestation commands on their own MQTT connection until the twin's command
+    # registry exists (then: serve_mqtt=False and register attestation.handlers() there).
+    attestation = AttestationService(ctx.config, ctx.reported, serve_mqtt=True)
+    ctx.control.register("attestation", attestation.status)
+    return [attestation]
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from edge_agent import __version__
+from edge_agent.fleet import attest_cmds
 
 DESCRIPTION = """\
 edgectl talks to a fleet of edge-agent devices through the MQTT broker: make keys, sign
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the edgectl version")
+    attest_cmds.add_parsers(sub)
     return parser
 
 
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"edgectl {__version__}")
         return 0
+    if args.command in attest_cmds.COMMANDS:
+        return attest_cmds.COMMANDS[args.command](args)
     parser.print_help()
     return 2
 
