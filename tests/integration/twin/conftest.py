@@ -47,15 +47,25 @@ class TwinEnv:
             f'[device]\nid = "{device}"\n'
             f'[logging]\nlevel = "info"\nformat = "text"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\ntopic_prefix = "{self.prefix}"\n'
-            f"tls = true\nca_file = \"{self.pki.ca}\"\ncert_file = \"{cert.cert}\"\nkey_file = \"{cert.key}\"\n"
+            f'tls = true\nca_file = "{self.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
             f"reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
             f"[twin]\n{twin_lines}"
         )
 
     def edgectl_flags(self) -> list[str]:
         return [
-            "--broker", "127.0.0.1", "--port", str(self.broker.port), "--prefix", self.prefix,
-            "--ca", str(self.pki.ca), "--cert", str(self.fleet.cert), "--key", str(self.fleet.key),
+            "--broker",
+            "127.0.0.1",
+            "--port",
+            str(self.broker.port),
+            "--prefix",
+            self.prefix,
+            "--ca",
+            str(self.pki.ca),
+            "--cert",
+            str(self.fleet.cert),
+            "--key",
+            str(self.fleet.key),
         ]
 
 
