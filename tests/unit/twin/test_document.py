@@ -124,7 +124,7 @@ def test_signature_gate_and_validator_are_called_in_order() -> None:
         return default_deployment_validator(deployment)
 
     assert rejected(enc(GOOD), signature_gate=gate, validate_deployment=validator).code == "unsigned"
-    verdict, doc, payload = evaluate(
+    verdict, _, payload = evaluate(
         b"SIGNED:" + enc(GOOD), last_version=None, last_digest=None, signature_gate=gate, validate_deployment=validator
     )
     assert verdict == "accept" and payload == enc(GOOD) and calls == ["gate", "gate", "validator"]
