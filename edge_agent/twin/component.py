@@ -172,11 +172,13 @@ class TwinComponent(BaseComponent):
         if verdict == "duplicate":
             log.debug("desired version %d received again; nothing to do", doc.version)
             return
-        self.store.save(doc.version, doc.digest, payload)  # persisted before anyone acts on it
+        status = {"code": "ok", "description": f"accepted version {doc.version}"}
+        # Persisted (one transaction with its status) before anyone acts on it.
+        self.store.save(doc.version, doc.digest, payload, {"status": status, "lastDesiredVersion": doc.version})
         self._digest = doc.digest
         state = DesiredState(doc.version, doc.deployment, doc.properties, source="broker")
         self.current = state
-        self._set_status({"code": "ok", "description": f"accepted version {doc.version}"}, doc.version)
+        self._report(status, doc.version)
         log.info(
             "desired document version %d accepted",
             doc.version,

@@ -7,9 +7,11 @@ power cut the agent starts what it last accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,15 +49,29 @@ class DesiredStore:
             return None
         return StoredDesired(int(row[0]), str(row[1]), bytes(row[2]), float(row[3]))
 
-    def save(self, version: int, digest: str, payload: bytes) -> StoredDesired:
+    def save(self, version: int, digest: str, payload: bytes, status: dict[str, Any] | None = None) -> StoredDesired:
+        """Store an accepted document (and, in the same transaction: one fsync, the new status)."""
         now = time.time()
-        self.db.execute(
-            "INSERT INTO twin_desired(id, version, digest, payload, accepted_at) VALUES(1, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
-            "payload = excluded.payload, accepted_at = excluded.accepted_at",
-            (version, digest, payload, now),
-        )
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO twin_desired(id, version, digest, payload, accepted_at) VALUES(1, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
+                "payload = excluded.payload, accepted_at = excluded.accepted_at",
+                (version, digest, payload, now),
+            )
+            if status is not None:
+                self.save_status(status)
         return StoredDesired(version, digest, payload, now)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def load_status(self) -> dict[str, Any] | None:
         row = self.db.execute("SELECT status FROM twin_status WHERE id = 1").fetchone()
