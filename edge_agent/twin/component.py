@@ -71,7 +71,7 @@ class TwinComponent(BaseComponent):
         self._lock = asyncio.Lock()
         # Built now (no I/O) so other components can register commands and publish through it.
         self.session = TwinSession(
-            broker_params(config.mqtt, config.device.id),
+            lambda: broker_params(config.mqtt, config.device.id),
             self.topics,
             self.handle_desired,
             reconnect_max_delay_s=config.mqtt.reconnect_max_delay_s,

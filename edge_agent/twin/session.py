@@ -96,14 +96,17 @@ async def run_command(registry: CommandRegistry, name: str, payload: bytes) -> b
 class TwinSession:
     def __init__(
         self,
-        params: BrokerParams,
+        params: BrokerParams | Callable[[], BrokerParams],
         topics: DeviceTopics,
         on_desired: DesiredHandler,
         *,
         reconnect_max_delay_s: float = 60.0,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
     ) -> None:
-        self.params = params
+        # A factory is resolved in run(): reading keys and secrets is I/O that may fail, and
+        # must not stop start() from handing over the stored deployment.
+        self._params_source = params
+        self._params: BrokerParams | None = params if isinstance(params, BrokerParams) else None
         self.topics = topics
         self.on_desired = on_desired
         self.reconnect_max_delay_s = reconnect_max_delay_s
@@ -114,6 +117,14 @@ class TwinSession:
         self._connected = asyncio.Event()
         self._new_connection = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def params(self) -> BrokerParams:
+        if self._params is None:
+            source = self._params_source
+            assert callable(source)
+            self._params = source()
+        return self._params
 
     @property
     def connected(self) -> bool:
@@ -158,6 +169,12 @@ class TwinSession:
     async def run(self) -> None:
         import aiomqtt
 
+        try:
+            params = self.params
+        except (OSError, KeyError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("cannot load MQTT credentials/TLS files: %s", exc, extra={"EVENT": "mqtt.credentials_failed"})
+            raise
+        log.debug("MQTT session for %s:%d", params.host, params.port)
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
