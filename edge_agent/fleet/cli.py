@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -117,7 +118,9 @@ def _client(args: argparse.Namespace) -> Any:
     }
     try:
         config = load_fleet_config(getattr(args, "config", None), overrides)
-        params = broker_params(config.mqtt, fleet_client_id(config))
+        # Always a fresh client id, even when the file names one: two edgectl runs with the
+        # same id would disconnect each other.
+        params = dataclasses.replace(broker_params(config.mqtt, ""), client_id=fleet_client_id(config))
     except FleetConfigError as exc:
         raise SystemExit(f"edgectl: {exc}") from None
     except (OSError, KeyError) as exc:

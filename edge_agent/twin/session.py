@@ -194,7 +194,7 @@ class TwinSession:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "cannot reach broker %s:%d (%s); retry %d in %.1f s",
+            "cannot connect to broker %s:%d (%s); retry %d in %.1f s",
             self.params.host,
             self.params.port,
             exc,

@@ -154,3 +154,27 @@ async def test_command_sent_while_device_offline_is_delivered_after_reconnect(
         assert answer["ok"] is False and "unknown command 'no-such-command'" in answer["error"]
     finally:
         agent.stop()
+
+
+async def test_edgectl_reads_its_own_config_file(twin_env: TwinEnv, tmp_path: Path) -> None:
+    device = unique("dev")
+    (tmp_path / "edgectl").mkdir()
+    cfg = tmp_path / "edgectl" / "config.toml"
+    cfg.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {twin_env.broker.port}\ntopic_prefix = "{twin_env.prefix}"\n'
+        f'tls = true\nca_file = "{twin_env.pki.ca}"\ncert_file = "{twin_env.fleet.cert}"\n'
+        f'key_file = "{twin_env.fleet.key}"\nclient_id = "ops"\n'
+    )
+    manifest = tmp_path / "deployment.toml"
+    manifest.write_text('[modules.pilot]\nimage = "registry.local/pilot:9"\n')
+    out = await asyncio.to_thread(edgectl, "deploy", "--config", str(cfg), device, str(manifest))
+    assert out.returncode == 0, out.stderr
+    assert f"{device}: published desired version 1" in out.stdout
+    out = await asyncio.to_thread(edgectl, "show", "--config", str(cfg), device, "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["desired"]["deployment"] == {"modules": {"pilot": {"image": "registry.local/pilot:9"}}}
+    assert shown["desired"]["meta"]["by"].startswith("ops-")
+    # A broker that is not there: a clear error, exit 1.
+    out = await asyncio.to_thread(edgectl, "devices", "--config", str(cfg), "--port", "1")
+    assert out.returncode == 1 and "cannot connect to broker 127.0.0.1:1" in out.stderr
