@@ -174,7 +174,17 @@ class TwinComponent(BaseComponent):
             return
         status = {"code": "ok", "description": f"accepted version {doc.version}"}
         # Persisted (one transaction with its status) before anyone acts on it.
-        self.store.save(doc.version, doc.digest, payload, {"status": status, "lastDesiredVersion": doc.version})
+        try:
+            self.store.save(doc.version, doc.digest, payload, {"status": status, "lastDesiredVersion": doc.version})
+        except sqlite3.Error as exc:  # disk full, read-only filesystem: do not act on what is not stored
+            log.error(
+                "cannot store desired version %d (%s); not applying it",
+                doc.version,
+                exc,
+                extra={"EVENT": "desired.store_failed", "DEPLOYMENT": str(doc.version)},
+            )
+            self._report({"code": "store_failed", "description": f"cannot persist the document: {exc}"}, doc.version)
+            return
         self._digest = doc.digest
         state = DesiredState(doc.version, doc.deployment, doc.properties, source="broker")
         self.current = state

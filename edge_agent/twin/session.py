@@ -167,7 +167,6 @@ class TwinSession:
     # ----------------------------------------------------------------- connection loop
 
     async def run(self) -> None:
-        import aiomqtt
 
         try:
             params = self.params
@@ -175,6 +174,15 @@ class TwinSession:
             log.error("cannot load MQTT credentials/TLS files: %s", exc, extra={"EVENT": "mqtt.credentials_failed"})
             raise
         log.debug("MQTT session for %s:%d", params.host, params.port)
+        try:
+            await self._reconnect_forever()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _reconnect_forever(self) -> None:
+        import aiomqtt
+
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),

@@ -154,3 +154,18 @@ async def test_failing_deployment_layer_is_reported_not_fatal(config: AgentConfi
         "description": "RuntimeError: boom",
     }
     assert DesiredStore(db).load() is not None
+
+
+async def test_a_document_that_cannot_be_stored_is_not_applied(config: AgentConfig) -> None:
+    twin, deployment, reported = make(config)
+    await twin.start()
+    await twin.handle_desired(doc(1))
+    twin.store.db.execute("PRAGMA query_only = ON")  # stands in for a full or read-only disk
+    await twin.handle_desired(doc(2))
+    twin.store.db.execute("PRAGMA query_only = OFF")
+    assert [s.version for s in deployment.seen] == [1]
+    section = reported.get("desired")
+    assert section["acceptedVersion"] == 1 and section["lastDesiredStatus"]["code"] == "store_failed"
+    # Once the disk is fine again, the same document (redelivered) is taken.
+    await twin.handle_desired(doc(2))
+    assert [s.version for s in deployment.seen] == [1, 2]
