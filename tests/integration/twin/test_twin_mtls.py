@@ -167,9 +167,14 @@ async def test_edgectl_reads_its_own_config_file(twin_env: TwinEnv, tmp_path: Pa
     )
     manifest = tmp_path / "deployment.toml"
     manifest.write_text('[modules.pilot]\nimage = "registry.local/pilot:9"\n')
-    out = await asyncio.to_thread(edgectl, "deploy", "--config", str(cfg), device, str(manifest))
+    other = unique("dev2")
+    async with twin_env.fleet_client() as fleet:
+        await fleet.deploy(other, {"modules": {}}, version=41)
+    out = await asyncio.to_thread(edgectl, "deploy", "--config", str(cfg), device, other, str(manifest))
     assert out.returncode == 0, out.stderr
+    # Each device gets its own next version.
     assert f"{device}: published desired version 1" in out.stdout
+    assert f"{other}: published desired version 42" in out.stdout
     out = await asyncio.to_thread(edgectl, "show", "--config", str(cfg), device, "--json")
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
