@@ -111,6 +111,14 @@ class DeviceSection(Section):
         ),
     ] = Field(default_factory=default_device_id)
 
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # <prefix>/fleet/ holds the fleet's response topics (docs/protocol.md).
+        if value == "fleet":
+            raise PydanticCustomError("reserved", "device id fleet is reserved for fleet-side topics")
+        return value
+
 
 class StateSection(Section):
     dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")

@@ -48,3 +48,10 @@ def test_deploy_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     manifest.write_text('{"no_modules": 1}')
     assert main(["deploy", "dev", str(manifest)]) == 2
     assert "modules: expected a table/object" in capsys.readouterr().err
+
+
+def test_device_id_fleet_is_reserved() -> None:
+    from edge_agent.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="device id fleet is reserved"):
+        parse_config('[device]\nid = "fleet"\n', "config.toml")
