@@ -167,7 +167,6 @@ class TwinSession:
     # ----------------------------------------------------------------- connection loop
 
     async def run(self) -> None:
-
         try:
             params = self.params
         except (OSError, KeyError, ValueError) as exc:  # ssl.SSLError is an OSError
