@@ -30,7 +30,7 @@ from edge_agent.twin.events import DesiredState
 
 log = get_logger(__name__)
 
-STOP_TIMEOUT_S = 8.0  # systemd's TimeoutStopSec is 10 s; leave margin
+STOP_TIMEOUT_S = 8.0  # well inside systemd's TimeoutStopSec (30 s in our unit); the issue asks for 10 s
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 WATCHDOG_LAG_LIMIT_S = 5.0
 
