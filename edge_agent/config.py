@@ -111,6 +111,14 @@ class DeviceSection(Section):
         ),
     ] = Field(default_factory=default_device_id)
 
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # <prefix>/fleet/ holds the fleet's response topics (docs/protocol.md).
+        if value == "fleet":
+            raise PydanticCustomError("reserved", "device id fleet is reserved for fleet-side topics")
+        return value
+
 
 class StateSection(Section):
     dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
@@ -151,6 +159,9 @@ class MqttSection(Section):
     key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
     key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
+    session_expiry_s: int = Field(
+        604800, ge=0, le=4294967295, description="seconds the broker keeps the session while offline, 0-4294967295"
+    )
 
     _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
 
@@ -158,6 +169,19 @@ class MqttSection(Section):
     @classmethod
     def _secret(cls, value: object) -> SecretRef | None:
         return None if value is None else _parse_secret(value)
+
+
+class TwinSection(Section):
+    report_min_interval_s: float = Field(
+        1.0, ge=0.05, le=3600, description="seconds between two reported-state publishes, 0.05-3600"
+    )
+    report_stats_interval_s: float = Field(
+        60.0, ge=1, le=86400, description="seconds between refreshes of uptime, disk and memory, 1-86400"
+    )
+    max_desired_bytes: int = Field(
+        1048576, ge=1024, le=64 * 1048576, description="largest desired document in bytes, 1024-67108864"
+    )
+    max_desired_depth: int = Field(32, ge=4, le=256, description="deepest JSON nesting of a desired document, 4-256")
 
 
 class PodmanSection(Section):
@@ -202,6 +226,7 @@ class AgentConfig(Section):
     state: StateSection = StateSection()
     logging: LoggingSection = LoggingSection()
     mqtt: MqttSection = MqttSection()
+    twin: TwinSection = TwinSection()
     podman: PodmanSection = PodmanSection()
     attestation: AttestationSection = AttestationSection()
 

@@ -26,6 +26,7 @@ from edge_agent.logs import get_logger, setup_logging
 from edge_agent.reported import ReportedState
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
+from edge_agent.twin.events import DesiredState
 
 log = get_logger(__name__)
 
@@ -50,12 +51,35 @@ class AgentContext:
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
     from edge_agent.attestation.service import AttestationService
+    from edge_agent.twin.component import TwinComponent
 
-    # serve_mqtt=True: attestation commands on their own MQTT connection until the twin's command
-    # registry exists (then: serve_mqtt=False and register attestation.handlers() there).
-    attestation = AttestationService(ctx.config, ctx.reported, serve_mqtt=True)
+    # Until the deployment layer lands, accepted desired documents go to a recorder.
+    twin = TwinComponent(
+        ctx.config, ctx.db, ctx.reported, DesiredRecorder(ctx.reported).desired, started_monotonic=ctx.started_monotonic
+    )
+    # Attestation commands travel on the twin's connection: one MQTT connection per device.
+    attestation = AttestationService(ctx.config, ctx.reported)
+    for name, handler in attestation.handlers().items():
+        twin.session.commands.register(name, handler)
     ctx.control.register("attestation", attestation.status)
-    return [attestation]
+    return [twin, attestation]
+
+
+class DesiredRecorder:
+    """Stand-in for the deployment component: logs the hand-over and reports the version."""
+
+    def __init__(self, reported: ReportedState) -> None:
+        self.reported = reported
+
+    async def desired(self, state: DesiredState) -> None:
+        log.info(
+            "deployment version %d (%s) received: %d modules",
+            state.version,
+            state.source,
+            len(state.deployment.get("modules") or {}),
+            extra={"EVENT": "deployment.received", "DEPLOYMENT": str(state.version)},
+        )
+        self.reported.set("deployment", {"current": state.version, "source": state.source})
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

@@ -15,14 +15,13 @@ from typing import Any, TypeVar
 
 from edge_agent.attestation.keys import activate, read_identity
 from edge_agent.attestation.measure import ImageMeasurer
-from edge_agent.attestation.mqtt_command import CommandFailed, Handler, serve_commands
+from edge_agent.attestation.mqtt_command import CommandFailed, Handler
 from edge_agent.attestation.quote import AttestRequestError, b64, encode_quote, parse_attest_request
 from edge_agent.attestation.tpm import TpmBackend, TpmError, open_tpm
 from edge_agent.attestation.verify import ak_name
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig, AttestationSection
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_params import BrokerParams, broker_params
 from edge_agent.reported import ReportedState
 
 log = get_logger(__name__)
@@ -44,13 +43,11 @@ class AttestationService(BaseComponent):
         config: AgentConfig,
         reported: ReportedState | None = None,
         tpm_factory: TpmFactory = tpm_from_config,
-        serve_mqtt: bool = False,
     ) -> None:
         self.config = config
         self.section = config.attestation
         self.reported = reported
         self.tpm_factory = tpm_factory
-        self.serve_mqtt = serve_mqtt
         self.tpm: TpmBackend | None = None
         self.measurer: ImageMeasurer | None = None
         self.unavailable: str | None = "not started"
@@ -109,11 +106,8 @@ class AttestationService(BaseComponent):
         self.reported.set("attestation", section)
 
     async def run(self) -> None:
-        if not self.serve_mqtt:
-            return
-        params: BrokerParams = broker_params(self.config.mqtt, self.config.device.id)
-        await serve_commands(params, self.config.mqtt.topic_prefix, self.config.device.id, self.handlers(),
-                             self.config.mqtt.reconnect_max_delay_s)
+        # Commands are served by the twin's session (daemon registers handlers()); nothing runs here.
+        return None
 
     async def apply_config(self, config: AgentConfig) -> None:
         if config.attestation != self.section:

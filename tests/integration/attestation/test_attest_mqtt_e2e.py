@@ -46,7 +46,7 @@ def test_edgectl_enrolls_and_attests_a_running_agent(mosquitto: Mosquitto, swtpm
     config = agent_config(mosquitto, "rover-e2e", swtpm.tcti, ima_log, boot_log)
     agent = AgentProcess(tmp_path / "agent", config).start()
     try:
-        agent.wait_log("serving attest", timeout=20)
+        agent.wait_log("EVENT=mqtt.connected", timeout=20)
         records = tmp_path / "records"
         enroll = edgectl(mosquitto, records, "enroll", "rover-e2e")
         assert enroll.returncode == 0, enroll.stderr + agent.log()[-2000:]
@@ -83,7 +83,7 @@ def test_agent_without_tpm_runs_and_answers_attest_with_a_clear_error(mosquitto:
     config = agent_config(mosquitto, "rover-notpm", "device:/dev/no-such-tpm", tmp_path / "none", tmp_path / "none")
     agent = AgentProcess(tmp_path / "agent", config).start()
     try:
-        agent.wait_log("serving attest", timeout=20)
+        agent.wait_log("EVENT=mqtt.connected", timeout=20)
         assert agent.call("status")["reported"]["attestation"]["available"] is False
         enroll = edgectl(mosquitto, tmp_path / "records", "enroll", "rover-notpm")
         assert enroll.returncode == 1
