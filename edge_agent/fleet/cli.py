@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from edge_agent import __version__
+from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
+from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
 
 DESCRIPTION = """\
 edgectl talks to a fleet of edge-agent devices through the MQTT broker: make keys, sign
@@ -19,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the edgectl version")
+    add_trust_commands(sub)
     return parser
 
 
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"edgectl {__version__}")
         return 0
+    if args.command in TRUST_COMMANDS:
+        return run_trust_command(args)
     parser.print_help()
     return 2
 

@@ -52,7 +52,8 @@ class VerifyCache:
     def lookup(self, repository: str, digest: str, policy: str) -> CachedVerdict | None:
         with self._lock:
             row = self.db.execute(
-                "SELECT signer, image_ids, verified_at FROM trust_verified WHERE repository=? AND digest=? AND policy=?",
+                "SELECT signer, image_ids, verified_at FROM trust_verified "
+                "WHERE repository=? AND digest=? AND policy=?",
                 (repository, digest, policy),
             ).fetchone()
         if row is None:

@@ -346,9 +346,7 @@ class Bundle:
 
 
 def parse_bundle(data: bytes) -> Bundle:
-    doc = _obj(
-        strict_json(data, "bundle"), "bundle", {"mediaType", "verificationMaterial", "dsseEnvelope"}
-    )
+    doc = _obj(strict_json(data, "bundle"), "bundle", {"mediaType", "verificationMaterial", "dsseEnvelope"})
     if doc["mediaType"] not in BUNDLE_MEDIA_TYPES:
         raise FormatError(f"bundle.mediaType: {doc['mediaType']!r}; expected {BUNDLE_MEDIA_TYPE!r}")
     material = doc["verificationMaterial"]
@@ -392,7 +390,9 @@ def build_referrers_index(descriptors: Sequence[Descriptor]) -> bytes:
         if d.annotations:
             entry["annotations"] = dict(d.annotations)
         manifests.append(entry)
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, separators=(",", ":")).encode()
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, separators=(",", ":")
+    ).encode()
 
 
 def parse_referrers_index(data: bytes) -> list[Descriptor]:

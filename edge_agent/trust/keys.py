@@ -46,7 +46,11 @@ BOX_KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE  # 32
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
-_EC_HASH = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+_EC_HASH: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "secp256r1": hashes.SHA256,
+    "secp384r1": hashes.SHA384,
+    "secp521r1": hashes.SHA512,
+}
 
 
 class KeyFileError(ValueError):
@@ -186,7 +190,11 @@ def _scrypt_key(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes
 
 
 def encrypt_private_key(
-    key: PrivateKey, passphrase: bytes, *, n: int = SCRYPT_N_DEFAULT, salt: bytes | None = None,
+    key: PrivateKey,
+    passphrase: bytes,
+    *,
+    n: int = SCRYPT_N_DEFAULT,
+    salt: bytes | None = None,
     nonce: bytes | None = None,
 ) -> bytes:
     """The PEM file `cosign generate-key-pair` writes (cosign.key)."""

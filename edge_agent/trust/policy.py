@@ -35,7 +35,11 @@ class ScopePolicy:
     def fingerprint(self) -> str:
         """Changes whenever what this policy accepts changes; cached verdicts are keyed on it."""
         text = "|".join(
-            [self.mode, *sorted(k.key_id for k in self.keys), *sorted(f"{k}={v}" for k, v in self.required_annotations.items())]
+            [
+                self.mode,
+                *sorted(k.key_id for k in self.keys),
+                *sorted(f"{k}={v}" for k, v in self.required_annotations.items()),
+            ]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -78,8 +82,14 @@ class Refused:
     code: str
     description: str
 
-    RANK = {"malformed_signature": 1, "untrusted_key": 2, "digest_mismatch": 3, "reference_mismatch": 3,
-            "missing_annotation": 3, "wrong_artifact": 1}
+    RANK = {
+        "malformed_signature": 1,
+        "untrusted_key": 2,
+        "digest_mismatch": 3,
+        "reference_mismatch": 3,
+        "missing_annotation": 3,
+        "wrong_artifact": 1,
+    }
 
     @property
     def rank(self) -> int:
@@ -109,8 +119,9 @@ def check_simplesigning(
         parsed = parse_simplesigning_payload(payload)
     except FormatError as exc:
         return Refused("malformed_signature", str(exc))
-    return _check_claims(parsed.manifest_digest, parsed.docker_reference, parsed.annotations, policy, repository,
-                         digest, key, "legacy")
+    return _check_claims(
+        parsed.manifest_digest, parsed.docker_reference, parsed.annotations, policy, repository, digest, key, "legacy"
+    )
 
 
 def check_bundle(bundle_bytes: bytes, policy: ScopePolicy, repository: str, digest: str) -> Accepted | Refused:
@@ -132,13 +143,27 @@ def check_bundle(bundle_bytes: bytes, policy: ScopePolicy, repository: str, dige
         statement = parse_statement(env.payload)
     except FormatError as exc:
         return Refused("malformed_signature", str(exc))
-    return _check_claims(statement.subject_digest, statement.subject_name, statement.annotations, policy, repository,
-                         digest, key, "bundle")
+    return _check_claims(
+        statement.subject_digest,
+        statement.subject_name,
+        statement.annotations,
+        policy,
+        repository,
+        digest,
+        key,
+        "bundle",
+    )
 
 
 def _check_claims(
-    signed_digest: str, signed_reference: str, annotations: Mapping[str, Any], policy: ScopePolicy,
-    repository: str, digest: str, key: TrustedKey, fmt: str,
+    signed_digest: str,
+    signed_reference: str,
+    annotations: Mapping[str, Any],
+    policy: ScopePolicy,
+    repository: str,
+    digest: str,
+    key: TrustedKey,
+    fmt: str,
 ) -> Accepted | Refused:
     if signed_digest != digest:
         return Refused("digest_mismatch", f"signature (key {key.short_id}) is for {signed_digest}, image is {digest}")
@@ -149,8 +174,9 @@ def _check_claims(
         )
     missing = missing_annotations(policy.required_annotations, annotations)
     if missing:
-        return Refused("missing_annotation", f"signature (key {key.short_id}) lacks required annotation(s) "
-                                             + ", ".join(missing))
+        return Refused(
+            "missing_annotation", f"signature (key {key.short_id}) lacks required annotation(s) " + ", ".join(missing)
+        )
     return Accepted(key, fmt)
 
 

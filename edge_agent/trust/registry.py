@@ -166,13 +166,20 @@ class RegistryClient:
         """The manifest at a tag or digest, its digest checked. Raises RegistryError(not_found, ...)."""
         reference = reference or ref.reference
         resp = self._request(
-            ref, "GET", f"/v2/{ref.path}/manifests/{reference}", scope="pull",
-            headers={"Accept": MANIFEST_ACCEPT}, max_bytes=self.settings.max_manifest_bytes, what="manifest",
+            ref,
+            "GET",
+            f"/v2/{ref.path}/manifests/{reference}",
+            scope="pull",
+            headers={"Accept": MANIFEST_ACCEPT},
+            max_bytes=self.settings.max_manifest_bytes,
+            what="manifest",
         )
         self._expect(resp, 200, ref, f"manifest {reference}")
         digest = "sha256:" + hashlib.sha256(resp.body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError("digest_mismatch", f"{ref.repository}: manifest {reference} has content digest {digest}")
+            raise RegistryError(
+                "digest_mismatch", f"{ref.repository}: manifest {reference} has content digest {digest}"
+            )
         header = resp.headers.get("docker-content-digest")
         if header and header != digest:
             raise RegistryError(
@@ -200,8 +207,13 @@ class RegistryClient:
         """OCI 1.1 referrers of a digest, or None when the registry has no referrers API (404)."""
         query = f"?artifactType={urllib.parse.quote(artifact_type, safe='')}" if artifact_type else ""
         resp = self._request(
-            ref, "GET", f"/v2/{ref.path}/referrers/{digest}{query}", scope="pull",
-            headers={"Accept": OCI_INDEX}, max_bytes=self.settings.max_manifest_bytes, what="referrers",
+            ref,
+            "GET",
+            f"/v2/{ref.path}/referrers/{digest}{query}",
+            scope="pull",
+            headers={"Accept": OCI_INDEX},
+            max_bytes=self.settings.max_manifest_bytes,
+            what="referrers",
         )
         if resp.status == 404:
             return None
@@ -226,16 +238,26 @@ class RegistryClient:
         sep = "&" if parsed.query else "?"
         target = (parsed.path + ("?" + parsed.query if parsed.query else "")) + f"{sep}digest={digest}"
         put = self._request(
-            ref, "PUT", target, scope="pull,push", body=data,
-            headers={"Content-Type": "application/octet-stream"}, what="blob",
+            ref,
+            "PUT",
+            target,
+            scope="pull,push",
+            body=data,
+            headers={"Content-Type": "application/octet-stream"},
+            what="blob",
         )
         self._expect(put, 201, ref, f"blob {digest}")
         return digest
 
     def put_manifest(self, ref: ImageRef, reference: str, body: bytes, media_type: str) -> str:
         resp = self._request(
-            ref, "PUT", f"/v2/{ref.path}/manifests/{reference}", scope="pull,push", body=body,
-            headers={"Content-Type": media_type}, what="manifest",
+            ref,
+            "PUT",
+            f"/v2/{ref.path}/manifests/{reference}",
+            scope="pull,push",
+            body=body,
+            headers={"Content-Type": media_type},
+            what="manifest",
         )
         self._expect(resp, 201, ref, f"manifest {reference}")
         return "sha256:" + hashlib.sha256(body).hexdigest()
@@ -262,8 +284,16 @@ class RegistryClient:
         return "https", registry
 
     def _request(
-        self, ref: ImageRef, method: str, path: str, *, scope: str, headers: Mapping[str, str] | None = None,
-        body: bytes | None = None, max_bytes: int | None = None, what: str,
+        self,
+        ref: ImageRef,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        max_bytes: int | None = None,
+        what: str,
     ) -> _Response:
         scheme, host = self._base(ref.registry)
         scope_key = f"repository:{ref.path}:{scope}"
@@ -282,8 +312,16 @@ class RegistryClient:
         return resp
 
     def _send(
-        self, scheme: str, host: str, method: str, path: str, headers: dict[str, str], body: bytes | None,
-        max_bytes: int | None, what: str, ref: ImageRef,
+        self,
+        scheme: str,
+        host: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        max_bytes: int | None,
+        what: str,
+        ref: ImageRef,
     ) -> _Response:
         for _ in range(MAX_REDIRECTS + 1):
             conn: http.client.HTTPConnection
@@ -349,7 +387,9 @@ class RegistryClient:
         if kind.lower() != "bearer" or "realm" not in params:
             raise RegistryError("unauthorized", f"{ref.registry}: unsupported auth challenge {kind or '(none)'}")
         realm = urllib.parse.urlsplit(params["realm"])
-        if realm.scheme != "https" and not (realm.scheme == "http" and realm.netloc in self.settings.insecure_registries):
+        if realm.scheme != "https" and not (
+            realm.scheme == "http" and realm.netloc in self.settings.insecure_registries
+        ):
             raise RegistryError("insecure", f"{ref.registry}: token realm {params['realm']} is not HTTPS")
         query = {"scope": params.get("scope", scope_key)}
         if "service" in params:

@@ -57,8 +57,13 @@ def key_hint(key: PrivateKey) -> str:
 
 
 def sign_image_legacy(
-    client: RegistryClient, ref: ImageRef, key: PrivateKey, annotations: Mapping[str, Any] | None = None,
-    *, docker_reference: str | None = None, digest: str | None = None,
+    client: RegistryClient,
+    ref: ImageRef,
+    key: PrivateKey,
+    annotations: Mapping[str, Any] | None = None,
+    *,
+    docker_reference: str | None = None,
+    digest: str | None = None,
 ) -> SignResult:
     digest = digest or client.get_manifest(ref).digest
     payload = build_simplesigning_payload(docker_reference or ref.repository, digest, annotations)
@@ -87,8 +92,13 @@ def sign_image_legacy(
 
 
 def sign_image_bundle(
-    client: RegistryClient, ref: ImageRef, key: PrivateKey, annotations: Mapping[str, Any] | None = None,
-    *, subject_name: str | None = None, digest: str | None = None,
+    client: RegistryClient,
+    ref: ImageRef,
+    key: PrivateKey,
+    annotations: Mapping[str, Any] | None = None,
+    *,
+    subject_name: str | None = None,
+    digest: str | None = None,
 ) -> SignResult:
     image = client.get_manifest(ref, digest) if digest else client.get_manifest(ref)
     statement = build_statement(subject_name or ref.repository, image.digest, annotations)
@@ -113,9 +123,13 @@ def sign_image_bundle(
         entries = []
     entries.append(
         Descriptor(
-            OCI_MANIFEST, referrer_digest, len(referrer),
-            {"dev.sigstore.bundle.content": "dsse-envelope",
-             "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+            OCI_MANIFEST,
+            referrer_digest,
+            len(referrer),
+            {
+                "dev.sigstore.bundle.content": "dsse-envelope",
+                "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1",
+            },
             BUNDLE_MEDIA_TYPE,
         )
     )

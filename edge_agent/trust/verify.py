@@ -33,7 +33,15 @@ from edge_agent.trust.cosign import (
     parse_referrers_index,
     referrers_fallback_tag,
 )
-from edge_agent.trust.policy import Accepted, Refused, ScopePolicy, best_refusal, check_bundle, check_simplesigning, select_policy
+from edge_agent.trust.policy import (
+    Accepted,
+    Refused,
+    ScopePolicy,
+    best_refusal,
+    check_bundle,
+    check_simplesigning,
+    select_policy,
+)
 from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
 
 log = get_logger(__name__)
@@ -122,8 +130,9 @@ class CosignVerifier:
         policy = select_policy(self.policies, ref.repository)
         if policy is None:
             raise ImageRejected(
-                reference, "no_trust_policy",
-                f"no [[trust.policy]] scope covers {ref.repository}; add one (mode = \"off\" must be written out)",
+                reference,
+                "no_trust_policy",
+                f'no [[trust.policy]] scope covers {ref.repository}; add one (mode = "off" must be written out)',
             )
         try:
             manifest = await asyncio.to_thread(self.registry.get_manifest, ref)
@@ -148,12 +157,15 @@ class CosignVerifier:
             if policy.mode == "warn":
                 log.warning(
                     "image signature not valid, running anyway (trust mode warn): %s: %s",
-                    outcome.code, outcome.description,
+                    outcome.code,
+                    outcome.description,
                     extra={"EVENT": "trust.warn", "IMAGE": reference, "DIGEST": digest},
                 )
                 return VerifiedImage(reference, ref.repository, digest, "warn", None)
             log.warning(
-                "image refused: %s: %s", outcome.code, outcome.description,
+                "image refused: %s: %s",
+                outcome.code,
+                outcome.description,
                 extra={"EVENT": "trust.rejected", "IMAGE": reference, "DIGEST": digest},
             )
             raise ImageRejected(reference, outcome.code, outcome.description)
@@ -162,7 +174,9 @@ class CosignVerifier:
         if self.cache is not None:
             self.cache.store(ref.repository, digest, fingerprint, outcome.key.key_id, image_ids)
         log.info(
-            "image verified (%s signature, key %s)", outcome.format, outcome.key.short_id,
+            "image verified (%s signature, key %s)",
+            outcome.format,
+            outcome.key.short_id,
             extra={"EVENT": "trust.verified", "IMAGE": reference, "DIGEST": digest},
         )
         return VerifiedImage(reference, ref.repository, digest, policy.mode, outcome.key.key_id)
@@ -185,8 +199,10 @@ class CosignVerifier:
                 return VerifiedImage(reference, ref.repository, digest, "warn", None)
             raise ImageRejected(reference, "registry_unreachable", f"{exc.message}; {digest} was never verified here")
         await self._check_local(reference, ref, cached.image_ids, digest)
-        log.info("image verified from cache while the registry is unreachable",
-                 extra={"EVENT": "trust.verified_offline", "IMAGE": reference, "DIGEST": digest})
+        log.info(
+            "image verified from cache while the registry is unreachable",
+            extra={"EVENT": "trust.verified_offline", "IMAGE": reference, "DIGEST": digest},
+        )
         return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
 
     async def _check_local(self, reference: str, ref: ImageRef, image_ids: frozenset[str], digest: str) -> None:
@@ -197,9 +213,11 @@ class CosignVerifier:
             if self.cache is not None:
                 self.cache.forget(ref.repository, digest)
             raise ImageRejected(
-                reference, "local_image_mismatch",
+                reference,
+                "local_image_mismatch",
                 f"local image for {ref.repository}@{digest} has id {local[:12]}, the verified manifest names "
-                + ", ".join(sorted(i[:12] for i in image_ids)) + "; remove it and pull again",
+                + ", ".join(sorted(i[:12] for i in image_ids))
+                + "; remove it and pull again",
             )
 
     # ---- blocking parts (run in a thread)
