@@ -182,8 +182,10 @@ class DocumentGate:
         mode: Literal["enforce", "off"] = "enforce",
         require_expires: bool = False,
         clock: Callable[[], float] = time.time,
+        last_accepted_version: Callable[[], int | None] | None = None,
     ) -> None:
         self.db = db
+        self.last_accepted_version = last_accepted_version
         self.config_keys = tuple(config_keys)
         self.mode = mode
         self.require_expires = require_expires
@@ -209,6 +211,10 @@ class DocumentGate:
         if self.mode == "off":
             return raw
         opened = open_signed_document(raw, self.trusted_keys(), now=self.clock(), require_expires=self.require_expires)
+        last = self.last_accepted_version() if self.last_accepted_version is not None else None
+        if last is not None and (opened.version is None or opened.version <= last):
+            # the twin checks this too; checking here as well keeps a replayed rotation from applying
+            raise DesiredRejected("replayed", f"version {opened.version} is not newer than the accepted {last}")
         if opened.new_keys is not None and opened.version is not None:
             self._rotate(opened.new_keys, opened.version, opened.signer)
         return opened.payload
