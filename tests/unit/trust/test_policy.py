@@ -125,7 +125,8 @@ def test_bundle_outcomes() -> None:
 
 def test_best_refusal_prefers_specific_reasons() -> None:
     assert best_refusal([]).code == "unsigned"
-    picked = best_refusal([Refused("untrusted_key", "a"), Refused("digest_mismatch", "b"), Refused("malformed_signature", "c")])
+    refusals = [Refused("untrusted_key", "a"), Refused("digest_mismatch", "b"), Refused("malformed_signature", "c")]
+    picked = best_refusal(refusals)
     assert picked.code == "digest_mismatch"
 
 
