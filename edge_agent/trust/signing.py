@@ -77,8 +77,7 @@ def sign_image_legacy(
                 continue
             old_payload = client.get_blob(ref, layer["digest"])
             old_sig = layer.get("annotations", {}).get(SIGNATURE_ANNOTATION, "")
-            if old_payload != payload:
-                layers.append((old_payload, old_sig))
+            layers.append((old_payload, old_sig))
     except RegistryError as exc:
         if exc.code != "not_found":
             raise
