@@ -75,7 +75,7 @@ async def refuse_and_keep_previous(
     code: str,
     verifier: ImageVerifier | None = None,
 ) -> Outcome:
-    name, reference, container = module
+    _name, reference, container = module
     verifier = verifier or verifier_for(images.registry.host, [signer.public])
     first = await deploy_module(verifier, "pilot", reference, container)
     assert first.ok, first
@@ -89,7 +89,7 @@ async def refuse_and_keep_previous(
 
 
 async def test_signed_image_is_started_by_digest(images: ImageFactory, signer: KeyPair, module) -> None:
-    name, reference, container = module
+    _name, reference, container = module
     outcome = await deploy_module(verifier_for(images.registry.host, [signer.public]), "pilot", reference, container)
     assert outcome.ok and outcome.digest
     expected = RegistryClient(RegistrySettings(insecure_registries=frozenset({images.registry.host}))).get_manifest(
