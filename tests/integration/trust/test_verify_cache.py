@@ -100,7 +100,9 @@ async def test_offline_reboot_starts_verified_local_images_and_catches_a_swap(
         # a local image swapped under the verified name is caught
         other_id = podman("image", "inspect", "--format", "{{.Id}}", build_variant(busybox_image, "swap")).stdout
         swapped = verifier_for(
-            own.host, [signer.public], cache=VerifyCache(open_state_db(db_dir)),
+            own.host,
+            [signer.public],
+            cache=VerifyCache(open_state_db(db_dir)),
             local=SwappedLocalImages(local_images, other_id.strip()),
         )
         with pytest.raises(ImageRejected) as info:

@@ -133,8 +133,10 @@ def test_editing_config_keys_on_the_device_resets_rotation(tmp_path: Path) -> No
     [
         (b"{", "invalid_json"),
         (b'{"payloadType":"x","signatures":[]}', "bad_signature"),
-        (b'{"payloadType":"%s","payload":"!!","signatures":[{"sig":"AA=="}]}' % DOCUMENT_PAYLOAD_TYPE.encode(),
-         "bad_signature"),
+        (
+            b'{"payloadType":"%s","payload":"!!","signatures":[{"sig":"AA=="}]}' % DOCUMENT_PAYLOAD_TYPE.encode(),
+            "bad_signature",
+        ),
     ],
 )
 def test_malformed_envelopes(gate: DocumentGate, raw: bytes, code: str) -> None:

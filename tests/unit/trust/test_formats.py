@@ -121,8 +121,11 @@ def test_malformed_encrypted_keys_are_refused(mutate: Any, message: str) -> None
 def test_other_key_types_cosign_can_import_verify() -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-    for priv in (ec.generate_private_key(ec.SECP384R1()), ed25519.Ed25519PrivateKey.generate(),
-                 rsa.generate_private_key(public_exponent=65537, key_size=2048)):
+    for priv in (
+        ec.generate_private_key(ec.SECP384R1()),
+        ed25519.Ed25519PrivateKey.generate(),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ):
         trusted = keys.parse_public_key(keys.public_key_pem(priv.public_key()), "mem")
         sig = keys.sign(priv, b"data")
         assert trusted.verify(sig, b"data")
@@ -171,14 +174,26 @@ def test_legacy_signature_manifest_matches_fixture_field_by_field() -> None:
         (b'{"critical":{},"critical":{}}', "duplicate key"),
         (b"[]", "expected an object"),
         (b"not json", "not JSON"),
-        (b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"sha256:00"},'
-         b'"type":"cosign container image signature"}}', "not sha256"),
-        (b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"%s"},'
-         b'"type":"something else"}}' % DIGEST.encode(), "critical.type"),
-        (b'{"critical":{"identity":{"docker-reference":"a/b","extra":1},"image":{"docker-manifest-digest":"%s"},'
-         b'"type":"cosign container image signature"}}' % DIGEST.encode(), "unexpected field extra"),
-        (b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"%s"},'
-         b'"type":"cosign container image signature"},"optional":"x"}' % DIGEST.encode(), "optional"),
+        (
+            b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"sha256:00"},'
+            b'"type":"cosign container image signature"}}',
+            "not sha256",
+        ),
+        (
+            b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"%s"},'
+            b'"type":"something else"}}' % DIGEST.encode(),
+            "critical.type",
+        ),
+        (
+            b'{"critical":{"identity":{"docker-reference":"a/b","extra":1},"image":{"docker-manifest-digest":"%s"},'
+            b'"type":"cosign container image signature"}}' % DIGEST.encode(),
+            "unexpected field extra",
+        ),
+        (
+            b'{"critical":{"identity":{"docker-reference":"a/b"},"image":{"docker-manifest-digest":"%s"},'
+            b'"type":"cosign container image signature"},"optional":"x"}' % DIGEST.encode(),
+            "optional",
+        ),
     ],
 )
 def test_simplesigning_parse_is_strict(payload: bytes, message: str) -> None:
@@ -233,12 +248,22 @@ def test_referrer_manifest_matches_oci_11_shape() -> None:
     ("statement", "message"),
     [
         ({"_type": "https://in-toto.io/Statement/v0.1", "subject": [], "predicateType": "x"}, "_type"),
-        ({"_type": cosign.INTOTO_STATEMENT_V1, "subject": [], "predicateType": "https://slsa.dev/provenance/v1"},
-         "predicateType"),
-        ({"_type": cosign.INTOTO_STATEMENT_V1, "subject": [], "predicateType": cosign.COSIGN_SIGN_PREDICATE},
-         "exactly one subject"),
-        ({"_type": cosign.INTOTO_STATEMENT_V1, "predicateType": cosign.COSIGN_SIGN_PREDICATE,
-          "subject": [{"name": "a", "digest": {"sha256": "ZZ"}}]}, "64 lowercase hex"),
+        (
+            {"_type": cosign.INTOTO_STATEMENT_V1, "subject": [], "predicateType": "https://slsa.dev/provenance/v1"},
+            "predicateType",
+        ),
+        (
+            {"_type": cosign.INTOTO_STATEMENT_V1, "subject": [], "predicateType": cosign.COSIGN_SIGN_PREDICATE},
+            "exactly one subject",
+        ),
+        (
+            {
+                "_type": cosign.INTOTO_STATEMENT_V1,
+                "predicateType": cosign.COSIGN_SIGN_PREDICATE,
+                "subject": [{"name": "a", "digest": {"sha256": "ZZ"}}],
+            },
+            "64 lowercase hex",
+        ),
     ],
 )
 def test_statement_parse_is_strict(statement: dict[str, Any], message: str) -> None:
