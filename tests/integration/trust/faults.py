@@ -1,5 +1,6 @@
 """A loopback HTTP proxy in front of the real registry that damages chosen responses: it sends
-the full Content-Length header but only part of the body, then closes (a truncated manifest)."""
+the full Content-Length header but only part of the body, then closes (a truncated manifest),
+or rewrites bodies (`mutate`, e.g. a flipped byte in a blob)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ from tests.infra.procs import free_port
 
 
 class TruncatingProxy:
-    def __init__(self, upstream: str, should_truncate: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        should_truncate: Callable[[str], bool],
+        mutate: Callable[[str, bytes], bytes] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.should_truncate = should_truncate
+        self.mutate = mutate
         self.port = free_port()
         proxy = self
 
@@ -25,6 +32,8 @@ class TruncatingProxy:
                 resp = conn.getresponse()
                 body = resp.read()
                 conn.close()
+                if proxy.mutate is not None and resp.status == 200:
+                    body = proxy.mutate(self.path, body)
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("content-length", "connection", "transfer-encoding"):
