@@ -74,6 +74,8 @@ class VerifyCache:
             self.db.execute("DELETE FROM trust_verified WHERE repository=? AND digest=?", (repository, digest))
 
     def remember_resolution(self, reference: str, digest: str) -> None:
+        if self.resolution(reference) == digest:
+            return  # the common case; spares a synchronous write per verification
         with self._lock:
             self.db.execute(
                 "INSERT INTO trust_resolved(reference, digest, resolved_at) VALUES(?,?,?) "
