@@ -37,6 +37,16 @@ def make_keypair() -> KeyPair:
     return KeyPair(priv, keys.parse_public_key(keys.public_key_pem(priv.public_key()), "test"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remove_trust_test_images(podman_env: Path) -> Iterator[None]:
+    """Images this package made (trust-test-* variants, pulled trust-test/* repositories) go at the end."""
+    yield
+    listing = podman("images", "--format", "{{.ID}} {{.Repository}}", check=False).stdout.splitlines()
+    ids = {line.split()[0] for line in listing if "trust-test" in line}
+    for image_id in ids:
+        podman("rmi", "-f", image_id, check=False)
+
+
 @pytest.fixture(scope="session")
 def signer() -> KeyPair:
     return make_keypair()
