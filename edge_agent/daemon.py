@@ -29,7 +29,7 @@ from edge_agent.systemd import Notifier, watchdog_interval
 
 log = get_logger(__name__)
 
-STOP_TIMEOUT_S = 8.0  # systemd's TimeoutStopSec is 10 s; leave margin
+STOP_TIMEOUT_S = 8.0  # well inside systemd's TimeoutStopSec (30 s in our unit); the issue asks for 10 s
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 WATCHDOG_LAG_LIMIT_S = 5.0
 
@@ -94,6 +94,7 @@ class Agent:
             for component in self.components:
                 await component.start()
             self._report_agent()
+            await control.start()
             log.info(
                 "edge-agent %s started (device %s, boot %d, %d components)",
                 __version__,
@@ -108,6 +109,10 @@ class Agent:
             self.notifier.stopping()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # Already stopping: a repeated Ctrl-C (the terminal signals the whole process group,
+            # wrappers forward it again) must not cut the clean shutdown short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             db.close()
             log.info("edge-agent stopped", extra={"EVENT": "agent.stopped"})
             self.notifier.close()
