@@ -188,8 +188,9 @@ def check_secrets_private(config: AgentConfig) -> CheckResult:
 
 
 def check_trust(config: AgentConfig) -> CheckResult:
-    """Shows the image trust policy per scope and the keys it trusts; fails when every image or
-    every desired document would be refused."""
+    """Shows the image trust policy per scope and the keys it trusts. Warns when every image or
+    every desired document would be refused (secure default of an unprovisioned device); fails
+    only when a key file cannot be used."""
     from edge_agent.trust.factory import scope_policies
     from edge_agent.trust.keys import KeyFileError, load_public_key
 
@@ -215,12 +216,12 @@ def check_trust(config: AgentConfig) -> CheckResult:
     detail = "; ".join(parts)
     if not policies:
         return CheckResult(
-            "trust policy", "fail", "no [[trust.policy]]: every image will be refused; " + detail,
+            "trust policy", "warn", "no [[trust.policy]]: every image will be refused; " + detail,
             "add [[trust.policy]] with scope and keys (see docs/security.md)",
         )
     if trust.document_mode == "enforce" and not doc_keys and not rotated:
         return CheckResult(
-            "trust policy", "fail", "no trust.document_keys: every desired document will be refused; " + detail,
+            "trust policy", "warn", "no trust.document_keys: every desired document will be refused; " + detail,
             "list the fleet's document signing key(s) in trust.document_keys",
         )
     if trust.document_mode == "off" or any(p.mode != "enforce" for p in policies):

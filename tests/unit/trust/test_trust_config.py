@@ -54,12 +54,15 @@ def test_off_must_be_explicit_and_enforce_needs_keys(tmp_path: Path) -> None:
     assert check_trust(cfg).outcome == "warn"  # type: ignore[arg-type]
 
 
-def test_check_fails_without_policy_or_document_keys(tmp_path: Path) -> None:
+def test_check_warns_without_policy_or_document_keys(tmp_path: Path) -> None:
     write_keys(tmp_path)
-    assert check_trust(config(tmp_path, "")).outcome == "fail"  # type: ignore[arg-type]
+    empty = check_trust(config(tmp_path, ""))  # type: ignore[arg-type]
+    assert empty.outcome == "warn" and "every image will be refused" in empty.detail
     cfg = config(tmp_path, '[[trust.policy]]\nscope = "*"\nkeys = ["a.pub"]\n')
     result = check_trust(cfg)  # type: ignore[arg-type]
-    assert result.outcome == "fail" and "document_keys" in result.detail
+    assert result.outcome == "warn" and "document_keys" in result.detail
+    (tmp_path / "a.pub").write_text("garbage")  # a key file that became unusable after loading
+    assert check_trust(cfg).outcome == "fail"  # type: ignore[arg-type]
 
 
 def test_bad_values_name_the_key(tmp_path: Path) -> None:
