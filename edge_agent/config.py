@@ -198,6 +198,9 @@ class TrustScopeSection(Section):
     required_annotations: dict[str, str] = Field(
         default_factory=dict, description="annotations every signature must carry, e.g. {env = \"prod\"}"
     )
+    allow_unnamed_bundles: bool = Field(
+        False, description="true or false: accept cosign v3 bundles whose statement names no repository"
+    )
 
     @field_validator("keys")
     @classmethod

@@ -16,7 +16,13 @@ from edge_agent.trust.verify import CosignVerifier, LocalImages, PodmanLocalImag
 
 def scope_policies(trust: TrustSection) -> list[ScopePolicy]:
     return [
-        ScopePolicy(p.scope, p.mode, tuple(load_public_key(path) for path in p.keys), dict(p.required_annotations))
+        ScopePolicy(
+            p.scope,
+            p.mode,
+            tuple(load_public_key(path) for path in p.keys),
+            dict(p.required_annotations),
+            p.allow_unnamed_bundles,
+        )
         for p in trust.policy
     ]
 

@@ -31,12 +31,15 @@ class ScopePolicy:
     mode: TrustMode
     keys: tuple[TrustedKey, ...] = ()
     required_annotations: Mapping[str, str] = field(default_factory=dict)
+    # stock cosign v3 bundles name no repository in the signed statement (subject has only a digest)
+    allow_unnamed_bundles: bool = False
 
     def fingerprint(self) -> str:
         """Changes whenever what this policy accepts changes; cached verdicts are keyed on it."""
         text = "|".join(
             [
                 self.mode,
+                f"unnamed={self.allow_unnamed_bundles}",
                 *sorted(k.key_id for k in self.keys),
                 *sorted(f"{k}={v}" for k, v in self.required_annotations.items()),
             ]
@@ -167,7 +170,14 @@ def _check_claims(
 ) -> Accepted | Refused:
     if signed_digest != digest:
         return Refused("digest_mismatch", f"signature (key {key.short_id}) is for {signed_digest}, image is {digest}")
-    if not reference_matches(signed_reference, repository):
+    if fmt == "bundle" and not signed_reference:
+        if not policy.allow_unnamed_bundles:
+            return Refused(
+                "reference_mismatch",
+                f"bundle (key {key.short_id}) names no repository (stock cosign v3 signs only the digest); "
+                "sign with edgectl sign-image --bundle, or set allow_unnamed_bundles = true for this scope",
+            )
+    elif not reference_matches(signed_reference, repository):
         return Refused(
             "reference_mismatch",
             f"signature (key {key.short_id}) is for repository {signed_reference or '(none)'}, not {repository}",

@@ -135,3 +135,21 @@ def test_policy_fingerprint_changes_with_keys_and_annotations() -> None:
     assert base.fingerprint() == policy().fingerprint()
     assert base.fingerprint() != policy(required_annotations={"a": "b"}).fingerprint()
     assert base.fingerprint() != ScopePolicy(REPO, "enforce", ()).fingerprint()
+
+
+def test_stock_cosign_v3_bundle_without_subject_name_needs_explicit_opt_in() -> None:
+    import json as _json
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "cosign" / "intoto-statement-cosign-v3.json"
+    statement = _json.dumps(_json.loads(fixture.read_text()), separators=(",", ":")).encode()
+    digest = "sha256:4c1b2b7a4f5e3d2c1b0a99887766554433221100ffeeddccbbaa998877665544"
+    sig = keys.sign(PRIV, cosign.dsse_pae(cosign.DSSE_INTOTO_TYPE, statement))
+    env = cosign.DsseEnvelope(cosign.DSSE_INTOTO_TYPE, statement, (cosign.DsseSignature("", sig),))
+    data = cosign.build_bundle(env, "h")
+    strict = check_bundle(data, policy(), REPO, digest)
+    assert isinstance(strict, Refused) and strict.code == "reference_mismatch" and "allow_unnamed" in strict.description
+    lenient = ScopePolicy(REPO, "enforce", (KEY,), allow_unnamed_bundles=True)
+    assert isinstance(check_bundle(data, lenient, REPO, digest), Accepted)
+    assert lenient.fingerprint() != policy().fingerprint()
+    assert isinstance(check_bundle(data, lenient, REPO, OTHER), Refused)  # the digest is still checked
