@@ -188,7 +188,7 @@ class CosignVerifier:
         reason = f"{exc.message}; no verified local copy to fall back on"
         if digest is None or self.cache is None or self.local_images is None:
             raise ImageRejected(reference, "registry_unreachable", reason)
-        local = await self.local_images.image_id(ref.repository, digest)
+        local = await self._local_id(ref, digest)
         if local is None:
             raise ImageRejected(reference, "registry_unreachable", reason)
         if policy.mode == "off":
@@ -208,7 +208,7 @@ class CosignVerifier:
     async def _check_local(self, reference: str, ref: ImageRef, image_ids: frozenset[str], digest: str) -> None:
         if self.local_images is None or not image_ids:
             return
-        local = await self.local_images.image_id(ref.repository, digest)
+        local = await self._local_id(ref, digest)
         if local is not None and local not in image_ids:
             if self.cache is not None:
                 self.cache.forget(ref.repository, digest)
@@ -219,6 +219,22 @@ class CosignVerifier:
                 + ", ".join(sorted(i[:12] for i in image_ids))
                 + "; remove it and pull again",
             )
+
+    async def _local_id(self, ref: ImageRef, digest: str) -> str | None:
+        """None when not present locally, or when podman cannot be asked (logged): an image that
+        cannot be looked up cannot be started either, so this never loosens a check."""
+        assert self.local_images is not None
+        try:
+            return await self.local_images.image_id(ref.repository, digest)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "cannot look up local image %s@%s: %s",
+                ref.repository,
+                digest,
+                exc,
+                extra={"EVENT": "trust.local_lookup_failed"},
+            )
+            return None
 
     # ---- blocking parts (run in a thread)
 
