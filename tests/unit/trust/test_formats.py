@@ -269,3 +269,9 @@ def test_referrer_manifest_matches_oci_11_shape() -> None:
 def test_statement_parse_is_strict(statement: dict[str, Any], message: str) -> None:
     with pytest.raises(cosign.FormatError, match=message):
         cosign.parse_statement(json.dumps(statement).encode())
+
+
+def test_older_cosign_pem_type_loads_too() -> None:
+    text = (FIX / "cosign-n32768.key").read_text().replace("SIGSTORE", "COSIGN")
+    key = keys.decrypt_private_key(text.encode(), PASS)
+    assert keys.key_id(key.public_key()) == keys.load_public_key(FIX / "cosign-n32768.pub").key_id
