@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
@@ -219,6 +219,109 @@ class AttestationSection(Section):
     )
 
 
+TRUST_SCOPE_PATTERN = r"^(\*|[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)$"
+
+
+def _public_key_file(value: Path) -> Path:
+    from edge_agent.trust.keys import KeyFileError, load_public_key
+
+    if not value.is_file():
+        raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
+    try:
+        load_public_key(value)
+    except KeyFileError as exc:
+        raise PydanticCustomError("bad_key", "{problem}", {"problem": str(exc)}) from None
+    return value
+
+
+class TrustScopeSection(Section):
+    scope: str = Field(
+        pattern=TRUST_SCOPE_PATTERN,
+        description="a registry (host[:port]), a repository prefix (host[:port]/path) or * for every image",
+    )
+    mode: Literal["enforce", "warn", "off"] = Field(
+        "enforce",
+        description="enforce (refuse unverified images), warn (run them, log a warning) or off (written out)",
+    )
+    keys: list[Path] = Field(
+        default_factory=list, description="a list of cosign.pub files (PEM public keys) trusted for this scope"
+    )
+    required_annotations: dict[str, str] = Field(
+        default_factory=dict, description="annotations every signature must carry, e.g. {env = \"prod\"}"
+    )
+    allow_unnamed_bundles: bool = Field(
+        False, description="true or false: accept cosign v3 bundles whose statement names no repository"
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _key_files(cls, value: list[Path]) -> list[Path]:
+        return [_public_key_file(p) for p in value]
+
+    @model_validator(mode="after")
+    def _keys_for_verification(self) -> TrustScopeSection:
+        if self.mode != "off" and not self.keys:
+            raise PydanticCustomError(
+                "no_keys",
+                "scope {scope} has mode {mode} but no keys; list cosign.pub files in keys, or write mode = \"off\"",
+                {"scope": self.scope, "mode": self.mode},
+            )
+        return self
+
+
+class RegistryAuthSection(Section):
+    registry: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?$", description="registry host[:port]")
+    username: str = Field(min_length=1, description="registry user name")
+    password: SecretRef = Field(description="file:/path, credential:NAME or env:NAME")
+
+    @field_validator("password", mode="plain")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef:
+        return _parse_secret(value)
+
+
+class TrustSection(Section):
+    policy: list[TrustScopeSection] = Field(
+        default_factory=list, description="a list of [[trust.policy]] tables (scope, mode, keys)"
+    )
+    insecure_registries: list[str] = Field(
+        default_factory=list, description="loopback registries (127.0.0.1:5000, localhost:5000) reached over plain HTTP"
+    )
+    ca_file: Path | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
+    registry_auth: list[RegistryAuthSection] = Field(
+        default_factory=list, description="a list of [[trust.registry_auth]] tables (registry, username, password)"
+    )
+    max_manifest_kb: int = Field(4096, ge=4, le=65536, description="largest manifest accepted, in KiB, 4-65536")
+    max_signature_kb: int = Field(1024, ge=1, le=65536, description="largest signature blob accepted, in KiB, 1-65536")
+    document_mode: Literal["enforce", "off"] = Field(
+        "enforce", description="enforce (only signed desired documents) or off (written out)"
+    )
+    document_keys: list[Path] = Field(
+        default_factory=list, description="a list of PEM public keys trusted to sign desired documents"
+    )
+    require_document_expiry: bool = Field(False, description="true or false")
+
+    _ca = field_validator("ca_file")(_existing_file)
+
+    @field_validator("document_keys")
+    @classmethod
+    def _doc_keys(cls, value: list[Path]) -> list[Path]:
+        return [_public_key_file(p) for p in value]
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _loopback_only(cls, value: list[str]) -> list[str]:
+        from edge_agent.trust.registry import is_loopback_host
+
+        for reg in value:
+            if not is_loopback_host(reg):
+                raise PydanticCustomError(
+                    "not_loopback", "{reg} is not a loopback address; plain HTTP is only allowed on loopback",
+                    {"reg": reg},
+                )
+        return value
+
+
 class AgentConfig(Section):
     """The whole file. Each section is a table in config/config.toml, where every key is explained."""
 
@@ -229,6 +332,9 @@ class AgentConfig(Section):
     twin: TwinSection = TwinSection()
     podman: PodmanSection = PodmanSection()
     attestation: AttestationSection = AttestationSection()
+
+
+    trust: TrustSection = TrustSection()
 
 
 # --------------------------------------------------------------------------- errors
@@ -318,7 +424,30 @@ def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, A
             p = Path(table[key])
             if not p.is_absolute():
                 table[key] = str((base_dir / p).resolve())
+    trust = out.get("trust")
+    if isinstance(trust, dict):
+        out["trust"] = _resolve_trust_paths(trust, base_dir)
     return out
+
+
+def _resolve_trust_paths(trust: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    def fix(value: Any) -> Any:
+        return str((base_dir / value).resolve()) if isinstance(value, str) and value else value
+
+    def fix_list(value: Any) -> Any:
+        return [fix(v) for v in value] if isinstance(value, list) else value
+
+    trust = dict(trust)
+    trust["ca_file"] = fix(trust["ca_file"]) if "ca_file" in trust else None
+    if trust["ca_file"] is None:
+        del trust["ca_file"]
+    if "document_keys" in trust:
+        trust["document_keys"] = fix_list(trust["document_keys"])
+    if isinstance(trust.get("policy"), list):
+        trust["policy"] = [
+            {**p, "keys": fix_list(p["keys"])} if isinstance(p, dict) and "keys" in p else p for p in trust["policy"]
+        ]
+    return trust
 
 
 def _problem(file: str, locator: Mapping[str, int], err: Mapping[str, Any], data: Any) -> ConfigProblem:

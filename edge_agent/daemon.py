@@ -51,11 +51,17 @@ class AgentContext:
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
     from edge_agent.attestation.service import AttestationService
+    from edge_agent.trust.factory import build_document_gate
     from edge_agent.twin.component import TwinComponent
 
     # Until the deployment layer lands, accepted desired documents go to a recorder.
     twin = TwinComponent(
-        ctx.config, ctx.db, ctx.reported, DesiredRecorder(ctx.reported).desired, started_monotonic=ctx.started_monotonic
+        ctx.config,
+        ctx.db,
+        ctx.reported,
+        DesiredRecorder(ctx.reported).desired,
+        signature_gate=build_document_gate(ctx.config, ctx.db),
+        started_monotonic=ctx.started_monotonic,
     )
     # Attestation commands travel on the twin's connection: one MQTT connection per device.
     attestation = AttestationService(ctx.config, ctx.reported)

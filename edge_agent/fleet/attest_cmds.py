@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import secrets
-import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,7 +27,7 @@ from edge_agent.attestation.keys import (
     ek_certificate_problem,
     make_challenge,
 )
-from edge_agent.attestation.mqtt_command import CommandFailed, request
+from edge_agent.attestation.mqtt_command import CommandFailed
 from edge_agent.attestation.quote import DEFAULT_PCRS, b64, decode_evidence
 from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, ak_name, verify_quote
 from edge_agent.config import DEVICE_ID_PATTERN
@@ -285,15 +284,10 @@ async def attest_device(
 # --------------------------------------------------------------------------- CLI
 
 
-def add_parsers(sub: Any) -> None:
-    mqtt = argparse.ArgumentParser(add_help=False)
-    g = mqtt.add_argument_group("broker")
-    g.add_argument("--host", default=os.environ.get("EDGECTL_MQTT_HOST", "localhost"), help="MQTT broker host")
-    g.add_argument("--port", type=int, default=int(os.environ.get("EDGECTL_MQTT_PORT", "1883")), help="broker port")
-    g.add_argument("--prefix", default="edge", help="topic prefix (mqtt.topic_prefix on the devices)")
-    g.add_argument("--ca-file", type=Path, help="CA certificate for a TLS broker")
-    g.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
-    g.add_argument("--key-file", type=Path, help="client key (mutual TLS)")
+def add_parsers(sub: Any, broker: argparse.ArgumentParser) -> None:
+    """`broker`: the broker options every edgectl command shares (fleet/connect.py)."""
+    mqtt = argparse.ArgumentParser(add_help=False, parents=[broker])
+    g = mqtt.add_argument_group("attestation")
     g.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the device (default 30)")
     g.add_argument("--records", type=Path, help="folder of enrollment records (default ~/.config/edgectl/attestation)")
 
@@ -343,15 +337,19 @@ def parse_pcr_list(text: str) -> tuple[int, ...]:
 
 
 def _transport(args: argparse.Namespace) -> Transport:
-    kwargs: dict[str, Any] = {}
-    if args.ca_file or args.cert_file:
-        ctx = ssl.create_default_context(cafile=str(args.ca_file) if args.ca_file else None)
-        if args.cert_file:
-            ctx.load_cert_chain(str(args.cert_file), str(args.key_file) if args.key_file else None)
-        kwargs["tls_context"] = ctx
+    """Commands go through the same fleet client (config file, TLS, response topic) as edgectl call."""
+    from edge_agent.fleet.client import FleetError
+    from edge_agent.fleet.connect import fleet_client
+    from edge_agent.twin.protocol import command_answer_result
 
     async def send(device: str, command: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        return await request(args.host, args.port, args.prefix, device, command, payload, args.timeout, **kwargs)
+        try:
+            async with fleet_client(args) as fleet:
+                answer = await fleet.call(device, command, dict(payload), timeout=args.timeout)
+        except FleetError as exc:
+            raise TimeoutError(str(exc)) from None
+        result = command_answer_result(answer)
+        return result if isinstance(result, dict) else {"value": result}
 
     return send
 

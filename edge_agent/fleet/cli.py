@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 import time
@@ -14,6 +13,9 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.fleet import attest_cmds
+from edge_agent.fleet.connect import broker_flags, fleet_client
+from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
+from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,25 +32,8 @@ agent's; $EDGECTL_CONFIG or --config to use another file), overridden by the fla
 """
 
 
-def _broker_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("broker")
-    g.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="edgectl config file")
-    g.add_argument("--broker", default=argparse.SUPPRESS, help="broker host name or address")
-    g.add_argument("--port", type=int, default=argparse.SUPPRESS, help="broker port")
-    g.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix (default edge)")
-    g.add_argument("--ca", type=Path, default=argparse.SUPPRESS, help="CA certificate (PEM); turns TLS on")
-    g.add_argument("--cert", type=Path, default=argparse.SUPPRESS, help="client certificate (PEM) for mutual TLS")
-    g.add_argument("--key", type=Path, default=argparse.SUPPRESS, help="private key for --cert")
-    g.add_argument("--username", default=argparse.SUPPRESS, help="broker user name")
-    g.add_argument(
-        "--password", default=argparse.SUPPRESS, help="secret reference: file:/path, env:NAME (never the password)"
-    )
-    return common
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _broker_flags()
+    common = broker_flags()
     parser = argparse.ArgumentParser(
         prog="edgectl",
         description=DESCRIPTION,
@@ -72,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--wait", type=float, metavar="SECONDS", help="wait until every device reports the version accepted"
     )
+    deploy.add_argument(
+        "--key", type=Path, help="sign the document with this cosign private key (passphrase from "
+        "$EDGECTL_KEY_PASSWORD or $COSIGN_PASSWORD, else prompted); devices enforcing signed documents need it",
+    )
+    deploy.add_argument(
+        "--expires-in", default="30d", metavar="DURATION",
+        help="signed documents expire after this long (e.g. 12h, 30d; 'never' for no expiry); default 30d",
+    )
+    deploy.add_argument(
+        "--rotate-to", type=Path, action="append", default=[], metavar="PUBKEY",
+        help="introduce this public key as a trusted document key on the devices (repeatable; see docs/security.md)",
+    )
 
     show = sub.add_parser("show", parents=[common], help="desired vs reported state of a device")
     show.add_argument("device")
@@ -86,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--args", default="{}", help="JSON object of arguments")
     call.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer (30)")
 
-    attest_cmds.add_parsers(sub)
+    attest_cmds.add_parsers(sub, common)
+    add_trust_commands(sub)
     return parser
 
 
@@ -104,33 +102,6 @@ def _load_document(path: Path) -> dict[str, Any]:
     return data
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from edge_agent.fleet.client import FleetClient
-    from edge_agent.fleet.config import FleetConfigError, fleet_client_id, load_fleet_config
-    from edge_agent.mqtt_params import broker_params
-
-    overrides = {
-        "host": getattr(args, "broker", None),
-        "port": getattr(args, "port", None),
-        "topic_prefix": getattr(args, "prefix", None),
-        "ca_file": getattr(args, "ca", None),
-        "cert_file": getattr(args, "cert", None),
-        "key_file": getattr(args, "key", None),
-        "username": getattr(args, "username", None),
-        "password": getattr(args, "password", None),
-    }
-    try:
-        config = load_fleet_config(getattr(args, "config", None), overrides)
-        # Always a fresh client id, even when the file names one: two edgectl runs with the
-        # same id would disconnect each other.
-        params = dataclasses.replace(broker_params(config.mqtt, ""), client_id=fleet_client_id(config))
-    except FleetConfigError as exc:
-        raise SystemExit(f"edgectl: {exc}") from None
-    except (OSError, KeyError) as exc:
-        raise SystemExit(f"edgectl: cannot load broker credentials: {exc}") from None
-    return FleetClient(params, config.mqtt.topic_prefix)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -142,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command in attest_cmds.COMMANDS:
         return attest_cmds.COMMANDS[args.command](args)
+    if args.command in TRUST_COMMANDS:
+        return run_trust_command(args)
     from edge_agent.fleet.client import FleetError
 
     handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]
@@ -164,11 +137,14 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     if not isinstance(deployment.get("modules"), dict):
         print(f"edgectl: {manifest_path}: modules: expected a table/object of module specs", file=sys.stderr)
         return EXIT_USAGE
+    sign = _document_signer(args) if args.key else None
     failed = 0
-    async with _client(args) as fleet:
+    async with fleet_client(args) as fleet:
         versions = {}
         for device in devices:
-            versions[device] = await fleet.deploy(device, deployment, properties, version=args.set_version)
+            versions[device] = await fleet.deploy(
+                device, deployment, properties, version=args.set_version, sign=sign
+            )
             print(f"{device}: published desired version {versions[device]}")
         if args.wait:
             from edge_agent.fleet.client import FleetError
@@ -183,10 +159,26 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _document_signer(args: argparse.Namespace) -> Any:
+    """bytes -> signed envelope bytes, with the key loaded (and its passphrase asked) once."""
+    from edge_agent.fleet.trust_cmds import key_passphrase, parse_duration
+    from edge_agent.trust.documents import sign_document
+    from edge_agent.trust.keys import load_private_key, load_public_key
+
+    key = load_private_key(args.key, key_passphrase())
+    expires_in = parse_duration(args.expires_in)
+    rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
+
+    def sign(payload: bytes) -> bytes:
+        return sign_document(json.loads(payload), key, expires_in=expires_in, rotate_to=rotate_to)
+
+    return sign
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     from edge_agent.fleet.show import render_view
 
-    async with _client(args) as fleet:
+    async with fleet_client(args) as fleet:
         view = await fleet.view(args.device)
     if args.json:
         print(
@@ -208,7 +200,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 async def cmd_devices(args: argparse.Namespace) -> int:
     from edge_agent.fleet.show import device_rows, render_devices
 
-    async with _client(args) as fleet:
+    async with fleet_client(args) as fleet:
         views = await fleet.devices()
     if args.json:
         print(json.dumps(device_rows(views, time.time()), indent=2))
@@ -225,7 +217,7 @@ async def cmd_call(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edgectl call: --args: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    async with _client(args) as fleet:
+    async with fleet_client(args) as fleet:
         answer = await fleet.call(args.device, args.name, call_args, timeout=args.wait)
     print(json.dumps(answer, indent=2))
     return EXIT_OK if answer.get("ok") else EXIT_FAILED

@@ -20,11 +20,12 @@ def agent_config(mosquitto: Mosquitto, device: str, tcti: str, ima_log: Path, bo
         f'[logging]\nlevel = "info"\nformat = "text"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\ntopic_prefix = "e2e"\n'
         f'[attestation]\ntcti = "{tcti}"\nima_log = "{ima_log}"\nboot_log = "{boot_log}"\n'
+        f'[trust]\ndocument_mode = "off"\n'
     )
 
 
 def edgectl(mosquitto: Mosquitto, records: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "edge_agent.fleet.cli", *args, "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "edge_agent.fleet.cli", *args, "--broker", "127.0.0.1",
             "--port", str(mosquitto.port), "--prefix", "e2e", "--records", str(records), "--timeout", "20"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 

@@ -40,16 +40,22 @@ class TwinEnv:
         cert = self.fleet if cn is None else self.pki.client(cn)
         return FleetClient(broker_params(self.mqtt_section(cert), f"{cert.cn}-{unique()}"), self.prefix)
 
-    def agent_config(self, device: str, **twin: object) -> str:
+    def agent_config(self, device: str, document_keys: list[Path] | None = None, **twin: object) -> str:
+        """Transport tests send unsigned documents, so they turn document signatures off
+        explicitly; pass document_keys to enforce them."""
         cert = self.pki.client(device)
         twin_lines = "".join(f"{k} = {v!r}\n" for k, v in {"report_min_interval_s": 0.2, **twin}.items())
+        if document_keys is None:
+            trust = '[trust]\ndocument_mode = "off"\n'
+        else:
+            trust = "[trust]\ndocument_keys = [" + ", ".join(f'"{k}"' for k in document_keys) + "]\n"
         return (
             f'[device]\nid = "{device}"\n'
             f'[logging]\nlevel = "info"\nformat = "text"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\ntopic_prefix = "{self.prefix}"\n'
             f'tls = true\nca_file = "{self.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
             f"reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
-            f"[twin]\n{twin_lines}"
+            f"[twin]\n{twin_lines}{trust}"
         )
 
     def edgectl_flags(self) -> list[str]:
@@ -60,11 +66,11 @@ class TwinEnv:
             str(self.broker.port),
             "--prefix",
             self.prefix,
-            "--ca",
+            "--tls-ca",
             str(self.pki.ca),
-            "--cert",
+            "--tls-cert",
             str(self.fleet.cert),
-            "--key",
+            "--tls-key",
             str(self.fleet.key),
         ]
 

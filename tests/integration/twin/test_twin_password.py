@@ -40,6 +40,7 @@ async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:
             f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
             f'username = "{device}"\npassword = "file:{secret}"\nreconnect_max_delay_s = 1\n'
             f"[twin]\nreport_min_interval_s = 0.2\n"
+            f'[trust]\ndocument_mode = "off"\n'
         )
 
     agent = AgentProcess(tmp_path / "agent", agent_config(secret_file))
