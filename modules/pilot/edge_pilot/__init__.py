@@ -4,3 +4,10 @@ __version__ = "0.1.0"
 
 FRAME_WIDTH = 160
 FRAME_HEIGHT = 120
+
+# ONNX Runtime >= 1.29 ships opt-out usage telemetry on Linux; a car must not phone home.
+# Both spellings, set before onnxruntime is first imported (the decision is latched at init).
+import os as _os
+
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+_os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")

@@ -50,7 +50,7 @@ def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
 
 def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any) -> PilotModel | None:
     m = cfg.models
-    if m.dir and (Path(m.dir) / MODEL_FILE).exists():
+    if m.dir and (Path(m.dir) / MODEL_FILE).exists() and (key is not None or m.allow_unsigned):
         try:
             return load_verified(Path(m.dir), key, opts)
         except ModelError as e:
@@ -83,6 +83,8 @@ def cmd_drive(a: argparse.Namespace) -> int:
         if a.fallback_model:
             mu["fallback"] = a.fallback_model
         upd["models"] = cfg.models.model_copy(update=mu)
+    if a.actuator:
+        upd["actuator"] = cfg.actuator.model_copy(update={"kind": a.actuator})
     if a.control_dir:
         upd["control_dir"] = a.control_dir
     cfg = cfg.model_copy(update=upd)
@@ -90,14 +92,17 @@ def cmd_drive(a: argparse.Namespace) -> int:
     opts = OrtOptions(**cfg.ort.model_dump())
     key = None
     if cfg.models.public_key:
-        key = load_public_key(Path(cfg.models.public_key))
+        try:
+            key = load_public_key(Path(cfg.models.public_key))
+        except SignatureError as e:
+            log.error("trusted key unusable, delivered models will be refused: %s", e, extra=fields("no_trusted_key", reason=str(e)))
     elif not cfg.models.allow_unsigned:
         log.warning("no models.public_key: delivered models will be refused", extra=fields("no_trusted_key"))
     world = SimWorld(seed=a.seed) if cfg.source.kind == "sim" or cfg.actuator.kind == "sim" else None
     estop = EmergencyStop(Path(cfg.control_dir) if cfg.control_dir else None)
     estop.install_signals()
     actuator = make_actuator(cfg, world)
-    slot = ModelSlot(initial_model(cfg, opts, key) if (key is not None or cfg.models.allow_unsigned or cfg.models.fallback) else None)
+    slot = ModelSlot(initial_model(cfg, opts, key))
     source = make_source(cfg, world)
     try:
         source.start()
@@ -132,7 +137,9 @@ def cmd_drive(a: argparse.Namespace) -> int:
         telemetry.close()
     out: dict[str, Any] = {"totals": totals, "stop_reasons": loop.reasons, "swaps": slot.swaps,
                            "model": slot.current.sha256 if slot.current else None, "last_stats": loop.last_summary,
-                           "telemetry": vars(telemetry.counters)}
+                           "telemetry": vars(telemetry.counters),
+                           "final_throttle": getattr(actuator, "throttle", None),
+                           "final_throttle_pwm": getattr(actuator, "last_throttle_pwm", None)}
     if world is not None:
         st = world.stats
         out["sim"] = {"laps": round(world.laps, 3), "mean_abs_cte_m": round(st.mean_abs_cte, 4),
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--source", choices=["v4l2", "video", "images", "tub", "sim"])
     d.add_argument("--source-path")
     d.add_argument("--device")
+    d.add_argument("--actuator", choices=["pca9685", "sim"])
     d.add_argument("--models", help="models folder ('' to disable)")
     d.add_argument("--public-key")
     d.add_argument("--allow-unsigned", action="store_true")

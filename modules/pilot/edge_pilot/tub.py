@@ -44,13 +44,13 @@ class TubRecord:
 
 
 class TubWriter:
-    def __init__(self, path: Path, metadata: dict[str, Any] | None = None, jpeg_quality: int = 95):
+    def __init__(self, path: Path, metadata: dict[str, Any] | None = None, jpeg_quality: int = 95, session: str | None = None):
         self.path = Path(path)
         (self.path / "images").mkdir(parents=True, exist_ok=True)
         self.metadata = metadata or {}
         self.quality = jpeg_quality
         self.index = 0
-        self.session = f"sim_{int(time.time())}"
+        self.session = session or f"session_{int(time.time())}"
         self._catalogs: list[str] = []
         self._fh: Any = None
 
@@ -120,11 +120,12 @@ def read_tub(path: Path) -> Iterator[TubRecord]:
 
 
 def tub_hash(path: Path) -> str:
-    """sha256 over manifest, catalogs and images (sorted names): identifies the training data."""
-    path = Path(path)
+    """sha256 over the records' content (index, angle, throttle, mode, image bytes) in order.
+
+    Identifies the training data independent of session ids and wall-clock timestamps, so the
+    same simulator seed gives the same hash on every machine."""
     h = hashlib.sha256()
-    files = [path / "manifest.json", *sorted(path.glob("catalog_*.catalog")), *sorted((path / "images").iterdir())]
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(f.read_bytes())
+    for r in read_tub(path):
+        h.update(json.dumps([r.index, r.angle, r.throttle], separators=(",", ":")).encode() + b"\0")
+        h.update(r.image_path.read_bytes())
     return "sha256:" + h.hexdigest()

@@ -29,7 +29,7 @@ def record_frames(frames: int, seed: int, episode_frames: int = 300) -> Iterator
 def record_tub(path: Path, frames: int, seed: int, episode_frames: int = 300) -> int:
     """Write ``frames`` records to a tub at ``path``; deterministic for a given seed."""
     written = 0
-    with TubWriter(path, metadata={"source": "edge_pilot.sim", "seed": seed}) as tub:
+    with TubWriter(path, metadata={"source": "edge_pilot.sim", "seed": seed}, session=f"sim_seed{seed}") as tub:
         for img, angle, throttle, cte in _episodes(frames, seed, episode_frames):
             tub.write(img, angle, throttle, int(written * DT * 1000), **{"sim/cross_track": round(cte, 4)})
             written += 1
