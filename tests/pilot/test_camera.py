@@ -51,7 +51,7 @@ def test_image_folder_and_tub_replay(tmp_path: Path) -> None:
     for src in (TubCamera(tmp_path / "tub", fps=200), ImageFolderCamera(tmp_path / "tub" / "images", fps=200)):
         src.start()
         assert _wait_frame(src).image.shape == (120, 160, 3)
-        assert _wait_until(lambda: src.ended)
+        assert _wait_until(lambda s=src: s.ended)  # type: ignore[misc]
         assert src.latest().seq == 20  # type: ignore[union-attr]
         src.close()
 

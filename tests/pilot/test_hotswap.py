@@ -104,7 +104,7 @@ def test_hot_swap_while_driving(tmp_path: Path, short_model: Path, signing_key: 
             for i, (name, put) in enumerate(bad, 1):
                 time.sleep(0.02)  # distinct mtimes
                 put()
-                assert wait_for(lambda: len(watcher.refusals) >= i, 10), name
+                assert wait_for(lambda n=i: len(watcher.refusals) >= n, 10), name  # type: ignore[misc]
             frames_before = loop.totals["frames"]
             time.sleep(0.5)
             assert loop.totals["frames"] > frames_before  # still driving on the good model

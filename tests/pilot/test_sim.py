@@ -9,11 +9,11 @@ import numpy as np
 
 from edge_pilot.closed_loop import expert_laps
 from edge_pilot.sim.car import CarState, step
+from edge_pilot.sim.record import record_tub
 from edge_pilot.sim.render import TrackRenderer, random_lighting
 from edge_pilot.sim.track import Track
 from edge_pilot.sim.world import SimWorld
 from edge_pilot.tub import read_manifest, read_tub, tub_hash
-from edge_pilot.sim.record import record_tub
 
 
 def test_track_is_closed_with_curves_both_ways() -> None:

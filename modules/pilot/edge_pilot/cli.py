@@ -17,8 +17,8 @@ from .estop import EmergencyStop
 from .hotswap import MODEL_FILE, ModelSlot, ModelWatcher, load_verified
 from .logs import fields, get_logger, setup_logging
 from .model import ModelError, OrtOptions, PilotModel
-from .sim.world import SimWorld
 from .signing import SignatureError, load_public_key
+from .sim.world import SimWorld
 from .telemetry import TelemetryClient
 
 log = get_logger("edge_pilot")
@@ -188,9 +188,11 @@ def cmd_keygen(a: argparse.Namespace) -> int:
     k = ec.generate_private_key(ec.SECP256R1())
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pilot.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (out / "pilot.key").write_bytes(pem)
     (out / "pilot.key").chmod(0o600)
-    (out / "pilot.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub = k.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (out / "pilot.pub").write_bytes(pub)
     return 0
 
 

@@ -125,7 +125,8 @@ class ModelWatcher:
                       extra=fields("model_refused", reason=str(e)))
             return False
         self.accepted.append(model.sha256)
-        log.info("model verified and loaded beside the running one: %s", model.sha256[:12], extra=fields("model_ready", sha256=model.sha256))
+        log.info("model verified and loaded beside the running one: %s", model.sha256[:12],
+                 extra=fields("model_ready", sha256=model.sha256))
         self.slot.offer(model)
         return True
 

@@ -54,7 +54,8 @@ class TubWriter:
         self._catalogs: list[str] = []
         self._fh: Any = None
 
-    def write(self, image_bgr: np.ndarray, angle: float, throttle: float, timestamp_ms: int, mode: str = "user", **extra: Any) -> None:
+    def write(self, image_bgr: np.ndarray, angle: float, throttle: float, timestamp_ms: int, mode: str = "user",
+              extra: dict[str, Any] | None = None) -> None:
         cat = self.index // CATALOG_LEN
         name = f"catalog_{cat}.catalog"
         if not self._catalogs or self._catalogs[-1] != name:
@@ -69,7 +70,7 @@ class TubWriter:
         (self.path / "images" / img_name).write_bytes(buf.tobytes())
         rec = {"_index": self.index, "_session_id": self.session, "_timestamp_ms": int(timestamp_ms), "cam/image_array": img_name,
                "user/angle": round(float(angle), 6), "user/throttle": round(float(throttle), 6), "user/mode": mode}
-        rec.update(extra)
+        rec.update(extra or {})
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
         self.index += 1
 

@@ -31,7 +31,7 @@ def record_tub(path: Path, frames: int, seed: int, episode_frames: int = 300) ->
     written = 0
     with TubWriter(path, metadata={"source": "edge_pilot.sim", "seed": seed}, session=f"sim_seed{seed}") as tub:
         for img, angle, throttle, cte in _episodes(frames, seed, episode_frames):
-            tub.write(img, angle, throttle, int(written * DT * 1000), **{"sim/cross_track": round(cte, 4)})
+            tub.write(img, angle, throttle, int(written * DT * 1000), extra={"sim/cross_track": round(cte, 4)})
             written += 1
     return written
 

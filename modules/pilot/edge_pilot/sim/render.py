@@ -94,7 +94,8 @@ class TrackRenderer:
 
     def _ground_from_texture(self, car: CarState) -> np.ndarray:
         # texture px -> world
-        world_from_px = np.array([[1 / self.ppm, 0, self.origin[0]], [0, -1 / self.ppm, self.origin[1] + self.size[1] / self.ppm], [0, 0, 1]])
+        top = self.origin[1] + self.size[1] / self.ppm
+        world_from_px = np.array([[1 / self.ppm, 0, self.origin[0]], [0, -1 / self.ppm, top], [0, 0, 1]])
         cy, sy = math.cos(car.yaw), math.sin(car.yaw)
         ground_from_world = np.array([[cy, sy, -(cy * car.x + sy * car.y)], [-sy, cy, sy * car.x - cy * car.y], [0, 0, 1]])
         return ground_from_world @ world_from_px
@@ -102,7 +103,8 @@ class TrackRenderer:
     def render(self, car: CarState, light: Lighting = Lighting(), rng: np.random.Generator | None = None) -> np.ndarray:
         """A 160x120 BGR uint8 camera frame from the car's pose."""
         m = self._h_ground @ self._ground_from_texture(car)
-        frame = cv2.warpPerspective(self.texture, m, (FRAME_WIDTH, FRAME_HEIGHT), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT, borderValue=(60, 120, 70))
+        frame = cv2.warpPerspective(self.texture, m, (FRAME_WIDTH, FRAME_HEIGHT), flags=cv2.INTER_AREA,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=(60, 120, 70))
         frame[: max(0, self.horizon_row)] = (215, 185, 150)  # sky (BGR)
         if light == Lighting() and rng is None:
             return frame
