@@ -191,7 +191,8 @@ def run(out: Path, cfg: TrainConfig, work: Path | None = None, quantize: bool = 
             "architecture": "donkeycar-linear",
             "input": input_spec(),
             "outputs": list(OUTPUT_NAMES),
-            "dataset": {"hash": data_hash, "frames": len(x), "seed": cfg.seed, "source": "edge_pilot.sim expert"},
+            "dataset": {"hash": data_hash, "frames": len(x), "seed": cfg.seed, "source": "edge_pilot.sim expert",
+                        "hash_of": "records in order: [index, angle, throttle] + JPEG bytes (edge_pilot.tub.tub_hash)"},
             "heldout": {"hash": held_hash, "frames": len(xh), "seed": cfg.seed + 1000},
             "training": {**asdict(cfg), "torch": torch.__version__},
         }
