@@ -84,3 +84,24 @@ def test_container_drives_the_simulator(image: str, container_name: str, tmp_pat
     assert server.records[-1]["stream"] == "pilot.stats"
     assert {"fps", "late", "latency_ms", "angle", "throttle"} <= set(stats)
     assert {"capture", "preprocess", "inference", "actuation"} <= set(stats["latency_ms"])
+
+
+def test_emergency_stop_from_outside_the_container(image: str, container_name: str) -> None:
+    """The agent stops the car with ``podman kill --signal USR1``: throttle to stopped, reason logged."""
+    import time
+
+    env = podman_env()
+    subprocess.run(["podman", "run", "-d", "--name", container_name, "--read-only", "--cap-drop=all", "--network=none",
+                    image, "drive", "--config", "/etc/edge-pilot/config.json", "--duration", "60"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    time.sleep(3.0)
+    subprocess.run(["podman", "kill", "--signal", "USR1", container_name], env=env, check=True, capture_output=True)
+    time.sleep(2.5)
+    subprocess.run(["podman", "stop", "-t", "10", container_name], env=env, check=True, capture_output=True, timeout=30)
+    logs = subprocess.run(["podman", "logs", container_name], env=env, capture_output=True, text=True, check=True)
+    out = json.loads(logs.stdout.strip().splitlines()[-1])
+    assert out["totals"]["frames"] > 20  # it drove before the stop
+    assert "emergency stop (SIGUSR1)" in out["stop_reasons"]
+    assert out["last_stats"]["stopped"] == "emergency stop (SIGUSR1)" and out["last_stats"]["frames"] == 0
+    assert out["final_throttle"] == 0.0
+    assert "throttle stopped: emergency stop (SIGUSR1)" in logs.stderr
