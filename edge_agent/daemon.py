@@ -49,7 +49,12 @@ class AgentContext:
 
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
-    return []
+    components: list[Component] = []
+    if ctx.config.telemetry.enabled:
+        from edge_agent.telemetry.component import TelemetryComponent
+
+        components.append(TelemetryComponent(ctx.config, ctx.reported, ctx.control))
+    return components
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

@@ -50,7 +50,7 @@ FILE_OVERHEAD_RATIO = 0.25  # B-tree and index overhead allowed beyond the count
 FILE_OVERHEAD_FIXED = 256 * 1024  # schema, counters, partly filled pages
 SQLITE_FULL = 13
 
-RefusalCode = Literal["queue_full", "disk_full", "unavailable"]
+RefusalCode = Literal["invalid", "too_large", "queue_full", "disk_full", "unavailable"]
 
 
 def file_limit(cap_bytes: int) -> int:
@@ -104,6 +104,7 @@ class _StreamStats:
     count: int = 0
     bytes: int = 0
     priorities: Counter[int] = field(default_factory=Counter)
+    last_n: int = 0  # insert number of the stream's newest record
 
 
 class QueueError(Exception):
@@ -211,6 +212,8 @@ class TelemetryQueue:
             st.count += count
             st.bytes += size
             st.priorities[priority] += count
+        for stream, last_n in conn.execute("SELECT stream, max(n) FROM records GROUP BY stream"):
+            self.streams[stream].last_n = last_n
         self.drops = {}
         for stream, reason, n in conn.execute("SELECT stream, reason, n FROM drops"):
             self.drops.setdefault(stream, Counter())[reason] = n
@@ -340,7 +343,7 @@ class TelemetryQueue:
                 n = int(cur.lastrowid or 0)
                 inserted[index] = n
                 outcomes.append(Accepted(self.record_id(n), seq))
-            added = [(batch[i].stream, incoming[i].priority, incoming[i].cost) for i in inserted]
+            added = [(batch[i].stream, incoming[i].priority, incoming[i].cost, n) for i, n in inserted.items()]
             if plan.evicted_incoming:
                 gone = {inserted[i] for i in plan.evicted_incoming}
                 self._delete_rows(conn, sorted(gone), drops, "evicted", tracked=False)
@@ -359,8 +362,9 @@ class TelemetryQueue:
                 conn.execute("ROLLBACK")
             self._load()  # the rolled-back deletes are back
             raise
-        for stream, priority, cost in added:
+        for stream, priority, cost, n in added:
             st = self.streams.setdefault(stream, _StreamStats())
+            st.last_n = max(st.last_n, n)
             st.count += 1
             st.bytes += cost
             st.priorities[priority] += 1
@@ -460,6 +464,10 @@ class TelemetryQueue:
                 continue
             out[stream] = StreamHead(min(st.priorities) if st.priorities else 9, int(row[0]))
         return out
+
+    def pending_after(self, cursors: dict[str, int]) -> dict[str, StreamHead]:
+        """Heads of the streams that hold records after their cursor (insert number last sent)."""
+        return {s: h for s, h in self.heads().items() if self.streams[s].last_n > cursors.get(s, 0)}
 
     def read_batch(self, stream: str, after_n: int, max_records: int, max_bytes: int) -> list[StoredRecord]:
         """The next records of a stream after insert number `after_n`, in order (at least one)."""
