@@ -32,21 +32,28 @@ class ControlServer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.handlers: dict[str, Handler] = {}
+        self._server: asyncio.Server | None = None
 
     def register(self, cmd: str, handler: Handler) -> None:
         self.handlers[cmd] = handler
 
-    async def serve(self) -> None:
+    async def start(self) -> None:
+        """Listen now (before READY=1), so the CLI can talk to the agent as soon as it is ready."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         old_umask = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST)
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_REQUEST)
         finally:
             os.umask(old_umask)
+
+    async def serve(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
         try:
-            async with server:
-                await server.serve_forever()
+            async with self._server:
+                await self._server.serve_forever()
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

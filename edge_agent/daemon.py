@@ -99,6 +99,7 @@ class Agent:
             for component in self.components:
                 await component.start()
             self._report_agent()
+            await control.start()
             log.info(
                 "edge-agent %s started (device %s, boot %d, %d components)",
                 __version__,
@@ -113,6 +114,10 @@ class Agent:
             self.notifier.stopping()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # Already stopping: a repeated Ctrl-C (the terminal signals the whole process group,
+            # wrappers forward it again) must not cut the clean shutdown short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             db.close()
             log.info("edge-agent stopped", extra={"EVENT": "agent.stopped"})
             self.notifier.close()

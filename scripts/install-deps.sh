@@ -34,16 +34,19 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Reinstall only when what we install from changed.
 stamp="$venv/.edge-deps"
-want=$(cat "$repo/pyproject.toml" "$repo"/modules/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+shopt -s nullglob
+module_projects=("$repo"/modules/*/pyproject.toml)
+shopt -u nullglob
+want=$(cat "$repo/pyproject.toml" "${module_projects[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing Python packages into $venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
   extras=(-e "$repo[dev,tpm]")
-  for mod in "$repo"/modules/*/pyproject.toml; do
-    [ -f "$mod" ] && extras+=(-e "$(dirname "$mod")[train]")
+  for mod in "${module_projects[@]}"; do
+    extras+=(-e "$(dirname "$mod")[train]")
   done
   # torch: take the CPU build (a plain 'torch' would pull several GB of CUDA packages).
-  if grep -q torch "$repo"/modules/*/pyproject.toml 2>/dev/null; then
+  if [ ${#module_projects[@]} -gt 0 ] && grep -q torch "${module_projects[@]}"; then
     "$venv/bin/pip" install -q "torch==2.13.0"
   fi
   "$venv/bin/pip" install -q "${extras[@]}"

@@ -24,7 +24,6 @@ class Mosquitto:
             f"persistence true\npersistence_location {self.workdir}/\n"
             f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
             f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
-            f"max_packet_size 0\n"
             f"listener {self.port} 127.0.0.1\n"
             f"{self.extra_conf}\n"
         )
