@@ -302,7 +302,13 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         raise ConfigError(problems) from None
 
 
-_PATH_KEYS = {("state", "dir"), ("telemetry", "runtime_dir"), ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file")}
+_PATH_KEYS = {
+    ("state", "dir"),
+    ("telemetry", "runtime_dir"),
+    ("mqtt", "ca_file"),
+    ("mqtt", "cert_file"),
+    ("mqtt", "key_file"),
+}
 
 
 def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:

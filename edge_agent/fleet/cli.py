@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the edgectl version")
+    from edge_agent.fleet import telemetry_cmd
+
+    telemetry_cmd.add_parser(sub)
     return parser
 
 
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"edgectl {__version__}")
         return 0
+    if args.command == "telemetry":
+        from edge_agent.fleet import telemetry_cmd
+
+        return telemetry_cmd.run(args)
     parser.print_help()
     return 2
 
