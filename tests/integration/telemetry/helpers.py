@@ -12,7 +12,8 @@ from typing import Any
 from tests.infra.procs import ManagedProcess, wait_until
 
 # Offline persistent sessions keep at most 1000 messages by default: the fleet follower must get all.
-BROKER_CONF = "max_queued_messages 0\nmax_inflight_messages 0\n"
+# As root, mosquitto drops to user "mosquitto" and then cannot write its persistence file to the test dir.
+BROKER_CONF = "user root\nmax_queued_messages 0\nmax_inflight_messages 0\n"
 
 
 def agent_config(
@@ -37,7 +38,15 @@ class IngestClient:
     def __init__(self, path: Path, timeout: float = 20) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        deadline = time.monotonic() + 10
+        while True:  # the agent opens module sockets just after it answers on its control socket
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.buf = b""
 
     def close(self) -> None:
