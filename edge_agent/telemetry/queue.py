@@ -46,6 +46,9 @@ QUEUE_DB_NAME = "telemetry.db"
 PAGE_SIZE = 4096
 WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint once the WAL holds 1 MiB
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
+# One group commit writes at most ~1 MiB of records (component.GROUP_MAX_BYTES) plus index and
+# eviction pages; the WAL then holds at most the checkpoint threshold plus one such transaction.
+WAL_BOUND = 4 * 1024 * 1024
 FILE_OVERHEAD_RATIO = 0.25  # B-tree and index overhead allowed beyond the counted bytes
 FILE_OVERHEAD_FIXED = 256 * 1024  # schema, counters, partly filled pages
 SQLITE_FULL = 13
