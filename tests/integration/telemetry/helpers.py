@@ -135,7 +135,8 @@ class Follower:
             wait_until(have_all, timeout, "the fleet to receive every acknowledged record", interval=0.3)
         except TimeoutError:
             missing = ids - self.distinct_ids()
-            raise AssertionError(f"{len(missing)} acknowledged records never arrived, e.g. {sorted(missing)[:5]}") from None
+            example = sorted(missing)[:5]
+            raise AssertionError(f"{len(missing)} acknowledged records never arrived, e.g. {example}") from None
 
 
 def assert_in_order(records: list[dict[str, Any]]) -> None:
