@@ -272,14 +272,9 @@ class TelemetryQueue:
             if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL and not self._at_page_limit():
                 return self._refuse_all(batch, "disk_full", f"the device's disk is full: {exc}")
             if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
-                # The file limit was met before the counted cap: count less per file from now on.
-                self.effective_cap = max(self.cap_bytes // 4, int(self.used_bytes * 0.95))
-                log.warning(
-                    "telemetry.db reached its page limit at %d counted bytes; effective cap now %d",
-                    self.used_bytes,
-                    self.effective_cap,
-                    extra={"EVENT": "telemetry.page_limit"},
-                )
+                # The file limit was met before the counted cap (records cost more file than counted).
+                if not self._make_room_in_file(batch):
+                    return self._refuse_all(batch, "queue_full", "telemetry queue file is at its size limit")
                 try:
                     return self._append(batch)
                 except sqlite3.OperationalError as again:
@@ -288,6 +283,43 @@ class TelemetryQueue:
                         return self._refuse_all(batch, code, f"telemetry queue is full: {again}")
                     raise
             raise
+
+    def _make_room_in_file(self, batch: Sequence[NewRecord]) -> bool:
+        """Evict (by the same rules: drop-oldest streams, least urgent and oldest first, nothing more
+        urgent than the batch) a tenth of the queue, and count no more than what is left from now on."""
+        floors = [self.rules.priority(r.stream, r.priority) for r in batch if self.rules.evictable(r.stream)]
+        if not floors:
+            return False
+        conn = self._db()
+        want = max(len(batch), self.depth // 10)
+        drops: Counter[tuple[str, str]] = Counter()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = [
+                n
+                for n, stream in conn.execute(
+                    "SELECT n, stream FROM records WHERE priority >= ? ORDER BY priority DESC, n", (min(floors),)
+                )
+                if self.rules.evictable(stream)
+            ][:want]
+            self._delete_rows(conn, rows, drops, "evicted")
+            self._count_drops(conn, drops)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load()
+            raise
+        for (stream, reason), n in drops.items():
+            self.drops.setdefault(stream, Counter())[reason] += n
+        self.effective_cap = max(1, self.used_bytes)
+        log.warning(
+            "telemetry.db reached its size limit; evicted %d records, counting at most %d bytes from now on",
+            len(rows),
+            self.effective_cap,
+            extra={"EVENT": "telemetry.page_limit"},
+        )
+        return bool(rows)
 
     def _at_page_limit(self) -> bool:
         conn = self._db()
@@ -504,6 +536,8 @@ class TelemetryQueue:
             raise
         for priority, size in deleted:
             self._untrack(stream, priority, size)
+        if not self.streams:
+            self.effective_cap = self.cap_bytes
         return len(deleted)
 
     def expire(self, now: float | None = None) -> dict[str, int]:
