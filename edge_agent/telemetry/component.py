@@ -122,13 +122,29 @@ class TelemetryComponent(BaseComponent):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        # A queue that cannot be opened (e.g. a full disk) must not keep the agent from starting:
+        # run() keeps trying, and modules get "not stored" (no socket) meanwhile.
+        if await self._try_open():
+            await self._db(self.queue.expire)
+            await self._report()
+
+    async def _try_open(self) -> bool:
         if not self._started:
-            await self._db(self.queue.open)
+            try:
+                await self._db(self.queue.open)
+            except Exception as exc:
+                log.error(
+                    "cannot open the telemetry queue %s: %s", self.queue.path, exc,
+                    extra={"EVENT": "telemetry.queue_unavailable"},
+                )
+                self.reported.set("telemetry", {"status": "unavailable", "error": str(exc)})
+                return False
             self._started = True
-        await self._db(self.queue.expire)
-        await self._report()
+        return True
 
     async def run(self) -> None:
+        while not await self._try_open():  # noqa: ASYNC110 - polling the disk, no event to wait on
+            await asyncio.sleep(5)
         self._running = True
         try:
             async with asyncio.TaskGroup() as tg:

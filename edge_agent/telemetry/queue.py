@@ -139,16 +139,39 @@ class TelemetryQueue:
     # ------------------------------------------------------------------ open / close
 
     def open(self) -> None:
+        """Open (creating) the queue. A file SQLite cannot read as a database is moved aside to
+        telemetry.db.corrupt-<time> (kept for inspection) and a new queue is started."""
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) != 26:
+                raise  # e.g. disk full or locked: not corruption (26 = SQLITE_NOTADB)
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "telemetry queue %s is damaged (%s); moved to %s, starting an empty queue",
+                self.path,
+                exc,
+                aside,
+                extra={"EVENT": "telemetry.queue_corrupt"},
+            )
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(f"{self.path}{suffix}"):
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            self._open()
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         try:
             self._configure(conn)
             self._create_schema(conn)
+            self.conn = conn
+            self._load()
         except BaseException:
             conn.close()
+            self.conn = None
             raise
-        self.conn = conn
-        self._load()
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         # page_size and auto_vacuum only take effect on a new, empty database.

@@ -159,3 +159,10 @@ def test_file_page_limit_met_before_counted_cap(tmp_path: Path, monkeypatch: pyt
     assert q.integrity_check() == "ok"
     count = sqlite3.connect(tmp_path / "t.db").execute("SELECT count(*) FROM records").fetchone()[0]
     assert count == q.depth
+
+
+def test_damaged_file_is_moved_aside_and_a_new_queue_starts(tmp_path: Path) -> None:
+    (tmp_path / "t.db").write_bytes(b"this is not a database" * 200)
+    q = make_queue(tmp_path)
+    assert isinstance(q.append([rec("s")])[0], Accepted)
+    assert len(list(tmp_path.glob("t.db.corrupt-*"))) == 1
