@@ -93,7 +93,7 @@ def test_cap_holds_under_flood_and_drops_and_expiry_are_counted(tmp_path: Path) 
     finally:
         sampler.running = False
         agent.stop()
-    with sqlite3.connect(agent.state_dir / "telemetry.db") as db:
+    with contextlib.closing(sqlite3.connect(agent.state_dir / "telemetry.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         # Drops survive a restart: they are counted in the same transaction as the deletes.
         assert dict(db.execute("SELECT reason, n FROM drops WHERE stream='short'").fetchall()) == {"expired": 50}
@@ -141,7 +141,8 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
             assert "disk is full" in refusal["error"]
             st = status(agent)
             assert st["diskFull"] is True and st["refused"]["data"]["disk_full"] >= 1
-            with sqlite3.connect(f"file:{agent.state_dir / 'telemetry.db'}?mode=ro", uri=True) as db:
+            readonly = f"file:{agent.state_dir / 'telemetry.db'}?mode=ro"
+            with contextlib.closing(sqlite3.connect(readonly, uri=True)) as db:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             # Space returns: the agent takes records again by itself, no restart.
             (small_fs / "filler").unlink()
@@ -151,7 +152,7 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
             assert status(agent)["diskFull"] is False
     finally:
         agent.stop()
-    with sqlite3.connect(agent.state_dir / "telemetry.db") as db:
+    with contextlib.closing(sqlite3.connect(agent.state_dir / "telemetry.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         epoch = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
         stored = {f"{epoch}-{n}" for (n,) in db.execute("SELECT n FROM records")}

@@ -4,6 +4,7 @@ carry the same id."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sqlite3
@@ -68,7 +69,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) 
         assert sum(dups.values()) <= KILLS * BATCH * WINDOW, sum(dups.values())
         assert all(rid in firsts for rid in dups)
         agent.stop()
-        with sqlite3.connect(agent.state_dir / "telemetry.db") as db:
+        with contextlib.closing(sqlite3.connect(agent.state_dir / "telemetry.db")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         print(f"acked {len(acked)}, received {len(firsts)} distinct, {sum(dups.values())} duplicates, {KILLS} kills")
     finally:

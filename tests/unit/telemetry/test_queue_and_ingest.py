@@ -166,3 +166,19 @@ def test_damaged_file_is_moved_aside_and_a_new_queue_starts(tmp_path: Path) -> N
     q = make_queue(tmp_path)
     assert isinstance(q.append([rec("s")])[0], Accepted)
     assert len(list(tmp_path.glob("t.db.corrupt-*"))) == 1
+
+
+def test_check_line(tmp_path: Path) -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.telemetry.check import check_telemetry_queue
+
+    config = parse_config(f'[state]\ndir = "{tmp_path}"\n')
+    assert "not created yet" in check_telemetry_queue(config).detail
+    q = TelemetryQueue(tmp_path / "telemetry.db", 1 << 20, Rules(StreamRules(None, "drop-oldest", 0)))
+    q.open()
+    q.append([rec("s")])
+    result = check_telemetry_queue(config)
+    assert result.outcome == "pass" and "1 records queued" in result.detail
+    q.close()
+    (tmp_path / "telemetry.db").write_bytes(b"garbage" * 1000)
+    assert check_telemetry_queue(config).outcome == "fail"
