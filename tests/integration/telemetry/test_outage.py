@@ -84,6 +84,10 @@ def test_outage_then_broker_returns_everything_acked_arrives_in_order(
         assert {r["module"] for r in firsts if r["stream"] == "frames"} == {"camera"}
         assert {r["module"] for r in firsts if r["stream"] != "frames"} == {"sensor"}
         wait_until(lambda: agent.call("telemetry")["depth"] == 0, 20, "the queue to drain")  # type: ignore[index]
+        after = agent.call("telemetry")
+        assert isinstance(after, dict)
+        assert after["connected"] is True and after["sentRecords"] >= len(acked) and after["uploadRate"] > 0
+        assert after["oldestAgeS"] is None and after["drops"] == {}
     finally:
         agent.stop()
 
