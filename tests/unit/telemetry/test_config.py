@@ -26,7 +26,7 @@ def test_stream_overrides() -> None:
         ('[telemetry]\ndefault_policy = "drop-newest"\n', "telemetry.default_policy: got 'drop-newest'; expected "
          "drop-oldest or refuse-new"),
         ('[telemetry.streams."Bad Name"]\npriority = 1\n', "telemetry.streams.Bad Name"),
-        ('[telemetry.streams.ok]\npriority = 10\n', "telemetry.streams.ok.priority: got 10; should be less than or equal to 9"),
+        ("[telemetry.streams.ok]\npriority = 10\n", "streams.ok.priority: got 10; should be less than or equal to 9"),
         ('[telemetry]\nmodules = ["../evil"]\n', "telemetry.modules.0"),
         ('[telemetry]\nsynchronous = "off"\n', "expected full (an acknowledged record survives a power cut)"),
         ("[telemetry]\ncap_byte = 1\n", "unknown key, did you mean telemetry.cap_bytes?"),
