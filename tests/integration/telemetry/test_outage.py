@@ -49,6 +49,7 @@ def test_outage_then_broker_returns_everything_acked_arrives_in_order(
         with IngestClient(tmp_path / "run/ingest/sensor.sock") as warm:
             first = warm.send("bulk", {"before": True})
         follower.wait_for_ids({first["id"]}, 15)
+        wait_until(lambda: agent.call("telemetry")["depth"] == 0, 10, "the PUBACK")  # type: ignore[index]
         broker.stop()
         # The outage: three streams keep sending for ~6 s, every record acknowledged while offline.
         acked: set[str] = set()
