@@ -35,7 +35,7 @@ def enqueue_rates(work: Path, port: int, sync: str, one: int, many: int) -> tupl
         agent_config(port, work / f"run-{sync}", ["bench"], telemetry=f'synchronous = "{sync}"\n'),
     ).start()
     try:
-        with IngestClient(work / f"run-{sync}/ingest/bench.sock") as c:
+        with IngestClient(work / f"run-{sync}/ingest/bench/telemetry.sock") as c:
             t = time.perf_counter()
             for i in range(one):
                 assert c.send("one", {**PAYLOAD, "i": i})["ok"]
@@ -54,7 +54,7 @@ def drain_rate(work: Path, broker: Mosquitto, backlog: int) -> tuple[float, floa
     broker.stop()
     agent = AgentProcess(work / "agent-drain", agent_config(broker.port, work / "run-drain", ["bench"])).start()
     try:
-        with IngestClient(work / "run-drain/ingest/bench.sock") as c:
+        with IngestClient(work / "run-drain/ingest/bench/telemetry.sock") as c:
             answers = c.send_many([{"stream": "drain", "payload": {**PAYLOAD, "i": i}} for i in range(backlog)], 512)
             assert all(a["ok"] for a in answers)
         broker.start()

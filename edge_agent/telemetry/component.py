@@ -2,9 +2,12 @@
 uplink over MQTT; TTL sweeps, figures in reported state ("telemetry") and `edge-agent status`.
 
 Wiring: daemon.build_components adds `TelemetryComponent(ctx.config, ctx.reported, ctx.control)`.
-Module lifecycle calls `await open_module(name)` when it creates a module's container (and mounts
-`ingest_socket_path(name)` at /run/edge-agent/telemetry.sock) and `await close_module(name)` when it
-removes it. Without a `publisher` argument the component runs its own small MQTT session.
+Module lifecycle calls `await open_module(name)` before it creates a module's container, mounts the
+directory `ingest_mount_dir(name)` at /run/edge-agent (the socket is then
+/run/edge-agent/telemetry.sock inside; mount the directory, not the socket file, see ingest.py),
+and calls `await close_module(name)` when it removes the module. Sockets stay open while the
+component's run() is restarted after a failure; they are removed when the agent stops. Without a
+`publisher` argument the component runs its own small MQTT session.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from edge_agent.logs import get_logger
 from edge_agent.mqtt_params import broker_params
 from edge_agent.reported import ReportedState
 from edge_agent.telemetry.ingest import ModuleIngestServer
+from edge_agent.telemetry.ingest import ingest_mount_dir as _mount_dir
 from edge_agent.telemetry.ingest import ingest_socket_path as _socket_path
 from edge_agent.telemetry.mqtt_adapter import AiomqttPublisher
 from edge_agent.telemetry.policy import rules_from_config
@@ -96,14 +100,19 @@ class TelemetryComponent(BaseComponent):
     # ------------------------------------------------------------------ public API
 
     def ingest_socket_path(self, module: str) -> Path:
-        """Where `module`'s socket is on the host (bind-mount it at /run/edge-agent/telemetry.sock)."""
+        """Where `module`'s socket is on the host."""
         return _socket_path(self.section.runtime_dir, module)
 
+    def ingest_mount_dir(self, module: str) -> Path:
+        """The host directory to bind-mount at /run/edge-agent in `module`'s container."""
+        return _mount_dir(self.section.runtime_dir, module)
+
     async def open_module(self, module: str) -> Path:
-        """Serve `module`'s ingest socket (idempotent). Returns its host path."""
+        """Serve `module`'s ingest socket now (idempotent). Returns the socket's host path.
+        Records sent before the component runs wait for it (the module just sees a slow answer)."""
         path = self.ingest_socket_path(module)
         self._modules.add(module)
-        if self._running and module not in self._servers:
+        if module not in self._servers:
             await self._open(module)
         return path
 
@@ -112,7 +121,7 @@ class TelemetryComponent(BaseComponent):
         self._modules.discard(module)
         server = self._servers.pop(module, None)
         if server is not None:
-            await server.close()
+            await server.close(remove_dir=True)
 
     async def submit(self, record: NewRecord) -> Outcome:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -149,19 +158,24 @@ class TelemetryComponent(BaseComponent):
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._commit_loop(), name="telemetry-commit")
-                for module in sorted(self._modules):
+                for module in sorted(self._modules - set(self._servers)):
                     await self._open(module)
                 if self._own_session is not None:
                     tg.create_task(self._own_session.run(), name="telemetry-mqtt")
                 tg.create_task(self.uplink.run(), name="telemetry-uplink")
                 tg.create_task(self._housekeeping(), name="telemetry-housekeeping")
+        except asyncio.CancelledError:
+            await self._close_all()  # the agent stops: remove the sockets
+            raise
         finally:
             self._running = False
-            for module in list(self._servers):
-                server = self._servers.pop(module)
-                with contextlib.suppress(Exception):
-                    await server.close()
-            self._fail_pending("telemetry is stopping")
+            self._fail_pending("telemetry is not running")
+
+    async def _close_all(self) -> None:
+        for module in list(self._servers):
+            server = self._servers.pop(module)
+            with contextlib.suppress(Exception):
+                await server.close()
 
     async def apply_config(self, config: AgentConfig) -> None:
         old = self.section

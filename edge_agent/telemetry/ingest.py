@@ -1,8 +1,11 @@
 """Module -> agent ingest: one Unix stream socket per module (/work/notes/telemetry-ingest-wire.md).
 
-The agent serves `<runtime_dir>/ingest/<module>.sock`; the module's container gets only its own
-socket, bind-mounted at /run/edge-agent/telemetry.sock. Identity is the socket: every record read
-from it is attributed to that module, and a request that names a module is refused.
+The agent serves `<runtime_dir>/ingest/<module>/telemetry.sock`; the module's container gets only
+its own directory `<runtime_dir>/ingest/<module>/` bind-mounted at /run/edge-agent, so the socket
+is /run/edge-agent/telemetry.sock inside. The directory, not the socket file, is mounted: a file
+bind mount pins the socket's inode, and after any agent restart (new socket, new inode) a running
+container would be left with a dead socket. Identity is the socket: every record read from it is
+attributed to that module, and a request that names a module is refused.
 
 Requests are JSON lines (at most 256 KiB); each gets exactly one answer line, in order. A client
 may pipeline: the server parses ahead (up to MAX_PENDING unanswered requests per connection), so
@@ -42,10 +45,15 @@ CONTAINER_SOCKET_ENV = "EDGE_TELEMETRY_SOCKET"
 Submit = Callable[[NewRecord], Awaitable[Outcome]]
 
 
-def ingest_socket_path(runtime_dir: Path, module: str) -> Path:
+def ingest_mount_dir(runtime_dir: Path, module: str) -> Path:
+    """The host directory to bind-mount at /run/edge-agent in `module`'s container."""
     if not MODULE_RE.match(module):
         raise ValueError(f"module name {module!r} cannot have an ingest socket; expected {MODULE_RE.pattern}")
-    return runtime_dir / "ingest" / f"{module}.sock"
+    return runtime_dir / "ingest" / module
+
+
+def ingest_socket_path(runtime_dir: Path, module: str) -> Path:
+    return ingest_mount_dir(runtime_dir, module) / "telemetry.sock"
 
 
 def _no_constants(name: str) -> Any:
@@ -98,10 +106,13 @@ class ModuleIngestServer:
         self.connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        # The directory is root-only: host users cannot reach the sockets; a container reaches its
-        # own socket through the bind mount, which needs no access to the directory.
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
+        # ingest/ is root-only: host users cannot reach the sockets. A container reaches its own
+        # module directory through the bind mount, which needs no access to ingest/.
+        ingest = self.path.parent.parent
+        ingest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(ingest, 0o700)
+        self.path.parent.mkdir(exist_ok=True)
+        os.chmod(self.path.parent, 0o755)  # noqa: S103 - traversed by the container's (any) uid
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # stale socket of a previous run
         self.server = await asyncio.start_unix_server(self._client, path=str(self.path))
@@ -114,7 +125,10 @@ class ModuleIngestServer:
             extra={"EVENT": "telemetry.socket_open", "MODULE": self.module},
         )
 
-    async def close(self) -> None:
+    async def close(self, remove_dir: bool = False) -> None:
+        """Stop serving and remove the socket. Keep the directory unless the module is gone: a
+        running container's bind mount refers to this very directory, and the next agent start
+        puts the new socket in it."""
         if self.server is not None:
             self.server.close()
             for task in list(self.connections):
@@ -124,28 +138,38 @@ class ModuleIngestServer:
             self.server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if remove_dir:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.connections.add(task)
-        answers: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue(MAX_PENDING)
-        sender = asyncio.create_task(self._answer(answers, writer))
+        # Unbounded queue, bounded by the semaphore: the end marker always fits.
+        answers: asyncio.Queue[asyncio.Future[Outcome] | None] = asyncio.Queue()
+        room = asyncio.Semaphore(MAX_PENDING)
+        sender = asyncio.create_task(self._answer(answers, room, writer))
         try:
-            await self._read(reader, answers)
+            await self._read(reader, answers, room)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            sender.cancel()  # stopping: unanswered requests count as not stored
+            raise
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                answers.put_nowait(None)
-            if answers.full():
-                sender.cancel()
+            answers.put_nowait(None)  # after a client's EOF, still answer what it sent
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await sender
             writer.close()
             self.connections.discard(task)
 
-    async def _read(self, reader: asyncio.StreamReader, answers: asyncio.Queue[asyncio.Future[Outcome] | None]) -> None:
+    async def _read(
+        self,
+        reader: asyncio.StreamReader,
+        answers: asyncio.Queue[asyncio.Future[Outcome] | None],
+        room: asyncio.Semaphore,
+    ) -> None:
         buf = bytearray()
         skipping = 0  # bytes of an over-long line being skipped
         while True:
@@ -162,34 +186,45 @@ class ModuleIngestServer:
                     break
                 line = bytes(buf[:end])
                 del buf[: end + 1]
+                await room.acquire()
                 if skipping:
                     size = skipping + len(line)
                     skipping = 0
-                    await answers.put(_done(Refused("too_large", f"request line is {size} bytes or more; "
-                                                    f"at most {MAX_LINE} bytes per line")))
+                    error = f"request line is {size} bytes or more; at most {MAX_LINE} bytes per line"
+                    answers.put_nowait(_done(Refused("too_large", error)))
                     continue
                 if not line.strip():
+                    room.release()
                     continue
                 parsed = parse_request(line, self.module)
                 if isinstance(parsed, Refused):
-                    await answers.put(_done(parsed))
+                    answers.put_nowait(_done(parsed))
                 else:
-                    await answers.put(asyncio.ensure_future(self.submit(parsed)))
+                    answers.put_nowait(asyncio.ensure_future(self.submit(parsed)))
 
     async def _answer(
-        self, answers: asyncio.Queue[asyncio.Future[Outcome] | None], writer: asyncio.StreamWriter
+        self,
+        answers: asyncio.Queue[asyncio.Future[Outcome] | None],
+        room: asyncio.Semaphore,
+        writer: asyncio.StreamWriter,
     ) -> None:
-        while (fut := await answers.get()) is not None:
-            try:
-                outcome = await fut
-            except Exception as exc:
-                log.exception(
-                    "telemetry ingest failed", extra={"EVENT": "telemetry.ingest_error", "MODULE": self.module}
-                )
-                outcome = Refused("unavailable", f"telemetry queue unavailable: {type(exc).__name__}")
-            writer.write(answer_line(outcome))
-            if answers.empty():
-                await writer.drain()
+        try:
+            while (fut := await answers.get()) is not None:
+                try:
+                    outcome = await fut
+                except Exception as exc:
+                    log.exception(
+                        "telemetry ingest failed", extra={"EVENT": "telemetry.ingest_error", "MODULE": self.module}
+                    )
+                    outcome = Refused("unavailable", f"telemetry queue unavailable: {type(exc).__name__}")
+                writer.write(answer_line(outcome))
+                room.release()
+                if answers.empty():
+                    await writer.drain()
+        finally:
+            # The client is gone (or we stop): never leave the reader waiting for room.
+            for _ in range(MAX_PENDING):
+                room.release()
 
 
 def _done(outcome: Outcome) -> asyncio.Future[Outcome]:

@@ -57,7 +57,7 @@ def test_cap_holds_under_flood_and_drops_and_expiry_are_counted(tmp_path: Path) 
     sampler = FileSampler(agent.state_dir / "telemetry.db")
     sampler.start()
     try:
-        with IngestClient(tmp_path / "run/ingest/flood.sock") as client:
+        with IngestClient(tmp_path / "run/ingest/flood/telemetry.sock") as client:
             keep = client.send_many([{"stream": "keep", "payload": {"i": i}} for i in range(200)])
             assert all(a["ok"] for a in keep)
             flood = client.send_many(
@@ -123,7 +123,7 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
     agent = AgentProcess(tmp_path / "agent", agent_config(free_port(), tmp_path / "run", ["mod"])).start()
     acked: set[str] = set()
     try:
-        with IngestClient(tmp_path / "run/ingest/mod.sock") as client:
+        with IngestClient(tmp_path / "run/ingest/mod/telemetry.sock") as client:
             first = client.send_many([{"stream": "data", "payload": {"i": i, "pad": "d" * 300}} for i in range(500)])
             assert all(a["ok"] for a in first)
             acked |= {a["id"] for a in first}

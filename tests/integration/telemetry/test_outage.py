@@ -46,7 +46,7 @@ def test_outage_then_broker_returns_everything_acked_arrives_in_order(
 ) -> None:
     agent = start_agent(tmp_path, broker, 'batch_max_records = 100\n[telemetry.streams."alerts"]\npriority = 0\n')
     try:
-        with IngestClient(tmp_path / "run/ingest/sensor.sock") as warm:
+        with IngestClient(tmp_path / "run/ingest/sensor/telemetry.sock") as warm:
             first = warm.send("bulk", {"before": True})
         follower.wait_for_ids({first["id"]}, 15)
         wait_until(lambda: agent.call("telemetry")["depth"] == 0, 10, "the PUBACK")  # type: ignore[index]
@@ -55,8 +55,8 @@ def test_outage_then_broker_returns_everything_acked_arrives_in_order(
         acked: set[str] = set()
         deadline = time.monotonic() + 6
         n = 0
-        with IngestClient(tmp_path / "run/ingest/sensor.sock") as sensor, IngestClient(
-            tmp_path / "run/ingest/camera.sock"
+        with IngestClient(tmp_path / "run/ingest/sensor/telemetry.sock") as sensor, IngestClient(
+            tmp_path / "run/ingest/camera/telemetry.sock"
         ) as camera:
             while time.monotonic() < deadline:
                 answers = sensor.send_many(
@@ -97,7 +97,7 @@ def test_broker_restarted_during_upload_loses_nothing(tmp_path: Path, broker: Mo
     agent = start_agent(tmp_path, broker, "batch_max_records = 20\ninflight_batches = 2\ncompression = \"none\"\n")
     try:
         broker.stop()
-        with IngestClient(tmp_path / "run/ingest/sensor.sock") as sensor:
+        with IngestClient(tmp_path / "run/ingest/sensor/telemetry.sock") as sensor:
             answers = sensor.send_many(
                 [{"stream": f"s{i % 3}", "payload": {"i": i, "pad": "y" * 200}} for i in range(30_000)]
             )

@@ -34,10 +34,18 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) 
     acked_file = tmp_path / "acked.txt"
     sender: subprocess.Popen[bytes] | None = None
     rng = random.Random(1234)
+    # The module sees its directory through a bind mount, as in its container: the socket the
+    # agent re-creates after each restart must show up there.
+    container_run = tmp_path / "container-run"
+    container_run.mkdir()
+    mounted = False
     try:
         agent.start()
+        wait_until(lambda: (tmp_path / "run/ingest/sender/telemetry.sock").exists(), 10, "the module socket")
+        subprocess.run(["mount", "--bind", str(tmp_path / "run/ingest/sender"), str(container_run)], check=True)
+        mounted = True
         sender = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("sender.py")), str(tmp_path / "run/ingest/sender.sock"),
+            [sys.executable, str(Path(__file__).with_name("sender.py")), str(container_run / "telemetry.sock"),
              str(acked_file)],
             start_new_session=True,
         )
@@ -75,6 +83,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) 
     finally:
         if sender is not None and sender.poll() is None:
             sender.kill()
+        if mounted:
+            subprocess.run(["umount", str(container_run)], check=False)
         agent.kill()
         follower.stop()
         broker.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.telemetry.ingest import MAX_LINE, answer_line, ingest_socket_path, parse_request
+from edge_agent.telemetry.ingest import MAX_LINE, answer_line, ingest_mount_dir, ingest_socket_path, parse_request
 from edge_agent.telemetry.policy import Rules, StreamRules
 from edge_agent.telemetry.queue import Accepted, NewRecord, Refused, TelemetryQueue, file_limit
 
@@ -68,7 +68,8 @@ def test_answer_lines() -> None:
 
 
 def test_socket_path_needs_a_valid_module_name(tmp_path: Path) -> None:
-    assert ingest_socket_path(tmp_path, "pilot") == tmp_path / "ingest/pilot.sock"
+    assert ingest_socket_path(tmp_path, "pilot") == tmp_path / "ingest/pilot/telemetry.sock"
+    assert ingest_mount_dir(tmp_path, "pilot") == tmp_path / "ingest/pilot"
     with pytest.raises(ValueError, match="module name"):
         ingest_socket_path(tmp_path, "../x")
 
