@@ -199,7 +199,8 @@ class TelemetrySection(Section):
         "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
     )
     runtime_dir: Path = Field(
-        Path("/run/edge-agent"), description="a directory for the per-module ingest sockets (ingest/<module>.sock)"
+        Path("/run/edge-agent"),
+        description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
     )
     modules: list[Annotated[str, Field(pattern=MODULE_NAME_PATTERN)]] = Field(
         default_factory=list,

@@ -136,6 +136,9 @@ class TelemetryComponent(BaseComponent):
         if await self._try_open():
             await self._db(self.queue.expire)
             await self._report()
+        # Sockets exist by READY=1, so modules started after the agent find them.
+        for module in sorted(self._modules - set(self._servers)):
+            await self._open(module)
 
     async def _try_open(self) -> bool:
         if not self._started:

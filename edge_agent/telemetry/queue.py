@@ -607,7 +607,7 @@ class TelemetryQueue:
             "depth": self.depth,
             "bytes": self.used_bytes,
             "capBytes": self.cap_bytes,
-            "oldestAgeS": None if oldest is None else round(max(0.0, self.clock() - oldest), 1),
+            "oldestAgeS": None if oldest is None else round(max(0.0, self.clock() - oldest)),
             "drops": {s: dict(c) for s, c in sorted(self.drops.items()) if any(c.values())},
             "refused": {s: dict(c) for s, c in sorted(self.refused.items()) if any(c.values())},
             "diskFull": self.disk_full,

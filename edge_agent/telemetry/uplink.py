@@ -183,8 +183,9 @@ class Uplink:
                         self.batch_max_records,
                         self.batch_max_bytes,
                     )
-                    if not records:
-                        cursors[stream] = self.queue.streams[stream].last_n if stream in self.queue.streams else 0
+                    if not records:  # evicted or expired meanwhile
+                        stats = self.queue.streams.get(stream)
+                        cursors[stream] = stats.last_n if stats is not None else 0
                         continue
                     payload, content_type = encode_batch(self.device, stream, records, self.compress)
                     task = asyncio.create_task(
