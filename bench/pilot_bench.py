@@ -43,15 +43,17 @@ def time_fn(fn: Callable[[np.ndarray], np.ndarray], xs: list[np.ndarray]) -> tup
 
 def backends(threads: int) -> dict[str, Callable[[], Callable[[np.ndarray], np.ndarray]]]:
     import onnxruntime as ort
-
     from edge_pilot.model import INPUT_NAME, OUTPUT_NAMES, OrtOptions, session_options
 
     def ort_backend(path: Path) -> Callable[[], Callable[[np.ndarray], np.ndarray]]:
         def make() -> Callable[[np.ndarray], np.ndarray]:
             if not path.exists():
                 raise FileNotFoundError(f"{path} missing (train with --quantize)")
-            s = ort.InferenceSession(str(path), session_options(opts=OrtOptions(intra_threads=threads)), providers=["CPUExecutionProvider"])
+            s = ort.InferenceSession(
+                str(path), session_options(opts=OrtOptions(intra_threads=threads)), providers=["CPUExecutionProvider"]
+            )
             return lambda x: np.concatenate([o.reshape(-1) for o in s.run(list(OUTPUT_NAMES), {INPUT_NAME: x})])
+
         return make
 
     def cv_dnn() -> Callable[[np.ndarray], np.ndarray]:
@@ -64,18 +66,21 @@ def backends(threads: int) -> dict[str, Callable[[], Callable[[np.ndarray], np.n
         def run(x: np.ndarray) -> np.ndarray:
             net.setInput(x)
             return np.concatenate([np.asarray(o).reshape(-1) for o in net.forward(names)])
+
         return run
 
     def torch_eager() -> Callable[[np.ndarray], np.ndarray]:
         import onnx
         import torch
-        from onnx import numpy_helper
-
         from edge_pilot.train.net import LinearPilot
+        from onnx import numpy_helper
 
         torch.set_num_threads(threads)
         m = LinearPilot()
-        inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(MODELS / "model.onnx")).graph.initializer}
+        inits = {
+            i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+            for i in onnx.load(str(MODELS / "model.onnx")).graph.initializer
+        }
         sd = m.state_dict()
         missing = [k for k in sd if k not in inits]
         if missing:
@@ -87,10 +92,15 @@ def backends(threads: int) -> dict[str, Callable[[], Callable[[np.ndarray], np.n
             with torch.inference_mode():
                 a, t = m(torch.from_numpy(x))
             return np.concatenate([a.numpy().reshape(-1), t.numpy().reshape(-1)])
+
         return run
 
-    return {"onnxruntime fp32": ort_backend(MODELS / "model.onnx"), "onnxruntime int8": ort_backend(MODELS / "model.int8.onnx"),
-            "opencv dnn": cv_dnn, "pytorch eager": torch_eager}
+    return {
+        "onnxruntime fp32": ort_backend(MODELS / "model.onnx"),
+        "onnxruntime int8": ort_backend(MODELS / "model.int8.onnx"),
+        "opencv dnn": cv_dnn,
+        "pytorch eager": torch_eager,
+    }
 
 
 def drive_loop_run(model_path: Path, seconds: float) -> dict[str, tuple[float, float, float]]:
@@ -107,8 +117,9 @@ def drive_loop_run(model_path: Path, seconds: float) -> dict[str, tuple[float, f
     act = SimActuator(world)
     src.start()
     act.start_physics()
-    loop = DriveLoop(src, act, ModelSlot(PilotModel.from_file(model_path)), EmergencyStop(), None,
-                     LoopConfig(stats_interval_s=1e9))
+    loop = DriveLoop(
+        src, act, ModelSlot(PilotModel.from_file(model_path)), EmergencyStop(), None, LoopConfig(stats_interval_s=1e9)
+    )
     t = threading.Timer(seconds, loop.stop)
     t.start()
     totals = loop.run()
@@ -153,8 +164,10 @@ def main() -> int:
             continue
         r = drive_loop_run(path, a.seconds)
         frames, late, repeats = r.pop("_totals")
-        print(f"\n# Drive loop at 20 Hz, {label}, {a.seconds:.0f} s: {frames:.0f} frames, {late:.0f} late (skipped), "
-              f"{repeats:.0f} repeated camera frames\n")
+        print(
+            f"\n# Drive loop at 20 Hz, {label}, {a.seconds:.0f} s: {frames:.0f} frames, {late:.0f} late (skipped), "
+            f"{repeats:.0f} repeated camera frames\n"
+        )
         print("| stage | mean ms | p50 ms | p99 ms |")
         print("|---|---:|---:|---:|")
         for k, (mean, p50, p99) in r.items():

@@ -316,6 +316,10 @@ CHECKS: list[CheckFn] = [
 
 
 def run_checks(config: AgentConfig) -> list[CheckResult]:
+    from edge_agent.telemetry.check import check_telemetry_queue
+
+    if check_telemetry_queue not in CHECKS:
+        CHECKS.insert(CHECKS.index(check_agent_running), check_telemetry_queue)
     results = []
     for fn in CHECKS:
         try:

@@ -322,6 +322,57 @@ class TrustSection(Section):
         return value
 
 
+
+
+STREAM_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+AtCapPolicy = Literal["drop-oldest", "refuse-new"]
+
+
+class TelemetryStreamSection(Section):
+    """Overrides for one stream: [telemetry.streams."pilot.alerts"]."""
+
+    priority: int | None = Field(
+        None, ge=0, le=9, description="priority 0 (most urgent) to 9 (bulk); overrides what modules send"
+    )
+    policy: AtCapPolicy | None = Field(None, description="drop-oldest or refuse-new (what to do at the byte cap)")
+    ttl_s: int | None = Field(None, ge=0, le=10 * 365 * 86400, description="seconds to keep a record, 0 = no expiry")
+
+
+class TelemetrySection(Section):
+    enabled: bool = Field(True, description="true or false")
+    cap_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1 << 40,
+        description="bytes of queued records to keep at most, 65536 or more",
+    )
+    default_ttl_s: int = Field(
+        7 * 86400, ge=0, le=10 * 365 * 86400, description="seconds to keep a record, 0 = no expiry"
+    )
+    default_policy: AtCapPolicy = Field("drop-oldest", description="drop-oldest or refuse-new")
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
+    )
+    runtime_dir: Path = Field(
+        Path("/run/edge-agent"),
+        description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
+    )
+    modules: list[Annotated[str, Field(pattern=MODULE_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="module names whose ingest sockets are always served (besides deployed modules)",
+    )
+    batch_max_records: int = Field(500, ge=1, le=100_000, description="records per uploaded MQTT message, 1-100000")
+    batch_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 * 1024 * 1024, description="payload bytes per uploaded MQTT message"
+    )
+    inflight_batches: int = Field(4, ge=1, le=64, description="uploaded messages awaiting PUBACK at once, 1-64")
+    compression: Literal["none", "zlib"] = Field("zlib", description="none or zlib (batches of 1 KiB or more)")
+    streams: dict[Annotated[str, Field(pattern=STREAM_NAME_PATTERN)], TelemetryStreamSection] = Field(
+        default_factory=dict, description="per-stream overrides keyed by stream name"
+    )
+
+
 class AgentConfig(Section):
     """The whole file. Each section is a table in config/config.toml, where every key is explained."""
 
@@ -335,6 +386,8 @@ class AgentConfig(Section):
 
 
     trust: TrustSection = TrustSection()
+
+    telemetry: TelemetrySection = TelemetrySection()
 
 
 # --------------------------------------------------------------------------- errors
@@ -412,7 +465,13 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         raise ConfigError(problems) from None
 
 
-_PATH_KEYS = {("state", "dir"), ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file")}
+_PATH_KEYS = {
+    ("state", "dir"),
+    ("telemetry", "runtime_dir"),
+    ("mqtt", "ca_file"),
+    ("mqtt", "cert_file"),
+    ("mqtt", "key_file"),
+}
 
 
 def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:

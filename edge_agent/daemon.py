@@ -68,7 +68,13 @@ def build_components(ctx: AgentContext) -> list[Component]:
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
     ctx.control.register("attestation", attestation.status)
-    return [twin, attestation]
+    components: list[Component] = [twin, attestation]
+    if ctx.config.telemetry.enabled:
+        from edge_agent.telemetry.component import TelemetryComponent
+
+        # Telemetry uploads through the twin's session too (TwinSession implements Publisher).
+        components.append(TelemetryComponent(ctx.config, ctx.reported, ctx.control, publisher=twin.session))
+    return components
 
 
 class DesiredRecorder:

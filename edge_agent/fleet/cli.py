@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     attest_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
+
+    from edge_agent.fleet import telemetry_cmd
+
+    telemetry_cmd.add_parser(sub)
     return parser
 
 
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return attest_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
+    if args.command == "telemetry":
+        from edge_agent.fleet import telemetry_cmd
+
+        return telemetry_cmd.run(args)
     from edge_agent.fleet.client import FleetError
 
     handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]

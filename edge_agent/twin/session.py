@@ -125,6 +125,7 @@ class TwinSession:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._new_connection = asyncio.Event()
+        self._down: asyncio.Future[None] | None = None  # resolved when the current connection is lost
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -168,10 +169,46 @@ class TwinSession:
                     self._mark_down(client)
                     await asyncio.sleep(0.05)
 
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def publish_once(self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None) -> None:
+        """One attempt on the current connection: returns after the PUBACK, raises ConnectionLost
+        when there is no connection or it drops first. For callers that keep their own order and
+        retry (the telemetry uplink and its in-flight window); `publish` is the retrying form.
+        paho never fails a publish whose connection died, hence the race with `_down`."""
+        import math
+
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        client, down = self._client, self._down
+        if client is None or down is None or down.done():
+            raise ConnectionLost("not connected")
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if content_type:
+            props.ContentType = content_type
+        task = asyncio.ensure_future(client.publish(topic, payload, qos=qos, properties=props, timeout=math.inf))
+        try:
+            await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            raise ConnectionLost("connection lost before the broker acknowledged")
+        try:
+            task.result()
+        except aiomqtt.MqttError as exc:
+            raise ConnectionLost(str(exc)) from exc
+
     def _mark_down(self, client: aiomqtt.Client) -> None:
         if self._client is client:
             self._client = None
             self._connected.clear()
+            if self._down is not None and not self._down.done():
+                self._down.set_result(None)
 
     # ----------------------------------------------------------------- connection loop
 
@@ -258,6 +295,7 @@ class TwinSession:
             self.topics.presence, protocol.presence_payload(protocol.PRESENCE_ONLINE), qos=1, retain=True
         )
         self._client = client
+        self._down = asyncio.get_running_loop().create_future()
         self.generation += 1
         self._connected.set()
         event, self._new_connection = self._new_connection, asyncio.Event()

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from edge_pilot.hotswap import MODEL_FILE
 from edge_pilot.signing import sign_model_bytes
 
@@ -25,7 +24,11 @@ def signing_key() -> ec.EllipticCurvePrivateKey:
 @pytest.fixture(scope="session")
 def public_key_pem(tmp_path_factory: pytest.TempPathFactory, signing_key: ec.EllipticCurvePrivateKey) -> Path:
     p = tmp_path_factory.mktemp("trust") / "pilot.pub"
-    p.write_bytes(signing_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    p.write_bytes(
+        signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return p
 
 
@@ -39,8 +42,9 @@ def short_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "model.onnx"
 
 
-def deliver(folder: Path, model_bytes: bytes, key: ec.EllipticCurvePrivateKey, *, sha: str | None = None,
-            sig: str | None = None) -> None:
+def deliver(
+    folder: Path, model_bytes: bytes, key: ec.EllipticCurvePrivateKey, *, sha: str | None = None, sig: str | None = None
+) -> None:
     """Put a model into a models folder the way the agent does: sidecars first, model renamed in last."""
     import hashlib
 
@@ -56,4 +60,4 @@ def copy_model(src: Path, dst_folder: Path, key: ec.EllipticCurvePrivateKey) -> 
     deliver(dst_folder, src.read_bytes(), key)
 
 
-__all__ = ["REPO", "PILOT_DIR", "SHIPPED_MODEL", "deliver", "copy_model", "shutil"]
+__all__ = ["PILOT_DIR", "REPO", "SHIPPED_MODEL", "copy_model", "deliver", "shutil"]

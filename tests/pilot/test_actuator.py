@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from edge_pilot.actuator import ActuatorError, Calibration, PCA9685Actuator, prescale_for
 from hypothesis import given
 from hypothesis import strategies as st
-
-from edge_pilot.actuator import ActuatorError, Calibration, PCA9685Actuator, prescale_for
 
 from .fakes import FakeI2CBus
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from edge_pilot.camera import CameraError, FnSource, ImageFolderCamera, TubCamera, V4L2Camera, VideoFileCamera
 from edge_pilot.sim.record import record_tub
 
@@ -61,7 +60,7 @@ def test_missing_sources_are_clear_errors(tmp_path: Path) -> None:
         V4L2Camera("/dev/video97").start()
     with pytest.raises(CameraError, match="not found"):
         VideoFileCamera(tmp_path / "none.mp4").start()
-    with pytest.raises(CameraError, match="manifest.json"):
+    with pytest.raises(CameraError, match=r"manifest\.json"):
         TubCamera(tmp_path).start()
 
 

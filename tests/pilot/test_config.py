@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from edge_pilot.config import ConfigError, load_config
 
 from .conftest import PILOT_DIR, REPO
@@ -24,7 +23,9 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
     p.write_text('{"loop": {"hz": -1}, "actuator": {"calibration": {"throttle_channel": 16}}}')
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert "loop.hz" in str(e.value) and "actuator.calibration.throttle_channel" in str(e.value) and str(p) in str(e.value)
+    assert (
+        "loop.hz" in str(e.value) and "actuator.calibration.throttle_channel" in str(e.value) and str(p) in str(e.value)
+    )
     p.write_text('{"sourse": {}}')
     with pytest.raises(ConfigError, match="sourse"):
         load_config(p)
@@ -35,6 +36,6 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
 
 def test_toml_config(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
-    p.write_text('[loop]\nhz = 10\n[ort]\nintra_threads = 1\n')
+    p.write_text("[loop]\nhz = 10\n[ort]\nintra_threads = 1\n")
     c = load_config(p)
     assert c.loop.hz == 10 and c.ort.intra_threads == 1

@@ -9,8 +9,6 @@ from pathlib import Path
 import onnx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from onnx import TensorProto, helper
-
 from edge_pilot.actuator import SimActuator
 from edge_pilot.camera import SimCamera
 from edge_pilot.drive import DriveLoop, LoopConfig
@@ -19,6 +17,7 @@ from edge_pilot.hotswap import ModelSlot, ModelWatcher
 from edge_pilot.model import META_KEY, ModelError, PilotModel
 from edge_pilot.signing import SignatureError, load_public_key, verify_model_bytes
 from edge_pilot.sim.world import SimWorld
+from onnx import TensorProto, helper
 
 from .conftest import SHIPPED_MODEL, deliver
 from .helpers import LoopThread, wait_for
@@ -28,14 +27,20 @@ def wrong_shape_model() -> bytes:
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])
     a = helper.make_tensor_value_info("angle", TensorProto.FLOAT, [1, 1])
     t = helper.make_tensor_value_info("throttle", TensorProto.FLOAT, [1, 1])
-    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
-             helper.make_node("Reshape", ["m", "shape"], ["angle"]), helper.make_node("Reshape", ["m", "shape"], ["throttle"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "shape"], ["angle"]),
+        helper.make_node("Reshape", ["m", "shape"], ["throttle"]),
+    ]
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 1])
     g = helper.make_graph(nodes, "bad", [x], [a, t], [shape])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     e = m.metadata_props.add()
-    e.key, e.value = META_KEY, '{"input": {"shape": [1, 3, 120, 160], "layout": "NCHW", "color": "RGB", "scale": 0.00392156862745098}}'
+    e.key, e.value = (
+        META_KEY,
+        '{"input": {"shape": [1, 3, 120, 160], "layout": "NCHW", "color": "RGB", "scale": 0.00392156862745098}}',
+    )
     return m.SerializeToString()
 
 
@@ -63,8 +68,9 @@ def test_signature_checks(signing_key: ec.EllipticCurvePrivateKey, public_key_pe
         verify_model_bytes(data, sha, "%%%", key)
 
 
-def test_hot_swap_while_driving(tmp_path: Path, short_model: Path, signing_key: ec.EllipticCurvePrivateKey,
-                                public_key_pem: Path) -> None:
+def test_hot_swap_while_driving(
+    tmp_path: Path, short_model: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
+) -> None:
     models = tmp_path / "models"
     deliver(models, short_model.read_bytes(), signing_key)
     world = SimWorld()
@@ -75,7 +81,7 @@ def test_hot_swap_while_driving(tmp_path: Path, short_model: Path, signing_key: 
     slot = ModelSlot(PilotModel.from_file(models / "model.onnx"))
     first = slot.current.sha256  # type: ignore[union-attr]
     key = load_public_key(public_key_pem)
-    watcher = ModelWatcher(models, slot, key, poll_s=0.1, test_frame=lambda: (f.image if (f := src.latest()) else None))
+    watcher = ModelWatcher(models, slot, key, poll_s=0.1, test_frame=lambda: f.image if (f := src.latest()) else None)
     watcher.last_fingerprint = watcher.fingerprint()
     watcher.start()
     loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig())
@@ -94,12 +100,19 @@ def test_hot_swap_while_driving(tmp_path: Path, short_model: Path, signing_key: 
             other = ec.generate_private_key(ec.SECP256R1())
             bad = [
                 ("signed by an untrusted key", lambda: deliver(models, short_model.read_bytes(), other)),
-                ("sha256 sidecar mismatch", lambda: deliver(models, short_model.read_bytes(), signing_key, sha="0" * 64)),
+                (
+                    "sha256 sidecar mismatch",
+                    lambda: deliver(models, short_model.read_bytes(), signing_key, sha="0" * 64),
+                ),
                 ("truncated file", lambda: deliver(models, good[: len(good) // 2], signing_key)),
                 ("wrong input shape", lambda: deliver(models, wrong_shape_model(), signing_key)),
                 ("no metadata", lambda: deliver(models, without_metadata(short_model), signing_key)),
-                ("bad signature encoding", lambda: deliver(models, short_model.read_bytes(), signing_key,
-                                                             sig=base64.b64encode(b"junk").decode())),
+                (
+                    "bad signature encoding",
+                    lambda: deliver(
+                        models, short_model.read_bytes(), signing_key, sig=base64.b64encode(b"junk").decode()
+                    ),
+                ),
             ]
             for i, (name, put) in enumerate(bad, 1):
                 time.sleep(0.02)  # distinct mtimes

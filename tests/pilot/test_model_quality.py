@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from edge_pilot.closed_loop import drive_laps, heldout_mae
 from edge_pilot.model import PilotModel
 

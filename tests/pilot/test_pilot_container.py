@@ -22,8 +22,12 @@ BASE = "localhost/edge-base:bookworm"
 
 
 def podman_env() -> dict[str, str]:
-    out = subprocess.run(["bash", "-c", f". {REPO}/scripts/podman-env.sh && echo $CONTAINERS_CONF"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", f". {REPO}/scripts/podman-env.sh && echo $CONTAINERS_CONF"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {**os.environ, "CONTAINERS_CONF": out.stdout.strip()}
 
 
@@ -32,7 +36,9 @@ def image() -> str:
     env = podman_env()
     if subprocess.run(["podman", "image", "exists", BASE], env=env).returncode != 0:
         env_base = {**env, "DEBIAN_MIRROR": env.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")}
-        subprocess.run(["bash", str(REPO / "scripts" / "build-base-image.sh"), BASE], env=env_base, check=True, timeout=1200)
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "build-base-image.sh"), BASE], env=env_base, check=True, timeout=1200
+        )
     subprocess.run(["bash", str(PILOT_DIR / "build-image.sh"), IMAGE], env=env, check=True, timeout=1200)
     return IMAGE
 
@@ -45,16 +51,36 @@ def container_name() -> Iterator[str]:
 
 
 def test_image_runs_non_root_read_only(image: str, container_name: str) -> None:
-    r = subprocess.run(["podman", "run", "--rm", "--name", container_name, "--read-only", "--cap-drop=all", "--network=none",
-                        "--entrypoint", "sh", image, "-c", "id -u; touch /opt/edge-pilot/x 2>/dev/null && echo writable || echo readonly; "
-                        "grep CapEff /proc/self/status"], env=podman_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--name",
+            container_name,
+            "--read-only",
+            "--cap-drop=all",
+            "--network=none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            "id -u; touch /opt/edge-pilot/x 2>/dev/null && echo writable || echo readonly; "
+            "grep CapEff /proc/self/status",
+        ],
+        env=podman_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = r.stdout.split()
     assert lines[0] == "10001" and "readonly" in lines
     assert r.stdout.strip().endswith("0000000000000000")  # no effective capabilities
 
 
-def test_container_drives_the_simulator(image: str, container_name: str, tmp_path: Path,
-                                        signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path) -> None:
+def test_container_drives_the_simulator(
+    image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
+) -> None:
     models = tmp_path / "models"
     deliver(models, SHIPPED_MODEL.read_bytes(), signing_key)
     for p in (models, *models.iterdir(), public_key_pem):
@@ -66,12 +92,41 @@ def test_container_drives_the_simulator(image: str, container_name: str, tmp_pat
     os.chmod(server.path, 0o666)
     try:
         r = subprocess.run(
-            ["podman", "run", "--rm", "--name", container_name, "--read-only", "--cap-drop=all",
-             "--security-opt", "no-new-privileges", "--network=none", "--user", "10001:10001",
-             "-v", f"{models}:/models:ro", "-v", f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
-             "-v", f"{server.path}:/run/edge-agent/telemetry.sock", "-e", "EDGE_TELEMETRY_SOCKET=/run/edge-agent/telemetry.sock",
-             image, "drive", "--config", "/etc/edge-pilot/config.json", "--laps", "1", "--duration", "90"],
-            env=podman_env(), capture_output=True, text=True, timeout=180)
+            [
+                "podman",
+                "run",
+                "--rm",
+                "--name",
+                container_name,
+                "--read-only",
+                "--cap-drop=all",
+                "--security-opt",
+                "no-new-privileges",
+                "--network=none",
+                "--user",
+                "10001:10001",
+                "-v",
+                f"{models}:/models:ro",
+                "-v",
+                f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
+                "-v",
+                f"{server.path}:/run/edge-agent/telemetry.sock",
+                "-e",
+                "EDGE_TELEMETRY_SOCKET=/run/edge-agent/telemetry.sock",
+                image,
+                "drive",
+                "--config",
+                "/etc/edge-pilot/config.json",
+                "--laps",
+                "1",
+                "--duration",
+                "90",
+            ],
+            env=podman_env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         server.close()
     assert r.returncode == 0, r.stderr[-2000:]
@@ -91,9 +146,28 @@ def test_emergency_stop_from_outside_the_container(image: str, container_name: s
     import time
 
     env = podman_env()
-    subprocess.run(["podman", "run", "-d", "--name", container_name, "--read-only", "--cap-drop=all", "--network=none",
-                    image, "drive", "--config", "/etc/edge-pilot/config.json", "--duration", "60"],
-                   env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            container_name,
+            "--read-only",
+            "--cap-drop=all",
+            "--network=none",
+            image,
+            "drive",
+            "--config",
+            "/etc/edge-pilot/config.json",
+            "--duration",
+            "60",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     time.sleep(3.0)
     subprocess.run(["podman", "kill", "--signal", "USR1", container_name], env=env, check=True, capture_output=True)
     time.sleep(2.5)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from edge_pilot.actuator import Calibration, PCA9685Actuator, SimActuator
 from edge_pilot.camera import FnSource, SimCamera
 from edge_pilot.drive import DriveLoop, LoopConfig
@@ -33,7 +32,9 @@ EDGE_PILOT = [sys.executable, "-m", "edge_pilot.cli"]
 def run_cli(args: list[str], signals: list[tuple[float, int]] = (), timeout: float = 60) -> tuple[dict, str]:  # type: ignore[assignment]
     env = {**os.environ}
     env.pop("EDGE_TELEMETRY_SOCKET", None)
-    p = subprocess.Popen([*EDGE_PILOT, "drive", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [*EDGE_PILOT, "drive", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         for delay, sig in signals:
             time.sleep(delay)
@@ -47,27 +48,68 @@ def run_cli(args: list[str], signals: list[tuple[float, int]] = (), timeout: flo
     return json.loads(out.strip().splitlines()[-1]), err
 
 
-def test_corrupt_model_file_keeps_throttle_stopped(tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path) -> None:
+def test_corrupt_model_file_keeps_throttle_stopped(
+    tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
+) -> None:
     models = tmp_path / "models"
     deliver(models, b"\x08\x07not an onnx model at all" * 50, signing_key)  # correctly signed, but garbage
-    out, err = run_cli(["--source", "sim", "--actuator", "sim", "--models", str(models), "--public-key", str(public_key_pem),
-                        "--duration", "1.5"])
+    out, err = run_cli(
+        [
+            "--source",
+            "sim",
+            "--actuator",
+            "sim",
+            "--models",
+            str(models),
+            "--public-key",
+            str(public_key_pem),
+            "--duration",
+            "1.5",
+        ]
+    )
     assert "model in" in err and "refused" in err and "not a loadable ONNX model" in err
     assert "no model loaded" in out["stop_reasons"]
     assert out["totals"]["frames"] == 0 and out["final_throttle"] == 0.0
 
 
 def test_missing_camera_keeps_throttle_stopped(short_model: Path) -> None:
-    out, err = run_cli(["--source", "v4l2", "--device", "/dev/video97", "--actuator", "sim", "--models", "",
-                        "--fallback-model", str(short_model), "--duration", "1.0"])
+    out, err = run_cli(
+        [
+            "--source",
+            "v4l2",
+            "--device",
+            "/dev/video97",
+            "--actuator",
+            "sim",
+            "--models",
+            "",
+            "--fallback-model",
+            str(short_model),
+            "--duration",
+            "1.0",
+        ]
+    )
     assert "camera unavailable: /dev/video97: camera device not present" in err
     assert any(r.startswith("stale frame from camera /dev/video97") for r in out["stop_reasons"])
     assert out["totals"]["frames"] == 0 and out["final_throttle"] == 0.0
 
 
 def test_emergency_stop_signal_stops_a_driving_car(short_model: Path) -> None:
-    out, err = run_cli(["--source", "sim", "--actuator", "sim", "--models", "", "--fallback-model", str(short_model),
-                        "--duration", "3.5"], signals=[(2.0, signal.SIGUSR1)])
+    out, err = run_cli(
+        [
+            "--source",
+            "sim",
+            "--actuator",
+            "sim",
+            "--models",
+            "",
+            "--fallback-model",
+            str(short_model),
+            "--duration",
+            "3.5",
+        ],
+        signals=[(2.0, signal.SIGUSR1)],
+    )
     assert out["totals"]["frames"] > 10  # it was driving before the stop
     assert "emergency stop (SIGUSR1)" in out["stop_reasons"]
     assert out["last_stats"]["stopped"] == "emergency stop (SIGUSR1)" and out["last_stats"]["frames"] == 0
@@ -148,7 +190,9 @@ def test_actuator_error_puts_throttle_to_stopped(short_model: Path, caplog: pyte
     world = SimWorld()
     src = SimCamera(world, 20)
     src.start()
-    loop = DriveLoop(src, act, ModelSlot(PilotModel.from_file(short_model)), EmergencyStop(), None, LoopConfig(constant_throttle=0.4))
+    loop = DriveLoop(
+        src, act, ModelSlot(PilotModel.from_file(short_model)), EmergencyStop(), None, LoopConfig(constant_throttle=0.4)
+    )
     with LoopThread(loop):
         assert wait_for(lambda: bus.channel_off(cal.throttle_channel) > 370)
         bus.fail_register = 0x06 + 4 * cal.steering_channel  # the steering servo write starts failing

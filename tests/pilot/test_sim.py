@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from edge_pilot.closed_loop import expert_laps
 from edge_pilot.sim.car import CarState, step
 from edge_pilot.sim.record import record_tub

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from edge_pilot.telemetry import TelemetryClient
 
 STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -47,8 +46,13 @@ class IngestServer:
                         break  # no answer: the client must treat it as not stored
                     try:
                         rec = json.loads(line)
-                        ok = (isinstance(rec, dict) and STREAM_RE.match(rec.get("stream", "")) is not None
-                              and rec.get("priority", 5) in range(10) and "payload" in rec and len(line) <= 256 * 1024)
+                        ok = (
+                            isinstance(rec, dict)
+                            and STREAM_RE.match(rec.get("stream", "")) is not None
+                            and rec.get("priority", 5) in range(10)
+                            and "payload" in rec
+                            and len(line) <= 256 * 1024
+                        )
                     except json.JSONDecodeError:
                         ok = False
                     if not ok:
@@ -127,7 +131,9 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     srv.close()
 
 
-def test_without_socket_the_stats_line_is_logged(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_without_socket_the_stats_line_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("EDGE_TELEMETRY_SOCKET", raising=False)
     caplog.set_level(logging.INFO, logger="edge_pilot.telemetry")
     c = TelemetryClient()

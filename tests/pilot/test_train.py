@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from edge_pilot.model import META_KEY, PilotModel
 from edge_pilot.train.train import TrainConfig, run
+from onnx import numpy_helper
 
 CFG = TrainConfig(frames=300, heldout_frames=100, epochs=1, seed=21)
 

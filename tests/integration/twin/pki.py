@@ -55,10 +55,8 @@ def tls_broker(workdir: Path, pki: Pki, prefix: str, fleet_cn: str, port: int | 
     acl = workdir / "edge-agent.acl"
     acl.write_text(acl_text(prefix, fleet_cn))
     acl.chmod(0o644)
-    # mosquitto started as root drops to the "mosquitto" user, which cannot enter pytest's 0700
-    # temp dirs (ACL, certificates, persistence file); stay root in tests.
+    # ("user root" comes from tests/infra/mosquitto.py: pytest's temp dirs are 0700.)
     extra = (
-        "user root\n"
         f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
         "require_certificate true\nuse_identity_as_username true\n"
         f"acl_file {acl}\n"

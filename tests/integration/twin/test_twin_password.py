@@ -28,7 +28,7 @@ async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:
     acl = broker_dir / "acl"
     acl.write_text(acl_text(prefix, ops))
     broker = Mosquitto(
-        broker_dir, extra_conf=f"user root\npassword_file {passwd}\nacl_file {acl}\n", anonymous=False
+        broker_dir, extra_conf=f"password_file {passwd}\nacl_file {acl}\n", anonymous=False
     ).start()
     secret_file = tmp_path / "mqtt-password"
     secret_file.write_text(device_pw + "\n")
