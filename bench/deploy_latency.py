@@ -37,7 +37,7 @@ from edge_agent.trust.passthrough import PassthroughVerifier  # noqa: E402
 from edge_agent.twin.events import DesiredState  # noqa: E402
 from tests.infra.agent import AgentProcess  # noqa: E402
 from tests.infra.podman import PodmanService, ensure_busybox_image, podman, use_dev_containers_conf  # noqa: E402
-from tests.infra.procs import wait_until  # noqa: E402
+from tests.infra.procs import free_port, wait_until  # noqa: E402
 from tests.infra.registry import Registry  # noqa: E402
 
 CMD = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
@@ -52,7 +52,10 @@ def pct(values: list[float], p: float) -> float:
 
 def config_text(device: str, url: str, registry: Registry) -> str:
     return (f'[device]\nid = "{device}"\n[logging]\nlevel = "warning"\n'
-            f'[podman]\nsocket = "{url}"\ninsecure_registries = ["{registry.host}"]\nstop_grace_s = 1\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            f'[podman]\nsocket = "{url}"\nstop_grace_s = 1\n'
+            f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
+            f'[trust]\ninsecure_registries = ["{registry.host}"]\n[[trust.policy]]\nscope = "*"\nmode = "off"\n'
             f'[deployment]\ncontainer_prefix = "{device}-"\nstabilisation_window_s = 1\npoll_interval_s = 30\n')
 
 

@@ -187,18 +187,139 @@ def check_secrets_private(config: AgentConfig) -> CheckResult:
     return CheckResult("secret files private", "pass", "key and password files are not group/world readable")
 
 
+def check_attestation(config: AgentConfig) -> CheckResult:
+    name = "TPM attestation"
+    if not config.attestation.enabled:
+        return CheckResult(name, "warn", "attestation is unavailable: disabled (attestation.enabled = false)")
+    # A running agent holds the TPM connection (swtpm and /dev/tpm0 serve one client): ask it.
+    try:
+        status = call(config.state.dir / CONTROL_SOCKET_NAME, "attestation", timeout=5)
+    except (AgentNotRunning, CommandError):
+        status = None
+    if isinstance(status, dict):
+        if status.get("available"):
+            return CheckResult(name, "pass", f"{status.get('tpm')}, AK {str(status.get('ak_name'))[:16]}... "
+                               "(from the running agent)")
+        return CheckResult(name, "warn", f"attestation is unavailable: {status.get('reason')}", _TPM_HINT)
+    try:
+        detail = _probe_tpm(config)
+    except Exception as exc:
+        return CheckResult(name, "warn", f"attestation is unavailable: {exc}", _TPM_HINT)
+    return CheckResult(name, "pass", detail)
+
+
+_TPM_HINT = ("the agent runs without it; enable the TPM (Raspberry Pi: dtoverlay=tpm-slb9670), "
+             "set attestation.tcti, install edge-agent[tpm]")
+
+
+def _probe_tpm(config: AgentConfig) -> str:
+    import threading
+
+    from edge_agent.attestation.tpm import open_tpm
+    from edge_agent.attestation.verify import ak_name
+
+    result: list[str] = []
+    error: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            tpm = open_tpm(config.attestation.tcti, config.attestation.ek_type, config.attestation.ak_handle)
+            try:
+                result.append(f"{tpm.describe()}, AK {ak_name(tpm.ak_public()).hex()[:16]}...")
+            finally:
+                tpm.close()
+        except BaseException as exc:
+            error.append(exc)
+
+    # A TPM held by another client never answers; do not hang the check.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(10)
+    if error:
+        raise error[0]
+    if not result:
+        raise TimeoutError(f"no answer from the TPM at {config.attestation.tcti} within 10 s (busy?)")
+    return result[0]
+
+def check_trust(config: AgentConfig) -> CheckResult:
+    """Shows the image trust policy per scope and the keys it trusts. Warns when every image or
+    every desired document would be refused (secure default of an unprovisioned device); fails
+    only when a key file cannot be used."""
+    from edge_agent.trust.factory import scope_policies
+    from edge_agent.trust.keys import KeyFileError, load_public_key
+
+    trust = config.trust
+    try:
+        policies = scope_policies(trust)
+        doc_keys = [load_public_key(p) for p in trust.document_keys]
+    except KeyFileError as exc:
+        return CheckResult("trust policy", "fail", str(exc), "fix the key path in [trust]")
+    parts = []
+    for p in policies:
+        keys = ", ".join(f"{k.short_id} {k.algorithm} ({k.source})" for k in p.keys)
+        extra = f" requires {dict(p.required_annotations)}" if p.required_annotations else ""
+        parts.append(f"{p.scope}: {p.mode}" + (f" keys [{keys}]" if keys else "") + extra)
+    rotated = _rotated_document_keys(config)
+    if trust.document_mode == "off":
+        parts.append("desired documents: signature check off")
+    elif rotated:
+        parts.append(f"desired documents: enforce, rotated keys [{rotated}] (state.db)")
+    else:
+        shown = ", ".join(f"{k.short_id} ({k.source})" for k in doc_keys)
+        parts.append(f"desired documents: enforce, keys [{shown}]")
+    detail = "; ".join(parts)
+    if not policies:
+        return CheckResult(
+            "trust policy", "warn", "no [[trust.policy]]: every image will be refused; " + detail,
+            "add [[trust.policy]] with scope and keys (see docs/security.md)",
+        )
+    if trust.document_mode == "enforce" and not doc_keys and not rotated:
+        return CheckResult(
+            "trust policy", "warn", "no trust.document_keys: every desired document will be refused; " + detail,
+            "list the fleet's document signing key(s) in trust.document_keys",
+        )
+    if trust.document_mode == "off" or any(p.mode != "enforce" for p in policies):
+        return CheckResult("trust policy", "warn", detail, "warn/off scopes run unverified images")
+    return CheckResult("trust policy", "pass", detail)
+
+
+def _rotated_document_keys(config: AgentConfig) -> str:
+    import sqlite3
+
+    from edge_agent.store import STATE_DB_NAME
+
+    path = config.state.dir / STATE_DB_NAME
+    if not path.exists():
+        return ""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            rows = conn.execute("SELECT key_id, installed_version FROM trust_document_keys ORDER BY key_id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return ""
+    return ", ".join(f"{r[0][:16]} since v{r[1]}" for r in rows)
+
+
 CHECKS: list[CheckFn] = [
     check_state_dir,
     check_disk_space,
     check_clock,
     check_secrets_private,
+    check_trust,
     check_broker,
     check_podman,
     check_agent_running,
+    check_attestation,
 ]
 
 
 def run_checks(config: AgentConfig) -> list[CheckResult]:
+    from edge_agent.telemetry.check import check_telemetry_queue
+
+    if check_telemetry_queue not in CHECKS:
+        CHECKS.insert(CHECKS.index(check_agent_running), check_telemetry_queue)
     results = []
     for fn in CHECKS:
         try:

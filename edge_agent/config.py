@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
@@ -111,6 +111,14 @@ class DeviceSection(Section):
         ),
     ] = Field(default_factory=default_device_id)
 
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # <prefix>/fleet/ holds the fleet's response topics (docs/protocol.md).
+        if value == "fleet":
+            raise PydanticCustomError("reserved", "device id fleet is reserved for fleet-side topics")
+        return value
+
 
 class StateSection(Section):
     dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
@@ -151,6 +159,9 @@ class MqttSection(Section):
     key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
     key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
+    session_expiry_s: int = Field(
+        604800, ge=0, le=4294967295, description="seconds the broker keeps the session while offline, 0-4294967295"
+    )
 
     _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
 
@@ -160,17 +171,24 @@ class MqttSection(Section):
         return None if value is None else _parse_secret(value)
 
 
+class TwinSection(Section):
+    report_min_interval_s: float = Field(
+        1.0, ge=0.05, le=3600, description="seconds between two reported-state publishes, 0.05-3600"
+    )
+    report_stats_interval_s: float = Field(
+        60.0, ge=1, le=86400, description="seconds between refreshes of uptime, disk and memory, 1-86400"
+    )
+    max_desired_bytes: int = Field(
+        1048576, ge=1024, le=64 * 1048576, description="largest desired document in bytes, 1024-67108864"
+    )
+    max_desired_depth: int = Field(32, ge=4, le=256, description="deepest JSON nesting of a desired document, 4-256")
+
+
 class PodmanSection(Section):
     socket: str = Field(
         "unix:///run/podman/podman.sock",
         pattern=r"^(unix|tcp)://.+",
         description="podman API URL like unix:///run/podman/podman.sock",
-    )
-    insecure_registries: list[
-        Annotated[str, Field(pattern=r"^(localhost|127\.[0-9.]+|\[::1\])(:[0-9]{1,5})?$")]
-    ] = Field(
-        default_factory=list,
-        description="loopback registries reached over plain HTTP, like 127.0.0.1:5000 (loopback only)",
     )
     pull_timeout_s: float = Field(600.0, ge=5, le=86400, description="seconds one image pull may take, 5-86400")
     pull_retries: int = Field(3, ge=0, le=100, description="extra attempts after a failed pull, 0-100")
@@ -212,6 +230,187 @@ class DeploymentSection(Section):
         return value
 
 
+class AttestationSection(Section):
+    enabled: bool = Field(True, description="true or false")
+    tcti: str = Field(
+        "device:/dev/tpmrm0",
+        pattern=r"^(device|tabrmd|swtpm|mssim)(:.*)?$",
+        description="TPM connection (TCTI) like device:/dev/tpmrm0, tabrmd or swtpm:host=127.0.0.1,port=2321",
+    )
+    ek_type: Literal["ecc", "rsa"] = Field("ecc", description="endorsement key type: ecc (P-256) or rsa (2048)")
+    ak_handle: int | None = Field(
+        None,
+        ge=0x81000000,
+        le=0x81FFFFFF,
+        description="persistent handle for the attestation key, 0x81000000-0x81FFFFFF (default: re-created)",
+    )
+    image_pcr: int = Field(
+        23, ge=16, le=23, description="PCR that module image digests are extended into, 16-23"
+    )
+    ima_log: Path = Field(
+        Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
+        description="path of the kernel's IMA ASCII measurement list",
+    )
+    boot_log: Path = Field(
+        Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
+        description="path of the firmware's TPM boot event log",
+    )
+
+
+TRUST_SCOPE_PATTERN = r"^(\*|[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)$"
+
+
+def _public_key_file(value: Path) -> Path:
+    from edge_agent.trust.keys import KeyFileError, load_public_key
+
+    if not value.is_file():
+        raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
+    try:
+        load_public_key(value)
+    except KeyFileError as exc:
+        raise PydanticCustomError("bad_key", "{problem}", {"problem": str(exc)}) from None
+    return value
+
+
+class TrustScopeSection(Section):
+    scope: str = Field(
+        pattern=TRUST_SCOPE_PATTERN,
+        description="a registry (host[:port]), a repository prefix (host[:port]/path) or * for every image",
+    )
+    mode: Literal["enforce", "warn", "off"] = Field(
+        "enforce",
+        description="enforce (refuse unverified images), warn (run them, log a warning) or off (written out)",
+    )
+    keys: list[Path] = Field(
+        default_factory=list, description="a list of cosign.pub files (PEM public keys) trusted for this scope"
+    )
+    required_annotations: dict[str, str] = Field(
+        default_factory=dict, description="annotations every signature must carry, e.g. {env = \"prod\"}"
+    )
+    allow_unnamed_bundles: bool = Field(
+        False, description="true or false: accept cosign v3 bundles whose statement names no repository"
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _key_files(cls, value: list[Path]) -> list[Path]:
+        return [_public_key_file(p) for p in value]
+
+    @model_validator(mode="after")
+    def _keys_for_verification(self) -> TrustScopeSection:
+        if self.mode != "off" and not self.keys:
+            raise PydanticCustomError(
+                "no_keys",
+                "scope {scope} has mode {mode} but no keys; list cosign.pub files in keys, or write mode = \"off\"",
+                {"scope": self.scope, "mode": self.mode},
+            )
+        return self
+
+
+class RegistryAuthSection(Section):
+    registry: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]+)?$", description="registry host[:port]")
+    username: str = Field(min_length=1, description="registry user name")
+    password: SecretRef = Field(description="file:/path, credential:NAME or env:NAME")
+
+    @field_validator("password", mode="plain")
+    @classmethod
+    def _secret(cls, value: object) -> SecretRef:
+        return _parse_secret(value)
+
+
+class TrustSection(Section):
+    policy: list[TrustScopeSection] = Field(
+        default_factory=list, description="a list of [[trust.policy]] tables (scope, mode, keys)"
+    )
+    insecure_registries: list[str] = Field(
+        default_factory=list, description="loopback registries (127.0.0.1:5000, localhost:5000) reached over plain HTTP"
+    )
+    ca_file: Path | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
+    registry_auth: list[RegistryAuthSection] = Field(
+        default_factory=list, description="a list of [[trust.registry_auth]] tables (registry, username, password)"
+    )
+    max_manifest_kb: int = Field(4096, ge=4, le=65536, description="largest manifest accepted, in KiB, 4-65536")
+    max_signature_kb: int = Field(1024, ge=1, le=65536, description="largest signature blob accepted, in KiB, 1-65536")
+    document_mode: Literal["enforce", "off"] = Field(
+        "enforce", description="enforce (only signed desired documents) or off (written out)"
+    )
+    document_keys: list[Path] = Field(
+        default_factory=list, description="a list of PEM public keys trusted to sign desired documents"
+    )
+    require_document_expiry: bool = Field(False, description="true or false")
+
+    _ca = field_validator("ca_file")(_existing_file)
+
+    @field_validator("document_keys")
+    @classmethod
+    def _doc_keys(cls, value: list[Path]) -> list[Path]:
+        return [_public_key_file(p) for p in value]
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _loopback_only(cls, value: list[str]) -> list[str]:
+        from edge_agent.trust.registry import is_loopback_host
+
+        for reg in value:
+            if not is_loopback_host(reg):
+                raise PydanticCustomError(
+                    "not_loopback", "{reg} is not a loopback address; plain HTTP is only allowed on loopback",
+                    {"reg": reg},
+                )
+        return value
+
+
+
+
+STREAM_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+AtCapPolicy = Literal["drop-oldest", "refuse-new"]
+
+
+class TelemetryStreamSection(Section):
+    """Overrides for one stream: [telemetry.streams."pilot.alerts"]."""
+
+    priority: int | None = Field(
+        None, ge=0, le=9, description="priority 0 (most urgent) to 9 (bulk); overrides what modules send"
+    )
+    policy: AtCapPolicy | None = Field(None, description="drop-oldest or refuse-new (what to do at the byte cap)")
+    ttl_s: int | None = Field(None, ge=0, le=10 * 365 * 86400, description="seconds to keep a record, 0 = no expiry")
+
+
+class TelemetrySection(Section):
+    enabled: bool = Field(True, description="true or false")
+    cap_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1 << 40,
+        description="bytes of queued records to keep at most, 65536 or more",
+    )
+    default_ttl_s: int = Field(
+        7 * 86400, ge=0, le=10 * 365 * 86400, description="seconds to keep a record, 0 = no expiry"
+    )
+    default_policy: AtCapPolicy = Field("drop-oldest", description="drop-oldest or refuse-new")
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
+    )
+    runtime_dir: Path = Field(
+        Path("/run/edge-agent"),
+        description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
+    )
+    modules: list[Annotated[str, Field(pattern=MODULE_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="module names whose ingest sockets are always served (besides deployed modules)",
+    )
+    batch_max_records: int = Field(500, ge=1, le=100_000, description="records per uploaded MQTT message, 1-100000")
+    batch_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 * 1024 * 1024, description="payload bytes per uploaded MQTT message"
+    )
+    inflight_batches: int = Field(4, ge=1, le=64, description="uploaded messages awaiting PUBACK at once, 1-64")
+    compression: Literal["none", "zlib"] = Field("zlib", description="none or zlib (batches of 1 KiB or more)")
+    streams: dict[Annotated[str, Field(pattern=STREAM_NAME_PATTERN)], TelemetryStreamSection] = Field(
+        default_factory=dict, description="per-stream overrides keyed by stream name"
+    )
+
+
 class AgentConfig(Section):
     """The whole file. Each section is a table in config/config.toml, where every key is explained."""
 
@@ -219,8 +418,12 @@ class AgentConfig(Section):
     state: StateSection = StateSection()
     logging: LoggingSection = LoggingSection()
     mqtt: MqttSection = MqttSection()
+    twin: TwinSection = TwinSection()
     podman: PodmanSection = PodmanSection()
     deployment: DeploymentSection = DeploymentSection()
+    attestation: AttestationSection = AttestationSection()
+    trust: TrustSection = TrustSection()
+    telemetry: TelemetrySection = TelemetrySection()
 
 
 # --------------------------------------------------------------------------- errors
@@ -298,7 +501,13 @@ def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None
         raise ConfigError(problems) from None
 
 
-_PATH_KEYS = {("state", "dir"), ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file")}
+_PATH_KEYS = {
+    ("state", "dir"),
+    ("telemetry", "runtime_dir"),
+    ("mqtt", "ca_file"),
+    ("mqtt", "cert_file"),
+    ("mqtt", "key_file"),
+}
 
 
 def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -310,7 +519,30 @@ def _resolve_relative_paths(data: dict[str, Any], base_dir: Path) -> dict[str, A
             p = Path(table[key])
             if not p.is_absolute():
                 table[key] = str((base_dir / p).resolve())
+    trust = out.get("trust")
+    if isinstance(trust, dict):
+        out["trust"] = _resolve_trust_paths(trust, base_dir)
     return out
+
+
+def _resolve_trust_paths(trust: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    def fix(value: Any) -> Any:
+        return str((base_dir / value).resolve()) if isinstance(value, str) and value else value
+
+    def fix_list(value: Any) -> Any:
+        return [fix(v) for v in value] if isinstance(value, list) else value
+
+    trust = dict(trust)
+    trust["ca_file"] = fix(trust["ca_file"]) if "ca_file" in trust else None
+    if trust["ca_file"] is None:
+        del trust["ca_file"]
+    if "document_keys" in trust:
+        trust["document_keys"] = fix_list(trust["document_keys"])
+    if isinstance(trust.get("policy"), list):
+        trust["policy"] = [
+            {**p, "keys": fix_list(p["keys"])} if isinstance(p, dict) and "keys" in p else p for p in trust["policy"]
+        ]
+    return trust
 
 
 def _problem(file: str, locator: Mapping[str, int], err: Mapping[str, Any], data: Any) -> ConfigProblem:

@@ -29,7 +29,7 @@ from edge_agent.systemd import Notifier, watchdog_interval
 
 log = get_logger(__name__)
 
-STOP_TIMEOUT_S = 8.0  # systemd's TimeoutStopSec is 10 s; leave margin
+STOP_TIMEOUT_S = 8.0  # well inside systemd's TimeoutStopSec (30 s in our unit); the issue asks for 10 s
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 WATCHDOG_LAG_LIMIT_S = 5.0
 
@@ -49,18 +49,47 @@ class AgentContext:
 
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
+    from edge_agent.attestation.service import AttestationService
     from edge_agent.deployment.component import DeploymentComponent
     from edge_agent.deployment.store import DeploymentStore
     from edge_agent.runtime.podman import PodmanRuntime
+    from edge_agent.trust.component import TrustComponent
+    from edge_agent.twin.component import TwinComponent
 
+    trust = TrustComponent(ctx.config, ctx.db)
+    # The deployment component verifies images through the trust component (cosign, or the
+    # policy's mode) and creates containers only from the repository@digest it returns.
     deployment = DeploymentComponent(
         ctx.config,
         DeploymentStore(ctx.db),
         ctx.reported,
         PodmanRuntime(ctx.config.podman.socket),
+        verifier=trust,
         control=ctx.control,
     )
-    return [deployment]
+    twin = TwinComponent(
+        ctx.config,
+        ctx.db,
+        ctx.reported,
+        deployment.desired,
+        validate_deployment=deployment.validate,
+        signature_gate=trust.document_gate,
+        started_monotonic=ctx.started_monotonic,
+    )
+    # Attestation commands travel on the twin's connection: one MQTT connection per device.
+    attestation = AttestationService(ctx.config, ctx.reported)
+    for name, handler in attestation.handlers().items():
+        twin.session.commands.register(name, handler)
+    ctx.control.register("attestation", attestation.status)
+    # Deployment starts before the twin: its start() loads the stored deployment, so the
+    # modules are known (and adopted) before any desired document is handed over.
+    components: list[Component] = [trust, deployment, twin, attestation]
+    if ctx.config.telemetry.enabled:
+        from edge_agent.telemetry.component import TelemetryComponent
+
+        # Telemetry uploads through the twin's session too (TwinSession implements Publisher).
+        components.append(TelemetryComponent(ctx.config, ctx.reported, ctx.control, publisher=twin.session))
+    return components
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

@@ -18,7 +18,8 @@ if [ -z "${EDGE_REBUILD_BASE:-}" ] && podman image exists "$image"; then
 fi
 command -v debootstrap >/dev/null || { echo "debootstrap missing: run scripts/install-deps.sh" >&2; exit 1; }
 
-mirror=${DEBIAN_MIRROR:-$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -v security | head -n1)}
+# The first Debian mirror apt uses (one-line or deb822 sources); '|| true': no sources file is fine.
+mirror=${DEBIAN_MIRROR:-$( (grep -hE '^[[:space:]]*(URIs:|deb[[:space:]])' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null || true) | grep -oE 'https?://[^ ]+/debian/?' | grep -v security | head -n1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 work=$(mktemp -d /var/tmp/edge-base.XXXXXX)
 trap 'rm -rf "$work"' EXIT

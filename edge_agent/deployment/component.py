@@ -65,8 +65,7 @@ class DeploymentComponent(BaseComponent):
         self.reported = reported
         self.runtime = runtime
         self.clock = clock
-        self.passthrough = PassthroughVerifier(config.podman.insecure_registries)
-        self.verifier: ImageVerifier = verifier or self.passthrough
+        self._explicit_verifier = verifier
         self._configure(config)
         self.current: StoredDeployment | None = None
         self.lkg: StoredDeployment | None = None
@@ -92,8 +91,14 @@ class DeploymentComponent(BaseComponent):
             control.register("restart", self._cmd_restart)
             control.register("deploy", self._cmd_deploy)
 
+    @property
+    def verifier(self) -> ImageVerifier:
+        return self._explicit_verifier or self.passthrough
+
     def _configure(self, config: AgentConfig) -> None:
         self.config = config
+        # Plain HTTP for pulls only where [trust] allows it (loopback registries).
+        self.passthrough = PassthroughVerifier(config.trust.insecure_registries)
         d, p = config.deployment, config.podman
         self.device_id = config.device.id
         self.naming = NamingSettings(config.device.id, d.container_prefix, p.stop_grace_s)
@@ -182,19 +187,14 @@ class DeploymentComponent(BaseComponent):
             for name, spec in parsed.modules.items():
                 verified = await self.verifier.verify(spec.image)
                 images[name] = f"{verified.repository}@{verified.digest}"
-        except RegistryUnreachable as exc:
+        except (RegistryUnreachable, ImageRejected) as exc:
+            if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
+                return self._reject_pending(state, exc)
             self._pin_retry_at = self.clock() + 10
             self.incoming_status = {"version": state.version, "status": "resolving",
                                     "description": f"cannot resolve images yet: {exc}"}
             log.warning("deployment %d: cannot resolve images yet (%s); retrying", state.version, exc,
                         extra={"EVENT": "deployment.resolve_retry", "DEPLOYMENT": str(state.version)})
-            return
-        except ImageRejected as exc:
-            self.pending = None
-            self.incoming_status = {"version": state.version, "status": "rejected",
-                                    "description": f"image {exc.reference}: {exc.code}: {exc.description}"}
-            log.error("deployment %d rejected: %s", state.version, exc,
-                      extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(state.version)})
             return
         self.pending = None
         self.incoming_status = {"version": state.version, "status": "activated"}
@@ -207,6 +207,13 @@ class DeploymentComponent(BaseComponent):
         log.info("deployment %d activated: %s", stored.version,
                  ", ".join(f"{m}={i}" for m, i in sorted(images.items())) or "no modules",
                  extra={"EVENT": "deployment.activated", "DEPLOYMENT": str(stored.version)})
+
+    def _reject_pending(self, state: DesiredState, exc: ImageRejected) -> None:
+        self.pending = None
+        self.incoming_status = {"version": state.version, "status": "rejected",
+                                "description": f"image {exc.reference}: {exc.code}: {exc.description}"}
+        log.error("deployment %d rejected: %s", state.version, exc,
+                  extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(state.version)})
 
     # ------------------------------------------------------------------ loops
 

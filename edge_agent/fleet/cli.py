@@ -3,23 +3,107 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
 
 from edge_agent import __version__
+from edge_agent.fleet import attest_cmds
+from edge_agent.fleet.connect import broker_flags, fleet_client
+from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
+from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 DESCRIPTION = """\
 edgectl talks to a fleet of edge-agent devices through the MQTT broker: make keys, sign
 images and deployments, deploy, read reported state, request attestation.
+
+Broker settings come from ~/.config/edgectl/config.toml ([mqtt] table, same keys as the
+agent's; $EDGECTL_CONFIG or --config to use another file), overridden by the flags below.
+
+  edgectl deploy rover-01 rover-02 deployment.json    publish the next desired version
+  edgectl show rover-01                               desired vs reported, differences marked
+  edgectl devices                                     online/offline and last seen
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = broker_flags()
     parser = argparse.ArgumentParser(
-        prog="edgectl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="edgectl",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the edgectl version")
+
+    deploy = sub.add_parser(
+        "deploy",
+        parents=[common],
+        help="publish a deployment to devices (next version each)",
+        description="Publish MANIFEST (a JSON or TOML deployment with a modules table) as the next desired "
+        "version of each DEVICE: retained, QoS 1. The version is one above the highest the device has "
+        "seen (desired or reported).",
+    )
+    deploy.add_argument("targets", nargs="+", metavar="DEVICE... MANIFEST", help="device ids, then the manifest file")
+    deploy.add_argument("--properties", type=Path, help="JSON/TOML file with per-module desired properties")
+    deploy.add_argument("--version", type=int, dest="set_version", help="use this version instead of the next one")
+    deploy.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="wait until every device reports the version accepted"
+    )
+    deploy.add_argument(
+        "--key", type=Path, help="sign the document with this cosign private key (passphrase from "
+        "$EDGECTL_KEY_PASSWORD or $COSIGN_PASSWORD, else prompted); devices enforcing signed documents need it",
+    )
+    deploy.add_argument(
+        "--expires-in", default="30d", metavar="DURATION",
+        help="signed documents expire after this long (e.g. 12h, 30d; 'never' for no expiry); default 30d",
+    )
+    deploy.add_argument(
+        "--rotate-to", type=Path, action="append", default=[], metavar="PUBKEY",
+        help="introduce this public key as a trusted document key on the devices (repeatable; see docs/security.md)",
+    )
+
+    show = sub.add_parser("show", parents=[common], help="desired vs reported state of a device")
+    show.add_argument("device")
+    show.add_argument("--json", action="store_true", help="print desired, reported and presence as JSON")
+
+    devices = sub.add_parser("devices", parents=[common], help="list devices: online/offline, last seen")
+    devices.add_argument("--json", action="store_true")
+
+    call = sub.add_parser("call", parents=[common], help="send a command to a device and print the answer")
+    call.add_argument("device")
+    call.add_argument("name", help="command name, e.g. ping")
+    call.add_argument("--args", default="{}", help="JSON object of arguments")
+    call.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer (30)")
+
+    attest_cmds.add_parsers(sub, common)
+    add_trust_commands(sub)
+
+    from edge_agent.fleet import telemetry_cmd
+
+    telemetry_cmd.add_parser(sub)
     return parser
+
+
+def _load_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"edgectl: {path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"edgectl: {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"edgectl: {path}: expected an object at the top level")
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +111,124 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"edgectl {__version__}")
-        return 0
-    parser.print_help()
-    return 2
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command in attest_cmds.COMMANDS:
+        return attest_cmds.COMMANDS[args.command](args)
+    if args.command in TRUST_COMMANDS:
+        return run_trust_command(args)
+    if args.command == "telemetry":
+        from edge_agent.fleet import telemetry_cmd
+
+        return telemetry_cmd.run(args)
+    from edge_agent.fleet.client import FleetError
+
+    handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except FleetError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+async def cmd_deploy(args: argparse.Namespace) -> int:
+    if len(args.targets) < 2:
+        print("edgectl deploy: give at least one DEVICE and the MANIFEST file", file=sys.stderr)
+        return EXIT_USAGE
+    *devices, manifest_path = args.targets
+    deployment = _load_document(Path(manifest_path))
+    properties = _load_document(args.properties) if args.properties else None
+    if not isinstance(deployment.get("modules"), dict):
+        print(f"edgectl: {manifest_path}: modules: expected a table/object of module specs", file=sys.stderr)
+        return EXIT_USAGE
+    sign = _document_signer(args) if args.key else None
+    failed = 0
+    async with fleet_client(args) as fleet:
+        versions = {}
+        for device in devices:
+            versions[device] = await fleet.deploy(
+                device, deployment, properties, version=args.set_version, sign=sign
+            )
+            print(f"{device}: published desired version {versions[device]}")
+        if args.wait:
+            from edge_agent.fleet.client import FleetError
+
+            for device, version in versions.items():
+                try:
+                    await fleet.wait_accepted(device, version, args.wait)
+                    print(f"{device}: version {version} accepted")
+                except FleetError as exc:
+                    print(f"edgectl: {exc}", file=sys.stderr)
+                    failed += 1
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _document_signer(args: argparse.Namespace) -> Any:
+    """bytes -> signed envelope bytes, with the key loaded (and its passphrase asked) once."""
+    from edge_agent.fleet.trust_cmds import key_passphrase, parse_duration
+    from edge_agent.trust.documents import sign_document
+    from edge_agent.trust.keys import load_private_key, load_public_key
+
+    key = load_private_key(args.key, key_passphrase())
+    expires_in = parse_duration(args.expires_in)
+    rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
+
+    def sign(payload: bytes) -> bytes:
+        return sign_document(json.loads(payload), key, expires_in=expires_in, rotate_to=rotate_to)
+
+    return sign
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    from edge_agent.fleet.show import render_view
+
+    async with fleet_client(args) as fleet:
+        view = await fleet.view(args.device)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "device": view.device,
+                    "presence": view.presence,
+                    "desired": view.desired,
+                    "reported": view.reported,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(render_view(view, color=sys.stdout.isatty(), now=time.time()))
+    return EXIT_OK if (view.desired or view.reported) else EXIT_FAILED
+
+
+async def cmd_devices(args: argparse.Namespace) -> int:
+    from edge_agent.fleet.show import device_rows, render_devices
+
+    async with fleet_client(args) as fleet:
+        views = await fleet.devices()
+    if args.json:
+        print(json.dumps(device_rows(views, time.time()), indent=2))
+    else:
+        print(render_devices(views, time.time()))
+    return EXIT_OK
+
+
+async def cmd_call(args: argparse.Namespace) -> int:
+    try:
+        call_args = json.loads(args.args)
+        if not isinstance(call_args, dict):
+            raise ValueError("expected an object")
+    except ValueError as exc:
+        print(f"edgectl call: --args: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    async with fleet_client(args) as fleet:
+        answer = await fleet.call(args.device, args.name, call_args, timeout=args.wait)
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK if answer.get("ok") else EXIT_FAILED
 
 
 if __name__ == "__main__":

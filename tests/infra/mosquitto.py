@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
@@ -19,8 +20,11 @@ class Mosquitto:
 
     def write_conf(self) -> None:
         # Persistence on, so retained messages and persistent sessions survive a broker restart.
+        # Started as root, mosquitto drops to the "mosquitto" user and could then not write its
+        # persistence file (nor read certificates) in pytest's 0700 temp dirs: stay root in tests.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf_path.write_text(
-            f"per_listener_settings false\n"
+            f"per_listener_settings false\n{user}"
             f"persistence true\npersistence_location {self.workdir}/\n"
             f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
             f"allow_anonymous {'true' if self.anonymous else 'false'}\n"

@@ -26,6 +26,7 @@ from edge_agent.reported import ReportedState
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.store import open_state_db
 from tests.infra.podman import PodmanService, podman
+from tests.infra.procs import free_port
 from tests.infra.registry import Registry
 
 
@@ -90,7 +91,11 @@ def agent_config_text(run_id: str, podman_url: str, registry: Registry, **deploy
     return (
         f'[device]\nid = "{run_id}"\n'
         f'[logging]\nlevel = "debug"\nformat = "text"\n'
-        f'[podman]\nsocket = "{podman_url}"\ninsecure_registries = ["{registry.host}"]\nstop_grace_s = 2\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'  # no broker: the twin just retries
+        f'[podman]\nsocket = "{podman_url}"\nstop_grace_s = 2\n'
+        f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
+        f'[trust]\ninsecure_registries = ["{registry.host}"]\n'
+        f'[[trust.policy]]\nscope = "*"\nmode = "off"\n'
         f'[deployment]\ncontainer_prefix = "{run_id}-"\n{lines}\n'
     )
 

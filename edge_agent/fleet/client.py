@@ -1,0 +1,250 @@
+"""The fleet side of the twin protocol (what edgectl does over MQTT), usable from Python too.
+
+Reading retained state: subscribe, then send a marker message to our own response topic and
+wait for it to come back. The broker writes the retained messages of a subscription before it
+handles a later publish from the same client, so when the marker arrives every retained
+message is already here; no guessing at timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.mqtt_params import BrokerParams
+from edge_agent.twin import protocol
+from edge_agent.twin.protocol import DeviceTopics
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+Signer = Callable[[bytes], bytes]
+
+
+class FleetError(Exception):
+    """Shown to the operator as is."""
+
+
+@dataclass
+class DeviceView:
+    device: str
+    desired: dict[str, Any] | None = None
+    desired_error: str | None = None
+    reported: dict[str, Any] | None = None
+    presence: str = "unknown"
+    presence_ts: float | None = None
+
+
+@dataclass
+class _Pending:
+    futures: dict[bytes, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _json(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        return None, f"not JSON ({exc})"
+    return (doc, None) if isinstance(doc, dict) else (None, "not a JSON object")
+
+
+class FleetClient:
+    def __init__(self, params: BrokerParams, prefix: str) -> None:
+        self.params = params
+        self.prefix = prefix
+        self.response_topic = protocol.fleet_response_topic(prefix, params.client_id)
+        self._client: aiomqtt.Client | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._messages: dict[str, bytes] = {}
+        self._pending = _Pending()
+        self._marker_seen: dict[bytes, asyncio.Event] = {}
+        self._subscribed: set[str] = set()
+
+    async def __aenter__(self) -> FleetClient:
+        import aiomqtt
+
+        from edge_agent.mqtt_client import make_client
+
+        client = make_client(self.params)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise FleetError(f"cannot connect to broker {self.params.host}:{self.params.port}: {exc}") from None
+        self._client = client
+        self._reader = asyncio.create_task(self._read())
+        await client.subscribe(self.response_topic, qos=1)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._client:
+            with contextlib.suppress(Exception):
+                await self._client.__aexit__(None, None, None)
+
+    @property
+    def client(self) -> aiomqtt.Client:
+        if self._client is None:
+            raise FleetError("not connected")
+        return self._client
+
+    async def _read(self) -> None:
+        async for message in self.client.messages:
+            topic = str(message.topic)
+            payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+            if topic == self.response_topic:
+                correlation = getattr(message.properties, "CorrelationData", None)
+                if correlation in self._marker_seen:
+                    self._marker_seen[correlation].set()
+                    continue
+                future = self._pending.futures.get(correlation or b"")
+                if future is not None and not future.done():
+                    doc, err = _json(payload)
+                    future.set_result(doc if doc is not None else {"ok": False, "error": f"bad answer: {err}"})
+                continue
+            if payload:
+                self._messages[topic] = payload
+            else:
+                self._messages.pop(topic, None)
+
+    async def retained(self, filters: list[str], timeout: float = 10.0) -> dict[str, bytes]:
+        """Subscribe to `filters` and return every retained message that matches them now."""
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        from edge_agent.mqtt_client import publish_properties
+
+        new = [f for f in filters if f not in self._subscribed]
+        if new:
+            await self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in new], timeout=timeout)
+            self._subscribed.update(new)
+        marker = secrets.token_bytes(8)
+        seen = self._marker_seen[marker] = asyncio.Event()
+        try:
+            await self.client.publish(
+                self.response_topic, b"", qos=1, properties=publish_properties(correlation=marker), timeout=timeout
+            )
+            async with asyncio.timeout(timeout):
+                await seen.wait()
+        except TimeoutError:
+            raise FleetError(f"broker did not answer within {timeout:.0f} s") from None
+        finally:
+            del self._marker_seen[marker]
+        import aiomqtt
+
+        return {t: p for t, p in self._messages.items() if any(aiomqtt.Topic(t).matches(f) for f in filters)}
+
+    async def view(self, device: str) -> DeviceView:
+        topics = DeviceTopics(self.prefix, device)
+        found = await self.retained([topics.desired, topics.reported, topics.presence])
+        view = DeviceView(device)
+        if topics.desired in found:
+            view.desired, view.desired_error = _json(found[topics.desired])
+        if topics.reported in found:
+            view.reported, _ = _json(found[topics.reported])
+        if topics.presence in found:
+            view.presence, view.presence_ts = protocol.parse_presence(found[topics.presence])
+        return view
+
+    async def devices(self) -> list[DeviceView]:
+        found = await self.retained(
+            [protocol.all_devices_filter(self.prefix, "presence"), protocol.all_devices_filter(self.prefix, "reported")]
+        )
+        views: dict[str, DeviceView] = {}
+        for topic, payload in found.items():
+            device = protocol.device_of(self.prefix, topic)
+            if device is None:
+                continue
+            view = views.setdefault(device, DeviceView(device))
+            if topic.endswith("/presence"):
+                view.presence, view.presence_ts = protocol.parse_presence(payload)
+            else:
+                view.reported, _ = _json(payload)
+        return [views[d] for d in sorted(views)]
+
+    async def next_version(self, device: str) -> int:
+        view = await self.view(device)
+        known = [0]
+        if view.desired and isinstance(view.desired.get("version"), int):
+            known.append(view.desired["version"])
+        desired_section = (view.reported or {}).get("desired") or {}
+        for key in ("acceptedVersion", "lastDesiredVersion"):
+            if isinstance(desired_section.get(key), int):
+                known.append(desired_section[key])
+        return max(known) + 1
+
+    async def deploy(
+        self,
+        device: str,
+        deployment: Mapping[str, Any],
+        properties: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        sign: Signer | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Publish the next desired document (retained, QoS 1); returns its version after PUBACK."""
+        if version is None:
+            version = await self.next_version(device)
+        doc: dict[str, Any] = {"version": version, "deployment": dict(deployment)}
+        if properties:
+            doc["properties"] = dict(properties)
+        doc["meta"] = {"deployedAt": round(time.time(), 3), "by": self.params.client_id, **(meta or {})}
+        payload = protocol.encode(doc)
+        if sign is not None:
+            payload = sign(payload)
+        await self.client.publish(DeviceTopics(self.prefix, device).desired, payload, qos=1, retain=True)
+        return version
+
+    async def publish_desired_raw(self, device: str, payload: bytes) -> None:
+        await self.client.publish(DeviceTopics(self.prefix, device).desired, payload, qos=1, retain=True)
+
+    async def call(self, device: str, command: str, args: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send a command (QoS 1; queued by the broker if the device is offline) and wait for the answer."""
+        from edge_agent.mqtt_client import publish_properties
+
+        correlation = secrets.token_bytes(12)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.futures[correlation] = future
+        try:
+            await self.client.publish(
+                DeviceTopics(self.prefix, device).command(command),
+                protocol.command_request(dict(args)),
+                qos=1,
+                properties=publish_properties(response_topic=self.response_topic, correlation=correlation),
+            )
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise FleetError(f"{device} did not answer {command} within {timeout:.0f} s") from None
+        finally:
+            self._pending.futures.pop(correlation, None)
+
+    async def wait_accepted(self, device: str, version: int, timeout: float) -> dict[str, Any]:
+        """Wait until the device reports `version` accepted (returns its desired section) or
+        refused (raises FleetError with the device's status)."""
+        topics = DeviceTopics(self.prefix, device)
+        await self.retained([topics.reported])
+        deadline = time.monotonic() + timeout
+        while True:
+            doc, _ = _json(self._messages.get(topics.reported, b"null"))
+            section = ((doc or {}).get("desired")) or {}
+            if isinstance(section.get("acceptedVersion"), int) and section["acceptedVersion"] >= version:
+                return dict(section)
+            status = section.get("lastDesiredStatus") or {}
+            if section.get("lastDesiredVersion") == version and status.get("code") not in (None, "ok"):
+                why = f"{status.get('code')}: {status.get('description')}"
+                raise FleetError(f"{device} refused version {version}: {why}")
+            if time.monotonic() > deadline:
+                raise FleetError(f"{device} did not report version {version} within {timeout:.0f} s")
+            await asyncio.sleep(0.05)

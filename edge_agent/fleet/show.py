@@ -1,0 +1,126 @@
+"""Text rendering for `edgectl show` and `edgectl devices`: pure functions of the fetched views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from edge_agent.fleet.client import DeviceView
+
+RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
+HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int(now - ts))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def diff_lines(view: DeviceView) -> list[tuple[bool, str]]:
+    """(is_difference, text) lines comparing desired and reported."""
+    out: list[tuple[bool, str]] = []
+    desired = view.desired or {}
+    reported = view.reported or {}
+    dsec = reported.get("desired") or {}
+    d_version = desired.get("version")
+    accepted = dsec.get("acceptedVersion")
+    status = dsec.get("lastDesiredStatus") or {}
+    if view.desired_error:
+        out.append((True, f"desired document on the broker is unreadable: {view.desired_error}"))
+    out.append((d_version != accepted, f"desired version {d_version}   accepted by device {accepted}"))
+    if status:
+        bad = status.get("code") not in ("ok", "none")
+        out.append(
+            (
+                bad,
+                f"last desired status: {status.get('code')}: {status.get('description')}"
+                f" (version {dsec.get('lastDesiredVersion')})",
+            )
+        )
+    d_modules = (desired.get("deployment") or {}).get("modules") or {}
+    r_modules = reported.get("modules") or {}
+    names = sorted(set(d_modules) | set(r_modules))
+    if names:
+        out.append((False, f"{'MODULE':<20} {'DESIRED IMAGE':<40} {'REPORTED':<12} REPORTED IMAGE"))
+    for name in names:
+        spec = d_modules.get(name)
+        state = r_modules.get(name)
+        d_image = str(spec.get("image", "")) if isinstance(spec, dict) else ""
+        if not isinstance(state, dict):
+            out.append((True, f"{name:<20} {d_image:<40} {'(missing)':<12}"))
+            continue
+        r_status = str(state.get("runtimeStatus", "?"))
+        r_image = str(state.get("image", ""))
+        if spec is None:
+            out.append((True, f"{name:<20} {'(not desired)':<40} {r_status:<12} {r_image}"))
+            continue
+        differs = r_status not in HEALTHY or (bool(d_image) and bool(r_image) and d_image != r_image)
+        line = f"{name:<20} {d_image:<40} {r_status:<12} {r_image}"
+        if state.get("statusDescription"):
+            line += f"  ({state['statusDescription']})"
+        out.append((differs, line))
+    return out
+
+
+def render_view(view: DeviceView, *, color: bool, now: float) -> str:
+    reported = view.reported or {}
+    agent = reported.get("agent") or {}
+    head = f"device {view.device}: {view.presence}"
+    if view.presence == "online" and view.presence_ts:
+        head += f" (since {_ago(view.presence_ts, now)})"
+    head += f", last report {_ago(_num(reported.get('ts')), now)}"
+    if agent:
+        head += f", agent {agent.get('version')} {agent.get('os')}/{agent.get('arch')}"
+    lines = [head]
+    if view.desired is None and view.reported is None:
+        lines.append("nothing known about this device (no desired or reported document on the broker)")
+    for differs, text in diff_lines(view):
+        if differs:
+            lines.append(f"{RED}! {text}{RESET}" if color else f"! {text}")
+        else:
+            lines.append(f"  {text}")
+    return "\n".join(lines)
+
+
+def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]:
+    rows = []
+    for v in views:
+        reported = v.reported or {}
+        last_report = _num(reported.get("ts"))
+        seen = now if v.presence == "online" else last_report
+        rows.append(
+            {
+                "device": v.device,
+                "presence": v.presence,
+                "lastSeen": seen,
+                "lastReport": last_report,
+                "acceptedVersion": (reported.get("desired") or {}).get("acceptedVersion"),
+                "agentVersion": (reported.get("agent") or {}).get("version"),
+            }
+        )
+    return rows
+
+
+def render_devices(views: Iterable[DeviceView], now: float) -> str:
+    rows = device_rows(views, now)
+    if not rows:
+        return "no devices on this broker/prefix"
+    lines = [f"{'DEVICE':<24} {'STATUS':<8} {'LAST SEEN':<14} {'VERSION':<8} AGENT"]
+    for r in rows:
+        seen = "now" if r["presence"] == "online" else _ago(r["lastSeen"], now)
+        lines.append(
+            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['acceptedVersion']!s:<8} {r['agentVersion'] or ''}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""`edgectl telemetry DEVICE`: follow the telemetry a device uploads, without duplicates.
+
+The device sends at least once (a record may arrive twice after a reconnect or an agent crash);
+every record carries a unique id, and this command prints each id once (the last `--dedup-window`
+ids are remembered). With --client-id the broker keeps a persistent session, so records uploaded
+while edgectl was away are delivered when it comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.telemetry.uplink import decode_batch
+
+DEFAULT_DEDUP_WINDOW = 1_000_000
+
+
+class Deduplicator:
+    """Remembers the last `window` record ids."""
+
+    def __init__(self, window: int = DEFAULT_DEDUP_WINDOW) -> None:
+        self.window = window
+        self.seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, record_id: str) -> bool:
+        if record_id in self.seen:
+            self.seen.move_to_end(record_id)
+            return False
+        self.seen[record_id] = None
+        if len(self.seen) > self.window:
+            self.seen.popitem(last=False)
+        return True
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "telemetry",
+        help="follow a device's uploaded telemetry (deduplicated)",
+        description="Subscribe to <prefix>/DEVICE/telemetry/STREAM and print every record once.",
+    )
+    p.add_argument("device", help="device id")
+    p.add_argument("--host", default=os.environ.get("EDGECTL_MQTT_HOST", "localhost"), help="broker host")
+    p.add_argument("--port", type=int, default=int(os.environ.get("EDGECTL_MQTT_PORT", "1883")), help="broker port")
+    p.add_argument("--prefix", default=os.environ.get("EDGECTL_TOPIC_PREFIX", "edge"), help="topic prefix")
+    p.add_argument("--stream", default="+", help="only this stream (default: all)")
+    p.add_argument("--client-id", help="MQTT client id; keeps a persistent session so nothing is missed")
+    p.add_argument("--json", action="store_true", help="print one JSON object per record")
+    p.add_argument("--all", action="store_true", help="also print duplicates, marked duplicate=true")
+    p.add_argument("--count", type=int, help="exit after this many distinct records")
+    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--dedup-window", type=int, default=DEFAULT_DEDUP_WINDOW, help="record ids remembered")
+
+
+def format_record(rec: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(rec, separators=(",", ":"))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(float(rec.get("ts", 0))))
+    dup = " DUPLICATE" if rec.get("duplicate") else ""
+    return (
+        f"{stamp} {rec['stream']} seq={rec['seq']} prio={rec['priority']} module={rec['module']} "
+        f"id={rec['id']}{dup} {json.dumps(rec['payload'], separators=(',', ':'))}"
+    )
+
+
+def records_of(payload: bytes, content_type: str | None) -> list[dict[str, Any]]:
+    doc = decode_batch(payload, content_type)
+    out = []
+    for rec in doc["records"]:
+        if isinstance(rec, dict) and "id" in rec:
+            out.append({"device": doc.get("device"), "stream": doc.get("stream"), **rec})
+    return out
+
+
+async def follow(
+    args: argparse.Namespace, emit: Callable[[dict[str, Any]], None], err: TextIO = sys.stderr
+) -> int:
+    dedup = Deduplicator(args.dedup_window)
+    topic = f"{args.prefix}/{args.device}/telemetry/{args.stream}"
+    distinct = 0
+    delay = 0.2
+    persistent = args.client_id is not None
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if persistent:
+        props.SessionExpiryInterval = 7 * 86400
+    while True:
+        try:
+            async with aiomqtt.Client(
+                args.host,
+                args.port,
+                identifier=args.client_id or "",
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=not persistent,
+                properties=props,
+                timeout=10,
+            ) as client:
+                await client.subscribe(topic, qos=1)
+                delay = 0.2
+                async for message in client.messages:
+                    raw = message.payload
+                    content_type = getattr(message.properties, "ContentType", None) if message.properties else None
+                    try:
+                        records = records_of(bytes(raw), content_type)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        print(f"edgectl: skipping a malformed message on {message.topic}: {exc}", file=err)
+                        continue
+                    for rec in records:
+                        if dedup.first_time(str(rec["id"])):
+                            distinct += 1
+                            emit(rec)
+                        elif args.all:
+                            emit({**rec, "duplicate": True})
+                        if args.count is not None and distinct >= args.count:
+                            return 0
+        except aiomqtt.MqttError as exc:
+            print(f"edgectl: broker {args.host}:{args.port}: {exc}; reconnecting", file=err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    def emit(rec: dict[str, Any]) -> None:
+        sys.stdout.write(format_record(rec, args.json) + "\n")
+        sys.stdout.flush()
+
+    async def main() -> int:
+        if args.timeout is None:
+            return await follow(args, emit)
+        try:
+            return await asyncio.wait_for(follow(args, emit), args.timeout)
+        except TimeoutError:
+            return 0 if args.count is None else 1
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0

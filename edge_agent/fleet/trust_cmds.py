@@ -1,0 +1,190 @@
+"""edgectl keygen / sign-image / verify-image / sign-document.
+
+Passphrases never come from the command line (it ends up in shell history and `ps`): they are
+read from $EDGECTL_KEY_PASSWORD (or cosign's $COSIGN_PASSWORD, so CI secrets can be shared),
+else prompted for. Registry passwords likewise from $EDGECTL_REGISTRY_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from edge_agent.trust.api import ImageRejected
+from edge_agent.trust.documents import sign_document
+from edge_agent.trust.keys import KeyFileError, load_private_key, load_public_key, write_key_pair
+from edge_agent.trust.policy import ScopePolicy
+from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
+from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
+from edge_agent.trust.verify import CosignVerifier
+
+PASSWORD_ENVS = ("EDGECTL_KEY_PASSWORD", "COSIGN_PASSWORD")
+COMMANDS = ("keygen", "sign-image", "verify-image", "sign-document")
+
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="loopback registry reached over plain HTTP (repeatable)",
+    )
+    p.add_argument("--ca-file", type=Path, help="PEM CA bundle for the registry's TLS certificate")
+    p.add_argument("--username", help="registry user (password from $EDGECTL_REGISTRY_PASSWORD)")
+
+
+def _annotations(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgectl: annotation {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kg = sub.add_parser("keygen", help="make a cosign-compatible key pair (cosign.key, cosign.pub)")
+    kg.add_argument("--output-key-prefix", type=Path, default=Path("cosign"), help="file prefix (default: cosign)")
+    kg.add_argument(
+        "--scrypt-n",
+        type=int,
+        default=32768,
+        choices=[32768, 65536],
+        help="scrypt cost for the private key encryption (cosign default 32768)",
+    )
+
+    si = sub.add_parser("sign-image", help="sign an image in its registry (cosign legacy format; --bundle: v3)")
+    si.add_argument("reference", help="registry/repository:tag or @sha256:...")
+    si.add_argument("--key", type=Path, required=True, help="cosign.key (encrypted private key)")
+    si.add_argument("--bundle", action="store_true", help="push a cosign v3 Sigstore bundle (OCI referrer) instead")
+    si.add_argument("--both", action="store_true", help="push both the legacy signature and a v3 bundle")
+    si.add_argument("-a", "--annotation", action="append", default=[], metavar="KEY=VALUE")
+    _registry_options(si)
+
+    vi = sub.add_parser("verify-image", help="verify an image's signature like the device does")
+    vi.add_argument("reference")
+    vi.add_argument("--key", type=Path, action="append", required=True, help="cosign.pub (repeatable)")
+    vi.add_argument(
+        "-a", "--annotation", action="append", default=[], metavar="KEY=VALUE", help="required annotation (repeatable)"
+    )
+    _registry_options(vi)
+
+    sd = sub.add_parser("sign-document", help="sign a desired document (JSON) for `deploy`")
+    sd.add_argument("document", type=Path, help="desired document JSON file (- for stdin)")
+    sd.add_argument("--key", type=Path, required=True, help="document signing key (cosign.key format)")
+    sd.add_argument("--expires-in", default="30d", help="validity like 12h, 30d; 'never' for no expiry")
+    sd.add_argument(
+        "--rotate-to",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key(s) that become the device's document keys (repeatable; include the current key to keep it)",
+    )
+    sd.add_argument("-o", "--output", type=Path, help="write the envelope here (default stdout)")
+
+
+def key_passphrase(confirm: bool = False) -> bytes:
+    for name in PASSWORD_ENVS:
+        if name in os.environ:
+            return os.environ[name].encode()
+    if not sys.stdin.isatty():
+        raise SystemExit(f"edgectl: set {PASSWORD_ENVS[0]} (no terminal to prompt for the key passphrase)")
+    first = getpass.getpass("Enter passphrase for private key: ")
+    if confirm and getpass.getpass("Enter again: ") != first:
+        raise SystemExit("edgectl: passphrases do not match")
+    return first.encode()
+
+
+def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
+    creds = {}
+    if args.username:
+        password = os.environ.get("EDGECTL_REGISTRY_PASSWORD")
+        if password is None:
+            password = getpass.getpass(f"Password for {args.username}@{registry}: ")
+        creds[registry] = (args.username, password)
+    return RegistryClient(
+        RegistrySettings(insecure_registries=frozenset(args.insecure_registry), ca_file=args.ca_file, credentials=creds)
+    )
+
+
+def parse_duration(text: str) -> timedelta | None:
+    if text == "never":
+        return None
+    match = re.fullmatch(r"(\d+)([smhd])", text)
+    if not match:
+        raise SystemExit(f"edgectl: --expires-in {text!r}: expected like 90m, 12h, 30d or never")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def run_trust_command(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (KeyFileError, ValueError) as exc:
+        print(f"edgectl {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except RegistryError as exc:
+        print(f"edgectl {args.command}: registry: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        priv, pub = write_key_pair(args.output_key_prefix, key_passphrase(confirm=True), n=args.scrypt_n)
+        print(f"Private key written to {priv}\nPublic key written to {pub}")
+        return 0
+    if args.command == "sign-image":
+        ref = parse_reference(args.reference)
+        key = load_private_key(args.key, key_passphrase())
+        client = _client(args, ref.registry)
+        annotations = _annotations(args.annotation)
+        results = []
+        if args.both or not args.bundle:
+            results.append(sign_image_legacy(client, ref, key, annotations))
+        if args.both or args.bundle:
+            results.append(sign_image_bundle(client, ref, key, annotations))
+        for r in results:
+            print(f"signed {ref.repository}@{r.digest} ({r.format}: {r.tag_or_digest})")
+        return 0
+    if args.command == "verify-image":
+        ref = parse_reference(args.reference)
+        keys = tuple(load_public_key(p) for p in args.key)
+        policy = ScopePolicy(ref.repository, "enforce", keys, _annotations(args.annotation))
+        verifier = CosignVerifier([policy], _client(args, ref.registry))
+        try:
+            verified = asyncio.run(verifier.verify(args.reference))
+        except ImageRejected as exc:
+            print(f"REFUSED {exc.reference}: {exc.code}: {exc.description}")
+            return 1
+        print(f"OK {verified.repository}@{verified.digest} signed by key {verified.signer}")
+        return 0
+    if args.command == "sign-document":
+        raw = sys.stdin.buffer.read() if str(args.document) == "-" else args.document.read_bytes()
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{args.document}: not JSON: {exc}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("version"), int):
+            raise ValueError(f"{args.document}: expected a JSON object with an integer version")
+        rotate = [load_public_key(p).pem() for p in args.rotate_to]
+        envelope = sign_document(
+            document,
+            load_private_key(args.key, key_passphrase()),
+            expires_in=parse_duration(args.expires_in),
+            rotate_to=rotate or None,
+        )
+        if args.output:
+            args.output.write_bytes(envelope + b"\n")
+        else:
+            sys.stdout.write(envelope.decode() + "\n")
+        return 0
+    raise ValueError(f"unknown command {args.command}")

@@ -1,0 +1,1 @@
+"""Store-and-forward telemetry: per-module ingest sockets, a SQLite queue, an MQTT uplink."""

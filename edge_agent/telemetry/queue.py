@@ -1,0 +1,616 @@
+"""The telemetry queue: one SQLite file (WAL) of its own, `<state.dir>/telemetry.db`, so queue
+writes never contend with state.db.
+
+Durability: every append is one transaction for a group of records (group commit); callers
+acknowledge records to modules only after `append` returned. `synchronous=FULL` (default) fsyncs
+the WAL at each commit, so an acknowledged record survives a power cut; NORMAL survives a crash
+of the agent but a power cut may roll back the last commits (docs/telemetry.md).
+
+Space: the records' counted bytes (policy.record_cost) are kept under the cap by policy.py; the
+file itself is hard-limited with PRAGMA max_page_count to `file_limit(cap)`, the WAL is kept small
+by frequent checkpoints and journal_size_limit, and free pages go back to the file system with
+incremental vacuum. SQLITE_FULL below the page limit means the disk is full: the append is rolled
+back and every record of it refused with "disk_full"; the next append tries again, so the queue
+recovers by itself once space returns.
+
+Not thread-safe: the component calls it from one worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_agent.logs import get_logger
+from edge_agent.telemetry.policy import (
+    Candidate,
+    Incoming,
+    Rules,
+    StreamHead,
+    expiry_cutoffs,
+    plan_admission,
+    record_cost,
+)
+
+log = get_logger(__name__)
+
+QUEUE_DB_NAME = "telemetry.db"
+PAGE_SIZE = 4096
+WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint once the WAL holds 1 MiB
+WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
+# One group commit writes at most ~1 MiB of records (component.GROUP_MAX_BYTES) plus index and
+# eviction pages; the WAL then holds at most the checkpoint threshold plus one such transaction.
+WAL_BOUND = 4 * 1024 * 1024
+FILE_OVERHEAD_RATIO = 0.25  # B-tree and index overhead allowed beyond the counted bytes
+FILE_OVERHEAD_FIXED = 256 * 1024  # schema, counters, partly filled pages
+SQLITE_FULL = 13
+
+RefusalCode = Literal["invalid", "too_large", "queue_full", "disk_full", "unavailable"]
+
+
+def file_limit(cap_bytes: int) -> int:
+    """The most bytes telemetry.db may ever take (enforced with max_page_count), WAL excluded."""
+    return _max_pages(cap_bytes) * PAGE_SIZE
+
+
+def _max_pages(cap_bytes: int) -> int:
+    return math.ceil((cap_bytes * (1 + FILE_OVERHEAD_RATIO) + FILE_OVERHEAD_FIXED) / PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    module: str
+    stream: str
+    priority: int  # as requested by the module
+    ts: float | None
+    payload: bytes  # compact JSON text
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: RefusalCode
+    error: str
+
+
+Outcome = Accepted | Refused
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    n: int  # insert order (rowid); never reused
+    id: str
+    stream: str
+    seq: int
+    module: str
+    priority: int
+    ts: float
+    received: float
+    payload: bytes
+
+
+@dataclass
+class _StreamStats:
+    count: int = 0
+    bytes: int = 0
+    priorities: Counter[int] = field(default_factory=Counter)
+    last_n: int = 0  # insert number of the stream's newest record
+
+
+class QueueError(Exception):
+    pass
+
+
+class TelemetryQueue:
+    def __init__(
+        self,
+        path: Path,
+        cap_bytes: int,
+        rules: Rules,
+        synchronous: str = "full",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.cap_bytes = cap_bytes
+        self.rules = rules
+        self.synchronous = synchronous.upper()
+        self.clock = clock
+        self.conn: sqlite3.Connection | None = None
+        self.epoch = ""
+        self.streams: dict[str, _StreamStats] = {}
+        self.drops: dict[str, Counter[str]] = {}
+        self.refused: dict[str, Counter[str]] = {}
+        self.disk_full = False
+        self.effective_cap = cap_bytes  # lowered if the file limit is met before the counted cap
+
+    # ------------------------------------------------------------------ open / close
+
+    def open(self) -> None:
+        """Open (creating) the queue. A file SQLite cannot read as a database is moved aside to
+        telemetry.db.corrupt-<time> (kept for inspection) and a new queue is started."""
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) != 26:
+                raise  # e.g. disk full or locked: not corruption (26 = SQLITE_NOTADB)
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "telemetry queue %s is damaged (%s); moved to %s, starting an empty queue",
+                self.path,
+                exc,
+                aside,
+                extra={"EVENT": "telemetry.queue_corrupt"},
+            )
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(f"{self.path}{suffix}"):
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        try:
+            self._configure(conn)
+            self._create_schema(conn)
+            self.conn = conn
+            self._load()
+        except BaseException:
+            conn.close()
+            self.conn = None
+            raise
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        # page_size and auto_vacuum only take effect on a new, empty database.
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise QueueError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self._set_page_limit(conn)
+
+    def _set_page_limit(self, conn: sqlite3.Connection) -> None:
+        pages = _max_pages(self.cap_bytes)
+        got = int(conn.execute(f"PRAGMA max_page_count={pages}").fetchone()[0])
+        if got != pages:  # the file is already larger (cap lowered): keep it, shrink as records go
+            log.warning(
+                "telemetry.db is larger than the new cap allows (%d pages > %d); it shrinks as records are sent",
+                got,
+                pages,
+                extra={"EVENT": "telemetry.cap_lowered"},
+            )
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(
+            """
+            BEGIN;
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS records (
+                n INTEGER PRIMARY KEY AUTOINCREMENT,
+                stream TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                module TEXT NOT NULL,
+                priority INTEGER NOT NULL,
+                ts REAL NOT NULL,
+                received REAL NOT NULL,
+                size INTEGER NOT NULL,
+                payload BLOB NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS records_by_stream ON records(stream);
+            CREATE INDEX IF NOT EXISTS records_by_eviction ON records(priority DESC);
+            CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS drops (
+                stream TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (stream, reason)
+            );
+            COMMIT;
+            """
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        if row is None:
+            # Record ids are <epoch>-<n>: unique even if this file is ever deleted and recreated.
+            conn.execute("INSERT INTO meta(key, value) VALUES('epoch', ?)", (secrets.token_hex(4),))
+            row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        self.epoch = str(row[0])
+
+    def _load(self) -> None:
+        conn = self._db()
+        self.streams = {}
+        for stream, priority, count, size in conn.execute(
+            "SELECT stream, priority, count(*), sum(size) FROM records GROUP BY stream, priority"
+        ):
+            st = self.streams.setdefault(stream, _StreamStats())
+            st.count += count
+            st.bytes += size
+            st.priorities[priority] += count
+        for stream, last_n in conn.execute("SELECT stream, max(n) FROM records GROUP BY stream"):
+            self.streams[stream].last_n = last_n
+        self.drops = {}
+        for stream, reason, n in conn.execute("SELECT stream, reason, n FROM drops"):
+            self.drops.setdefault(stream, Counter())[reason] = n
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise QueueError("telemetry queue is not open")
+        return self.conn
+
+    # ------------------------------------------------------------------ figures
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(s.bytes for s in self.streams.values())
+
+    @property
+    def depth(self) -> int:
+        return sum(s.count for s in self.streams.values())
+
+    def record_id(self, n: int) -> str:
+        return f"{self.epoch}-{n}"
+
+    def oldest_received(self) -> float | None:
+        row = self._db().execute("SELECT received FROM records ORDER BY n LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+    def file_bytes(self) -> dict[str, int]:
+        out = {}
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                out["db" + suffix.replace("-", "_")] = os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                out["db" + suffix.replace("-", "_")] = 0
+        return out
+
+    def integrity_check(self) -> str:
+        return str(self._db().execute("PRAGMA integrity_check").fetchone()[0])
+
+    # ------------------------------------------------------------------ append (group commit)
+
+    def append(self, batch: Sequence[NewRecord]) -> list[Outcome]:
+        """Store a group of records in one transaction. Returns one outcome per record, in order."""
+        if not batch:
+            return []
+        try:
+            return self._append(batch)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL and not self._at_page_limit():
+                return self._refuse_all(batch, "disk_full", f"the device's disk is full: {exc}")
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                # The file limit was met before the counted cap (records cost more file than counted).
+                if not self._make_room_in_file(batch):
+                    return self._refuse_all(batch, "queue_full", "telemetry queue file is at its size limit")
+                try:
+                    return self._append(batch)
+                except sqlite3.OperationalError as again:
+                    if getattr(again, "sqlite_errorcode", None) == SQLITE_FULL:
+                        code: RefusalCode = "queue_full" if self._at_page_limit() else "disk_full"
+                        return self._refuse_all(batch, code, f"telemetry queue is full: {again}")
+                    raise
+            raise
+
+    def _make_room_in_file(self, batch: Sequence[NewRecord]) -> bool:
+        """Evict (by the same rules: drop-oldest streams, least urgent and oldest first, nothing more
+        urgent than the batch) a tenth of the queue, and count no more than what is left from now on."""
+        floors = [self.rules.priority(r.stream, r.priority) for r in batch if self.rules.evictable(r.stream)]
+        if not floors:
+            return False
+        conn = self._db()
+        want = max(len(batch), self.depth // 10)
+        drops: Counter[tuple[str, str]] = Counter()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = [
+                n
+                for n, stream in conn.execute(
+                    "SELECT n, stream FROM records WHERE priority >= ? ORDER BY priority DESC, n", (min(floors),)
+                )
+                if self.rules.evictable(stream)
+            ][:want]
+            self._delete_rows(conn, rows, drops, "evicted")
+            self._count_drops(conn, drops)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load()
+            raise
+        for (stream, reason), n in drops.items():
+            self.drops.setdefault(stream, Counter())[reason] += n
+        self.effective_cap = max(1, self.used_bytes)
+        log.warning(
+            "telemetry.db reached its size limit; evicted %d records, counting at most %d bytes from now on",
+            len(rows),
+            self.effective_cap,
+            extra={"EVENT": "telemetry.page_limit"},
+        )
+        return bool(rows)
+
+    def _at_page_limit(self) -> bool:
+        conn = self._db()
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages - free + 8 >= _max_pages(self.cap_bytes)
+
+    def _refuse_all(self, batch: Sequence[NewRecord], code: RefusalCode, error: str) -> list[Outcome]:
+        if code == "disk_full" and not self.disk_full:
+            log.error("telemetry: disk full, refusing records: %s", error, extra={"EVENT": "telemetry.disk_full"})
+        self.disk_full = self.disk_full or code == "disk_full"
+        for rec in batch:
+            self.refused.setdefault(rec.stream, Counter())[code] += 1
+        return [Refused(code, error) for _ in batch]
+
+    def _append(self, batch: Sequence[NewRecord]) -> list[Outcome]:
+        conn = self._db()
+        now = self.clock()
+        incoming = [
+            Incoming(
+                rec.stream,
+                self.rules.priority(rec.stream, rec.priority),
+                record_cost(rec.stream, rec.module, len(rec.payload)),
+                self.rules.for_stream(rec.stream).policy,
+            )
+            for rec in batch
+        ]
+        cap = min(self.cap_bytes, self.effective_cap)
+        used = self.used_bytes
+        need = used + sum(i.cost for i in incoming) - cap
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            candidates = self._candidates(conn, need) if need > 0 else []
+            plan = plan_admission(incoming, used, cap, candidates)
+            drops: Counter[tuple[str, str]] = Counter()
+            if plan.evicted:
+                self._delete_rows(conn, [c.rowid for c in plan.evicted], drops, "evicted")
+            seqs: dict[str, int] = {}
+            outcomes: list[Outcome] = []
+            inserted: dict[int, int] = {}
+            for index, (rec, inc, ok) in enumerate(zip(batch, incoming, plan.accepted, strict=True)):
+                if not ok:
+                    outcomes.append(Refused("queue_full", self._full_text(rec.stream, inc.policy)))
+                    continue
+                seq = seqs.get(rec.stream)
+                if seq is None:
+                    row = conn.execute("SELECT next_seq FROM streams WHERE stream=?", (rec.stream,)).fetchone()
+                    seq = 1 if row is None else int(row[0])
+                seqs[rec.stream] = seq + 1
+                cur = conn.execute(
+                    "INSERT INTO records(stream, seq, module, priority, ts, received, size, payload)"
+                    " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.stream, seq, rec.module, inc.priority, rec.ts if rec.ts is not None else now, now,
+                     inc.cost, rec.payload),
+                )
+                n = int(cur.lastrowid or 0)
+                inserted[index] = n
+                outcomes.append(Accepted(self.record_id(n), seq))
+            added = [(batch[i].stream, incoming[i].priority, incoming[i].cost, n) for i, n in inserted.items()]
+            if plan.evicted_incoming:
+                gone = {inserted[i] for i in plan.evicted_incoming}
+                self._delete_rows(conn, sorted(gone), drops, "evicted", tracked=False)
+                added = [a for i, a in zip(inserted, added, strict=True) if inserted[i] not in gone]
+                for i in plan.evicted_incoming:
+                    drops[(batch[i].stream, "evicted")] += 1
+            conn.executemany(
+                "INSERT INTO streams(stream, next_seq) VALUES(?, ?)"
+                " ON CONFLICT(stream) DO UPDATE SET next_seq=excluded.next_seq",
+                list(seqs.items()),
+            )
+            self._count_drops(conn, drops)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._load()  # the rolled-back deletes are back
+            raise
+        for stream, priority, cost, n in added:
+            st = self.streams.setdefault(stream, _StreamStats())
+            st.last_n = max(st.last_n, n)
+            st.count += 1
+            st.bytes += cost
+            st.priorities[priority] += 1
+        for (stream, reason), n in drops.items():
+            self.drops.setdefault(stream, Counter())[reason] += n
+        for rec, out in zip(batch, outcomes, strict=True):
+            if isinstance(out, Refused):
+                self.refused.setdefault(rec.stream, Counter())[out.code] += 1
+        if self.disk_full:
+            self.disk_full = False
+            log.info("telemetry: disk space is back, accepting records", extra={"EVENT": "telemetry.disk_ok"})
+        return outcomes
+
+    def _full_text(self, stream: str, policy: str) -> str:
+        if policy == "refuse-new":
+            return f"telemetry queue is at its cap ({self.cap_bytes} bytes) and stream {stream} is refuse-new"
+        return (
+            f"telemetry queue is at its cap ({self.cap_bytes} bytes) and holds nothing of equal or lower "
+            f"priority that may be dropped for stream {stream}"
+        )
+
+    def _candidates(self, conn: sqlite3.Connection, need: int) -> list[Candidate]:
+        """Evictable queued records in eviction order, enough to free `need` bytes (twice, for slack)."""
+        out: list[Candidate] = []
+        freed = 0
+        last: tuple[int, int] | None = None
+        while freed < 2 * need:
+            if last is None:
+                rows = conn.execute(
+                    "SELECT n, stream, priority, size FROM records ORDER BY priority DESC, n LIMIT 512"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT n, stream, priority, size FROM records WHERE priority < ? OR (priority = ? AND n > ?)"
+                    " ORDER BY priority DESC, n LIMIT 512",
+                    (last[0], last[0], last[1]),
+                ).fetchall()
+            if not rows:
+                break
+            for n, stream, priority, size in rows:
+                if self.rules.evictable(stream):
+                    out.append(Candidate(n, stream, priority, size))
+                    freed += size
+            last = (rows[-1][2], rows[-1][0])
+        return out
+
+    def _delete_rows(
+        self,
+        conn: sqlite3.Connection,
+        rows: Sequence[int],
+        drops: Counter[tuple[str, str]] | None,
+        reason: str,
+        tracked: bool = True,
+    ) -> None:
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            deleted = conn.execute(
+                f"DELETE FROM records WHERE n IN ({marks}) RETURNING stream, priority, size",  # noqa: S608
+                chunk,
+            ).fetchall()
+            for stream, priority, size in deleted:
+                if tracked:
+                    self._untrack(stream, priority, size)
+                if drops is not None and tracked:
+                    drops[(stream, reason)] += 1
+
+    def _untrack(self, stream: str, priority: int, size: int) -> None:
+        st = self.streams.get(stream)
+        if st is None:
+            return
+        st.count -= 1
+        st.bytes -= size
+        st.priorities[priority] -= 1
+        if st.priorities[priority] <= 0:
+            del st.priorities[priority]
+        if st.count <= 0:
+            del self.streams[stream]
+
+    def _count_drops(self, conn: sqlite3.Connection, drops: Counter[tuple[str, str]]) -> None:
+        conn.executemany(
+            "INSERT INTO drops(stream, reason, n) VALUES(?, ?, ?)"
+            " ON CONFLICT(stream, reason) DO UPDATE SET n = n + excluded.n",
+            [(s, r, n) for (s, r), n in drops.items()],
+        )
+
+    # ------------------------------------------------------------------ uplink side
+
+    def heads(self) -> dict[str, StreamHead]:
+        conn = self._db()
+        out = {}
+        for stream, st in self.streams.items():
+            if st.count <= 0:
+                continue
+            row = conn.execute("SELECT min(n) FROM records WHERE stream=?", (stream,)).fetchone()
+            if row is None or row[0] is None:
+                continue
+            out[stream] = StreamHead(min(st.priorities) if st.priorities else 9, int(row[0]))
+        return out
+
+    def pending_after(self, cursors: dict[str, int]) -> dict[str, StreamHead]:
+        """Heads of the streams that hold records after their cursor (insert number last sent)."""
+        return {s: h for s, h in self.heads().items() if self.streams[s].last_n > cursors.get(s, 0)}
+
+    def read_batch(self, stream: str, after_n: int, max_records: int, max_bytes: int) -> list[StoredRecord]:
+        """The next records of a stream after insert number `after_n`, in order (at least one)."""
+        rows = self._db().execute(
+            "SELECT n, seq, module, priority, ts, received, payload FROM records"
+            " WHERE stream=? AND n>? ORDER BY n LIMIT ?",
+            (stream, after_n, max_records),
+        ).fetchall()
+        out: list[StoredRecord] = []
+        total = 0
+        for n, seq, module, priority, ts, received, payload in rows:
+            total += len(payload)
+            if out and total > max_bytes:
+                break
+            out.append(StoredRecord(n, self.record_id(n), stream, seq, module, priority, ts, received, bytes(payload)))
+        return out
+
+    def delete_sent(self, stream: str, first_n: int, last_n: int) -> int:
+        """Delete a stream's records with insert numbers in [first_n, last_n] (the broker has them)."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = conn.execute(
+                "DELETE FROM records WHERE stream=? AND n BETWEEN ? AND ? RETURNING priority, size",
+                (stream, first_n, last_n),
+            ).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for priority, size in deleted:
+            self._untrack(stream, priority, size)
+        if not self.streams:
+            self.effective_cap = self.cap_bytes
+        return len(deleted)
+
+    def expire(self, now: float | None = None) -> dict[str, int]:
+        """Delete records past their stream's TTL; returns how many per stream (counted as "expired")."""
+        now = self.clock() if now is None else now
+        cutoffs = expiry_cutoffs(self.rules, list(self.streams), now)
+        if not cutoffs:
+            return {}
+        conn = self._db()
+        drops: Counter[tuple[str, str]] = Counter()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            gone: list[tuple[str, int, int]] = []
+            for stream, cutoff in cutoffs.items():
+                for priority, size in conn.execute(
+                    "DELETE FROM records WHERE stream=? AND received < ? RETURNING priority, size", (stream, cutoff)
+                ).fetchall():
+                    gone.append((stream, priority, size))
+                    drops[(stream, "expired")] += 1
+            self._count_drops(conn, drops)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for stream, priority, size in gone:
+            self._untrack(stream, priority, size)
+        for (stream, reason), n in drops.items():
+            self.drops.setdefault(stream, Counter())[reason] += n
+        return {stream: n for (stream, _), n in drops.items()}
+
+    def vacuum_some(self, max_pages: int = 256) -> int:
+        """Give free pages back to the file system, a few at a time; returns the free pages left."""
+        conn = self._db()
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        if free > 64:
+            conn.execute(f"PRAGMA incremental_vacuum({max_pages})").fetchall()
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return free
+
+    def stats(self) -> dict[str, Any]:
+        oldest = self.oldest_received()
+        return {
+            "depth": self.depth,
+            "bytes": self.used_bytes,
+            "capBytes": self.cap_bytes,
+            "oldestAgeS": None if oldest is None else round(max(0.0, self.clock() - oldest)),
+            "drops": {s: dict(c) for s, c in sorted(self.drops.items()) if any(c.values())},
+            "refused": {s: dict(c) for s, c in sorted(self.refused.items()) if any(c.values())},
+            "diskFull": self.disk_full,
+            "streams": {s: {"depth": st.count, "bytes": st.bytes} for s, st in sorted(self.streams.items())},
+            "files": self.file_bytes(),
+        }

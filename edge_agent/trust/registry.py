@@ -1,0 +1,410 @@
+"""A small client for the OCI distribution API: read manifests, blobs and referrers; push blobs
+and manifests (edgectl sign-image).
+
+Written on stdlib http.client rather than requests or an OCI library: the agent needs about a
+dozen calls, each with checks the libraries do not make by default (digest of every byte read,
+hard size limits before reading, plain HTTP only for loopback registries the operator listed),
+and this keeps the device's dependency set small. Blocking; the verifier runs it in a thread.
+
+Auth: anonymous; HTTP Basic; bearer tokens from the ``WWW-Authenticate: Bearer realm=...,
+service=..., scope=...`` challenge (with Basic credentials towards the token realm when given).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import ipaddress
+import json
+import re
+import ssl
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.trust.cosign import DIGEST_RE, OCI_INDEX, OCI_MANIFEST, Descriptor, FormatError, parse_referrers_index
+
+MANIFEST_ACCEPT = ", ".join(
+    [
+        OCI_MANIFEST,
+        OCI_INDEX,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit newer distribution releases enforce too
+DEFAULT_MAX_BLOB_BYTES = 1024 * 1024  # signature payloads and bundles are a few KB
+MAX_REDIRECTS = 3
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
+class RegistryError(Exception):
+    """`code`: unreachable, not_found, unauthorized, too_large, truncated, digest_mismatch, protocol, insecure."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str  # host[:port]
+    path: str  # repository path inside the registry
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def repository(self) -> str:
+        """registry/path, what cosign signs as docker-reference."""
+        return f"{self.registry}/{self.path}"
+
+    @property
+    def reference(self) -> str:
+        """The tag or digest the manifest is fetched by."""
+        return self.digest or self.tag or "latest"
+
+    def with_digest(self, digest: str) -> ImageRef:
+        return ImageRef(self.registry, self.path, None, digest)
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.repository}@{self.digest}"
+        return f"{self.repository}:{self.tag or 'latest'}"
+
+
+def parse_reference(text: str) -> ImageRef:
+    """registry/repo[:tag][@sha256:...]. The registry part is required (no implicit docker.io:
+    a device must not silently pull from a public registry)."""
+    ref = text.strip()
+    digest = None
+    if "@" in ref:
+        ref, digest = ref.split("@", 1)
+        if not DIGEST_RE.match(digest):
+            raise ValueError(f"image reference {text!r}: digest must be sha256:<64 lowercase hex>")
+    first, sep, rest = ref.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        raise ValueError(f"image reference {text!r}: expected registry/repository[:tag], e.g. registry.local/pilot:1.0")
+    tag = None
+    last_slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > last_slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise ValueError(f"image reference {text!r}: invalid tag {tag!r}")
+    if not _REPO_RE.match(rest):
+        raise ValueError(f"image reference {text!r}: invalid repository name {rest!r} (lowercase, digits, ._-/)")
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(first.lower(), rest, tag, digest)
+
+
+def is_loopback_host(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1 : registry.index("]")]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    insecure_registries: frozenset[str] = frozenset()  # host:port, loopback only, plain HTTP
+    ca_file: Path | None = None
+    credentials: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # registry -> (user, password)
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for reg in self.insecure_registries:
+            if not is_loopback_host(reg):
+                raise ValueError(f"insecure registry {reg}: plain HTTP is only allowed for loopback registries")
+
+    def __repr__(self) -> str:  # never show passwords
+        return f"RegistrySettings(insecure={sorted(self.insecure_registries)}, ca_file={self.ca_file})"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, len(self.body))
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class RegistryClient:
+    def __init__(self, settings: RegistrySettings | None = None) -> None:
+        self.settings = settings or RegistrySettings()
+        self._ssl = ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
+        self._auth: dict[tuple[str, str], str] = {}  # (registry, scope) -> Authorization header
+
+    # ---- public API
+
+    def get_manifest(self, ref: ImageRef, reference: str | None = None) -> Manifest:
+        """The manifest at a tag or digest, its digest checked. Raises RegistryError(not_found, ...)."""
+        reference = reference or ref.reference
+        resp = self._request(
+            ref,
+            "GET",
+            f"/v2/{ref.path}/manifests/{reference}",
+            scope="pull",
+            headers={"Accept": MANIFEST_ACCEPT},
+            max_bytes=self.settings.max_manifest_bytes,
+            what="manifest",
+        )
+        self._expect(resp, 200, ref, f"manifest {reference}")
+        digest = "sha256:" + hashlib.sha256(resp.body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(
+                "digest_mismatch", f"{ref.repository}: manifest {reference} has content digest {digest}"
+            )
+        header = resp.headers.get("docker-content-digest")
+        if header and header != digest:
+            raise RegistryError(
+                "digest_mismatch", f"{ref.repository}:{reference}: registry says {header}, content is {digest}"
+            )
+        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            declared = json.loads(resp.body).get("mediaType")
+        except (ValueError, AttributeError):
+            raise RegistryError("protocol", f"{ref.repository}:{reference}: manifest is not a JSON object") from None
+        return Manifest(digest, declared if isinstance(declared, str) else media_type, resp.body)
+
+    def get_blob(self, ref: ImageRef, digest: str, max_bytes: int | None = None) -> bytes:
+        limit = max_bytes or self.settings.max_blob_bytes
+        resp = self._request(
+            ref, "GET", f"/v2/{ref.path}/blobs/{digest}", scope="pull", max_bytes=limit, what=f"blob {digest}"
+        )
+        self._expect(resp, 200, ref, f"blob {digest}")
+        actual = "sha256:" + hashlib.sha256(resp.body).hexdigest()
+        if actual != digest:
+            raise RegistryError("digest_mismatch", f"{ref.repository}: blob {digest} has content digest {actual}")
+        return resp.body
+
+    def referrers(self, ref: ImageRef, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
+        """OCI 1.1 referrers of a digest, or None when the registry has no referrers API (404)."""
+        query = f"?artifactType={urllib.parse.quote(artifact_type, safe='')}" if artifact_type else ""
+        resp = self._request(
+            ref,
+            "GET",
+            f"/v2/{ref.path}/referrers/{digest}{query}",
+            scope="pull",
+            headers={"Accept": OCI_INDEX},
+            max_bytes=self.settings.max_manifest_bytes,
+            what="referrers",
+        )
+        if resp.status == 404:
+            return None
+        self._expect(resp, 200, ref, f"referrers of {digest}")
+        try:
+            found = parse_referrers_index(resp.body)
+        except FormatError as exc:
+            raise RegistryError("protocol", f"{ref.repository}: {exc}") from None
+        return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
+    def push_blob(self, ref: ImageRef, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        head = self._request(ref, "HEAD", f"/v2/{ref.path}/blobs/{digest}", scope="pull,push", what="blob")
+        if head.status == 200:
+            return digest
+        start = self._request(ref, "POST", f"/v2/{ref.path}/blobs/uploads/", scope="pull,push", what="upload")
+        self._expect(start, 202, ref, "blob upload")
+        location = start.headers.get("location")
+        if not location:
+            raise RegistryError("protocol", f"{ref.repository}: blob upload without Location")
+        parsed = urllib.parse.urlsplit(location)
+        sep = "&" if parsed.query else "?"
+        target = (parsed.path + ("?" + parsed.query if parsed.query else "")) + f"{sep}digest={digest}"
+        put = self._request(
+            ref,
+            "PUT",
+            target,
+            scope="pull,push",
+            body=data,
+            headers={"Content-Type": "application/octet-stream"},
+            what="blob",
+        )
+        self._expect(put, 201, ref, f"blob {digest}")
+        return digest
+
+    def put_manifest(self, ref: ImageRef, reference: str, body: bytes, media_type: str) -> str:
+        resp = self._request(
+            ref,
+            "PUT",
+            f"/v2/{ref.path}/manifests/{reference}",
+            scope="pull,push",
+            body=body,
+            headers={"Content-Type": media_type},
+            what="manifest",
+        )
+        self._expect(resp, 201, ref, f"manifest {reference}")
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    # ---- transport
+
+    def _expect(self, resp: _Response, status: int, ref: ImageRef, what: str) -> None:
+        if resp.status == status:
+            return
+        if resp.status == 404:
+            raise RegistryError("not_found", f"{ref.repository}: {what} not found")
+        if resp.status in (401, 403):
+            raise RegistryError("unauthorized", f"{ref.repository}: {what}: access denied (HTTP {resp.status})")
+        if resp.status >= 500:
+            raise RegistryError("unreachable", f"{ref.repository}: {what}: registry error HTTP {resp.status}")
+        detail = resp.body[:200].decode("utf-8", "replace")
+        raise RegistryError("protocol", f"{ref.repository}: {what}: unexpected HTTP {resp.status}: {detail}")
+
+    def _base(self, registry: str) -> tuple[str, str]:
+        if registry in self.settings.insecure_registries:
+            if not is_loopback_host(registry):  # also enforced in settings; belt and braces
+                raise RegistryError("insecure", f"{registry}: plain HTTP refused for a non-loopback registry")
+            return "http", registry
+        return "https", registry
+
+    def _request(
+        self,
+        ref: ImageRef,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        max_bytes: int | None = None,
+        what: str,
+    ) -> _Response:
+        scheme, host = self._base(ref.registry)
+        scope_key = f"repository:{ref.path}:{scope}"
+        hdrs = dict(headers or {})
+        auth = self._auth.get((ref.registry, scope_key))
+        if auth:
+            hdrs["Authorization"] = auth
+        resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref)
+        if resp.status == 401:
+            challenge = resp.headers.get("www-authenticate", "")
+            auth = self._authorize(ref, scheme, challenge, scope_key)
+            hdrs["Authorization"] = auth
+            resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref)
+            if resp.status != 401:
+                self._auth[(ref.registry, scope_key)] = auth
+        return resp
+
+    def _send(
+        self,
+        scheme: str,
+        host: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        max_bytes: int | None,
+        what: str,
+        ref: ImageRef,
+    ) -> _Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            conn: http.client.HTTPConnection
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(host, timeout=self.settings.timeout_s, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(host, timeout=self.settings.timeout_s)
+            try:
+                conn.request(method, path, body=body, headers={"User-Agent": "edge-agent", **headers})
+                resp = conn.getresponse()
+                resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+                if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
+                    location = resp_headers.get("location", "")
+                    resp.read(64 * 1024)
+                    target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}{path}", location))
+                    if target.scheme != "https" and not (target.scheme == scheme and target.netloc == host):
+                        raise RegistryError("insecure", f"{ref.repository}: {what}: redirect to plain HTTP refused")
+                    if target.netloc != host:
+                        headers = {k: v for k, v in headers.items() if k != "Authorization"}
+                    scheme, host = target.scheme, target.netloc
+                    path = target.path + ("?" + target.query if target.query else "")
+                    continue
+                data = b"" if method == "HEAD" else self._read_limited(resp, resp_headers, max_bytes, what, ref)
+                return _Response(resp.status, resp_headers, data)
+            except http.client.IncompleteRead as exc:
+                raise RegistryError(
+                    "truncated", f"{ref.repository}: {what}: connection closed after {len(exc.partial)} bytes"
+                ) from None
+            except ssl.SSLError as exc:
+                raise RegistryError("unreachable", f"{ref.registry}: TLS error: {exc.reason or exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise RegistryError("unreachable", f"{ref.registry}: {type(exc).__name__}: {exc}") from None
+            finally:
+                conn.close()
+        raise RegistryError("protocol", f"{ref.repository}: {what}: too many redirects")
+
+    @staticmethod
+    def _read_limited(
+        resp: http.client.HTTPResponse, headers: Mapping[str, str], max_bytes: int | None, what: str, ref: ImageRef
+    ) -> bytes:
+        limit = max_bytes or DEFAULT_MAX_MANIFEST_BYTES
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit and resp.status == 200:
+            raise RegistryError("too_large", f"{ref.repository}: {what} is {int(length)} bytes; limit is {limit}")
+        data = resp.read(limit + 1)
+        if len(data) > limit:
+            raise RegistryError("too_large", f"{ref.repository}: {what} is larger than the limit of {limit} bytes")
+        if length is not None and length.isdigit() and len(data) < int(length):
+            raise RegistryError("truncated", f"{ref.repository}: {what}: got {len(data)} of {length} bytes")
+        return data
+
+    def _authorize(self, ref: ImageRef, scheme: str, challenge: str, scope_key: str) -> str:
+        kind, _, params_text = challenge.partition(" ")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', params_text))
+        creds = self.settings.credentials.get(ref.registry)
+        basic = None
+        if creds:
+            basic = "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        if kind.lower() == "basic":
+            if basic is None:
+                raise RegistryError("unauthorized", f"{ref.registry}: registry wants a user name and password")
+            return basic
+        if kind.lower() != "bearer" or "realm" not in params:
+            raise RegistryError("unauthorized", f"{ref.registry}: unsupported auth challenge {kind or '(none)'}")
+        realm = urllib.parse.urlsplit(params["realm"])
+        if realm.scheme != "https" and not (
+            realm.scheme == "http" and realm.netloc in self.settings.insecure_registries
+        ):
+            raise RegistryError("insecure", f"{ref.registry}: token realm {params['realm']} is not HTTPS")
+        query = {"scope": params.get("scope", scope_key)}
+        if "service" in params:
+            query["service"] = params["service"]
+        path = realm.path + ("?" + realm.query + "&" if realm.query else "?") + urllib.parse.urlencode(query)
+        headers = {"Authorization": basic} if basic else {}
+        token_ref = ImageRef(realm.netloc, ref.path)
+        resp = self._send(realm.scheme, realm.netloc, "GET", path, headers, None, 64 * 1024, "token", token_ref)
+        if resp.status != 200:
+            raise RegistryError("unauthorized", f"{ref.registry}: token service answered HTTP {resp.status}")
+        try:
+            doc = json.loads(resp.body)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError("unauthorized", f"{ref.registry}: token service returned no token")
+        return f"Bearer {token}"

@@ -1,0 +1,326 @@
+"""The image verifier the deployment executor calls before every create/start.
+
+verify(reference):
+  1. find the trust policy for the repository (none -> refused: "off" must be written explicitly);
+  2. fetch the manifest (tag or digest) and take its digest: that is what will run;
+  3. enforce/warn: a cached verdict for (repository, digest, policy) is reused; otherwise every
+     legacy ``.sig`` layer and every v3 bundle referrer is checked until one passes;
+  4. the local image (if already pulled) must be the one the verified manifest names;
+  5. return VerifiedImage(digest) or raise ImageRejected(code, description).
+Offline (registry unreachable) only a cached verdict whose image is present locally, with the
+bound image id, is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import urllib.parse
+from collections.abc import Sequence
+from typing import Protocol
+
+from edge_agent.logs import get_logger
+from edge_agent.trust.api import ImageRejected, VerifiedImage
+from edge_agent.trust.cache import CachedVerdict, VerifyCache
+from edge_agent.trust.cosign import (
+    BUNDLE_MEDIA_TYPE,
+    FormatError,
+    legacy_signature_tag,
+    parse_legacy_signature_manifest,
+    parse_manifest_layers,
+    parse_referrers_index,
+    referrers_fallback_tag,
+)
+from edge_agent.trust.policy import (
+    Accepted,
+    Refused,
+    ScopePolicy,
+    best_refusal,
+    check_bundle,
+    check_simplesigning,
+    select_policy,
+)
+from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
+
+log = get_logger(__name__)
+
+MAX_SIGNATURES = 16  # per format per image; more is an attack on the device's CPU
+MAX_INDEX_CHILDREN = 32
+
+_REGISTRY_CODES = {
+    "not_found": "image_not_found",
+    "too_large": "manifest_too_large",
+    "truncated": "manifest_truncated",
+    "digest_mismatch": "digest_mismatch",
+    "unauthorized": "registry_unauthorized",
+    "insecure": "registry_insecure",
+    "protocol": "registry_error",
+    "unreachable": "registry_unreachable",
+}
+
+
+class LocalImages(Protocol):
+    async def image_id(self, repository: str, digest: str) -> str | None:
+        """The local image id (64 hex) stored for repository@digest, or None if not pulled."""
+        ...
+
+
+class PodmanLocalImages:
+    """Asks the Podman REST API (the socket in [podman]) for an image's id."""
+
+    def __init__(self, socket_url: str, timeout: float = 10.0) -> None:
+        if not socket_url.startswith("unix://"):
+            raise ValueError(f"podman socket {socket_url}: only unix:// is supported")
+        self.path = socket_url.removeprefix("unix://")
+        self.timeout = timeout
+
+    async def image_id(self, repository: str, digest: str) -> str | None:
+        return await asyncio.to_thread(self._image_id, f"{repository}@{digest}")
+
+    def _image_id(self, name: str) -> str | None:
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            conn.request("GET", f"/v4.0.0/libpod/images/{urllib.parse.quote(name, safe='')}/json")
+            resp = conn.getresponse()
+            body = resp.read(4 * 1024 * 1024)
+        finally:
+            conn.close()
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise OSError(f"podman image inspect {name}: HTTP {resp.status}")
+        image_id = json.loads(body).get("Id")
+        return str(image_id).removeprefix("sha256:") if image_id else None
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class CosignVerifier:
+    """ImageVerifier (edge_agent.trust.api) backed by cosign signatures in the registry."""
+
+    def __init__(
+        self,
+        policies: Sequence[ScopePolicy],
+        registry: RegistryClient,
+        cache: VerifyCache | None = None,
+        local_images: LocalImages | None = None,
+    ) -> None:
+        self.policies = tuple(policies)
+        self.registry = registry
+        self.cache = cache
+        self.local_images = local_images
+
+    async def verify(self, reference: str) -> VerifiedImage:
+        try:
+            ref = parse_reference(reference)
+        except ValueError as exc:
+            raise ImageRejected(reference, "invalid_reference", str(exc)) from None
+        policy = select_policy(self.policies, ref.repository)
+        if policy is None:
+            raise ImageRejected(
+                reference,
+                "no_trust_policy",
+                f'no [[trust.policy]] scope covers {ref.repository}; add one (mode = "off" must be written out)',
+            )
+        try:
+            manifest = await asyncio.to_thread(self.registry.get_manifest, ref)
+        except RegistryError as exc:
+            if exc.code == "unreachable":
+                return await self._offline(reference, ref, policy, exc)
+            raise ImageRejected(reference, _REGISTRY_CODES.get(exc.code, "registry_error"), exc.message) from None
+        digest = manifest.digest
+        if self.cache is not None:
+            self.cache.remember_resolution(str(ref), digest)
+        if policy.mode == "off":
+            return VerifiedImage(reference, ref.repository, digest, "off", None)
+
+        fingerprint = policy.fingerprint()
+        cached = self.cache.lookup(ref.repository, digest, fingerprint) if self.cache else None
+        if cached is not None:
+            await self._check_local(reference, ref, cached.image_ids, digest)
+            return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
+
+        outcome = await asyncio.to_thread(self._verify_signatures, ref.with_digest(digest), policy)
+        if isinstance(outcome, Refused):
+            if policy.mode == "warn":
+                log.warning(
+                    "image signature not valid, running anyway (trust mode warn): %s: %s",
+                    outcome.code,
+                    outcome.description,
+                    extra={"EVENT": "trust.warn", "IMAGE": reference, "DIGEST": digest},
+                )
+                return VerifiedImage(reference, ref.repository, digest, "warn", None)
+            log.warning(
+                "image refused: %s: %s",
+                outcome.code,
+                outcome.description,
+                extra={"EVENT": "trust.rejected", "IMAGE": reference, "DIGEST": digest},
+            )
+            raise ImageRejected(reference, outcome.code, outcome.description)
+        image_ids = await asyncio.to_thread(self._image_ids, ref, manifest)
+        await self._check_local(reference, ref, image_ids, digest)
+        if self.cache is not None:
+            self.cache.store(ref.repository, digest, fingerprint, outcome.key.key_id, image_ids)
+        log.info(
+            "image verified (%s signature, key %s)",
+            outcome.format,
+            outcome.key.short_id,
+            extra={"EVENT": "trust.verified", "IMAGE": reference, "DIGEST": digest},
+        )
+        return VerifiedImage(reference, ref.repository, digest, policy.mode, outcome.key.key_id)
+
+    # ---- offline
+
+    async def _offline(self, reference: str, ref: ImageRef, policy: ScopePolicy, exc: RegistryError) -> VerifiedImage:
+        digest = ref.digest or (self.cache.resolution(str(ref)) if self.cache else None)
+        reason = f"{exc.message}; no verified local copy to fall back on"
+        if digest is None or self.cache is None or self.local_images is None:
+            raise ImageRejected(reference, "registry_unreachable", reason)
+        local = await self._local_id(ref, digest)
+        if local is None:
+            raise ImageRejected(reference, "registry_unreachable", reason)
+        if policy.mode == "off":
+            return VerifiedImage(reference, ref.repository, digest, "off", None)
+        cached: CachedVerdict | None = self.cache.lookup(ref.repository, digest, policy.fingerprint())
+        if cached is None:
+            if policy.mode == "warn":
+                return VerifiedImage(reference, ref.repository, digest, "warn", None)
+            raise ImageRejected(reference, "registry_unreachable", f"{exc.message}; {digest} was never verified here")
+        await self._check_local(reference, ref, cached.image_ids, digest)
+        log.info(
+            "image verified from cache while the registry is unreachable",
+            extra={"EVENT": "trust.verified_offline", "IMAGE": reference, "DIGEST": digest},
+        )
+        return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
+
+    async def _check_local(self, reference: str, ref: ImageRef, image_ids: frozenset[str], digest: str) -> None:
+        if self.local_images is None or not image_ids:
+            return
+        local = await self._local_id(ref, digest)
+        if local is not None and local not in image_ids:
+            if self.cache is not None:
+                self.cache.forget(ref.repository, digest)
+            raise ImageRejected(
+                reference,
+                "local_image_mismatch",
+                f"local image for {ref.repository}@{digest} has id {local[:12]}, the verified manifest names "
+                + ", ".join(sorted(i[:12] for i in image_ids))
+                + "; remove it and pull again",
+            )
+
+    async def _local_id(self, ref: ImageRef, digest: str) -> str | None:
+        """None when not present locally, or when podman cannot be asked (logged): an image that
+        cannot be looked up cannot be started either, so this never loosens a check."""
+        assert self.local_images is not None
+        try:
+            return await self.local_images.image_id(ref.repository, digest)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "cannot look up local image %s@%s: %s",
+                ref.repository,
+                digest,
+                exc,
+                extra={"EVENT": "trust.local_lookup_failed"},
+            )
+            return None
+
+    # ---- blocking parts (run in a thread)
+
+    def _image_ids(self, ref: ImageRef, manifest: Manifest) -> frozenset[str]:
+        """Config digests named by the manifest (each child's for an index): podman's image ids."""
+        try:
+            config, _, _ = parse_manifest_layers(manifest.body, "image manifest")
+            if config is not None:
+                return frozenset({config.digest.removeprefix("sha256:")})
+            children = parse_referrers_index(manifest.body)[:MAX_INDEX_CHILDREN]
+            ids = set()
+            for child in children:
+                body = self.registry.get_manifest(ref, child.digest).body
+                child_config, _, _ = parse_manifest_layers(body, "platform manifest")
+                if child_config is not None:
+                    ids.add(child_config.digest.removeprefix("sha256:"))
+            return frozenset(ids)
+        except (FormatError, RegistryError) as exc:
+            log.warning("cannot read image ids from manifest: %s", exc, extra={"EVENT": "trust.image_ids"})
+            return frozenset()
+
+    def _verify_signatures(self, ref: ImageRef, policy: ScopePolicy) -> Accepted | Refused:
+        digest = ref.digest
+        assert digest is not None
+        refusals: list[Refused] = []
+        for check in (self._legacy, self._bundles):
+            try:
+                for outcome in check(ref, digest, policy):
+                    if isinstance(outcome, Accepted):
+                        return outcome
+                    refusals.append(outcome)
+            except RegistryError as exc:
+                refusals.append(Refused(_REGISTRY_CODES.get(exc.code, "registry_error"), exc.message))
+        return best_refusal(refusals)
+
+    def _legacy(self, ref: ImageRef, digest: str, policy: ScopePolicy) -> list[Accepted | Refused]:
+        try:
+            sig_manifest = self.registry.get_manifest(ref, legacy_signature_tag(digest))
+        except RegistryError as exc:
+            if exc.code == "not_found":
+                return []
+            raise
+        try:
+            entries = parse_legacy_signature_manifest(sig_manifest.body)
+        except FormatError as exc:
+            return [Refused("malformed_signature", f"{legacy_signature_tag(digest)}: {exc}")]
+        out: list[Accepted | Refused] = []
+        for entry in entries[:MAX_SIGNATURES]:
+            if isinstance(entry, FormatError):
+                out.append(Refused("malformed_signature", str(entry)))
+                continue
+            payload = self.registry.get_blob(ref, entry.payload_descriptor.digest)
+            result = check_simplesigning(payload, entry.signature, policy, ref.repository, digest)
+            out.append(result)
+            if isinstance(result, Accepted):
+                break
+        return out
+
+    def _bundles(self, ref: ImageRef, digest: str, policy: ScopePolicy) -> list[Accepted | Refused]:
+        descriptors = self.registry.referrers(ref, digest, BUNDLE_MEDIA_TYPE)
+        if descriptors is None:  # no referrers API: the fallback tag
+            try:
+                index = self.registry.get_manifest(ref, referrers_fallback_tag(digest))
+            except RegistryError as exc:
+                if exc.code == "not_found":
+                    return []
+                raise
+            try:
+                descriptors = [d for d in parse_referrers_index(index.body) if d.artifact_type == BUNDLE_MEDIA_TYPE]
+            except FormatError as exc:
+                return [Refused("malformed_signature", f"{referrers_fallback_tag(digest)}: {exc}")]
+        out: list[Accepted | Refused] = []
+        for desc in descriptors[:MAX_SIGNATURES]:
+            artifact = self.registry.get_manifest(ref, desc.digest)
+            try:
+                _, layers, artifact_type = parse_manifest_layers(artifact.body, f"referrer {desc.digest}")
+            except FormatError as exc:
+                out.append(Refused("malformed_signature", str(exc)))
+                continue
+            if artifact_type != BUNDLE_MEDIA_TYPE:
+                continue
+            for layer in layers:
+                if layer.media_type != BUNDLE_MEDIA_TYPE:
+                    continue
+                result = check_bundle(self.registry.get_blob(ref, layer.digest), policy, ref.repository, digest)
+                out.append(result)
+                if isinstance(result, Accepted):
+                    return out
+        return out

@@ -1,0 +1,170 @@
+"""The drive loop: fixed rate with deadlines, newest frame only, safe stop on every failure.
+
+Each tick: swap in a pending model, check emergency stop, take the newest frame (stale ->
+stop), preprocess, infer, actuate. Ticks run on a fixed schedule ``t0 + k * period``; a tick
+that starts after the next one was due is skipped and counted as late (never queued), so the
+loop never drives on old frames to catch up. Any error puts the throttle to stopped, logs the
+reason once per change, and holds the stop for ``error_hold_s``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .actuator import Actuator
+from .camera import FrameSource
+from .estop import EmergencyStop
+from .hotswap import ModelSlot
+from .logs import fields, get_logger
+from .model import preprocess
+from .stats import StatsWindow
+from .telemetry import TelemetryClient
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    hz: float = 20.0
+    stale_after_s: float = 0.25
+    error_hold_s: float = 0.5
+    max_throttle: float = 1.0
+    constant_throttle: float | None = None  # None: use the model's throttle
+    stats_interval_s: float = 1.0
+
+
+class DriveLoop:
+    def __init__(self, source: FrameSource, actuator: Actuator, slot: ModelSlot, estop: EmergencyStop,
+                 telemetry: TelemetryClient | None = None, cfg: LoopConfig = LoopConfig(),
+                 clock: Callable[[], float] = time.monotonic):
+        self.source, self.actuator, self.slot, self.estop = source, actuator, slot, estop
+        self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
+        self.period = 1.0 / cfg.hz
+        self.stopped_reason: str | None = "starting"
+        self.reasons: list[str] = []  # every distinct stop reason, in order (also logged)
+        self.totals = {"frames": 0, "late": 0, "stale": 0, "errors": 0, "repeats": 0, "ticks": 0}
+        self._last_seq = -1
+        self._hold_until = 0.0
+        self._stop = threading.Event()
+        self.window = StatsWindow(self.clock())
+        self.last_summary: dict[str, Any] = {}
+
+    # --- safety -------------------------------------------------------------------------------
+    def _safe_stop(self, reason: str) -> None:
+        try:
+            self.actuator.stop()
+        except Exception as e:
+            log.critical("could not stop throttle (%s) after: %s", e, reason, extra=fields("stop_failed", reason=reason))
+        if reason != self.stopped_reason:
+            self.stopped_reason = reason
+            self.reasons.append(reason)
+            log.warning("throttle stopped: %s", reason, extra=fields("throttle_stopped", reason=reason))
+
+    def _resume(self) -> None:
+        if self.stopped_reason is not None:
+            log.info("driving (was stopped: %s)", self.stopped_reason, extra=fields("driving"))
+            self.stopped_reason = None
+
+    # --- one tick -------------------------------------------------------------------------------
+    def tick(self, scheduled: float) -> None:
+        now = self.clock()
+        self.totals["ticks"] += 1
+        model = self.slot.swap_if_pending()
+        why = self.estop.active()
+        if why:
+            self._safe_stop(why)
+            return
+        if now < self._hold_until:
+            self._safe_stop(self.stopped_reason or "error hold")
+            return
+        t0 = self.clock()
+        frame = self.source.latest()
+        t_cap = self.clock()
+        if frame is None or now - frame.t_capture > self.cfg.stale_after_s:
+            self.totals["stale"] += 1
+            self.window.stale += 1
+            err = getattr(self.source, "error", None)
+            detail = f" ({err})" if err else (" (no frame yet)" if frame is None else f" (last frame {now - frame.t_capture:.2f} s old)")
+            self._safe_stop(f"stale frame from camera {self.source.name}{detail}")
+            return
+        if model is None:
+            self._safe_stop("no model loaded")
+            return
+        if frame.seq == self._last_seq:
+            self.totals["repeats"] += 1  # camera slower than the loop: keep the last command
+            return
+        self._last_seq = frame.seq
+        try:
+            x = preprocess(frame.image)
+            t_pre = self.clock()
+            angle, throttle = model.predict(x)
+            t_inf = self.clock()
+            if self.cfg.constant_throttle is not None:
+                throttle = self.cfg.constant_throttle
+            throttle = max(-self.cfg.max_throttle, min(self.cfg.max_throttle, throttle))
+            angle = max(-1.0, min(1.0, angle))
+            self.actuator.drive(angle, throttle)
+            t_act = self.clock()
+        except Exception as e:
+            self.totals["errors"] += 1
+            self.window.errors += 1
+            self._hold_until = self.clock() + self.cfg.error_hold_s
+            self._safe_stop(f"error in drive tick: {type(e).__name__}: {e}")
+            return
+        self._resume()
+        self.totals["frames"] += 1
+        stages = {"capture": frame.capture_ms + (t_cap - t0) * 1000.0, "preprocess": (t_pre - t_cap) * 1000.0,
+                  "inference": (t_inf - t_pre) * 1000.0, "actuation": (t_act - t_inf) * 1000.0, "total": (t_act - t0) * 1000.0}
+        self.window.add(stages, (now - scheduled) * 1000.0, angle, throttle)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def _publish(self, now: float) -> None:
+        m = self.slot.current
+        extra: dict[str, Any] = {"model": m.sha256[:16] if m else None, "stopped": self.stopped_reason, "swaps": self.slot.swaps}
+        if self.telemetry:
+            extra["telemetry_dropped"] = self.telemetry.counters.dropped
+        self.last_summary = self.window.summary(now, **extra)
+        if self.telemetry:
+            self.telemetry.publish(self.last_summary)
+        self.window = StatsWindow(now)
+
+    def run(self, duration: float | None = None, until: Callable[[], bool] | None = None) -> dict[str, Any]:
+        start = self.clock()
+        next_stats = start + self.cfg.stats_interval_s
+        k = 0
+        try:
+            while not self._stop.is_set():
+                scheduled = start + k * self.period
+                now = self.clock()
+                if now < scheduled:
+                    self._stop.wait(scheduled - now)
+                    now = self.clock()
+                behind = int((now - scheduled) / self.period)
+                if behind >= 1:  # woke after the next deadline: skip, never queue
+                    self.totals["late"] += behind
+                    self.window.late += behind
+                    k += behind
+                    scheduled = start + k * self.period
+                try:
+                    self.tick(scheduled)
+                except Exception as e:  # last line of defence
+                    self.totals["errors"] += 1
+                    self._safe_stop(f"unexpected error: {type(e).__name__}: {e}")
+                k += 1
+                now = self.clock()
+                if now >= next_stats:
+                    self._publish(now)
+                    next_stats += self.cfg.stats_interval_s
+                if duration is not None and now - start >= duration:
+                    break
+                if until is not None and until():
+                    break
+        finally:
+            self._safe_stop("drive loop ended")
+        return dict(self.totals)
+
+    def stop(self) -> None:
+        self._stop.set()

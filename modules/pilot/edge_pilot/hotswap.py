@@ -1,0 +1,147 @@
+"""Model hot-swap: verify a delivered model, load it beside the running one, test it, swap between frames.
+
+Delivery is a mounted models folder holding ``model.onnx``, ``model.onnx.sha256`` and
+``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder; a changed
+file set is verified and loaded off the drive loop's thread, and only a model that passed
+every check is offered to the loop, which swaps it in at the start of its next tick. A bad
+model is refused (logged with the reason) and the old one keeps driving; the same bad file
+set is not retried until one of its files changes."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .logs import fields, get_logger
+from .model import ModelError, OrtOptions, PilotModel
+from .signing import SignatureError, verify_model_bytes
+
+log = get_logger(__name__)
+MODEL_FILE = "model.onnx"
+
+
+class ModelSlot:
+    """The running model and at most one verified model waiting to be swapped in."""
+
+    def __init__(self, model: PilotModel | None = None):
+        self.current = model
+        self._pending: PilotModel | None = None
+        self._lock = threading.Lock()
+        self.swaps = 0
+
+    def offer(self, model: PilotModel) -> None:
+        with self._lock:
+            self._pending = model
+
+    def swap_if_pending(self) -> PilotModel | None:
+        """Called by the drive loop between frames; returns the model to use for this frame."""
+        if self._pending is not None:
+            with self._lock:
+                new, self._pending = self._pending, None
+            if new is not None:
+                old = self.current
+                self.current = new
+                self.swaps += 1
+                log.info("model swapped in: %s (was %s)", new.sha256[:12], old.sha256[:12] if old else "none",
+                         extra=fields("model_swapped", sha256=new.sha256))
+        return self.current
+
+
+@dataclass
+class Refusal:
+    fingerprint: tuple[tuple[str, int, int], ...]
+    reason: str
+
+
+def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None,
+                  test_frame: np.ndarray | None = None) -> PilotModel:
+    """Read, verify (when a key is given), load and self-test the model in ``folder``."""
+    path = folder / MODEL_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from e
+    if key is not None:
+        try:
+            sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
+            sig_text = (folder / (MODEL_FILE + ".sig")).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ModelError(f"{path}: signature sidecar missing ({e.filename}: {e.strerror})") from e
+        try:
+            verify_model_bytes(data, sha_text, sig_text, key, str(path))
+        except SignatureError as e:
+            raise ModelError(str(e)) from e
+    model = PilotModel(data, str(path), opts)
+    model.self_test(test_frame)
+    return model
+
+
+class ModelWatcher:
+    def __init__(self, folder: Path, slot: ModelSlot, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None = None,
+                 poll_s: float = 1.0, test_frame: Callable[[], np.ndarray | None] | None = None):
+        self.folder = Path(folder)
+        self.slot, self.key, self.opts, self.poll_s = slot, key, opts, poll_s
+        self.test_frame = test_frame or (lambda: None)
+        self.last_fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self.refusals: list[Refusal] = []
+        self.accepted: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        out = []
+        for name in (MODEL_FILE, MODEL_FILE + ".sha256", MODEL_FILE + ".sig"):
+            try:
+                st = (self.folder / name).stat()
+                out.append((name, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((name, -1, -1))
+        return tuple(out)
+
+    def check_once(self) -> bool:
+        """Look at the folder; returns True when a new model was offered."""
+        fp = self.fingerprint()
+        if fp == self.last_fingerprint or fp[0][1] < 0:
+            return False
+        self.last_fingerprint = fp
+        current = self.slot.current
+        try:
+            data_sha = hashlib.sha256((self.folder / MODEL_FILE).read_bytes()).hexdigest()
+        except OSError:
+            return False
+        if current is not None and current.sha256 == data_sha:
+            return False
+        try:
+            model = load_verified(self.folder, self.key, self.opts, self.test_frame())
+        except ModelError as e:
+            self.refusals.append(Refusal(fp, str(e)))
+            log.error("model refused, keeping %s: %s", current.sha256[:12] if current else "none (stopped)", e,
+                      extra=fields("model_refused", reason=str(e)))
+            return False
+        self.accepted.append(model.sha256)
+        log.info("model verified and loaded beside the running one: %s", model.sha256[:12],
+                 extra=fields("model_ready", sha256=model.sha256))
+        self.slot.offer(model)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check_once()
+            except Exception as e:  # never let the watcher die silently
+                log.exception("model watcher error: %s", e, extra=fields("model_watcher_error"))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build localhost/edge-systemd:bookworm: the local Debian base (scripts/build-base-image.sh)
+# plus systemd as PID 1, dbus and procps. The system tests boot it with
+#   podman run -d --systemd=always IMAGE /sbin/init
+# and install the edge-agent wheel + unit inside to test the unit end to end.
+#
+# Usage: scripts/build-systemd-image.sh [IMAGE]   (default localhost/edge-systemd:bookworm)
+# Idempotent: does nothing when the image exists (EDGE_REBUILD_SYSTEMD=1 forces a rebuild).
+# Needs the Debian mirror during the build (apt-get inside the build container).
+set -euo pipefail
+image=${1:-localhost/edge-systemd:bookworm}
+base=${EDGE_BASE_IMAGE:-localhost/edge-base:bookworm}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/podman-env.sh
+. "$here/podman-env.sh"
+
+if [ -z "${EDGE_REBUILD_SYSTEMD:-}" ] && podman image exists "$image"; then
+  echo "systemd image $image present"
+  exit 0
+fi
+"$here/build-base-image.sh" "$base"
+
+work=$(mktemp -d /var/tmp/edge-systemd.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# The base image's sources.list is the debootstrap mirror; keep it.
+cat > "$work/Containerfile" <<'CONTAINERFILE'
+ARG BASE
+FROM ${BASE}
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      systemd systemd-sysv dbus procps \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ # No getty / udev-trigger noise in a container; keep the journal in memory.
+ && systemctl mask getty@tty1.service console-getty.service systemd-udevd.service \
+      systemd-udev-trigger.service systemd-firstboot.service \
+ && mkdir -p /etc/systemd/journald.conf.d \
+ && printf '[Journal]\nStorage=volatile\n' > /etc/systemd/journald.conf.d/volatile.conf
+STOPSIGNAL SIGRTMIN+3
+CMD ["/sbin/init"]
+CONTAINERFILE
+echo "building $image from $base (apt-get install systemd; about 1 minute)"
+podman build --build-arg BASE="$base" -t "$image" "$work" > "$work/build.log" 2>&1 \
+  || { tail -n 40 "$work/build.log" >&2; exit 1; }
+echo "built $image"

@@ -1,0 +1,64 @@
+"""The example ACL (config/mosquitto/edge-agent.acl) with identities from certificate CNs:
+a device reaches only its own subtree."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_agent.mqtt_client import make_client
+from edge_agent.mqtt_params import broker_params
+from tests.integration.twin.conftest import TwinEnv
+from tests.integration.twin.pki import unique
+
+
+async def _next_message(client: aiomqtt.Client, timeout: float = 10) -> aiomqtt.Message:
+    async with asyncio.timeout(timeout):
+        async for message in client.messages:
+            return message
+    raise AssertionError("message stream ended")
+
+
+async def test_device_cannot_read_or_write_another_devices_twin(twin_env: TwinEnv) -> None:
+    a, b = unique("dev-a"), unique("dev-b")
+    cert_a = twin_env.pki.client(a)
+    params_a = broker_params(twin_env.mqtt_section(cert_a), a)
+    topic = lambda dev, leaf: f"{twin_env.prefix}/{dev}/{leaf}"  # noqa: E731
+
+    async with twin_env.fleet_client() as fleet:
+        await fleet.deploy(b, {"modules": {"secret-b": {"image": "b:1"}}})
+        await fleet.deploy(a, {"modules": {"own-a": {"image": "a:1"}}})
+
+        async with make_client(params_a) as client_a:
+            # mosquitto 2.0 grants the subscription but filters every message by the ACL at
+            # delivery. So: subscribe to B's desired state (retained doc exists) and to A's own,
+            # then the fleet publishes to B and then to A; A sees only its own documents.
+            await client_a.subscribe([(topic(b, "desired"), SubscribeOptions(qos=1))])
+            await client_a.subscribe(f"{twin_env.prefix}/+/desired", qos=1)
+            await client_a.subscribe([(topic(a, "desired"), SubscribeOptions(qos=1))])
+            await fleet.deploy(b, {"modules": {"secret-b": {"image": "b:2"}}})
+            await fleet.deploy(a, {"modules": {"own-a": {"image": "a:2"}}})
+            seen = []
+            while True:
+                message = await _next_message(client_a)
+                seen.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+                if b"a:2" in seen[-1][1]:
+                    break
+            assert seen and all(t == topic(a, "desired") for t, _ in seen), seen
+            assert not any(b"secret-b" in p for _, p in seen)
+
+            # Writing B's reported state or B's desired state, or its own desired state: dropped.
+            await client_a.publish(topic(b, "reported"), b'{"schema":1,"forged":true}', qos=1, retain=True)
+            await client_a.publish(topic(b, "desired"), b'{"schema":1,"version":999}', qos=1, retain=True)
+            await client_a.publish(topic(a, "desired"), b'{"schema":1,"version":999}', qos=1, retain=True)
+            # A's own reported state is writable.
+            await client_a.publish(topic(a, "reported"), b'{"schema":1,"mine":true}', qos=1, retain=True)
+
+        view_b = await fleet.view(b)
+        assert view_b.reported is None  # the forged report never landed
+        assert view_b.desired is not None and view_b.desired["version"] == 2
+        view_a = await fleet.view(a)
+        assert view_a.desired is not None and view_a.desired["version"] == 2
+        assert view_a.reported == {"schema": 1, "mine": True}

@@ -1,0 +1,65 @@
+"""Offline boot: the broker is down, the agent restarts, and the stored deployment is handed to
+the deployment layer within 1 s of process start, before any network attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+from tests.infra.agent import AgentProcess
+from tests.infra.procs import wait_until
+from tests.integration.twin.conftest import TwinEnv
+from tests.integration.twin.pki import unique
+
+MANIFEST = {"modules": {"pilot": {"image": "registry.local/pilot:3"}}}
+
+
+async def test_offline_boot_hands_over_stored_deployment_at_once(own_twin_env: TwinEnv, tmp_path: Path) -> None:
+    env = own_twin_env
+    device = unique("dev")
+    agent = AgentProcess(tmp_path / "agent", env.agent_config(device))
+    agent.start()
+    try:
+        async with env.fleet_client() as fleet:
+            version = await fleet.deploy(device, MANIFEST, properties={"pilot": {"mode": "auto"}})
+            await fleet.wait_accepted(device, version, 20)
+        assert agent.stop() == 0
+        env.broker.stop()
+
+        log_path = agent.workdir / "agent.log"
+        log_path.write_text("")  # only this boot's lines
+        started = time.monotonic()
+        agent.start(wait=False)
+        handed_over: list[float] = []
+
+        def seen() -> bool:
+            if "EVENT=desired.handed_over" in log_path.read_text():
+                handed_over.append(time.monotonic() - started)
+                return True
+            return False
+
+        await asyncio.to_thread(wait_until, seen, 20, "the stored deployment to be handed over", 0.01)
+        elapsed = handed_over[0]
+        print(f"offline boot: stored deployment handed over {elapsed * 1000:.0f} ms after process start")
+        assert elapsed < 1.0, f"hand-over took {elapsed:.2f} s"
+
+        log = log_path.read_text()
+        assert f"deployment version {version} (stored) received: 1 modules" in log
+        # Before any network: the hand-over line precedes every MQTT line.
+        first_mqtt = min((m.start() for m in re.finditer(r"EVENT=mqtt\.", log)), default=len(log))
+        assert log.index("EVENT=desired.handed_over") < first_mqtt
+        agent.wait_log("EVENT=mqtt.retry", timeout=10)  # and the broker really is unreachable
+
+        # When the broker returns, the retained copy of the same document is not applied again.
+        env.broker.start()
+        agent.wait_log("EVENT=mqtt.connected", timeout=20)
+        async with env.fleet_client() as fleet:
+            view = await fleet.view(device)
+        await asyncio.sleep(0.5)
+        assert view.desired is not None and view.desired["version"] == version
+        assert agent.log().count("EVENT=deployment.received") == 1
+        assert "EVENT=desired.accepted" not in agent.log()
+    finally:
+        agent.stop()

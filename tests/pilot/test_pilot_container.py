@@ -1,0 +1,181 @@
+"""Integration: build the module image (local base), run it non-root with a read-only root
+filesystem and no capabilities, and let it drive the simulator inside the container, with a
+signed model delivered through the mounted models folder and telemetry over the mounted socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .conftest import PILOT_DIR, REPO, SHIPPED_MODEL, deliver
+from .test_telemetry import IngestServer
+
+IMAGE = "localhost/pilot-test-edge-pilot:ci"
+BASE = "localhost/edge-base:bookworm"
+
+
+def podman_env() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", "-c", f". {REPO}/scripts/podman-env.sh && echo $CONTAINERS_CONF"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {**os.environ, "CONTAINERS_CONF": out.stdout.strip()}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    env = podman_env()
+    if subprocess.run(["podman", "image", "exists", BASE], env=env).returncode != 0:
+        env_base = {**env, "DEBIAN_MIRROR": env.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")}
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "build-base-image.sh"), BASE], env=env_base, check=True, timeout=1200
+        )
+    subprocess.run(["bash", str(PILOT_DIR / "build-image.sh"), IMAGE], env=env, check=True, timeout=1200)
+    return IMAGE
+
+
+@pytest.fixture
+def container_name() -> Iterator[str]:
+    name = f"pilot-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    subprocess.run(["podman", "rm", "-f", "-t", "0", name], env=podman_env(), capture_output=True)
+
+
+def test_image_runs_non_root_read_only(image: str, container_name: str) -> None:
+    r = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--name",
+            container_name,
+            "--read-only",
+            "--cap-drop=all",
+            "--network=none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            "id -u; touch /opt/edge-pilot/x 2>/dev/null && echo writable || echo readonly; "
+            "grep CapEff /proc/self/status",
+        ],
+        env=podman_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = r.stdout.split()
+    assert lines[0] == "10001" and "readonly" in lines
+    assert r.stdout.strip().endswith("0000000000000000")  # no effective capabilities
+
+
+def test_container_drives_the_simulator(
+    image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
+) -> None:
+    models = tmp_path / "models"
+    deliver(models, SHIPPED_MODEL.read_bytes(), signing_key)
+    for p in (models, *models.iterdir(), public_key_pem):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    tmp_path.chmod(0o755)
+    sock_dir = tmp_path / "sock"
+    sock_dir.mkdir(mode=0o755)
+    server = IngestServer(sock_dir / "telemetry.sock")
+    os.chmod(server.path, 0o666)
+    try:
+        r = subprocess.run(
+            [
+                "podman",
+                "run",
+                "--rm",
+                "--name",
+                container_name,
+                "--read-only",
+                "--cap-drop=all",
+                "--security-opt",
+                "no-new-privileges",
+                "--network=none",
+                "--user",
+                "10001:10001",
+                "-v",
+                f"{models}:/models:ro",
+                "-v",
+                f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
+                "-v",
+                f"{server.path}:/run/edge-agent/telemetry.sock",
+                "-e",
+                "EDGE_TELEMETRY_SOCKET=/run/edge-agent/telemetry.sock",
+                image,
+                "drive",
+                "--config",
+                "/etc/edge-pilot/config.json",
+                "--laps",
+                "1",
+                "--duration",
+                "90",
+            ],
+            env=podman_env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["model"] == __import__("hashlib").sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
+    assert out["sim"]["laps"] >= 1.0 and out["sim"]["off_road_steps"] == 0, out
+    assert out["totals"]["frames"] > 100
+    assert out["telemetry"]["sent"] >= 5 and len(server.records) >= 5
+    stats = server.records[-1]["payload"]
+    assert server.records[-1]["stream"] == "pilot.stats"
+    assert {"fps", "late", "latency_ms", "angle", "throttle"} <= set(stats)
+    assert {"capture", "preprocess", "inference", "actuation"} <= set(stats["latency_ms"])
+
+
+def test_emergency_stop_from_outside_the_container(image: str, container_name: str) -> None:
+    """The agent stops the car with ``podman kill --signal USR1``: throttle to stopped, reason logged."""
+    import time
+
+    env = podman_env()
+    subprocess.run(
+        [
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            container_name,
+            "--read-only",
+            "--cap-drop=all",
+            "--network=none",
+            image,
+            "drive",
+            "--config",
+            "/etc/edge-pilot/config.json",
+            "--duration",
+            "60",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    time.sleep(3.0)
+    subprocess.run(["podman", "kill", "--signal", "USR1", container_name], env=env, check=True, capture_output=True)
+    time.sleep(2.5)
+    subprocess.run(["podman", "stop", "-t", "10", container_name], env=env, check=True, capture_output=True, timeout=30)
+    logs = subprocess.run(["podman", "logs", container_name], env=env, capture_output=True, text=True, check=True)
+    out = json.loads(logs.stdout.strip().splitlines()[-1])
+    assert out["totals"]["frames"] > 20  # it drove before the stop
+    assert "emergency stop (SIGUSR1)" in out["stop_reasons"]
+    assert out["last_stats"]["stopped"] == "emergency stop (SIGUSR1)" and out["last_stats"]["frames"] == 0
+    assert out["final_throttle"] == 0.0
+    assert "throttle stopped: emergency stop (SIGUSR1)" in logs.stderr

@@ -1,0 +1,48 @@
+"""Run inside the edge-agent unit's sandbox (see test_systemd_service.py): the libraries the
+agent uses must work under its hardening (MemoryDenyWriteExecute=, SystemCallFilter=,
+RestrictAddressFamilies=, ProtectSystem=strict). Prints one line per check, then SANDBOX OK."""
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import aiomqtt  # noqa: F401  (import only: pulls in paho and ssl)
+import nacl.signing
+import podman  # noqa: F401  (import only: pulls in requests/urllib3)
+import pydantic  # noqa: F401
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+key = nacl.signing.SigningKey.generate()
+key.verify_key.verify(key.sign(b"payload"))
+print("pynacl ed25519 ok")
+private = ed25519.Ed25519PrivateKey.generate()
+private.public_key().verify(private.sign(b"payload"), b"payload")
+print("cryptography ed25519 ok")
+
+print("getaddrinfo ok", socket.getaddrinfo("localhost", 1883, type=socket.SOCK_STREAM)[0][4])
+for family, addr in ((socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET6, ("::1", 9))):
+    with socket.socket(family) as s:
+        try:
+            s.connect(addr)
+        except OSError as exc:  # refused/unreachable is fine; EAFNOSUPPORT/EPERM is not
+            assert exc.errno not in (97, 1), f"{family.name} blocked: {exc}"
+    print(f"{family.name} sockets ok")
+
+db_path = Path("/var/lib/edge-agent/sandbox-check.db")
+db = sqlite3.connect(db_path)
+assert db.execute("pragma journal_mode=wal").fetchone()[0] == "wal"
+db.execute("create table t(x)")
+db.commit()
+db.close()
+for suffix in ("", "-wal", "-shm"):
+    Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+print("sqlite wal in state dir ok")
+
+for path in ("/etc/edge-agent/x", "/opt/edge-agent/x", "/usr/x"):
+    try:
+        Path(path).write_text("x")
+    except OSError:
+        continue
+    raise AssertionError(f"{path} is writable inside the sandbox")
+print("read-only system ok")
+print("SANDBOX OK")
