@@ -173,7 +173,8 @@ class DeploymentComponent(BaseComponent):
         self.validate(state.deployment)
         self.pending = state
         self._pin_retry_at = None
-        log.info("deployment %d received", state.version,
+        log.info("deployment version %d (%s) received: %d modules", state.version, state.source,
+                 len(state.deployment.get("modules") or {}),
                  extra={"EVENT": "deployment.received", "DEPLOYMENT": str(state.version)})
         self.wake.set()
 
