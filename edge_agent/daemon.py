@@ -14,6 +14,7 @@ import platform
 import signal
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,46 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.deployment.component import DeploymentComponent
     from edge_agent.deployment.store import DeploymentStore
     from edge_agent.runtime.podman import PodmanRuntime
+    from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
     from edge_agent.twin.component import TwinComponent
+    from edge_agent.twin.events import DesiredState
 
     trust = TrustComponent(ctx.config, ctx.db)
-    # The deployment component verifies images through the trust component (cosign, or the
-    # policy's mode) and creates containers only from the repository@digest it returns.
+    attestation = AttestationService(ctx.config, ctx.reported)
+    deployment: DeploymentComponent | None = None
+
+    # The twin hands documents to the deployment component, which is built below (it needs the
+    # telemetry component, which needs the twin's session): forward late.
+    async def on_desired(state: DesiredState) -> None:
+        assert deployment is not None
+        await deployment.desired(state)
+
+    def validate(raw: Mapping[str, Any]) -> object:
+        assert deployment is not None
+        return deployment.validate(raw)
+
+    twin = TwinComponent(
+        ctx.config,
+        ctx.db,
+        ctx.reported,
+        on_desired,
+        validate_deployment=validate,
+        signature_gate=trust.document_gate,
+        started_monotonic=ctx.started_monotonic,
+    )
+    # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
+    for name, handler in attestation.handlers().items():
+        twin.session.commands.register(name, handler)
+    ctx.control.register("attestation", attestation.status)
+    telemetry = (
+        TelemetryComponent(ctx.config, ctx.reported, ctx.control, publisher=twin.session)
+        if ctx.config.telemetry.enabled
+        else None
+    )
+    # Images are verified through the trust component (cosign, or the policy's mode) and
+    # containers created only from the repository@digest it returns. Around each container,
+    # telemetry mounts the module's ingest socket and attestation measures the image.
     deployment = DeploymentComponent(
         ctx.config,
         DeploymentStore(ctx.db),
@@ -66,29 +101,15 @@ def build_components(ctx: AgentContext) -> list[Component]:
         PodmanRuntime(ctx.config.podman.socket),
         verifier=trust,
         control=ctx.control,
+        hooks=[h for h in (telemetry, attestation) if h is not None],
     )
-    twin = TwinComponent(
-        ctx.config,
-        ctx.db,
-        ctx.reported,
-        deployment.desired,
-        validate_deployment=deployment.validate,
-        signature_gate=trust.document_gate,
-        started_monotonic=ctx.started_monotonic,
-    )
-    # Attestation commands travel on the twin's connection: one MQTT connection per device.
-    attestation = AttestationService(ctx.config, ctx.reported)
-    for name, handler in attestation.handlers().items():
-        twin.session.commands.register(name, handler)
-    ctx.control.register("attestation", attestation.status)
     # Deployment starts before the twin: its start() loads the stored deployment, so the
-    # modules are known (and adopted) before any desired document is handed over.
+    # modules are known (and adopted) before any desired document is handed over. Attestation
+    # starts after them (TPM key creation can be slow and must not delay the offline hand-over);
+    # containers are only started by deployment.run(), after every start(), so they are measured.
     components: list[Component] = [trust, deployment, twin, attestation]
-    if ctx.config.telemetry.enabled:
-        from edge_agent.telemetry.component import TelemetryComponent
-
-        # Telemetry uploads through the twin's session too (TwinSession implements Publisher).
-        components.append(TelemetryComponent(ctx.config, ctx.reported, ctx.control, publisher=twin.session))
+    if telemetry is not None:
+        components.append(telemetry)
     return components
 
 

@@ -23,6 +23,7 @@ from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig, AttestationSection
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
+from edge_agent.runtime.api import ContainerRequest
 
 log = get_logger(__name__)
 TpmFactory = Callable[[AttestationSection], TpmBackend]
@@ -119,6 +120,30 @@ class AttestationService(BaseComponent):
         """Control-socket command `attestation` (used by `edge-agent check` while the agent runs)."""
         return {"available": self.unavailable is None, "reason": self.unavailable, "tpm": self._tpm_description,
                 "ak_name": self._ak_name, "image_pcr": self.section.image_pcr}
+
+    # ModuleHooks (edge_agent.deployment.hooks): measure each module image before it starts.
+
+    async def before_create(self, module: str, request: ContainerRequest) -> ContainerRequest:
+        return request
+
+    async def before_start(self, module: str, image: str, deployment: int | None) -> None:
+        """Extend PCR image_pcr with the image digest, once per module and digest per boot (a
+        crash-looping module does not grow the log; after a reboot the PCR and log start over).
+        A failure is logged, not fatal: the module runs and quotes then show it unmeasured."""
+        if self.measurer is None:
+            return
+        digest = image.rpartition("@")[2]
+        if any(e["module"] == module and e["digest"] == digest for e in self.measurer.events):
+            return
+        try:
+            await self.measurer.extend(digest, module, deployment if deployment is not None else "")
+        except Exception as exc:
+            log.error("could not measure image %s of module %s: %s", image, module, exc,
+                      extra={"EVENT": "attestation.measure_failed", "MODULE": module})
+        self._report()
+
+    async def after_remove(self, module: str) -> None:
+        return None
 
     def handlers(self) -> dict[str, Handler]:
         """The device's attestation commands, for the MQTT command registry."""

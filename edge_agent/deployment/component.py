@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from edge_agent.control import CommandError, ControlServer
 from edge_agent.deployment.actions import Plan, action_to_dict
 from edge_agent.deployment.desired import DesiredDeployment, NamingSettings
 from edge_agent.deployment.executor import Executor, ExecutorSettings
+from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.manifest import Deployment, validate_deployment
 from edge_agent.deployment.planner import PlannerSettings, plan
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, settle
@@ -60,7 +61,9 @@ class DeploymentComponent(BaseComponent):
         verifier: ImageVerifier | None = None,
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
+        hooks: Sequence[ModuleHooks] = (),
     ) -> None:
+        self.hooks = tuple(hooks)
         self.store = store
         self.reported = reported
         self.runtime = runtime
@@ -111,6 +114,8 @@ class DeploymentComponent(BaseComponent):
             ExecutorSettings(p.pull_timeout_s, p.pull_retries),
             self.passthrough.is_insecure,
             self.clock,
+            hooks=self.hooks,
+            device_id=config.device.id,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop
+from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.restart_policy import RestartState, record_restart
 from edge_agent.deployment.store import DeploymentStore
 from edge_agent.logs import get_logger
@@ -44,22 +45,29 @@ class Executor:
         settings: ExecutorSettings,
         is_insecure: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
+        hooks: Sequence[ModuleHooks] = (),
+        device_id: str = "",
     ) -> None:
         self.runtime = runtime
         self.store = store
         self.settings = settings
         self.is_insecure = is_insecure
         self.clock = clock
+        self.hooks = tuple(hooks)
+        self.device_id = device_id
+        self._images: dict[str, str] = {}  # container name -> repository@digest it was created from
 
     async def execute(self, plan: Plan, deployment: int | None) -> ExecutionResult:
         result = ExecutionResult()
+        # A module removed and created again in one plan (a changed spec) keeps its hooks' state.
+        recreated = {a.module for a in plan.actions if isinstance(a, Create)}
         for action in plan.actions:
             if action.module in result.failed:
                 continue
             extra = {"EVENT": f"module.{type(action).__name__.lower()}", "MODULE": action.module,
                      "DEPLOYMENT": str(deployment)}
             try:
-                await self._do(action)
+                await self._do(action, deployment, recreated)
             except RuntimeFailure as exc:
                 result.failed[action.module] = str(exc)
                 log.error("%s: %s failed: %s", action.module, action.describe(), exc,
@@ -69,14 +77,24 @@ class Executor:
             result.done.append(action)
         return result
 
-    async def _do(self, action: Action) -> None:
+    async def _do(self, action: Action, deployment: int | None, recreated: set[str]) -> None:
         rt = self.runtime
         if isinstance(action, Pull):
             await self._pull(action.image)
             self.store.note_pulled(action.image, self.clock())
         elif isinstance(action, Create):
-            await rt.create(action.request)
+            request = action.request
+            for hook in self.hooks:
+                try:
+                    request = await hook.before_create(action.module, request)
+                except (OSError, ValueError) as exc:
+                    raise RuntimeFailure(f"preparing {request.name}: {exc}") from exc
+            await rt.create(request)
+            self._images[request.name] = request.image
         elif isinstance(action, Start):
+            image = self._images.get(action.container) or await self._observed_image(action.container)
+            for hook in self.hooks:
+                await hook.before_start(action.module, image, deployment)
             await rt.start(action.container)
             if action.is_restart:
                 state = self.store.restarts().get(action.module, RestartState())
@@ -85,6 +103,17 @@ class Executor:
             await rt.stop(action.container, action.grace_s)
         elif isinstance(action, Remove):
             await rt.remove(action.container)
+            self._images.pop(action.container, None)
+            if action.module not in recreated:
+                for hook in self.hooks:
+                    await hook.after_remove(action.module)
+
+    async def _observed_image(self, container: str) -> str:
+        """The image of a container this executor did not create (adopted after an agent restart)."""
+        for observed in await self.runtime.list_containers(self.device_id):
+            if observed.name == container:
+                return observed.image
+        return ""
 
     async def _pull(self, image: str) -> None:
         s = self.settings

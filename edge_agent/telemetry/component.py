@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.control import ControlServer
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
+from edge_agent.runtime.api import ContainerRequest, MountRequest
 from edge_agent.telemetry.ingest import ModuleIngestServer
 from edge_agent.telemetry.ingest import ingest_mount_dir as _mount_dir
 from edge_agent.telemetry.ingest import ingest_socket_path as _socket_path
@@ -33,6 +35,7 @@ from edge_agent.telemetry.queue import QUEUE_DB_NAME, NewRecord, Outcome, Refuse
 from edge_agent.telemetry.uplink import Publisher, Uplink
 
 log = get_logger(__name__)
+CONTAINER_INGEST_DIR = "/run/edge-agent"  # where a module finds telemetry.sock
 T = TypeVar("T")
 
 GROUP_MAX_RECORDS = 1000
@@ -113,6 +116,22 @@ class TelemetryComponent(BaseComponent):
         server = self._servers.pop(module, None)
         if server is not None:
             await server.close(remove_dir=True)
+
+    # ModuleHooks (edge_agent.deployment.hooks): every module container gets its own socket.
+
+    async def before_create(self, module: str, request: ContainerRequest) -> ContainerRequest:
+        """Serve the module's socket and mount its folder (not the socket file: a restarted agent
+        makes a new socket there) at /run/edge-agent in the container, read-only."""
+        await self.open_module(module)
+        mount = MountRequest(str(self.ingest_mount_dir(module)), CONTAINER_INGEST_DIR, read_only=True)
+        env = {**request.env, "EDGE_TELEMETRY_SOCKET": f"{CONTAINER_INGEST_DIR}/telemetry.sock"}
+        return dataclasses.replace(request, mounts=(*request.mounts, mount), env=env)
+
+    async def before_start(self, module: str, image: str, deployment: int | None) -> None:
+        await self.open_module(module)  # after an agent restart, adopted modules need theirs again
+
+    async def after_remove(self, module: str) -> None:
+        await self.close_module(module)
 
     async def submit(self, record: NewRecord) -> Outcome:
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()

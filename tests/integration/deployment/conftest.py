@@ -25,6 +25,7 @@ from edge_agent.deployment.store import DeploymentStore
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.store import open_state_db
+from tests.infra.agent import AgentProcess
 from tests.infra.podman import PodmanService, podman
 from tests.infra.procs import free_port
 from tests.infra.registry import Registry
@@ -85,15 +86,22 @@ def cleanup_containers(run_id: str, podman_env: Path) -> Iterator[None]:
 
 
 def agent_config_text(run_id: str, podman_url: str, registry: Registry, **deployment: Any) -> str:
-    settings = {"stabilisation_window_s": 3, "backoff_initial_s": 1, "backoff_max_s": 4, "backoff_reset_s": 60,
-                "poll_interval_s": 5, "apply_timeout_s": 120, **deployment}
+    settings = {
+        "stabilisation_window_s": 3,
+        "backoff_initial_s": 1,
+        "backoff_max_s": 4,
+        "backoff_reset_s": 60,
+        "poll_interval_s": 5,
+        "apply_timeout_s": 120,
+        **deployment,
+    }
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     return (
         f'[device]\nid = "{run_id}"\n'
         f'[logging]\nlevel = "debug"\nformat = "text"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'  # no broker: the twin just retries
         f'[podman]\nsocket = "{podman_url}"\nstop_grace_s = 2\n'
-        f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
+        f"[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
         f'[trust]\ninsecure_registries = ["{registry.host}"]\n'
         f'[[trust.policy]]\nscope = "*"\nmode = "off"\n'
         f'[deployment]\ncontainer_prefix = "{run_id}-"\n{lines}\n'
@@ -107,8 +115,9 @@ class Harness:
         self.config = config
         self.db = open_state_db(state_dir)
         self.reported = ReportedState()
-        self.component = DeploymentComponent(config, DeploymentStore(self.db), self.reported,
-                                             PodmanRuntime(config.podman.socket))
+        self.component = DeploymentComponent(
+            config, DeploymentStore(self.db), self.reported, PodmanRuntime(config.podman.socket)
+        )
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> Harness:
@@ -142,13 +151,25 @@ class Harness:
         raise TimeoutError(f"{what} (modules: {self.modules()}, deployment: {self.deployment()})")
 
     async def wait_running(self, names: list[str], timeout: float = 60) -> None:
-        await self.wait_for(lambda: all(self.modules().get(n, {}).get("runtimeStatus") == "running" for n in names)
-                            and set(self.modules()) == set(names), timeout, f"modules {names} running")
+        await self.wait_for(
+            lambda: (
+                all(self.modules().get(n, {}).get("runtimeStatus") == "running" for n in names)
+                and set(self.modules()) == set(names)
+            ),
+            timeout,
+            f"modules {names} running",
+        )
 
 
 @pytest.fixture
-async def harness_factory(run_id: str, podman_service: PodmanService, registry: Registry, tmp_path: Path,
-                          images: RunImages, cleanup_containers: None) -> AsyncIterator[Callable[..., Any]]:
+async def harness_factory(
+    run_id: str,
+    podman_service: PodmanService,
+    registry: Registry,
+    tmp_path: Path,
+    images: RunImages,
+    cleanup_containers: None,
+) -> AsyncIterator[Callable[..., Any]]:
     """Depends on `images` so that the agents stop before the run's images are removed."""
     made: list[Harness] = []
 
@@ -172,3 +193,12 @@ def inspect(container: str) -> dict[str, Any]:
 def owned(run_id: str) -> list[dict[str, Any]]:
     ids = podman("ps", "-a", "-q", "--no-trunc", "--filter", f"label=edge-agent.device={run_id}").stdout.split()
     return [inspect(i) for i in ids]
+
+
+@pytest.fixture
+def agents(tmp_path: Path, images: RunImages, cleanup_containers: None) -> Iterator[list[AgentProcess]]:
+    made: list[AgentProcess] = []
+    yield made
+    for agent in made:
+        if agent.proc is not None and agent.proc.alive():
+            agent.stop()

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.infra.agent import AgentProcess
 from tests.infra.podman import PodmanService, podman
@@ -21,15 +18,6 @@ from .conftest import RunImages, agent_config_text, owned
 
 REPO = Path(__file__).resolve().parents[3]
 SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
-
-
-@pytest.fixture
-def agents(tmp_path: Path, images: RunImages, cleanup_containers: None) -> Iterator[list[AgentProcess]]:
-    made: list[AgentProcess] = []
-    yield made
-    for agent in made:
-        if agent.proc is not None and agent.proc.alive():
-            agent.stop()
 
 
 def new_agent(agents: list[AgentProcess], tmp_path: Path, config: str) -> AgentProcess:
@@ -63,16 +51,23 @@ def snapshot(run_id: str) -> dict[str, tuple[str, str]]:
 
 
 def three(images: RunImages) -> dict[str, Any]:
-    return {"modules": {
-        "first": {"image": images.image("one", "v1"), "startupOrder": 1, **SLEEP},
-        "second": {"image": images.image("two", "v1"), "startupOrder": 2, **SLEEP},
-        "third": {"image": images.image("three", "v1"), "startupOrder": 3, **SLEEP},
-    }}
+    return {
+        "modules": {
+            "first": {"image": images.image("one", "v1"), "startupOrder": 1, **SLEEP},
+            "second": {"image": images.image("two", "v1"), "startupOrder": 2, **SLEEP},
+            "third": {"image": images.image("three", "v1"), "startupOrder": 3, **SLEEP},
+        }
+    }
 
 
-def test_agent_restart_leaves_running_modules_untouched(tmp_path: Path, images: RunImages, run_id: str,
-                                                        podman_service: PodmanService, registry: Registry,
-                                                        agents: list[AgentProcess]) -> None:
+def test_agent_restart_leaves_running_modules_untouched(
+    tmp_path: Path,
+    images: RunImages,
+    run_id: str,
+    podman_service: PodmanService,
+    registry: Registry,
+    agents: list[AgentProcess],
+) -> None:
     config = agent_config_text(run_id, podman_service.url, registry)
     agent = new_agent(agents, tmp_path, config).start()
     agent.call("deploy", {"version": 1, "deployment": three(images)})
@@ -91,10 +86,14 @@ def test_agent_restart_leaves_running_modules_untouched(tmp_path: Path, images: 
     assert deployment(agent)["current"] == 1
 
 
-def test_sigkill_mid_apply_converges_without_duplicates_or_orphans(tmp_path: Path, images: RunImages,
-                                                                  run_id: str, podman_service: PodmanService,
-                                                                  registry: Registry,
-                                                                  agents: list[AgentProcess]) -> None:
+def test_sigkill_mid_apply_converges_without_duplicates_or_orphans(
+    tmp_path: Path,
+    images: RunImages,
+    run_id: str,
+    podman_service: PodmanService,
+    registry: Registry,
+    agents: list[AgentProcess],
+) -> None:
     config = agent_config_text(run_id, podman_service.url, registry)
     doc = three(images)
     agent = new_agent(agents, tmp_path, config).start()
@@ -116,15 +115,24 @@ def test_sigkill_mid_apply_converges_without_duplicates_or_orphans(tmp_path: Pat
     assert all(c["State"]["Status"] == "running" for c in containers)
 
 
-def test_offline_boot_starts_the_stored_deployment(tmp_path: Path, images: RunImages, run_id: str,
-                                                   podman_service: PodmanService, busybox_image: str,
-                                                   agents: list[AgentProcess]) -> None:
+def test_offline_boot_starts_the_stored_deployment(
+    tmp_path: Path,
+    images: RunImages,
+    run_id: str,
+    podman_service: PodmanService,
+    busybox_image: str,
+    agents: list[AgentProcess],
+) -> None:
     # A registry of this test's own, so it can go away.
     private = Registry(tmp_path / "registry").start()
     try:
         own_images = RunImages(images.run, private, busybox_image, tmp_path / "own-images")
-        doc = {"modules": {"cam": {"image": own_images.image("cam", "v1"), **SLEEP},
-                           "pilot": {"image": own_images.image("pilot", "v1"), "startupOrder": 200, **SLEEP}}}
+        doc = {
+            "modules": {
+                "cam": {"image": own_images.image("cam", "v1"), **SLEEP},
+                "pilot": {"image": own_images.image("pilot", "v1"), "startupOrder": 200, **SLEEP},
+            }
+        }
         config = agent_config_text(run_id, podman_service.url, private)
         agent = new_agent(agents, tmp_path, config).start()
         agent.call("deploy", {"version": 1, "deployment": doc})
@@ -146,23 +154,35 @@ def test_offline_boot_starts_the_stored_deployment(tmp_path: Path, images: RunIm
         assert "@sha256:" in c["ImageName"]
 
 
-def test_cli_status_plan_logs_restart(tmp_path: Path, images: RunImages, run_id: str,
-                                      podman_service: PodmanService, registry: Registry,
-                                      agents: list[AgentProcess]) -> None:
+def test_cli_status_plan_logs_restart(
+    tmp_path: Path,
+    images: RunImages,
+    run_id: str,
+    podman_service: PodmanService,
+    registry: Registry,
+    agents: list[AgentProcess],
+) -> None:
     import subprocess
     import sys
 
     config = agent_config_text(run_id, podman_service.url, registry)
     agent = new_agent(agents, tmp_path, config).start()
-    talker = {"image": images.image("one", "v1"), "command": ["sh", "-c"],
-              "args": ["echo hello-from-talker; trap 'exit 0' TERM; while true; do sleep 1; done"]}
+    talker = {
+        "image": images.image("one", "v1"),
+        "command": ["sh", "-c"],
+        "args": ["echo hello-from-talker; trap 'exit 0' TERM; while true; do sleep 1; done"],
+    }
     agent.call("deploy", {"version": 1, "deployment": {"modules": {"talker": talker}}})
     wait_running(agent, {"talker"})
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args, "--config", str(agent.config_path)],
-                              capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
-                                                                                "PYTHONPATH": str(REPO)})
+        return subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", *args, "--config", str(agent.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        )
 
     state = ["--state-dir", str(agent.state_dir)]
     status = cli("status", *state)

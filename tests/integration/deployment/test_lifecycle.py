@@ -40,8 +40,11 @@ async def test_deploy_in_order_change_one_remove_one(harness_factory: Any, image
     # Change one module: only it is recreated.
     changed = {**three, "b": module(img, startupOrder=2, env={"MODE": "fast"})}
     await h.component.desired(DesiredState(2, {"modules": changed}))
-    await h.wait_for(lambda: by_module(run_id)["b"]["Id"] != first["b"]["Id"]
-                     and h.modules()["b"]["runtimeStatus"] == "running", 30, "b recreated")
+    await h.wait_for(
+        lambda: by_module(run_id)["b"]["Id"] != first["b"]["Id"] and h.modules()["b"]["runtimeStatus"] == "running",
+        30,
+        "b recreated",
+    )
     second = by_module(run_id)
     for m in ("a", "c"):
         assert second[m]["Id"] == first[m]["Id"]
@@ -56,15 +59,29 @@ async def test_deploy_in_order_change_one_remove_one(harness_factory: Any, image
     assert by_module(run_id)["a"]["Id"] == first["a"]["Id"]
 
 
-async def test_least_privilege_defaults_and_explicit_grants(harness_factory: Any, images: RunImages,
-                                                            run_id: str) -> None:
+async def test_least_privilege_defaults_and_explicit_grants(
+    harness_factory: Any, images: RunImages, run_id: str
+) -> None:
     h = await harness_factory()
     img = images.image("mod", "v1")
-    await h.component.desired(DesiredState(1, {"modules": {
-        "plain": module(img),
-        "granted": module(img, user="65534:65534", devices=["/dev/null"], network="none",
-                          capabilities={"add": ["NET_BIND_SERVICE"]}, resources={"memory": "64m", "pids": 64}),
-    }}))
+    await h.component.desired(
+        DesiredState(
+            1,
+            {
+                "modules": {
+                    "plain": module(img),
+                    "granted": module(
+                        img,
+                        user="65534:65534",
+                        devices=["/dev/null"],
+                        network="none",
+                        capabilities={"add": ["NET_BIND_SERVICE"]},
+                        resources={"memory": "64m", "pids": 64},
+                    ),
+                }
+            },
+        )
+    )
     await h.wait_running(["plain", "granted"])
     c = by_module(run_id)
     for name in ("plain", "granted"):
@@ -97,12 +114,14 @@ async def test_least_privilege_defaults_and_explicit_grants(harness_factory: Any
     assert podman("exec", c["plain"]["Id"], "touch", "/tmp/x", check=False).returncode == 0
 
 
-async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, images: RunImages,
-                                                       run_id: str) -> None:
+async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, images: RunImages, run_id: str) -> None:
     h = await harness_factory(backoff_initial_s=1, backoff_max_s=4)
     img = images.image("mod", "v1")
-    await h.component.desired(DesiredState(1, {"modules": {
-        "crashy": {"image": img, "command": ["sh", "-c", "exit 3"], "restartPolicy": "on-failure"}}}))
+    await h.component.desired(
+        DesiredState(
+            1, {"modules": {"crashy": {"image": img, "command": ["sh", "-c", "exit 3"], "restartPolicy": "on-failure"}}}
+        )
+    )
     starts: list[float] = []
     deadline = time.monotonic() + 60
     while len(starts) < 6 and time.monotonic() < deadline:
@@ -124,25 +143,42 @@ async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, ima
     assert m["exitCode"] == 3 and m["lastExitTime"]
 
 
-async def test_unhealthy_module_is_restarted_under_on_unhealthy(harness_factory: Any, images: RunImages,
-                                                                run_id: str) -> None:
+async def test_unhealthy_module_is_restarted_under_on_unhealthy(
+    harness_factory: Any, images: RunImages, run_id: str
+) -> None:
     h = await harness_factory()
     img = images.image("mod", "v1")
     # Healthy for ~2 s after each start, then the health file disappears.
     script = "touch /tmp/healthy; sleep 2; rm /tmp/healthy; while true; do sleep 1; done"
-    await h.component.desired(DesiredState(1, {"modules": {"sick": {
-        "image": img, "command": ["sh", "-c", script], "restartPolicy": "on-unhealthy",
-        "healthcheck": {"command": ["test", "-f", "/tmp/healthy"], "interval": "500ms", "retries": 2}}}}))
+    await h.component.desired(
+        DesiredState(
+            1,
+            {
+                "modules": {
+                    "sick": {
+                        "image": img,
+                        "command": ["sh", "-c", script],
+                        "restartPolicy": "on-unhealthy",
+                        "healthcheck": {"command": ["test", "-f", "/tmp/healthy"], "interval": "500ms", "retries": 2},
+                    }
+                }
+            },
+        )
+    )
     await h.wait_for(lambda: h.modules().get("sick", {}).get("health") == "healthy", 30, "healthy first")
     first_start = h.modules()["sick"]["startTime"]
-    await h.wait_for(lambda: h.modules()["sick"]["restartCount"] >= 1
-                     and h.modules()["sick"]["startTime"] != first_start, 30, "restarted when unhealthy")
+    await h.wait_for(
+        lambda: h.modules()["sick"]["restartCount"] >= 1 and h.modules()["sick"]["startTime"] != first_start,
+        30,
+        "restarted when unhealthy",
+    )
     c = owned(run_id)
     assert len(c) == 1 and c[0]["Config"]["Healthcheck"]["Test"] == ["CMD", "test", "-f", "/tmp/healthy"]
 
 
-async def test_bad_deployment_is_rolled_back_to_the_last_good_one(harness_factory: Any, images: RunImages,
-                                                                  run_id: str) -> None:
+async def test_bad_deployment_is_rolled_back_to_the_last_good_one(
+    harness_factory: Any, images: RunImages, run_id: str
+) -> None:
     h = await harness_factory(stabilisation_window_s=8)
     good_img, bad_img = images.image("mod", "v1"), images.image("mod", "v2")
     good = {"modules": {"app": module(good_img), "side": module(good_img, startupOrder=200)}}
@@ -152,8 +188,12 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(harness_factor
     good_ids = {m: c["Id"] for m, c in by_module(run_id).items()}
 
     # v2: the app now exits with code 4 after 5 s (inside the stabilisation window).
-    bad = {"modules": {"app": {"image": bad_img, "command": ["sh", "-c", "sleep 5; exit 4"]},
-                       "side": good["modules"]["side"]}}
+    bad = {
+        "modules": {
+            "app": {"image": bad_img, "command": ["sh", "-c", "sleep 5; exit 4"]},
+            "side": good["modules"]["side"],
+        }
+    }
     await h.component.desired(DesiredState(2, bad))
     await h.wait_for(lambda: h.deployment().get("current") == 2, 30, "v2 activated")
     await h.wait_for(lambda: h.deployment().get("status") == "rolled_back", 40, "rolled back")
@@ -175,8 +215,9 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(harness_factor
     await h.wait_for(lambda: h.deployment().get("current") == 3, 30, "v3 activated")
 
 
-async def test_images_of_old_deployments_are_garbage_collected(harness_factory: Any, images: RunImages,
-                                                               run_id: str) -> None:
+async def test_images_of_old_deployments_are_garbage_collected(
+    harness_factory: Any, images: RunImages, run_id: str
+) -> None:
     from tests.infra.podman import podman
 
     def present(ref: str) -> bool:

@@ -3,6 +3,7 @@ bad versions, restart counting, reported state, adoption, image GC."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from edge_agent.config import parse_config
 from edge_agent.deployment.component import DeploymentComponent
 from edge_agent.deployment.store import DeploymentStore
 from edge_agent.reported import ReportedState
+from edge_agent.runtime.api import ContainerRequest, MountRequest
 from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.store import open_state_db
 from edge_agent.trust.api import ImageRejected, VerifiedImage
@@ -219,3 +221,49 @@ async def test_without_any_deployment_existing_containers_are_left_alone(tmp_pat
     rt.calls.clear()
     await settle(fresh)
     assert rt.calls == [] and len(rt.containers) == 1
+
+
+class RecordingHooks:
+    """ModuleHooks that record what the executor asked, and add a mount like telemetry does."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def before_create(self, module: str, request: ContainerRequest) -> ContainerRequest:
+        self.calls.append(("before_create", module, request.image))
+        return dataclasses.replace(request, mounts=(*request.mounts, MountRequest("/host/x", "/run/x", True)))
+
+    async def before_start(self, module: str, image: str, deployment: int | None) -> None:
+        self.calls.append(("before_start", module, f"{image} v{deployment}"))
+
+    async def after_remove(self, module: str) -> None:
+        self.calls.append(("after_remove", module, ""))
+
+
+async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> None:
+    clock = Clock()
+    runtime = FakeRuntime(clock=clock)
+    hooks = RecordingHooks()
+    db = open_state_db(tmp_path / "state")
+    comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), ReportedState(), runtime, FakeVerifier(),
+                               clock=clock, hooks=[hooks])
+    for ref in ("reg.local:5000/a:1", "reg.local:5000/a:2", "reg.local:5000/b:1"):
+        runtime.registry.add(f"{ref.rsplit(':', 1)[0]}@sha256:{hashlib.sha256(ref.encode()).hexdigest()}")
+    await comp.start()
+    await comp.desired(DesiredState(1, doc(a={}, b={})))
+    await settle(comp)
+    kinds = [(k, m) for k, m, _ in hooks.calls]
+    assert sorted(kinds) == sorted([("before_create", "a"), ("before_start", "a"),
+                                    ("before_create", "b"), ("before_start", "b")])
+    # The hook's mount is in what was created; the start hook got the pinned image and version.
+    assert all(k != "before_start" or ("@sha256:" in info and info.endswith(" v1")) for k, _, info in hooks.calls)
+    created = list(runtime.requests.values())
+    assert len(created) == 2 and all(any(m.target == "/run/x" for m in r.mounts) for r in created)
+
+    # a changes (re-created: keeps its hook state, no after_remove); b leaves (after_remove).
+    hooks.calls.clear()
+    await comp.desired(DesiredState(2, doc(a={"img": "a:2"})))
+    await settle(comp)
+    assert ("after_remove", "b", "") in hooks.calls
+    assert not any(k == "after_remove" and m == "a" for k, m, _ in hooks.calls)
+    assert ("before_create", "a") in [(k, m) for k, m, _ in hooks.calls]
