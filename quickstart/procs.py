@@ -125,7 +125,8 @@ def clean_stale(pid_dir: Path) -> list[str]:
         if len(lines) >= 2 and lines[0].isdigit():
             pid, program = int(lines[0]), lines[1]
             cmd = _cmdline(pid)
-            if cmd and (cmd[0] == program or os.path.basename(cmd[0]) == os.path.basename(program)):
+            # cmd[0] is the interpreter for scripts (python3 .venv/bin/edge-agent ...)
+            if program in cmd[:2] or any(os.path.basename(c) == os.path.basename(program) for c in cmd[:2]):
                 _kill_group(pid, 5.0)
                 stopped.append(f"{pid_file.stem} (pid {pid})")
         pid_file.unlink(missing_ok=True)
