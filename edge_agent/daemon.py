@@ -51,8 +51,10 @@ class AgentContext:
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
     from edge_agent.attestation.service import AttestationService
-    from edge_agent.trust.factory import build_document_gate
+    from edge_agent.trust.component import TrustComponent
     from edge_agent.twin.component import TwinComponent
+
+    trust = TrustComponent(ctx.config, ctx.db)
 
     # Until the deployment layer lands, accepted desired documents go to a recorder.
     twin = TwinComponent(
@@ -60,7 +62,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
         ctx.db,
         ctx.reported,
         DesiredRecorder(ctx.reported).desired,
-        signature_gate=build_document_gate(ctx.config, ctx.db),
+        signature_gate=trust.document_gate,
         started_monotonic=ctx.started_monotonic,
     )
     # Attestation commands travel on the twin's connection: one MQTT connection per device.
@@ -68,7 +70,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
     ctx.control.register("attestation", attestation.status)
-    components: list[Component] = [twin, attestation]
+    components: list[Component] = [trust, twin, attestation]
     if ctx.config.telemetry.enabled:
         from edge_agent.telemetry.component import TelemetryComponent
 

@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.strict_json import loads_strict
+
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIMPLESIGNING_TYPE = "cosign container image signature"
@@ -69,22 +71,15 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def strict_json(data: bytes, what: str) -> Any:
-    """JSON with duplicate keys refused (a classic way to make two parsers see two documents)."""
-
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise FormatError(f"{what}: duplicate key {k!r}")
-            out[k] = v
-        return out
-
+    """JSON with duplicate keys and NaN refused (edge_agent.strict_json), errors as FormatError."""
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=no_dupes)
+        return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise FormatError(f"{what}: not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise FormatError(f"{what}: not JSON ({exc.msg} at {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{what}: {exc}") from None
 
 
 def _obj(value: Any, what: str, keys: set[str], optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from edge_agent.strict_json import loads_strict
 from edge_agent.twin.events import DesiredRejected
 from edge_agent.twin.protocol import SCHEMA_VERSION
 
@@ -72,26 +72,6 @@ def nesting_depth(data: bytes) -> int:
     return deepest
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
 def load_json(raw: bytes, limits: Limits = Limits()) -> Any:
     """Size, encoding, depth and syntax checks; raises DesiredRejected naming what is wrong."""
     if len(raw) > limits.max_bytes:
@@ -104,7 +84,7 @@ def load_json(raw: bytes, limits: Limits = Limits()) -> Any:
     if depth > limits.max_depth:
         raise DesiredRejected("too_deep", f"JSON nests {depth} levels deep; the limit is {limits.max_depth}")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite)
+        return loads_strict(text)
     except json.JSONDecodeError as exc:
         raise DesiredRejected(
             "invalid_json", f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
