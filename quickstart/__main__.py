@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=20.0, metavar="SECONDS",
                         help="how long the broker stays away (default 20)")
     parser.add_argument("--non-interactive", action="store_true",
-                        help="for CI: no terminal assumptions (same story, same checks)")
+                        help="for CI and logs: plain output, no terminal styling (the same story and checks)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     story = Story(Options(root=REPO / ".quickstart", out=args.out.resolve(), drive_s=args.drive,

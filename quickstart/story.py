@@ -84,7 +84,8 @@ class Story:
 
     @contextlib.contextmanager
     def step(self, n: int, title: str) -> Iterator[None]:
-        print(f"\n[{n}/{STEPS}] {title} ...", flush=True)
+        bold, plain = ("\033[1m", "\033[0m") if self.opts.interactive and sys.stdout.isatty() else ("", "")
+        print(f"\n{bold}[{n}/{STEPS}] {title} ...{plain}", flush=True)
         started = time.monotonic()
         try:
             yield
@@ -233,6 +234,8 @@ class Story:
         attestation = (f'enabled = true\ntcti = "{self.tcti}"\n' if self.tcti else "enabled = false\n")
         # without the lifecycle layer the pilot runs beside the agent and uses a host-module socket
         host_pilot = "" if lifecycle_available() else 'modules = ["pilot"]'
+        podman_keys = agent_config_keys().get("podman", set())
+        podman_extra = f'insecure_registries = ["{registry}"]' if "insecure_registries" in podman_keys else ""
         (self.work / "agent.toml").write_text(f"""\
 # written by the quickstart (scripts/run); annotated reference: config/config.toml
 [device]
@@ -261,6 +264,7 @@ report_stats_interval_s = 5
 
 [podman]
 socket = "{self.podman_url}"
+{podman_extra}
 
 [attestation]
 {attestation}
@@ -275,7 +279,24 @@ keys = ["{device}/keys/cosign.pub"]
 [telemetry]
 runtime_dir = "{self.work / 'agent-run'}"
 {host_pilot}
-""")
+{self.lifecycle_config()}""")
+
+    def lifecycle_config(self) -> str:
+        """Settings of the lifecycle layer, for the keys this build of the agent has."""
+        sections = agent_config_keys()
+        lines = []
+        if "deployment" in sections:
+            keys = sections["deployment"]
+            lines += ["", "[deployment]"]
+            if "allowed_mount_roots" in keys:
+                lines.append(f'allowed_mount_roots = ["{self.work / "device"}", "{self.work / "agent-run"}"]')
+            if "container_prefix" in keys:
+                lines.append('container_prefix = "qs-"')  # containers of this story are qs-pilot, ...
+            if "image_gc" in keys:
+                lines.append("image_gc = false  # a shared dev machine: never remove images")
+            if "stabilisation_window_s" in keys:
+                lines.append("stabilisation_window_s = 5")
+        return "\n".join(lines) + "\n"
 
     # 3 ---------------------------------------------------------------------------------------
     def step_image(self) -> None:
@@ -405,7 +426,7 @@ runtime_dir = "{self.work / 'agent-run'}"
         peak = 0
         while time.monotonic() < deadline:
             time.sleep(min(4.0, max(0.0, deadline - time.monotonic())))
-            depth = self.depth()
+            depth = self.run_state.queue_samples[-1][1] if self.run_state.queue_samples else 0
             peak = max(peak, depth)
             alive = self.module_running() if lifecycle_available() else self.procs_alive("pilot")
             self.say(f"offline: queue {depth} records on the device, pilot {'driving' if alive else 'NOT RUNNING'}, "
@@ -419,6 +440,7 @@ runtime_dir = "{self.work / 'agent-run'}"
         during = [r for r in records if t_down <= self.ts_since_pilot(r) <= t_up]
         seqs = sorted(int(r["seq"]) for r in records)
         missing = (seqs[-1] - seqs[0] + 1 - len(set(seqs))) if seqs else 0
+        peak = max([peak] + [d for t, d in self.run_state.queue_samples if t >= t_down])
         self.run_state.outage = (t_down, t_up)
         self.run_state.outage_figures = {
             "seconds": round(t_up - t_down, 1), "queue_peak": peak, "records_before": before,
@@ -633,6 +655,16 @@ runtime_dir = "{self.work / 'agent-run'}"
     def _check_alive(self) -> None:
         if self.procs and "edge-agent" in self.procs.started and not self.procs.alive("edge-agent"):
             raise StoryError(f"the agent exited; log tail:\n{tail(self.work / 'logs' / 'edge-agent.log', 40)}")
+
+
+def agent_config_keys() -> dict[str, set[str]]:
+    """Section name -> key names of the installed agent's config model."""
+    from edge_agent.config import AgentConfig
+
+    out: dict[str, set[str]] = {}
+    for name, fld in AgentConfig.model_fields.items():
+        out[name] = set(getattr(fld.annotation, "model_fields", {}))
+    return out
 
 
 def lifecycle_available() -> bool:
