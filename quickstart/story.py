@@ -599,6 +599,9 @@ runtime_dir = "{self.work / 'agent-run'}"
 
     def image_refusal(self) -> str | None:
         rep = self.reported()
+        last = (rep.get("deployment") or {}).get("lastReceived") or {}
+        if last.get("status") == "rejected":
+            return f"version {last.get('version')} rejected: {last.get('description')}"
         mod = (rep.get("modules") or {}).get("pilot") or {}
         for text in (json.dumps(mod), json.dumps(rep.get("deployment") or {})):
             for code in ("unsigned", "digest_mismatch", "untrusted_key", "image_rejected", "local_image_mismatch"):
