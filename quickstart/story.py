@@ -75,6 +75,7 @@ class Story:
         self.env: dict[str, str] = {}
         self._sampler_stop = threading.Event()
         self._sampler: threading.Thread | None = None
+        self.first_envelope = b""  # the signed deployment v1 as published (step 7 replays it)
 
     # ------------------------------------------------------------------ output
 
@@ -438,6 +439,8 @@ runtime_dir = "{self.work / 'agent-run'}"
         time.sleep(2)
         records = self.stats_records()
         during = [r for r in records if t_down <= self.ts_since_pilot(r) <= t_up]
+        laps_offline = [float((r["payload"].get("sim") or {}).get("laps", 0.0)) for r in during]
+        driven = round(max(laps_offline) - min(laps_offline), 3) if laps_offline else 0.0
         seqs = sorted(int(r["seq"]) for r in records)
         missing = (seqs[-1] - seqs[0] + 1 - len(set(seqs))) if seqs else 0
         peak = max([peak] + [d for t, d in self.run_state.queue_samples if t >= t_down])
@@ -445,10 +448,11 @@ runtime_dir = "{self.work / 'agent-run'}"
         self.run_state.outage_figures = {
             "seconds": round(t_up - t_down, 1), "queue_peak": peak, "records_before": before,
             "records_made_while_offline_and_uploaded": len(during), "records_total": len(records),
-            "missing_sequence_numbers": missing,
+            "missing_sequence_numbers": missing, "laps_driven_while_offline": driven,
         }
         self.say(f"queued while offline: peak {peak}; uploaded after reconnect: {len(during)} records made "
                  f"during the outage; total received {len(records)}, missing {missing}")
+        self.say(f"the car kept driving: {driven} laps while the broker was away (from those records)")
 
     # 7 ---------------------------------------------------------------------------------------
     def step_refusals(self) -> None:
@@ -544,7 +548,8 @@ runtime_dir = "{self.work / 'agent-run'}"
                  f"({latency.get('frames', 0)} frames)")
         self.say(f"outage: {o.get('seconds')} s offline, queue peaked at {o.get('queue_peak')} records, "
                  f"{o.get('records_made_while_offline_and_uploaded')} uploaded after reconnect, "
-                 f"{o.get('missing_sequence_numbers')} missing")
+                 f"{o.get('missing_sequence_numbers')} missing, "
+                 f"{o.get('laps_driven_while_offline')} laps driven offline")
         r = self.run_state.refusals
         self.say(f"refused: tampered image (fleet check exit {r.get('tampered_image_fleet_check', {}).get('exit')}"
                  f"{'; device: ' + str(r['tampered_image_device']) if 'tampered_image_device' in r else ''}), "

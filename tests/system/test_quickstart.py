@@ -113,6 +113,7 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     outage = figures["outage"]
     assert outage["seconds"] >= 8 and outage["queue_peak"] > 0, outage
     assert outage["records_made_while_offline_and_uploaded"] > 0 and outage["missing_sequence_numbers"] == 0, outage
+    assert outage["laps_driven_while_offline"] > 0.1, outage  # the car kept driving
     refusals = figures["refusals"]
     assert refusals["tampered_image_fleet_check"]["exit"] != 0
     assert "unsigned" in refusals["tampered_image_fleet_check"]["output"]
