@@ -233,8 +233,9 @@ class Story:
         registry = f"127.0.0.1:{self.registry_port}"
         port = self.broker.port if self.broker else 0
         attestation = (f'enabled = true\ntcti = "{self.tcti}"\n' if self.tcti else "enabled = false\n")
-        # without the lifecycle layer the pilot runs beside the agent and uses a host-module socket
-        host_pilot = "" if lifecycle_available() else 'modules = ["pilot"]'
+        # the pilot's ingest socket, served from the start (the container, or the host process
+        # without the lifecycle layer, mounts/uses <runtime_dir>/ingest/pilot)
+        host_pilot = 'modules = ["pilot"]'
         podman_keys = agent_config_keys().get("podman", set())
         podman_extra = f'insecure_registries = ["{registry}"]' if "insecure_registries" in podman_keys else ""
         (self.work / "agent.toml").write_text(f"""\
@@ -364,7 +365,11 @@ runtime_dir = "{self.work / 'agent-run'}"
                 {"source": str(device / "keys" / "pilot.pub"), "target": "/etc/edge-pilot/trust/pilot.pub",
                  "readOnly": True},
                 {"source": str(device / "control" / "pilot"), "target": "/control", "readOnly": True},
+                # the agent's telemetry ingest directory for this module (docs/telemetry.md)
+                {"source": str(self.work / "agent-run" / "ingest" / "pilot"), "target": "/run/edge-agent",
+                 "readOnly": False},
             ],
+            "network": "none",  # telemetry goes through the mounted socket; the pilot needs no network
             "labels": {QS_LABEL: "1"},
         }}}
 
