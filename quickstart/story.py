@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -315,7 +316,8 @@ runtime_dir = "{self.work / 'agent-run'}"
         verified = self.text(_tool("edgectl"), "verify-image", ref, "--key", str(key / "cosign.pub"), *insecure,
                              show=True)
         self.say("  " + verified.strip().splitlines()[-1] if verified.strip() else "  verified")
-        self.run_state.image = {"reference": ref, "verify": verified.strip()}
+        digest = re.search(r"@(sha256:[0-9a-f]{64})", verified)
+        self.run_state.image = {"reference": ref, "verify": verified.strip(), "digest": digest.group(1) if digest else ""}
 
     # 4 ---------------------------------------------------------------------------------------
     def step_agent_and_deploy(self) -> None:
@@ -412,6 +414,23 @@ runtime_dir = "{self.work / 'agent-run'}"
                                 "  [deployment]", "  [desired]")))
         show = self.text(_tool("edgectl"), "show", DEVICE, show=True, check=False)
         self.say(show.rstrip())
+        if self.tcti and lifecycle_available() and self.run_state.image.get("digest"):
+            self.attest_running_images()
+
+    def attest_running_images(self) -> None:
+        """A fresh TPM quote: do the measured module images match the deployment (PCR 23)?"""
+        attest = self.cmd(_tool("edgectl"), "attest", DEVICE, "--image", f"pilot={self.run_state.image['digest']}",
+                          "--json", check=False, show=True)
+        result = _json(attest.stdout)
+        checks = {c.get("name"): c for c in result.get("checks", []) if isinstance(c, dict)}
+        image = checks.get("image_deployment") or {}
+        self.run_state.attestation["running_images"] = {
+            "passed": attest.returncode == 0, "failed": result.get("failed"), "image_deployment": image}
+        if attest.returncode == 0:
+            self.say("  attestation: pass; the TPM-quoted image log shows exactly the signed pilot image running")
+        else:
+            self.say(f"  attestation: FAILED checks {result.get('failed')}: "
+                     f"{image.get('status')}: {image.get('detail')}")
 
     def live_line(self, p: dict[str, Any]) -> str:
         lat = p.get("latency_ms", {}).get("total", {})
