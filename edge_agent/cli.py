@@ -25,6 +25,9 @@ Typical use:
   edge-agent check                     is this device set up right? (one line per check)
   edge-agent status                    what is it doing now?
   edge-agent config check              is my edited config valid? (before systemctl reload)
+  edge-agent plan --dry-run            what would the agent change now, and why?
+  edge-agent logs pilot -f             a module's output
+  edge-agent restart pilot             restart one module
   journalctl -u edge-agent MODULE=pilot   logs about one module
 """
 
@@ -76,6 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the full status document as JSON")
     status.add_argument("--state-dir", type=Path, help="override state.dir from the config")
 
+    plan = sub.add_parser(
+        "plan",
+        help="show what the agent would change now, and why (--dry-run)",
+        description="Ask the running agent to plan against the current containers without acting: "
+        "one line per action (pull, create, start, stop, remove) with its reason, and modules waiting "
+        "for a restart backoff.",
+    )
+    plan.add_argument("--dry-run", action="store_true", required=True, help="only show the plan (required)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
+    logs = sub.add_parser(
+        "logs",
+        help="print a module's container logs",
+        description="Print the logs of a module's container (read from podman; works while the agent is down).",
+    )
+    logs.add_argument("module", help="module name as in the deployment")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    restart = sub.add_parser(
+        "restart",
+        help="restart a module's container now",
+        description="Stop and start a module's container through the running agent "
+        "(not counted towards its restart backoff).",
+    )
+    restart.add_argument("module", help="module name as in the deployment")
+    restart.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
     config = sub.add_parser("config", help="config file commands")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_check = config_sub.add_parser(
@@ -102,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "check": cmd_check,
         "status": cmd_status,
         "config": cmd_config,
+        "plan": cmd_plan,
+        "logs": cmd_logs,
+        "restart": cmd_restart,
         "version": cmd_version,
     }[args.command]
     return handler(args)
@@ -177,8 +212,107 @@ def cmd_status(args: argparse.Namespace) -> int:
         flag = "stalled: " + comp["stalled"] if comp.get("stalled") else "ok"
         err = f"  last error: {comp['last_error']}" if comp.get("last_error") else ""
         print(f"  {name:<14} {flag}{err}")
-    for section, value in sorted(status.get("reported", {}).items()):
+    reported = dict(status.get("reported", {}))
+    modules = reported.pop("modules", None)
+    deployment = reported.get("deployment") or {}
+    if deployment:
+        line = f"deployment {deployment.get('current')} ({deployment.get('status', '?')})"
+        line += f"  last known good {deployment.get('lastKnownGood')}"
+        if deployment.get("description"):
+            line += f"  {deployment['description']}"
+        print(line)
+    if modules is not None:
+        print(module_table(modules))
+    for section, value in sorted(reported.items()):
         print(f"  [{section}] {json.dumps(value, sort_keys=True)}")
+    return EXIT_OK
+
+
+def module_table(modules: dict[str, Any]) -> str:
+    """One line per module, like `iotedge list`."""
+    if not modules:
+        return "no modules"
+    rows = [("MODULE", "STATUS", "RESTARTS", "EXIT", "HEALTH", "STARTED", "IMAGE", "DESCRIPTION")]
+    for name, m in modules.items():
+        exit_code = m.get("exitCode")
+        rows.append((
+            name,
+            str(m.get("runtimeStatus", "?")),
+            str(m.get("restartCount", 0)),
+            "-" if exit_code is None else str(exit_code),
+            str(m.get("health") or "-"),
+            str(m.get("startTime") or "-")[:19],
+            str(m.get("image", "")),
+            str(m.get("statusDescription", "")),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def _agent_call(args: argparse.Namespace, cmd: str, payload: dict[str, Any] | None = None) -> Any:
+    from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
+
+    config = _load(args.config, getattr(args, "state_dir", None))
+    if config is None:
+        raise SystemExit(EXIT_USAGE)
+    try:
+        return call(config.state.dir / CONTROL_SOCKET_NAME, cmd, payload, timeout=60)
+    except (AgentNotRunning, CommandError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    result = _agent_call(args, "plan")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"deployment {result['deployment']}" + (f" (pending {result['pending']})" if result.get("pending") else ""))
+    if not result["actions"] and not result["waits"]:
+        print("nothing to change: the containers match the deployment")
+    for a in result["actions"]:
+        print(f"  {a['module']:<16} {a['what']}  -- {a['reason']}")
+    for w in result["waits"]:
+        print(f"  {w['module']:<16} waits {w['in_s']} s  -- {w['reason']}")
+    return EXIT_OK
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    result = _agent_call(args, "restart", {"module": args.module})
+    print(f"restarted {result['module']} (container {result['container']})")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    from podman import PodmanClient
+    from podman.errors import APIError
+
+    from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE
+
+    try:
+        with PodmanClient(base_url=config.podman.socket) as client:
+            labels = [f"{LABEL_DEVICE}={config.device.id}", f"{LABEL_MODULE}={args.module}"]
+            resp = client.api.get("/containers/json", params={"all": "true", "filters": json.dumps({"label": labels})})
+            resp.raise_for_status()
+            found = sorted(resp.json() or [], key=lambda c: c.get("State") != "running")
+            if not found:
+                print(f"edge-agent: no container for module {args.module!r} on this device", file=sys.stderr)
+                return EXIT_FAILED
+            container = client.containers.get(found[0]["Id"])
+            kwargs: dict[str, Any] = {"stream": True, "follow": args.follow, "stdout": True, "stderr": True}
+            if args.tail is not None:
+                kwargs["tail"] = args.tail
+            for chunk in container.logs(**kwargs):
+                sys.stdout.write(chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else str(chunk))
+                sys.stdout.flush()
+    except (APIError, OSError) as exc:
+        print(f"edge-agent: cannot read logs from podman at {config.podman.socket}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 

@@ -190,6 +190,44 @@ class PodmanSection(Section):
         pattern=r"^(unix|tcp)://.+",
         description="podman API URL like unix:///run/podman/podman.sock",
     )
+    pull_timeout_s: float = Field(600.0, ge=5, le=86400, description="seconds one image pull may take, 5-86400")
+    pull_retries: int = Field(3, ge=0, le=100, description="extra attempts after a failed pull, 0-100")
+    stop_grace_s: float = Field(
+        10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL when stopping a module, 0-600"
+    )
+
+
+class DeploymentSection(Section):
+    allowed_mount_roots: list[Path] = Field(
+        default_factory=list,
+        description="absolute host directories modules may bind-mount from, like /srv/edge-data",
+    )
+    stabilisation_window_s: float = Field(
+        30.0, ge=0, le=86400, description="seconds a new deployment must stay running and healthy, 0-86400"
+    )
+    apply_timeout_s: float = Field(
+        900.0, ge=10, le=86400, description="seconds a new deployment may take to become good, 10-86400"
+    )
+    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first restart delay in seconds, up to 3600")
+    backoff_max_s: float = Field(300.0, gt=0, le=86400, description="restart delay cap in seconds, up to 86400")
+    backoff_reset_s: float = Field(
+        600.0, gt=0, le=86400, description="seconds up after which a module's restart backoff resets"
+    )
+    image_gc: bool = Field(True, description="true or false: remove images no deployment uses any more")
+    container_prefix: str = Field(
+        "edge-", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$", description="prefix of module container names"
+    )
+    poll_interval_s: float = Field(
+        30.0, ge=1, le=3600, description="seconds between full re-checks besides live podman events, 1-3600"
+    )
+
+    @field_validator("allowed_mount_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        for root in value:
+            if not root.is_absolute() or ".." in root.parts:
+                raise PydanticCustomError("path", "{root} is not an absolute path", {"root": str(root)})
+        return value
 
 
 class AttestationSection(Section):
@@ -382,11 +420,9 @@ class AgentConfig(Section):
     mqtt: MqttSection = MqttSection()
     twin: TwinSection = TwinSection()
     podman: PodmanSection = PodmanSection()
+    deployment: DeploymentSection = DeploymentSection()
     attestation: AttestationSection = AttestationSection()
-
-
     trust: TrustSection = TrustSection()
-
     telemetry: TelemetrySection = TelemetrySection()
 
 

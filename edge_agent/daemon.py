@@ -26,7 +26,6 @@ from edge_agent.logs import get_logger, setup_logging
 from edge_agent.reported import ReportedState
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
-from edge_agent.twin.events import DesiredState
 
 log = get_logger(__name__)
 
@@ -51,17 +50,29 @@ class AgentContext:
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
     from edge_agent.attestation.service import AttestationService
+    from edge_agent.deployment.component import DeploymentComponent
+    from edge_agent.deployment.store import DeploymentStore
+    from edge_agent.runtime.podman import PodmanRuntime
     from edge_agent.trust.component import TrustComponent
     from edge_agent.twin.component import TwinComponent
 
     trust = TrustComponent(ctx.config, ctx.db)
-
-    # Until the deployment layer lands, accepted desired documents go to a recorder.
+    # The deployment component verifies images through the trust component (cosign, or the
+    # policy's mode) and creates containers only from the repository@digest it returns.
+    deployment = DeploymentComponent(
+        ctx.config,
+        DeploymentStore(ctx.db),
+        ctx.reported,
+        PodmanRuntime(ctx.config.podman.socket),
+        verifier=trust,
+        control=ctx.control,
+    )
     twin = TwinComponent(
         ctx.config,
         ctx.db,
         ctx.reported,
-        DesiredRecorder(ctx.reported).desired,
+        deployment.desired,
+        validate_deployment=deployment.validate,
         signature_gate=trust.document_gate,
         started_monotonic=ctx.started_monotonic,
     )
@@ -70,30 +81,15 @@ def build_components(ctx: AgentContext) -> list[Component]:
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
     ctx.control.register("attestation", attestation.status)
-    components: list[Component] = [trust, twin, attestation]
+    # Deployment starts before the twin: its start() loads the stored deployment, so the
+    # modules are known (and adopted) before any desired document is handed over.
+    components: list[Component] = [trust, deployment, twin, attestation]
     if ctx.config.telemetry.enabled:
         from edge_agent.telemetry.component import TelemetryComponent
 
         # Telemetry uploads through the twin's session too (TwinSession implements Publisher).
         components.append(TelemetryComponent(ctx.config, ctx.reported, ctx.control, publisher=twin.session))
     return components
-
-
-class DesiredRecorder:
-    """Stand-in for the deployment component: logs the hand-over and reports the version."""
-
-    def __init__(self, reported: ReportedState) -> None:
-        self.reported = reported
-
-    async def desired(self, state: DesiredState) -> None:
-        log.info(
-            "deployment version %d (%s) received: %d modules",
-            state.version,
-            state.source,
-            len(state.deployment.get("modules") or {}),
-            extra={"EVENT": "deployment.received", "DEPLOYMENT": str(state.version)},
-        )
-        self.reported.set("deployment", {"current": state.version, "source": state.source})
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:

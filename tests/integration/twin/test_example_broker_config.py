@@ -65,7 +65,7 @@ async def test_example_mosquitto_config(pki: Pki, tmp_path: Path) -> None:
         # its own desired document and may not read another's.
         fleet_params = broker_params(section(ops.cert, ops.key), unique("ops"))
         async with FleetClient(fleet_params, "edge") as fleet:
-            await fleet.deploy(device, {"modules": {"m": {"image": "i:1"}}})
+            await fleet.deploy(device, {"modules": {"m": {"image": "registry.local/i:1"}}})
             await fleet.deploy("someone-else", {"modules": {"x": {"image": "secret"}}})
             async with make_client(broker_params(section(dev_cert.cert, dev_cert.key), device)) as client:
                 await client.subscribe("edge/+/desired", qos=1)

@@ -28,8 +28,8 @@ async def test_device_cannot_read_or_write_another_devices_twin(twin_env: TwinEn
     topic = lambda dev, leaf: f"{twin_env.prefix}/{dev}/{leaf}"  # noqa: E731
 
     async with twin_env.fleet_client() as fleet:
-        await fleet.deploy(b, {"modules": {"secret-b": {"image": "b:1"}}})
-        await fleet.deploy(a, {"modules": {"own-a": {"image": "a:1"}}})
+        await fleet.deploy(b, {"modules": {"secret-b": {"image": "registry.local/b:1"}}})
+        await fleet.deploy(a, {"modules": {"own-a": {"image": "registry.local/a:1"}}})
 
         async with make_client(params_a) as client_a:
             # mosquitto 2.0 grants the subscription but filters every message by the ACL at
@@ -38,8 +38,8 @@ async def test_device_cannot_read_or_write_another_devices_twin(twin_env: TwinEn
             await client_a.subscribe([(topic(b, "desired"), SubscribeOptions(qos=1))])
             await client_a.subscribe(f"{twin_env.prefix}/+/desired", qos=1)
             await client_a.subscribe([(topic(a, "desired"), SubscribeOptions(qos=1))])
-            await fleet.deploy(b, {"modules": {"secret-b": {"image": "b:2"}}})
-            await fleet.deploy(a, {"modules": {"own-a": {"image": "a:2"}}})
+            await fleet.deploy(b, {"modules": {"secret-b": {"image": "registry.local/b:2"}}})
+            await fleet.deploy(a, {"modules": {"own-a": {"image": "registry.local/a:2"}}})
             seen = []
             while True:
                 message = await _next_message(client_a)

@@ -110,13 +110,15 @@ async def test_broker_killed_and_restarted_agent_ends_on_latest(own_twin_env: Tw
                 fleet, device, lambda d: desired_section(d).get("acceptedVersion") == v1, what="re-published report"
             )
             # Several updates in a row; the device must end on the last one.
-            versions = [await fleet.deploy(device, {"modules": {"m": {"image": f"img:{i}"}}}) for i in range(3)]
+            versions = [
+                await fleet.deploy(device, {"modules": {"m": {"image": f"registry.local/img:{i}"}}}) for i in range(3)
+            ]
             assert versions == [v1 + 1, v1 + 2, v1 + 3]
             final = await fleet.wait_accepted(device, versions[-1], 20)
         assert final["acceptedVersion"] == versions[-1]
         stored = stored_desired(agent)
         assert stored is not None and stored[0] == versions[-1]
-        assert json.loads(stored[1])["deployment"] == {"modules": {"m": {"image": "img:2"}}}
+        assert json.loads(stored[1])["deployment"] == {"modules": {"m": {"image": "registry.local/img:2"}}}
         assert agent.log().count("EVENT=mqtt.connected") >= 2
     finally:
         agent.stop()

@@ -52,7 +52,7 @@ async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:
             host="127.0.0.1", port=broker.port, topic_prefix=prefix, username=ops, password=f"file:{ops_file}"
         )
         async with FleetClient(broker_params(section, f"{ops}-1"), prefix) as fleet:
-            version = await fleet.deploy(device, {"modules": {"m": {"image": "i:1"}}})
+            version = await fleet.deploy(device, {"modules": {"m": {"image": "registry.local/i:1"}}})
             await fleet.wait_accepted(device, version, 20)
             reported = await wait_reported(fleet, device, lambda d: desired_section(d).get("acceptedVersion") == 1)
         assert device_pw not in str(reported)

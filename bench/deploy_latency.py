@@ -1,0 +1,179 @@
+"""Deployment latency and agent memory, against real podman and a real registry.
+
+    python bench/deploy_latency.py [--runs 20]
+
+1. Handover -> running: a deployment is handed to the DeploymentComponent (as the twin does)
+   and we time until the module is reported running. Each run deploys a fresh module (a new
+   spec), with the previous one removed beforehand, so each run is: resolve the tag in the
+   registry, plan, create by digest, start, observe. Baseline, measured in the same run and
+   interleaved: `podman run -d` of the same image by digest (the CLI returning = started).
+2. RSS of the real `edge-agent run` daemon while it manages 10 running modules.
+
+Prints a table; nothing is asserted (house rules: speed and memory only in bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_agent.config import parse_config  # noqa: E402
+from edge_agent.deployment.component import DeploymentComponent  # noqa: E402
+from edge_agent.deployment.store import DeploymentStore  # noqa: E402
+from edge_agent.reported import ReportedState  # noqa: E402
+from edge_agent.runtime.podman import PodmanRuntime  # noqa: E402
+from edge_agent.store import open_state_db  # noqa: E402
+from edge_agent.trust.passthrough import PassthroughVerifier  # noqa: E402
+from edge_agent.twin.events import DesiredState  # noqa: E402
+from tests.infra.agent import AgentProcess  # noqa: E402
+from tests.infra.podman import PodmanService, ensure_busybox_image, podman, use_dev_containers_conf  # noqa: E402
+from tests.infra.procs import free_port, wait_until  # noqa: E402
+from tests.infra.registry import Registry  # noqa: E402
+
+CMD = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def config_text(device: str, url: str, registry: Registry) -> str:
+    return (f'[device]\nid = "{device}"\n[logging]\nlevel = "warning"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            f'[podman]\nsocket = "{url}"\nstop_grace_s = 1\n'
+            f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
+            f'[trust]\ninsecure_registries = ["{registry.host}"]\n[[trust.policy]]\nscope = "*"\nmode = "off"\n'
+            f'[deployment]\ncontainer_prefix = "{device}-"\nstabilisation_window_s = 1\npoll_interval_s = 30\n')
+
+
+async def agent_latency(device: str, url: str, registry: Registry, image: str, digest_ref: str,
+                        runs: int, state: Path) -> tuple[list[float], list[float]]:
+    db = open_state_db(state)
+    reported = ReportedState()
+    comp = DeploymentComponent(parse_config(config_text(device, url, registry)), DeploymentStore(db), reported,
+                               PodmanRuntime(url))
+    await comp.start()
+    task = asyncio.create_task(comp.run())
+    agent_s: list[float] = []
+    raw_s: list[float] = []
+    version = 0
+    try:
+        for i in range(runs):
+            # Empty deployment first (not timed), so each timed run creates and starts one container.
+            version += 1
+            await comp.desired(DesiredState(version, {"modules": {}}))
+            while reported.get("modules") or podman("ps", "-aq", "--filter", f"label=edge-agent.device={device}"
+                                                    ).stdout.strip():
+                await asyncio.sleep(0.01)
+            version += 1
+            doc = {"modules": {f"m{i}": {"image": image, "command": CMD[:2], "args": CMD[2:]}}}
+            t0 = time.perf_counter()
+            await comp.desired(DesiredState(version, doc))
+            while (reported.get("modules") or {}).get(f"m{i}", {}).get("runtimeStatus") != "running":
+                await asyncio.sleep(0.002)
+            agent_s.append(time.perf_counter() - t0)
+            # Baseline in the same run: podman run -d of the same image by digest.
+            name = f"{device}-raw{i}"
+            t0 = time.perf_counter()
+            podman("run", "-d", "--name", name, digest_ref, *CMD)
+            raw_s.append(time.perf_counter() - t0)
+            podman("rm", "-f", "-t", "0", name)
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=15)
+        db.close()
+    return agent_s, raw_s
+
+
+def agent_rss(device: str, url: str, registry: Registry, image: str, workdir: Path) -> tuple[int, int]:
+    agent = AgentProcess(workdir, config_text(device, url, registry), env={"PYTHONPATH": str(REPO)}).start()
+    try:
+        assert agent.proc is not None and agent.proc.proc is not None
+        pid = agent.proc.proc.pid
+        idle = _rss_kb(pid)
+        modules = {f"m{i}": {"image": image, "command": CMD[:2], "args": CMD[2:]} for i in range(10)}
+        agent.call("deploy", {"version": 1, "deployment": {"modules": modules}})
+
+        def all_running() -> bool:
+            status: Any = agent.call("status")
+            mods = status["reported"].get("modules") or {}
+            return len(mods) == 10 and all(m["runtimeStatus"] == "running" for m in mods.values())
+
+        wait_until(all_running, 120, "10 modules running", interval=0.5)
+        time.sleep(5)  # a few reconcile passes, healthcheck ticks and events
+        return idle, _rss_kb(pid)
+    finally:
+        agent.stop()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    device = f"lc-test-bench-{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
+        work = Path(tmp)
+        use_dev_containers_conf(work)
+        (work / "podman").mkdir()
+        service = PodmanService(work / "podman").start()
+        registry = Registry(work / "registry").start()
+        local = f"localhost/{device}:1"
+        try:
+            base = ensure_busybox_image()
+            (work / "ctx").mkdir()
+            (work / "ctx" / "Containerfile").write_text(f"FROM {base}\nLABEL lc-test-run={device}\n")
+            podman("build", "-q", "--pull=never", "-t", local, str(work / "ctx"))
+            image = f"{registry.host}/lc-test/{device}:1"
+            podman("push", "-q", "--tls-verify=false", local, image)
+            digest = asyncio.run(PassthroughVerifier([registry.host]).verify(image)).digest
+            digest_ref = f"{image.rsplit(':', 1)[0]}@{digest}"
+            podman("pull", "-q", "--tls-verify=false", digest_ref)
+            agent_s, raw_s = asyncio.run(agent_latency(device, service.url, registry, image, digest_ref, args.runs,
+                                                       work / "state"))
+            idle_kb, ten_kb = agent_rss(device + "r", service.url, registry, image, work / "agent")
+        finally:
+            for dev in (device, device + "r"):
+                ids = podman("ps", "-aq", "--filter", f"label=edge-agent.device={dev}", check=False).stdout.split()
+                if ids:
+                    podman("rm", "-f", "-t", "0", *ids, check=False)
+            ids = podman("images", "-q", "--filter", f"label=lc-test-run={device}", check=False).stdout.split()
+            if ids:
+                podman("rmi", "-f", *sorted(set(ids)), check=False)
+            registry.stop()
+            service.stop()
+
+    print(f"\nhandover -> running, {args.runs} runs (seconds)")
+    print(f"{'':34}{'p50':>8}{'p99':>8}{'max':>8}{'mean':>8}")
+    for label, values in (("edge-agent (resolve+plan+create+start)", agent_s), ("podman run -d (baseline)", raw_s)):
+        print(f"{label:34}{pct(values, .5):8.3f}{pct(values, .99):8.3f}{max(values):8.3f}"
+              f"{statistics.mean(values):8.3f}")
+    ratio50, ratio99 = pct(agent_s, 0.5) / pct(raw_s, 0.5), pct(agent_s, 0.99) / pct(raw_s, 0.99)
+    print(f"{'ratio agent / baseline':34}{ratio50:8.2f}{ratio99:8.2f}")
+    print("\nedge-agent daemon RSS")
+    print(f"  idle, no modules        {idle_kb / 1024:7.1f} MiB")
+    print(f"  managing 10 modules     {ten_kb / 1024:7.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

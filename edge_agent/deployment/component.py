@@ -1,0 +1,555 @@
+"""DeploymentComponent: keeps the device running exactly what the current deployment says.
+
+The loop (imperative shell around the pure planner, restart policy and rollback judge):
+
+    desired state (twin) ─► pin images (verifier) ─► store as current (on probation)
+    podman events / healthcheck results / timers ─► reconcile:
+        observe containers ─► settle restart counters ─► judge probation (good / rollback)
+        ─► plan ─► execute ─► report modules and deployment
+
+Agent restarts never restart modules: containers with our labels and spec hash are adopted as
+they are. At boot the stored (pinned) deployment runs from local images with no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_agent.component import BaseComponent
+from edge_agent.config import AgentConfig
+from edge_agent.control import CommandError, ControlServer
+from edge_agent.deployment.actions import Plan, action_to_dict
+from edge_agent.deployment.desired import DesiredDeployment, NamingSettings
+from edge_agent.deployment.executor import Executor, ExecutorSettings
+from edge_agent.deployment.manifest import Deployment, validate_deployment
+from edge_agent.deployment.planner import PlannerSettings, plan
+from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, settle
+from edge_agent.deployment.rollback import Failed, Good, Probation, ProbationSettings, Settled, Verdict, judge
+from edge_agent.deployment.store import DeploymentStore, StoredDeployment
+from edge_agent.logs import get_logger
+from edge_agent.reported import ReportedState
+from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
+from edge_agent.trust.api import ImageRejected, ImageVerifier
+from edge_agent.trust.passthrough import PassthroughVerifier, RegistryUnreachable
+from edge_agent.twin.events import DesiredRejected, DesiredState
+
+log = get_logger(__name__)
+HEALTH_TICK_S = 0.25
+FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class DeploymentComponent(BaseComponent):
+    name = "deployment"
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: DeploymentStore,
+        reported: ReportedState,
+        runtime: ContainerRuntime,
+        verifier: ImageVerifier | None = None,
+        control: ControlServer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.reported = reported
+        self.runtime = runtime
+        self.clock = clock
+        self._explicit_verifier = verifier
+        self._configure(config)
+        self.current: StoredDeployment | None = None
+        self.lkg: StoredDeployment | None = None
+        self.pending: DesiredState | None = None
+        self.wake = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.module_errors: dict[str, str] = {}
+        self.rollback_info: dict[str, Any] | None = None
+        self.deployment_status: dict[str, Any] = {}
+        self.incoming_status: dict[str, Any] | None = None
+        self.observed: list[ObservedContainer] = []
+        self.last_plan = Plan()
+        self._known_images: set[str] = set()
+        self._health: dict[str, str] = {}
+        self._next_check: dict[str, float] = {}
+        self._retry_at: float | None = None
+        self._failure_delay = FAILURE_RETRY_S[0]
+        self._pin_retry_at: float | None = None
+        self._busy_since: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if control is not None:
+            control.register("plan", self._cmd_plan)
+            control.register("restart", self._cmd_restart)
+            control.register("deploy", self._cmd_deploy)
+
+    @property
+    def verifier(self) -> ImageVerifier:
+        return self._explicit_verifier or self.passthrough
+
+    def _configure(self, config: AgentConfig) -> None:
+        self.config = config
+        # Plain HTTP for pulls only where [trust] allows it (loopback registries).
+        self.passthrough = PassthroughVerifier(config.trust.insecure_registries)
+        d, p = config.deployment, config.podman
+        self.device_id = config.device.id
+        self.naming = NamingSettings(config.device.id, d.container_prefix, p.stop_grace_s)
+        self.backoff = BackoffSettings(d.backoff_initial_s, d.backoff_max_s, d.backoff_reset_s)
+        self.planner_settings = PlannerSettings(self.naming, self.backoff)
+        self.probation = ProbationSettings(d.stabilisation_window_s, d.apply_timeout_s)
+        self.executor = Executor(
+            self.runtime,
+            self.store,
+            ExecutorSettings(p.pull_timeout_s, p.pull_retries),
+            self.passthrough.is_insecure,
+            self.clock,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.current = self.store.get("current")
+        self.lkg = self.store.get("last_known_good")
+        if self.current is not None:
+            log.info(
+                "stored deployment %d will be run (last known good: %s)",
+                self.current.version,
+                self.lkg.version if self.lkg else "none",
+                extra={"EVENT": "deployment.loaded", "DEPLOYMENT": str(self.current.version)},
+            )
+        self._report_deployment()
+
+    async def apply_config(self, config: AgentConfig) -> None:
+        self._configure(config)
+        self.wake.set()
+
+    def stalled(self) -> str | None:
+        # Pulls can legitimately take pull_timeout_s (times retries); past that we are stuck.
+        limit = self.config.podman.pull_timeout_s * (2 + self.config.podman.pull_retries) + 120
+        if self._busy_since is not None and self.clock() - self._busy_since > limit:
+            return f"a reconcile pass has been running for {self.clock() - self._busy_since:.0f} s"
+        return None
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_events(), name="deployment-events")
+                tg.create_task(self._watch_health(), name="deployment-health")
+                tg.create_task(self._reconcile_forever(), name="deployment-reconcile")
+        finally:
+            await self.runtime.close()
+
+    # ------------------------------------------------------------------ desired state (from the twin)
+
+    def validate(self, raw: Mapping[str, Any]) -> Deployment:
+        """The twin's deployment validator: raises DesiredRejected naming module and field."""
+        roots = [str(r) for r in self.config.deployment.allowed_mount_roots]
+        return validate_deployment(raw, allowed_mount_roots=roots)
+
+    async def desired(self, state: DesiredState) -> None:
+        current = self.current
+        if current is not None and state.version == current.version and dict(state.deployment) == current.document:
+            return  # the same document again (e.g. re-delivered at boot): nothing to do
+        bad = self.store.bad_versions()
+        highest_bad = max(bad, default=None)
+        if highest_bad is not None and state.version <= highest_bad:
+            log.warning(
+                "deployment %d not applied: version %d failed before (%s); waiting for a newer one",
+                state.version, highest_bad, bad[highest_bad],
+                extra={"EVENT": "deployment.skipped_bad", "DEPLOYMENT": str(state.version)},
+            )
+            self.incoming_status = {"version": state.version, "status": "skipped",
+                                    "description": f"version {highest_bad} failed before: {bad[highest_bad]}"}
+            self._report_deployment()
+            return
+        self.validate(state.deployment)
+        self.pending = state
+        self._pin_retry_at = None
+        log.info("deployment version %d (%s) received: %d modules", state.version, state.source,
+                 len(state.deployment.get("modules") or {}),
+                 extra={"EVENT": "deployment.received", "DEPLOYMENT": str(state.version)})
+        self.wake.set()
+
+    async def _pin_pending(self) -> None:
+        state = self.pending
+        if state is None or (self._pin_retry_at is not None and self.clock() < self._pin_retry_at):
+            return
+        parsed = self.validate(state.deployment)
+        images: dict[str, str] = {}
+        try:
+            for name, spec in parsed.modules.items():
+                verified = await self.verifier.verify(spec.image)
+                images[name] = f"{verified.repository}@{verified.digest}"
+        except (RegistryUnreachable, ImageRejected) as exc:
+            if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
+                return self._reject_pending(state, exc)
+            self._pin_retry_at = self.clock() + 10
+            self.incoming_status = {"version": state.version, "status": "resolving",
+                                    "description": f"cannot resolve images yet: {exc}"}
+            log.warning("deployment %d: cannot resolve images yet (%s); retrying", state.version, exc,
+                        extra={"EVENT": "deployment.resolve_retry", "DEPLOYMENT": str(state.version)})
+            return
+        self.pending = None
+        self.incoming_status = {"version": state.version, "status": "activated"}
+        stored = StoredDeployment(state.version, dict(state.deployment), images, self.clock())
+        self.store.activate(stored)
+        self.current = stored
+        self.module_errors.clear()
+        self.rollback_info = None
+        self.deployment_status = {"status": "applying", "version": stored.version}
+        log.info("deployment %d activated: %s", stored.version,
+                 ", ".join(f"{m}={i}" for m, i in sorted(images.items())) or "no modules",
+                 extra={"EVENT": "deployment.activated", "DEPLOYMENT": str(stored.version)})
+
+    def _reject_pending(self, state: DesiredState, exc: ImageRejected) -> None:
+        self.pending = None
+        self.incoming_status = {"version": state.version, "status": "rejected",
+                                "description": f"image {exc.reference}: {exc.code}: {exc.description}"}
+        log.error("deployment %d rejected: %s", state.version, exc,
+                  extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(state.version)})
+
+    # ------------------------------------------------------------------ loops
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            self.wake.clear()
+            wake_at = await self.reconcile()
+            timeout = self.config.deployment.poll_interval_s
+            if wake_at is not None:
+                timeout = max(0.05, min(timeout, wake_at - self.clock()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives just as the event is set, and then the component never stops.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    async def _watch_events(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async for event in self.runtime.events(self.device_id):
+                    delay = 1.0
+                    log.debug("podman event %s %s", event.action, event.name,
+                              extra={"EVENT": "runtime.event", "MODULE": event.module})
+                    self.wake.set()
+            except RuntimeFailure as exc:
+                log.warning("podman event stream: %s; reconnecting in %.0f s", exc, delay,
+                            extra={"EVENT": "runtime.events_lost"})
+            self.wake.set()  # events may have been missed: look again
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _watch_health(self) -> None:
+        """Run container healthchecks on their interval (podman relies on systemd timers for this,
+        which a device without a systemd-managed podman lacks); a changed result wakes the loop."""
+        while True:
+            await asyncio.sleep(HEALTH_TICK_S)
+            desired = self._desired_now()
+            if desired is None:
+                continue
+            now = self.clock()
+            for c in list(self.observed):
+                module = desired.modules.get(c.module or "")
+                if (c.state != "running" or module is None or module.spec.healthcheck is None
+                        or c.spec_hash != module.spec_hash):
+                    continue
+                if now < self._next_check.get(c.id, 0.0):
+                    continue
+                self._next_check[c.id] = now + module.spec.healthcheck.interval
+                try:
+                    health = await self.runtime.healthcheck(c.id)
+                except RuntimeFailure:
+                    continue  # the container went away; the event stream says so
+                if self._health.get(c.id) != health:
+                    self._health[c.id] = health
+                    self.wake.set()
+
+    def _desired_now(self) -> DesiredDeployment | None:
+        return self.current.desired() if self.current is not None else None
+
+    # ------------------------------------------------------------------ one pass
+
+    async def reconcile(self) -> float | None:
+        """One observe-judge-plan-execute-report pass. Returns when to look again (or None)."""
+        async with self.lock:
+            self._busy_since = self.clock()
+            try:
+                return await self._reconcile()
+            except RuntimeFailure as exc:
+                log.error("reconcile failed: %s", exc, extra={"EVENT": "deployment.reconcile_failed"})
+                self.deployment_status = {**self.deployment_status, "error": str(exc)}
+                self._report_deployment()
+                return self.clock() + 5
+            finally:
+                self._busy_since = None
+
+    async def _reconcile(self) -> float | None:
+        await self._pin_pending()
+        wake: list[float] = []
+        if self._pin_retry_at is not None and self.pending is not None:
+            wake.append(self._pin_retry_at)
+        if self.current is None:
+            # No deployment accepted yet (fresh device, or the twin has not handed over the
+            # stored one yet): leave every container alone rather than "converge" to nothing.
+            self._report_deployment()
+            return min(wake, default=None)
+        now = self.clock()
+        self.observed = await self.runtime.list_containers(self.device_id)
+        desired = self._desired_now()
+        restarts = self._settle_restarts(desired, now)
+
+        if desired is not None:
+            verdict = self._judge(desired, restarts, now)
+            if isinstance(verdict, Probation) and verdict.until is not None:
+                wake.append(verdict.until)
+            if isinstance(verdict, Failed) and self._rollback(verdict):
+                desired = self._desired_now()
+                restarts = {}
+
+        images = await self._local_images(desired)
+        current_plan = plan(desired, self.observed, images, restarts, now, self.planner_settings)
+        self.last_plan = current_plan
+        if current_plan.wake_at is not None:
+            wake.append(current_plan.wake_at)
+        if not current_plan.empty:
+            version = desired.version if desired else None
+            result = await self.executor.execute(current_plan, version)
+            for module in {a.module for a in result.done}:
+                self.module_errors.pop(module, None)
+            self.module_errors.update(result.failed)
+            if result.failed:
+                self._known_images.clear()  # an image may have been removed behind our back
+                self._retry_at = self.clock() + self._failure_delay
+                self._failure_delay = min(self._failure_delay * 2, FAILURE_RETRY_S[1])
+                wake.append(self._retry_at)
+            else:
+                self._failure_delay = FAILURE_RETRY_S[0]
+                self.wake.set()  # look again at once: the next plan should be empty
+            self.observed = await self.runtime.list_containers(self.device_id)
+        self._report_modules(desired, self.store.restarts(), current_plan)
+        self._report_deployment()
+        return min(wake, default=None)
+
+    def _settle_restarts(self, desired: DesiredDeployment | None, now: float) -> dict[str, RestartState]:
+        restarts = self.store.restarts()
+        for module, state in restarts.items():
+            container = self._container_for(desired, module)
+            settled = settle(state, container, now, self.backoff)
+            if settled != state:
+                self.store.set_restart(module, settled)
+                restarts[module] = settled
+                log.info("%s: up for %.0f s, restart backoff reset", module, self.backoff.reset_after_s,
+                         extra={"EVENT": "module.backoff_reset", "MODULE": module})
+        return restarts
+
+    def _container_for(self, desired: DesiredDeployment | None, module: str) -> ObservedContainer | None:
+        want = desired.modules.get(module) if desired else None
+        for c in self.observed:
+            if c.owned_by(self.device_id) and c.module == module and (want is None or c.spec_hash == want.spec_hash):
+                return c
+        return None
+
+    def _judge(self, desired: DesiredDeployment, restarts: Mapping[str, RestartState], now: float) -> Verdict:
+        assert self.current is not None
+        lkg_version = self.lkg.version if self.lkg else None
+        verdict = judge(desired, lkg_version, self.current.activated_at, self.observed, restarts, now,
+                        self.device_id, self.probation)
+        version = desired.version
+        if isinstance(verdict, Good):
+            self.lkg = self.current
+            self.store.put("last_known_good", self.current)
+            self.deployment_status = {"status": "good", "version": version}
+            log.info("deployment %d is good: every module ran for %g s", version, self.probation.window_s,
+                     extra={"EVENT": "deployment.good", "DEPLOYMENT": str(version)})
+            self._schedule_gc()
+        elif isinstance(verdict, Probation):
+            self.deployment_status = {"status": "probation", "version": version, "description": verdict.reason}
+        elif isinstance(verdict, Settled) and self.deployment_status.get("status") != "rolled_back":
+            self.deployment_status = {"status": "good", "version": version}
+        return verdict
+
+    def _rollback(self, failure: Failed) -> bool:
+        assert self.current is not None
+        bad = self.current
+        reason = f"module {failure.module}: {failure.reason}"
+        info = {"from": bad.version, "module": failure.module, "reason": failure.reason,
+                "exitCode": failure.exit_code, "health": failure.health, "at": iso(self.clock())}
+        if self.lkg is None or self.lkg.version == bad.version:
+            if self.deployment_status.get("status") != "failed":
+                log.error("deployment %d failed (%s) and there is no last-known-good deployment to return to; "
+                          "keeping it running under its restart policies", bad.version, reason,
+                          extra={"EVENT": "deployment.failed", "DEPLOYMENT": str(bad.version),
+                                 "MODULE": failure.module})
+            self.deployment_status = {"status": "failed", "version": bad.version, "description": reason}
+            self.rollback_info = {**info, "to": None}
+            return False
+        self.store.mark_bad(bad.version, reason, self.clock())
+        back = StoredDeployment(self.lkg.version, self.lkg.document, self.lkg.images, self.clock())
+        self.store.activate(back)
+        self.current = back
+        self.lkg = back
+        self.store.put("last_known_good", back)
+        self.rollback_info = {**info, "to": back.version}
+        self.deployment_status = {"status": "rolled_back", "version": back.version,
+                                  "description": f"deployment {bad.version} failed: {reason}"}
+        log.error("deployment %d failed (%s): rolling back to %d", bad.version, reason, back.version,
+                  extra={"EVENT": "deployment.rollback", "DEPLOYMENT": str(bad.version), "MODULE": failure.module})
+        return True
+
+    async def _local_images(self, desired: DesiredDeployment | None) -> set[str]:
+        if desired is None:
+            return set()
+        for image in desired.images - self._known_images:
+            if await self.runtime.image_exists(image):
+                self._known_images.add(image)
+        return self._known_images & desired.images
+
+    def _schedule_gc(self) -> None:
+        if self.config.deployment.image_gc:
+            task = asyncio.get_running_loop().create_task(self.collect_images())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def collect_images(self) -> list[str]:
+        """Remove images the agent pulled that neither the current nor the last-known-good
+        deployment uses (an image still used by a container is kept for later)."""
+        keep = set(self.current.images.values() if self.current else ()) | set(
+            self.lkg.images.values() if self.lkg else ()
+        )
+        removed = []
+        for image in sorted(self.store.pulled_images() - keep):
+            try:
+                if await self.runtime.remove_image(image):
+                    removed.append(image)
+                    self.store.forget_pulled(image)
+                    self._known_images.discard(image)
+                    log.info("removed unused image %s", image, extra={"EVENT": "image.removed"})
+            except RuntimeFailure as exc:
+                log.warning("could not remove image %s: %s", image, exc, extra={"EVENT": "image.gc_failed"})
+        return removed
+
+    # ------------------------------------------------------------------ reported state
+
+    def _report_modules(
+        self, desired: DesiredDeployment | None, restarts: Mapping[str, RestartState], current_plan: Plan
+    ) -> None:
+        waits = {w.module: w for w in current_plan.waits}
+        modules: dict[str, Any] = {}
+        for m in desired.ordered() if desired else []:
+            c = self._container_for(desired, m.name)
+            restart = restarts.get(m.name, RestartState())
+            entry: dict[str, Any] = {
+                "image": m.spec.image,
+                "digest": m.image.split("@", 1)[1],
+                "desiredStatus": m.spec.status,
+                "restartPolicy": m.spec.restart_policy,
+                "restartCount": restart.total,
+                "lastRestartTime": iso(restart.last_restart_at),
+            }
+            status, description = self._module_status(m.name, m.spec.status, c, waits.get(m.name))
+            entry.update(runtimeStatus=status, statusDescription=description)
+            if c is not None:
+                entry.update(
+                    containerId=c.id[:12],
+                    exitCode=c.exit_code,
+                    startTime=iso(c.started_at),
+                    lastExitTime=iso(c.finished_at),
+                    health=c.health,
+                )
+            modules[m.name] = entry
+        self.reported.set("modules", modules)
+
+    def _module_status(self, name: str, desired_status: str, c: ObservedContainer | None, wait: Any) -> tuple[str, str]:
+        error = self.module_errors.get(name)
+        if c is None:
+            return ("failed", error) if error else ("pending", "container not created yet")
+        if c.state == "running":
+            if c.health == "unhealthy":
+                return "unhealthy", "healthcheck failing" + (f"; {wait.reason}" if wait else "")
+            return "running", "running" + (f", health {c.health}" if c.health != "none" else "")
+        if c.state == "exited":
+            if wait is not None:
+                due = max(0.0, wait.until - self.clock())
+                return "backoff", f"exited with code {c.exit_code}; restarting in {due:.1f} s"
+            if desired_status == "stopped":
+                return "stopped", "stopped as desired"
+            return ("stopped" if c.exit_code == 0 else "failed"), f"exited with code {c.exit_code}"
+        if c.state == "created":
+            return "stopped", error or ("created, not started" if desired_status == "running" else "stopped as desired")
+        return c.state, error or c.state
+
+    def _report_deployment(self) -> None:
+        self.reported.set(
+            "deployment",
+            {
+                "current": self.current.version if self.current else None,
+                "lastKnownGood": self.lkg.version if self.lkg else None,
+                "pending": self.pending.version if self.pending else None,
+                "lastReceived": self.incoming_status,
+                **{k: v for k, v in self.deployment_status.items() if k != "version"},
+                "rollback": self.rollback_info,
+                "badVersions": {str(v): r for v, r in sorted(self.store.bad_versions().items())},
+            },
+        )
+
+    # ------------------------------------------------------------------ control commands (CLI)
+
+    async def _cmd_plan(self, args: dict[str, Any]) -> dict[str, Any]:
+        """What the next reconcile would do, without doing it (edge-agent plan --dry-run)."""
+        async with self.lock:
+            now = self.clock()
+            desired = self._desired_now()
+            observed = await self.runtime.list_containers(self.device_id)
+            images = set()
+            for image in desired.images if desired else ():
+                if await self.runtime.image_exists(image):
+                    images.add(image)
+            p = plan(desired, observed, images, self.store.restarts(), now, self.planner_settings)
+        return {
+            "deployment": desired.version if desired else None,
+            "pending": self.pending.version if self.pending else None,
+            "actions": [action_to_dict(a) for a in p.actions],
+            "waits": [{**asdict(w), "in_s": round(w.until - now, 1)} for w in p.waits],
+        }
+
+    async def _cmd_restart(self, args: dict[str, Any]) -> dict[str, Any]:
+        module = str(args.get("module", ""))
+        async with self.lock:
+            desired = self._desired_now()
+            if desired is None or module not in desired.modules:
+                known = ", ".join(sorted(desired.modules)) if desired else "none"
+                raise CommandError(f"no module {module!r} in the current deployment (modules: {known})")
+            if desired.modules[module].spec.status != "running":
+                raise CommandError(f"module {module!r} is desired stopped; change the deployment to run it")
+            self.observed = await self.runtime.list_containers(self.device_id)
+            c = self._container_for(desired, module)
+            if c is None:
+                raise CommandError(f"module {module!r} has no container yet")
+            grace = desired.modules[module].spec.stop_grace or self.naming.default_stop_grace_s
+            if c.state == "running":
+                await self.runtime.stop(c.id, grace)
+            await self.runtime.start(c.id)
+            log.info("%s restarted by operator", module, extra={"EVENT": "module.restart_manual", "MODULE": module})
+        self.wake.set()
+        return {"module": module, "container": c.id[:12], "restarted": True}
+
+    async def _cmd_deploy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Hand a deployment over locally, as the twin would (development and tests)."""
+        try:
+            version = int(args["version"])
+            document = args["deployment"]
+        except (KeyError, TypeError, ValueError):
+            raise CommandError('deploy: expected {"version": int, "deployment": {...}}') from None
+        try:
+            await self.desired(DesiredState(version, document, source="broker"))
+        except DesiredRejected as exc:
+            raise CommandError(f"{exc.code}: {exc.description}") from None
+        return {"accepted": version}

@@ -1,0 +1,102 @@
+"""Carries out a Plan against a ContainerRuntime, one action at a time, in plan order.
+
+A failed action skips the rest of that module's actions (the next reconcile plans again) and is
+kept as the module's error for the reported state. Pulls have a timeout and retries with
+exponential backoff (tenacity); starts that are restarts are counted for the restart backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop
+from edge_agent.deployment.restart_policy import RestartState, record_restart
+from edge_agent.deployment.store import DeploymentStore
+from edge_agent.logs import get_logger
+from edge_agent.runtime.api import ContainerRuntime, RuntimeFailure
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    pull_timeout_s: float = 600.0
+    pull_retries: int = 3
+    pull_retry_max_wait_s: float = 30.0
+
+
+@dataclass
+class ExecutionResult:
+    done: list[Action] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # module -> error
+
+
+class Executor:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        store: DeploymentStore,
+        settings: ExecutorSettings,
+        is_insecure: Callable[[str], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.settings = settings
+        self.is_insecure = is_insecure
+        self.clock = clock
+
+    async def execute(self, plan: Plan, deployment: int | None) -> ExecutionResult:
+        result = ExecutionResult()
+        for action in plan.actions:
+            if action.module in result.failed:
+                continue
+            extra = {"EVENT": f"module.{type(action).__name__.lower()}", "MODULE": action.module,
+                     "DEPLOYMENT": str(deployment)}
+            try:
+                await self._do(action)
+            except RuntimeFailure as exc:
+                result.failed[action.module] = str(exc)
+                log.error("%s: %s failed: %s", action.module, action.describe(), exc,
+                          extra={**extra, "EVENT": "module.action_failed"})
+                continue
+            log.info("%s: %s (%s)", action.module, action.describe(), action.reason, extra=extra)
+            result.done.append(action)
+        return result
+
+    async def _do(self, action: Action) -> None:
+        rt = self.runtime
+        if isinstance(action, Pull):
+            await self._pull(action.image)
+            self.store.note_pulled(action.image, self.clock())
+        elif isinstance(action, Create):
+            await rt.create(action.request)
+        elif isinstance(action, Start):
+            await rt.start(action.container)
+            if action.is_restart:
+                state = self.store.restarts().get(action.module, RestartState())
+                self.store.set_restart(action.module, record_restart(state, self.clock()))
+        elif isinstance(action, Stop):
+            await rt.stop(action.container, action.grace_s)
+        elif isinstance(action, Remove):
+            await rt.remove(action.container)
+
+    async def _pull(self, image: str) -> None:
+        s = self.settings
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(1 + s.pull_retries),
+            wait=wait_exponential(multiplier=1, min=1, max=s.pull_retry_max_wait_s),
+            retry=retry_if_exception_type(RuntimeFailure),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    async with asyncio.timeout(s.pull_timeout_s + 5):
+                        await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
+                except TimeoutError:
+                    raise RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s") from None
