@@ -9,6 +9,7 @@ message is already here; no guessing at timeouts.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -19,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.mqtt_params import BrokerParams
+from edge_agent.trust.documents import DOCUMENT_PAYLOAD_TYPE
 from edge_agent.twin import protocol
 from edge_agent.twin.protocol import DeviceTopics
 
@@ -53,6 +55,19 @@ def _json(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
     except (ValueError, RecursionError) as exc:
         return None, f"not JSON ({exc})"
     return (doc, None) if isinstance(doc, dict) else (None, "not a JSON object")
+
+
+def _desired_json(payload: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The desired document; a signed one (DSSE envelope) is shown by its payload. For display
+    only: the signature is the device's business (edgectl verify tools check it)."""
+    doc, error = _json(payload)
+    if doc is not None and doc.get("payloadType") == DOCUMENT_PAYLOAD_TYPE and isinstance(doc.get("payload"), str):
+        try:
+            inner, error = _json(base64.b64decode(doc["payload"], validate=True))
+        except ValueError as exc:
+            return None, f"signed envelope with an undecodable payload ({exc})"
+        return inner, error
+    return doc, error
 
 
 class FleetClient:
@@ -149,7 +164,7 @@ class FleetClient:
         found = await self.retained([topics.desired, topics.reported, topics.presence])
         view = DeviceView(device)
         if topics.desired in found:
-            view.desired, view.desired_error = _json(found[topics.desired])
+            view.desired, view.desired_error = _desired_json(found[topics.desired])
         if topics.reported in found:
             view.reported, _ = _json(found[topics.reported])
         if topics.presence in found:

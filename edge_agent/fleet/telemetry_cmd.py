@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 import aiomqtt
@@ -61,6 +63,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--count", type=int, help="exit after this many distinct records")
     p.add_argument("--timeout", type=float, help="exit after this many seconds")
     p.add_argument("--dedup-window", type=int, default=DEFAULT_DEDUP_WINDOW, help="record ids remembered")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM); turns TLS on")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM), mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="private key for --tls-cert")
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """TLS from the --tls-* flags (the same meaning as for the other edgectl commands)."""
+    if not (getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None)):
+        return None
+    from edge_agent.config import MqttSection
+    from edge_agent.mqtt_params import tls_context
+
+    return tls_context(MqttSection(tls=True, ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key))
 
 
 def format_record(rec: dict[str, Any], as_json: bool) -> str:
@@ -94,6 +109,7 @@ async def follow(
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         props.SessionExpiryInterval = 7 * 86400
+    tls = _tls_context(args)
     while True:
         try:
             async with aiomqtt.Client(
@@ -103,6 +119,7 @@ async def follow(
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=not persistent,
                 properties=props,
+                tls_context=tls,
                 timeout=10,
             ) as client:
                 await client.subscribe(topic, qos=1)

@@ -1,5 +1,6 @@
-"""The README's first command: `scripts/run` starts the agent (and a broker if none is running)
-with no manual step, and Ctrl-C stops everything within 2 s."""
+"""The README's first command in agent-only mode: `scripts/run --agent-only` starts the agent (and
+a broker if none is running) with no manual step, and Ctrl-C stops everything within 2 s.
+The default mode (the quickstart story) is tested in test_quickstart.py."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def test_scripts_run_starts_agent_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     broker_was_running = port_open(1883)
     log_path = tmp_path / "run.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(REPO / "scripts" / "run")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen([str(REPO / "scripts" / "run"), "--agent-only"], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: "EVENT=agent.started" in log_path.read_text(errors="replace"), 300,
                    "the agent to start via scripts/run")

@@ -119,7 +119,8 @@ def cmd_drive(a: argparse.Namespace) -> int:
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
                     cfg.telemetry.interval_s)
-    loop = DriveLoop(source, actuator, slot, estop, telemetry, lc)
+    sim_stats = (lambda: {"sim": world.telemetry()}) if world is not None and cfg.source.kind == "sim" else None
+    loop = DriveLoop(source, actuator, slot, estop, telemetry, lc, extra_stats=sim_stats)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
     until = None

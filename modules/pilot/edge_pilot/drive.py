@@ -39,8 +39,9 @@ class LoopConfig:
 class DriveLoop:
     def __init__(self, source: FrameSource, actuator: Actuator, slot: ModelSlot, estop: EmergencyStop,
                  telemetry: TelemetryClient | None = None, cfg: LoopConfig = LoopConfig(),
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None):
         self.source, self.actuator, self.slot, self.estop = source, actuator, slot, estop
+        self.extra_stats = extra_stats  # e.g. the simulator's pose trail
         self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
         self.period = 1.0 / cfg.hz
         self.stopped_reason: str | None = "starting"
@@ -126,6 +127,8 @@ class DriveLoop:
         extra: dict[str, Any] = {"model": m.sha256[:16] if m else None, "stopped": self.stopped_reason, "swaps": self.slot.swaps}
         if self.telemetry:
             extra["telemetry_dropped"] = self.telemetry.counters.dropped
+        if self.extra_stats:
+            extra.update(self.extra_stats())
         self.last_summary = self.window.summary(now, **extra)
         if self.telemetry:
             self.telemetry.publish(self.last_summary)

@@ -39,6 +39,8 @@ class StatsWindow:
         out = {"fps": round(self.frames / span, 2), "frames": self.frames, "late": self.late, "stale": self.stale,
                "errors": self.errors, "latency_ms": lat,
                "jitter_ms_p99": round(float(np.percentile(np.abs(self.jitter_ms), 99)), 3) if self.jitter_ms else None,
-               "angle": round(self.angle, 4), "throttle": round(self.throttle, 4)}
+               "angle": round(self.angle, 4), "throttle": round(self.throttle, 4),
+               # every frame's end-to-end latency, so the fleet can draw a real histogram
+               "total_ms": [round(v, 2) for v in self.stage_ms["total"]]}
         out.update(extra)
         return out

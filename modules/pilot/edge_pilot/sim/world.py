@@ -12,6 +12,9 @@ from .car import CarParams, CarState, step
 from .render import Lighting, TrackRenderer
 from .track import Track
 
+TRAIL_DT_S = 0.1
+TRAIL_MAX = 600
+
 
 @dataclass
 class DriveStats:
@@ -39,6 +42,10 @@ class SimWorld:
         self.rng = np.random.default_rng(self.seed)
         self.stats = DriveStats()
         self._lock = threading.Lock()
+        # Car positions every TRAIL_DT_S of simulated time, drained into the per-second stats so
+        # the fleet side can draw the driven path (bounded: the oldest are dropped).
+        self._trail: list[tuple[float, float]] = []
+        self._trail_clock = 0.0
         self.reset(0.0)
 
     def reset(self, s: float, offset: float = 0.0, heading_error: float = 0.0) -> None:
@@ -78,6 +85,20 @@ class SimWorld:
             st.max_abs_cte = max(st.max_abs_cte, a)
             if a > self.track.width / 2.0:
                 st.off_road += 1
+            self._trail_clock += dt
+            if self._trail_clock >= TRAIL_DT_S:
+                self._trail_clock = 0.0
+                self._trail.append((round(self.car.x, 3), round(self.car.y, 3)))
+                del self._trail[:-TRAIL_MAX]
+
+    def telemetry(self) -> dict[str, object]:
+        """Sim figures for the per-second stats: laps, cross-track error, the path since last call."""
+        with self._lock:
+            trail, self._trail = self._trail, []
+            pose = self.track.pose_of(self.car.x, self.car.y, self.car.yaw, self.direction)
+            return {"laps": round(self.laps, 3), "cte_m": round(float(pose.cross_track), 3),
+                    "mean_abs_cte_m": round(self.stats.mean_abs_cte, 4), "off_road_steps": self.stats.off_road,
+                    "path": [list(xy) for xy in trail]}
 
     def render(self, noise: bool = True) -> np.ndarray:
         with self._lock:
