@@ -234,11 +234,6 @@ class Story:
         registry = f"127.0.0.1:{self.registry_port}"
         port = self.broker.port if self.broker else 0
         attestation = (f'enabled = true\ntcti = "{self.tcti}"\n' if self.tcti else "enabled = false\n")
-        # the pilot's ingest socket, served from the start (the container, or the host process
-        # without the lifecycle layer, mounts/uses <runtime_dir>/ingest/pilot)
-        host_pilot = 'modules = ["pilot"]'
-        podman_keys = agent_config_keys().get("podman", set())
-        podman_extra = f'insecure_registries = ["{registry}"]' if "insecure_registries" in podman_keys else ""
         (self.work / "agent.toml").write_text(f"""\
 # written by the quickstart (scripts/run); annotated reference: config/config.toml
 [device]
@@ -267,7 +262,6 @@ report_stats_interval_s = 5
 
 [podman]
 socket = "{self.podman_url}"
-{podman_extra}
 
 [attestation]
 {attestation}
@@ -281,25 +275,17 @@ keys = ["{device}/keys/cosign.pub"]
 
 [telemetry]
 runtime_dir = "{self.work / 'agent-run'}"
-{host_pilot}
 {self.lifecycle_config()}""")
 
     def lifecycle_config(self) -> str:
-        """Settings of the lifecycle layer, for the keys this build of the agent has."""
-        sections = agent_config_keys()
-        lines = []
-        if "deployment" in sections:
-            keys = sections["deployment"]
-            lines += ["", "[deployment]"]
-            if "allowed_mount_roots" in keys:
-                lines.append(f'allowed_mount_roots = ["{self.work / "device"}", "{self.work / "agent-run"}"]')
-            if "container_prefix" in keys:
-                lines.append('container_prefix = "qs-"')  # containers of this story are qs-pilot, ...
-            if "image_gc" in keys:
-                lines.append("image_gc = false  # a shared dev machine: never remove images")
-            if "stabilisation_window_s" in keys:
-                lines.append("stabilisation_window_s = 5")
-        return "\n".join(lines) + "\n"
+        """[deployment]: bind mounts only from the story's own folders; its containers are qs-*."""
+        return (
+            "\n[deployment]\n"
+            f'allowed_mount_roots = ["{self.work / "device"}"]\n'
+            'container_prefix = "qs-"\n'
+            "image_gc = false  # a shared dev machine: never remove images\n"
+            "stabilisation_window_s = 5\n"
+        )
 
     # 3 ---------------------------------------------------------------------------------------
     def step_image(self) -> None:
@@ -362,41 +348,24 @@ runtime_dir = "{self.work / 'agent-run'}"
             "image": image,
             "restartPolicy": "always",
             "args": ["drive", "--config", "/etc/edge-pilot/config.json"],
-            "env": {"EDGE_TELEMETRY_SOCKET": "/run/edge-agent/telemetry.sock"},
+            # The agent mounts the module's own telemetry socket at /run/edge-agent and sets
+            # EDGE_TELEMETRY_SOCKET (docs/telemetry.md): nothing to write here.
+            "env": {},
             "mounts": [
                 {"source": str(device / "models" / "pilot"), "target": "/models", "readOnly": True},
                 {"source": str(device / "keys" / "pilot.pub"), "target": "/etc/edge-pilot/trust/pilot.pub",
                  "readOnly": True},
                 {"source": str(device / "control" / "pilot"), "target": "/control", "readOnly": True},
-                # the agent's telemetry ingest directory for this module (docs/telemetry.md)
-                {"source": str(self.work / "agent-run" / "ingest" / "pilot"), "target": "/run/edge-agent",
-                 "readOnly": False},
             ],
             "network": "none",  # telemetry goes through the mounted socket; the pilot needs no network
             "labels": {QS_LABEL: "1"},
         }}}
 
     def start_pilot(self) -> None:
-        """With the lifecycle layer the agent runs the pilot container; until it has landed, the
-        pilot runs beside the agent as a host process that sends its telemetry through the
-        agent's ingest socket for module 'pilot' (telemetry.modules), the same wire."""
-        assert self.procs is not None
-        if lifecycle_available():
-            self.run_state.pilot_mode = "container (run by the agent)"
-            self._wait(lambda: self.module_running(), 180, "the agent to start the pilot container")
-            self.say("the agent verified the image signature and started the pilot container")
-        else:
-            self.run_state.pilot_mode = "host process (lifecycle layer not on this branch yet)"
-            device = self.work / "device"
-            sock = self.work / "agent-run" / "ingest" / "pilot" / "telemetry.sock"
-            self.procs.start("pilot", [
-                _tool("edge-pilot"), "drive", "--config", str(REPO / "modules" / "pilot" / "config" / "sim.json"),
-                "--models", str(device / "models" / "pilot"), "--public-key", str(device / "keys" / "pilot.pub"),
-                "--fallback-model", str(REPO / "modules" / "pilot" / "models" / "model.onnx"),
-                "--control-dir", str(device / "control" / "pilot"),
-            ], env={"EDGE_TELEMETRY_SOCKET": str(sock)})
-            self.say("NOTE: this build has no lifecycle layer yet: the pilot runs as a host process")
-            self.say("      (edge-pilot drive) and sends telemetry through the agent's ingest socket")
+        """The agent runs the pilot container (verified image, by digest)."""
+        self.run_state.pilot_mode = "container (run by the agent)"
+        self._wait(lambda: self.module_running(), 180, "the agent to start the pilot container")
+        self.say("the agent verified the image signature and started the pilot container")
         self.run_state.pilot_t0 = time.monotonic()
         self._sampler = threading.Thread(target=self._sample_queue, name="queue-sampler", daemon=True)
         self._sampler.start()
@@ -414,7 +383,7 @@ runtime_dir = "{self.work / 'agent-run'}"
         self.say(_trim(status))
         show = self.text(_tool("edgectl"), "show", DEVICE, show=True, check=False)
         self.say(show.rstrip())
-        if self.tcti and lifecycle_available() and self.run_state.image.get("digest"):
+        if self.tcti and self.run_state.image.get("digest"):
             self.attest_running_images()
 
     def attest_running_images(self) -> None:
@@ -428,10 +397,6 @@ runtime_dir = "{self.work / 'agent-run'}"
             "passed": attest.returncode == 0, "failed": result.get("failed"), "image_deployment": image}
         if attest.returncode == 0:
             self.say("  attestation: pass; the TPM-quoted image log shows exactly the signed pilot image running")
-        elif result.get("failed") == ["image_deployment"] and "not measured" in str(image.get("detail")):
-            # the quote itself verified; the agent build does not extend module images into the PCR yet
-            self.say("  attestation: quote verified, but this agent build does not measure module images yet "
-                     f"(image_deployment: {image.get('detail')})")
         else:
             self.say(f"  attestation: FAILED checks {result.get('failed')}: "
                      f"{image.get('status')}: {image.get('detail')}")
@@ -457,7 +422,7 @@ runtime_dir = "{self.work / 'agent-run'}"
             time.sleep(min(4.0, max(0.0, deadline - time.monotonic())))
             depth = self.run_state.queue_samples[-1][1] if self.run_state.queue_samples else 0
             peak = max(peak, depth)
-            alive = self.module_running() if lifecycle_available() else self.procs_alive("pilot")
+            alive = self.module_running()
             self.say(f"offline: queue {depth} records on the device, pilot {'driving' if alive else 'NOT RUNNING'}, "
                      f"fleet side received {len(self.stats_records())}")
         t_up = self.since_pilot()
@@ -508,16 +473,12 @@ runtime_dir = "{self.work / 'agent-run'}"
         path.write_text(json.dumps(deployment, indent=2))
         self.edgectl("deploy", DEVICE, str(path), "--key", str(self.work / "fleet" / "keys" / "deploy.key"),
                      "--wait", "60", show=True)
-        if lifecycle_available():
-            refused = self._wait_value(self.image_refusal, 120, "the device to refuse the tampered image")
-            self.say(f"  device refused the image: {refused}")
-            self.run_state.refusals["tampered_image_device"] = refused
-            still = self.module_running()
-            self.say(f"  the signed pilot keeps driving: {'yes' if still else 'NO'}")
-            self.run_state.refusals["pilot_still_running"] = still
-        else:
-            self.run_state.refusals["tampered_image_device"] = "not shown: no lifecycle layer in this build"
-            self.say("  (device-side image refusal needs the lifecycle layer: not in this build)")
+        refused = self._wait_value(self.image_refusal, 120, "the device to refuse the tampered image")
+        self.say(f"  device refused the image: {refused}")
+        self.run_state.refusals["tampered_image_device"] = refused
+        still = self.module_running()
+        self.say(f"  the signed pilot keeps driving: {'yes' if still else 'NO'}")
+        self.run_state.refusals["pilot_still_running"] = still
         # the replay: the broker (or anyone who can publish there) re-sends the old signed document
         self.say("replaying the signed deployment version 1 (captured from the broker) as the retained desired")
         self.cmd(*self.mqtt_client("mosquitto_pub"), "-t", f"{PREFIX}/{DEVICE}/desired", "-r", "-q", "1", "-s",
@@ -598,9 +559,6 @@ runtime_dir = "{self.work / 'agent-run'}"
 
     def broker_port(self) -> int:
         return self.broker.port if self.broker else 0
-
-    def procs_alive(self, name: str) -> bool:
-        return bool(self.procs and self.procs.alive(name))
 
     def mqtt_client(self, tool: str) -> list[str]:
         certs = self.work / "certs"
@@ -691,23 +649,6 @@ runtime_dir = "{self.work / 'agent-run'}"
     def _check_alive(self) -> None:
         if self.procs and "edge-agent" in self.procs.started and not self.procs.alive("edge-agent"):
             raise StoryError(f"the agent exited; log tail:\n{tail(self.work / 'logs' / 'edge-agent.log', 40)}")
-
-
-def agent_config_keys() -> dict[str, set[str]]:
-    """Section name -> key names of the installed agent's config model."""
-    from edge_agent.config import AgentConfig
-
-    out: dict[str, set[str]] = {}
-    for name, fld in AgentConfig.model_fields.items():
-        out[name] = set(getattr(fld.annotation, "model_fields", {}))
-    return out
-
-
-def lifecycle_available() -> bool:
-    """True once the lifecycle layer (edge_agent.deployment) is part of the installed agent."""
-    import importlib.util
-
-    return importlib.util.find_spec("edge_agent.deployment") is not None
 
 
 def _tool(name: str) -> str:

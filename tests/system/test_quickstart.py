@@ -118,9 +118,11 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     assert refusals["tampered_image_fleet_check"]["exit"] != 0
     assert "unsigned" in refusals["tampered_image_fleet_check"]["output"]
     assert refusals["replayed_deployment"]["code"] == "replayed"
-    if figures["pilot_mode"].startswith("container"):
-        assert refusals["tampered_image_device"] and refusals["pilot_still_running"] is True, refusals
+    assert figures["pilot_mode"].startswith("container")
+    assert refusals["tampered_image_device"] and refusals["pilot_still_running"] is True, refusals
     assert figures["attestation"]["first_attest_ok"] is True
+    # The TPM quote's image log shows exactly the signed pilot image running (PCR 23).
+    assert figures["attestation"]["running_images"]["passed"] is True, figures["attestation"]
     depths = [d for _, d in figures["queue_depth"]]
     assert max(depths) == outage["queue_peak"] and depths[-1] <= 2, depths
 
