@@ -56,7 +56,8 @@ def config_text(device: str, url: str, registry: Registry) -> str:
             f'[podman]\nsocket = "{url}"\nstop_grace_s = 1\n'
             f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
             f'[trust]\ninsecure_registries = ["{registry.host}"]\n[[trust.policy]]\nscope = "*"\nmode = "off"\n'
-            f'[deployment]\ncontainer_prefix = "{device}-"\nstabilisation_window_s = 1\npoll_interval_s = 30\n')
+            f'[deployment]\ncontainer_prefix = "{device}-"\nstabilisation_window_s = 1\npoll_interval_s = 30\n'
+            "local_deploy = true\n")
 
 
 async def agent_latency(device: str, url: str, registry: Registry, image: str, digest_ref: str,

@@ -302,12 +302,21 @@ def _rotated_document_keys(config: AgentConfig) -> str:
     return ", ".join(f"{r[0][:16]} since v{r[1]}" for r in rows)
 
 
+def check_local_deploy(config: AgentConfig) -> CheckResult:
+    if config.deployment.local_deploy:
+        return CheckResult("local deploy", "warn",
+                           "deployment.local_deploy = true: unsigned deployments are accepted on the control socket",
+                           "switch it off outside development")
+    return CheckResult("local deploy", "pass", "off: deployments only come signed from the fleet")
+
+
 CHECKS: list[CheckFn] = [
     check_state_dir,
     check_disk_space,
     check_clock,
     check_secrets_private,
     check_trust,
+    check_local_deploy,
     check_broker,
     check_podman,
     check_agent_running,

@@ -198,6 +198,9 @@ class PodmanSection(Section):
 
 
 class DeploymentSection(Section):
+    local_deploy: bool = Field(
+        False, description="true or false (accept unsigned deployments on the local control socket)"
+    )
     allowed_mount_roots: list[Path] = Field(
         default_factory=list,
         description="absolute host directories modules may bind-mount from, like /srv/edge-data",

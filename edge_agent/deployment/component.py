@@ -547,7 +547,12 @@ class DeploymentComponent(BaseComponent):
         return {"module": module, "container": c.id[:12], "restarted": True}
 
     async def _cmd_deploy(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Hand a deployment over locally, as the twin would (development and tests)."""
+        """Hand a deployment over locally, as the twin would (development and tests). It skips
+        the fleet's document signature, so it must be switched on in the config."""
+        if not self.config.deployment.local_deploy:
+            raise CommandError(
+                "local deploys are off (deployment.local_deploy = false): deployments come signed from the fleet"
+            )
         try:
             version = int(args["version"])
             document = args["deployment"]

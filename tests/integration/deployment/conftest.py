@@ -93,6 +93,7 @@ def agent_config_text(run_id: str, podman_url: str, registry: Registry, **deploy
         "backoff_reset_s": 60,
         "poll_interval_s": 5,
         "apply_timeout_s": 120,
+        "local_deploy": True,  # the tests hand deployments over on the control socket
         **deployment,
     }
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())

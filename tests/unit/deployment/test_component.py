@@ -267,3 +267,13 @@ async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> N
     assert ("after_remove", "b", "") in hooks.calls
     assert not any(k == "after_remove" and m == "a" for k, m, _ in hooks.calls)
     assert ("before_create", "a") in [(k, m) for k, m, _ in hooks.calls]
+
+
+async def test_local_deploy_is_refused_unless_switched_on(tmp_path: Path) -> None:
+    from edge_agent.control import CommandError
+
+    comp, rt, _, _ = make(tmp_path)
+    await comp.start()
+    with pytest.raises(CommandError, match=r"deployment\.local_deploy = false"):
+        await comp._cmd_deploy({"version": 1, "deployment": doc(a={})})
+    assert comp.pending is None and not rt.calls
