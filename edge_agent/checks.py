@@ -7,9 +7,7 @@ subsystems (trust, TPM, ...) add theirs to CHECKS. Checks never print secrets.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import shutil
-import socket
 import ssl
 import tempfile
 import time
@@ -21,6 +19,7 @@ from typing import Literal
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
 from edge_agent.mqtt_params import broker_params
+from edge_agent.unix_http import UnixHTTPConnection
 
 Outcome = Literal["pass", "warn", "fail"]
 
@@ -136,23 +135,11 @@ def check_podman(config: AgentConfig) -> CheckResult:
     return CheckResult("podman reachable", "pass", f"{url} ({body})")
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
 def podman_ping(url: str, timeout: float = 3.0) -> str:
     """GET /_ping on the podman API; returns the API version it reports."""
     if not url.startswith("unix://"):
         raise OSError(f"only unix:// podman sockets are checked, got {url}")
-    conn = _UnixHTTPConnection(url.removeprefix("unix://"), timeout)
+    conn = UnixHTTPConnection(url.removeprefix("unix://"), timeout)
     try:
         conn.request("GET", "/_ping")
         resp = conn.getresponse()

@@ -14,9 +14,7 @@ bound image id, is accepted.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import socket
 import urllib.parse
 from collections.abc import Sequence
 from typing import Protocol
@@ -43,6 +41,7 @@ from edge_agent.trust.policy import (
     select_policy,
 )
 from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
+from edge_agent.unix_http import UnixHTTPConnection
 
 log = get_logger(__name__)
 
@@ -80,7 +79,7 @@ class PodmanLocalImages:
         return await asyncio.to_thread(self._image_id, f"{repository}@{digest}")
 
     def _image_id(self, name: str) -> str | None:
-        conn = _UnixConnection(self.path, self.timeout)
+        conn = UnixHTTPConnection(self.path, self.timeout)
         try:
             conn.request("GET", f"/v4.0.0/libpod/images/{urllib.parse.quote(name, safe='')}/json")
             resp = conn.getresponse()
@@ -93,18 +92,6 @@ class PodmanLocalImages:
             raise OSError(f"podman image inspect {name}: HTTP {resp.status}")
         image_id = json.loads(body).get("Id")
         return str(image_id).removeprefix("sha256:") if image_id else None
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
 
 
 class CosignVerifier:
