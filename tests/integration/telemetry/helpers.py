@@ -11,11 +11,13 @@ from typing import Any
 
 from tests.infra.procs import ManagedProcess, wait_until
 
-# Offline persistent sessions keep at most 1000 messages by default: the fleet follower must get all.
-# As root, mosquitto drops to user "mosquitto" and then cannot write its persistence file to the test dir.
-# No queue limits: outage tests queue more than mosquitto's default 1000 QoS 1 messages.
-# (Not in tests/infra: mosquitto 2.0.11 drops clients that publish to a denied topic with it set.)
-BROKER_CONF = "max_queued_messages 0\nmax_inflight_messages 0\n"
+# No queue limit: outage tests queue more than mosquitto's default 1000 QoS 1 messages for an
+# offline persistent session (not in tests/infra: mosquitto 2.0.11 drops clients that publish to a
+# denied topic with it set). max_inflight_messages 20, mosquitto's default, written out: after a
+# broker restart the broker re-sends to a persistent subscriber what it had in flight to it, so
+# that window bounds the duplicates the fleet side sees, next to the device's own window.
+BROKER_INFLIGHT_TO_SUBSCRIBER = 20
+BROKER_CONF = f"max_queued_messages 0\nmax_inflight_messages {BROKER_INFLIGHT_TO_SUBSCRIBER}\n"
 
 
 def agent_config(
