@@ -1,28 +1,24 @@
-"""ContainerRuntime over Podman's libpod REST API (the podman socket), through podman-py.
+"""ContainerRuntime over Podman's libpod REST API (the podman socket), asyncio-native.
 
-Why the API and not the CLI: one long-lived connection instead of a fork+exec of a Go binary per
-call (matters on a Pi 4 with many modules), structured JSON errors, and a streamed events
-endpoint. Why podman-py's low-level `APIClient` rather than its high-level `containers.create`:
-the create keyword arguments of podman-py do not cover every least-privilege field of libpod's
-SpecGenerator (no_new_privileges, read-only tmpfs, per-device entries, ...) across the Podman
-versions we meet (4.3 on Debian bookworm), so we post the SpecGenerator document ourselves and keep
-podman-py for the transport (unix socket, error mapping). podman-py is blocking (requests), so
-every call runs in a daemon thread (runtime/threads.py), and the events stream reads in its own thread and hands
-events to the event loop.
+Why the API and not the CLI: no fork+exec of a Go binary per call (matters on a Pi 4 with many
+modules), structured JSON errors, and a streamed events endpoint. We post libpod's SpecGenerator
+document ourselves (`build_spec`): it carries every least-privilege field (no_new_privileges,
+read-only tmpfs, per-device entries, ...) on the Podman versions we meet (4.3 on Debian bookworm).
+
+The transport is runtime/async_http.py, a small stdlib HTTP/1.1 client on the event loop: no
+threads, and the events stream is just a coroutine reading lines. (podman-py, used before, is
+blocking and its imports cost the agent about 7.6 MB of RSS.) Every path is under
+unix_http.LIBPOD_PREFIX (/v4.0.0/libpod), the minimal libpod API version of podman 4 and 5.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
-import threading
-from collections.abc import AsyncIterator, Callable
+import urllib.parse
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, TypeVar
-
-from podman.api import APIClient
+from typing import Any
 
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import (
@@ -35,14 +31,16 @@ from edge_agent.runtime.api import (
     RuntimeEvent,
     RuntimeFailure,
 )
-from edge_agent.runtime.threads import run_blocking
+from edge_agent.runtime.async_http import AsyncHTTPClient, HTTPClientError, Params, Response
+from edge_agent.unix_http import LIBPOD_PREFIX
 
 log = get_logger(__name__)
-T = TypeVar("T")
 NS = 1_000_000_000
 TMP_TMPFS_SIZE = "64m"
 LOG_MAX_BYTES = 16 * 1024 * 1024  # k8s-file log driver rotates at this size: logs stay bounded
 API_TIMEOUT_S = 60.0
+EVENTS_CONNECT_TIMEOUT_S = 10.0  # up to the response headers; the stream itself has no timeout
+MAX_ERROR_BODY = 64 * 1024
 EVENT_ACTIONS = {"create", "start", "died", "stop", "remove", "health_status", "oom", "kill", "exited", "restart"}
 
 _STATES: dict[str, ContainerState] = {
@@ -161,204 +159,193 @@ def _health(text: str) -> Health:
     return text if text in ("starting", "healthy", "unhealthy") else "none"  # type: ignore[return-value]
 
 
-def _error(what: str, response: Any) -> RuntimeFailure:
+def _error(what: str, status: int, body: bytes) -> RuntimeFailure:
+    """podman's JSON error ({"cause", "message", "response"}) or its raw text, and the HTTP status."""
+    text = body.decode("utf-8", "replace")
+    message = text
     try:
-        body = response.json()
-        message = body.get("message") or body.get("cause") or response.text
+        doc = json.loads(body)
     except ValueError:
-        message = response.text
-    return RuntimeFailure(f"{what}: {str(message).strip()[:400]} (HTTP {response.status_code})")
+        pass
+    else:
+        if isinstance(doc, dict):
+            message = str(doc.get("message") or doc.get("cause") or text)
+    return RuntimeFailure(f"{what}: {message.strip()[:400]} (HTTP {status})")
+
+
+def _q(name: str) -> str:
+    """A container or image reference as one path segment (image references hold / : @)."""
+    return urllib.parse.quote(name, safe="")
+
+
+def event_from_doc(doc: Any) -> RuntimeEvent | None:
+    """A podman event (JSON object) -> RuntimeEvent, or None for actions the agent ignores."""
+    if not isinstance(doc, dict):
+        return None
+    action = str(doc.get("Action") or doc.get("status") or "")
+    if action not in EVENT_ACTIONS:
+        return None
+    actor = doc.get("Actor") or {}
+    attrs = actor.get("Attributes") or {}
+    return RuntimeEvent(str(actor.get("ID") or doc.get("id") or ""), str(attrs.get("name", "")), action,
+                        attrs.get(LABEL_MODULE))
 
 
 class PodmanRuntime:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = APIClient(base_url=url, timeout=API_TIMEOUT_S)
+        self._http = AsyncHTTPClient(url, name="podman API")
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, what: str, method: str, path: str, *, params: Params | None = None,
+                    json_body: Any = None, timeout: float = API_TIMEOUT_S) -> Response:
         try:
-            return await run_blocking(fn, "podman-call")
-        except RuntimeFailure:
-            raise
-        except OSError as exc:  # requests' ConnectionError is an OSError
-            raise RuntimeFailure(f"podman API at {self.url} unreachable: {exc}") from exc
+            return await self._http.request(method, LIBPOD_PREFIX + path, params=params, json_body=json_body,
+                                            timeout=timeout)
+        except HTTPClientError as exc:
+            raise RuntimeFailure(f"{what}: {exc}") from exc
+
+    @staticmethod
+    def _json(what: str, resp: Response) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise RuntimeFailure(f"{what}: podman answered HTTP {resp.status} with a body that is not JSON: "
+                                 f"{resp.text[:200]!r}") from None
 
     # ------------------------------------------------------------------ queries
 
     async def list_containers(self, device_id: str) -> list[ObservedContainer]:
-        def run() -> list[ObservedContainer]:
-            filters = json.dumps({"label": [f"{LABEL_DEVICE}={device_id}"]})
-            resp = self._client.get("/containers/json", params={"all": "true", "filters": filters})
-            if resp.status_code != 200:
-                raise _error("list containers", resp)
-            out = []
-            for entry in resp.json() or []:
-                detail = self._client.get(f"/containers/{entry['Id']}/json")
-                if detail.status_code == 404:
-                    continue  # removed between list and inspect
-                if detail.status_code != 200:
-                    raise _error(f"inspect {entry['Id'][:12]}", detail)
-                out.append(observed_from_inspect(detail.json()))
-            return out
-
-        return await self._call(run)
+        filters = json.dumps({"label": [f"{LABEL_DEVICE}={device_id}"]})
+        resp = await self._call("list containers", "GET", "/containers/json",
+                                params={"all": "true", "filters": filters})
+        if resp.status != 200:
+            raise _error("list containers", resp.status, resp.body)
+        out = []
+        for entry in self._json("list containers", resp) or []:
+            what = f"inspect {str(entry['Id'])[:12]}"
+            detail = await self._call(what, "GET", f"/containers/{_q(entry['Id'])}/json")
+            if detail.status == 404:
+                continue  # removed between list and inspect
+            if detail.status != 200:
+                raise _error(what, detail.status, detail.body)
+            out.append(observed_from_inspect(self._json(what, detail)))
+        return out
 
     async def inspect(self, container: str) -> dict[str, Any]:
-        def run() -> dict[str, Any]:
-            resp = self._client.get(f"/containers/{container}/json")
-            if resp.status_code != 200:
-                raise _error(f"inspect {container}", resp)
-            result: dict[str, Any] = resp.json()
-            return result
-
-        return await self._call(run)
+        what = f"inspect {container}"
+        resp = await self._call(what, "GET", f"/containers/{_q(container)}/json")
+        if resp.status != 200:
+            raise _error(what, resp.status, resp.body)
+        result: dict[str, Any] = self._json(what, resp)
+        return result
 
     async def image_exists(self, image: str) -> bool:
-        def run() -> bool:
-            resp = self._client.get(f"/images/{image}/exists")
-            if resp.status_code not in (204, 404):
-                raise _error(f"image exists {image}", resp)
-            return bool(resp.status_code == 204)
-
-        return await self._call(run)
+        what = f"image exists {image}"
+        resp = await self._call(what, "GET", f"/images/{_q(image)}/exists")
+        if resp.status not in (204, 404):
+            raise _error(what, resp.status, resp.body)
+        return resp.status == 204
 
     # ------------------------------------------------------------------ changes
 
     async def pull(self, image: str, *, insecure: bool, timeout_s: float) -> None:
-        def run() -> None:
-            params = {"reference": image, "tlsVerify": "false" if insecure else "true", "quiet": "true",
-                      "policy": "always"}
-            resp = self._client.post("/images/pull", params=params, timeout=timeout_s)
-            if resp.status_code != 200:
-                raise _error(f"pull {image}", resp)
-            for line in resp.text.splitlines():
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(line)
-                    if isinstance(doc, dict) and doc.get("error"):
-                        raise RuntimeFailure(f"pull {image}: {str(doc['error']).strip()[:400]}")
-
-        await self._call(run)
+        what = f"pull {image}"
+        params = {"reference": image, "tlsVerify": "false" if insecure else "true", "quiet": "true",
+                  "policy": "always"}
+        resp = await self._call(what, "POST", "/images/pull", params=params, timeout=timeout_s)
+        if resp.status != 200:
+            raise _error(what, resp.status, resp.body)
+        # 200 is sent before the pull starts; failures arrive as {"error": ...} lines of the NDJSON body.
+        for line in resp.body.splitlines():
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc.get("error"):
+                raise RuntimeFailure(f"{what}: {str(doc['error']).strip()[:400]}")
 
     async def create(self, request: ContainerRequest) -> str:
-        def run() -> str:
-            resp = self._client.post("/containers/create", data=json.dumps(build_spec(request)),
-                                     headers={"Content-Type": "application/json"})
-            if resp.status_code != 201:
-                raise _error(f"create {request.name}", resp)
-            return str(resp.json()["Id"])
-
-        return await self._call(run)
+        what = f"create {request.name}"
+        resp = await self._call(what, "POST", "/containers/create", json_body=build_spec(request))
+        if resp.status != 201:
+            raise _error(what, resp.status, resp.body)
+        doc = self._json(what, resp)
+        if not isinstance(doc, dict) or not doc.get("Id"):
+            raise RuntimeFailure(f"{what}: podman answered without a container id: {resp.text[:200]!r}")
+        return str(doc["Id"])
 
     async def start(self, container: str) -> None:
-        def run() -> None:
-            resp = self._client.post(f"/containers/{container}/start")
-            if resp.status_code not in (204, 304):
-                raise _error(f"start {container}", resp)
-
-        await self._call(run)
+        what = f"start {container}"
+        resp = await self._call(what, "POST", f"/containers/{_q(container)}/start")
+        if resp.status not in (204, 304):
+            raise _error(what, resp.status, resp.body)
 
     async def stop(self, container: str, grace_s: float) -> None:
-        def run() -> None:
-            t = max(0, math.ceil(grace_s))
-            resp = self._client.post(f"/containers/{container}/stop", params={"timeout": t},
-                                     timeout=API_TIMEOUT_S + t)
-            if resp.status_code not in (204, 304):
-                raise _error(f"stop {container}", resp)
-
-        await self._call(run)
+        what = f"stop {container}"
+        t = max(0, math.ceil(grace_s))
+        resp = await self._call(what, "POST", f"/containers/{_q(container)}/stop", params={"timeout": t},
+                                timeout=API_TIMEOUT_S + t)
+        if resp.status not in (204, 304):
+            raise _error(what, resp.status, resp.body)
 
     async def remove(self, container: str) -> None:
-        def run() -> None:
-            resp = self._client.delete(f"/containers/{container}", params={"force": "true", "v": "true",
-                                                                            "timeout": 0})
-            if resp.status_code not in (200, 204, 404):
-                raise _error(f"remove {container}", resp)
-
-        await self._call(run)
+        what = f"remove {container}"
+        resp = await self._call(what, "DELETE", f"/containers/{_q(container)}",
+                                params={"force": "true", "v": "true", "timeout": 0})
+        if resp.status not in (200, 204, 404):
+            raise _error(what, resp.status, resp.body)
 
     async def healthcheck(self, container: str) -> Health:
-        def run() -> Health:
-            resp = self._client.get(f"/containers/{container}/healthcheck")
-            if resp.status_code != 200:
-                raise _error(f"healthcheck {container}", resp)
-            return _health(str(resp.json().get("Status", "")))
-
-        return await self._call(run)
+        what = f"healthcheck {container}"
+        resp = await self._call(what, "GET", f"/containers/{_q(container)}/healthcheck")
+        if resp.status != 200:
+            raise _error(what, resp.status, resp.body)
+        doc = self._json(what, resp)
+        return _health(str(doc.get("Status", "")) if isinstance(doc, dict) else "")
 
     async def remove_image(self, image: str) -> bool:
-        def run() -> bool:
-            info = self._client.get(f"/images/{image}/json")
-            if info.status_code == 404:
-                return False
-            if info.status_code != 200:
-                raise _error(f"inspect image {image}", info)
-            if info.json().get("RepoTags"):
-                return False  # someone tagged it (by hand, or another tool): not ours to delete
-            resp = self._client.delete(f"/images/{image}")
-            if resp.status_code in (200, 204):
-                return True
-            if resp.status_code in (404, 409):  # gone already / still used by a container
-                return False
-            raise _error(f"remove image {image}", resp)
-
-        return await self._call(run)
+        what = f"inspect image {image}"
+        info = await self._call(what, "GET", f"/images/{_q(image)}/json")
+        if info.status == 404:
+            return False
+        if info.status != 200:
+            raise _error(what, info.status, info.body)
+        doc = self._json(what, info)
+        if isinstance(doc, dict) and doc.get("RepoTags"):
+            return False  # someone tagged it (by hand, or another tool): not ours to delete
+        what = f"remove image {image}"
+        resp = await self._call(what, "DELETE", f"/images/{_q(image)}")
+        if resp.status in (200, 204):
+            return True
+        if resp.status in (404, 409):  # gone already / still used by a container
+            return False
+        raise _error(what, resp.status, resp.body)
 
     # ------------------------------------------------------------------ events
 
     async def events(self, device_id: str) -> AsyncIterator[RuntimeEvent]:
-        """Container events for our device, live. Raises RuntimeFailure when the stream ends."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[RuntimeEvent | BaseException | None] = asyncio.Queue()
-        client = APIClient(base_url=self.url, timeout=None)
-        holder: dict[str, Any] = {}
-
-        def reader() -> None:
-            try:
-                filters = json.dumps({"type": ["container"], "label": [f"{LABEL_DEVICE}={device_id}"]})
-                resp = client.get("/events", params={"stream": "true", "filters": filters}, stream=True,
-                                  timeout=(10, None))
-                holder["resp"] = resp
-                if resp.status_code != 200:
-                    raise _error("events", resp)
-                for line in resp.iter_lines():
-                    if not line:
-                        continue
-                    doc = json.loads(line)
-                    action = str(doc.get("Action") or doc.get("status") or "")
-                    if action not in EVENT_ACTIONS:
-                        continue
-                    actor = doc.get("Actor") or {}
-                    attrs = actor.get("Attributes") or {}
-                    event = RuntimeEvent(str(actor.get("ID") or doc.get("id") or ""), str(attrs.get("name", "")),
-                                         action, attrs.get(LABEL_MODULE))
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-            except BaseException as exc:  # delivered to the consumer, which decides
-                with contextlib.suppress(RuntimeError):  # loop closed
-                    loop.call_soon_threadsafe(queue.put_nowait, exc)
-
-        thread = threading.Thread(target=reader, name="podman-events", daemon=True)
-        thread.start()
+        """Container events for our device, live. Raises RuntimeFailure when the stream ends or
+        breaks; the connection is closed when the consumer stops (or is cancelled)."""
+        filters = json.dumps({"type": ["container"], "label": [f"{LABEL_DEVICE}={device_id}"]})
+        params = {"stream": "true", "filters": filters}
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    raise RuntimeFailure("podman event stream ended")
-                if isinstance(item, BaseException):
-                    if holder.get("closed"):
-                        return
-                    raise RuntimeFailure(f"podman event stream failed: {item}")
-                yield item
-        finally:
-            holder["closed"] = True
-            resp = holder.get("resp")
-            if resp is not None:
-                # Closing the socket from here unblocks the reader thread.
-                with contextlib.suppress(Exception):
-                    resp.raw._fp.fp.raw._sock.shutdown(2)
-                with contextlib.suppress(Exception):
-                    resp.close()
-            client.close()
+            async with self._http.stream("GET", f"{LIBPOD_PREFIX}/events", params=params,
+                                         timeout=EVENTS_CONNECT_TIMEOUT_S) as resp:
+                if resp.status != 200:
+                    raise _error("events", resp.status, await resp.read(MAX_ERROR_BODY))
+                async for line in resp.lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = json.loads(line)
+                    except ValueError:
+                        raise RuntimeFailure(f"podman event stream failed: not JSON: {line[:200]!r}") from None
+                    event = event_from_doc(doc)
+                    if event is not None:
+                        yield event
+        except HTTPClientError as exc:
+            raise RuntimeFailure(f"podman event stream failed: {exc}") from exc
+        raise RuntimeFailure("podman event stream ended")
 
     async def close(self) -> None:
-        self._client.close()
+        """Nothing to release: every request has its own connection, closed when it is done."""
