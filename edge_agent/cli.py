@@ -287,31 +287,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
-    from podman import PodmanClient
-    from podman.errors import APIError
-
-    from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE
+    from edge_agent.runtime.module_logs import LogsError, copy_module_logs
 
     try:
-        with PodmanClient(base_url=config.podman.socket) as client:
-            labels = [f"{LABEL_DEVICE}={config.device.id}", f"{LABEL_MODULE}={args.module}"]
-            resp = client.api.get("/containers/json", params={"all": "true", "filters": json.dumps({"label": labels})})
-            resp.raise_for_status()
-            found = sorted(resp.json() or [], key=lambda c: c.get("State") != "running")
-            if not found:
-                print(f"edge-agent: no container for module {args.module!r} on this device", file=sys.stderr)
-                return EXIT_FAILED
-            container = client.containers.get(found[0]["Id"])
-            kwargs: dict[str, Any] = {"stream": True, "follow": args.follow, "stdout": True, "stderr": True}
-            if args.tail is not None:
-                kwargs["tail"] = args.tail
-            for chunk in container.logs(**kwargs):
-                sys.stdout.write(chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else str(chunk))
-                sys.stdout.flush()
-    except (APIError, OSError) as exc:
-        print(f"edge-agent: cannot read logs from podman at {config.podman.socket}: {exc}", file=sys.stderr)
+        copy_module_logs(
+            config.podman.socket,
+            config.device.id,
+            args.module,
+            follow=args.follow,
+            tail=args.tail,
+            stdout=sys.stdout.buffer,
+            stderr=sys.stderr.buffer,
+        )
+    except LogsError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):
         pass
     return EXIT_OK
 
