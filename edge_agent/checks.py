@@ -19,7 +19,7 @@ from typing import Literal
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
 from edge_agent.mqtt_params import broker_params
-from edge_agent.unix_http import UnixHTTPConnection
+from edge_agent.unix_http import api_connection, parse_api_url
 
 Outcome = Literal["pass", "warn", "fail"]
 
@@ -137,9 +137,11 @@ def check_podman(config: AgentConfig) -> CheckResult:
 
 def podman_ping(url: str, timeout: float = 3.0) -> str:
     """GET /_ping on the podman API; returns the API version it reports."""
-    if not url.startswith("unix://"):
-        raise OSError(f"only unix:// podman sockets are checked, got {url}")
-    conn = UnixHTTPConnection(url.removeprefix("unix://"), timeout)
+    try:
+        address = parse_api_url(url)
+    except ValueError as exc:
+        raise OSError(str(exc)) from None
+    conn = api_connection(address, timeout)
     try:
         conn.request("GET", "/_ping")
         resp = conn.getresponse()

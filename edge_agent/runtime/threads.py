@@ -1,4 +1,4 @@
-"""Run a blocking call (podman-py, urllib) off the event loop in a daemon thread.
+"""Run a blocking call (urllib: the trust passthrough) off the event loop in a daemon thread.
 
 Not `run_in_executor`: executor threads are joined when the interpreter exits, so one blocking
 call still in flight (a pull can take minutes) would hold up the agent's stop past systemd's

@@ -41,7 +41,7 @@ from edge_agent.trust.policy import (
     select_policy,
 )
 from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
-from edge_agent.unix_http import UnixHTTPConnection
+from edge_agent.unix_http import LIBPOD_PREFIX, api_connection, parse_api_url
 
 log = get_logger(__name__)
 
@@ -70,18 +70,16 @@ class PodmanLocalImages:
     """Asks the Podman REST API (the socket in [podman]) for an image's id."""
 
     def __init__(self, socket_url: str, timeout: float = 10.0) -> None:
-        if not socket_url.startswith("unix://"):
-            raise ValueError(f"podman socket {socket_url}: only unix:// is supported")
-        self.path = socket_url.removeprefix("unix://")
+        self.address = parse_api_url(socket_url)
         self.timeout = timeout
 
     async def image_id(self, repository: str, digest: str) -> str | None:
         return await asyncio.to_thread(self._image_id, f"{repository}@{digest}")
 
     def _image_id(self, name: str) -> str | None:
-        conn = UnixHTTPConnection(self.path, self.timeout)
+        conn = api_connection(self.address, self.timeout)
         try:
-            conn.request("GET", f"/v4.0.0/libpod/images/{urllib.parse.quote(name, safe='')}/json")
+            conn.request("GET", f"{LIBPOD_PREFIX}/images/{urllib.parse.quote(name, safe='')}/json")
             resp = conn.getresponse()
             body = resp.read(4 * 1024 * 1024)
         finally:

@@ -2,15 +2,17 @@
 agent uses must work under its hardening (MemoryDenyWriteExecute=, SystemCallFilter=,
 RestrictAddressFamilies=, ProtectSystem=strict). Prints one line per check, then SANDBOX OK."""
 
+import asyncio
 import socket
 import sqlite3
 from pathlib import Path
 
 import aiomqtt  # noqa: F401  (import only: pulls in paho and ssl)
 import nacl.signing
-import podman  # noqa: F401  (import only: pulls in requests/urllib3)
 import pydantic  # noqa: F401
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from edge_agent.runtime.async_http import AsyncHTTPClient
 
 key = nacl.signing.SigningKey.generate()
 key.verify_key.verify(key.sign(b"payload"))
@@ -27,6 +29,25 @@ for family, addr in ((socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET6, ("::1
         except OSError as exc:  # refused/unreachable is fine; EAFNOSUPPORT/EPERM is not
             assert exc.errno not in (97, 1), f"{family.name} blocked: {exc}"
     print(f"{family.name} sockets ok")
+
+async def podman_client_round_trip(path: Path) -> int:
+    """The agent's podman HTTP client (asyncio, AF_UNIX) against a one-answer server."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer, path)
+    async with server:
+        response = await AsyncHTTPClient(f"unix://{path}").request("GET", "/_ping", timeout=10)
+    path.unlink()
+    return response.status
+
+
+assert asyncio.run(podman_client_round_trip(Path("/var/lib/edge-agent/sandbox-http.sock"))) == 200
+print("asyncio unix-socket http ok")
 
 db_path = Path("/var/lib/edge-agent/sandbox-check.db")
 db = sqlite3.connect(db_path)
