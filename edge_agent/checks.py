@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.api_url import parse_api_url
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
 from edge_agent.mqtt_params import broker_params
-from edge_agent.unix_http import api_connection, parse_api_url
+from edge_agent.unix_http import api_connection
 
 Outcome = Literal["pass", "warn", "fail"]
 

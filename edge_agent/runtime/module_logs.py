@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from edge_agent.api_url import LIBPOD_PREFIX, parse_api_url
 from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE
-from edge_agent.unix_http import LIBPOD_PREFIX, api_connection, parse_api_url
+from edge_agent.unix_http import api_connection
 
 STDOUT, STDERR = 1, 2
 HEADER = struct.Struct(">BxxxI")

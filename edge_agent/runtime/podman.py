@@ -7,8 +7,9 @@ read-only tmpfs, per-device entries, ...) on the Podman versions we meet (4.3 on
 
 The transport is runtime/async_http.py, a small stdlib HTTP/1.1 client on the event loop: no
 threads, and the events stream is just a coroutine reading lines. (podman-py, used before, is
-blocking and its imports cost the agent about 7.6 MB of RSS.) Every path is under
-unix_http.LIBPOD_PREFIX (/v4.0.0/libpod), the minimal libpod API version of podman 4 and 5.
+blocking and its imports cost the agent about 7 MB of RSS; see bench/runtime_import_rss.py.)
+Every path is under api_url.LIBPOD_PREFIX (/v4.0.0/libpod), the minimal libpod API version of
+podman 4 and 5, served by podman 4.3 (Debian bookworm) and later.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from edge_agent.api_url import LIBPOD_PREFIX
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import (
     LABEL_DEVICE,
@@ -32,7 +34,6 @@ from edge_agent.runtime.api import (
     RuntimeFailure,
 )
 from edge_agent.runtime.async_http import AsyncHTTPClient, HTTPClientError, Params, Response
-from edge_agent.unix_http import LIBPOD_PREFIX
 
 log = get_logger(__name__)
 NS = 1_000_000_000

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Protocol
 
+from edge_agent.api_url import LIBPOD_PREFIX, parse_api_url
 from edge_agent.logs import get_logger
 from edge_agent.trust.api import ImageRejected, VerifiedImage
 from edge_agent.trust.cache import CachedVerdict, VerifyCache
@@ -41,7 +42,7 @@ from edge_agent.trust.policy import (
     select_policy,
 )
 from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
-from edge_agent.unix_http import LIBPOD_PREFIX, api_connection, parse_api_url
+from edge_agent.unix_http import api_connection
 
 log = get_logger(__name__)
 

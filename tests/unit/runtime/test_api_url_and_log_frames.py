@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.api_url import ApiAddress, parse_api_url
 from edge_agent.runtime.module_logs import LogFrameDecoder, LogsError
-from edge_agent.unix_http import ApiAddress, parse_api_url
 
 SOCK = "/run/podman/podman.sock"
 
