@@ -52,6 +52,9 @@ STDERR_TAIL = 4096  # bytes of the worker's stderr kept for the failure log line
 LOGGED_TAIL = 1000  # characters of it in that line
 REASON_TAIL = 300  # characters of it in the exception (it ends up in reported state)
 CLOSE_GRACE_S = 5.0
+# Meant for the agent alone (sd_notify, watchdog, socket activation): the worker must not act on them.
+SYSTEMD_ONLY_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                              "LISTEN_FDNAMES"})
 
 
 class _NotTaken(Exception):
@@ -219,7 +222,7 @@ class SubprocessTpm:
                     self._fail(proc, f"TPM worker sent a line longer than {MAX_LINE} bytes during {op}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    what = "start the TPM worker for" if starting else "finish"
+                    what = "get a started TPM worker" if starting else "finish"
                     self._fail(proc, f"TPM operation {op} did not {what} within {self.call_timeout:g} s; "
                                "worker killed", event="attestation.worker_killed")
                 for key, _ in selector.select(remaining):
@@ -336,7 +339,7 @@ def _worker_env() -> dict[str, str]:
     """The worker imports this same edge_agent (a source tree is put first on its path; an
     installed package is found by the interpreter anyway). It runs with -P, so the agent's working
     directory (its state directory under systemd) is not on the worker's import path."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
     root = Path(__file__).resolve().parents[2]
     if root.name not in ("site-packages", "dist-packages"):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)

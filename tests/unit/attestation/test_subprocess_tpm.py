@@ -9,6 +9,8 @@ import hashlib
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,24 @@ def test_the_agent_uses_the_worker_with_the_configured_limits(tmp_path: Path) ->
     tpm = tpm_from_config(config.attestation)
     assert isinstance(tpm, SubprocessTpm)
     assert (tpm.tcti, tpm.call_timeout, tpm.idle_timeout, tpm.worker_pid) == ("device:/dev/tpmrm0", 9, 4, None)
+
+
+def test_close_cuts_a_running_call_short(fake_python: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan(monkeypatch, "hang")
+    tpm = make(fake_python, timeout=60)
+    tpm.describe()
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            tpm.pcr_read([0])
+        except TpmError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.3)  # the call is waiting on the hung worker
+    tpm.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [str(e) for e in errors] == ["TPM worker was killed by SIGKILL during pcr_read"]
