@@ -80,7 +80,6 @@ class Series:
     name: str
     pids: Callable[[], list[int]]
     rss_kb: list[int] = field(default_factory=list)
-    uss_kb: list[int] = field(default_factory=list)  # private pages: what the kernel frees if it exits
     cpu_ticks_start: int = 0
     cpu_ticks_end: int = 0
     wall_start: float = 0.0
@@ -90,9 +89,7 @@ class Series:
         self.cpu_ticks_start, self.wall_start = sum(cpu_ticks(p) for p in self.pids()), time.monotonic()
 
     def sample(self) -> None:
-        pids = self.pids()
-        self.rss_kb.append(sum(rss_kb(p) for p in pids))
-        self.uss_kb.append(sum(uss_kb(p) for p in pids))
+        self.rss_kb.append(sum(rss_kb(p) for p in self.pids()))
 
     def stop(self) -> None:
         # CPU of children that came and went is in the parent's cutime (once reaped): ignored,
@@ -112,19 +109,6 @@ def rss_kb(pid: int) -> int:
     except OSError:
         return 0  # exited between listing and reading (a TPM worker timing out)
     return 0
-
-
-def uss_kb(pid: int) -> int:
-    """Private_Clean + Private_Dirty: RSS without the pages shared with other processes
-    (libpython, libc, libcrypto mapped by podman, mosquitto, other Python programs...)."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total += int(line.split()[1])
-    except OSError:
-        return 0
-    return total
 
 
 def cpu_ticks(pid: int) -> int:
@@ -304,8 +288,7 @@ def main() -> int:
 
     print()
     print(f"edge-agent memory over {args.seconds} s per scenario ({sys.executable}, Python {sys.version.split()[0]})")
-    header = (f"{'process':<30} {'RSS min MB':>10} {'avg MB':>8} {'max MB':>8} {'x baseline':>10} "
-              f"{'private MB':>10} {'CPU %':>7}")
+    header = f"{'process':<30} {'RSS min MB':>10} {'avg MB':>8} {'max MB':>8} {'x baseline':>10} {'CPU %':>7}"
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -315,12 +298,11 @@ def main() -> int:
         base_max = max(kb for b in results if b.name.startswith("python3") for kb in b.rss_kb) / 1024
         ratio = "" if is_base else f"{max(mb) / base_max:.1f}x"
         print(f"{s.name:<30} {min(mb):>10.1f} {sum(mb) / len(mb):>8.1f} {max(mb):>8.1f} {ratio:>10} "
-              f"{max(s.uss_kb) / 1024:>10.1f} {s.cpu_percent():>7.2f}")
+              f"{s.cpu_percent():>7.2f}")
         if not is_base:
             verdicts.append(f"{s.name}: max {max(mb):.1f} MB -> {'OK' if max(mb) <= TARGET_RSS_MB else 'OVER'}")
     print("-" * len(header))
     print(f"target: agent max RSS <= {TARGET_RSS_MB:.0f} MB; " + "; ".join(verdicts))
-    print("private MB: max of Private_Clean + Private_Dirty (smaps_rollup), the agent's own pages")
 
     if args.breakdown:
         print()
