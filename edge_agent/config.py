@@ -250,6 +250,12 @@ class AttestationSection(Section):
     image_pcr: int = Field(
         23, ge=16, le=23, description="PCR that module image digests are extended into, 16-23"
     )
+    tpm_timeout_s: float = Field(
+        120.0, ge=1, le=3600, description="seconds one TPM operation may take before its worker is killed, 1-3600"
+    )
+    worker_idle_s: float = Field(
+        30.0, ge=1, le=3600, description="seconds the TPM worker process stays after its last operation, 1-3600"
+    )
     ima_log: Path = Field(
         Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
         description="path of the kernel's IMA ASCII measurement list",

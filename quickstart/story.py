@@ -652,11 +652,13 @@ runtime_dir = "{self.work / 'agent-run'}"
 
 
 def _tool(name: str) -> str:
+    # The console script next to this interpreter first: another install earlier on PATH (a
+    # stale global one) would run other code than this checkout's.
+    venv = Path(sys.executable).parent / name
+    if venv.exists():
+        return str(venv)
     path = shutil.which(name)
     if path is None:
-        venv = Path(sys.executable).parent / name
-        if venv.exists():
-            return str(venv)
         raise StoryError(f"{name} is not on PATH: run scripts/run (it installs the agent into .venv)")
     return path
 

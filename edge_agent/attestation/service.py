@@ -17,7 +17,8 @@ from edge_agent.attestation.keys import activate, read_identity
 from edge_agent.attestation.measure import ImageMeasurer
 from edge_agent.attestation.mqtt_command import CommandFailed, Handler
 from edge_agent.attestation.quote import AttestRequestError, b64, encode_quote, parse_attest_request
-from edge_agent.attestation.tpm import TpmBackend, TpmError, open_tpm
+from edge_agent.attestation.subprocess_tpm import SubprocessTpm
+from edge_agent.attestation.tpm import TpmBackend, TpmError
 from edge_agent.attestation.verify import ak_name
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig, AttestationSection
@@ -28,12 +29,17 @@ from edge_agent.runtime.api import ContainerRequest
 log = get_logger(__name__)
 TpmFactory = Callable[[AttestationSection], TpmBackend]
 STATE_SUBDIR = "attestation"
-TPM_STALL_S = 120.0  # slow hardware TPMs take seconds for a key; minutes means a hang
+# Slow hardware TPMs take seconds for a key; minutes means a hang. The TPM worker kills a call
+# after attestation.tpm_timeout_s, so with it this reports only a backend without a deadline.
+TPM_STALL_S = 120.0
 T = TypeVar("T")
 
 
 def tpm_from_config(section: AttestationSection) -> TpmBackend:
-    return open_tpm(section.tcti, section.ek_type, section.ak_handle)
+    """The TPM through a worker process (edge_agent.attestation.tpm_worker): tpm2-pytss is not
+    loaded in the agent, and a hanging call is killed after tpm_timeout_s."""
+    return SubprocessTpm(section.tcti, section.ek_type, section.ak_handle,
+                         call_timeout=section.tpm_timeout_s, idle_timeout=section.worker_idle_s)
 
 
 class AttestationService(BaseComponent):
@@ -75,7 +81,7 @@ class AttestationService(BaseComponent):
             await measurer.load()
         except (TpmError, OSError, ValueError) as exc:
             if tpm is not None:
-                tpm.close()
+                await asyncio.to_thread(tpm.close)
             where = f"no usable TPM at {self.section.tcti}" if isinstance(exc, TpmError) else "cannot start"
             self._set_unavailable(f"{where}: {exc}")
             return

@@ -117,6 +117,26 @@ class PytssTpm:
         vendor = value.to_bytes(4, "big").decode("ascii", "replace").strip("\x00 ")
         return f"TPM 2.0 from {vendor or 'unknown vendor'} via {self.tcti}"
 
+    def flush_leftovers(self) -> int:
+        """Flush transient objects and loaded sessions left in the TPM by a client that was
+        killed mid-command (the TPM worker after its deadline): without a resource manager they
+        stay until the next TPM reset and fill its 3 object slots. Behind a resource manager
+        (/dev/tpmrm0, tabrmd) the TPM shows only this connection's own handles: none. Returns how
+        many were flushed."""
+        from tpm2_pytss.constants import TPM2_CAP, TPM2_HC
+
+        flushed = 0
+        with self._lock, self._op("flush objects left in the TPM"):
+            # HMAC_SESSION_FIRST lists loaded HMAC and policy sessions alike.
+            for first, last in ((TPM2_HC.TRANSIENT_FIRST, TPM2_HC.TRANSIENT_LAST),
+                                (TPM2_HC.HMAC_SESSION_FIRST, TPM2_HC.POLICY_SESSION_LAST)):
+                _, data = self._esys.get_capability(TPM2_CAP.HANDLES, first, 64)
+                for handle in data.data.handles:
+                    if first <= handle <= last:
+                        self._esys.flush_context(self._esys.tr_from_tpmpublic(handle))
+                        flushed += 1
+        return flushed
+
     # ----------------------------------------------------------------- keys
 
     def _ek_template(self) -> tuple[bytes | None, Any]:

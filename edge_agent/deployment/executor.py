@@ -109,9 +109,10 @@ class Executor:
                     await hook.after_remove(action.module)
 
     async def _observed_image(self, container: str) -> str:
-        """The image of a container this executor did not create (adopted after an agent restart)."""
+        """The image of a container this executor did not create (adopted after an agent restart),
+        or one it refers to by id (a restart after a crash, a start retried by a later pass)."""
         for observed in await self.runtime.list_containers(self.device_id):
-            if observed.name == container:
+            if container in (observed.name, observed.id):
                 return observed.image
         return ""
 

@@ -155,8 +155,10 @@ class ModuleIngestServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            sender.cancel()  # stopping: unanswered requests count as not stored
-            raise
+            # Stopping (close() cancels us): unanswered requests count as not stored. Not
+            # re-raised: asyncio's start_unix_server callback calls task.exception() on this
+            # task, which for a cancelled task logs "Exception in callback" at every stop.
+            sender.cancel()
         finally:
             answers.put_nowait(None)  # after a client's EOF, still answer what it sent
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):

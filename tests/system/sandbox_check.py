@@ -12,6 +12,8 @@ import nacl.signing
 import pydantic  # noqa: F401
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge_agent.attestation.subprocess_tpm import SubprocessTpm
+from edge_agent.attestation.tpm import TpmError
 from edge_agent.runtime.async_http import AsyncHTTPClient
 
 key = nacl.signing.SigningKey.generate()
@@ -66,4 +68,17 @@ for path in ("/etc/edge-agent/x", "/opt/edge-agent/x", "/usr/x"):
         continue
     raise AssertionError(f"{path} is writable inside the sandbox")
 print("read-only system ok")
+
+# The agent runs TPM calls in a child (same interpreter): fork/exec, pipes and the worker's own
+# start must work under NoNewPrivileges=, SystemCallFilter= and MemoryDenyWriteExecute=. There is
+# no TPM (nor tpm2-pytss) here, so the worker's structured answer says so; every failure of the
+# worker itself would name the worker.
+tpm = SubprocessTpm("device:/dev/tpmrm0", call_timeout=60)
+try:
+    print("TPM worker ok:", tpm.describe())
+except TpmError as exc:
+    assert "worker" not in str(exc), f"the TPM worker cannot run in the sandbox: {exc}"
+    print(f"TPM worker spawned and answered ok: {exc}")
+finally:
+    tpm.close()
 print("SANDBOX OK")

@@ -269,6 +269,28 @@ async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> N
     assert ("before_create", "a") in [(k, m) for k, m, _ in hooks.calls]
 
 
+async def test_start_hook_gets_the_pinned_image_when_a_crashed_module_is_restarted(tmp_path: Path) -> None:
+    # Restarts (and starts retried by a later pass) name the container by id, not by name: the
+    # hook must still get the image, or the attestation measurement fails on every restart.
+    clock = Clock()
+    runtime = FakeRuntime(clock=clock)
+    hooks = RecordingHooks()
+    db = open_state_db(tmp_path / "state")
+    comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), ReportedState(), runtime, FakeVerifier(),
+                               clock=clock, hooks=[hooks])
+    runtime.registry.add(f"reg.local:5000/a@sha256:{hashlib.sha256(b'reg.local:5000/a:1').hexdigest()}")
+    await comp.start()
+    await comp.desired(DesiredState(1, doc(a={"restartPolicy": "always"})))
+    await settle(comp)
+    hooks.calls.clear()
+    runtime.exit("a", 1)
+    clock.now += 60
+    await settle(comp)
+    starts = [info for kind, module, info in hooks.calls if kind == "before_start" and module == "a"]
+    assert starts, hooks.calls
+    assert all("reg.local:5000/a@sha256:" in info for info in starts), starts
+
+
 async def test_local_deploy_is_refused_unless_switched_on(tmp_path: Path) -> None:
     from edge_agent.control import CommandError
 

@@ -183,3 +183,31 @@ def test_check_line(tmp_path: Path) -> None:
     q.close()
     (tmp_path / "telemetry.db").write_bytes(b"garbage" * 1000)
     assert check_telemetry_queue(config).outcome == "fail"
+
+
+async def test_closing_the_socket_with_a_client_connected_logs_no_asyncio_error(tmp_path: Path) -> None:
+    # Stopping the agent while a module is connected used to end in asyncio's "Exception in
+    # callback ... CancelledError" (ERROR in the journal at every stop).
+    import asyncio
+
+    from edge_agent.telemetry.ingest import ModuleIngestServer
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+
+    async def submit(record: NewRecord) -> Accepted | Refused:
+        return Refused("busy", "not stored in this test")
+
+    server = ModuleIngestServer("pilot", tmp_path / "ingest" / "pilot" / "telemetry.sock", submit)
+    await server.start()
+    reader, writer = await asyncio.open_unix_connection(str(server.path))
+    writer.write(b'{"stream":"s","payload":1}\n')
+    await writer.drain()
+    assert json.loads(await reader.readline())["code"] == "busy"
+    await server.close()
+    assert await reader.read() == b""  # the agent hung up on the client
+    writer.close()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert errors == []

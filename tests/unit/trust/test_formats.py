@@ -50,6 +50,11 @@ def test_cosign_encrypted_key_loads_for_both_scrypt_costs(n: int) -> None:
     assert envelope["kdf"]["params"]["N"] == n
 
 
+def test_secretbox_sizes_written_out_match_pynacl() -> None:
+    # keys.py writes them out so the agent does not import PyNaCl; they must stay PyNaCl's.
+    assert (keys.NONCE_BYTES, keys.BOX_KEY_BYTES) == (nacl.secret.SecretBox.NONCE_SIZE, nacl.secret.SecretBox.KEY_SIZE)
+
+
 def test_wrong_passphrase_is_a_clear_error() -> None:
     with pytest.raises(keys.KeyFileError, match="wrong passphrase"):
         keys.load_private_key(FIX / "cosign-n32768.key", b"not it")
