@@ -93,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser(
         "logs",
         help="print a module's container logs",
-        description="Print the logs of a module's container (read from podman; works while the agent is down).",
+        description="Print the logs of a module's container: its stdout on stdout, its stderr on stderr "
+        "(read from podman; works while the agent is down).",
     )
     logs.add_argument("module", help="module name as in the deployment")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the container stops")
     logs.add_argument("--tail", type=int, default=None, help="only the last N lines")
 
     restart = sub.add_parser(
