@@ -232,8 +232,15 @@ def run_production(seconds: int) -> list[Series]:
         story.step_agent_and_deploy()
         assert story.procs is not None
         agent = story.procs.started["edge-agent"].popen
-        # settle: the deployment reported, the first telemetry batches uploaded, start-up garbage gone
+        # Settle: the deployment reported, the first telemetry batches uploaded, and the TPM worker
+        # (enroll, attest and the image measurement just ran) gone after its idle timeout; a
+        # worker spawned while sampling is counted (agent + children).
+        settle_start = time.monotonic()
         time.sleep(10)
+        while len(with_children(agent.pid)) > 1 and time.monotonic() - settle_start < 120:
+            time.sleep(1)
+        print(f"production: settled after {time.monotonic() - settle_start:.0f} s "
+              f"(children left: {len(with_children(agent.pid)) - 1})", flush=True)
         base = baseline(seconds)
         print(f"production: pilot running under the agent (pid {agent.pid}); sampling {seconds} s", flush=True)
         series = [Series("production agent (+children)", lambda: with_children(agent.pid)),
