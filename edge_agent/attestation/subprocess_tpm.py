@@ -181,6 +181,8 @@ class SubprocessTpm:
             raise TpmError(f"cannot start the TPM worker ({self.python}): {exc}") from None
         self._proc, self._out, self._err = proc, bytearray(), bytearray()
         self.spawns += 1
+        threading.Thread(target=_reap_when_exited, args=(proc,), name=f"tpm-worker-reaper-{proc.pid}",
+                         daemon=True).start()
         try:
             hello = self._receive(proc, op, HELLO_ID, deadline, starting=True)
         except _NotTaken:  # a worker says bye only after its hello
@@ -321,6 +323,16 @@ class SubprocessTpm:
     def _stderr_tail(self) -> str:
         text = self._err.decode("utf-8", "replace")
         return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _reap_when_exited(proc: subprocess.Popen[bytes]) -> None:
+    """A worker leaves on its own after its idle timeout, and a quiet device may not call the TPM
+    again for hours: reap it when it exits so it does not linger as a zombie. waitid(WNOWAIT)
+    blocks without reaping (so no lock of Popen is held while waiting); poll() then reaps and
+    records the status. If a call already reaped it, waitid fails with ECHILD: nothing to do."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        proc.poll()
 
 
 def _exit_status(proc: subprocess.Popen[bytes]) -> str:

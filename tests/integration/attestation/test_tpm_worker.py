@@ -59,6 +59,18 @@ def test_worker_leaves_when_idle_and_the_next_call_respawns_it(swtpm: Swtpm) -> 
         tpm.close()
 
 
+def test_a_worker_that_left_when_idle_is_reaped_without_another_call(swtpm: Swtpm) -> None:
+    # Nothing calls the TPM again for hours on a quiet device: the worker must not stay a zombie.
+    tpm = SubprocessTpm(swtpm.tcti, idle_timeout=1.0)
+    try:
+        tpm.pcr_read([16])
+        pid = tpm.worker_pid
+        assert pid is not None
+        wait_until(lambda: gone(pid), 10, "the idle worker to be reaped (not a zombie)")
+    finally:
+        tpm.close()
+
+
 def test_sigkilled_worker_is_replaced_on_the_next_call(swtpm: Swtpm, caplog: pytest.LogCaptureFixture) -> None:
     tpm = SubprocessTpm(swtpm.tcti)
     try:
