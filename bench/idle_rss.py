@@ -249,8 +249,8 @@ def run_production(seconds: int) -> list[Series]:
         status = story.reported()
         modules = {name: m.get("runtimeStatus") for name, m in (status.get("modules") or {}).items()}
         print(f"production: modules {modules}; attestation available: "
-              f"{(status.get('attestation') or {}).get('available')}; telemetry uploaded: "
-              f"{(status.get('telemetry') or {}).get('uploaded')}", flush=True)
+              f"{(status.get('attestation') or {}).get('available')}; telemetry records sent: "
+              f"{(status.get('telemetry') or {}).get('sentRecords')}", flush=True)
         return series
     finally:
         if base is not None and base.poll() is None:
