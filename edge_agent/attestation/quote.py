@@ -54,7 +54,7 @@ def b64(data: bytes) -> str:
 
 def unb64(text: object, name: str) -> bytes:
     if not isinstance(text, str):
-        raise ValueError(f"{name}: expected base64 text")
+        raise ValueError(f"{name}: expected base64 text, got {type(text).__name__}")
     try:
         return base64.b64decode(text, validate=True)
     except ValueError:

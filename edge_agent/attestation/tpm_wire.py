@@ -16,13 +16,13 @@ the fake).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.attestation import quote
+from edge_agent.attestation.quote import b64
 from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmBackend, TpmError
 
 OPS = ("describe", "endorsement", "ak_public", "activate_credential", "quote", "pcr_read", "pcr_extend")
@@ -57,17 +57,11 @@ def _line(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def unb64(value: object, name: str) -> bytes:
-    if not isinstance(value, str):
-        raise WireError(f"{name}: expected base64 text, got {type(value).__name__}")
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise WireError(f"{name}: not valid base64") from None
+        return quote.unb64(value, name)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
 
 
 def _int(value: object, name: str) -> int:

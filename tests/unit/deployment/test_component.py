@@ -240,13 +240,18 @@ class RecordingHooks:
         self.calls.append(("after_remove", module, ""))
 
 
-async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> None:
+def make_with_hooks(tmp_path: Path) -> tuple[DeploymentComponent, FakeRuntime, Clock, RecordingHooks]:
     clock = Clock()
     runtime = FakeRuntime(clock=clock)
     hooks = RecordingHooks()
     db = open_state_db(tmp_path / "state")
     comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), ReportedState(), runtime, FakeVerifier(),
                                clock=clock, hooks=[hooks])
+    return comp, runtime, clock, hooks
+
+
+async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> None:
+    comp, runtime, _, hooks = make_with_hooks(tmp_path)
     for ref in ("reg.local:5000/a:1", "reg.local:5000/a:2", "reg.local:5000/b:1"):
         runtime.registry.add(f"{ref.rsplit(':', 1)[0]}@sha256:{hashlib.sha256(ref.encode()).hexdigest()}")
     await comp.start()
@@ -272,12 +277,7 @@ async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> N
 async def test_start_hook_gets_the_pinned_image_when_a_crashed_module_is_restarted(tmp_path: Path) -> None:
     # Restarts (and starts retried by a later pass) name the container by id, not by name: the
     # hook must still get the image, or the attestation measurement fails on every restart.
-    clock = Clock()
-    runtime = FakeRuntime(clock=clock)
-    hooks = RecordingHooks()
-    db = open_state_db(tmp_path / "state")
-    comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), ReportedState(), runtime, FakeVerifier(),
-                               clock=clock, hooks=[hooks])
+    comp, runtime, clock, hooks = make_with_hooks(tmp_path)
     runtime.registry.add(f"reg.local:5000/a@sha256:{hashlib.sha256(b'reg.local:5000/a:1').hexdigest()}")
     await comp.start()
     await comp.desired(DesiredState(1, doc(a={"restartPolicy": "always"})))
