@@ -278,6 +278,8 @@ class TelemetryComponent(BaseComponent):
         stats["uploadRate"] = self.uplink.rate.rate()
         stats["sentRecords"] = self.uplink.sent_records
         stats["connected"] = self.uplink.connected
+        stats["lastError"] = self.uplink.last_error
+        stats["refusedBatches"] = self.uplink.refused_batches
         stats["sockets"] = sorted(self._servers)
         return stats
 

@@ -5,7 +5,12 @@ the broker's PUBACK.
 - A bounded window of messages awaiting PUBACK; acknowledgements are processed in send order,
   so a stream's records are deleted in order.
 - On a failed publish (disconnect) everything in flight is forgotten and sending resumes from the
-  oldest record still queued once connected again. The broker may already have some of those:
+  oldest record still queued once connected again.
+- A batch the broker refuses (a PUBACK with a failure reason, e.g. "Not authorized" when its ACL
+  does not let this device publish telemetry) is not deleted: the records stay queued (the cap
+  and TTL still apply, and count what they drop), the refusal is logged as an error and reported
+  (`lastError`, `refusedBatches`), and sending is retried with a backoff up to 5 minutes, so the
+  upload resumes by itself once the broker's ACL is fixed. The broker may already have some of those:
   at-least-once, so the fleet side drops duplicates by record id (at most `inflight_batches` x
   `batch_max_records` records per reconnect or agent crash).
 
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_agent.logs import get_logger
+from edge_agent.mqtt_client import PublishRefused
 from edge_agent.telemetry.policy import choose_stream
 from edge_agent.telemetry.queue import StoredRecord, TelemetryQueue
 
@@ -37,6 +43,8 @@ CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_ZLIB = "application/json+zlib"
 COMPRESS_MIN_BYTES = 1024
 SCHEMA = 1
+REFUSED_FIRST_RETRY_S = 2.0
+REFUSED_MAX_RETRY_S = 300.0
 
 
 class Publisher(Protocol):
@@ -144,6 +152,9 @@ class Uplink:
         self.sent_records = 0
         self.connected = False
         self.last_error: str | None = None
+        self.refused_batches = 0
+        self._refused_retry_s = REFUSED_FIRST_RETRY_S
+        self._refused_logged: str | None = None
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}/{self.device}/telemetry/{stream}"
@@ -157,6 +168,19 @@ class Uplink:
                 await self._pump()
             except asyncio.CancelledError:
                 raise
+            except PublishRefused as exc:
+                self.refused_batches += 1
+                self.last_error = str(exc)
+                if self._refused_logged != exc.reason:  # one error per cause, not one per retry
+                    self._refused_logged = exc.reason
+                    log.error(
+                        "%s: telemetry stays queued, retrying with a backoff up to %.0f s",
+                        exc,
+                        REFUSED_MAX_RETRY_S,
+                        extra={"EVENT": "telemetry.refused"},
+                    )
+                await asyncio.sleep(self._refused_retry_s)
+                self._refused_retry_s = min(self._refused_retry_s * 2, REFUSED_MAX_RETRY_S)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -229,3 +253,8 @@ class Uplink:
                 delay = min(delay * 2, 5.0)
         self.sent_records += done.count
         self.rate.add(done.count)
+        if self._refused_logged is not None:
+            log.info("the broker takes telemetry again", extra={"EVENT": "telemetry.accepted_again"})
+            self._refused_logged = None
+        self.last_error = None  # the last error since an upload last went through
+        self._refused_retry_s = REFUSED_FIRST_RETRY_S

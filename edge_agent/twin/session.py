@@ -29,6 +29,8 @@ from edge_agent.twin.protocol import DeviceTopics
 if TYPE_CHECKING:
     import aiomqtt
 
+    from edge_agent.mqtt_client import CheckedClient
+
 log = get_logger(__name__)
 
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -122,7 +124,7 @@ class TwinSession:
         self.session_expiry_s = session_expiry_s
         self.commands = CommandRegistry()
         self.generation = 0  # counts successful connections
-        self._client: aiomqtt.Client | None = None
+        self._client: CheckedClient | None = None
         self._connected = asyncio.Event()
         self._new_connection = asyncio.Event()
         self._down: asyncio.Future[None] | None = None  # resolved when the current connection is lost
@@ -151,34 +153,35 @@ class TwinSession:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float | None = None
     ) -> None:
         """Publish and return after the broker acknowledged it (PUBACK for QoS 1). While offline
-        this waits for the next connection; a publish cut off by a disconnect is sent again."""
-        import aiomqtt
+        this waits for the next connection; a publish cut off by a disconnect is sent again. One
+        the broker refuses (a PUBACK with a failure reason: its ACL does not allow the topic) is
+        logged as an error and not sent again, since the broker would refuse it again."""
+        from edge_agent.mqtt_client import PublishRefused
 
         async with asyncio.timeout(timeout):
             while True:
                 await self._connected.wait()
-                client = self._client
-                if client is None:
-                    await asyncio.sleep(0)
-                    continue
                 try:
-                    await client.publish(topic, payload, qos=qos, retain=retain)
+                    await self.publish_once(topic, payload, qos, retain=retain)
                     return
-                except aiomqtt.MqttError as exc:
+                except ConnectionLost as exc:
                     log.debug("publish to %s interrupted (%s); waiting for the broker", topic, exc)
-                    self._mark_down(client)
                     await asyncio.sleep(0.05)
+                except PublishRefused as exc:
+                    log.error("%s; not sent again", exc, extra={"EVENT": "mqtt.publish_refused"})
+                    return
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
-    async def publish_once(self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None) -> None:
+    async def publish_once(
+        self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None, *, retain: bool = False
+    ) -> None:
         """One attempt on the current connection: returns after the PUBACK, raises ConnectionLost
-        when there is no connection or it drops first. For callers that keep their own order and
+        when there is no connection or it drops first, PublishRefused (edge_agent.mqtt_client)
+        when the broker answers with a failure reason. For callers that keep their own order and
         retry (the telemetry uplink and its in-flight window); `publish` is the retrying form.
         paho never fails a publish whose connection died, hence the race with `_down`."""
-        import math
-
         import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -189,7 +192,7 @@ class TwinSession:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if content_type:
             props.ContentType = content_type
-        task = asyncio.ensure_future(client.publish(topic, payload, qos=qos, properties=props, timeout=math.inf))
+        task = asyncio.ensure_future(client.publish_checked(topic, payload, qos, retain, props))
         try:
             await asyncio.wait({task, down}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -203,7 +206,7 @@ class TwinSession:
         except aiomqtt.MqttError as exc:
             raise ConnectionLost(str(exc)) from exc
 
-    def _mark_down(self, client: aiomqtt.Client) -> None:
+    def _mark_down(self, client: CheckedClient) -> None:
         if self._client is client:
             self._client = None
             self._connected.clear()
@@ -282,7 +285,7 @@ class TwinSession:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
 
-    async def _on_connected(self, client: aiomqtt.Client) -> None:
+    async def _on_connected(self, client: CheckedClient) -> None:
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         await client.subscribe(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
@@ -31,6 +32,11 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             f"{self.extra_conf}\n"
         )
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its config and ACL file without dropping clients."""
+        assert self.proc is not None and self.proc.proc is not None
+        os.kill(self.proc.proc.pid, signal.SIGHUP)
 
     def start(self) -> Mosquitto:
         binary = require_binary("mosquitto")

@@ -123,7 +123,9 @@ class Follower:
 
     def records(self) -> list[dict[str, Any]]:
         out = []
-        for line in self.out.read_text().splitlines():
+        text = self.out.read_text()
+        # The follower may be writing a line right now: only complete lines count.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if line.strip():
                 out.append(json.loads(line))
         return out
