@@ -25,7 +25,8 @@ from edge_agent.twin import protocol
 from edge_agent.twin.protocol import DeviceTopics
 
 if TYPE_CHECKING:
-    import aiomqtt
+
+    from edge_agent.mqtt_client import CheckedClient
 
 Signer = Callable[[bytes], bytes]
 
@@ -75,7 +76,7 @@ class FleetClient:
         self.params = params
         self.prefix = prefix
         self.response_topic = protocol.fleet_response_topic(prefix, params.client_id)
-        self._client: aiomqtt.Client | None = None
+        self._client: CheckedClient | None = None
         self._reader: asyncio.Task[None] | None = None
         self._messages: dict[str, bytes] = {}
         self._pending = _Pending()
@@ -109,7 +110,7 @@ class FleetClient:
                 await self._client.__aexit__(None, None, None)
 
     @property
-    def client(self) -> aiomqtt.Client:
+    def client(self) -> CheckedClient:
         if self._client is None:
             raise FleetError("not connected")
         return self._client
@@ -218,11 +219,27 @@ class FleetClient:
         payload = protocol.encode(doc)
         if sign is not None:
             payload = sign(payload)
-        await self.client.publish(DeviceTopics(self.prefix, device).desired, payload, qos=1, retain=True)
+        await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
         return version
 
     async def publish_desired_raw(self, device: str, payload: bytes) -> None:
-        await self.client.publish(DeviceTopics(self.prefix, device).desired, payload, qos=1, retain=True)
+        await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
+
+    async def _publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, properties: Any = None, timeout: float = 10.0
+    ) -> None:
+        """QoS 1, and the broker must take it: a refusal (its ACL) is a clear error here rather
+        than a wait for an answer that cannot come."""
+        from edge_agent.mqtt_client import PublishRefused
+
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.publish_checked(topic, payload, 1, retain, properties)
+        except PublishRefused as exc:
+            raise FleetError(f"{exc}; does the broker's ACL let {self.params.client_id or 'this identity'} "
+                             f"write {topic}?") from None
+        except TimeoutError:
+            raise FleetError(f"broker did not acknowledge the publish to {topic} within {timeout:.0f} s") from None
 
     async def call(self, device: str, command: str, args: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a command (QoS 1; queued by the broker if the device is offline) and wait for the answer."""
@@ -232,10 +249,9 @@ class FleetClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending.futures[correlation] = future
         try:
-            await self.client.publish(
+            await self._publish(
                 DeviceTopics(self.prefix, device).command(command),
                 protocol.command_request(dict(args)),
-                qos=1,
                 properties=publish_properties(response_topic=self.response_topic, correlation=correlation),
             )
             async with asyncio.timeout(timeout):

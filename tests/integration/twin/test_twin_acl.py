@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import aiomqtt
+import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.mqtt_client import make_client
+from edge_agent.fleet.client import FleetError
+from edge_agent.mqtt_client import PublishRefused, make_client
 from edge_agent.mqtt_params import broker_params
 from tests.integration.twin.conftest import TwinEnv
 from tests.integration.twin.pki import unique
@@ -49,10 +51,14 @@ async def test_device_cannot_read_or_write_another_devices_twin(twin_env: TwinEn
             assert seen and all(t == topic(a, "desired") for t, _ in seen), seen
             assert not any(b"secret-b" in p for _, p in seen)
 
-            # Writing B's reported state or B's desired state, or its own desired state: dropped.
-            await client_a.publish(topic(b, "reported"), b'{"schema":1,"forged":true}', qos=1, retain=True)
-            await client_a.publish(topic(b, "desired"), b'{"schema":1,"version":999}', qos=1, retain=True)
-            await client_a.publish(topic(a, "desired"), b'{"schema":1,"version":999}', qos=1, retain=True)
+            # Writing B's reported state or B's desired state, or its own desired state: refused,
+            # and the broker says so (PUBACK 0x87), which publish_checked turns into an error.
+            forgeries = (("reported", b'{"schema":1,"forged":true}'), ("desired", b'{"schema":1,"version":999}'))
+            for leaf, forged in forgeries:
+                with pytest.raises(PublishRefused, match="Not authorized"):
+                    await client_a.publish_checked(topic(b, leaf), forged, 1, True)
+            with pytest.raises(PublishRefused, match="Not authorized"):
+                await client_a.publish_checked(topic(a, "desired"), b'{"schema":1,"version":999}', 1, True)
             # A's own reported state is writable.
             await client_a.publish(topic(a, "reported"), b'{"schema":1,"mine":true}', qos=1, retain=True)
 
@@ -62,3 +68,9 @@ async def test_device_cannot_read_or_write_another_devices_twin(twin_env: TwinEn
         view_a = await fleet.view(a)
         assert view_a.desired is not None and view_a.desired["version"] == 2
         assert view_a.reported == {"schema": 1, "mine": True}
+
+    # Through edgectl's client (here with device A's identity) the refusal is a clear error at
+    # once, not a wait for a device answer that cannot come.
+    async with twin_env.fleet_client(a) as impostor:
+        with pytest.raises(FleetError, match=r"refused the publish to .*/desired: Not authorized"):
+            await impostor.publish_desired_raw(b, b'{"schema":1,"version":1000}')
