@@ -39,6 +39,7 @@ DesiredHandler = Callable[[bytes], Awaitable[None]]
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 MAX_COMMAND_BYTES = 256 * 1024
 COMMAND_TIMEOUT_S = 60.0
+COMMAND_REPLY_TIMEOUT_S = 30.0
 
 
 class Publisher(Protocol):
@@ -322,7 +323,7 @@ class TwinSession:
                 2.0,
             )
 
-    async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def _dispatch(self, client: CheckedClient, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         if topic == self.topics.desired:
@@ -341,13 +342,13 @@ class TwinSession:
 
     async def _serve_command(
         self,
-        client: aiomqtt.Client,
+        client: CheckedClient,
         name: str,
         payload: bytes,
         response_topic: str | None,
         correlation: bytes | None,
     ) -> None:
-        from edge_agent.mqtt_client import publish_properties
+        from edge_agent.mqtt_client import PublishRefused, publish_properties
 
         log.info("command %s received", name, extra={"EVENT": "command.received", "COMMAND": name})
         answer = await run_command(self.commands, name, payload)
@@ -355,8 +356,14 @@ class TwinSession:
             log.info("command %s has no response topic; answer dropped", name, extra={"EVENT": "command.no_reply"})
             return
         props = publish_properties(correlation=correlation)
-        with contextlib.suppress(Exception):
+        try:
             # Answer on whatever connection is current; a lost answer is visible to the caller
             # as a timeout, and commands are designed to be safe to repeat.
             current = self._client or client
-            await current.publish(response_topic, answer, qos=1, properties=props)
+            async with asyncio.timeout(COMMAND_REPLY_TIMEOUT_S):
+                await current.publish_checked(response_topic, answer, 1, False, props)
+        except PublishRefused as exc:  # the requester named a topic this device may not write
+            log.warning("answer to command %s not delivered: %s", name, exc,
+                        extra={"EVENT": "command.reply_refused", "COMMAND": name})
+        except Exception as exc:
+            log.debug("answer to command %s not delivered: %s", name, exc)

@@ -75,3 +75,25 @@ def test_a_refused_reported_state_is_logged_not_resent_and_the_agent_keeps_runni
     finally:
         agent.stop()
         broker.stop()
+
+
+def test_a_command_answer_to_a_topic_the_device_may_not_write_is_logged(tmp_path: Path) -> None:
+    import subprocess
+
+    acl = tmp_path / "acl"
+    acl.write_text(ALLOW_ALL)  # edge/# only: "elsewhere/replies" is not writable
+    broker = Mosquitto(tmp_path / "mosquitto", extra_conf=f"acl_file {acl}\n").start()
+    agent = AgentProcess(tmp_path / "agent", agent_config(broker.port, tmp_path / "run", ["sensor"])).start()
+    try:
+        wait_until(lambda: telemetry(agent)["connected"], 20, "the agent to connect")
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-t", "edge/dev1/commands/ping",
+             "-m", '{"args":{}}', "-D", "publish", "response-topic", "elsewhere/replies",
+             "-D", "publish", "correlation-data", "c1"],
+            check=True, timeout=10,
+        )
+        agent.wait_log("EVENT=command.reply_refused", timeout=20)
+        assert "the broker refused the publish to elsewhere/replies: Not authorized" in agent.log()
+    finally:
+        agent.stop()
+        broker.stop()
