@@ -3,7 +3,6 @@ a podman API service, each on free loopback ports / a private socket in the run'
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import socket
@@ -153,18 +152,12 @@ def start_swtpm(procs: Processes, work: Path) -> str | None:
 
 
 def _podman_ping(sock: Path) -> bool:
+    from edge_agent.unix_http import UnixHTTPConnection
+
     if not sock.exists():
         return False
-
-    class Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(2)
-            s.connect(str(sock))
-            self.sock = s
-
     try:
-        conn = Conn("localhost", timeout=2)
+        conn = UnixHTTPConnection(str(sock), timeout=2)
         conn.request("GET", "/_ping")
         return conn.getresponse().status == 200
     except OSError:

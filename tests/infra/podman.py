@@ -35,23 +35,14 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
 
 
 def _ping(sock: Path) -> bool:
-    import http.client
-    import socket as socketmod
+    from edge_agent.unix_http import UnixHTTPConnection
 
     if not sock.exists():
         return False
-
-    class Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            s = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
-            s.settimeout(2)
-            s.connect(str(sock))
-            self.sock = s
-
     try:
-        c = Conn("localhost", timeout=2)
-        c.request("GET", "/_ping")
-        return c.getresponse().status == 200
+        conn = UnixHTTPConnection(str(sock), timeout=2)
+        conn.request("GET", "/_ping")
+        return conn.getresponse().status == 200
     except OSError:
         return False
 
