@@ -12,6 +12,7 @@ from typing import Any
 from edge_agent.deployment.desired import DesiredDeployment, pin
 from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.deployment.restart_policy import RestartState
+from edge_agent.store import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployment_slots (
@@ -66,10 +67,13 @@ class DeploymentStore:
 
     def activate(self, dep: StoredDeployment) -> None:
         """Make `dep` current and clear restart counters of the previous deployment, atomically."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.put("current", dep)
-            self.db.execute("DELETE FROM deployment_restarts")
+        with transaction(self.db):
+            self.make_current(dep)
+
+    def make_current(self, dep: StoredDeployment) -> None:
+        """Inside a caller's transaction (desired/store.py commits a document with it)."""
+        self.put("current", dep)
+        self.db.execute("DELETE FROM deployment_restarts")
 
     def restarts(self) -> dict[str, RestartState]:
         rows = self.db.execute("SELECT module, count, last_restart_at, total FROM deployment_restarts").fetchall()

@@ -114,6 +114,7 @@ class TwinSession:
         *,
         reconnect_max_delay_s: float = 60.0,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
+        max_packet_bytes: int | None = None,
     ) -> None:
         # A factory is resolved in run(): reading keys and secrets is I/O that may fail, and
         # must not stop start() from handing over the stored deployment.
@@ -123,6 +124,7 @@ class TwinSession:
         self.on_desired = on_desired
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self.session_expiry_s = session_expiry_s
+        self.max_packet_bytes = max_packet_bytes
         self.commands = CommandRegistry()
         self.generation = 0  # counts successful connections
         self._client: CheckedClient | None = None
@@ -268,7 +270,13 @@ class TwinSession:
         will = aiomqtt.Will(
             self.topics.presence, protocol.presence_payload(protocol.PRESENCE_OFFLINE), qos=1, retain=True
         )
-        client = make_client(self.params, will=will, persistent=True, session_expiry_s=self.session_expiry_s)
+        client = make_client(
+            self.params,
+            will=will,
+            persistent=True,
+            session_expiry_s=self.session_expiry_s,
+            max_packet_bytes=self.max_packet_bytes,
+        )
         await client.__aenter__()  # raises MqttError when the broker is unreachable: retried
         try:
             try:
