@@ -217,11 +217,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     modules = reported.pop("modules", None)
     deployment = reported.get("deployment") or {}
     if deployment:
-        line = f"deployment {deployment.get('current')} ({deployment.get('status', '?')})"
-        line += f"  last known good {deployment.get('lastKnownGood')}"
-        if deployment.get("description"):
-            line += f"  {deployment['description']}"
-        print(line)
+        from edge_agent.desired.status import summary
+
+        print(summary(deployment))
     if modules is not None:
         print(module_table(modules))
     for section, value in sorted(reported.items()):

@@ -154,7 +154,7 @@ def load_json(raw: bytes, limits: Limits, what: str = "document") -> Any:
         raise DesiredRejected("invalid_json", f"{what}: not valid JSON: {exc}") from None
 
 
-def _open_envelope(outer: Any, limits: Limits, keys: Sequence[TrustedKey]) -> tuple[Any, TrustedKey]:
+def open_envelope(outer: Any, limits: Limits, keys: Sequence[TrustedKey]) -> tuple[Any, TrustedKey]:
     """Check 6: the signed envelope; returns (the parsed payload, the key that verified it)."""
     if not isinstance(outer, dict) or "signatures" not in outer or "payloadType" not in outer:
         raise DesiredRejected(
@@ -288,7 +288,7 @@ def admit(
         data = load_json(raw, limits)
         signer: TrustedKey | None = None
         if trust.mode == "enforce":
-            data, signer = _open_envelope(data, limits, trust.keys)
+            data, signer = open_envelope(data, limits, trust.keys)
         authenticated_version = _claimed_version(data)
         expires = new_keys = None
         if isinstance(data, dict):

@@ -246,6 +246,12 @@ class DesiredStateManager(BaseComponent):
 
     # ------------------------------------------------------------------ pinning and the commit
 
+    async def pin_pending(self) -> None:
+        """Pin and commit the pending document in the caller's task, without run() (tests that
+        drive the pipeline step by step with their own clock)."""
+        if self._pending is not None:
+            await self._pin_and_commit(*self._pending)
+
     async def _pin_and_commit(self, admitted: Admitted, raw: bytes) -> None:
         version = admitted.version
         images: dict[str, str] = {}
