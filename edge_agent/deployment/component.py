@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +54,44 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
+class PassReports:
+    """The StatusSink as the reconciler uses it: during a pass, what it tells the desired-state room
+    is held and delivered at the end, together with the modules' report, so the fleet never sees
+    "rolled back" or "good" before the containers that make it true were acted on."""
+
+    def __init__(self, sink: StatusSink) -> None:
+        self.sink = sink
+        self._held: list[Callable[[], None]] | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for deliver in held:
+                deliver()
+
+    def _send(self, deliver: Callable[[], None]) -> None:
+        if self._held is None:
+            deliver()
+        else:
+            self._held.append(deliver)
+
+    def running(self, current: int | None, last_known_good: int | None) -> None:
+        self._send(lambda: self.sink.running(current, last_known_good))
+
+    def outcome(
+        self, version: int, state: State, *, code: str | None = None, module: str | None = None,
+        description: str = "",
+    ) -> None:
+        self._send(lambda: self.sink.outcome(version, state, code=code, module=module, description=description))
+
+    def runtime_error(self, error: str | None) -> None:
+        self._send(lambda: self.sink.runtime_error(error))
+
+
 class DeploymentComponent(BaseComponent):
     name = "deployment"
 
@@ -73,7 +111,7 @@ class DeploymentComponent(BaseComponent):
         self.reported = reported
         self.runtime = runtime
         self.clock = clock
-        self.status = status
+        self.status = PassReports(status)
         self._configure(config)
         self.current: StoredDeployment | None = None
         self.lkg: StoredDeployment | None = None
@@ -190,20 +228,24 @@ class DeploymentComponent(BaseComponent):
                     await self.wake.wait()
 
     async def _watch_events(self) -> None:
-        delay = 1.0
+        events = Retries(1.0, 30.0)  # its own backoff: reconnecting the stream, logged once per change
         while True:
             try:
                 async for event in self.runtime.events(self.device_id):
-                    delay = 1.0
+                    if events.succeeded("events") is not None:
+                        log.info("podman event stream back", extra={"EVENT": "runtime.events_back"})
                     log.debug("podman event %s %s", event.action, event.name,
                               extra={"EVENT": "runtime.event", "MODULE": event.module})
                     self.wake.set()
+                failure, news = events.failed("events", "the stream ended", self.clock())
             except RuntimeFailure as exc:
-                log.warning("podman event stream: %s; reconnecting in %.0f s", exc, delay,
-                            extra={"EVENT": "runtime.events_lost"})
+                failure, news = events.failed("events", str(exc), self.clock())
+            (log.warning if news else log.debug)(
+                "podman event stream: %s; reconnecting in %.0f s", failure.error, failure.delay,
+                extra={"EVENT": "runtime.events_lost"},
+            )
             self.wake.set()  # events may have been missed: look again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(failure.delay)
 
     async def _watch_health(self) -> None:
         """Run container healthchecks on their interval (podman relies on systemd timers for this,
@@ -243,7 +285,8 @@ class DeploymentComponent(BaseComponent):
                 return self.retries.next_at()  # podman failed: not before its backoff is over
             self._busy_since = now
             try:
-                wake_at = await self._reconcile()
+                with self.status.held():
+                    wake_at = await self._reconcile()
             except RuntimeFailure as exc:
                 failure, news = self.retries.failed(RUNTIME, str(exc), self.clock())
                 (log.error if news else log.debug)(

@@ -122,9 +122,7 @@ class DesiredStateManager(BaseComponent):
     async def start(self) -> None:
         for status in self.store.versions():
             if status.state == State.VERIFYING:
-                # Its verification was cut short by the restart and nothing of it was stored: the
-                # broker delivers the retained document again and it is verified from the start.
-                continue
+                continue  # (written by an older release) a verification cut short: verified again
             self.statuses[status.version] = status
         self._adopt_older_state()
         current, lkg = self.deployments.get("current"), self.deployments.get("last_known_good")
@@ -361,6 +359,11 @@ class DesiredStateManager(BaseComponent):
 
     def _put(self, status: VersionStatus) -> None:
         self.statuses[status.version] = status
+        if status.state == State.VERIFYING:
+            # Not stored: a restart forgets a verification in progress anyway (the broker delivers
+            # the retained document again), and its retry progress is not worth a disk write.
+            self._report()
+            return
         try:
             self.store.put_status(status)
         except sqlite3.Error as exc:  # reported from memory; the next write tries again

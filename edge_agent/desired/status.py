@@ -169,7 +169,8 @@ def wait_outcome(section: Mapping[str, Any] | None, version: int, digest: str, t
     if not isinstance(entry, Mapping):
         return "pending", "not reported yet"
     if entry.get("digest") != digest:
-        return "failed", f"the device has a different document as version {version} (published by someone else?)"
+        # Another document holds this version (ours may be refused as a replay any moment).
+        return "pending", f"the device's version {version} is another document"
     try:
         state = State(str(entry.get("state")))
     except ValueError:

@@ -199,15 +199,14 @@ class FleetClient:
         return [views[d] for d in sorted(views)]
 
     async def next_version(self, device: str, verify_key: TrustedKey | None = None) -> int:
-        """One above the highest version the device authenticated (reported by it), or the retained
-        document on the broker if it is ours: signed by `verify_key`, or, for unsigned deploys
-        (verify_key None), any parseable one. An unauthenticated document's claimed version
-        never counts: a stranger cannot push the fleet's versions out of range."""
+        """One above the highest version the device reports it authenticated, or above the retained
+        document on the broker when it is signed by `verify_key` (ours, not yet seen by an offline
+        device). An unauthenticated document's claimed version never counts: a stranger cannot
+        push the fleet's versions out of range."""
         view = await self.view(device)
         known = [0, *authenticated_versions((view.reported or {}).get("deployment"))]
-        retained = view.desired_raw
-        if retained:
-            version = _retained_version(retained, verify_key)
+        if view.desired_raw and verify_key is not None:
+            version = _signed_version(view.desired_raw, verify_key)
             if version is not None:
                 known.append(version)
         return max(known) + 1
@@ -326,20 +325,14 @@ def authenticated_versions(section: Any) -> list[int]:
     return [v for v in found if isinstance(v, int) and not isinstance(v, bool)]
 
 
-def _retained_version(payload: bytes, verify_key: TrustedKey | None) -> int | None:
-    """The version of the retained desired document, if it is authentic for this deploy."""
+def _signed_version(payload: bytes, verify_key: TrustedKey) -> int | None:
+    """The version of a retained desired document whose signature `verify_key` verifies."""
     from edge_agent.desired.admission import Limits, load_json, open_envelope
     from edge_agent.desired.errors import DesiredRejected
 
     limits = Limits(max_bytes=max(len(payload), 1))
     try:
-        data = load_json(payload, limits)
-        if isinstance(data, dict) and data.get("payloadType") == DOCUMENT_PAYLOAD_TYPE:
-            if verify_key is None:
-                return None
-            data, _ = open_envelope(data, limits, (verify_key,))
-        elif verify_key is not None:
-            return None  # an unsigned document where we sign: not ours
+        data, _ = open_envelope(load_json(payload, limits), limits, (verify_key,))
     except DesiredRejected:
         return None
     version = data.get("version") if isinstance(data, dict) else None
