@@ -4,13 +4,14 @@ versions that failed and must not be retried, and the images the agent pulled (f
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.deployment.desired import DesiredDeployment, pin
-from edge_agent.deployment.manifest import validate_deployment
+from edge_agent.deployment.manifest import Deployment
 from edge_agent.deployment.restart_policy import RestartState
 from edge_agent.store import transaction
 
@@ -40,7 +41,13 @@ class StoredDeployment:
     activated_at: float
 
     def desired(self) -> DesiredDeployment:
-        return pin(self.version, validate_deployment(self.document), self.images)
+        """The pinned deployment. The document was validated once, by the document gate, before
+        it was stored; here it is only loaded into its model (once per stored deployment)."""
+        return self._desired
+
+    @functools.cached_property
+    def _desired(self) -> DesiredDeployment:
+        return pin(self.version, Deployment.model_validate(self.document), self.images)
 
 
 class DeploymentStore:

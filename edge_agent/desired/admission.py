@@ -47,7 +47,9 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_DEPTH = 32
 MAX_VERSION = 2**53 - 1  # survives a round trip through JavaScript tooling
 GATE_FIELDS = ("expires", "trust")
-_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string literal, or an unterminated one running to the end (possessive: never backtracks, so
+# the scan stays linear even for `"\"\"\"...` with no closing quote).
+_STRING_LITERAL = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 DeploymentValidator = Callable[[Mapping[str, Any]], Deployment]

@@ -135,7 +135,7 @@ class DesiredStateManager(BaseComponent):
         if current is None or current.version in self.statuses:
             return
         lkg = self.deployments.get("last_known_good")
-        accepted = self.store.accepted()
+        accepted = self.store.accepted() or self.store.legacy_accepted()
         digest = accepted[1] if accepted and accepted[0] == current.version else ""
         state = State.GOOD if lkg is not None and lkg.version == current.version else State.ACTIVATING
         self._put(VersionStatus(current.version, digest, state, current.activated_at))
@@ -241,6 +241,7 @@ class DesiredStateManager(BaseComponent):
             if self._pin_task is not None and not self._pin_task.done():
                 self._pin_task.cancel()
         self.retries.forget("pin")
+        self.retries.forget("store")
 
     # ------------------------------------------------------------------ pinning and the commit
 
@@ -269,7 +270,16 @@ class DesiredStateManager(BaseComponent):
                 log.info("registry reachable again after %d failed attempts", recovered.attempts,
                          extra={"EVENT": "desired.registry_back", "DEPLOYMENT": str(version)})
             images[name] = f"{verified.repository}@{verified.digest}"
-        self._commit(admitted, raw, images)
+        while True:
+            try:
+                self._commit(admitted, raw, images)
+                break
+            except sqlite3.Error as exc:  # disk full, read-only filesystem: run nothing that is not stored
+                await self._wait_for_store(admitted, exc)
+        recovered = self.retries.succeeded("store")
+        if recovered is not None:
+            log.info("deployment %d stored after %d failed attempts", version, recovered.attempts,
+                     extra={"EVENT": "desired.store_back", "DEPLOYMENT": str(version)})
 
     async def _wait_for_registry(self, admitted: Admitted, module: str, exc: Exception) -> None:
         failure, news = self.retries.failed("pin", str(exc), self.clock())
@@ -279,6 +289,19 @@ class DesiredStateManager(BaseComponent):
         (log.warning if news else log.debug)(
             "deployment %d: %s", admitted.version, description,
             extra={"EVENT": "desired.registry_retry", "DEPLOYMENT": str(admitted.version), "MODULE": module},
+        )
+        await asyncio.sleep(failure.delay)
+
+    async def _wait_for_store(self, admitted: Admitted, exc: sqlite3.Error) -> None:
+        """The document cannot be stored: it is not applied, and the commit is tried again (with
+        backoff) until it succeeds or a newer document supersedes this one; it is never lost."""
+        failure, news = self.retries.failed("store", str(exc), self.clock())
+        description = (f"images verified; cannot store the document ({exc}); "
+                       f"attempt {failure.attempts}, next in {failure.delay:.0f} s")
+        self._transition(admitted.version, State.VERIFYING, code="store_failed", description=description)
+        (log.error if news else log.debug)(
+            "deployment %d not applied: %s", admitted.version, description,
+            extra={"EVENT": "desired.store_failed", "DEPLOYMENT": str(admitted.version)},
         )
         await asyncio.sleep(failure.delay)
 
@@ -300,20 +323,14 @@ class DesiredStateManager(BaseComponent):
         activating = advance(self.statuses[version], State.ACTIVATING, now, description="starting its modules")
         if activating is not None:
             rows.append(activating)
-        previous = self.statuses.get(self.current) if self.current is not None else None
-        if previous is not None and previous.state in (State.ACTIVATING, State.PROBATION):
-            replaced = advance(previous, State.SUPERSEDED, now, description=f"replaced by version {version}")
-            if replaced is not None:
-                rows.append(replaced)
-        try:
-            self.store.commit(raw, stored, admitted.digest, rows, admitted.new_keys)
-        except sqlite3.Error as exc:  # disk full, read-only filesystem: do not run what is not stored
-            self._pending = None
-            self._transition(version, State.REJECTED, code="store_failed",
-                             description=f"cannot persist the document: {exc}")
-            log.error("cannot store deployment %d (%s); not applying it", version, exc,
-                      extra={"EVENT": "desired.store_failed", "DEPLOYMENT": str(version)})
-            return
+        # Every earlier version not yet good (the current one on probation, or one committed but
+        # never taken by the reconciler) is replaced by this one.
+        for other in list(self.statuses.values()):
+            if other.version != version and other.state in (State.ACTIVATING, State.PROBATION):
+                replaced = advance(other, State.SUPERSEDED, now, description=f"replaced by version {version}")
+                if replaced is not None:
+                    rows.append(replaced)
+        self.store.commit(raw, stored, admitted.digest, rows, admitted.new_keys)  # raises sqlite3.Error
         self._pending = None
         for row in rows:
             self.statuses[row.version] = row
@@ -380,6 +397,7 @@ class DesiredStateManager(BaseComponent):
                 versions=self.statuses.values(),
                 last_refused=self.last_refused,
                 max_document_bytes=self.limits.max_bytes,
+                document_mode=self.trust.mode,
                 error=self.error,
             ),
         )

@@ -111,6 +111,7 @@ def deployment_section(
     versions: Iterable[VersionStatus],
     last_refused: Refusal | None,
     max_document_bytes: int,
+    document_mode: str = "enforce",
     error: str | None = None,
 ) -> dict[str, Any]:
     """The reported `deployment` section: the one place the device says what it runs and what
@@ -124,6 +125,7 @@ def deployment_section(
         "versions": {str(s.version): status_to_dict(s) for s in ordered if s.version in keep},
         "lastRefused": None,
         "maxDocumentBytes": max_document_bytes,
+        "documentMode": document_mode,
     }
     if last_refused is not None:
         refused: dict[str, Any] = {

@@ -109,6 +109,15 @@ class DesiredStore:
         row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
         return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
 
+    def legacy_accepted(self) -> tuple[int, str] | None:
+        """The accepted document's version and digest as releases before per-version status kept
+        them (table twin_desired), so an upgraded device recognises its retained document."""
+        try:
+            row = self.db.execute("SELECT version, digest FROM twin_desired WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:  # no such table: a device that never ran an older release
+            return None
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def commit(
         self,
         raw: bytes,

@@ -200,13 +200,19 @@ class FleetClient:
 
     async def next_version(self, device: str, verify_key: TrustedKey | None = None) -> int:
         """One above the highest version the device reports it authenticated, or above the retained
-        document on the broker when it is signed by `verify_key` (ours, not yet seen by an offline
-        device). An unauthenticated document's claimed version never counts: a stranger cannot
-        push the fleet's versions out of range."""
+        document on the broker when the device would authenticate it too (an offline device has
+        not seen it yet): signed by `verify_key` for a signed deploy; for an unsigned deploy, a
+        plain document, unless the device reports it enforces signatures. A claimed version the
+        device would refuse never counts: a stranger cannot push the fleet's versions out of range."""
         view = await self.view(device)
-        known = [0, *authenticated_versions((view.reported or {}).get("deployment"))]
-        if view.desired_raw and verify_key is not None:
-            version = _signed_version(view.desired_raw, verify_key)
+        section = (view.reported or {}).get("deployment")
+        known = [0, *authenticated_versions(section)]
+        if view.desired_raw:
+            enforced = isinstance(section, Mapping) and section.get("documentMode") == "enforce"
+            version = (
+                _signed_version(view.desired_raw, verify_key) if verify_key is not None
+                else None if enforced else _plain_version(view.desired_raw)
+            )
             if version is not None:
                 known.append(version)
         return max(known) + 1
@@ -336,4 +342,13 @@ def _signed_version(payload: bytes, verify_key: TrustedKey) -> int | None:
     except DesiredRejected:
         return None
     version = data.get("version") if isinstance(data, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _plain_version(payload: bytes) -> int | None:
+    """The version of a retained unsigned desired document (for devices with document_mode off)."""
+    doc, _ = _json(payload)
+    if doc is None or doc.get("payloadType") == DOCUMENT_PAYLOAD_TYPE:
+        return None
+    version = doc.get("version")
     return version if isinstance(version, int) and not isinstance(version, bool) else None

@@ -38,8 +38,12 @@ class DelayingProxy:
                     proxy.delayed += 1
                     time.sleep(proxy.delay_s)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(method, self.path, headers=headers)
+                conn.putrequest(method, self.path, skip_host=True, skip_accept_encoding=True)
+                conn.putheader("Host", proxy.upstream)
+                for name in {k for k in self.headers if k.lower() != "host"}:
+                    for value in self.headers.get_all(name) or ():  # podman sends several Accept headers
+                        conn.putheader(name, value)
+                conn.endheaders()
                 resp = conn.getresponse()
                 body = resp.read()
                 conn.close()

@@ -35,6 +35,7 @@ def test_podman_down_for_two_minutes_backs_off_and_converges(
     tmp_path: Path, images: RunImages, run_id: str, registry: Registry, podman_env: Path,
     agents: list[AgentProcess],
 ) -> None:
+    (tmp_path / "own-podman").mkdir()
     service = PodmanService(tmp_path / "own-podman").start()
     try:
         config = agent_config_text(run_id, service.url, registry, poll_interval_s=1)

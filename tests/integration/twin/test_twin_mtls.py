@@ -178,10 +178,9 @@ async def test_edgectl_reads_its_own_config_file(twin_env: TwinEnv, tmp_path: Pa
         await fleet.deploy(other, {"modules": {}}, version=41)
     out = await asyncio.to_thread(edgectl, "deploy", "--config", str(cfg), device, other, str(manifest))
     assert out.returncode == 0, out.stderr
-    # Each device gets its own next version, from what it reported it authenticated: `other` never
-    # ran, so the unsigned document retained for it (version 41) does not count.
+    # Each device gets its own next version (`other` never ran: its retained document counts).
     assert f"{device}: published desired version 1" in out.stdout
-    assert f"{other}: published desired version 1" in out.stdout
+    assert f"{other}: published desired version 42" in out.stdout
     out = await asyncio.to_thread(edgectl, "show", "--config", str(cfg), device, "--json")
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)

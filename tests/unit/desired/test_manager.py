@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.control import CommandError
+from edge_agent.deployment.restart_policy import RestartState
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired import manager as manager_module
 from edge_agent.desired.admission import Admitted, Duplicate, Refused, digest_of
@@ -247,12 +248,8 @@ async def test_committing_a_new_version_supersedes_the_one_in_probation(rig: Rig
     assert rig.state(1) == "superseded" and "version 2" in rig.entry(1)["description"]  # type: ignore[index]
 
 
-# BUG (edge_agent/desired/manager.py, _commit, lines ~300-304): only the row of `self.current` (what
-# the reconciler last reported through running()) is superseded when a newer version is committed.
 # A version committed but not yet taken by the reconciler (it takes the newest at the start of its
-# next pass, so it never reports the older one) stays "activating" forever: the reported section
-# claims a version that will never run, and `edgectl deploy --wait` for it never ends. Expected:
-# every other ACTIVATING/PROBATION row becomes superseded in the same commit.
+# next pass) must not stay "activating" for ever: the newer commit supersedes it.
 async def test_a_committed_version_never_taken_by_the_reconciler_is_superseded(rig: Rig) -> None:
     await accept(rig, signed(1), 1)  # the reconciler has not reported running(1) yet
     await accept(rig, signed(2, "reg.local/pilot:2"), 2)
@@ -454,6 +451,41 @@ async def test_restart_keeps_statuses_drops_verifying_and_still_refuses_replays(
         await second.stop()
 
 
+async def test_a_state_db_from_before_per_version_status_is_adopted(config: AgentConfig) -> None:
+    db = open_state_db(config.state.dir)
+    DeploymentStore(db).put("current", StoredDeployment(3, doc(3)["deployment"], {"pilot": pinned("reg.local/pilot:1")},
+                                                        100.0))
+    rig = await Rig(config, db).start()
+    try:
+        assert rig.section()["current"] == 3 and rig.state(3) == "activating"
+        refused = rig.manager.submit(signed(2))
+        assert isinstance(refused, Refused) and refused.code == "replayed"  # the replay check knows version 3
+        assert isinstance(rig.manager.submit(signed(4)), Admitted)
+    finally:
+        await rig.stop()
+
+
+async def test_after_an_upgrade_the_retained_current_document_is_a_duplicate(config: AgentConfig) -> None:
+    """A state.db written by the release before per-version status: the twin stored the accepted
+    document (and its digest) in twin_desired. The broker's retained copy of that document is
+    recognised after the upgrade, not refused as a replay."""
+    db = open_state_db(config.state.dir)
+    raw = signed(3)
+    db.execute("CREATE TABLE twin_desired (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
+               "digest TEXT NOT NULL, payload BLOB NOT NULL, accepted_at REAL NOT NULL)")
+    db.execute("INSERT INTO twin_desired VALUES (1, 3, ?, ?, 100.0)", (digest_of(raw), raw))
+    DeploymentStore(db).put("current", StoredDeployment(3, doc(3)["deployment"], {"pilot": pinned("reg.local/pilot:1")},
+                                                        100.0))
+    rig = await Rig(config, db).start()
+    try:
+        assert isinstance(rig.manager.submit(raw), Duplicate)
+        assert rig.section()["lastRefused"] is None
+        replay = rig.manager.submit(signed(3, "reg.local/pilot:9"))  # another document as version 3
+        assert isinstance(replay, Refused) and replay.code == "replayed"
+    finally:
+        await rig.stop()
+
+
 # --------------------------------------------------------------------------- what the reconciler reports
 
 
@@ -496,16 +528,65 @@ async def test_status_sink_outcomes_appear_in_the_reported_section(rig: Rig, con
 # --------------------------------------------------------------------------- storage failures
 
 
-async def test_a_document_that_cannot_be_stored_is_not_applied(rig: Rig) -> None:
+async def test_a_document_that_cannot_be_stored_is_not_applied_and_is_stored_later(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rig.manager.retries, "initial_s", 0.05)
     await accept(rig, signed(1), 1)
     rig.db.execute("PRAGMA query_only = ON")  # stands in for a full or read-only disk
     try:
         rig.manager.submit(signed(2, "reg.local/pilot:2"))
-        await rig.until_state(2, "rejected")
+        await rig.until(lambda: (rig.entry(2) or {}).get("code") == "store_failed", "store_failed reported")
+        assert rig.state(2) == "verifying" and "cannot store the document" in rig.entry(2)["description"]  # type: ignore[index]
+        assert rig.deployments.get("current").version == 1  # type: ignore[union-attr]
+        assert [d.version for d in rig.reconciler.activated] == [1]
     finally:
         rig.db.execute("PRAGMA query_only = OFF")
-    assert rig.entry(2)["code"] == "store_failed"  # type: ignore[index]
-    assert rig.deployments.get("current").version == 1  # type: ignore[union-attr]
+    # The disk recovers: the document was kept and is committed now, not lost.
+    await rig.until_state(2, "activating")
+    assert rig.deployments.get("current").version == 2  # type: ignore[union-attr]
+    assert [d.version for d in rig.reconciler.activated] == [1, 2]
+
+
+async def test_an_unexpected_verifier_error_rejects_the_version_and_keeps_running(rig: Rig) -> None:
+    class Broken(FakeVerifier):
+        async def verify(self, reference: str) -> VerifiedImage:
+            if reference == "reg.local/broken:1":
+                raise KeyError("digest")
+            return await super().verify(reference)
+
+    rig.manager.verifier = Broken()
+    rig.manager.submit(signed(1, "reg.local/broken:1"))
+    await rig.until_state(1, "rejected")
+    entry = rig.entry(1)
+    assert entry is not None and entry["code"] == "internal_error" and "KeyError" in entry["description"]
+    assert rig.deployments.get("current") is None
+    await accept(rig, signed(2), 2)  # the room still works
+    assert [d.version for d in rig.reconciler.activated] == [2]
+
+
+async def test_the_commit_is_one_transaction(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    await accept(rig, signed(1), 1)
+    rig.deployments.set_restart("pilot", RestartState(2, 5.0, 2))
+
+    def tables() -> list[list[Any]]:
+        return [rig.db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                for t in ("desired_accepted", "deployment_slots", "deployment_restarts", "trust_document_keys",
+                          "meta")]
+
+    before = tables()
+
+    def disk_error(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    # The last write of the commit fails: the accepted document, the current slot and the cleared
+    # restart counters written before it in the same transaction are rolled back.
+    monkeypatch.setattr(type(rig.manager.store), "_install_keys", disk_error)
+    rig.manager.submit(signed(2, "reg.local/pilot:2", rotate_to=[pem(NEW)]))
+    await rig.until(lambda: (rig.entry(2) or {}).get("code") == "store_failed", "store_failed reported")
+    assert rig.state(2) == "verifying"
+    assert tables() == before
+    assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
     assert [d.version for d in rig.reconciler.activated] == [1]
 
 
