@@ -294,6 +294,7 @@ class DeploymentComponent(BaseComponent):
                     extra={"EVENT": "deployment.reconcile_failed"},
                 )
                 self.status.runtime_error(f"{exc} (since {iso(failure.since)}, {failure.attempts} attempts)")
+                self._report_unknown(str(exc))
                 return failure.next_at
             finally:
                 self._busy_since = None
@@ -489,6 +490,17 @@ class DeploymentComponent(BaseComponent):
                     health=c.health,
                 )
             modules[m.name] = entry
+        self.reported.set("modules", modules)
+
+    def _report_unknown(self, error: str) -> None:
+        """Podman does not answer: what the modules do is unknown, and the report says so rather
+        than repeat what was last seen."""
+        modules = self.reported.get("modules") or {}
+        for entry in modules.values():
+            if entry.get("runtimeStatus") != "unknown":
+                entry["statusDescription"] = (f"podman does not answer ({error}); "
+                                              f"last seen {entry.get('runtimeStatus')}")
+                entry["runtimeStatus"] = "unknown"
         self.reported.set("modules", modules)
 
     def _module_status(self, name: str, desired_status: str, c: ObservedContainer | None, wait: Any) -> tuple[str, str]:

@@ -345,6 +345,7 @@ async def test_podman_down_backs_off_to_the_cap_and_logs_once(tmp_path: Path, ca
     failed = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
     assert len(failed) == 1 and "reconcile failed" in failed[0].getMessage()
     assert "error" in pipe.section()
+    assert pipe.reported.get("modules")["a"]["runtimeStatus"] == "unknown"  # not "running" from memory
     rt.down = False
     clock.now = wake
     await settle(pipe)
