@@ -125,6 +125,7 @@ class TwinSession:
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self.session_expiry_s = session_expiry_s
         self.max_packet_bytes = max_packet_bytes
+        self._last_retry_error: str | None = None
         self.commands = CommandRegistry()
         self.generation = 0  # counts successful connections
         self._client: CheckedClient | None = None
@@ -252,7 +253,10 @@ class TwinSession:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
+        # A persistent failure is one WARNING (first attempt, or a different error), then DEBUG.
+        news = state.attempt_number == 1 or str(exc) != self._last_retry_error
+        self._last_retry_error = str(exc)
+        (log.warning if news else log.debug)(
             "cannot connect to broker %s:%d (%s); retry %d in %.1f s",
             self.params.host,
             self.params.port,
