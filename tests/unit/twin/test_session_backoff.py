@@ -30,17 +30,20 @@ async def _nothing(raw: bytes) -> None:
 async def test_retries_with_capped_jittered_backoff(caplog: pytest.LogCaptureFixture) -> None:
     params = BrokerParams("127.0.0.1", free_port(), "unit-dev", None, None, None, 5)
     session = TwinSession(params, DeviceTopics("t", "unit-dev"), _nothing, reconnect_max_delay_s=1.0)
-    caplog.set_level(logging.WARNING, logger="edge_agent.twin.session")
+    caplog.set_level(logging.DEBUG, logger="edge_agent.twin.session")
     task = asyncio.create_task(session.run())
     await asyncio.sleep(4.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    retries = [r for r in caplog.records if getattr(r, "EVENT", None) == "mqtt.retry"]
     delays = [float(m) for m in re.findall(r"retry \d+ in ([0-9.]+) s", caplog.text)]
     assert len(delays) >= 4, caplog.text  # still trying, not given up
     assert all(0 <= d <= 1.0 for d in delays), delays  # capped
     assert len(set(delays)) > 1  # jittered, not a fixed interval
     assert not session.connected
+    # The same error again and again: one WARNING, the other attempts at DEBUG.
+    assert [r.levelname for r in retries] == ["WARNING"] + ["DEBUG"] * (len(retries) - 1)
 
 
 async def test_publish_waits_for_a_connection(tmp_path: Path) -> None:
