@@ -146,6 +146,20 @@ async def test_hostile_and_failing_documents_change_nothing(device: Device) -> N
     running = device.containers()
     await edgectl_case("redeploy of the moved tag", [], "rejected: ")
 
+    # --- a signed, verified deployment whose module crashes: rolled back; edgectl says so (exit 1)
+    crashing = device.workdir / "crashing.json"
+    # (by digest: the tag `good` now names the unsigned image)
+    crashing.write_text(json.dumps({"modules": {"app": {"image": pinned, "command": ["sh", "-c", "sleep 1; exit 3"]}}}))
+    out = await asyncio.to_thread(device.deploy, crashing, "--wait", "90", "--until", "good")
+    assert out.returncode == 1 and "rolled_back: module_failed: module app" in out.stderr, out.stderr
+    back = section(await device.reported())
+    assert back["current"] == 1 and back["lastKnownGood"] == 1
+    await asyncio.to_thread(
+        wait_until, lambda: device.containers().get("app", ("", "", "not running"))[2] != "not running", 60,
+        "version 1 running again",
+    )
+    assert device.containers()["app"][1] == pinned  # version 1's pinned image runs again
+
     # --- and a normal deploy still works, with the next version
     fixed = device.image("app", "v2", signed=True)
     highest = section(await device.reported())["highestVersion"]
