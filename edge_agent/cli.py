@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        from edge_agent.signals import catch_early_signals
+
+        catch_early_signals()  # SIGHUP/SIGTERM from now on are acted on once the agent is ready
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -163,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.daemon import run_agent
 
     overrides: dict[str, Any] = {"state_dir": args.state_dir.resolve()} if args.state_dir else {}
-    return run_agent(config, args.config.resolve(), overrides)
+    # Not resolved: a reload opens the path again, so a swapped symlink is followed to its new file.
+    return run_agent(config, args.config.absolute(), overrides)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
