@@ -58,6 +58,13 @@ class ControlServer:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
+    def close(self) -> None:
+        """Stop listening and remove the socket (also when serve() never got to run)."""
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():

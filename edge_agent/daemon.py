@@ -189,6 +189,7 @@ class Agent:
             # wrappers forward it again) must not cut the clean shutdown short.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            control.close()
             db.close()
             log.info("edge-agent stopped", extra={"EVENT": "agent.stopped"})
             self.notifier.close()
