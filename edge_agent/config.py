@@ -494,6 +494,12 @@ class TelemetrySection(Section):
     streams: dict[Annotated[str, Field(pattern=STREAM_NAME_PATTERN)], TelemetryStreamSection] = Field(
         default_factory=dict, description="per-stream overrides keyed by stream name"
     )
+    idempotency_window_s: int = Field(
+        3600, ge=60, le=7 * 86400, description="seconds a module's idempotency key is remembered, 60-604800"
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1000, le=10_000_000, description="idempotency keys remembered at most (the newest), 1000-10000000"
+    )
 
     @field_validator("runtime_dir")
     @classmethod

@@ -62,6 +62,8 @@ class TelemetryComponent(BaseComponent):
             self.section.cap_bytes,
             rules_from_config(self.section),
             self.section.synchronous,
+            key_window_s=self.section.idempotency_window_s,
+            key_max=self.section.idempotency_max_keys,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telemetry-db")
         self.publisher = publisher
@@ -193,6 +195,8 @@ class TelemetryComponent(BaseComponent):
         self.config = config
         self.section = config.telemetry
         self.queue.rules = rules_from_config(self.section)
+        self.queue.key_window_s = self.section.idempotency_window_s
+        self.queue.key_max = self.section.idempotency_max_keys
         if self.section.cap_bytes != old.cap_bytes:
             self.queue.cap_bytes = self.queue.effective_cap = self.section.cap_bytes
             await self._db(lambda: self.queue._set_page_limit(self.queue._db()))
