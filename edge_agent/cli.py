@@ -212,47 +212,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
-    print(f"device {status['device']}  agent {status['version']}  pid {status['pid']}  up {status['uptime_s']} s")
-    print(f"config {status['config']}  state {status['state_dir']}")
-    for name, comp in status.get("components", {}).items():
-        flag = "stalled: " + comp["stalled"] if comp.get("stalled") else "ok"
-        err = f"  last error: {comp['last_error']}" if comp.get("last_error") else ""
-        print(f"  {name:<14} {flag}{err}")
-    reported = dict(status.get("reported", {}))
-    modules = reported.pop("modules", None)
-    deployment = reported.get("deployment") or {}
-    if deployment:
-        line = f"deployment {deployment.get('current')} ({deployment.get('status', '?')})"
-        line += f"  last known good {deployment.get('lastKnownGood')}"
-        if deployment.get("description"):
-            line += f"  {deployment['description']}"
-        print(line)
-    if modules is not None:
-        print(module_table(modules))
-    for section, value in sorted(reported.items()):
-        print(f"  [{section}] {json.dumps(value, sort_keys=True)}")
+    from edge_agent.status_view import render_status
+
+    print(render_status(status))
     return EXIT_OK
-
-
-def module_table(modules: dict[str, Any]) -> str:
-    """One line per module, like `iotedge list`."""
-    if not modules:
-        return "no modules"
-    rows = [("MODULE", "STATUS", "RESTARTS", "EXIT", "HEALTH", "STARTED", "IMAGE", "DESCRIPTION")]
-    for name, m in modules.items():
-        exit_code = m.get("exitCode")
-        rows.append((
-            name,
-            str(m.get("runtimeStatus", "?")),
-            str(m.get("restartCount", 0)),
-            "-" if exit_code is None else str(exit_code),
-            str(m.get("health") or "-"),
-            str(m.get("startTime") or "-")[:19],
-            str(m.get("image", "")),
-            str(m.get("statusDescription", "")),
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
 
 def _agent_call(args: argparse.Namespace, cmd: str, payload: dict[str, Any] | None = None) -> Any:
