@@ -160,8 +160,8 @@ def _socket_fits(directory: Path, rest: str) -> None:
     if size > UNIX_SOCKET_MAX:
         raise PydanticCustomError(
             "too_long",
-            "{path} would be {size} bytes, longer than the {n} bytes a Unix socket path may have",
-            {"path": str(directory / rest), "size": size, "n": UNIX_SOCKET_MAX},
+            "the socket path .../{rest} would be {size} bytes, longer than the {n} bytes a Unix socket path may have",
+            {"rest": rest, "size": size, "n": UNIX_SOCKET_MAX},
         )
 
 
@@ -652,12 +652,13 @@ def _key_at(lines: list[str], line: int, line_text: str) -> str:
             table = _split_key(header.group(2))
             key = [] if number == line else None
             continue
-        assign = _ASSIGN.match(text)
+        assign = _ASSIGN.match(text) or (_LOOSE_ASSIGN.match(text) if number == line else None)
         if assign:
-            key = _split_key(assign.group(1))
+            key = _split_key(assign.group(1)) if _ASSIGN.match(text) else [assign.group(1)]
     return ".".join([*table, *(key or [])])
 
 
+_LOOSE_ASSIGN = re.compile(r"^\s*([^=\s\[#][^=]*?)\s*=")
 _LOOSE_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]=]+?)\s*(\]\]?|$)")
 
 
@@ -849,11 +850,16 @@ def _pydantic_detail(err: Mapping[str, Any]) -> str:
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:
+    """The line of the key, else of its nearest parent, else where the first key under it is."""
     parts = [str(p) for p in loc]
     while parts:
-        line = locator.get(".".join(parts))
+        path = ".".join(parts)
+        line = locator.get(path)
         if line is not None:
             return line
+        inside = [n for key, n in locator.items() if key.startswith(path + ".")]
+        if inside:
+            return min(inside)
         parts.pop()
     return None
 
