@@ -547,7 +547,9 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        # One line, always: control characters from the file (in a key, a value) are shown escaped.
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 class ConfigError(Exception):

@@ -7,12 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.infra.mosquitto import Mosquitto
 from tests.infra.podman import PodmanService, ensure_busybox_image, use_dev_containers_conf
 from tests.infra.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# No example database: it would be written into the repository tree (.hypothesis/), and tests
+# must not change the environment they run in. Failing examples are printed instead.
+settings.register_profile("edge-agent", database=None)
+settings.load_profile("edge-agent")
 
 
 @pytest.fixture(scope="session")
