@@ -1,6 +1,7 @@
 """Local control socket: how the `edge-agent` CLI talks to the running daemon.
 
-A Unix stream socket (mode 0600, in the state directory) speaking one JSON object per line:
+A Unix stream socket (mode 0600, in the state directory) speaking one JSON object per line
+(documented for operators in docs/operations.md, "The control socket"):
 request ``{"cmd": "status", "args": {}}``, answer ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "..."}``. Components register the commands they serve.
 """
