@@ -188,7 +188,12 @@ def _attestation(a: Any) -> list[str]:
     if not isinstance(a, Mapping):
         return []
     if a.get("available"):
-        return [f"attestation available: {a.get('tpm', 'TPM')}"]
+        line = f"attestation available: {a.get('tpm', 'TPM')}"
+        if a.get("akName"):
+            line += f", AK {str(a['akName'])[:16]}..."
+        if a.get("imagePcr") is not None:
+            line += f", {a.get('imageEvents', 0)} image measurements in PCR {a['imagePcr']}"
+        return [line]
     return [f"attestation unavailable: {a.get('reason', 'unknown reason')}"]
 
 
