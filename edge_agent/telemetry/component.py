@@ -144,7 +144,7 @@ class TelemetryComponent(BaseComponent):
 
     async def start(self) -> None:
         # A queue that cannot be opened (e.g. a full disk) must not keep the agent from starting:
-        # run() keeps trying, and modules get "not stored" (no socket) meanwhile.
+        # run() keeps trying, and modules get no socket (nothing stored) meanwhile.
         if await self._try_open():
             await self._db(self.queue.expire)
             await self._report()

@@ -166,7 +166,8 @@ class ModuleIngestServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            # Stopping (close() cancels us): unanswered requests count as not stored. Not
+            # Stopping (close() cancels us): unanswered requests are "unknown" to the module (some may
+            # have committed); it re-sends them with the same idempotency key. Not
             # re-raised: asyncio's start_unix_server callback calls task.exception() on this
             # task, which for a cancelled task logs "Exception in callback" at every stop.
             sender.cancel()
