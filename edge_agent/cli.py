@@ -156,7 +156,11 @@ def _load(path: Path, state_dir: Path | None = None) -> AgentConfig | None:
     if state_dir is not None:
         from edge_agent.daemon import apply_overrides
 
-        config = apply_overrides(config, {"state_dir": state_dir.resolve()})
+        try:
+            config = apply_overrides(config, {"state_dir": state_dir.resolve()})
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return None
     return config
 
 
@@ -182,7 +186,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.state_dir is not None:
             from edge_agent.daemon import apply_overrides
 
-            config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
+            try:
+                config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
+            except ConfigError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_USAGE
         results = [CheckResult("config valid", "pass", str(args.config)), *run_checks(config)]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))

@@ -19,9 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge_agent import __version__
 from edge_agent.component import Component
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    ConfigProblem,
+    StateSection,
+    load_config,
+    value_problems,
+)
 from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
@@ -115,12 +124,21 @@ def build_components(ctx: AgentContext) -> list[Component]:
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:
-    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload."""
+    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload. They obey
+    the file's rules (a ConfigError naming the option otherwise)."""
     if "state_dir" in overrides:
-        config = config.model_copy(
-            update={"state": config.state.model_copy(update={"dir": Path(overrides["state_dir"])})}
-        )
+        config = config.model_copy(update={"state": override_state_dir(config, Path(overrides["state_dir"]))})
     return config
+
+
+def override_state_dir(config: AgentConfig, state_dir: Path) -> StateSection:
+    problems = value_problems("--state-dir", {}, {"state": {"dir": str(state_dir)}})
+    if not problems:
+        try:
+            return StateSection.model_validate({**config.state.model_dump(), "dir": state_dir})
+        except ValidationError as exc:
+            problems = [ConfigProblem("--state-dir", None, "state.dir", str(e["msg"])) for e in exc.errors()]
+    raise ConfigError(problems)
 
 
 class Agent:

@@ -119,3 +119,19 @@ def test_unexpected_exception_shows_its_traceback_on_the_terminal(tmp_path: Path
     assert after[0] == "    Traceback (most recent call last):", proc.stderr
     assert "    sqlite3.DatabaseError: file is not a database" in after, proc.stderr
     assert any("edge_agent/store.py" in line for line in after), proc.stderr
+
+
+def test_state_dir_option_obeys_the_config_rules(tmp_path: Path) -> None:
+    """--state-dir overrides state.dir: the same rules apply (here, the control socket's path)."""
+    config = tmp_path / "config.toml"
+    config.write_text(agent_config(free_port()))
+    too_deep = tmp_path / ("d" * 100)
+    for command in ("run", "check", "status"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", command, "--config", str(config), "--state-dir", str(too_deep)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("--state-dir: state.dir: the socket path .../control.sock would be "), proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not too_deep.exists()
