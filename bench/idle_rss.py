@@ -54,6 +54,9 @@ format = "text"
 [mqtt]
 host = "127.0.0.1"
 port = {port}
+
+[device]
+id = "idle-rss"
 """
 
 # What the agent imports, in load order; each row is what that import adds on top of the previous.

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        from edge_agent.signals import catch_early_signals
+
+        catch_early_signals()  # SIGHUP/SIGTERM from now on are acted on once the agent is ready
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -152,7 +156,11 @@ def _load(path: Path, state_dir: Path | None = None) -> AgentConfig | None:
     if state_dir is not None:
         from edge_agent.daemon import apply_overrides
 
-        config = apply_overrides(config, {"state_dir": state_dir.resolve()})
+        try:
+            config = apply_overrides(config, {"state_dir": state_dir.resolve()})
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return None
     return config
 
 
@@ -163,7 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.daemon import run_agent
 
     overrides: dict[str, Any] = {"state_dir": args.state_dir.resolve()} if args.state_dir else {}
-    return run_agent(config, args.config.resolve(), overrides)
+    # Not resolved: a reload opens the path again, so a swapped symlink is followed to its new file.
+    return run_agent(config, args.config.absolute(), overrides)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -177,7 +186,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.state_dir is not None:
             from edge_agent.daemon import apply_overrides
 
-            config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
+            try:
+                config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
+            except ConfigError as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_USAGE
         results = [CheckResult("config valid", "pass", str(args.config)), *run_checks(config)]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
@@ -207,45 +220,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
-    print(f"device {status['device']}  agent {status['version']}  pid {status['pid']}  up {status['uptime_s']} s")
-    print(f"config {status['config']}  state {status['state_dir']}")
-    for name, comp in status.get("components", {}).items():
-        flag = "stalled: " + comp["stalled"] if comp.get("stalled") else "ok"
-        err = f"  last error: {comp['last_error']}" if comp.get("last_error") else ""
-        print(f"  {name:<14} {flag}{err}")
-    reported = dict(status.get("reported", {}))
-    modules = reported.pop("modules", None)
-    deployment = reported.get("deployment") or {}
-    if deployment:
-        from edge_agent.desired.status import summary
+    from edge_agent.status_view import render_status
 
-        print(summary(deployment))
-    if modules is not None:
-        print(module_table(modules))
-    for section, value in sorted(reported.items()):
-        print(f"  [{section}] {json.dumps(value, sort_keys=True)}")
+    print(render_status(status))
     return EXIT_OK
-
-
-def module_table(modules: dict[str, Any]) -> str:
-    """One line per module, like `iotedge list`."""
-    if not modules:
-        return "no modules"
-    rows = [("MODULE", "STATUS", "RESTARTS", "EXIT", "HEALTH", "STARTED", "IMAGE", "DESCRIPTION")]
-    for name, m in modules.items():
-        exit_code = m.get("exitCode")
-        rows.append((
-            name,
-            str(m.get("runtimeStatus", "?")),
-            str(m.get("restartCount", 0)),
-            "-" if exit_code is None else str(exit_code),
-            str(m.get("health") or "-"),
-            str(m.get("startTime") or "-")[:19],
-            str(m.get("image", "")),
-            str(m.get("statusDescription", "")),
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
 
 def _agent_call(args: argparse.Namespace, cmd: str, payload: dict[str, Any] | None = None) -> Any:

@@ -24,11 +24,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+# Limits every value of the file obeys (checked in one place, `value_problems`, before the model):
+MAX_STRING = 4096  # characters of any string
+MAX_LIST = 256  # items of any list, entries of any table
+MAX_PATH_BYTES = 4095  # PATH_MAX minus the NUL
+MAX_NAME_BYTES = 255  # NAME_MAX: one path component
+MAX_TOPIC_PREFIX = 128  # characters; topics are <prefix>/<device>/... and MQTT allows 65535 bytes
+UNIX_SOCKET_MAX = 107  # bytes of an AF_UNIX path (sun_path is 108 with the NUL)
+# Keys the device cannot run safely without: a file that does not write them (empty, truncated,
+# the wrong file) is refused instead of running as the host name against localhost.
+REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
 
 
 # --------------------------------------------------------------------------- secrets
@@ -120,6 +139,32 @@ class DeviceSection(Section):
         return value
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _is_host(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
+def _socket_fits(directory: Path, rest: str) -> None:
+    """A Unix socket the agent creates under `directory` must fit AF_UNIX's path limit."""
+    size = len(os.fsencode(str(directory / rest)))
+    if size > UNIX_SOCKET_MAX:
+        raise PydanticCustomError(
+            "too_long",
+            "the socket path .../{rest} would be {size} bytes, longer than the {n} bytes a Unix socket path may have",
+            {"rest": rest, "size": size, "n": UNIX_SOCKET_MAX},
+        )
+
+
 class StateSection(Section):
     dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
     min_free_mb: int = Field(
@@ -131,6 +176,7 @@ class StateSection(Section):
     def _not_a_file(cls, value: Path) -> Path:
         if value.exists() and not value.is_dir():
             raise PydanticCustomError("not_dir", "{path} exists and is not a directory", {"path": str(value)})
+        _socket_fits(value, "control.sock")
         return value
 
 
@@ -144,14 +190,19 @@ class LoggingSection(Section):
 
 
 class MqttSection(Section):
-    host: str = Field("localhost", min_length=1, description="broker host name or IP address")
+    host: str = Field(
+        "localhost", min_length=1, max_length=253, description="broker host name or IP address (at most 253 characters)"
+    )
     port: int = Field(1883, ge=1, le=65535, description="TCP port of the broker, 1-65535")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds, 5-3600")
     topic_prefix: str = Field(
-        "edge", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="topic prefix like edge or acme/edge"
+        "edge",
+        max_length=MAX_TOPIC_PREFIX,
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description=f"topic prefix like edge or acme/edge, at most {MAX_TOPIC_PREFIX} characters",
     )
     client_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="MQTT client id (default: device id)")
-    username: str | None = Field(None, min_length=1, description="broker user name")
+    username: str | None = Field(None, min_length=1, max_length=256, description="broker user name, 1-256 characters")
     password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     tls: bool = Field(False, description="true or false")
     ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
@@ -164,6 +215,15 @@ class MqttSection(Section):
     )
 
     _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if not _is_host(value):
+            raise PydanticCustomError(
+                "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
+            )
+        return value
 
     @field_validator("password", "key_password", mode="plain")
     @classmethod
@@ -190,11 +250,27 @@ class PodmanSection(Section):
         pattern=r"^(unix|tcp)://.+",
         description="podman API URL like unix:///run/podman/podman.sock",
     )
+
     pull_timeout_s: float = Field(600.0, ge=5, le=86400, description="seconds one image pull may take, 5-86400")
     pull_retries: int = Field(3, ge=0, le=100, description="extra attempts after a failed pull, 0-100")
     stop_grace_s: float = Field(
         10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL when stopping a module, 0-600"
     )
+
+    @field_validator("socket")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        from edge_agent.api_url import parse_api_url
+
+        try:
+            address = parse_api_url(value)
+        except ValueError as exc:
+            raise PydanticCustomError("api_url", "{problem}", {"problem": str(exc)}) from None
+        if address.unix_path is not None and len(os.fsencode(address.unix_path)) > UNIX_SOCKET_MAX:
+            raise PydanticCustomError(
+                "too_long", "socket path is longer than {n} bytes (AF_UNIX limit)", {"n": UNIX_SOCKET_MAX}
+            )
+        return value
 
 
 class DeploymentSection(Section):
@@ -418,6 +494,30 @@ class TelemetrySection(Section):
     streams: dict[Annotated[str, Field(pattern=STREAM_NAME_PATTERN)], TelemetryStreamSection] = Field(
         default_factory=dict, description="per-stream overrides keyed by stream name"
     )
+    idempotency_window_s: int = Field(
+        3600, ge=60, le=7 * 86400, description="seconds a module's idempotency key is remembered, 60-604800"
+    )
+    idempotency_max_keys: int = Field(
+        100_000, ge=1000, le=10_000_000, description="idempotency keys remembered at most (the newest), 1000-10000000"
+    )
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _room_for_sockets(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise PydanticCustomError("path", "{path} is not an absolute path", {"path": str(value)})
+        # ingest/<module>/telemetry.sock must fit for module names of at least 8 characters.
+        _socket_fits(value, "ingest/" + "m" * 8 + "/telemetry.sock")
+        return value
+
+    @field_validator("modules")
+    @classmethod
+    def _listed_modules_fit(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        runtime_dir = info.data.get("runtime_dir")
+        if isinstance(runtime_dir, Path):
+            for module in value:
+                _socket_fits(runtime_dir, f"ingest/{module}/telemetry.sock")
+        return value
 
 
 class AgentConfig(Section):
@@ -447,7 +547,9 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        text = f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        # One line, always: control characters from the file (in a key, a value) are shown escaped.
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 class ConfigError(Exception):
@@ -462,7 +564,10 @@ class ConfigError(Exception):
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
-    """Read, parse and validate a config file. Raises ConfigError with one line per problem."""
+    """Read, parse and validate a config file. Raises ConfigError with one line per problem.
+
+    The file is opened by its name each time (a symlink is followed anew: config management tools
+    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS)."""
     path = Path(path)
     shown = str(path)
     try:
@@ -479,35 +584,185 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
+        line_text = raw.split(b"\n")[line - 1].decode("utf-8", "backslashreplace")
+        key = _key_at(raw.decode("utf-8", "backslashreplace").splitlines(), line, line_text)
+        bad = raw[exc.start : exc.end].hex(" ")
         raise ConfigError(
-            [ConfigProblem(shown, line, "", "not valid UTF-8 text; expected a UTF-8 TOML file")]
+            [ConfigProblem(shown, line, key, f"byte {bad} is not valid UTF-8; expected a UTF-8 TOML file")]
         ) from None
-    return parse_config(text, shown, base_dir=path.parent)
+    return parse_config(text, shown, base_dir=path.parent, require=REQUIRED_KEYS)
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
-def parse_config(text: str, file: str = "<config>", base_dir: Path | None = None) -> AgentConfig:
+def parse_config(
+    text: str,
+    file: str = "<config>",
+    base_dir: Path | None = None,
+    require: Iterable[tuple[str, str]] = (),
+) -> AgentConfig:
+    """Validate config text. `require` lists (table, key) pairs the text must write itself
+    (load_config requires REQUIRED_KEYS; code building a config from a fragment need not)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        match = _TOML_POS.search(msg)
-        line = int(match.group(1)) if match else None
-        detail = _TOML_POS.sub("", msg)
-        column = f" at column {match.group(2)}" if match else ""
-        raise ConfigError(
-            [ConfigProblem(file, line, "", f"TOML syntax error{column}: {detail}; expected valid TOML")]
-        ) from None
+        raise ConfigError([_syntax_problem(file, text, str(exc))]) from None
+    locator = toml_locate(text)
+    problems = value_problems(file, locator, data)
+    if problems:  # nothing past this point sees a value that breaks the common rules
+        raise ConfigError(problems)
+    missing = _missing_required(file, text, locator, data, require)
     if base_dir is not None:
         data = _resolve_relative_paths(data, base_dir)
     try:
-        return AgentConfig.model_validate(data)
+        config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        locator = toml_locate(text)
         problems = [_problem(file, locator, err, data) for err in exc.errors()]
-        raise ConfigError(problems) from None
+        raise ConfigError(sorted(missing + problems, key=lambda p: p.line or 0)) from None
+    if missing:
+        raise ConfigError(missing)
+    return config
+
+
+def _syntax_problem(file: str, text: str, message: str) -> ConfigProblem:
+    lines = text.splitlines()
+    match = _TOML_POS.search(message)
+    if match:
+        line = int(match.group(1))
+        detail = _TOML_POS.sub("", message)
+        where = f" at column {match.group(2)}"
+    else:
+        line = max(1, len(lines))
+        detail = _TOML_END.sub("", message)
+        where = " at the end of the file (truncated?)" if _TOML_END.search(message) else ""
+    line_text = lines[line - 1] if 0 < line <= len(lines) else ""
+    key = _key_at(lines, line, line_text)
+    return ConfigProblem(file, line, key, f"TOML syntax error{where}: {detail}; expected valid TOML")
+
+
+def _key_at(lines: list[str], line: int, line_text: str) -> str:
+    """The dotted key a (possibly broken) line assigns or declares; for a line inside a multi-line
+    value, the key of the nearest assignment above it."""
+    table: list[str] = []
+    key: list[str] | None = None
+    for number, text in enumerate(lines[:line], start=1):
+        text = line_text if number == line else text
+        header = _HEADER.match(text) or _LOOSE_HEADER.match(text)
+        if header:
+            table = _split_key(header.group(2))
+            key = [] if number == line else None
+            continue
+        assign = _ASSIGN.match(text) or (_LOOSE_ASSIGN.match(text) if number == line else None)
+        if assign:
+            key = _split_key(assign.group(1)) if _ASSIGN.match(text) else [assign.group(1)]
+    return ".".join([*table, *(key or [])])
+
+
+_LOOSE_ASSIGN = re.compile(r"^\s*([^=\s\[#][^=]*?)\s*=")
+_LOOSE_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]=]+?)\s*(\]\]?|$)")
+
+
+def _missing_required(
+    file: str, text: str, locator: Mapping[str, int], data: Mapping[str, Any], require: Iterable[tuple[str, str]]
+) -> list[ConfigProblem]:
+    # A table that is not a table (mqtt = "x") is the model's error to report.
+    missing = [
+        (table, key)
+        for table, key in require
+        if isinstance(data.get(table, {}), dict) and key not in data.get(table, {})
+    ]
+    if not missing:
+        return []
+    lines = text.splitlines()
+    last = max(1, len(lines))
+    if not data:
+        names = " and ".join(f"{t}.{k}" for t, k in require)
+        return [
+            ConfigProblem(
+                file, last, ".".join(missing[0]),
+                f"the file has no settings (empty or truncated?); expected at least {names}",
+            )
+        ]
+    out = []
+    for table, key in missing:
+        field = _field_info((table, key))
+        expected = f"; expected {field.description}" if field is not None and field.description else ""
+        line = locator.get(table, last)
+        out.append(
+            ConfigProblem(
+                file, line, f"{table}.{key}",
+                f"required key is missing (the device's identity must be written in the file){expected}",
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- value rules
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def value_problems(file: str, locator: Mapping[str, int], data: Any) -> list[ConfigProblem]:
+    """The rules every value obeys, whatever its key: no NUL or control characters in strings, at
+    most MAX_STRING characters, at most MAX_LIST items per list or table, and for path keys the
+    file system's limits. Checked before the model, so no later code sees such a value."""
+    out: list[ConfigProblem] = []
+
+    def problem(loc: tuple[Any, ...], message: str) -> None:
+        out.append(ConfigProblem(file, _line_for(locator, loc), ".".join(str(p) for p in loc), message))
+
+    def walk(value: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(value, str):
+            bad = _CONTROL.search(value)
+            if bad:
+                problem(loc, f"contains the control character {bad.group()!r}; expected printable text")
+            elif len(value) > MAX_STRING:
+                problem(loc, f"got a string of {len(value)} characters; expected at most {MAX_STRING}")
+            elif loc and _is_path_key(loc):
+                reason = _path_problem(value)
+                if reason:
+                    problem(loc, reason)
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST:
+                problem(loc, f"got a list of {len(value)} items; expected at most {MAX_LIST}")
+                return
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+        elif isinstance(value, dict):
+            if len(value) > MAX_LIST:
+                problem(loc, f"got a table of {len(value)} entries; expected at most {MAX_LIST}")
+                return
+            for key, item in value.items():
+                if _CONTROL.search(key) or len(key) > MAX_STRING:
+                    problem((*loc, key[:60]), "key name has control characters or is too long; expected a plain key")
+                    continue
+                walk(item, (*loc, key))
+
+    walk(data, ())
+    return out
+
+
+def _is_path_key(loc: tuple[Any, ...]) -> bool:
+    names = tuple(str(p) for p in loc if not isinstance(p, int))
+    if names[-2:] in _PATH_KEYS or names[-1:] in {("ima_log",), ("boot_log",)}:
+        return True
+    return names in {("trust", "ca_file"), ("trust", "document_keys"), ("trust", "policy", "keys"),
+                     ("deployment", "allowed_mount_roots")}
+
+
+def _path_problem(value: str) -> str | None:
+    if not value:
+        return "got an empty path; expected a file system path"
+    size = len(os.fsencode(value))
+    if size > MAX_PATH_BYTES:
+        return f"got a path of {size} bytes; expected at most {MAX_PATH_BYTES} (PATH_MAX)"
+    long = next((part for part in value.split("/") if len(os.fsencode(part)) > MAX_NAME_BYTES), None)
+    if long is not None:
+        return f"a path component has {len(os.fsencode(long))} bytes; expected at most {MAX_NAME_BYTES} (NAME_MAX)"
+    return None
 
 
 _PATH_KEYS = {
@@ -516,6 +771,8 @@ _PATH_KEYS = {
     ("mqtt", "ca_file"),
     ("mqtt", "cert_file"),
     ("mqtt", "key_file"),
+    ("attestation", "ima_log"),
+    ("attestation", "boot_log"),
 }
 
 
@@ -595,11 +852,16 @@ def _pydantic_detail(err: Mapping[str, Any]) -> str:
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:
+    """The line of the key, else of its nearest parent, else where the first key under it is."""
     parts = [str(p) for p in loc]
     while parts:
-        line = locator.get(".".join(parts))
+        path = ".".join(parts)
+        line = locator.get(path)
         if line is not None:
             return line
+        inside = [n for key, n in locator.items() if key.startswith(path + ".")]
+        if inside:
+            return min(inside)
         parts.pop()
     return None
 

@@ -1,6 +1,7 @@
 """Local control socket: how the `edge-agent` CLI talks to the running daemon.
 
-A Unix stream socket (mode 0600, in the state directory) speaking one JSON object per line:
+A Unix stream socket (mode 0600, in the state directory) speaking one JSON object per line
+(documented for operators in docs/operations.md, "The control socket"):
 request ``{"cmd": "status", "args": {}}``, answer ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "..."}``. Components register the commands they serve.
 """
@@ -57,6 +58,13 @@ class ControlServer:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def close(self) -> None:
+        """Stop listening and remove the socket (also when serve() never got to run)."""
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -18,12 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge_agent import __version__
 from edge_agent.component import Component
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    ConfigProblem,
+    StateSection,
+    load_config,
+    value_problems,
+)
 from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
-from edge_agent.logs import get_logger, setup_logging
+from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
+from edge_agent.signals import take_early_signals
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
 
@@ -99,12 +109,21 @@ def build_components(ctx: AgentContext) -> list[Component]:
 
 
 def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:
-    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload."""
+    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload. They obey
+    the file's rules (a ConfigError naming the option otherwise)."""
     if "state_dir" in overrides:
-        config = config.model_copy(
-            update={"state": config.state.model_copy(update={"dir": Path(overrides["state_dir"])})}
-        )
+        config = config.model_copy(update={"state": override_state_dir(config, Path(overrides["state_dir"]))})
     return config
+
+
+def override_state_dir(config: AgentConfig, state_dir: Path) -> StateSection:
+    problems = value_problems("--state-dir", {}, {"state": {"dir": str(state_dir)}})
+    if not problems:
+        try:
+            return StateSection.model_validate({**config.state.model_dump(), "dir": state_dir})
+        except ValidationError as exc:
+            problems = [ConfigProblem("--state-dir", None, "state.dir", str(e["msg"])) for e in exc.errors()]
+    raise ConfigError(problems)
 
 
 class Agent:
@@ -119,6 +138,10 @@ class Agent:
         self.component_errors: dict[str, str] = {}
         self._loop_lag = 0.0
         self._started = time.monotonic()
+        self._ready = False
+        self._reload_pending = False
+        self._reloading: asyncio.Task[bool] | None = None
+        self._last_failure: dict[str, str] = {}
 
     async def run(self) -> int:
         state_dir = self.config.state.dir
@@ -134,10 +157,17 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        for sig in take_early_signals():  # received while reading the config (edge_agent.signals)
+            if sig == signal.SIGHUP:
+                self._request_reload()
+            else:
+                self._request_stop(sig)
 
         try:
             for component in self.components:
+                if self.stop_event.is_set():
+                    break
                 await component.start()
             self._report_agent()
             await control.start()
@@ -150,6 +180,9 @@ class Agent:
                 extra={"EVENT": "agent.started"},
             )
             self.notifier.ready(f"running {len(self.components)} components")
+            self._ready = True
+            if self._reload_pending and not self.stop_event.is_set():
+                self._request_reload()
             await self._run_until_stopped(control)
         finally:
             self.notifier.stopping()
@@ -159,10 +192,28 @@ class Agent:
             # wrappers forward it again) must not cut the clean shutdown short.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            control.close()
             db.close()
             log.info("edge-agent stopped", extra={"EVENT": "agent.stopped"})
             self.notifier.close()
         return 0
+
+    def _request_reload(self) -> None:
+        """SIGHUP. Before READY (components still starting) the reload waits until READY; while a
+        reload runs, one more is queued (the file may have changed again)."""
+        if not self._ready:
+            if not self._reload_pending:
+                log.info(
+                    "received SIGHUP while starting: reloading once started", extra={"EVENT": "config.reload_deferred"}
+                )
+            self._reload_pending = True
+            return
+        self._reload_pending = False
+        if self._reloading is not None and not self._reloading.done():
+            self._reloading.add_done_callback(lambda _: self._request_reload())
+            return
+        self._reloading = asyncio.ensure_future(self.reload())
+        self._reloading.add_done_callback(_log_reload_failure)
 
     def _request_stop(self, sig: signal.Signals) -> None:
         if not self.stop_event.is_set():
@@ -201,16 +252,20 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = describe_exception(exc)
                 self.component_errors[component.name] = reason
                 if time.monotonic() - started > 10 * SUPERVISOR_BACKOFF_MAX_S:
                     delay = 1.0  # it ran fine for a long time; this is a new failure
+                # The traceback is logged once per cause, not at every restart of a crash loop.
+                repeated = self._last_failure.get(component.name) == reason
+                self._last_failure[component.name] = reason
                 log.error(
-                    "component %s failed (%s); restarting in %.0f s",
+                    "component %s failed (%s); restarting in %.0f s%s",
                     component.name,
                     reason,
                     delay,
-                    exc_info=exc,
+                    " (same failure again, traceback above)" if repeated else "",
+                    exc_info=None if repeated else exc,
                     extra={"EVENT": "component.failed", "COMPONENT": component.name},
                 )
                 await asyncio.sleep(delay)
@@ -299,6 +354,11 @@ class Agent:
         return "pong"
 
 
+def _log_reload_failure(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("config reload failed", exc_info=exc, extra={"EVENT": "config.reload_failed"})
+
+
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
@@ -309,8 +369,18 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def run_agent(config: AgentConfig, config_path: Path, overrides: dict[str, Any] | None = None) -> int:
+    """Run until stopped. Returns the exit code: 0 after a clean stop, 1 when the agent could not
+    run; an unexpected exception is logged once, with its traceback, naming its real cause."""
     setup_logging(config.logging.level, config.logging.format)
     agent = Agent(config, config_path, overrides)
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(agent.run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(agent.run())
+    except Exception as exc:
+        log.critical(
+            "edge-agent failed",
+            exc_info=exc,
+            extra={"EVENT": "agent.failed"},
+        )
+        return 1
     return 0

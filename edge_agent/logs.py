@@ -21,6 +21,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 from typing import Any, Literal
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -53,13 +54,50 @@ def _priority(levelno: int) -> int:
     return 7
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` of the exception that caused it all. An ExceptionGroup (what a TaskGroup
+    raises) says only "unhandled errors in a TaskGroup"; it is unwrapped to its leaf exceptions."""
+    leaves = list(_leaves(exc))
+    text = "; ".join(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__ for e in leaves[:3])
+    if len(leaves) > 3:
+        text += f"; and {len(leaves) - 3} more"
+    return text
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for sub in exc.exceptions:
+            out.extend(_leaves(sub))
+        return out or [exc]
+    return [exc]
+
+
+def _exc_info(record: logging.LogRecord) -> BaseException | None:
+    if record.exc_info and record.exc_info[1] is not None:
+        return record.exc_info[1]
+    return None
+
+
 def _message(record: logging.LogRecord) -> str:
+    """The one-line message: the text, then the real cause of an attached exception."""
     msg = record.getMessage()
-    if record.exc_info:
-        exc_type, exc, _ = record.exc_info
-        if exc_type is not None:
-            msg = f"{msg}: {exc_type.__name__}: {exc}"
+    exc = _exc_info(record)
+    if exc is not None:
+        cause = describe_exception(exc)
+        if cause not in msg:
+            msg = f"{msg}: {cause}"
     return msg
+
+
+def format_traceback(record: logging.LogRecord) -> str | None:
+    """The full traceback of the record's exception (ExceptionGroups with every sub-exception)."""
+    exc = _exc_info(record)
+    if exc is None:
+        return None
+    if record.exc_text is None:
+        record.exc_text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    return record.exc_text
 
 
 class JournalHandler(logging.Handler):
@@ -73,8 +111,11 @@ class JournalHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            message = _message(record)
+            trace = format_traceback(record)
             fields = {
-                "MESSAGE": _message(record),
+                # journalctl shows MESSAGE: the traceback is in it (and in TRACEBACK for matching).
+                "MESSAGE": f"{message}\n{trace}" if trace else message,
                 "PRIORITY": str(_priority(record.levelno)),
                 "SYSLOG_IDENTIFIER": self.identifier,
                 "LOGGER": record.name,
@@ -82,6 +123,11 @@ class JournalHandler(logging.Handler):
                 "CODE_LINE": str(record.lineno),
                 "CODE_FUNC": record.funcName,
             }
+            if trace:
+                exc = _exc_info(record)
+                assert exc is not None
+                fields["TRACEBACK"] = trace
+                fields["EXCEPTION"] = describe_exception(exc)
             fields.update(journal_fields(record))
             self.sock.sendto(encode_journal_entry(fields), self.path)
         except Exception:  # logging must never take the agent down
@@ -112,7 +158,12 @@ class TextFormatter(logging.Formatter):
         text = f"{stamp} {record.levelname:<7} {record.name.removeprefix('edge_agent.'):<18} {_message(record)}"
         if extras:
             text += f"  [{extras}]"
-        return text.replace("\n", "\\n")
+        text = text.replace("\n", "\\n")
+        trace = format_traceback(record)
+        if trace:
+            # The event stays one line; its traceback follows, indented, for the reader.
+            text += "\n" + "\n".join("    " + line for line in trace.splitlines())
+        return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -123,6 +174,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _message(record),
         }
+        trace = format_traceback(record)
+        if trace:
+            doc["traceback"] = trace
         doc.update(journal_fields(record))
         return json.dumps(doc, ensure_ascii=False)
 

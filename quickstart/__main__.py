@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from quickstart.infra import REPO
-from quickstart.story import Options, Story, StoryError
+from quickstart.story import STEPS, Options, Story, StoryError
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long the broker stays away (default 20)")
     parser.add_argument("--non-interactive", action="store_true",
                         help="for CI and logs: plain output, no terminal styling (the same story and checks)")
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="run only the first N steps, then stop everything (e.g. --steps 2: broker, registry, "
+                             "TPM, podman service, keys and identity)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     story = Story(Options(root=REPO / ".quickstart", out=args.out.resolve(), drive_s=args.drive,
@@ -37,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     print("edge-agent quickstart: the whole edge story on this machine (Ctrl-C stops everything)", flush=True)
     code = 0
     try:
-        story.run()
+        if args.steps is not None:
+            story.run(last_step=max(1, min(args.steps, STEPS)))
+        else:
+            story.run()
         print(f"\nquickstart finished in {time.monotonic() - started:.0f} s", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything the quickstart started", flush=True)

@@ -18,7 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-QS_LABEL = "qs-quickstart"
+# The label of the quickstart's containers. EDGE_QUICKSTART_LABEL names another one, so that a
+# second quickstart on the same machine (a system test next to a developer's run) neither sees nor
+# removes the other's containers.
+QS_LABEL = os.environ.get("EDGE_QUICKSTART_LABEL") or "qs-quickstart"
 
 
 @dataclass

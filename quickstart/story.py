@@ -8,6 +8,7 @@ Ctrl-C and on errors; pictures and figures go to ./.quickstart/out (or --out).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +79,11 @@ class Story:
         self._sampler_stop = threading.Event()
         self._sampler: threading.Thread | None = None
         self.first_envelope = b""  # the signed deployment v1 as published (step 7 replays it)
+        # The agent's ingest sockets: a short folder of this checkout's own, since a Unix socket
+        # path (<runtime_dir>/ingest/<module>/telemetry.sock) may have at most 107 bytes and a
+        # checkout can sit deep in the file system.
+        digest = hashlib.sha256(str(self.work).encode()).hexdigest()[:12]
+        self.runtime_dir = Path(tempfile.gettempdir()) / f"edge-qs-{digest}"
 
     # ------------------------------------------------------------------ output
 
@@ -135,24 +142,24 @@ class Story:
 
     # ------------------------------------------------------------------ the story
 
-    def run(self) -> dict[str, Any]:
+    def run(self, last_step: int = STEPS) -> dict[str, Any]:
+        """The story; with last_step < STEPS only its first steps (`scripts/run --steps N`)."""
         self.prepare()
-        with self.step(1, "starting a local TLS broker, OCI registry, software TPM and podman service"):
-            self.step_infrastructure()
-        with self.step(2, "creating the fleet keys and the device identity"):
-            self.step_identity()
-        with self.step(3, "building, signing and pushing the pilot module image"):
-            self.step_image()
-        with self.step(4, "starting the agent, enrolling its TPM, deploying a signed deployment"):
-            self.step_agent_and_deploy()
-        with self.step(5, "the pilot drives the simulator: live status"):
-            self.step_live()
-        with self.step(6, f"the broker goes away for {self.opts.outage_s:.0f} s and comes back"):
-            self.step_outage()
-        with self.step(7, "a tampered image and a replayed deployment are refused"):
-            self.step_refusals()
-        with self.step(8, "summary and pictures"):
-            figures = self.step_summary()
+        steps: list[tuple[str, Any]] = [
+            ("starting a local TLS broker, OCI registry, software TPM and podman service", self.step_infrastructure),
+            ("creating the fleet keys and the device identity", self.step_identity),
+            ("building, signing and pushing the pilot module image", self.step_image),
+            ("starting the agent, enrolling its TPM, deploying a signed deployment", self.step_agent_and_deploy),
+            ("the pilot drives the simulator: live status", self.step_live),
+            (f"the broker goes away for {self.opts.outage_s:.0f} s and comes back", self.step_outage),
+            ("a tampered image and a replayed deployment are refused", self.step_refusals),
+            ("summary and pictures", self.step_summary),
+        ]
+        assert len(steps) == STEPS
+        figures: dict[str, Any] = {}
+        for n, (title, action) in enumerate(steps[:last_step], start=1):
+            with self.step(n, title):
+                figures = action() or {}
         return figures
 
     def prepare(self) -> None:
@@ -164,6 +171,7 @@ class Story:
             print(f"cleaned up after a previous run: {', '.join(stale + containers)}")
         if self.work.exists():
             shutil.rmtree(self.work)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.work.mkdir(mode=0o700, parents=True)
         self.procs = Processes(self.work)
         self.env = {
@@ -274,7 +282,7 @@ scope = "{registry}"
 keys = ["{device}/keys/cosign.pub"]
 
 [telemetry]
-runtime_dir = "{self.work / 'agent-run'}"
+runtime_dir = "{self.runtime_dir}"
 {self.lifecycle_config()}""")
 
     def lifecycle_config(self) -> str:
@@ -562,6 +570,7 @@ runtime_dir = "{self.work / 'agent-run'}"
             self.procs.stop("edge-agent", grace=10)
             self.procs.stop_all()
         remove_containers()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def broker_port(self) -> int:
         return self.broker.port if self.broker else 0

@@ -32,12 +32,33 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "creating $venv"
   "$py" -m venv "$venv"
 fi
-# Reinstall only when what we install from changed.
+# Reinstall when what we install from changed, or when the install is not really there: the stamp
+# alone is not proof (a `pip --prefix`, `pip uninstall` or a moved checkout leaves it in place).
 stamp="$venv/.edge-deps"
 shopt -s nullglob
 module_projects=("$repo"/modules/*/pyproject.toml)
 shopt -u nullglob
 want=$(cat "$repo/pyproject.toml" "${module_projects[@]}" | sha256sum | cut -d' ' -f1)
+installed_here() {
+  # The console scripts exist and run this checkout's code (editable install of $repo).
+  local tool
+  for tool in edge-agent edgectl; do
+    [ -x "$venv/bin/$tool" ] || { echo "$venv/bin/$tool is missing"; return 1; }
+  done
+  for mod in "${module_projects[@]}"; do
+    local script
+    script=$(sed -n 's/^\([A-Za-z0-9_-]*\) *= *"[A-Za-z0-9_.]*:[A-Za-z0-9_]*"$/\1/p' "$mod" | head -n1)
+    if [ -n "$script" ] && [ ! -x "$venv/bin/$script" ]; then echo "$venv/bin/$script is missing"; return 1; fi
+  done
+  local where
+  where=$("$venv/bin/python" -c 'import edge_agent.cli, edge_agent.fleet.cli; print(edge_agent.__file__)' 2>/dev/null) \
+    || { echo "edge_agent does not import in $venv"; return 1; }
+  [ "$where" = "$repo/edge_agent/__init__.py" ] || { echo "edge_agent in $venv is $where, not this checkout's"; return 1; }
+}
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && ! why=$(installed_here); then
+  echo "the agent is not installed in $venv ($why): reinstalling"
+  rm -f "$stamp"
+fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing Python packages into $venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null

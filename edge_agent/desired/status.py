@@ -202,23 +202,3 @@ class StatusSink(Protocol):
 
     def runtime_error(self, error: str | None) -> None: ...
 
-
-def summary(section: Mapping[str, Any] | None) -> str:
-    """One line for `edge-agent status`: what runs, and the newest version if it is another one."""
-    section = section or {}
-    versions = section.get("versions") or {}
-    current = section.get("current")
-
-    def describe(version: Any) -> str:
-        entry = versions.get(str(version)) or {}
-        detail = ": ".join(str(entry[k]) for k in ("code", "module") if entry.get(k))
-        return str(entry.get("state", "?")) + (f": {detail}" if detail else "")
-
-    line = "no deployment yet" if current is None else f"deployment {current} ({describe(current)})"
-    line += f", last known good {section.get('lastKnownGood')}" if section.get("lastKnownGood") is not None else ""
-    newest = section.get("highestVersion")
-    if newest is not None and newest != current:
-        line += f"; newest version {newest}: {describe(newest)}"
-    if section.get("error"):
-        line += f"; error: {section['error']}"
-    return line

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument(
         "--key", type=Path, help="sign the document with this cosign private key (passphrase from "
-        "$EDGECTL_KEY_PASSWORD or $COSIGN_PASSWORD, else prompted); devices enforcing signed documents need it",
+        "$EDGECTL_KEY_PASSWORD, else $COSIGN_PASSWORD, else prompted); devices enforcing signed documents need it",
     )
     deploy.add_argument(
         "--expires-in", default="30d", metavar="DURATION",
@@ -185,11 +185,11 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
 def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
     """(bytes -> signed envelope bytes, the public key that verifies them), with the key loaded (and
     its passphrase asked) once."""
-    from edge_agent.fleet.trust_cmds import key_passphrase, parse_duration
+    from edge_agent.fleet.trust_cmds import load_signing_key, parse_duration
     from edge_agent.trust.documents import sign_document
-    from edge_agent.trust.keys import load_private_key, load_public_key, parse_public_key, public_key_pem
+    from edge_agent.trust.keys import load_public_key, parse_public_key, public_key_pem
 
-    key = load_private_key(args.key, key_passphrase())
+    key = load_signing_key(args.key)
     public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
     expires_in = parse_duration(args.expires_in)
     rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None

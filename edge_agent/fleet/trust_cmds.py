@@ -1,8 +1,10 @@
-"""edgectl keygen / sign-image / verify-image / sign-document.
+"""edgectl keygen / public-key / sign-image / verify-image / sign-document.
 
-Passphrases never come from the command line (it ends up in shell history and `ps`): they are
-read from $EDGECTL_KEY_PASSWORD (or cosign's $COSIGN_PASSWORD, so CI secrets can be shared),
-else prompted for. Registry passwords likewise from $EDGECTL_REGISTRY_PASSWORD.
+Passphrases never come from the command line (it ends up in shell history and `ps`). One order:
+$EDGECTL_KEY_PASSWORD if set, else cosign's $COSIGN_PASSWORD (so CI secrets can be shared), else a
+prompt on the terminal. When both variables are set and differ, edgectl says which one it uses;
+a wrong passphrase error names where the passphrase came from. Registry passwords likewise from
+$EDGECTL_REGISTRY_PASSWORD.
 """
 
 from __future__ import annotations
@@ -14,19 +16,27 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.documents import sign_document
-from edge_agent.trust.keys import KeyFileError, load_private_key, load_public_key, write_key_pair
+from edge_agent.trust.keys import (
+    KeyFileError,
+    PrivateKey,
+    load_private_key,
+    load_public_key,
+    public_key_pem,
+    write_key_pair,
+)
 from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
 
 PASSWORD_ENVS = ("EDGECTL_KEY_PASSWORD", "COSIGN_PASSWORD")
-COMMANDS = ("keygen", "sign-image", "verify-image", "sign-document")
+COMMANDS = ("keygen", "public-key", "sign-image", "verify-image", "sign-document")
 
 
 def _registry_options(p: argparse.ArgumentParser) -> None:
@@ -62,6 +72,16 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="scrypt cost for the private key encryption (cosign default 32768)",
     )
 
+    pk = sub.add_parser(
+        "public-key",
+        help="print the public key of a private key (like cosign public-key)",
+        description="Decrypt KEY (cosign.key format; passphrase from $EDGECTL_KEY_PASSWORD, else "
+        "$COSIGN_PASSWORD, else prompted) and print its public key as PEM (-----BEGIN PUBLIC KEY-----), "
+        "the format of cosign.pub and `cosign public-key`.",
+    )
+    pk.add_argument("--key", type=Path, required=True, help="cosign.key (encrypted private key)")
+    pk.add_argument("--outfile", type=Path, help="write the PEM here instead of stdout")
+
     si = sub.add_parser("sign-image", help="sign an image in its registry (cosign legacy format; --bundle: v3)")
     si.add_argument("reference", help="registry/repository:tag or @sha256:...")
     si.add_argument("--key", type=Path, required=True, help="cosign.key (encrypted private key)")
@@ -92,16 +112,45 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sd.add_argument("-o", "--output", type=Path, help="write the envelope here (default stdout)")
 
 
+def passphrase_source(environ: Mapping[str, str] | None = None) -> str | None:
+    """The variable the key passphrase comes from (PASSWORD_ENVS order), or None for the prompt."""
+    env = os.environ if environ is None else environ
+    return next((name for name in PASSWORD_ENVS if name in env), None)
+
+
 def key_passphrase(confirm: bool = False) -> bytes:
-    for name in PASSWORD_ENVS:
-        if name in os.environ:
-            return os.environ[name].encode()
+    return _passphrase(confirm)[0]
+
+
+def _passphrase(confirm: bool = False) -> tuple[bytes, str]:
+    """The passphrase and where it came from ("$EDGECTL_KEY_PASSWORD", ..., "the prompt")."""
+    name = passphrase_source()
+    if name is not None:
+        others = [o for o in PASSWORD_ENVS if o != name and o in os.environ and os.environ[o] != os.environ[name]]
+        if others:
+            print(f"edgectl: {name} and {', '.join(others)} are both set and differ; using {name}", file=sys.stderr)
+        return os.environ[name].encode(), f"${name}"
     if not sys.stdin.isatty():
-        raise SystemExit(f"edgectl: set {PASSWORD_ENVS[0]} (no terminal to prompt for the key passphrase)")
+        raise SystemExit(
+            f"edgectl: set {PASSWORD_ENVS[0]} (or {PASSWORD_ENVS[1]}): no terminal to prompt for the key passphrase"
+        )
     first = getpass.getpass("Enter passphrase for private key: ")
     if confirm and getpass.getpass("Enter again: ") != first:
         raise SystemExit("edgectl: passphrases do not match")
-    return first.encode()
+    return first.encode(), "the prompt"
+
+
+def load_signing_key(path: Path) -> PrivateKey:
+    """Load an encrypted private key; a passphrase error says where the passphrase came from."""
+    passphrase, source = _passphrase()
+    try:
+        return load_private_key(path, passphrase)
+    except KeyFileError as exc:
+        if "passphrase" not in str(exc):
+            raise
+        unused = [f"${o}" for o in PASSWORD_ENVS if f"${o}" != source and o in os.environ]
+        note = f" ({', '.join(unused)} is also set and was not used)" if unused else ""
+        raise KeyFileError(f"{exc}; the passphrase came from {source}{note}") from None
 
 
 def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
@@ -142,9 +191,17 @@ def _run(args: argparse.Namespace) -> int:
         priv, pub = write_key_pair(args.output_key_prefix, key_passphrase(confirm=True), n=args.scrypt_n)
         print(f"Private key written to {priv}\nPublic key written to {pub}")
         return 0
+    if args.command == "public-key":
+        pem = public_key_pem(load_signing_key(args.key).public_key())
+        if args.outfile:
+            args.outfile.write_bytes(pem)
+            print(f"Public key written to {args.outfile}", file=sys.stderr)
+        else:
+            sys.stdout.write(pem.decode())
+        return 0
     if args.command == "sign-image":
         ref = parse_reference(args.reference)
-        key = load_private_key(args.key, key_passphrase())
+        key = load_signing_key(args.key)
         client = _client(args, ref.registry)
         annotations = _annotations(args.annotation)
         results = []
@@ -178,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         rotate = [load_public_key(p).pem() for p in args.rotate_to]
         envelope = sign_document(
             document,
-            load_private_key(args.key, key_passphrase()),
+            load_signing_key(args.key),
             expires_in=parse_duration(args.expires_in),
             rotate_to=rotate or None,
         )

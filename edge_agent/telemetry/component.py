@@ -62,6 +62,8 @@ class TelemetryComponent(BaseComponent):
             self.section.cap_bytes,
             rules_from_config(self.section),
             self.section.synchronous,
+            key_window_s=self.section.idempotency_window_s,
+            key_max=self.section.idempotency_max_keys,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telemetry-db")
         self.publisher = publisher
@@ -142,7 +144,7 @@ class TelemetryComponent(BaseComponent):
 
     async def start(self) -> None:
         # A queue that cannot be opened (e.g. a full disk) must not keep the agent from starting:
-        # run() keeps trying, and modules get "not stored" (no socket) meanwhile.
+        # run() keeps trying, and modules get no socket (nothing stored) meanwhile.
         if await self._try_open():
             await self._db(self.queue.expire)
             await self._report()
@@ -193,6 +195,8 @@ class TelemetryComponent(BaseComponent):
         self.config = config
         self.section = config.telemetry
         self.queue.rules = rules_from_config(self.section)
+        self.queue.key_window_s = self.section.idempotency_window_s
+        self.queue.key_max = self.section.idempotency_max_keys
         if self.section.cap_bytes != old.cap_bytes:
             self.queue.cap_bytes = self.queue.effective_cap = self.section.cap_bytes
             await self._db(lambda: self.queue._set_page_limit(self.queue._db()))

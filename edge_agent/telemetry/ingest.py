@@ -10,7 +10,10 @@ attributed to that module, and a request that names a module is refused.
 Requests are JSON lines (at most 256 KiB); each gets exactly one answer line, in order. A client
 may pipeline: the server parses ahead (up to MAX_PENDING unanswered requests per connection), so
 many records of one connection land in one group commit. The answer {"ok": true, "id": ...} is
-written only after the record's transaction committed.
+written only after the record's transaction committed. A request may carry the module's own
+idempotency key ("key"): the queue stores a key once per module (within telemetry.idempotency_window_s),
+so re-sending a record that got no answer never stores it twice; the answer to a re-send is the
+stored record's id with "duplicate": true.
 
 asyncio's StreamReader.readline cannot skip an over-long line and keep going, so lines are split
 by hand here.
@@ -38,7 +41,9 @@ MAX_LINE = 256 * 1024
 MAX_PENDING = 256
 STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MODULE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-ALLOWED_KEYS = {"stream", "priority", "payload", "ts"}
+ALLOWED_KEYS = {"stream", "priority", "payload", "ts", "key"}
+# A module's idempotency key: printable ASCII without spaces, 1-128 characters (a UUID, a counter).
+KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 CONTAINER_SOCKET_PATH = "/run/edge-agent/telemetry.sock"
 CONTAINER_SOCKET_ENV = "EDGE_TELEMETRY_SOCKET"
 
@@ -73,7 +78,7 @@ def parse_request(line: bytes, module: str) -> NewRecord | Refused:
     unknown = sorted(set(doc) - ALLOWED_KEYS)
     if unknown:
         hint = "; the module is known from the socket" if "module" in unknown else ""
-        return Refused("invalid", f"unknown field {unknown[0]!r}; expected stream, priority, payload, ts{hint}")
+        return Refused("invalid", f"unknown field {unknown[0]!r}; expected stream, priority, payload, ts, key{hint}")
     stream = doc.get("stream")
     if not isinstance(stream, str) or not STREAM_RE.match(stream):
         return Refused("invalid", f"stream: got {stream!r}; expected a name matching {STREAM_RE.pattern}")
@@ -85,12 +90,18 @@ def parse_request(line: bytes, module: str) -> NewRecord | Refused:
     ts = doc.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
         return Refused("invalid", f"ts: got {ts!r}; expected unix seconds as a number")
+    key = doc.get("key")
+    if key is not None and (not isinstance(key, str) or not KEY_RE.match(key)):
+        shown = repr(key) if len(repr(key)) <= 60 else repr(key)[:60] + "..."
+        return Refused("invalid", f"key: got {shown}; expected 1-128 printable ASCII characters without spaces")
     payload = json.dumps(doc["payload"], separators=(",", ":"), ensure_ascii=False).encode()
-    return NewRecord(module, stream, priority, float(ts) if ts is not None else None, payload)
+    return NewRecord(module, stream, priority, float(ts) if ts is not None else None, payload, key)
 
 
 def answer_line(outcome: Outcome) -> bytes:
     if isinstance(outcome, Accepted):
+        if outcome.duplicate:
+            return b'{"ok":true,"id":"' + outcome.id.encode() + b'","duplicate":true}\n'
         return b'{"ok":true,"id":"' + outcome.id.encode() + b'"}\n'
     return json.dumps({"ok": False, "code": outcome.code, "error": outcome.error}).encode() + b"\n"
 
@@ -155,7 +166,8 @@ class ModuleIngestServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            # Stopping (close() cancels us): unanswered requests count as not stored. Not
+            # Stopping (close() cancels us): unanswered requests are "unknown" to the module (some may
+            # have committed); it re-sends them with the same idempotency key. Not
             # re-raised: asyncio's start_unix_server callback calls task.exception() on this
             # task, which for a cancelled task logs "Exception in callback" at every stop.
             sender.cancel()

@@ -52,6 +52,9 @@ WAL_BOUND = 4 * 1024 * 1024
 FILE_OVERHEAD_RATIO = 0.25  # B-tree and index overhead allowed beyond the counted bytes
 FILE_OVERHEAD_FIXED = 256 * 1024  # schema, counters, partly filled pages
 SQLITE_FULL = 13
+# Idempotency keys are remembered this long, and at most this many (the newest), whichever ends first.
+DEFAULT_KEY_WINDOW_S = 3600.0
+DEFAULT_KEY_MAX = 100_000
 
 RefusalCode = Literal["invalid", "too_large", "queue_full", "disk_full", "unavailable"]
 
@@ -72,12 +75,14 @@ class NewRecord:
     priority: int  # as requested by the module
     ts: float | None
     payload: bytes  # compact JSON text
+    key: str | None = None  # the module's idempotency key: stored once per module within the window
 
 
 @dataclass(frozen=True)
 class Accepted:
     id: str
     seq: int
+    duplicate: bool = False  # the module's key was already stored: this is that record's id
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,12 @@ class TelemetryQueue:
         rules: Rules,
         synchronous: str = "full",
         clock: Callable[[], float] = time.time,
+        key_window_s: float = DEFAULT_KEY_WINDOW_S,
+        key_max: int = DEFAULT_KEY_MAX,
     ) -> None:
         self.path = path
+        self.key_window_s = key_window_s
+        self.key_max = key_max
         self.cap_bytes = cap_bytes
         self.rules = rules
         self.synchronous = synchronous.upper()
@@ -218,6 +227,15 @@ class TelemetryQueue:
             CREATE TABLE IF NOT EXISTS drops (
                 stream TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (stream, reason)
             );
+            CREATE TABLE IF NOT EXISTS idempotency (
+                k INTEGER PRIMARY KEY AUTOINCREMENT,
+                module TEXT NOT NULL,
+                key TEXT NOT NULL,
+                n INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                received REAL NOT NULL,
+                UNIQUE (module, key)
+            );
             COMMIT;
             """
         )
@@ -286,9 +304,55 @@ class TelemetryQueue:
     # ------------------------------------------------------------------ append (group commit)
 
     def append(self, batch: Sequence[NewRecord]) -> list[Outcome]:
-        """Store a group of records in one transaction. Returns one outcome per record, in order."""
+        """Store a group of records in one transaction. Returns one outcome per record, in order.
+
+        A record whose (module, key) is already stored is not stored again: its outcome is the
+        stored record's id and seq, marked duplicate. So is a second record of the same key in
+        one batch, once the first is stored."""
         if not batch:
             return []
+        known = self._known_keys(batch)
+        fresh: list[NewRecord] = []
+        first_of: dict[tuple[str, str], int] = {}  # key -> index in fresh
+        slots: list[int | Accepted] = []
+        for rec in batch:
+            ident = (rec.module, rec.key) if rec.key is not None else None
+            if ident is not None and ident in known:
+                slots.append(known[ident])
+            elif ident is not None and ident in first_of:
+                slots.append(first_of[ident])
+            else:
+                if ident is not None:
+                    first_of[ident] = len(fresh)
+                slots.append(len(fresh))
+                fresh.append(rec)
+        stored = self._append_fresh(fresh) if fresh else []
+        out: list[Outcome] = []
+        seen: set[int] = set()
+        for slot in slots:
+            if isinstance(slot, Accepted):
+                out.append(slot)
+                continue
+            outcome = stored[slot]
+            if slot in seen and isinstance(outcome, Accepted):
+                outcome = Accepted(outcome.id, outcome.seq, duplicate=True)
+            seen.add(slot)
+            out.append(outcome)
+        return out
+
+    def _known_keys(self, batch: Sequence[NewRecord]) -> dict[tuple[str, str], Accepted]:
+        keyed = {(r.module, r.key) for r in batch if r.key is not None}
+        if not keyed:
+            return {}
+        conn = self._db()
+        out = {}
+        for module, key in keyed:
+            row = conn.execute("SELECT n, seq FROM idempotency WHERE module=? AND key=?", (module, key)).fetchone()
+            if row is not None:
+                out[(module, key)] = Accepted(self.record_id(int(row[0])), int(row[1]), duplicate=True)
+        return out
+
+    def _append_fresh(self, batch: Sequence[NewRecord]) -> list[Outcome]:
         try:
             return self._append(batch)
         except sqlite3.OperationalError as exc:
@@ -400,6 +464,11 @@ class TelemetryQueue:
                 )
                 n = int(cur.lastrowid or 0)
                 inserted[index] = n
+                if rec.key is not None:  # in the record's own transaction: both or neither survive
+                    conn.execute(
+                        "INSERT INTO idempotency(module, key, n, seq, received) VALUES(?, ?, ?, ?, ?)",
+                        (rec.module, rec.key, n, seq, now),
+                    )
                 outcomes.append(Accepted(self.record_id(n), seq))
             added = [(batch[i].stream, incoming[i].priority, incoming[i].cost, n) for i, n in inserted.items()]
             if plan.evicted_incoming:
@@ -563,9 +632,27 @@ class TelemetryQueue:
             self.effective_cap = self.cap_bytes
         return len(deleted)
 
+    def forget_keys(self, now: float | None = None) -> int:
+        """Forget idempotency keys older than the window, and all but the newest `key_max`."""
+        now = self.clock() if now is None else now
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            gone = conn.execute("DELETE FROM idempotency WHERE received < ?", (now - self.key_window_s,)).rowcount
+            gone += conn.execute(
+                "DELETE FROM idempotency WHERE k <= (SELECT max(k) FROM idempotency) - ?", (self.key_max,)
+            ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return int(gone)
+
     def expire(self, now: float | None = None) -> dict[str, int]:
         """Delete records past their stream's TTL; returns how many per stream (counted as "expired")."""
         now = self.clock() if now is None else now
+        self.forget_keys(now)
         cutoffs = expiry_cutoffs(self.rules, list(self.streams), now)
         if not cutoffs:
             return {}

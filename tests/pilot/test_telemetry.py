@@ -23,6 +23,7 @@ class IngestServer:
     def __init__(self, path: Path, drop_first: int = 0, answer: str = "ok"):
         self.path = str(path)
         self.records: list[dict] = []
+        self.dropped_keys: list[str | None] = []
         self.drop_first = drop_first  # close the connection without answering this many times
         self.answer = answer
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -43,7 +44,8 @@ class IngestServer:
                 for line in rf:
                     if self.drop_first > 0:
                         self.drop_first -= 1
-                        break  # no answer: the client must treat it as not stored
+                        self.dropped_keys.append(json.loads(line).get("key"))
+                        break  # no answer: the client must send it again (same key)
                     try:
                         rec = json.loads(line)
                         ok = (
@@ -95,9 +97,11 @@ def test_records_arrive_in_wire_format(server: IngestServer, monkeypatch: pytest
     assert [r["payload"]["i"] for r in server.records] == list(range(5))
     r = server.records[0]
     assert r["stream"] == "pilot.stats" and r["priority"] == 5 and isinstance(r["ts"], float)
+    keys = [rec["key"] for rec in server.records]
+    assert len(set(keys)) == 5 and all(re.fullmatch(r"[0-9a-f]{12}-[0-9]+", k) for k in keys)
 
 
-def test_no_answer_is_retried(tmp_path: Path) -> None:
+def test_no_answer_is_retried_with_the_same_key(tmp_path: Path) -> None:
     s = IngestServer(tmp_path / "t.sock", drop_first=1)
     c = TelemetryClient(s.path)
     c.publish({"n": 1})
@@ -105,6 +109,7 @@ def test_no_answer_is_retried(tmp_path: Path) -> None:
     c.close()
     s.close()
     assert len(s.records) == 1
+    assert s.dropped_keys == [s.records[0]["key"]], "the re-send carries the unanswered record's key"
 
 
 def test_rejection_is_counted_not_retried_forever(tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_scripts_run_starts_agent_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     broker_was_running = port_open(1883)
     log_path = tmp_path / "run.log"
+    state = tmp_path / "state"  # not the checkout's .state: tests leave the repo tree alone
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(REPO / "scripts" / "run"), "--agent-only"], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "EDGE_AGENT_STATE_DIR": str(state)})
     try:
         wait_until(lambda: "EVENT=agent.started" in log_path.read_text(errors="replace"), 300,
                    "the agent to start via scripts/run")
@@ -38,6 +40,11 @@ def test_scripts_run_starts_agent_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     assert elapsed < 2.0, f"Ctrl-C took {elapsed:.2f} s\n{output}"
     assert "EVENT=agent.stopped" in output, output
     if not broker_was_running:
-        # The broker the script started is gone again.
+        # The broker the script started is gone again, and it saved its persistence database
+        # (mosquitto started as root must not drop to a user that cannot write there).
         wait_until(lambda: not port_open(1883), 5, "the script's broker to stop")
-    assert not (REPO / ".state" / "control.sock").exists()
+        broker_log = (state / "mosquitto.log").read_text(errors="replace")
+        assert "Permission denied" not in broker_log, broker_log
+        assert (state / "mosquitto" / "mosquitto.db").stat().st_size > 0, broker_log
+    assert (state / "state.db").exists()
+    assert not (state / "control.sock").exists()

@@ -245,6 +245,35 @@ def test_watchdog_restarts_a_frozen_agent(agent: SystemdContainer) -> None:
     assert agent.show(UNIT, "ActiveState")["ActiveState"] == "active"
 
 
+def test_unexpected_exception_traceback_reaches_the_journal(agent: SystemdContainer) -> None:
+    """A state.db that is not a database is not something the agent expects: it exits 1, and the
+    journal holds the traceback (in MESSAGE, which journalctl shows, and in TRACEBACK) and the
+    cause (EXCEPTION)."""
+    state_db = "/var/lib/edge-agent/state.db"
+    agent.sh(f"systemctl stop {UNIT} && cp -p {state_db} /root/state.db.good && rm -f {state_db}-wal {state_db}-shm"
+             f" && printf 'this is not a database' > {state_db}", timeout=60)
+    mark = cursor(agent)
+    try:
+        agent.sh(f"systemctl start {UNIT}", check=False, timeout=60)
+
+        def failed() -> list[dict[str, str]]:
+            return [e for e in agent_entries(journal(agent, mark)) if e.get("EVENT") == "agent.failed"]
+
+        entry = agent.wait_for("the agent.failed event", failed, timeout=30)[0]
+        assert entry["EXCEPTION"] == "DatabaseError: file is not a database", entry
+        assert entry["TRACEBACK"].startswith("Traceback (most recent call last):"), entry
+        assert "sqlite3.DatabaseError: file is not a database" in entry["TRACEBACK"], entry
+        assert "edge_agent/daemon.py" in entry["TRACEBACK"], entry
+        assert "Traceback (most recent call last):" in entry["MESSAGE"], entry
+        assert int(entry["PRIORITY"]) <= 2, "logged as critical"
+        shown = agent.out(f"journalctl -u {UNIT} EVENT=agent.failed --no-pager -o cat")
+        assert "sqlite3.DatabaseError: file is not a database" in shown, shown
+    finally:
+        agent.sh(f"systemctl stop {UNIT}; cp -p /root/state.db.good {state_db} && systemctl reset-failed {UNIT};"
+                 f" systemctl start {UNIT}", timeout=150)
+    assert agent.show(UNIT, "ActiveState")["ActiveState"] == "active"
+
+
 def test_stop_is_clean(agent: SystemdContainer) -> None:
     mark = cursor(agent)
     agent.sh(f"systemctl stop {UNIT}", timeout=60)

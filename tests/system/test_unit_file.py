@@ -37,9 +37,14 @@ def staged_root(tmp_path_factory: pytest.TempPathFactory, project_wheel: Path) -
         (root / link).symlink_to(f"usr/{link}")
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     shutil.copy2("/usr/bin/kill", root / "usr/bin/kill")
+    # A venv of its own at /opt/edge-agent, as docs/operations.md installs it. Not this
+    # interpreter's pip with --prefix: that first uninstalls the dev install from the test's own
+    # venv (MACHINE-NOTES), and tests must not change the environment they run in.
+    venv = root / "opt" / "edge-agent"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--prefix", str(root / "opt" / "edge-agent"), str(project_wheel)],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+         "--no-deps", str(project_wheel)],
         check=True,
     )  # fmt: skip
     unit_dir = root / "etc" / "systemd" / "system"

@@ -3,13 +3,19 @@
 One JSON object per line, one response line per request (``{"ok": true, "id": ...}`` once
 durable). Sending runs in its own thread behind a bounded queue: the drive loop only does a
 non-blocking put, and what does not fit is dropped and counted. Without EDGE_TELEMETRY_SOCKET
-(or when the socket is absent) each record is logged as a stats line instead."""
+(or when the socket is absent) each record is logged as a stats line instead.
+
+Every record carries an idempotency key (this client's random id and a counter): a record that got
+no answer (the agent restarted) is sent again with the same key, and the agent stores it once
+even if the first send had been committed (docs/telemetry.md)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -38,6 +44,8 @@ class TelemetryClient:
         self.q: queue.Queue[dict[str, Any]] = queue.Queue(max_queue)
         self.timeout, self.retries = timeout, retries
         self.counters = TelemetryCounters()
+        self._key_prefix = secrets.token_hex(6)  # unique per client: keys never repeat across restarts
+        self._numbers = itertools.count(1)
         self._sock: socket.socket | None = None
         self._rfile: Any = None
         self._stop = threading.Event()
@@ -47,7 +55,7 @@ class TelemetryClient:
     def publish(self, payload: Any, stream: str | None = None, priority: int | None = None) -> bool:
         """Non-blocking. Returns False (and counts a drop) when the buffer is full."""
         rec = {"stream": stream or self.stream, "priority": self.priority if priority is None else priority,
-               "payload": payload, "ts": round(time.time(), 3)}
+               "payload": payload, "ts": round(time.time(), 3), "key": f"{self._key_prefix}-{next(self._numbers)}"}
         try:
             self.q.put_nowait(rec)
             return True
@@ -79,7 +87,7 @@ class TelemetryClient:
         self._sock = self._rfile = None
 
     def _send_one(self, rec: dict[str, Any]) -> str:
-        """'ok' | 'rejected' | 'retry' (no answer: not stored)."""
+        """'ok' | 'rejected' | 'retry' (no answer: unknown; sent again with the same key)."""
         line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
         if len(line) > MAX_LINE:
             return "too_large"

@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture
 def config(tmp_path: Path, run_id: str, podman_service: PodmanService) -> Path:
     path = tmp_path / "agent.toml"
-    path.write_text(f'[device]\nid = "{run_id}"\n[podman]\nsocket = "{podman_service.url}"\n')
+    path.write_text(
+        f'[device]\nid = "{run_id}"\n[mqtt]\nhost = "127.0.0.1"\n[podman]\nsocket = "{podman_service.url}"\n'
+    )
     return path
 
 
@@ -143,7 +145,7 @@ def test_unknown_module_and_unreachable_podman(
 
     missing = tmp_path / "missing.sock"
     broken = tmp_path / "broken.toml"
-    broken.write_text(f'[device]\nid = "{run_id}"\n[podman]\nsocket = "unix://{missing}"\n')
+    broken.write_text(f'[device]\nid = "{run_id}"\n[mqtt]\nhost = "127.0.0.1"\n[podman]\nsocket = "unix://{missing}"\n')
     down = cli(broken, "talker")
     assert down.returncode == 1
     assert f"edge-agent: cannot read logs from podman at unix://{missing}: " in down.stderr

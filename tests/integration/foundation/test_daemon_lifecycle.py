@@ -26,6 +26,7 @@ def agent_config(broker_port: int, podman_url: str = "unix:///nonexistent/podman
         f'[logging]\nlevel = "{level}"\nformat = "text"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\n'
         f'[podman]\nsocket = "{podman_url}"\n'
+        '[device]\nid = "lifecycle-test"\n'
     )
 
 

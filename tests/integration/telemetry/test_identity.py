@@ -23,7 +23,7 @@ def test_a_module_cannot_send_as_another(tmp_path: Path) -> None:
             assert spoof == {
                 "ok": False,
                 "code": "invalid",
-                "error": "unknown field 'module'; expected stream, priority, payload, ts; "
+                "error": "unknown field 'module'; expected stream, priority, payload, ts, key; "
                 "the module is known from the socket",
             }
             # Everything else a client controls (stream names, payload content) cannot name a module.

@@ -11,6 +11,8 @@ import pytest
 
 from edge_agent.config import AgentConfig, ConfigError, SecretRef, load_config, parse_config, toml_locate
 
+from .identity import with_identity
+
 REPO = Path(__file__).resolve().parents[3]
 
 # (name, file text, expected line, expected key, fragments the message must contain)
@@ -43,7 +45,7 @@ def test_broken_config_gives_one_line_with_file_line_key_and_expectation(
     tmp_path: Path, name: str, text: str, line: int | None, key: str, fragments: list[str]
 ) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(text)
+    path.write_text(with_identity(text))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     problems = err.value.problems
@@ -61,7 +63,7 @@ def test_broken_config_gives_one_line_with_file_line_key_and_expectation(
 
 def test_secret_value_is_never_echoed(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[mqtt]\npassword = "hunter2"\nkey_password = "s3cr3t:x"\n')
+    path.write_text(with_identity('[mqtt]\npassword = "hunter2"\nkey_password = "s3cr3t:x"\n'))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "hunter2" not in str(err.value)
@@ -75,7 +77,7 @@ def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     text = str(err.value)
-    assert text.startswith(f"{path}:3: TOML syntax error at column "), text
+    assert text.startswith(f"{path}:3: mqtt.port: TOML syntax error at column "), text
     assert "expected valid TOML" in text
 
 
@@ -120,17 +122,17 @@ def test_unreadable_file_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_bytes(b'[mqtt]\nhost = "caf\xe9"\n')
-    with pytest.raises(ConfigError, match=r"c\.toml:2: not valid UTF-8"):
+    with pytest.raises(ConfigError, match=r"c\.toml:2: mqtt\.host: byte e9 is not valid UTF-8"):
         load_config(path)
 
 
 def test_several_problems_are_all_reported_in_file_order_of_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text("[mqtt]\nport = 0\nprot = 1\n[logging]\nlevel = 'x'\n")
+    path.write_text(with_identity("[mqtt]\nport = 0\nprot = 1\nhost = 'b'\n[logging]\nlevel = 'x'\n"))
     with pytest.raises(ConfigError) as err:
         load_config(path)
     lines = {p.line for p in err.value.problems}
-    assert lines == {2, 3, 5}
+    assert lines == {2, 3, 6}
 
 
 def test_annotated_default_config_is_valid_and_matches_model_defaults() -> None:
@@ -151,7 +153,7 @@ def test_every_config_field_has_a_description_for_errors() -> None:
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_text("x")
     path = tmp_path / "c.toml"
-    path.write_text('[state]\ndir = "state"\n[mqtt]\ntls = true\nca_file = "ca.crt"\n')
+    path.write_text(with_identity('[state]\ndir = "state"\n[mqtt]\ntls = true\nca_file = "ca.crt"\n'))
     config = load_config(path)
     assert config.state.dir == tmp_path / "state"
     assert config.mqtt.ca_file == tmp_path / "ca.crt"

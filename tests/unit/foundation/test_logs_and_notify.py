@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.logs import JournalHandler, JsonFormatter, TextFormatter, encode_journal_entry, journal_fields
+from edge_agent.logs import (
+    JournalHandler,
+    JsonFormatter,
+    TextFormatter,
+    describe_exception,
+    encode_journal_entry,
+    journal_fields,
+)
 from edge_agent.systemd import Notifier, watchdog_interval
 
 
@@ -139,3 +146,79 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert watchdog_interval() is None
     monkeypatch.delenv("WATCHDOG_USEC")
     assert watchdog_interval() is None
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def _task_group_failure() -> BaseException:
+    """What a TaskGroup raises when one task fails: a group that names no cause."""
+    import asyncio
+
+    async def fails() -> None:
+        raise ValueError("embedded null byte")
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fails())
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:
+        return exc
+    raise AssertionError("the task group did not fail")
+
+
+def test_exception_group_is_unwrapped_to_its_cause() -> None:
+    group = _task_group_failure()
+    assert isinstance(group, ExceptionGroup)
+    assert describe_exception(group) == "ValueError: embedded null byte"
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [KeyError("k")]), OSError(28, "No space left")])
+    assert describe_exception(nested) == "KeyError: 'k'; OSError: [Errno 28] No space left"
+
+
+def _with_exception(exc: BaseException) -> logging.LogRecord:
+    rec = record("component twin failed", (), EVENT="component.failed")
+    rec.levelno, rec.levelname = logging.ERROR, "ERROR"
+    rec.exc_info = (type(exc), exc, exc.__traceback__)
+    return rec
+
+
+def test_text_format_shows_cause_on_the_line_and_the_traceback_below() -> None:
+    text = TextFormatter().format(_with_exception(_task_group_failure()))
+    first, *rest = text.splitlines()
+    assert first.endswith("component twin failed: ValueError: embedded null byte  [EVENT=component.failed]")
+    assert rest[0].strip().startswith("+ Exception Group Traceback") or rest[0].strip().startswith("Traceback")
+    assert any("ValueError: embedded null byte" in line for line in rest)
+    assert any("in fails" in line for line in rest), text  # the frame that raised
+    assert all(line.startswith("    ") for line in rest)
+
+
+def test_json_format_carries_the_traceback() -> None:
+    doc = json.loads(JsonFormatter().format(_with_exception(_raised(RuntimeError("boom")))))
+    assert doc["msg"] == "component twin failed: RuntimeError: boom"
+    assert doc["traceback"].startswith("Traceback (most recent call last):")
+    assert doc["traceback"].endswith("RuntimeError: boom")
+
+
+def test_journal_entry_carries_traceback_and_cause(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(2)
+    handler = JournalHandler(path=str(path))
+    try:
+        handler.emit(_with_exception(_task_group_failure()))
+        entry = decode_journal(server.recv(262144))
+    finally:
+        handler.close()
+        server.close()
+    assert entry["EXCEPTION"] == "ValueError: embedded null byte"
+    assert "ValueError: embedded null byte" in entry["TRACEBACK"]
+    assert entry["MESSAGE"].startswith("component twin failed: ValueError: embedded null byte\n")
+    assert entry["TRACEBACK"] in entry["MESSAGE"]
+    assert entry["PRIORITY"] == "3"
