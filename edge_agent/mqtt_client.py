@@ -86,10 +86,13 @@ def make_client(
     session_expiry_s: int = 0,
     timeout: float = 10.0,
     max_packet_bytes: int | None = None,
+    max_inflight: int | None = None,
 ) -> CheckedClient:
     """An unconnected client. `persistent` keeps the broker-side session (subscriptions and
     queued QoS 1 messages) for `session_expiry_s` seconds after a disconnect. `max_packet_bytes`
-    is sent as MQTT 5 Maximum Packet Size: the broker drops (does not send) anything larger."""
+    is sent as MQTT 5 Maximum Packet Size: the broker drops (does not send) anything larger.
+    `max_inflight` bounds QoS 1 publishes sent and not yet acknowledged (paho's default is 20;
+    the broker's Receive Maximum still applies)."""
     connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         connect_props.SessionExpiryInterval = session_expiry_s
@@ -109,6 +112,7 @@ def make_client(
         keepalive=params.keepalive,
         timeout=timeout,
         max_queued_incoming_messages=MAX_QUEUED_INCOMING,
+        max_inflight_messages=max_inflight,
     )
 
 

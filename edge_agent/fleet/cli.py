@@ -83,8 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("device")
     show.add_argument("--json", action="store_true", help="print desired, reported and presence as JSON")
 
-    devices = sub.add_parser("devices", parents=[common], help="list devices: online/offline, last seen")
+    devices = sub.add_parser(
+        "devices", parents=[common], help="list devices: online/offline, last seen, deployment state, labels",
+        description="Every device under the prefix (or those --selector picks by their reported labels): "
+        "online/offline, last seen, the version it runs and its state (and the newest version's when another), "
+        "agent version, labels. Exit status 0; 1 when the broker cannot be read; 2 for a malformed selector.",
+    )
     devices.add_argument("--json", action="store_true")
+    devices.add_argument(
+        "--selector", "-l", metavar="SELECTOR",
+        help="only devices whose reported labels match: key=value, key!=value, key (present), !key (absent), "
+        "comma-separated, all must hold (e.g. site=turin,hw!=rev-b)",
+    )
 
     call = sub.add_parser("call", parents=[common], help="send a command to a device and print the answer")
     call.add_argument("device")
@@ -224,13 +234,23 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_devices(args: argparse.Namespace) -> int:
     from edge_agent.fleet.show import device_rows, render_devices
+    from edge_agent.labels import LabelError, parse_selector, reported_labels
 
+    selector = None
+    if args.selector is not None:
+        try:
+            selector = parse_selector(args.selector)
+        except LabelError as exc:
+            print(f"edgectl devices: --selector: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     async with fleet_client(args) as fleet:
         views = await fleet.devices()
+    if selector is not None:
+        views = [v for v in views if selector.matches(reported_labels((v.reported or {}).get("device")))]
     if args.json:
         print(json.dumps(device_rows(views, time.time()), indent=2))
     else:
-        print(render_devices(views, time.time()))
+        print(render_devices(views, time.time(), selector=args.selector))
     return EXIT_OK
 
 
