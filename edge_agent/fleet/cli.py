@@ -28,7 +28,9 @@ agent's; $EDGECTL_CONFIG or --config to use another file), overridden by the fla
 
   edgectl deploy rover-01 rover-02 deployment.json    publish the next desired version
   edgectl show rover-01                               desired vs reported, differences marked
-  edgectl devices                                     online/offline and last seen
+  edgectl devices --selector site=turin               online/offline, last seen, version and state, labels
+  edgectl rollout deployment.json --selector site=turin --key fleet.key
+                                                      staged rollout in batches with health gates
 """
 
 
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--args", default="{}", help="JSON object of arguments")
     call.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer (30)")
 
+    from edge_agent.fleet import rollout_cmd
+
+    rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
 
@@ -138,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return attest_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
+    if args.command == "rollout":
+        from edge_agent.fleet import rollout_cmd
+
+        return rollout_cmd.run(args)
     if args.command == "telemetry":
         from edge_agent.fleet import telemetry_cmd
 
@@ -169,26 +178,43 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     async with fleet_client(args) as fleet:
         from edge_agent.fleet.client import FleetError, Published
 
-        published: list[Published] = []
-        for device in devices:
+        # One subscription for every device's retained state, documents made locally, then
+        # published concurrently (QoS 1, a bounded number waiting for PUBACK at once).
+        await fleet.watch(None if len(devices) > 50 else list(dict.fromkeys(devices)))
+        prepared: dict[str, tuple[Published, bytes]] = {}
+        for device in dict.fromkeys(devices):
             try:
-                done = await fleet.deploy(
-                    device, deployment, properties, version=args.set_version, sign=sign, verify_key=verify_key
+                prepared[device] = fleet.prepare(
+                    fleet.cached_view(device), deployment, properties, version=args.set_version, sign=sign,
+                    verify_key=verify_key,
                 )
             except FleetError as exc:
                 print(f"edgectl: {exc}", file=sys.stderr)
+                failed += 1
+        results = await fleet.publish_many([(d, payload) for d, (_, payload) in prepared.items()])
+        published: list[Published] = []
+        for device, (done, _) in prepared.items():
+            error = results.get(device)
+            if error is not None:
+                print(f"edgectl: {error}", file=sys.stderr)
                 failed += 1
                 continue
             published.append(done)
             print(f"{device}: published desired version {done.version}")
         if args.wait:
-            for done in published:
+
+            async def wait_one(done: Published) -> bool:
                 try:
                     state = await fleet.wait_for(done, args.until, args.wait)
-                    print(f"{done.device}: version {done.version} {state}")
                 except FleetError as exc:
                     print(f"edgectl: {exc}", file=sys.stderr)
-                    failed += 1
+                    return False
+                print(f"{done.device}: version {done.version} {state}")
+                return True
+
+            async with asyncio.TaskGroup() as tg:
+                waits = [tg.create_task(wait_one(done)) for done in published]
+            failed += sum(not w.result() for w in waits)
     return EXIT_FAILED if failed else EXIT_OK
 
 

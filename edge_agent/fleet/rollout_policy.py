@@ -226,8 +226,8 @@ def mark_published(record: DeviceRecord, now: float) -> DeviceRecord:
     if record.phase == Phase.PUBLISHING:
         return replace(record, phase=Phase.UPDATING, since=now, reason=f"version {record.version} published")
     if record.phase == Phase.REVERT_PUBLISHING:
-        return replace(record, phase=Phase.REVERTING, since=now, reason=f"version {record.revert_version} "
-                       f"published (the deployment of version {record.previous})")
+        return replace(record, phase=Phase.REVERTING, since=now,
+                       reason=f"version {record.revert_version} published ({previous_name(record)})")
     return record
 
 
@@ -240,10 +240,17 @@ def mark_publish_failed(record: DeviceRecord, error: str, now: float) -> DeviceR
     return record
 
 
+def previous_name(record: DeviceRecord) -> str:
+    """What returning the device restores, in words."""
+    if record.previous is None:
+        return "the empty deployment (it ran none before)"
+    return f"the deployment of version {record.previous}"
+
+
 def mark_reverting(record: DeviceRecord, version: int, digest: str, now: float) -> DeviceRecord:
     return replace(record, phase=Phase.REVERT_PUBLISHING, since=now, revert_version=version, revert_digest=digest,
                    failed_reason=record.failed_reason or _reason_before_revert(record),
-                   reason=f"returning to the deployment of version {record.previous} as version {version}")
+                   reason=f"returning to {previous_name(record)} as version {version}")
 
 
 def mark_no_previous(record: DeviceRecord, why: str, now: float) -> DeviceRecord:
@@ -279,8 +286,7 @@ def observe(
     if record.phase == Phase.REVERTING:
         if outcome == "reached":
             return replace(record, phase=Phase.REVERTED, since=now,
-                           reason=f"version {record.revert_version} (the deployment of version {record.previous}) "
-                           f"{detail}")
+                           reason=f"version {record.revert_version} ({previous_name(record)}) {detail}")
         if outcome == "failed":
             return replace(record, phase=Phase.REVERT_FAILED, since=now,
                            reason=f"version {record.revert_version} {detail}")
@@ -418,10 +424,13 @@ def decide(rollout: Rollout) -> Decision:
             return Publish(tuple(again))
         return Wait() if any(r.phase in IN_FLIGHT for r in batch) else Halt()
     # reverting: every device of the failed batch that may have the rollout's document goes back
-    todo = [r.device for r in batch if r.phase in PUBLISHED or r.phase == Phase.REVERT_PUBLISHING]
+    todo = [r.device for r in batch
+            if (r.phase in PUBLISHED and r.version is not None) or r.phase == Phase.REVERT_PUBLISHING]
     if todo:
         return Revert(tuple(todo))
-    return Wait() if any(r.phase in REVERT_IN_FLIGHT for r in batch) else Halt()
+    if any(r.phase in REVERT_IN_FLIGHT for r in batch):
+        return Wait()
+    return Halt()
 
 
 def pass_batch(rollout: Rollout) -> Rollout:
