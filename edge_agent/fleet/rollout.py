@@ -156,21 +156,18 @@ class RolloutRunner:
         changed: list[rp.DeviceRecord] = []
         lines: list[str] = []
         for record in rollout.devices:
+            new = record
+            late = rp.late_watched(record)
+            if late is not None:
+                outcome, detail = self._outcome(record.device, late, rollout.policy.target)
+                new = rp.late_verdict(new, outcome, detail)  # type: ignore[arg-type]
             doc = rp.watched(record)
-            if doc is None:
-                continue
-            seen = self.fleet.reported_changes(record.device)
-            key = f"{record.device}@{doc[0]}"
-            cached = self._read.get(key)
-            if cached is None or cached[0] != seen:
-                outcome, detail = self.fleet.outcome(Published(record.device, doc[0], doc[1]), rollout.policy.target)
-                self._read[key] = (seen, (outcome, detail))
-            else:
-                outcome, detail = cached[1]
-            online = None
-            if outcome == "pending" and now - record.since > rollout.policy.timeout_s:
-                online = self.fleet.cached_view(record.device).presence == "online"
-            new = rp.observe(record, outcome, detail, now, rollout.policy, online)  # type: ignore[arg-type]
+            if doc is not None:
+                outcome, detail = self._outcome(record.device, doc, rollout.policy.target)
+                online = None
+                if outcome == "pending" and now - record.since > rollout.policy.timeout_s:
+                    online = self.fleet.cached_view(record.device).presence == "online"
+                new = rp.observe(new, outcome, detail, now, rollout.policy, online)  # type: ignore[arg-type]
             if new != record:
                 changed.append(new)
                 line = transition_line(record, new)
@@ -181,6 +178,16 @@ class RolloutRunner:
         rollout = rp.with_records(rollout, changed)
         self._save(rollout, changed, lines)
         return rollout
+
+    def _outcome(self, device: str, doc: tuple[int, str], target: str) -> tuple[str, str]:
+        """The device's verdict on a document, re-read only when it reported something new."""
+        seen = self.fleet.reported_changes(device)
+        key = f"{device}@{doc[0]}"
+        cached = self._read.get(key)
+        if cached is None or cached[0] != seen:
+            cached = (seen, self.fleet.outcome(Published(device, doc[0], doc[1]), target))
+            self._read[key] = cached
+        return cached[1]
 
     def _pass(self, rollout: rp.Rollout, verdict: rp.Gate) -> rp.Rollout:
         number = rollout.batch + 1

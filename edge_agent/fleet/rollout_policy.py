@@ -258,12 +258,38 @@ def mark_no_previous(record: DeviceRecord, why: str, now: float) -> DeviceRecord
                    failed_reason=record.failed_reason or _reason_before_revert(record))
 
 
+NOT_SETTLED = "had not settled when its batch failed"
+RETURNED = frozenset({Phase.REVERT_PUBLISHING, Phase.REVERTING, Phase.REVERTED, Phase.REVERT_FAILED, Phase.NO_PREVIOUS})
+
+
 def _reason_before_revert(record: DeviceRecord) -> str:
     if record.phase == Phase.REACHED:
         return f"version {record.version} reached the target, returned with its batch"
     if record.phase in IN_FLIGHT:
-        return f"version {record.version} had not settled when its batch failed"
+        return f"version {record.version} {NOT_SETTLED}"
     return record.reason
+
+
+def late_verdict(record: DeviceRecord, outcome: Outcome, detail: str) -> DeviceRecord:
+    """A device whose batch failed while it was still updating may still say what became of the
+    rollout's version before the return reaches it: keep its own words. (Superseded is what the
+    return itself does to it: that says nothing new.)"""
+    if record.phase not in RETURNED or not record.failed_reason.endswith(NOT_SETTLED):
+        return record
+    if outcome == "reached":
+        reason = f"version {record.version} {detail} (after its batch failed), returned with its batch"
+    elif outcome == "failed" and not detail.startswith("superseded"):
+        reason = f"version {record.version} {detail}"
+    else:
+        return record
+    return replace(record, failed_reason=reason)
+
+
+def late_watched(record: DeviceRecord) -> tuple[int, str] | None:
+    """(version, digest) of the rollout's document when `late_verdict` may still learn about it."""
+    if record.phase in RETURNED and record.failed_reason.endswith(NOT_SETTLED) and record.version and record.digest:
+        return record.version, record.digest
+    return None
 
 
 def observe(
