@@ -102,7 +102,10 @@ class FleetClient:
 
         from edge_agent.mqtt_client import make_client
 
-        client = make_client(self.params, max_inflight=MAX_IN_FLIGHT)
+        # No bound on the incoming queue: one subscription to a fleet's retained state delivers
+        # three messages per device at once, and aiomqtt discards what does not fit (with a bound
+        # of 1,000, a fleet of 400 devices lost messages and the end-of-retained marker).
+        client = make_client(self.params, max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
@@ -158,7 +161,7 @@ class FleetClient:
 
         new = [f for f in filters if f not in self._subscribed]
         if new:
-            await self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in new], timeout=timeout)
+            await self.client.subscribe([(f, SubscribeOptions(qos=0)) for f in new], timeout=timeout)
             self._subscribed.update(new)
         marker = secrets.token_bytes(8)
         seen = self._marker_seen[marker] = asyncio.Event()
