@@ -191,8 +191,9 @@ class FleetClient:
         leaves = ("desired", "reported", "presence")
         if devices is None:
             filters = [protocol.all_devices_filter(self.prefix, leaf) for leaf in leaves]
-        else:
-            filters = [f"{DeviceTopics(self.prefix, d).base}/{leaf}" for d in devices for leaf in leaves]
+        else:  # (what a fleet-wide subscription already covers is not subscribed twice)
+            filters = [f"{DeviceTopics(self.prefix, d).base}/{leaf}" for d in devices for leaf in leaves
+                       if protocol.all_devices_filter(self.prefix, leaf) not in self._subscribed]
         await self.retained(filters, timeout=timeout)
 
     def cached_view(self, device: str) -> DeviceView:
