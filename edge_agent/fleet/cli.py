@@ -223,10 +223,13 @@ def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
     its passphrase asked) once."""
     from edge_agent.fleet.trust_cmds import key_passphrase, parse_duration
     from edge_agent.trust.documents import sign_document
-    from edge_agent.trust.keys import load_private_key, load_public_key, parse_public_key, public_key_pem
+    from edge_agent.trust.keys import KeyFileError, load_private_key, load_public_key, parse_public_key, public_key_pem
 
-    key = load_private_key(args.key, key_passphrase())
-    public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
+    try:
+        key = load_private_key(args.key, key_passphrase())
+        public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
+    except KeyFileError as exc:  # unreadable file, wrong passphrase, not a private key
+        raise SystemExit(f"edgectl: --key {exc}") from None
     expires_in = parse_duration(args.expires_in)
     rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
 

@@ -151,3 +151,16 @@ def test_render_status_explains(tmp_path: Path) -> None:
             "rolled_back: module_failed: module app: exited with code 3; version 4 runs again]") in text
     assert "c  skipped           not published: its batch failed first" in text
     assert "batch 1 (1 device): passed: 1 reached" in text
+
+
+def test_unreadable_signing_key_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGECTL_KEY_PASSWORD", "x")
+    missing = tmp_path / "absent.key"
+    for argv in (["rollout", str(manifest), "--selector", "a=b", "--key", str(missing),
+                  "--state", str(tmp_path / "s.db")],
+                 ["deploy", "d1", str(manifest), "--key", str(missing)]):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--port", "1"])
+        assert str(info.value) == f"edgectl: --key {missing}: cannot read private key: No such file or directory"
