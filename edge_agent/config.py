@@ -138,6 +138,21 @@ class DeviceSection(Section):
             raise PydanticCustomError("reserved", "device id fleet is reserved for fleet-side topics")
         return value
 
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="a table of labels, key = \"value\" (at most 64)",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        from edge_agent.labels import LabelError, check_labels
+
+        try:
+            return check_labels(value)
+        except LabelError as exc:
+            raise PydanticCustomError("label", "{problem}", {"problem": str(exc)}) from None
+
 
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 

@@ -170,6 +170,7 @@ class Agent:
                     break
                 await component.start()
             self._report_agent()
+            self._report_device()
             await control.start()
             log.info(
                 "edge-agent %s started (device %s, boot %d, %d components)",
@@ -319,9 +320,14 @@ class Agent:
             await component.apply_config(new)
         self.config = new
         self.reported.set("config", {"status": "applied", "changed": changed})
+        self._report_device()
         log.info("config reloaded; changed: %s", ", ".join(changed) or "nothing", extra={"EVENT": "config.reloaded"})
         self.notifier.reloaded(f"running {len(self.components)} components")
         return True
+
+    def _report_device(self) -> None:
+        """The `device` section: the labels `edgectl --selector` picks devices by."""
+        self.reported.set("device", {"labels": dict(self.config.device.labels)})
 
     def _report_agent(self) -> None:
         self.reported.set(

@@ -86,10 +86,16 @@ def make_client(
     session_expiry_s: int = 0,
     timeout: float = 10.0,
     max_packet_bytes: int | None = None,
+    max_inflight: int | None = None,
+    max_queued_incoming: int = MAX_QUEUED_INCOMING,
 ) -> CheckedClient:
     """An unconnected client. `persistent` keeps the broker-side session (subscriptions and
     queued QoS 1 messages) for `session_expiry_s` seconds after a disconnect. `max_packet_bytes`
-    is sent as MQTT 5 Maximum Packet Size: the broker drops (does not send) anything larger."""
+    is sent as MQTT 5 Maximum Packet Size: the broker drops (does not send) anything larger.
+    `max_inflight` bounds QoS 1 publishes sent and not yet acknowledged (paho's default is 20;
+    the broker's Receive Maximum still applies). `max_queued_incoming` bounds received messages
+    not yet read (0: no bound); aiomqtt discards what does not fit, so a client that subscribes to
+    a burst of retained messages (edgectl reading a whole fleet) must not bound it below the burst."""
     connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         connect_props.SessionExpiryInterval = session_expiry_s
@@ -108,7 +114,8 @@ def make_client(
         tls_context=params.tls_context,
         keepalive=params.keepalive,
         timeout=timeout,
-        max_queued_incoming_messages=MAX_QUEUED_INCOMING,
+        max_queued_incoming_messages=max_queued_incoming,
+        max_inflight_messages=max_inflight,
     )
 
 

@@ -28,7 +28,9 @@ agent's; $EDGECTL_CONFIG or --config to use another file), overridden by the fla
 
   edgectl deploy rover-01 rover-02 deployment.json    publish the next desired version
   edgectl show rover-01                               desired vs reported, differences marked
-  edgectl devices                                     online/offline and last seen
+  edgectl devices --selector site=turin               online/offline, last seen, version and state, labels
+  edgectl rollout deployment.json --selector site=turin --key fleet.key
+                                                      staged rollout in batches with health gates
 """
 
 
@@ -83,8 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("device")
     show.add_argument("--json", action="store_true", help="print desired, reported and presence as JSON")
 
-    devices = sub.add_parser("devices", parents=[common], help="list devices: online/offline, last seen")
+    devices = sub.add_parser(
+        "devices", parents=[common], help="list devices: online/offline, last seen, deployment state, labels",
+        description="Every device under the prefix (or those --selector picks by their reported labels): "
+        "online/offline, last seen, the version it runs and its state (and the newest version's when another), "
+        "agent version, labels. Exit status 0; 1 when the broker cannot be read; 2 for a malformed selector.",
+    )
     devices.add_argument("--json", action="store_true")
+    devices.add_argument(
+        "--selector", "-l", metavar="SELECTOR",
+        help="only devices whose reported labels match: key=value, key!=value, key (present), !key (absent), "
+        "comma-separated, all must hold (e.g. site=turin,hw!=rev-b)",
+    )
 
     call = sub.add_parser("call", parents=[common], help="send a command to a device and print the answer")
     call.add_argument("device")
@@ -92,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--args", default="{}", help="JSON object of arguments")
     call.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer (30)")
 
+    from edge_agent.fleet import rollout_cmd
+
+    rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
 
@@ -128,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return attest_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
+    if args.command == "rollout":
+        from edge_agent.fleet import rollout_cmd
+
+        return rollout_cmd.run(args)
     if args.command == "telemetry":
         from edge_agent.fleet import telemetry_cmd
 
@@ -159,26 +178,43 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     async with fleet_client(args) as fleet:
         from edge_agent.fleet.client import FleetError, Published
 
-        published: list[Published] = []
-        for device in devices:
+        # One subscription for every device's retained state, documents made locally, then
+        # published concurrently (QoS 1, a bounded number waiting for PUBACK at once).
+        await fleet.watch(None if len(devices) > 50 else list(dict.fromkeys(devices)))
+        prepared: dict[str, tuple[Published, bytes]] = {}
+        for device in dict.fromkeys(devices):
             try:
-                done = await fleet.deploy(
-                    device, deployment, properties, version=args.set_version, sign=sign, verify_key=verify_key
+                prepared[device] = fleet.prepare(
+                    fleet.cached_view(device), deployment, properties, version=args.set_version, sign=sign,
+                    verify_key=verify_key,
                 )
             except FleetError as exc:
                 print(f"edgectl: {exc}", file=sys.stderr)
+                failed += 1
+        results = await fleet.publish_many([(d, payload) for d, (_, payload) in prepared.items()])
+        published: list[Published] = []
+        for device, (done, _) in prepared.items():
+            error = results.get(device)
+            if error is not None:
+                print(f"edgectl: {error}", file=sys.stderr)
                 failed += 1
                 continue
             published.append(done)
             print(f"{device}: published desired version {done.version}")
         if args.wait:
-            for done in published:
+
+            async def wait_one(done: Published) -> bool:
                 try:
                     state = await fleet.wait_for(done, args.until, args.wait)
-                    print(f"{done.device}: version {done.version} {state}")
                 except FleetError as exc:
                     print(f"edgectl: {exc}", file=sys.stderr)
-                    failed += 1
+                    return False
+                print(f"{done.device}: version {done.version} {state}")
+                return True
+
+            async with asyncio.TaskGroup() as tg:
+                waits = [tg.create_task(wait_one(done)) for done in published]
+            failed += sum(not w.result() for w in waits)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -187,10 +223,13 @@ def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
     its passphrase asked) once."""
     from edge_agent.fleet.trust_cmds import load_signing_key, parse_duration
     from edge_agent.trust.documents import sign_document
-    from edge_agent.trust.keys import load_public_key, parse_public_key, public_key_pem
+    from edge_agent.trust.keys import KeyFileError, load_public_key, parse_public_key, public_key_pem
 
-    key = load_signing_key(args.key)
-    public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
+    try:
+        key = load_signing_key(args.key)
+        public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
+    except KeyFileError as exc:  # unreadable file, not a private key
+        raise SystemExit(f"edgectl: --key {exc}") from None
     expires_in = parse_duration(args.expires_in)
     rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
 
@@ -224,13 +263,23 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_devices(args: argparse.Namespace) -> int:
     from edge_agent.fleet.show import device_rows, render_devices
+    from edge_agent.labels import LabelError, parse_selector, reported_labels
 
+    selector = None
+    if args.selector is not None:
+        try:
+            selector = parse_selector(args.selector)
+        except LabelError as exc:
+            print(f"edgectl devices: --selector: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     async with fleet_client(args) as fleet:
         views = await fleet.devices()
+    if selector is not None:
+        views = [v for v in views if selector.matches(reported_labels((v.reported or {}).get("device")))]
     if args.json:
         print(json.dumps(device_rows(views, time.time()), indent=2))
     else:
-        print(render_devices(views, time.time()))
+        print(render_devices(views, time.time(), selector=args.selector))
     return EXIT_OK
 
 

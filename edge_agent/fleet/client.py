@@ -15,7 +15,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from edge_agent.trust.keys import TrustedKey
 
 Signer = Callable[[bytes], bytes]
+# Desired documents handed to the broker at once (QoS 1, waiting for PUBACK) by publish_many; the
+# MQTT client's own in-flight window is set to the same number.
+MAX_IN_FLIGHT = 64
 
 
 class FleetError(Exception):
@@ -91,13 +94,18 @@ class FleetClient:
         self._pending = _Pending()
         self._marker_seen: dict[bytes, asyncio.Event] = {}
         self._subscribed: set[str] = set()
+        self._received: dict[str, int] = {}  # topic -> messages seen on it (a change counter)
+        self._news = asyncio.Event()
 
     async def __aenter__(self) -> FleetClient:
         import aiomqtt
 
         from edge_agent.mqtt_client import make_client
 
-        client = make_client(self.params)
+        # No bound on the incoming queue: one subscription to a fleet's retained state delivers
+        # three messages per device at once, and aiomqtt discards what does not fit (with a bound
+        # of 1,000, a fleet of 400 devices lost messages and the end-of-retained marker).
+        client = make_client(self.params, max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
@@ -142,6 +150,8 @@ class FleetClient:
                 self._messages[topic] = payload
             else:
                 self._messages.pop(topic, None)
+            self._received[topic] = self._received.get(topic, 0) + 1
+            self._news.set()
 
     async def retained(self, filters: list[str], timeout: float = 10.0) -> dict[str, bytes]:
         """Subscribe to `filters` and return every retained message that matches them now."""
@@ -151,7 +161,7 @@ class FleetClient:
 
         new = [f for f in filters if f not in self._subscribed]
         if new:
-            await self.client.subscribe([(f, SubscribeOptions(qos=1)) for f in new], timeout=timeout)
+            await self.client.subscribe([(f, SubscribeOptions(qos=0)) for f in new], timeout=timeout)
             self._subscribed.update(new)
         marker = secrets.token_bytes(8)
         seen = self._marker_seen[marker] = asyncio.Event()
@@ -172,15 +182,48 @@ class FleetClient:
     async def view(self, device: str) -> DeviceView:
         topics = DeviceTopics(self.prefix, device)
         found = await self.retained([topics.desired, topics.reported, topics.presence])
-        view = DeviceView(device)
-        if topics.desired in found:
-            view.desired_raw = found[topics.desired]
-            view.desired, view.desired_error = _desired_json(found[topics.desired])
-        if topics.reported in found:
-            view.reported, _ = _json(found[topics.reported])
-        if topics.presence in found:
-            view.presence, view.presence_ts = protocol.parse_presence(found[topics.presence])
-        return view
+        return _view_of(self.prefix, device, found)
+
+    async def watch(self, devices: list[str] | None = None, timeout: float = 30.0) -> None:
+        """Subscribe to the desired, reported and presence topics of `devices` (every device when
+        None: three wildcard subscriptions); when this returns, everything retained is in the cache
+        (`cached_view`), and later messages keep it current."""
+        leaves = ("desired", "reported", "presence")
+        if devices is None:
+            filters = [protocol.all_devices_filter(self.prefix, leaf) for leaf in leaves]
+        else:  # (what a fleet-wide subscription already covers is not subscribed twice)
+            filters = [f"{DeviceTopics(self.prefix, d).base}/{leaf}" for d in devices for leaf in leaves
+                       if protocol.all_devices_filter(self.prefix, leaf) not in self._subscribed]
+        await self.retained(filters, timeout=timeout)
+
+    def cached_view(self, device: str) -> DeviceView:
+        """The device as the cache has it now (after `watch`); no network."""
+        return _view_of(self.prefix, device, self._messages)
+
+    def cached_devices(self) -> list[str]:
+        """Devices with a retained reported or presence message in the cache."""
+        found = {protocol.device_of(self.prefix, t) for t in self._messages
+                 if t.endswith("/reported") or t.endswith("/presence")}
+        return sorted(d for d in found if d)
+
+    def reported_changes(self, device: str) -> int:
+        """How many reported documents of `device` arrived so far (changes when it reports)."""
+        return self._received.get(DeviceTopics(self.prefix, device).reported, 0)
+
+    async def news(self, timeout: float) -> None:
+        """Return when any message arrived since the last call, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._news.wait()
+        self._news.clear()
+
+    def outcome(self, published: Published, target: str) -> tuple[str, str]:
+        """What the device's cached report says of a published document: ("reached" | "failed" |
+        "pending", the device's words), read by edge_agent.desired.status.wait_outcome."""
+        from edge_agent.desired.status import wait_outcome
+
+        doc, _ = _json(self._messages.get(DeviceTopics(self.prefix, published.device).reported, b"null"))
+        return wait_outcome((doc or {}).get("deployment"), published.version, published.digest, target)
 
     async def devices(self) -> list[DeviceView]:
         found = await self.retained(
@@ -204,18 +247,7 @@ class FleetClient:
         not seen it yet): signed by `verify_key` for a signed deploy; for an unsigned deploy, a
         plain document, unless the device reports it enforces signatures. A claimed version the
         device would refuse never counts: a stranger cannot push the fleet's versions out of range."""
-        view = await self.view(device)
-        section = (view.reported or {}).get("deployment")
-        known = [0, *authenticated_versions(section)]
-        if view.desired_raw:
-            enforced = isinstance(section, Mapping) and section.get("documentMode") == "enforce"
-            version = (
-                _signed_version(view.desired_raw, verify_key) if verify_key is not None
-                else None if enforced else _plain_version(view.desired_raw)
-            )
-            if version is not None:
-                known.append(version)
-        return max(known) + 1
+        return next_version(await self.view(device), verify_key)
 
     async def deploy(
         self,
@@ -231,9 +263,29 @@ class FleetClient:
         """Publish the next desired document (retained, QoS 1) after PUBACK; returns its version and
         the sha256 of the bytes published (how the device's report names it). A document larger
         than the device says it accepts is not published."""
-        view = await self.view(device)
+        published, payload = self.prepare(
+            await self.view(device), deployment, properties, version=version, sign=sign, verify_key=verify_key,
+            meta=meta,
+        )
+        await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
+        return published
+
+    def prepare(
+        self,
+        view: DeviceView,
+        deployment: Mapping[str, Any],
+        properties: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        sign: Signer | None = None,
+        verify_key: TrustedKey | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[Published, bytes]:
+        """The next desired document for the device `view` shows (not published): its version is
+        one above what the device authenticated (`next_version`). FleetError when it is larger
+        than the device says it accepts."""
         if version is None:
-            version = await self.next_version(device, verify_key)
+            version = next_version(view, verify_key)
         doc: dict[str, Any] = {"version": version, "deployment": dict(deployment)}
         if properties:
             doc["properties"] = dict(properties)
@@ -244,11 +296,31 @@ class FleetClient:
         limit = ((view.reported or {}).get("deployment") or {}).get("maxDocumentBytes")
         if isinstance(limit, int) and len(payload) > limit:
             raise FleetError(
-                f"{device}: the document is {len(payload)} bytes; the device accepts at most {limit} "
+                f"{view.device}: the document is {len(payload)} bytes; the device accepts at most {limit} "
                 "(its twin.max_desired_bytes); not published"
             )
-        await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
-        return Published(device, version, hashlib.sha256(payload).hexdigest())
+        return Published(view.device, version, hashlib.sha256(payload).hexdigest()), payload
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]], limit: int = MAX_IN_FLIGHT
+    ) -> dict[str, FleetError | None]:
+        """Publish desired documents ((device, payload), retained, QoS 1) concurrently, at most
+        `limit` waiting for their PUBACK at once; per device None (the broker took it) or the error."""
+        gate = asyncio.Semaphore(max(1, limit))
+        results: dict[str, FleetError | None] = {}
+
+        async def one(device: str, payload: bytes) -> None:
+            async with gate:
+                try:
+                    await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
+                    results[device] = None
+                except FleetError as exc:
+                    results[device] = exc
+
+        async with asyncio.TaskGroup() as tg:
+            for device, payload in items:
+                tg.create_task(one(device, payload))
+        return results
 
     async def publish_desired_raw(self, device: str, payload: bytes) -> None:
         await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
@@ -294,15 +366,15 @@ class FleetClient:
         accepted, running, good: edge_agent/desired/status.py) and return that state; raise
         FleetError with the device's own reason when it refused, rejected, superseded or rolled it
         back, or when it said nothing within `timeout`."""
-        from edge_agent.desired.status import wait_outcome
-
         topics = DeviceTopics(self.prefix, published.device)
-        await self.retained([topics.reported])
+        if topics.reported not in self._subscribed and protocol.all_devices_filter(
+            self.prefix, "reported"
+        ) not in self._subscribed:
+            await self.retained([topics.reported])
         deadline = time.monotonic() + timeout
         last = "not reported yet"
         while True:
-            doc, _ = _json(self._messages.get(topics.reported, b"null"))
-            outcome, detail = wait_outcome((doc or {}).get("deployment"), published.version, published.digest, target)
+            outcome, detail = self.outcome(published, target)
             if outcome == "reached":
                 return detail
             if outcome == "failed":
@@ -314,6 +386,35 @@ class FleetClient:
                     f"(last reported: {last})"
                 )
             await asyncio.sleep(0.05)
+
+
+def _view_of(prefix: str, device: str, messages: Mapping[str, bytes]) -> DeviceView:
+    topics = DeviceTopics(prefix, device)
+    view = DeviceView(device)
+    if topics.desired in messages:
+        view.desired_raw = messages[topics.desired]
+        view.desired, view.desired_error = _desired_json(messages[topics.desired])
+    if topics.reported in messages:
+        view.reported, _ = _json(messages[topics.reported])
+    if topics.presence in messages:
+        view.presence, view.presence_ts = protocol.parse_presence(messages[topics.presence])
+    return view
+
+
+def next_version(view: DeviceView, verify_key: TrustedKey | None = None) -> int:
+    """One above the highest version the device reports it authenticated, or above the retained
+    document when the device would authenticate it too (FleetClient.next_version)."""
+    section = (view.reported or {}).get("deployment")
+    known = [0, *authenticated_versions(section)]
+    if view.desired_raw:
+        enforced = isinstance(section, Mapping) and section.get("documentMode") == "enforce"
+        version = (
+            _signed_version(view.desired_raw, verify_key) if verify_key is not None
+            else None if enforced else _plain_version(view.desired_raw)
+        )
+        if version is not None:
+            known.append(version)
+    return max(known) + 1
 
 
 def authenticated_versions(section: Any) -> list[int]:

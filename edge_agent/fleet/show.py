@@ -111,33 +111,62 @@ def render_view(view: DeviceView, *, color: bool, now: float) -> str:
     return "\n".join(lines)
 
 
+def _version_state(section: Any, version: Any) -> str | None:
+    entry = ((section or {}).get("versions") or {}).get(str(version)) if isinstance(section, dict) else None
+    return str(entry.get("state")) if isinstance(entry, dict) and entry.get("state") else None
+
+
+def deployment_state(section: Any) -> str:
+    """The device's own word on what it runs: the state of its current version, and the newest
+    version's when that is another one (`good`, `probation`, `good; 7 rolled_back`)."""
+    if not isinstance(section, dict):
+        return "unknown"
+    current, newest = section.get("current"), section.get("highestVersion")
+    text = (_version_state(section, current) or "?") if current is not None else "none"
+    if newest is not None and newest != current:
+        text += f"; {newest} {_version_state(section, newest) or '?'}"
+    if section.get("error"):
+        text += "; runtime error"
+    return text
+
+
 def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]:
+    from edge_agent.labels import reported_labels
+
     rows = []
     for v in views:
         reported = v.reported or {}
         last_report = _num(reported.get("ts"))
         seen = now if v.presence == "online" else last_report
+        section = reported.get("deployment")
+        current = section.get("current") if isinstance(section, dict) else None
         rows.append(
             {
                 "device": v.device,
                 "presence": v.presence,
                 "lastSeen": seen,
                 "lastReport": last_report,
-                "currentVersion": (reported.get("deployment") or {}).get("current"),
+                "currentVersion": current,
+                "currentState": _version_state(section, current),
+                "newestVersion": section.get("highestVersion") if isinstance(section, dict) else None,
+                "deploymentState": deployment_state(section),
+                "labels": reported_labels(reported.get("device")),
                 "agentVersion": (reported.get("agent") or {}).get("version"),
             }
         )
     return rows
 
 
-def render_devices(views: Iterable[DeviceView], now: float) -> str:
+def render_devices(views: Iterable[DeviceView], now: float, *, selector: str | None = None) -> str:
     rows = device_rows(views, now)
     if not rows:
-        return "no devices on this broker/prefix"
-    lines = [f"{'DEVICE':<24} {'STATUS':<8} {'LAST SEEN':<14} {'VERSION':<8} AGENT"]
+        return f"no device matches {selector}" if selector else "no devices on this broker/prefix"
+    lines = [f"{'DEVICE':<24} {'STATUS':<8} {'LAST SEEN':<14} {'VERSION':<8} {'STATE':<22} {'AGENT':<8} LABELS"]
     for r in rows:
         seen = "now" if r["presence"] == "online" else _ago(r["lastSeen"], now)
+        labels = ",".join(f"{k}={v}" for k, v in sorted((r["labels"] or {}).items()))
         lines.append(
-            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} {r['agentVersion'] or ''}"
+            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} "
+            f"{r['deploymentState']:<22} {r['agentVersion'] or '':<8} {labels}".rstrip()
         )
     return "\n".join(lines)

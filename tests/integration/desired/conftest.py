@@ -57,38 +57,51 @@ class Device:
         self.run = uuid.uuid4().hex[:8]
         self.id = f"dp-{self.run}"
         self.base_image = base_image
+        self.podman_url = podman_url
         self.keys = workdir / "keys"
         self.keys.mkdir(parents=True)
         for name in ("fleet", "image", "stranger"):
             out = edgectl("keygen", "--output-key-prefix", str(self.keys / name))
             assert out.returncode == 0, out.stderr
-        cert = pki.client(self.id)
-        self.config_text = (
-            f'[device]\nid = "{self.id}"\n'
-            f'[logging]\nlevel = "info"\nformat = "text"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
-            f'tls = true\nca_file = "{pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
+        self.config_text = self.agent_config(self.id)
+        self.agent = AgentProcess(workdir / "agent", self.config_text, env={"PYTHONPATH": str(REPO)})
+        self._built: set[str] = set()
+
+    def agent_config(self, device_id: str, labels: dict[str, str] | None = None) -> str:
+        """The config of a device `device_id` of this fleet (its own certificate and container
+        prefix; the fleet's keys, registry and podman)."""
+        cert = self.pki.client(device_id)
+        broker, podman_url, registry = self.broker, self.podman_url, self.registry
+        label_lines = "".join(f'{k} = "{v}"\n' for k, v in (labels or {}).items())
+        return (
+            f'[device]\nid = "{device_id}"\n'
+            + (f"[device.labels]\n{label_lines}" if labels else "")
+            + f'[logging]\nlevel = "info"\nformat = "text"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{self.prefix}"\n'
+            f'tls = true\nca_file = "{self.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
             f"reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
             f"[twin]\nreport_min_interval_s = 0.2\n"
             f'[podman]\nsocket = "{podman_url}"\nstop_grace_s = 2\n'
             f"[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
             f'[trust]\ndocument_keys = ["{self.keys / "fleet.pub"}"]\ninsecure_registries = ["{registry.host}"]\n'
             f'[[trust.policy]]\nscope = "{registry.host}"\nmode = "enforce"\nkeys = ["{self.keys / "image.pub"}"]\n'
-            f'[deployment]\ncontainer_prefix = "{self.id}-"\nstabilisation_window_s = 2\npoll_interval_s = 5\n'
+            f'[deployment]\ncontainer_prefix = "{device_id}-"\nstabilisation_window_s = 2\npoll_interval_s = 5\n'
         )
-        self.agent = AgentProcess(workdir / "agent", self.config_text, env={"PYTHONPATH": str(REPO)})
-        self._built: set[str] = set()
 
     # ---- images
 
-    def image(self, name: str, tag: str, *, signed: bool, variant: str | None = None) -> str:
+    def image(self, name: str, tag: str, *, signed: bool, variant: str | None = None, script: str | None = None) -> str:
         """Push a distinct image to <registry>/dp/<run>-<name>:<tag>, cosign-signed with the fleet's
-        image key (edgectl sign-image) when `signed`."""
+        image key (edgectl sign-image) when `signed`; with `script`, the image runs that shell script."""
         ref = f"{self.registry.host}/dp/{self.run}-{name}:{tag}"
         ctx = self.workdir / "images" / f"{name}-{tag}-{variant or 'x'}"
         ctx.mkdir(parents=True, exist_ok=True)
+        run_script = ""
+        if script is not None:
+            (ctx / "run.sh").write_text(script)
+            run_script = 'COPY run.sh /run.sh\nCMD ["/bin/sh", "/run.sh"]\n'
         (ctx / "Containerfile").write_text(
-            f"FROM {self.base_image}\nLABEL dp-run={self.run} variant={name}-{tag}-{variant or 'x'}\n"
+            f"FROM {self.base_image}\nLABEL dp-run={self.run} variant={name}-{tag}-{variant or 'x'}\n{run_script}"
         )
         local = f"localhost/dp-{self.run}-{name}:{tag}"
         podman("build", "-q", "--pull=never", "-t", local, str(ctx))
