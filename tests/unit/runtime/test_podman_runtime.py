@@ -5,6 +5,7 @@ service are in tests/integration/deployment/."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,16 @@ async def test_pull_failure_reported_in_the_ndjson_body(tmp_path: Path) -> None:
             await PodmanRuntime(server.url).pull("reg/x:v1", insecure=True, timeout_s=30)
     line = request_line(server)
     assert line.startswith("POST /v4.0.0/libpod/images/pull?reference=reg%2Fx%3Av1&tlsVerify=false&quiet=true")
+
+
+async def test_list_asks_for_our_device_label_and_inspects_each(tmp_path: Path) -> None:
+    async with ScriptedServer(tmp_path / "s", answer("200 OK", b"[]")) as server:
+        assert await PodmanRuntime(server.url).list_containers("dev") == []
+    path, _, query = request_line(server).split()[1].partition("?")
+    assert path == "/v4.0.0/libpod/containers/json"
+    params = urllib.parse.parse_qs(query)
+    assert params["all"] == ["True"]
+    assert json.loads(params["filters"][0]) == {"label": ["edge-agent.device=dev"]}
 
 
 async def test_non_json_error_body_is_quoted_as_text(tmp_path: Path) -> None:
