@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from edge_agent.image_ref import parse_image_reference
 from edge_agent.twin.events import DesiredRejected
 
 MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -28,10 +29,6 @@ RESERVED_LABEL_PREFIX = "edge-agent."
 # Bumped when the way a ModuleSpec turns into a container changes, so old containers are replaced.
 CONTAINER_SPEC_VERSION = 1
 
-_REFERENCE = re.compile(
-    r"^(?P<registry>[A-Za-z0-9.-]+(?::[0-9]+)?)/(?P<path>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
 _MEMORY = re.compile(r"^([0-9]+)([kmg]?)b?$", re.IGNORECASE)
 _CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 # Capabilities that amount to root on the host: refused outright, not merely discouraged.
@@ -42,17 +39,6 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def parse_image_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """registry/path[:tag][@sha256:...] -> (repository, tag, digest). Raises ValueError."""
-    match = _REFERENCE.match(ref)
-    if not match:
-        raise ValueError(ref)
-    registry = match.group("registry")
-    if "." not in registry and ":" not in registry and registry != "localhost":
-        raise ValueError(ref)
-    return f"{registry}/{match.group('path')}", match.group("tag"), match.group("digest")
 
 
 def _duration(value: object) -> float:
