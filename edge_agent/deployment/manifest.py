@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from edge_agent.image_ref import parse_image_reference
 from edge_agent.twin.events import DesiredRejected
+from edge_agent.validation import describe
 
 MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RESERVED_LABEL_PREFIX = "edge-agent."
@@ -236,9 +237,6 @@ class Deployment(_Model):
     )
 
 
-_CUSTOM_ERRORS = {"duration", "memory", "cap", "path", "device", "label", "user", "image", "env"}
-
-
 def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
     where = ""
@@ -249,20 +247,8 @@ def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
         return (f"{where}module name: expected lower-case letters, digits, '-', '_' "
                 "(at most 63, starting with a letter or digit)")
     field = ".".join(loc)
-    etype = err["type"]
-    if etype == "extra_forbidden":
-        return f"{where}{field}: unknown field"
-    if etype == "missing":
-        return f"{where}{field}: required field is missing"
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", str(err["msg"]))
-    if etype == "literal_error" and "expected" in err.get("ctx", {}):
-        msg = "expected one of " + str(err["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
-    elif etype not in _CUSTOM_ERRORS and not msg.startswith("expected"):
-        msg = "expected " + re.sub(r"^Input should be ", "", msg)
-    got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f"got {got!r}; "
     prefix = f"{field}: " if field else ""
-    return f"{where}{prefix}{shown}{msg}"
+    return f"{where}{prefix}{describe(err, style='expected')}"
 
 
 def _check_mounts(deployment: Deployment, allowed_roots: Iterable[str]) -> list[str]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from edge_agent.strict_json import loads_strict
 from edge_agent.twin.events import DesiredRejected
 from edge_agent.twin.protocol import SCHEMA_VERSION
+from edge_agent.validation import summary
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_DEPTH = 32
@@ -94,15 +95,7 @@ def load_json(raw: bytes, limits: Limits = Limits()) -> Any:
 
 
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "document"
-        msg = str(err["msg"]).replace("Input should be", "should be")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}")
-    more = len(exc.errors()) - 3
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return summary(exc)
 
 
 def parse_desired(raw: bytes, limits: Limits = Limits()) -> DesiredDocument:
