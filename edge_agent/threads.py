@@ -11,6 +11,9 @@ Python 3.11), so one blocking call still in flight (a pull can take minutes, a T
 would hold up the agent's stop past systemd's TimeoutStopSec. A daemon thread is simply
 abandoned; its result is dropped if nobody waits any more (the awaiting task was cancelled).
 A thread per call costs tens of microseconds, nothing next to a Unix-socket HTTP round trip.
+
+The one exception is the telemetry queue (telemetry/component.py): its SQLite connection lives
+on a single dedicated executor thread, so that its writes stay in order on one connection.
 """
 
 from __future__ import annotations
