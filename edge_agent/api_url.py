@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 # declare, which podman 4.3 (Debian bookworm) serves, and which pins the few version-gated answers
 # to their 4.x form whatever the server's own version (podman-py would otherwise use its own, 5.x).
 LIBPOD_API_VERSION = "4.0.0"
-LIBPOD_PREFIX = f"/v{LIBPOD_API_VERSION}/libpod"
 DEFAULT_TIMEOUT_S = 60.0
 
 
