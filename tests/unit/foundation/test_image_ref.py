@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.deployment.manifest import validate_deployment
+from edge_agent.deployment.manifest import DesiredRejected, validate_deployment
 from edge_agent.image_ref import ImageRef, is_loopback_host, parse_image_reference, parse_reference
-from edge_agent.twin.events import DesiredRejected
 
 DIGEST = "sha256:" + "0f" * 32
 
