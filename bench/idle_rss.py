@@ -23,7 +23,8 @@ in the order the agent loads them, in a fresh interpreter.
     python3 bench/idle_rss.py                          # both scenarios, 60 s each
     python3 bench/idle_rss.py --scenario offline --seconds 10 --breakdown
 
-Target (reported, not asserted): agent RSS at most 40 MB.
+Target (reported, not asserted): production agent RSS at most 70 MB (issue 15; it was 40 MB
+before the product's named stack, podman-py and requests, came back).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TARGET_RSS_MB = 40.0
+TARGET_RSS_MB = 70.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 OFFLINE_CONFIG = """\
@@ -68,6 +69,8 @@ BREAKDOWN = [
     ("aiomqtt + paho-mqtt", "import aiomqtt"),
     ("tenacity", "import tenacity"),
     ("cryptography (signatures)", "import cryptography.hazmat.primitives.asymmetric.ec"),
+    ("requests (+ urllib3, idna, certifi, charset_normalizer)", "import requests"),
+    ("podman-py", "import podman"),
     ("edge_agent config models", "import edge_agent.config"),
     ("edge_agent daemon + CLI", "import edge_agent.cli, edge_agent.daemon"),
     ("edge_agent twin", "import edge_agent.twin.component"),
@@ -317,17 +320,17 @@ def main() -> int:
     if args.breakdown:
         print()
         print("where the memory goes (RSS added by each import, in load order, fresh interpreter)")
-        print(f"{'import':<34} {'+MB':>6}")
-        print("-" * 41)
+        print(f"{'import':<56} {'+MB':>6}")
+        print("-" * 63)
         rows = breakdown()
         for label, mb in rows:
-            print(f"{label:<34} {mb:>6.1f}")
-        print("-" * 41)
+            print(f"{label:<56} {mb:>6.1f}")
+        print("-" * 63)
         libraries = sum(mb for label, mb in rows if not label.startswith("edge_agent"))
         ours = sum(mb for label, mb in rows if label.startswith("edge_agent"))
-        print(f"{'interpreter and libraries':<34} {libraries:>6.1f}")
-        print(f"{'edge_agent modules':<34} {ours:>6.1f}")
-        print(f"{'total':<34} {libraries + ours:>6.1f}")
+        print(f"{'interpreter and libraries':<56} {libraries:>6.1f}")
+        print(f"{'edge_agent modules':<56} {ours:>6.1f}")
+        print(f"{'total':<56} {libraries + ours:>6.1f}")
     return 0
 
 

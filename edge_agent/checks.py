@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge_agent.api_url import parse_api_url
+from edge_agent.api_url import podman_ping, transport_reason
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
 from edge_agent.mqtt_params import broker_params
-from edge_agent.unix_http import api_connection
 
 Outcome = Literal["pass", "warn", "fail"]
 
@@ -129,29 +128,11 @@ def check_podman(config: AgentConfig) -> CheckResult:
     url = config.podman.socket
     try:
         body = podman_ping(url)
-    except OSError as exc:
-        return CheckResult(
-            "podman reachable", "fail", f"{url}: {exc}", "systemctl enable --now podman.socket (or set podman.socket)"
-        )
+    except (OSError, ValueError) as exc:
+        problem = transport_reason(exc) if isinstance(exc, OSError) else str(exc)
+        return CheckResult("podman reachable", "fail", f"{url}: {problem}",
+                           "systemctl enable --now podman.socket (or set podman.socket)")
     return CheckResult("podman reachable", "pass", f"{url} ({body})")
-
-
-def podman_ping(url: str, timeout: float = 3.0) -> str:
-    """GET /_ping on the podman API; returns the API version it reports."""
-    try:
-        address = parse_api_url(url)
-    except ValueError as exc:
-        raise OSError(str(exc)) from None
-    conn = api_connection(address, timeout)
-    try:
-        conn.request("GET", "/_ping")
-        resp = conn.getresponse()
-        resp.read()
-        if resp.status != 200:
-            raise OSError(f"HTTP {resp.status} from /_ping")
-        return f"API {resp.getheader('Libpod-API-Version') or resp.getheader('API-Version') or '?'}"
-    finally:
-        conn.close()
 
 
 def check_agent_running(config: AgentConfig) -> CheckResult:

@@ -35,6 +35,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from edge_agent.validation import message as validation_message
+
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -841,7 +843,7 @@ def _problem(file: str, locator: Mapping[str, int], err: Mapping[str, Any], data
             file, line, key, "required key is missing" + (f"; expected {expected}" if expected else "")
         )
     got = _shown_value(loc, err.get("input"))
-    detail = _pydantic_detail(err)
+    detail = validation_message(err)
     if expected:
         message = f"{got}; expected {expected}" + (f" ({detail})" if detail and etype != "secret_ref" else "")
         if etype == "secret_ref":
@@ -858,12 +860,6 @@ def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
         return "got a secret value (hidden)"
     text = repr(value)
     return f"got {text[:60] + '...' if len(text) > 60 else text}"
-
-
-def _pydantic_detail(err: Mapping[str, Any]) -> str:
-    msg = str(err["msg"])
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
-    return re.sub(r"^Input should be ", "should be ", msg)
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:

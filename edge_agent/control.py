@@ -101,26 +101,33 @@ class AgentNotRunning(Exception):
     pass
 
 
+def exchange_line(path: Path, request: Any, timeout: float = 10.0) -> Any:
+    """One JSON line to a Unix stream socket, one JSON line back (the control socket's and the
+    telemetry ingest socket's framing). OSError when the socket cannot be reached or answers
+    nothing; ValueError when the answer is not JSON."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf)
+
+
 def call(path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
     """Blocking client used by the CLI. Raises AgentNotRunning or CommandError."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
+        answer = exchange_line(path, {"cmd": cmd, "args": args or {}}, timeout)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise AgentNotRunning(f"the agent is not running (no answer on {path})") from exc
     except PermissionError as exc:
         raise AgentNotRunning(f"permission denied on {path}: run as root or the agent's user") from exc
     except TimeoutError as exc:
         raise AgentNotRunning(f"the agent did not answer on {path} within {timeout:.0f} s") from exc
-    answer = json.loads(buf)
     if not answer.get("ok"):
         raise CommandError(answer.get("error", "unknown error"))
     return answer.get("result")

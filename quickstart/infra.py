@@ -1,56 +1,33 @@
 """The local stand-ins for the cloud side: a TLS MQTT broker, an OCI registry, a software TPM and
-a podman API service, each on free loopback ports / a private socket in the run's work folder."""
+a podman API service, each on free loopback ports / a private socket in the run's work folder.
+
+What each one is (its config file, command line, readiness check) is defined once, in
+tests/infra/, and shared with the test suite; this module only starts them under the
+quickstart's own process bookkeeping (quickstart/procs.py: pid files, process groups, clean-up
+after a killed run), which the tests do not need.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from quickstart.procs import Processes
+from tests.infra.mosquitto import mosquitto_argv, mosquitto_conf
+from tests.infra.podman import podman_answers, podman_service_argv
+from tests.infra.procs import free_port, port_open, require_binary
+from tests.infra.registry import registry_argv, registry_config, registry_reachable
+from tests.infra.swtpm import free_port_pair, manufacture, swtpm_argv, swtpm_tcti
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port(pair: bool = False) -> int:
-    """A free loopback TCP port (with pair=True: port and port+1 are both free, for swtpm)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not pair:
-            return port
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+__all__ = ["REPO", "Broker", "free_port", "need", "port_open", "start_podman_service", "start_registry",
+           "start_swtpm"]
 
 
 def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        raise RuntimeError(f"{binary} is not installed: scripts/install-deps.sh installs it")
-    return path
-
-
-def make_certs(certs: Path, device_id: str, fleet_user: str) -> None:
-    """CA, broker, device and fleet-operator certificates with scripts/make-certs.sh."""
-    tool = str(REPO / "scripts" / "make-certs.sh")
-    for args in (["ca"], ["server", "broker"], ["client", device_id], ["client", fleet_user]):
-        subprocess.run([tool, str(certs), *args], check=True, capture_output=True, text=True)
+    return require_binary(binary)
 
 
 @dataclass
@@ -66,25 +43,18 @@ class Broker:
         data = work / "broker"
         data.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "config" / "mosquitto" / "edge-agent.acl", data / "edge-agent.acl")
-        # Started as root mosquitto would switch to the mosquitto user and then fail to read the
-        # keys in this 0700 work folder; stay root for this local, loopback-only broker.
-        user = "user root\n" if os.geteuid() == 0 else ""
         conf = data / "mosquitto.conf"
-        conf.write_text(
-            f"per_listener_settings false\n{user}"
-            f"persistence true\npersistence_location {data}/\nautosave_interval 60\n"
-            "persistent_client_expiration 14d\nmax_queued_messages 1000\nmax_packet_size 4194304\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
-            "allow_anonymous false\n"
-            f"listener {port} 127.0.0.1\n"
+        conf.write_text(mosquitto_conf(data, port, anonymous=False, extra=(
+            "autosave_interval 60\npersistent_client_expiration 14d\nmax_queued_messages 1000\n"
+            "max_packet_size 4194304\n"
             f"cafile {certs}/ca.crt\ncertfile {certs}/broker.crt\nkeyfile {certs}/broker.key\n"
             "tls_version tlsv1.2\nrequire_certificate true\nuse_identity_as_username true\n"
-            f"acl_file {data}/edge-agent.acl\n"
-        )
+            f"acl_file {data}/edge-agent.acl"
+        )))
         return conf
 
     def start(self) -> None:
-        self.started_by.start("mosquitto", [need("mosquitto"), "-c", str(self.conf)])
+        self.started_by.start("mosquitto", mosquitto_argv(self.conf))
         self.started_by.wait_ready("mosquitto", lambda: port_open(self.port), 15)
 
     def stop(self) -> None:
@@ -95,22 +65,8 @@ def start_registry(procs: Processes, work: Path) -> int:
     port = free_port()
     data = work / "registry"
     data.mkdir(parents=True, exist_ok=True)
-    conf = data / "config.yml"
-    conf.write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n"
-        f"  filesystem:\n    rootdirectory: {data}/data\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as resp:
-                return int(resp.status) == 200
-        except OSError:
-            return False
-
-    procs.start("registry", [need("docker-registry"), "serve", str(conf)])
-    procs.wait_ready("registry", up, 20)
+    procs.start("registry", registry_argv(registry_config(data, port)))
+    procs.wait_ready("registry", lambda: registry_reachable(f"http://127.0.0.1:{port}"), 20)
     return port
 
 
@@ -121,52 +77,16 @@ def start_swtpm(procs: Processes, work: Path) -> str | None:
         return None
     tpm = work / "tpm"
     state = tpm / "state"
-    ca_dir = tpm / "localca"
     state.mkdir(parents=True, exist_ok=True)
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    (tpm / "localca.conf").write_text(
-        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\n"
-        f"issuercert = {ca_dir}/issuercert.pem\ncertserial = {ca_dir}/certserial\n"
-    )
-    (tpm / "localca.options").write_text(
-        "--platform-manufacturer edge-agent-quickstart\n--platform-version 1\n--platform-model swtpm\n"
-    )
-    (tpm / "swtpm_setup.conf").write_text(
-        f"create_certs_tool = {need('swtpm_localca')}\ncreate_certs_tool_config = {tpm}/localca.conf\n"
-        f"create_certs_tool_options = {tpm}/localca.options\nactive_pcr_banks = sha256\n"
-    )
-    subprocess.run(
-        [need("swtpm_setup"), "--tpm2", "--tpmstate", str(state), "--config", str(tpm / "swtpm_setup.conf"),
-         "--create-ek-cert", "--overwrite", "--pcr-banks", "sha256"],
-        check=True, capture_output=True, text=True, timeout=120,
-    )
-    port = free_port(pair=True)
-    procs.start("swtpm", [
-        need("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={state}",
-        "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-        "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-        "--flags", "not-need-init,startup-clear",
-    ])
+    manufacture(tpm, state, "edge-agent-quickstart")
+    port = free_port_pair()
+    procs.start("swtpm", swtpm_argv(state, port))
     procs.wait_ready("swtpm", lambda: port_open(port) and port_open(port + 1), 15)
-    return f"swtpm:host=127.0.0.1,port={port}"
-
-
-def _podman_ping(sock: Path) -> bool:
-    from edge_agent.unix_http import UnixHTTPConnection
-
-    if not sock.exists():
-        return False
-    try:
-        conn = UnixHTTPConnection(str(sock), timeout=2)
-        conn.request("GET", "/_ping")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
+    return swtpm_tcti(port)
 
 
 def start_podman_service(procs: Processes, work: Path) -> str:
-    sock = work / "podman.sock"
-    url = f"unix://{sock}"
-    procs.start("podman-service", [need("podman"), "system", "service", "--time=0", url])
-    procs.wait_ready("podman-service", lambda: _podman_ping(sock), 60)
+    url = f"unix://{work / 'podman.sock'}"
+    procs.start("podman-service", podman_service_argv(url))
+    procs.wait_ready("podman-service", lambda: podman_answers(url), 60)
     return url

@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_agent.attestation.tpm import ZERO_PCR, TpmBackend
 from edge_agent.logs import get_logger
+from edge_agent.threads import run_blocking
 
 log = get_logger(__name__)
 LOG_NAME = "image-measurements.jsonl"
@@ -80,7 +81,7 @@ class ImageMeasurer:
     async def load(self) -> None:
         """Line the log up with the PCR after a restart or reboot."""
         async with self.lock:
-            current = await asyncio.to_thread(self.tpm.pcr_read, [self.pcr])
+            current = await run_blocking(self.tpm.pcr_read, [self.pcr])
             value = current[self.pcr]
             try:
                 events = read_log(self.path)
@@ -101,7 +102,7 @@ class ImageMeasurer:
             elif events and replay_image_log(events) != value:
                 if replay_image_log(events[:-1]) == value:
                     # Crashed between writing the log and extending: finish the extend.
-                    await asyncio.to_thread(self.tpm.pcr_extend, self.pcr, event_digest(events[-1]))
+                    await run_blocking(self.tpm.pcr_extend, self.pcr, event_digest(events[-1]))
                 else:
                     self.consistent = False
                     log.error(
@@ -138,7 +139,7 @@ class ImageMeasurer:
             finally:
                 os.close(fd)
             self.events.append(event)
-            await asyncio.to_thread(self.tpm.pcr_extend, self.pcr, event_digest(event))
+            await run_blocking(self.tpm.pcr_extend, self.pcr, event_digest(event))
         log.info("measured image %s of module %s into PCR %d", digest, module, self.pcr,
                  extra={"EVENT": "attestation.image_measured", "MODULE": module,
                         "DEPLOYMENT": str(deployment_version)})

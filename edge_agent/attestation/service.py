@@ -25,6 +25,7 @@ from edge_agent.config import AgentConfig, AttestationSection
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRequest
+from edge_agent.threads import run_blocking
 
 log = get_logger(__name__)
 TpmFactory = Callable[[AttestationSection], TpmBackend]
@@ -73,15 +74,15 @@ class AttestationService(BaseComponent):
             return
         tpm: TpmBackend | None = None
         try:
-            tpm = await asyncio.to_thread(self.tpm_factory, self.section)
-            self._tpm_description = await asyncio.to_thread(tpm.describe)
-            self._ak_name = ak_name(await asyncio.to_thread(tpm.ak_public)).hex()
+            tpm = await run_blocking(self.tpm_factory, self.section)
+            self._tpm_description = await run_blocking(tpm.describe)
+            self._ak_name = ak_name(await run_blocking(tpm.ak_public)).hex()
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             measurer = ImageMeasurer(tpm, self.state_dir, self.section.image_pcr, self.lock)
             await measurer.load()
         except (TpmError, OSError, ValueError) as exc:
             if tpm is not None:
-                await asyncio.to_thread(tpm.close)
+                await run_blocking(tpm.close)
             where = f"no usable TPM at {self.section.tcti}" if isinstance(exc, TpmError) else "cannot start"
             self._set_unavailable(f"{where}: {exc}")
             return
@@ -162,7 +163,7 @@ class AttestationService(BaseComponent):
     async def _tpm_call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         self._busy = (what, time.monotonic())
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await run_blocking(fn, *args)
         finally:
             self._busy = None
 
@@ -210,8 +211,8 @@ class AttestationService(BaseComponent):
             except TpmError as exc:
                 raise CommandFailed("tpm_error", str(exc)) from None
             image_log = self.measurer.snapshot() if self.measurer else []
-            ima_log = await asyncio.to_thread(_read_text, self.section.ima_log)
-        boot_log = await asyncio.to_thread(_read_bytes, self.section.boot_log)
+            ima_log = await run_blocking(_read_text, self.section.ima_log)
+        boot_log = await run_blocking(_read_bytes, self.section.boot_log)
         log.info("answered attest request over PCRs %s", ",".join(map(str, parsed.pcrs)),
                  extra={"EVENT": "attestation.quoted"})
         self._report(lastQuote=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

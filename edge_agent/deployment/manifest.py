@@ -22,16 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from edge_agent.desired.errors import DesiredRejected
+from edge_agent.image_ref import parse_image_reference
+from edge_agent.validation import describe
 
 MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RESERVED_LABEL_PREFIX = "edge-agent."
 # Bumped when the way a ModuleSpec turns into a container changes, so old containers are replaced.
 CONTAINER_SPEC_VERSION = 1
 
-_REFERENCE = re.compile(
-    r"^(?P<registry>[A-Za-z0-9.-]+(?::[0-9]+)?)/(?P<path>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
 _MEMORY = re.compile(r"^([0-9]+)([kmg]?)b?$", re.IGNORECASE)
 _CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 # Capabilities that amount to root on the host: refused outright, not merely discouraged.
@@ -42,17 +40,6 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def parse_image_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """registry/path[:tag][@sha256:...] -> (repository, tag, digest). Raises ValueError."""
-    match = _REFERENCE.match(ref)
-    if not match:
-        raise ValueError(ref)
-    registry = match.group("registry")
-    if "." not in registry and ":" not in registry and registry != "localhost":
-        raise ValueError(ref)
-    return f"{registry}/{match.group('path')}", match.group("tag"), match.group("digest")
 
 
 def _duration(value: object) -> float:
@@ -250,9 +237,6 @@ class Deployment(_Model):
     )
 
 
-_CUSTOM_ERRORS = {"duration", "memory", "cap", "path", "device", "label", "user", "image", "env"}
-
-
 def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
     where = ""
@@ -263,20 +247,8 @@ def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
         return (f"{where}module name: expected lower-case letters, digits, '-', '_' "
                 "(at most 63, starting with a letter or digit)")
     field = ".".join(loc)
-    etype = err["type"]
-    if etype == "extra_forbidden":
-        return f"{where}{field}: unknown field"
-    if etype == "missing":
-        return f"{where}{field}: required field is missing"
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", str(err["msg"]))
-    if etype == "literal_error" and "expected" in err.get("ctx", {}):
-        msg = "expected one of " + str(err["ctx"]["expected"]).replace("'", "").replace(" or ", ", ")
-    elif etype not in _CUSTOM_ERRORS and not msg.startswith("expected"):
-        msg = "expected " + re.sub(r"^Input should be ", "", msg)
-    got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f"got {got!r}; "
     prefix = f"{field}: " if field else ""
-    return f"{where}{prefix}{shown}{msg}"
+    return f"{where}{prefix}{describe(err, style='expected')}"
 
 
 def _check_mounts(deployment: Deployment, allowed_roots: Iterable[str]) -> list[str]:

@@ -41,6 +41,7 @@ from edge_agent.strict_json import loads_strict
 from edge_agent.trust.cosign import DsseEnvelope, FormatError, dsse_pae, parse_dsse_envelope
 from edge_agent.trust.keys import KeyFileError, TrustedKey, parse_public_key
 from edge_agent.twin.protocol import SCHEMA_VERSION
+from edge_agent.validation import summary
 
 DOCUMENT_PAYLOAD_TYPE = "application/vnd.edge-agent.desired+json"
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -239,15 +240,7 @@ def _rotation(doc: Mapping[str, Any]) -> tuple[TrustedKey, ...] | None:
 
 
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "document"
-        msg = str(err["msg"]).replace("Input should be", "should be")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        parts.append(f"{loc}: {msg}")
-    more = len(exc.errors()) - 3
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    return summary(exc)
 
 
 def _envelope(data: Any) -> _Envelope:

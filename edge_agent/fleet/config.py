@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_agent.config import MqttSection, Section
+from edge_agent.validation import describe, location
 
 DEFAULT_FLEET_CONFIG = Path("~/.config/edgectl/config.toml")
 
@@ -42,9 +43,7 @@ def default_config_path() -> Path:
 def _problems(file: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"])
-        lines.append(f"{file}: {key}: {msg}")
+        lines.append(f"{file}: {location(err['loc'])}: {describe(err, noun='key', show_input=False)}")
     return "\n".join(lines)
 
 

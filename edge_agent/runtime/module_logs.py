@@ -1,5 +1,10 @@
-"""`edge-agent logs`: a module's container output, read from the podman API (blocking stdlib
-HTTP; the CLI has no event loop to share).
+"""`edge-agent logs`: a module's container output, read from the podman API with podman-py
+(blocking; the CLI has no event loop to share).
+
+The container is found with podman-py's containers.list. The logs are read through podman-py's
+APIClient (`client.api.get(".../logs", stream=True)`), not Container.logs(): that one merges
+stdout and stderr into one stream of payloads (it does not demultiplex), and `edge-agent logs`
+keeps them apart.
 
 libpod's `/containers/{id}/logs` answers with a multiplexed stream whatever the container's tty
 setting: frames of an 8-byte header (stream: 1 stdout, 2 stderr; three zero bytes; payload length
@@ -9,23 +14,22 @@ holding whole frames, so a follow shows each line as soon as podman sends it.
 
 from __future__ import annotations
 
-import http.client
 import json
 import struct
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from edge_agent.api_url import LIBPOD_PREFIX, parse_api_url
+from edge_agent.api_url import podman_client, transport_reason
 from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE
-from edge_agent.unix_http import api_connection
+
+if TYPE_CHECKING:
+    from podman import PodmanClient
 
 STDOUT, STDERR = 1, 2
 HEADER = struct.Struct(">BxxxI")
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0  # without --follow: podman sends what it has and ends the answer
-MAX_LOOKUP_BODY = 16 * 1024 * 1024
 
 
 class LogsError(Exception):
@@ -69,19 +73,14 @@ class LogFrameDecoder:
         return bool(self._header) or self._left > 0
 
 
-def find_module_container(conn: http.client.HTTPConnection, device_id: str, module: str) -> str:
+def find_module_container(client: PodmanClient, device_id: str, module: str) -> str:
     """The id of the module's container on this device (a running one first)."""
-    labels = [f"{LABEL_DEVICE}={device_id}", f"{LABEL_MODULE}={module}"]
-    query = urllib.parse.urlencode({"all": "true", "filters": json.dumps({"label": labels})})
-    conn.request("GET", f"{LIBPOD_PREFIX}/containers/json?{query}")
-    resp = conn.getresponse()
-    body = resp.read(MAX_LOOKUP_BODY)
-    if resp.status != 200:
-        raise LogsError(f"listing containers: {_message(body)} (HTTP {resp.status})")
-    found = sorted(json.loads(body) or [], key=lambda c: c.get("State") != "running")
+    labels = [f"label={LABEL_DEVICE}={device_id}", f"label={LABEL_MODULE}={module}"]
+    found = client.containers.list(all=True, sparse=True, filters=labels)
+    found.sort(key=lambda c: c.attrs.get("State") != "running")
     if not found:
         raise NoSuchModule(f"no container for module {module!r} on this device")
-    return str(found[0]["Id"])
+    return str(found[0].id)
 
 
 def copy_module_logs(
@@ -89,43 +88,49 @@ def copy_module_logs(
 ) -> None:
     """Write the module container's stdout to `stdout` and its stderr to `stderr`, as podman sends
     them; with `follow`, until the container stops (or the caller is interrupted)."""
+    from podman.errors import APIError
+
     try:
-        address = parse_api_url(url)
+        client = podman_client(url, timeout=CONNECT_TIMEOUT_S)
     except ValueError as exc:
         raise LogsError(str(exc)) from None
     where = f"podman at {url}"
     try:
-        lookup = api_connection(address, CONNECT_TIMEOUT_S)
-        try:
-            container = find_module_container(lookup, device_id, module)
-        finally:
-            lookup.close()
-        params: dict[str, str] = {"stdout": "true", "stderr": "true", "follow": "true" if follow else "false"}
-        if tail is not None:
-            params["tail"] = str(tail)
-        conn = api_connection(address, CONNECT_TIMEOUT_S)
-        try:
-            conn.request("GET", f"{LIBPOD_PREFIX}/containers/{container}/logs?{urllib.parse.urlencode(params)}")
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise LogsError(f"{where}: logs of {container[:12]}: {_message(resp.read(64 * 1024))} "
-                                f"(HTTP {resp.status})")
-            if conn.sock is not None:
-                conn.sock.settimeout(None if follow else READ_TIMEOUT_S)
-            decoder = LogFrameDecoder()
-            while data := resp.read1(64 * 1024):
-                for stream, piece in decoder.feed(data):
-                    out = stderr if stream == STDERR else stdout
-                    out.write(piece)
-                    out.flush()
-            if decoder.in_frame:
-                raise LogsError(f"{where}: the log stream ended in the middle of a frame")
-        finally:
-            conn.close()
+        with client:
+            try:
+                container = find_module_container(client, device_id, module)
+            except APIError as exc:
+                if exc.response is None:
+                    raise
+                raise LogsError(f"listing containers: {_message(exc.response.content)} "
+                                f"(HTTP {exc.response.status_code})") from None
+            params: dict[str, str] = {"stdout": "true", "stderr": "true", "follow": "true" if follow else "false"}
+            if tail is not None:
+                params["tail"] = str(tail)
+            # Without --follow podman sends what it has and ends the answer; with it, no read timeout.
+            timeout = (CONNECT_TIMEOUT_S, None) if follow else (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+            resp = client.api.get(f"/containers/{container}/logs", params=params, stream=True, timeout=timeout)
+            try:
+                if resp.status_code != 200:
+                    raise LogsError(f"{where}: logs of {container[:12]}: {_message(resp.raw.read(64 * 1024))} "
+                                    f"(HTTP {resp.status_code})")
+                decoder = LogFrameDecoder()
+                # chunk_size=None: each piece as podman sends it, so a follow shows each line at once.
+                for data in resp.iter_content(chunk_size=None):
+                    for stream, piece in decoder.feed(data):
+                        out = stderr if stream == STDERR else stdout
+                        out.write(piece)
+                        out.flush()
+                if decoder.in_frame:
+                    raise LogsError(f"{where}: the log stream ended in the middle of a frame")
+            finally:
+                resp.close()
     except BrokenPipeError:
         raise  # our reader went away (`| head`): the caller's business, not podman's
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise LogsError(f"cannot read logs from {where}: {exc}") from exc
+    except LogsError:
+        raise
+    except (OSError, ValueError) as exc:  # podman-py's APIError and requests' errors are OSErrors
+        raise LogsError(f"cannot read logs from {where}: {transport_reason(exc)}") from exc
 
 
 def _message(body: bytes) -> str:

@@ -1,27 +1,52 @@
-"""ContainerRuntime over Podman's libpod REST API (the podman socket), asyncio-native.
+"""ContainerRuntime over Podman's libpod REST API (the podman socket), through podman-py.
 
 Why the API and not the CLI: no fork+exec of a Go binary per call (matters on a Pi 4 with many
-modules), structured JSON errors, and a streamed events endpoint. We post libpod's SpecGenerator
-document ourselves (`build_spec`): it carries every least-privilege field (no_new_privileges,
-read-only tmpfs, per-device entries, ...) on the Podman versions we meet (4.3 on Debian bookworm).
+modules), structured JSON errors, and a streamed events endpoint.
 
-The transport is runtime/async_http.py, a small stdlib HTTP/1.1 client on the event loop: no
-threads, and the events stream is just a coroutine reading lines. (podman-py, used before, is
-blocking and its imports cost the agent about 7 MB of RSS; see bench/runtime_import_rss.py.)
-Every path is under api_url.LIBPOD_PREFIX (/v4.0.0/libpod), the minimal libpod API version of
-podman 4 and 5, served by podman 4.3 (Debian bookworm) and later.
+podman-py is blocking (requests). The bridge to asyncio is in one place: `PodmanRuntime._call`
+runs one blocking podman-py function in a daemon thread (edge_agent.threads.run_blocking, the
+agent's one way to run blocking work off the loop) and turns podman-py's exceptions into
+RuntimeFailure with an operator-readable message. The events stream is read by a thread of its
+own (`events`), which hands each event to the loop with call_soon_threadsafe and is shut down
+from the loop side when the consumer stops.
+
+podman-py's managers are used where they say exactly what we need (containers.list/get, start,
+images.exists/get/remove). The low-level client of the same library, `PodmanClient.api`
+(podman-py's documented APIClient: get/post/delete on libpod paths), is used where its managers
+lack something the agent needs:
+  - create: libpod's SpecGenerator document is posted as built by `build_spec`, because
+    podman-py's containers.create() cannot express the least-privilege mount options: its mount
+    translation keeps only ro/U/size/mode/propagation/relabel, so `mounts[].options`
+    "nosuid"/"nodev" (the /tmp tmpfs and every bind mount) and "rbind" would be dropped, and its
+    `tmpfs` argument is refused outright;
+  - stop and remove: the HTTP timeout must cover the stop grace (containers.stop uses 1.5 x the
+    grace, too short for a 1 s grace plus cleanup), and remove must pass `timeout=0`
+    (containers.remove has no such argument, so a forced remove would wait the stop timeout);
+  - pull: a whole-call timeout of pull_timeout_s and the `{"error": ...}` lines of the progress
+    stream (images.pull neither takes a timeout nor reports those lines);
+  - healthcheck: podman-py has no call for `GET /containers/{id}/healthcheck`;
+  - events: we hold the streamed response so the loop side can shut it down (urllib3's
+    HTTPResponse.shutdown) when the consumer stops; EventsManager.list hides it.
+Every path is under /v4.0.0/libpod (api_url.LIBPOD_API_VERSION), the minimal libpod API
+version of podman 4 and 5, served by podman 4.3 (Debian bookworm) and later.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
+import threading
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from edge_agent.api_url import LIBPOD_PREFIX
+from podman.domain.containers import Container
+from podman.errors import APIError, NotFound
+
+from edge_agent.api_url import podman_client, transport_problem
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import (
     LABEL_DEVICE,
@@ -33,7 +58,7 @@ from edge_agent.runtime.api import (
     RuntimeEvent,
     RuntimeFailure,
 )
-from edge_agent.runtime.async_http import AsyncHTTPClient, HTTPClientError, Params, Response
+from edge_agent.threads import call_soon_from_thread, run_blocking
 
 log = get_logger(__name__)
 NS = 1_000_000_000
@@ -174,11 +199,6 @@ def _error(what: str, status: int, body: bytes) -> RuntimeFailure:
     return RuntimeFailure(f"{what}: {message.strip()[:400]} (HTTP {status})")
 
 
-def _q(name: str) -> str:
-    """A container or image reference as one path segment (image references hold / : @)."""
-    return urllib.parse.quote(name, safe="")
-
-
 def event_from_doc(doc: Any) -> RuntimeEvent | None:
     """A podman event (JSON object) -> RuntimeEvent, or None for actions the agent ignores."""
     if not isinstance(doc, dict):
@@ -192,60 +212,64 @@ def event_from_doc(doc: Any) -> RuntimeEvent | None:
                         attrs.get(LABEL_MODULE))
 
 
+T = TypeVar("T")
+
+
 class PodmanRuntime:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._http = AsyncHTTPClient(url, name="podman API")
+        self._client = podman_client(url, timeout=API_TIMEOUT_S)
+        self._api = self._client.api  # podman-py's APIClient: see the module docstring for where
 
-    async def _call(self, what: str, method: str, path: str, *, params: Params | None = None,
-                    json_body: Any = None, timeout: float = API_TIMEOUT_S) -> Response:
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """The bridge: `fn(*args)` (blocking podman-py) in a daemon thread; podman-py's errors
+        become RuntimeFailure naming `what`."""
         try:
-            return await self._http.request(method, LIBPOD_PREFIX + path, params=params, json_body=json_body,
-                                            timeout=timeout)
-        except HTTPClientError as exc:
-            raise RuntimeFailure(f"{what}: {exc}") from exc
+            return await run_blocking(fn, *args, name=f"podman {what}")
+        except RuntimeFailure:
+            raise
+        except APIError as exc:
+            raise self._failure(what, exc) from exc
+        except OSError as exc:  # requests' exceptions are OSErrors
+            raise RuntimeFailure(f"{what}: {transport_problem(exc, self.url)}") from exc
 
-    @staticmethod
-    def _json(what: str, resp: Response) -> Any:
+    def _failure(self, what: str, exc: APIError) -> RuntimeFailure:
+        if exc.response is None:
+            return RuntimeFailure(f"{what}: {transport_problem(exc, self.url)}")
+        return _error(what, exc.response.status_code, exc.response.content[:MAX_ERROR_BODY])
+
+    def _json(self, what: str, resp: Any) -> Any:
         try:
             return resp.json()
         except ValueError:
-            raise RuntimeFailure(f"{what}: podman answered HTTP {resp.status} with a body that is not JSON: "
+            raise RuntimeFailure(f"{what}: podman answered HTTP {resp.status_code} with a body that is not JSON: "
                                  f"{resp.text[:200]!r}") from None
 
     # ------------------------------------------------------------------ queries
 
     async def list_containers(self, device_id: str) -> list[ObservedContainer]:
-        filters = json.dumps({"label": [f"{LABEL_DEVICE}={device_id}"]})
-        resp = await self._call("list containers", "GET", "/containers/json",
-                                params={"all": "true", "filters": filters})
-        if resp.status != 200:
-            raise _error("list containers", resp.status, resp.body)
-        out = []
-        for entry in self._json("list containers", resp) or []:
-            what = f"inspect {str(entry['Id'])[:12]}"
-            detail = await self._call(what, "GET", f"/containers/{_q(entry['Id'])}/json")
-            if detail.status == 404:
-                continue  # removed between list and inspect
-            if detail.status != 200:
-                raise _error(what, detail.status, detail.body)
-            out.append(observed_from_inspect(self._json(what, detail)))
-        return out
+        def observe() -> list[ObservedContainer]:
+            # podman-py's filters: a list of "name=value" (a dict would stringify list values).
+            found = self._client.containers.list(all=True, sparse=True, filters=[f"label={LABEL_DEVICE}={device_id}"])
+            out = []
+            for entry in found:
+                try:
+                    out.append(observed_from_inspect(self._client.containers.get(entry.id).attrs))
+                except NotFound:
+                    continue  # removed between list and inspect
+            return out
+
+        return await self._call("list containers", observe)
 
     async def inspect(self, container: str) -> dict[str, Any]:
-        what = f"inspect {container}"
-        resp = await self._call(what, "GET", f"/containers/{_q(container)}/json")
-        if resp.status != 200:
-            raise _error(what, resp.status, resp.body)
-        result: dict[str, Any] = self._json(what, resp)
-        return result
+        def get() -> dict[str, Any]:
+            return dict(self._client.containers.get(container).attrs)
+
+        return await self._call(f"inspect {container}", get)
 
     async def image_exists(self, image: str) -> bool:
-        what = f"image exists {image}"
-        resp = await self._call(what, "GET", f"/images/{_q(image)}/exists")
-        if resp.status not in (204, 404):
-            raise _error(what, resp.status, resp.body)
-        return resp.status == 204
+        # An error counts as "not there": the pull that follows then says what is wrong.
+        return bool(await self._call(f"image exists {image}", self._client.images.exists, image))
 
     # ------------------------------------------------------------------ changes
 
@@ -253,88 +277,114 @@ class PodmanRuntime:
         what = f"pull {image}"
         params = {"reference": image, "tlsVerify": "false" if insecure else "true", "quiet": "true",
                   "policy": "always"}
-        resp = await self._call(what, "POST", "/images/pull", params=params, timeout=timeout_s)
-        if resp.status != 200:
-            raise _error(what, resp.status, resp.body)
-        # 200 is sent before the pull starts; failures arrive as {"error": ...} lines of the NDJSON body.
-        for line in resp.body.splitlines():
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and doc.get("error"):
-                raise RuntimeFailure(f"{what}: {str(doc['error']).strip()[:400]}")
+
+        def pull() -> None:
+            resp = self._api.post("/images/pull", params=params, timeout=timeout_s)
+            resp.raise_for_status()
+            # 200 is sent before the pull starts; failures arrive as {"error": ...} lines of the NDJSON body.
+            for line in resp.content.splitlines():
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and doc.get("error"):
+                    raise RuntimeFailure(f"{what}: {str(doc['error']).strip()[:400]}")
+
+        await self._call(what, pull)
 
     async def create(self, request: ContainerRequest) -> str:
         what = f"create {request.name}"
-        resp = await self._call(what, "POST", "/containers/create", json_body=build_spec(request))
-        if resp.status != 201:
-            raise _error(what, resp.status, resp.body)
-        doc = self._json(what, resp)
-        if not isinstance(doc, dict) or not doc.get("Id"):
-            raise RuntimeFailure(f"{what}: podman answered without a container id: {resp.text[:200]!r}")
-        return str(doc["Id"])
+
+        def create() -> str:
+            resp = self._api.post("/containers/create", data=json.dumps(build_spec(request)),
+                                  headers={"content-type": "application/json"})
+            resp.raise_for_status()
+            doc = self._json(what, resp)
+            if not isinstance(doc, dict) or not doc.get("Id"):
+                raise RuntimeFailure(f"{what}: podman answered without a container id: {resp.text[:200]!r}")
+            return str(doc["Id"])
+
+        return await self._call(what, create)
 
     async def start(self, container: str) -> None:
-        what = f"start {container}"
-        resp = await self._call(what, "POST", f"/containers/{_q(container)}/start")
-        if resp.status not in (204, 304):
-            raise _error(what, resp.status, resp.body)
+        # A model from the id alone: no inspect round trip before the start (304, running, is no error).
+        model: Container = self._client.containers.prepare_model({"Id": container})
+        await self._call(f"start {container}", model.start)
 
     async def stop(self, container: str, grace_s: float) -> None:
-        what = f"stop {container}"
         t = max(0, math.ceil(grace_s))
-        resp = await self._call(what, "POST", f"/containers/{_q(container)}/stop", params={"timeout": t},
-                                timeout=API_TIMEOUT_S + t)
-        if resp.status not in (204, 304):
-            raise _error(what, resp.status, resp.body)
+
+        def stop() -> None:
+            resp = self._api.post(f"/containers/{_q(container)}/stop", params={"timeout": t},
+                                  timeout=API_TIMEOUT_S + t)
+            if resp.status_code != 304:  # already stopped
+                resp.raise_for_status()
+
+        await self._call(f"stop {container}", stop)
 
     async def remove(self, container: str) -> None:
-        what = f"remove {container}"
-        resp = await self._call(what, "DELETE", f"/containers/{_q(container)}",
-                                params={"force": "true", "v": "true", "timeout": 0})
-        if resp.status not in (200, 204, 404):
-            raise _error(what, resp.status, resp.body)
+        def remove() -> None:
+            resp = self._api.delete(f"/containers/{_q(container)}",
+                                    params={"force": "true", "v": "true", "timeout": 0})
+            if resp.status_code != 404:
+                resp.raise_for_status()
+
+        await self._call(f"remove {container}", remove)
 
     async def healthcheck(self, container: str) -> Health:
         what = f"healthcheck {container}"
-        resp = await self._call(what, "GET", f"/containers/{_q(container)}/healthcheck")
-        if resp.status != 200:
-            raise _error(what, resp.status, resp.body)
-        doc = self._json(what, resp)
-        return _health(str(doc.get("Status", "")) if isinstance(doc, dict) else "")
+
+        def run() -> Health:
+            resp = self._api.get(f"/containers/{_q(container)}/healthcheck")
+            resp.raise_for_status()
+            doc = self._json(what, resp)
+            return _health(str(doc.get("Status", "")) if isinstance(doc, dict) else "")
+
+        return await self._call(what, run)
 
     async def remove_image(self, image: str) -> bool:
-        what = f"inspect image {image}"
-        info = await self._call(what, "GET", f"/images/{_q(image)}/json")
-        if info.status == 404:
-            return False
-        if info.status != 200:
-            raise _error(what, info.status, info.body)
-        doc = self._json(what, info)
-        if isinstance(doc, dict) and doc.get("RepoTags"):
-            return False  # someone tagged it (by hand, or another tool): not ours to delete
-        what = f"remove image {image}"
-        resp = await self._call(what, "DELETE", f"/images/{_q(image)}")
-        if resp.status in (200, 204):
+        def remove() -> bool:
+            try:
+                found = self._client.images.get(image)
+            except NotFound:
+                return False
+            if found.attrs.get("RepoTags"):
+                return False  # someone tagged it (by hand, or another tool): not ours to delete
+            try:
+                self._client.images.remove(image)
+            except APIError as exc:
+                if exc.response is not None and exc.response.status_code in (404, 409):
+                    return False  # gone already / still used by a container
+                raise
             return True
-        if resp.status in (404, 409):  # gone already / still used by a container
-            return False
-        raise _error(what, resp.status, resp.body)
+
+        return await self._call(f"remove image {image}", remove)
 
     # ------------------------------------------------------------------ events
 
     async def events(self, device_id: str) -> AsyncIterator[RuntimeEvent]:
         """Container events for our device, live. Raises RuntimeFailure when the stream ends or
-        breaks; the connection is closed when the consumer stops (or is cancelled)."""
+        breaks. The stream is read by a daemon thread of its own, which hands each event to the
+        loop; when the consumer stops (or is cancelled) the response is shut down, which ends
+        the thread's blocking read."""
         filters = json.dumps({"type": ["container"], "label": [f"{LABEL_DEVICE}={device_id}"]})
         params = {"stream": "true", "filters": filters}
-        try:
-            async with self._http.stream("GET", f"{LIBPOD_PREFIX}/events", params=params,
-                                         timeout=EVENTS_CONNECT_TIMEOUT_S) as resp:
-                if resp.status != 200:
-                    raise _error("events", resp.status, await resp.read(MAX_ERROR_BODY))
-                async for line in resp.lines():
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RuntimeEvent | BaseException] = asyncio.Queue()
+        stopping = threading.Event()
+        responses: list[Any] = []
+
+        def pump() -> None:
+            try:
+                resp = self._api.get("/events", params=params, stream=True,
+                                     timeout=(EVENTS_CONNECT_TIMEOUT_S, None))
+                responses.append(resp)
+                if stopping.is_set():
+                    return
+                resp.raise_for_status()
+                for line in resp.iter_lines():
+                    if stopping.is_set():
+                        return
                     if not line.strip():
                         continue
                     try:
@@ -342,11 +392,46 @@ class PodmanRuntime:
                     except ValueError:
                         raise RuntimeFailure(f"podman event stream failed: not JSON: {line[:200]!r}") from None
                     event = event_from_doc(doc)
-                    if event is not None:
-                        yield event
-        except HTTPClientError as exc:
-            raise RuntimeFailure(f"podman event stream failed: {exc}") from exc
-        raise RuntimeFailure("podman event stream ended")
+                    if event is not None and not call_soon_from_thread(loop, queue.put_nowait, event):
+                        return
+                failure: BaseException = RuntimeFailure("podman event stream ended")
+            except APIError as exc:
+                failure = (self._failure("events", exc) if exc.response is not None else
+                           RuntimeFailure(f"podman event stream failed: {transport_problem(exc, self.url)}"))
+            except RuntimeFailure as exc:
+                failure = exc
+            except Exception as exc:  # requests' transport errors, urllib3's after a shutdown
+                failure = RuntimeFailure(f"podman event stream failed: {transport_problem(exc, self.url)}")
+            if not stopping.is_set():
+                call_soon_from_thread(loop, queue.put_nowait, failure)
+
+        threading.Thread(target=pump, name="podman-events", daemon=True).start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stopping.set()
+            for resp in responses:
+                _shutdown(resp)
 
     async def close(self) -> None:
-        """Nothing to release: every request has its own connection, closed when it is done."""
+        """Release podman-py's pooled connections."""
+        self._client.close()
+
+
+def _q(name: str) -> str:
+    """A container or image reference as one path segment (image references hold / : @)."""
+    return urllib.parse.quote(name, safe="")
+
+
+def _shutdown(resp: Any) -> None:
+    """Stop a streamed response another thread is reading: urllib3 2.3+'s HTTPResponse.shutdown
+    interrupts the blocked read; close() releases the connection."""
+    shutdown = getattr(resp.raw, "shutdown", None)
+    with contextlib.suppress(Exception):
+        if shutdown is not None:
+            shutdown()
+        resp.close()

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.image_ref import DIGEST_RE
 from edge_agent.strict_json import loads_strict
 
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -45,7 +46,6 @@ BUNDLE_MEDIA_TYPES = (BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+js
 DSSE_INTOTO_TYPE = "application/vnd.in-toto+json"
 INTOTO_STATEMENT_V1 = "https://in-toto.io/Statement/v1"
 COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -1,10 +1,15 @@
 """A small client for the OCI distribution API: read manifests, blobs and referrers; push blobs
 and manifests (edgectl sign-image).
 
-Written on stdlib http.client rather than requests or an OCI library: the agent needs about a
-dozen calls, each with checks the libraries do not make by default (digest of every byte read,
-hard size limits before reading, plain HTTP only for loopback registries the operator listed),
-and this keeps the device's dependency set small. Blocking; the verifier runs it in a thread.
+On requests, the agent's one HTTP library for everything that is not Podman: podman-py brings
+it anyway (it is podman-py's transport), so it costs no memory of its own, and it does TLS with
+a custom CA (`verify=`), pooled keep-alive connections and streamed bodies. What the libraries do
+not do by default is done here: the digest of every byte read is checked, sizes are limited
+before a body is read (Content-Length) and while it is read, plain HTTP is spoken only to
+loopback registries the operator listed, redirects are followed by hand (never from HTTPS down
+to HTTP; credentials are not carried to another host), the environment is ignored (no proxy
+variables, no ~/.netrc credentials) and bodies are asked for uncompressed, so a limit is a limit
+on the bytes the registry sends. Blocking; the verifier runs it with edge_agent.threads.
 
 Auth: anonymous; HTTP Basic; bearer tokens from the ``WWW-Authenticate: Bearer realm=...,
 service=..., scope=...`` challenge (with Basic credentials towards the token realm when given).
@@ -14,17 +19,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
-import ipaddress
 import json
 import re
-import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.trust.cosign import DIGEST_RE, OCI_INDEX, OCI_MANIFEST, Descriptor, FormatError, parse_referrers_index
+import requests
+
+from edge_agent.image_ref import ImageRef, is_loopback_host, parse_reference
+from edge_agent.trust.cosign import OCI_INDEX, OCI_MANIFEST, Descriptor, FormatError, parse_referrers_index
+
+__all__ = ["ImageRef", "Manifest", "RegistryClient", "RegistryError", "RegistrySettings", "is_loopback_host",
+           "parse_reference"]
 
 MANIFEST_ACCEPT = ", ".join(
     [
@@ -37,8 +45,7 @@ MANIFEST_ACCEPT = ", ".join(
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit newer distribution releases enforce too
 DEFAULT_MAX_BLOB_BYTES = 1024 * 1024  # signature payloads and bundles are a few KB
 MAX_REDIRECTS = 3
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+READ_CHUNK = 64 * 1024
 
 
 class RegistryError(Exception):
@@ -48,71 +55,6 @@ class RegistryError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-# --------------------------------------------------------------------------- references
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    registry: str  # host[:port]
-    path: str  # repository path inside the registry
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def repository(self) -> str:
-        """registry/path, what cosign signs as docker-reference."""
-        return f"{self.registry}/{self.path}"
-
-    @property
-    def reference(self) -> str:
-        """The tag or digest the manifest is fetched by."""
-        return self.digest or self.tag or "latest"
-
-    def with_digest(self, digest: str) -> ImageRef:
-        return ImageRef(self.registry, self.path, None, digest)
-
-    def __str__(self) -> str:
-        if self.digest:
-            return f"{self.repository}@{self.digest}"
-        return f"{self.repository}:{self.tag or 'latest'}"
-
-
-def parse_reference(text: str) -> ImageRef:
-    """registry/repo[:tag][@sha256:...]. The registry part is required (no implicit docker.io:
-    a device must not silently pull from a public registry)."""
-    ref = text.strip()
-    digest = None
-    if "@" in ref:
-        ref, digest = ref.split("@", 1)
-        if not DIGEST_RE.match(digest):
-            raise ValueError(f"image reference {text!r}: digest must be sha256:<64 lowercase hex>")
-    first, sep, rest = ref.partition("/")
-    if not sep or not ("." in first or ":" in first or first == "localhost"):
-        raise ValueError(f"image reference {text!r}: expected registry/repository[:tag], e.g. registry.local/pilot:1.0")
-    tag = None
-    last_slash = rest.rfind("/")
-    colon = rest.rfind(":")
-    if colon > last_slash:
-        rest, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG_RE.match(tag):
-            raise ValueError(f"image reference {text!r}: invalid tag {tag!r}")
-    if not _REPO_RE.match(rest):
-        raise ValueError(f"image reference {text!r}: invalid repository name {rest!r} (lowercase, digits, ._-/)")
-    if tag is None and digest is None:
-        tag = "latest"
-    return ImageRef(first.lower(), rest, tag, digest)
-
-
-def is_loopback_host(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1 : registry.index("]")]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- client
@@ -157,7 +99,10 @@ class _Response:
 class RegistryClient:
     def __init__(self, settings: RegistrySettings | None = None) -> None:
         self.settings = settings or RegistrySettings()
-        self._ssl = ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxy variables, no ~/.netrc credentials
+        self._session.verify = str(self.settings.ca_file) if self.settings.ca_file else True
+        self._session.headers.update({"User-Agent": "edge-agent", "Accept-Encoding": "identity"})
         self._auth: dict[tuple[str, str], str] = {}  # (registry, scope) -> Authorization header
 
     # ---- public API
@@ -324,54 +269,48 @@ class RegistryClient:
         ref: ImageRef,
     ) -> _Response:
         for _ in range(MAX_REDIRECTS + 1):
-            conn: http.client.HTTPConnection
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, timeout=self.settings.timeout_s, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(host, timeout=self.settings.timeout_s)
             try:
-                conn.request(method, path, body=body, headers={"User-Agent": "edge-agent", **headers})
-                resp = conn.getresponse()
-                resp_headers = {k.lower(): v for k, v in resp.getheaders()}
-                if resp.status in (301, 302, 303, 307, 308) and method in ("GET", "HEAD"):
-                    location = resp_headers.get("location", "")
-                    resp.read(64 * 1024)
-                    target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}{path}", location))
-                    if target.scheme != "https" and not (target.scheme == scheme and target.netloc == host):
-                        raise RegistryError("insecure", f"{ref.repository}: {what}: redirect to plain HTTP refused")
-                    if target.netloc != host:
-                        headers = {k: v for k, v in headers.items() if k != "Authorization"}
-                    scheme, host = target.scheme, target.netloc
-                    path = target.path + ("?" + target.query if target.query else "")
-                    continue
-                data = b"" if method == "HEAD" else self._read_limited(resp, resp_headers, max_bytes, what, ref)
-                return _Response(resp.status, resp_headers, data)
-            except http.client.IncompleteRead as exc:
-                raise RegistryError(
-                    "truncated", f"{ref.repository}: {what}: connection closed after {len(exc.partial)} bytes"
-                ) from None
-            except ssl.SSLError as exc:
-                raise RegistryError("unreachable", f"{ref.registry}: TLS error: {exc.reason or exc}") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise RegistryError("unreachable", f"{ref.registry}: {type(exc).__name__}: {exc}") from None
-            finally:
-                conn.close()
+                with self._session.request(method, f"{scheme}://{host}{path}", data=body, headers=headers,
+                                           timeout=self.settings.timeout_s, allow_redirects=False,
+                                           stream=True) as resp:
+                    resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+                    if resp.is_redirect and method in ("GET", "HEAD"):
+                        location = resp_headers.get("location", "")
+                        target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{scheme}://{host}{path}", location))
+                        if target.scheme != "https" and not (target.scheme == scheme and target.netloc == host):
+                            raise RegistryError("insecure", f"{ref.repository}: {what}: redirect to plain HTTP refused")
+                        if target.netloc != host:
+                            headers = {k: v for k, v in headers.items() if k != "Authorization"}
+                        scheme, host = target.scheme, target.netloc
+                        path = target.path + ("?" + target.query if target.query else "")
+                        continue
+                    data = b"" if method == "HEAD" else self._read_limited(resp, resp_headers, max_bytes, what, ref)
+                    return _Response(resp.status_code, resp_headers, data)
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError("unreachable", f"{ref.registry}: TLS error: {_innermost(exc)}") from None
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+                raise RegistryError("truncated", f"{ref.repository}: {what}: connection broke mid-body: "
+                                    f"{_innermost(exc)}") from None
+            except requests.RequestException as exc:
+                raise RegistryError("unreachable", f"{ref.registry}: {type(exc).__name__}: {_innermost(exc)}") from None
         raise RegistryError("protocol", f"{ref.repository}: {what}: too many redirects")
 
     @staticmethod
     def _read_limited(
-        resp: http.client.HTTPResponse, headers: Mapping[str, str], max_bytes: int | None, what: str, ref: ImageRef
+        resp: requests.Response, headers: Mapping[str, str], max_bytes: int | None, what: str, ref: ImageRef
     ) -> bytes:
         limit = max_bytes or DEFAULT_MAX_MANIFEST_BYTES
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit and resp.status == 200:
+        if length is not None and length.isdigit() and int(length) > limit and resp.status_code == 200:
             raise RegistryError("too_large", f"{ref.repository}: {what} is {int(length)} bytes; limit is {limit}")
-        data = resp.read(limit + 1)
-        if len(data) > limit:
-            raise RegistryError("too_large", f"{ref.repository}: {what} is larger than the limit of {limit} bytes")
+        data = bytearray()
+        for chunk in resp.iter_content(READ_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise RegistryError("too_large", f"{ref.repository}: {what} is larger than the limit of {limit} bytes")
         if length is not None and length.isdigit() and len(data) < int(length):
             raise RegistryError("truncated", f"{ref.repository}: {what}: got {len(data)} of {length} bytes")
-        return data
+        return bytes(data)
 
     def _authorize(self, ref: ImageRef, scheme: str, challenge: str, scope_key: str) -> str:
         kind, _, params_text = challenge.partition(" ")
@@ -408,3 +347,16 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError("unauthorized", f"{ref.registry}: token service returned no token")
         return f"Bearer {token}"
+
+
+def _innermost(exc: BaseException) -> str:
+    """The most specific message in requests' wrapping (MaxRetryError(reason=SSLError(...)) ...)."""
+    seen: BaseException = exc
+    while True:
+        nested = seen.__cause__ or seen.__context__
+        args = [a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)]
+        reason = getattr(seen, "reason", None)
+        nxt = nested or (args[-1] if args else None) or (reason if isinstance(reason, BaseException) else None)
+        if nxt is None or nxt is seen:
+            return str(seen)
+        seen = nxt

@@ -7,20 +7,20 @@ verify(reference):
      legacy ``.sig`` layer and every v3 bundle referrer is checked until one passes;
   4. the local image (if already pulled) must be the one the verified manifest names;
   5. return VerifiedImage(digest) or raise ImageRejected(code, description).
+Mode "off" with a digest in the reference returns it without asking the registry (this is the
+one implementation of trust mode "off"; trust/passthrough.py is it with a single `*` scope).
 Offline (registry unreachable) only a cached verdict whose image is present locally, with the
 bound image id, is accepted.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import urllib.parse
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge_agent.api_url import LIBPOD_PREFIX, parse_api_url
+from edge_agent.api_url import podman_client
 from edge_agent.logs import get_logger
+from edge_agent.threads import run_blocking
 from edge_agent.trust.api import ImageRejected, VerifiedImage
 from edge_agent.trust.cache import CachedVerdict, VerifyCache
 from edge_agent.trust.cosign import (
@@ -42,7 +42,6 @@ from edge_agent.trust.policy import (
     select_policy,
 )
 from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
-from edge_agent.unix_http import api_connection
 
 log = get_logger(__name__)
 
@@ -68,28 +67,21 @@ class LocalImages(Protocol):
 
 
 class PodmanLocalImages:
-    """Asks the Podman REST API (the socket in [podman]) for an image's id."""
+    """Asks podman (podman-py's images.get, on the socket in [podman]) for an image's id."""
 
     def __init__(self, socket_url: str, timeout: float = 10.0) -> None:
-        self.address = parse_api_url(socket_url)
-        self.timeout = timeout
+        self.client = podman_client(socket_url, timeout=timeout)
 
     async def image_id(self, repository: str, digest: str) -> str | None:
-        return await asyncio.to_thread(self._image_id, f"{repository}@{digest}")
+        return await run_blocking(self._image_id, f"{repository}@{digest}", name="podman image id")
 
     def _image_id(self, name: str) -> str | None:
-        conn = api_connection(self.address, self.timeout)
+        from podman.errors import ImageNotFound, NotFound
+
         try:
-            conn.request("GET", f"{LIBPOD_PREFIX}/images/{urllib.parse.quote(name, safe='')}/json")
-            resp = conn.getresponse()
-            body = resp.read(4 * 1024 * 1024)
-        finally:
-            conn.close()
-        if resp.status == 404:
+            image_id = self.client.images.get(name).id
+        except (ImageNotFound, NotFound):
             return None
-        if resp.status != 200:
-            raise OSError(f"podman image inspect {name}: HTTP {resp.status}")
-        image_id = json.loads(body).get("Id")
         return str(image_id).removeprefix("sha256:") if image_id else None
 
 
@@ -120,8 +112,11 @@ class CosignVerifier:
                 "no_trust_policy",
                 f'no [[trust.policy]] scope covers {ref.repository}; add one (mode = "off" must be written out)',
             )
+        if policy.mode == "off" and ref.digest is not None:
+            # Trust mode "off" checks nothing: a digest written in the reference is what will run.
+            return VerifiedImage(reference, ref.repository, ref.digest, "off", None)
         try:
-            manifest = await asyncio.to_thread(self.registry.get_manifest, ref)
+            manifest = await run_blocking(self.registry.get_manifest, ref)
         except RegistryError as exc:
             if exc.code == "unreachable":
                 return await self._offline(reference, ref, policy, exc)
@@ -138,7 +133,7 @@ class CosignVerifier:
             await self._check_local(reference, ref, cached.image_ids, digest)
             return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
 
-        outcome = await asyncio.to_thread(self._verify_signatures, ref.with_digest(digest), policy)
+        outcome = await run_blocking(self._verify_signatures, ref.with_digest(digest), policy)
         if isinstance(outcome, Refused):
             if policy.mode == "warn":
                 log.warning(
@@ -155,7 +150,7 @@ class CosignVerifier:
                 extra={"EVENT": "trust.rejected", "IMAGE": reference, "DIGEST": digest},
             )
             raise ImageRejected(reference, outcome.code, outcome.description)
-        image_ids = await asyncio.to_thread(self._image_ids, ref, manifest)
+        image_ids = await run_blocking(self._image_ids, ref, manifest)
         await self._check_local(reference, ref, image_ids, digest)
         if self.cache is not None:
             self.cache.store(ref.repository, digest, fingerprint, outcome.key.key_id, image_ids)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import socket
 import sys
 from pathlib import Path
 
+from edge_agent.control import exchange_line
 from tests.infra.procs import ManagedProcess, wait_until
 
 
@@ -42,17 +41,9 @@ class AgentProcess:
             return False
 
     def call(self, cmd: str, args: dict[str, object] | None = None, timeout: float = 10) -> object:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.control_socket))
-            s.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        answer = json.loads(buf)
+        """The agent's control socket, with the CLI's framing (edge_agent.control.exchange_line);
+        OSError when it does not answer, RuntimeError with the agent's refusal."""
+        answer = exchange_line(self.control_socket, {"cmd": cmd, "args": args or {}}, timeout)
         if not answer["ok"]:
             raise RuntimeError(answer["error"])
         return answer["result"]

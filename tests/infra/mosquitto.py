@@ -9,6 +9,26 @@ from pathlib import Path
 from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
 
 
+def mosquitto_conf(data_dir: Path, port: int, *, anonymous: bool, extra: str = "") -> str:
+    """A mosquitto.conf for a loopback listener on `port`, persistence in `data_dir`, plus `extra`
+    (TLS, ACL, limits). Persistence on, so retained messages and persistent sessions survive a
+    broker restart. Started as root, mosquitto drops to the "mosquitto" user and could then not
+    write its persistence file (nor read certificates and keys) in 0700 work folders: stay root."""
+    user = "user root\n" if os.geteuid() == 0 else ""
+    return (
+        f"per_listener_settings false\n{user}"
+        f"persistence true\npersistence_location {data_dir}/\n"
+        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+        f"allow_anonymous {'true' if anonymous else 'false'}\n"
+        f"listener {port} 127.0.0.1\n"
+        f"{extra}\n"
+    )
+
+
+def mosquitto_argv(conf: Path) -> list[str]:
+    return [require_binary("mosquitto"), "-c", str(conf)]
+
+
 class Mosquitto:
     def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None, anonymous: bool = True) -> None:
         self.workdir = workdir
@@ -20,18 +40,8 @@ class Mosquitto:
         self.proc: ManagedProcess | None = None
 
     def write_conf(self) -> None:
-        # Persistence on, so retained messages and persistent sessions survive a broker restart.
-        # Started as root, mosquitto drops to the "mosquitto" user and could then not write its
-        # persistence file (nor read certificates) in pytest's 0700 temp dirs: stay root in tests.
-        user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf_path.write_text(
-            f"per_listener_settings false\n{user}"
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            f"log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
-            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
-            f"listener {self.port} 127.0.0.1\n"
-            f"{self.extra_conf}\n"
-        )
+        self.conf_path.write_text(mosquitto_conf(self.workdir, self.port, anonymous=self.anonymous,
+                                                 extra=self.extra_conf))
 
     def reload(self) -> None:
         """SIGHUP: mosquitto re-reads its config and ACL file without dropping clients."""
@@ -39,9 +49,8 @@ class Mosquitto:
         os.kill(self.proc.proc.pid, signal.SIGHUP)
 
     def start(self) -> Mosquitto:
-        binary = require_binary("mosquitto")
         self.write_conf()
-        self.proc = ManagedProcess("mosquitto", [binary, "-c", str(self.conf_path)], self.workdir / "mosquitto.log")
+        self.proc = ManagedProcess("mosquitto", mosquitto_argv(self.conf_path), self.workdir / "mosquitto.log")
         self.proc.start()
         self.proc.wait_ready(lambda: port_open(self.port))
         return self

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
+from edge_agent.api_url import podman_ping
 from tests.infra.procs import ManagedProcess, require_binary, wait_until
 
 DEV_CONTAINERS_CONF = """\
@@ -34,17 +34,18 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def _ping(sock: Path) -> bool:
-    from edge_agent.unix_http import UnixHTTPConnection
-
-    if not sock.exists():
-        return False
+def podman_answers(url: str) -> bool:
+    """The podman API at `url` answers its ping (podman-py, as `edge-agent check` asks it)."""
     try:
-        conn = UnixHTTPConnection(str(sock), timeout=2)
-        conn.request("GET", "/_ping")
-        return conn.getresponse().status == 200
+        podman_ping(url, timeout=2)
     except OSError:
         return False
+    return True
+
+
+def podman_service_argv(url: str) -> list[str]:
+    """`podman system service` on `url` with no idle timeout: the API the agent talks to."""
+    return [require_binary("podman"), "system", "service", "--time=0", url]
 
 
 class PodmanService:
@@ -60,12 +61,9 @@ class PodmanService:
         return f"unix://{self.socket_path}"
 
     def start(self) -> PodmanService:
-        binary = require_binary("podman")
-        self.proc = ManagedProcess(
-            "podman-service", [binary, "system", "service", "--time=0", self.url], self.workdir / "podman-service.log"
-        )
+        self.proc = ManagedProcess("podman-service", podman_service_argv(self.url), self.workdir / "podman-service.log")
         self.proc.start()
-        self.proc.wait_ready(lambda: _ping(self.socket_path), timeout=30)
+        self.proc.wait_ready(lambda: podman_answers(self.url), timeout=30)
         return self
 
     def stop(self) -> None:
@@ -98,14 +96,6 @@ def ensure_busybox_image(name: str = BUSYBOX_IMAGE) -> str:
             tar.add(root, arcname=".")
         podman("import", "--change", 'CMD ["/bin/sh"]', str(archive), name)
     return name
-
-
-def registry_reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/", timeout=2) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
 
 
 def wait_podman_gone(name: str, timeout: float = 30) -> None:

@@ -4,8 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.infra.podman import registry_reachable
+import requests
+
 from tests.infra.procs import ManagedProcess, free_port, require_binary
+
+
+def registry_config(workdir: Path, port: int) -> Path:
+    """docker-registry's config.yml: a filesystem store in `workdir`, deletes on, 127.0.0.1:port."""
+    conf = workdir / "config.yml"
+    conf.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {workdir}/data\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    return conf
+
+
+def registry_argv(conf: Path) -> list[str]:
+    return [require_binary("docker-registry"), "serve", str(conf)]
+
+
+def registry_reachable(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/v2/", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 class Registry:
@@ -24,17 +50,8 @@ class Registry:
         return f"http://{self.host}"
 
     def start(self) -> Registry:
-        binary = require_binary("docker-registry")
-        conf = self.workdir / "config.yml"
-        conf.write_text(
-            "version: 0.1\n"
-            "log:\n  level: warn\n"
-            "storage:\n"
-            f"  filesystem:\n    rootdirectory: {self.workdir}/data\n"
-            "  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        self.proc = ManagedProcess("registry", [binary, "serve", str(conf)], self.workdir / "registry.log")
+        conf = registry_config(self.workdir, self.port)
+        self.proc = ManagedProcess("registry", registry_argv(conf), self.workdir / "registry.log")
         self.proc.start()
         self.proc.wait_ready(lambda: registry_reachable(self.url))
         return self

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import TpmError
-from edge_agent.runtime.async_http import AsyncHTTPClient
+from edge_agent.runtime.podman import PodmanRuntime
 
 key = nacl.signing.SigningKey.generate()
 key.verify_key.verify(key.sign(b"payload"))
@@ -32,24 +32,27 @@ for family, addr in ((socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET6, ("::1
             assert exc.errno not in (97, 1), f"{family.name} blocked: {exc}"
     print(f"{family.name} sockets ok")
 
-async def podman_client_round_trip(path: Path) -> int:
-    """The agent's podman HTTP client (asyncio, AF_UNIX) against a one-answer server."""
+async def podman_client_round_trip(path: Path) -> bool:
+    """The agent's podman adapter (podman-py over AF_UNIX, called from a daemon thread and handed
+    back to the loop) against a one-answer server."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_unix_server(answer, path)
     async with server:
-        response = await AsyncHTTPClient(f"unix://{path}").request("GET", "/_ping", timeout=10)
+        runtime = PodmanRuntime(f"unix://{path}")
+        exists = await runtime.image_exists("localhost/sandbox:1")
+        await runtime.close()
     path.unlink()
-    return response.status
+    return exists
 
 
-assert asyncio.run(podman_client_round_trip(Path("/var/lib/edge-agent/sandbox-http.sock"))) == 200
-print("asyncio unix-socket http ok")
+assert asyncio.run(podman_client_round_trip(Path("/var/lib/edge-agent/sandbox-http.sock"))) is True
+print("podman-py unix-socket http from a thread ok")
 
 db_path = Path("/var/lib/edge-agent/sandbox-check.db")
 db = sqlite3.connect(db_path)

@@ -5,12 +5,12 @@ digest is measured into the TPM's image PCR before it starts (swtpm), once per b
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_agent.control import exchange_line
 from tests.infra.agent import AgentProcess
 from tests.infra.podman import PodmanService, podman
 from tests.infra.procs import wait_until
@@ -29,17 +29,7 @@ def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
 
 
 def send_record(sock_path: Path, record: dict[str, object]) -> dict[str, object]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(sock_path))
-        s.sendall(json.dumps(record).encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    result = json.loads(answer)
+    result = exchange_line(sock_path, record, timeout=10)
     assert isinstance(result, dict)
     return result
 

@@ -4,10 +4,11 @@ or rewrites bodies (`mutate`, e.g. a flipped byte in a blob)."""
 
 from __future__ import annotations
 
-import http.client
 import http.server
 import threading
 from collections.abc import Callable
+
+import requests
 
 from tests.infra.procs import free_port
 
@@ -27,21 +28,19 @@ class TruncatingProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=10)
-                conn.request("GET", self.path, headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
-                if proxy.mutate is not None and resp.status == 200:
+                resp = requests.get(f"http://{proxy.upstream}{self.path}", timeout=10, allow_redirects=False,
+                                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                body = resp.content
+                if proxy.mutate is not None and resp.status_code == 200:
                     body = proxy.mutate(self.path, body)
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
                     if k.lower() not in ("content-length", "connection", "transfer-encoding"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Connection", "close")
                 self.end_headers()
-                if proxy.should_truncate(self.path) and resp.status == 200:
+                if proxy.should_truncate(self.path) and resp.status_code == 200:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True

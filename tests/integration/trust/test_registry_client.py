@@ -14,6 +14,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -162,19 +163,15 @@ class BearerGate:
                         f'scope="repository:trust-test/bearer:pull"'
                     )
                     return self._send(401, b'{"errors":[]}', {"WWW-Authenticate": challenge})
-                import http.client
-
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                conn = http.client.HTTPConnection(gate.upstream, timeout=10)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                resp = requests.request(self.command, f"http://{gate.upstream}{self.path}", data=body,
+                                        headers=headers, timeout=10, allow_redirects=False)
                 self._send(
-                    resp.status,
-                    data,
-                    {k: v for k, v in resp.getheaders() if k.lower() not in ("content-length", "transfer-encoding")},
+                    resp.status_code,
+                    resp.content,
+                    {k: v for k, v in resp.headers.items() if k.lower() not in ("content-length", "transfer-encoding")},
                 )
                 return None
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.api_url import ApiAddress, parse_api_url
+from edge_agent.api_url import ApiAddress, parse_api_url, podman_client
 from edge_agent.runtime.module_logs import LogFrameDecoder, LogsError
 
 SOCK = "/run/podman/podman.sock"
@@ -80,3 +80,24 @@ def test_a_stream_cut_inside_a_frame_is_noticed() -> None:
 def test_a_stream_that_is_not_multiplexed_is_refused() -> None:
     with pytest.raises(LogsError, match="not multiplexed"):
         list(LogFrameDecoder().feed(b"plain text output\n"))
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("unix:///run/podman/podman.sock", "http+unix://%2Frun%2Fpodman%2Fpodman.sock"),
+        ("http+unix://%2Frun%2Fpodman%2Fpodman.sock", "http+unix://%2Frun%2Fpodman%2Fpodman.sock"),
+        ("tcp://127.0.0.1:8888", "http://127.0.0.1:8888"),
+        ("tcp://[::1]:8888", "http://[::1]:8888"),
+    ],
+)
+def test_the_one_podman_client_is_pinned_to_libpod_4(url: str, base: str) -> None:
+    client = podman_client(url)
+    assert client.api.base_url.geturl() == base
+    assert client.api.path_prefix == "/v4.0.0/libpod/"
+    client.close()
+
+
+def test_no_ssh_client() -> None:
+    with pytest.raises(ValueError, match="unsupported scheme"):
+        podman_client("ssh://core@host/run/podman.sock")

@@ -4,7 +4,10 @@ service are in tests/integration/deployment/."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,16 @@ async def test_pull_failure_reported_in_the_ndjson_body(tmp_path: Path) -> None:
             await PodmanRuntime(server.url).pull("reg/x:v1", insecure=True, timeout_s=30)
     line = request_line(server)
     assert line.startswith("POST /v4.0.0/libpod/images/pull?reference=reg%2Fx%3Av1&tlsVerify=false&quiet=true")
+
+
+async def test_list_asks_for_our_device_label_and_inspects_each(tmp_path: Path) -> None:
+    async with ScriptedServer(tmp_path / "s", answer("200 OK", b"[]")) as server:
+        assert await PodmanRuntime(server.url).list_containers("dev") == []
+    path, _, query = request_line(server).split()[1].partition("?")
+    assert path == "/v4.0.0/libpod/containers/json"
+    params = urllib.parse.parse_qs(query)
+    assert params["all"] == ["True"]
+    assert json.loads(params["filters"][0]) == {"label": ["edge-agent.device=dev"]}
 
 
 async def test_non_json_error_body_is_quoted_as_text(tmp_path: Path) -> None:
@@ -103,3 +116,22 @@ async def test_unreachable_socket_names_the_call_and_the_url(tmp_path: Path) -> 
     with pytest.raises(RuntimeFailure, match=rf"^podman event stream failed: podman API at {url} unreachable"):
         async for _ in PodmanRuntime(url).events("dev"):
             pass
+
+
+async def test_a_consumer_that_stops_ends_the_event_thread_and_its_connection(tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = event("start", "dev-a", "a")
+    pieces = [head, f"{len(first):x}\r\n".encode() + first + b"\r\n"]
+    async with ScriptedServer(tmp_path / "s", pieces, hold=True) as server:
+        runtime = PodmanRuntime(server.url)
+        stream = runtime.events("dev")
+        assert await anext(stream) == RuntimeEvent("id-dev-a", "dev-a", "start", "a")
+        assert any(t.name == "podman-events" for t in threading.enumerate())
+        await stream.aclose()  # what a cancelled consumer does
+        await asyncio.wait_for(server.client_gone.wait(), 5)
+        for _ in range(100):
+            if not any(t.name == "podman-events" for t in threading.enumerate()):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(t.name == "podman-events" for t in threading.enumerate())
+        await runtime.close()
