@@ -28,14 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config import parse_config  # noqa: E402
-from edge_agent.deployment.component import DeploymentComponent  # noqa: E402
-from edge_agent.deployment.store import DeploymentStore  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
 from edge_agent.runtime.podman import PodmanRuntime  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
+from edge_agent.trust.factory import build_verifier  # noqa: E402
 from edge_agent.trust.passthrough import PassthroughVerifier  # noqa: E402
-from edge_agent.twin.events import DesiredState  # noqa: E402
 from tests.infra.agent import AgentProcess  # noqa: E402
+from tests.infra.pipeline import Pipeline  # noqa: E402
 from tests.infra.podman import PodmanService, ensure_busybox_image, podman, use_dev_containers_conf  # noqa: E402
 from tests.infra.procs import free_port, wait_until  # noqa: E402
 from tests.infra.registry import Registry  # noqa: E402
@@ -64,10 +63,10 @@ async def agent_latency(device: str, url: str, registry: Registry, image: str, d
                         runs: int, state: Path) -> tuple[list[float], list[float]]:
     db = open_state_db(state)
     reported = ReportedState()
-    comp = DeploymentComponent(parse_config(config_text(device, url, registry)), DeploymentStore(db), reported,
-                               PodmanRuntime(url))
-    await comp.start()
-    task = asyncio.create_task(comp.run())
+    config = parse_config(config_text(device, url, registry))
+    pipe = Pipeline(config, db, reported, PodmanRuntime(url), build_verifier(config, db))
+    await pipe.start()
+    tasks = [asyncio.create_task(pipe.manager.run()), asyncio.create_task(pipe.component.run())]
     agent_s: list[float] = []
     raw_s: list[float] = []
     version = 0
@@ -75,14 +74,14 @@ async def agent_latency(device: str, url: str, registry: Registry, image: str, d
         for i in range(runs):
             # Empty deployment first (not timed), so each timed run creates and starts one container.
             version += 1
-            await comp.desired(DesiredState(version, {"modules": {}}))
+            await pipe.deploy(version, {"modules": {}})
             while reported.get("modules") or podman("ps", "-aq", "--filter", f"label=edge-agent.device={device}"
                                                     ).stdout.strip():
                 await asyncio.sleep(0.01)
             version += 1
             doc = {"modules": {f"m{i}": {"image": image, "command": CMD[:2], "args": CMD[2:]}}}
             t0 = time.perf_counter()
-            await comp.desired(DesiredState(version, doc))
+            await pipe.deploy(version, doc)
             while (reported.get("modules") or {}).get(f"m{i}", {}).get("runtimeStatus") != "running":
                 await asyncio.sleep(0.002)
             agent_s.append(time.perf_counter() - t0)
@@ -93,8 +92,9 @@ async def agent_latency(device: str, url: str, registry: Registry, image: str, d
             raw_s.append(time.perf_counter() - t0)
             podman("rm", "-f", "-t", "0", name)
     finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=15)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=15)
         db.close()
     return agent_s, raw_s
 

@@ -1,7 +1,10 @@
-"""Deploy latency: edgectl's publish of a desired document -> the agent has accepted it
-(parsed, checked, persisted in SQLite with FULL sync, handed to the deployment layer), over a
-real mosquitto with mutual TLS. Beside it, in the same run, the raw floor: an aiomqtt QoS 1
-publish -> a subscriber receiving it on the same broker and TLS setup.
+"""Deploy latency: edgectl's publish of a desired document -> the agent has accepted it (the
+twin's transport, the desired-state room's document gate, image pinning and its commit
+transaction in SQLite with FULL sync, the hand-over to the reconciler), over a real mosquitto
+with mutual TLS. Image verification is not in this figure: the room's verifier here answers at
+once (bench/verify_cost.py measures verification against a real registry). Beside it, in the
+same run, the raw floor: an aiomqtt QoS 1 publish -> a subscriber receiving it on the same broker
+and TLS setup.
 
     python bench/twin_latency.py [--updates 200]
 
@@ -27,13 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config import parse_config  # noqa: E402
+from edge_agent.deployment.store import DeploymentStore, StoredDeployment  # noqa: E402
+from edge_agent.desired.manager import DesiredStateManager  # noqa: E402
 from edge_agent.mqtt_client import make_client  # noqa: E402
 from edge_agent.mqtt_params import broker_params  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
+from edge_agent.trust.api import VerifiedImage  # noqa: E402
 from edge_agent.twin import protocol  # noqa: E402
 from edge_agent.twin.component import TwinComponent  # noqa: E402
-from edge_agent.twin.events import DesiredState  # noqa: E402
 from tests.integration.twin.conftest import TwinEnv  # noqa: E402
 from tests.integration.twin.pki import Pki, tls_broker, unique  # noqa: E402
 
@@ -58,13 +63,20 @@ class AgentThread(threading.Thread):
             f'[mqtt]\nhost = "127.0.0.1"\nport = {env.broker.port}\ntopic_prefix = "{env.prefix}"\ntls = true\n'
             f'ca_file = "{env.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
             "[twin]\nreport_min_interval_s = 1.0\n"
+            '[trust]\ndocument_mode = "off"\n'
         )
         self.accepted: queue.Queue[tuple[int, float]] = queue.Queue()
         self.connected = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def _desired(self, state: DesiredState) -> None:
-        self.accepted.put((state.version, time.perf_counter()))
+    def activate(self, deployment: StoredDeployment) -> None:
+        """The reconciler's end of the hand-over: the moment the document is accepted."""
+        self.accepted.put((deployment.version, time.perf_counter()))
+
+    async def verify(self, reference: str) -> VerifiedImage:
+        """An image verifier that answers at once (not what is measured here)."""
+        repository = reference.rsplit(":", 1)[0]
+        return VerifiedImage(reference, repository, "sha256:" + "0" * 64, "off", None)
 
     def run(self) -> None:
         logging.getLogger("edge_agent").setLevel(logging.ERROR)  # reconnect noise at shutdown
@@ -73,12 +85,16 @@ class AgentThread(threading.Thread):
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        twin = TwinComponent(self.config, open_state_db(self.config.state.dir), ReportedState(), self._desired)
-        await twin.start()
-        task = asyncio.create_task(twin.run())
+        db = open_state_db(self.config.state.dir)
+        reported = ReportedState()
+        room = DesiredStateManager(self.config, db, DeploymentStore(db), reported, self)
+        room.attach(self)
+        await room.start()
+        twin = TwinComponent(self.config, reported, room.submit)
+        tasks = [asyncio.create_task(room.run()), asyncio.create_task(twin.run())]
         await twin.session._connected.wait()
         self.connected.set()
-        await task
+        await asyncio.gather(*tasks)
 
 
 class SubscriberThread(threading.Thread):

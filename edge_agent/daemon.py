@@ -14,7 +14,6 @@ import platform
 import signal
 import sqlite3
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,35 +62,20 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.attestation.service import AttestationService
     from edge_agent.deployment.component import DeploymentComponent
     from edge_agent.deployment.store import DeploymentStore
+    from edge_agent.desired.manager import DesiredStateManager
     from edge_agent.runtime.podman import PodmanRuntime
     from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
     from edge_agent.twin.component import TwinComponent
-    from edge_agent.twin.events import DesiredState
 
     trust = TrustComponent(ctx.config, ctx.db)
     attestation = AttestationService(ctx.config, ctx.reported)
-    deployment: DeploymentComponent | None = None
-
-    # The twin hands documents to the deployment component, which is built below (it needs the
-    # telemetry component, which needs the twin's session): forward late.
-    async def on_desired(state: DesiredState) -> None:
-        assert deployment is not None
-        await deployment.desired(state)
-
-    def validate(raw: Mapping[str, Any]) -> object:
-        assert deployment is not None
-        return deployment.validate(raw)
-
-    twin = TwinComponent(
-        ctx.config,
-        ctx.db,
-        ctx.reported,
-        on_desired,
-        validate_deployment=validate,
-        signature_gate=trust.document_gate,
-        started_monotonic=ctx.started_monotonic,
-    )
+    deployments = DeploymentStore(ctx.db)
+    # The desired-state room: the twin hands it the bytes of every desired document; it checks,
+    # pins (images verified through the trust component), commits, and hands the pinned
+    # deployment to the reconciler, which tells it back what became of each version.
+    desired = DesiredStateManager(ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control)
+    twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
@@ -101,23 +85,24 @@ def build_components(ctx: AgentContext) -> list[Component]:
         if ctx.config.telemetry.enabled
         else None
     )
-    # Images are verified through the trust component (cosign, or the policy's mode) and
-    # containers created only from the repository@digest it returns. Around each container,
-    # telemetry mounts the module's ingest socket and attestation measures the image.
+    # Containers are created only from the repository@digest the room pinned. Around each
+    # container, telemetry mounts the module's ingest socket and attestation measures the image.
     deployment = DeploymentComponent(
         ctx.config,
-        DeploymentStore(ctx.db),
+        deployments,
         ctx.reported,
         PodmanRuntime(ctx.config.podman.socket),
-        verifier=trust,
+        desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
     )
-    # Deployment starts before the twin: its start() loads the stored deployment, so the
-    # modules are known (and adopted) before any desired document is handed over. Attestation
-    # starts after them (TPM key creation can be slow and must not delay the offline hand-over);
-    # containers are only started by deployment.run(), after every start(), so they are measured.
-    components: list[Component] = [trust, deployment, twin, attestation]
+    desired.attach(deployment)
+    # The room starts first (it reports the stored statuses), then the reconciler loads the stored
+    # pinned deployment, so the modules are known (and adopted) before any document arrives.
+    # Attestation starts after them (TPM key creation can be slow and must not delay the offline
+    # start); containers are only started by deployment.run(), after every start(), so they are
+    # measured.
+    components: list[Component] = [trust, desired, deployment, twin, attestation]
     if telemetry is not None:
         components.append(telemetry)
     return components

@@ -85,12 +85,16 @@ def make_client(
     persistent: bool = False,
     session_expiry_s: int = 0,
     timeout: float = 10.0,
+    max_packet_bytes: int | None = None,
 ) -> CheckedClient:
     """An unconnected client. `persistent` keeps the broker-side session (subscriptions and
-    queued QoS 1 messages) for `session_expiry_s` seconds after a disconnect."""
+    queued QoS 1 messages) for `session_expiry_s` seconds after a disconnect. `max_packet_bytes`
+    is sent as MQTT 5 Maximum Packet Size: the broker drops (does not send) anything larger."""
     connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent:
         connect_props.SessionExpiryInterval = session_expiry_s
+    if max_packet_bytes is not None:
+        connect_props.MaximumPacketSize = max_packet_bytes
     return CheckedClient(
         params.host,
         params.port,

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-KNOWN = {"agent", "attestation", "config", "deployment", "desired", "modules", "telemetry"}
+KNOWN = {"agent", "attestation", "config", "deployment", "modules", "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -20,7 +20,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     ]
     lines.append(_components(status.get("components") or {}))
     lines.extend(_config(reported.get("config")))
-    lines.extend(_deployment(reported.get("deployment"), reported.get("desired")))
+    lines.extend(_deployment(reported.get("deployment")))
     lines.extend(_modules(reported.get("modules")))
     lines.extend(_telemetry(reported.get("telemetry")))
     lines.extend(_attestation(reported.get("attestation")))
@@ -83,51 +83,42 @@ def _config(config: Any) -> list[str]:
     return [f"reload      applied; changed: {', '.join(changed) if changed else 'nothing'}"]
 
 
-def _deployment(deployment: Any, desired: Any) -> list[str]:
+def _version_text(version: Any, entry: Any) -> str:
+    if not isinstance(entry, Mapping):
+        return f"version {version}"
+    text = f"version {version} {entry.get('state', 'unknown')}"
+    detail = ", ".join(str(entry[k]) if k != "module" else f"module {entry[k]}" for k in ("code", "module")
+                       if entry.get(k))
+    if detail:
+        text += f" ({detail})"
+    if entry.get("description"):
+        text += f": {entry['description']}"
+    return text
+
+
+def _deployment(deployment: Any) -> list[str]:
+    """The reported `deployment` section (docs/protocol.md): what runs, the newest version when it
+    is another one, the last refused document, a runtime error."""
+    if not isinstance(deployment, Mapping):
+        return ["deployment  none yet: no deployment has been received and accepted on this device"]
+    versions = deployment.get("versions") or {}
+    current, newest = deployment.get("current"), deployment.get("highestVersion")
     out = []
-    if not isinstance(deployment, Mapping) or deployment.get("current") is None:
-        line = "deployment  none yet"
-        pending = deployment.get("pending") if isinstance(deployment, Mapping) else None
-        if pending is not None:
-            line += f"; version {pending} is being applied"
-        else:
-            line += ": no deployment has been received and accepted on this device"
-        out.append(line)
+    if current is None:
+        out.append("deployment  none yet: no deployment has been received and accepted on this device")
     else:
-        line = f"deployment  version {deployment['current']}"
-        if deployment.get("status"):
-            line += f" {deployment['status']}"
+        line = f"deployment  {_version_text(current, versions.get(str(current)))}"
         lkg = deployment.get("lastKnownGood")
-        line += f", last known good {lkg}" if lkg is not None else ", no known-good version yet"
-        if deployment.get("pending") is not None:
-            line += f", version {deployment['pending']} being applied"
+        line += f"; last known good {lkg}" if lkg is not None else "; no known-good version yet"
         out.append(line)
-        if deployment.get("description"):
-            out.append(f"            {deployment['description']}")
-        if deployment.get("error"):
-            out.append(f"            error: {deployment['error']}")
-    if isinstance(deployment, Mapping):
-        rollback = deployment.get("rollback")
-        if rollback:
-            out.append(f"            rollback: {json.dumps(rollback, sort_keys=True)}")
-        bad = deployment.get("badVersions") or {}
-        for version, reason in bad.items():
-            out.append(f"            version {version} refused for good: {reason}")
-        received = deployment.get("lastReceived")
-        if isinstance(received, Mapping) and received.get("version") is not None:
-            text = f"last received version {received['version']}: {received.get('status', 'unknown')}"
-            if received.get("description"):
-                text += f" ({received['description']})"
-            out.append(f"            {text}")
-    if isinstance(desired, Mapping):
-        last = desired.get("lastDesiredStatus") or {}
-        if desired.get("lastDesiredVersion") is None:
-            out.append(f"desired     {last.get('description') or 'no desired document received yet'}")
-        else:
-            text = f"desired     last document version {desired['lastDesiredVersion']}: {last.get('code', '?')}"
-            if last.get("description"):
-                text += f" ({last['description']})"
-            out.append(text)
+    if newest is not None and newest != current:
+        out.append(f"            newest: {_version_text(newest, versions.get(str(newest)))}")
+    refused = deployment.get("lastRefused")
+    if isinstance(refused, Mapping):
+        who = f"version {refused['version']}" if refused.get("version") is not None else "not authenticated"
+        out.append(f"            last refused document ({who}): {refused.get('code')}: {refused.get('description')}")
+    if deployment.get("error"):
+        out.append(f"            error: {deployment['error']}")
     return out
 
 

@@ -344,8 +344,9 @@ runtime_dir = "{self.runtime_dir}"
         path = self.work / "fleet" / "deployment.json"
         path.write_text(json.dumps(deployment, indent=2))
         self.edgectl("deploy", DEVICE, str(path), "--key", str(self.work / "fleet" / "keys" / "deploy.key"),
-                     "--wait", "60", show=True)
-        self.say("  deployment version 1 accepted by the device (signature checked against deploy.pub)")
+                     "--wait", "120", "--until", "running", show=True)
+        self.say("  deployment version 1 runs on the device (document signature checked against deploy.pub, "
+                 "image signature against cosign.pub, pinned by digest)")
         # keep the signed document as published: step 7 replays it
         self.first_envelope = self.retained_desired()
         self.start_pilot()
@@ -479,11 +480,16 @@ runtime_dir = "{self.runtime_dir}"
         deployment["modules"]["pilot"]["env"]["QS_DEPLOYMENT"] = "2"
         path = self.work / "fleet" / "deployment-2.json"
         path.write_text(json.dumps(deployment, indent=2))
-        self.edgectl("deploy", DEVICE, str(path), "--key", str(self.work / "fleet" / "keys" / "deploy.key"),
-                     "--wait", "60", show=True)
-        refused = self._wait_value(self.image_refusal, 120, "the device to refuse the tampered image")
-        self.say(f"  device refused the image: {refused}")
+        deployed = self.edgectl("deploy", DEVICE, str(path), "--key", str(self.work / "fleet" / "keys" / "deploy.key"),
+                                "--wait", "120", check=False, show=True)
+        said = deployed.stderr.decode(errors="replace").strip()
+        if deployed.returncode == 0 or "rejected" not in said:
+            raise StoryError(f"edgectl deploy --wait should have failed with the device's rejection: {said!r}")
+        refused = self._wait_value(self.image_refusal, 30, "the device to report the rejected image")
+        self.say(f"  edgectl deploy exited {deployed.returncode}: {said.splitlines()[-1]}")
+        self.say(f"  device rejected the image: {refused}")
         self.run_state.refusals["tampered_image_device"] = refused
+        self.run_state.refusals["tampered_image_edgectl"] = {"exit": deployed.returncode, "stderr": said}
         still = self.module_running()
         self.say(f"  the signed pilot keeps driving: {'yes' if still else 'NO'}")
         self.run_state.refusals["pilot_still_running"] = still
@@ -598,21 +604,16 @@ runtime_dir = "{self.runtime_dir}"
         return str(mod.get("runtimeStatus", "")).lower() == "running"
 
     def image_refusal(self) -> str | None:
-        rep = self.reported()
-        last = (rep.get("deployment") or {}).get("lastReceived") or {}
-        if last.get("status") == "rejected":
-            return f"version {last.get('version')} rejected: {last.get('description')}"
-        mod = (rep.get("modules") or {}).get("pilot") or {}
-        for text in (json.dumps(mod), json.dumps(rep.get("deployment") or {})):
-            for code in ("unsigned", "digest_mismatch", "untrusted_key", "image_rejected", "local_image_mismatch"):
-                if code in text:
-                    return f"{code}: {mod.get('statusDescription') or text[:300]}"
+        versions = (self.reported().get("deployment") or {}).get("versions") or {}
+        for version, entry in sorted(versions.items(), key=lambda kv: -int(kv[0])):
+            if entry.get("state") == "rejected":
+                return (f"version {version} rejected: {entry.get('code')}: module {entry.get('module')}: "
+                        f"{entry.get('description')}")
         return None
 
     def replay_refusal(self) -> dict[str, Any] | None:
-        desired = (self.reported().get("desired") or {})
-        status = desired.get("lastDesiredStatus") or {}
-        return status if status.get("code") == "replayed" else None
+        refused = (self.reported().get("deployment") or {}).get("lastRefused") or {}
+        return dict(refused) if refused.get("code") == "replayed" else None
 
     def stats_records(self) -> list[dict[str, Any]]:
         path = self.procs.started["fleet-telemetry"].log if self.procs and "fleet-telemetry" in self.procs.started \

@@ -1,11 +1,16 @@
-"""DeploymentComponent: keeps the device running exactly what the current deployment says.
+"""DeploymentComponent: the reconciler. Keeps the device running exactly what the current,
+already pinned and committed deployment says (desired/manager.py verified and stored it).
 
 The loop (imperative shell around the pure planner, restart policy and rollback judge):
 
-    desired state (twin) ─► pin images (verifier) ─► store as current (on probation)
+    activate(pinned deployment) ─► taken at the start of the next pass (newest wins)
     podman events / healthcheck results / timers ─► reconcile:
         observe containers ─► settle restart counters ─► judge probation (good / rollback)
-        ─► plan ─► execute ─► report modules and deployment
+        ─► plan ─► execute ─► report modules; tell the desired-state room each version's outcome
+
+Failures back off per cause (edge_agent/retry.py): a podman that does not answer, a module whose
+action failed. Whatever wakes the loop, a failing cause is not tried again before its time, and
+a persistent failure is logged once per change, not once per attempt.
 
 Agent restarts never restart modules: containers with our labels and spec hash are adopted as
 they are. At boot the stored (pinned) deployment runs from local images with no network.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -28,25 +33,63 @@ from edge_agent.deployment.actions import Plan, action_to_dict
 from edge_agent.deployment.desired import DesiredDeployment, NamingSettings
 from edge_agent.deployment.executor import Executor, ExecutorSettings
 from edge_agent.deployment.hooks import ModuleHooks
-from edge_agent.deployment.manifest import Deployment, validate_deployment
 from edge_agent.deployment.planner import PlannerSettings, plan
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, settle
-from edge_agent.deployment.rollback import Failed, Good, Probation, ProbationSettings, Settled, Verdict, judge
+from edge_agent.deployment.rollback import Failed, Good, Probation, ProbationSettings, Verdict, judge
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
+from edge_agent.desired.status import State, StatusSink
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
+from edge_agent.retry import Retries
 from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
-from edge_agent.trust.api import ImageRejected, ImageVerifier
-from edge_agent.trust.passthrough import PassthroughVerifier, RegistryUnreachable
-from edge_agent.twin.events import DesiredRejected, DesiredState
+from edge_agent.trust.passthrough import PassthroughVerifier
 
 log = get_logger(__name__)
 HEALTH_TICK_S = 0.25
-FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to
+FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to (per cause)
+RUNTIME = "runtime"  # the retry cause "podman does not answer"
 
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class PassReports:
+    """The StatusSink as the reconciler uses it: during a pass, what it tells the desired-state room
+    is held and delivered at the end, together with the modules' report, so the fleet never sees
+    "rolled back" or "good" before the containers that make it true were acted on."""
+
+    def __init__(self, sink: StatusSink) -> None:
+        self.sink = sink
+        self._held: list[Callable[[], None]] | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for deliver in held:
+                deliver()
+
+    def _send(self, deliver: Callable[[], None]) -> None:
+        if self._held is None:
+            deliver()
+        else:
+            self._held.append(deliver)
+
+    def running(self, current: int | None, last_known_good: int | None) -> None:
+        self._send(lambda: self.sink.running(current, last_known_good))
+
+    def outcome(
+        self, version: int, state: State, *, code: str | None = None, module: str | None = None,
+        description: str = "",
+    ) -> None:
+        self._send(lambda: self.sink.outcome(version, state, code=code, module=module, description=description))
+
+    def runtime_error(self, error: str | None) -> None:
+        self._send(lambda: self.sink.runtime_error(error))
 
 
 class DeploymentComponent(BaseComponent):
@@ -58,7 +101,7 @@ class DeploymentComponent(BaseComponent):
         store: DeploymentStore,
         reported: ReportedState,
         runtime: ContainerRuntime,
-        verifier: ImageVerifier | None = None,
+        status: StatusSink,
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
         hooks: Sequence[ModuleHooks] = (),
@@ -68,35 +111,26 @@ class DeploymentComponent(BaseComponent):
         self.reported = reported
         self.runtime = runtime
         self.clock = clock
-        self._explicit_verifier = verifier
+        self.status = PassReports(status)
         self._configure(config)
         self.current: StoredDeployment | None = None
         self.lkg: StoredDeployment | None = None
-        self.pending: DesiredState | None = None
+        self.incoming: StoredDeployment | None = None  # committed, taken at the next pass
         self.wake = asyncio.Event()
         self.lock = asyncio.Lock()
         self.module_errors: dict[str, str] = {}
-        self.rollback_info: dict[str, Any] | None = None
-        self.deployment_status: dict[str, Any] = {}
-        self.incoming_status: dict[str, Any] | None = None
+        self.retries = Retries(*FAILURE_RETRY_S)
         self.observed: list[ObservedContainer] = []
         self.last_plan = Plan()
         self._known_images: set[str] = set()
         self._health: dict[str, str] = {}
         self._next_check: dict[str, float] = {}
-        self._retry_at: float | None = None
-        self._failure_delay = FAILURE_RETRY_S[0]
-        self._pin_retry_at: float | None = None
         self._busy_since: float | None = None
+        self._failed_reported: set[str] = set()  # modules whose "deployment failed" was logged
         self._tasks: set[asyncio.Task[Any]] = set()
         if control is not None:
             control.register("plan", self._cmd_plan)
             control.register("restart", self._cmd_restart)
-            control.register("deploy", self._cmd_deploy)
-
-    @property
-    def verifier(self) -> ImageVerifier:
-        return self._explicit_verifier or self.passthrough
 
     def _configure(self, config: AgentConfig) -> None:
         self.config = config
@@ -130,7 +164,7 @@ class DeploymentComponent(BaseComponent):
                 self.lkg.version if self.lkg else "none",
                 extra={"EVENT": "deployment.loaded", "DEPLOYMENT": str(self.current.version)},
             )
-        self._report_deployment()
+        self._tell_running()
 
     async def apply_config(self, config: AgentConfig) -> None:
         self._configure(config)
@@ -152,74 +186,31 @@ class DeploymentComponent(BaseComponent):
         finally:
             await self.runtime.close()
 
-    # ------------------------------------------------------------------ desired state (from the twin)
+    # ------------------------------------------------------------------ the committed deployment
 
-    def validate(self, raw: Mapping[str, Any]) -> Deployment:
-        """The twin's deployment validator: raises DesiredRejected naming module and field."""
-        roots = [str(r) for r in self.config.deployment.allowed_mount_roots]
-        return validate_deployment(raw, allowed_mount_roots=roots)
-
-    async def desired(self, state: DesiredState) -> None:
-        current = self.current
-        if current is not None and state.version == current.version and dict(state.deployment) == current.document:
-            return  # the same document again (e.g. re-delivered at boot): nothing to do
-        bad = self.store.bad_versions()
-        highest_bad = max(bad, default=None)
-        if highest_bad is not None and state.version <= highest_bad:
-            log.warning(
-                "deployment %d not applied: version %d failed before (%s); waiting for a newer one",
-                state.version, highest_bad, bad[highest_bad],
-                extra={"EVENT": "deployment.skipped_bad", "DEPLOYMENT": str(state.version)},
-            )
-            self.incoming_status = {"version": state.version, "status": "skipped",
-                                    "description": f"version {highest_bad} failed before: {bad[highest_bad]}"}
-            self._report_deployment()
-            return
-        self.validate(state.deployment)
-        self.pending = state
-        self._pin_retry_at = None
-        log.info("deployment version %d (%s) received: %d modules", state.version, state.source,
-                 len(state.deployment.get("modules") or {}),
-                 extra={"EVENT": "deployment.received", "DEPLOYMENT": str(state.version)})
+    def activate(self, deployment: StoredDeployment) -> None:
+        """A pinned deployment the desired-state room committed as current. Taken at the start of
+        the next pass, never in the middle of one; a newer one handed over before that wins."""
+        self.incoming = deployment
         self.wake.set()
 
-    async def _pin_pending(self) -> None:
-        state = self.pending
-        if state is None or (self._pin_retry_at is not None and self.clock() < self._pin_retry_at):
+    def _take_incoming(self) -> None:
+        incoming, self.incoming = self.incoming, None
+        if incoming is None:
             return
-        parsed = self.validate(state.deployment)
-        images: dict[str, str] = {}
-        try:
-            for name, spec in parsed.modules.items():
-                verified = await self.verifier.verify(spec.image)
-                images[name] = f"{verified.repository}@{verified.digest}"
-        except (RegistryUnreachable, ImageRejected) as exc:
-            if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
-                return self._reject_pending(state, exc)
-            self._pin_retry_at = self.clock() + 10
-            self.incoming_status = {"version": state.version, "status": "resolving",
-                                    "description": f"cannot resolve images yet: {exc}"}
-            log.warning("deployment %d: cannot resolve images yet (%s); retrying", state.version, exc,
-                        extra={"EVENT": "deployment.resolve_retry", "DEPLOYMENT": str(state.version)})
+        if self.current is not None and self.current.version == incoming.version:
+            self.current = incoming
             return
-        self.pending = None
-        self.incoming_status = {"version": state.version, "status": "activated"}
-        stored = StoredDeployment(state.version, dict(state.deployment), images, self.clock())
-        self.store.activate(stored)
-        self.current = stored
+        self.current = incoming
         self.module_errors.clear()
-        self.rollback_info = None
-        self.deployment_status = {"status": "applying", "version": stored.version}
-        log.info("deployment %d activated: %s", stored.version,
-                 ", ".join(f"{m}={i}" for m, i in sorted(images.items())) or "no modules",
-                 extra={"EVENT": "deployment.activated", "DEPLOYMENT": str(stored.version)})
+        self.retries.forget("module:")
+        log.info("deployment %d activated: %s", incoming.version,
+                 ", ".join(f"{m}={i}" for m, i in sorted(incoming.images.items())) or "no modules",
+                 extra={"EVENT": "deployment.activated", "DEPLOYMENT": str(incoming.version)})
+        self._tell_running()
 
-    def _reject_pending(self, state: DesiredState, exc: ImageRejected) -> None:
-        self.pending = None
-        self.incoming_status = {"version": state.version, "status": "rejected",
-                                "description": f"image {exc.reference}: {exc.code}: {exc.description}"}
-        log.error("deployment %d rejected: %s", state.version, exc,
-                  extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(state.version)})
+    def _tell_running(self) -> None:
+        self.status.running(self.current.version if self.current else None, self.lkg.version if self.lkg else None)
 
     # ------------------------------------------------------------------ loops
 
@@ -237,20 +228,24 @@ class DeploymentComponent(BaseComponent):
                     await self.wake.wait()
 
     async def _watch_events(self) -> None:
-        delay = 1.0
+        events = Retries(1.0, 30.0)  # its own backoff: reconnecting the stream, logged once per change
         while True:
             try:
                 async for event in self.runtime.events(self.device_id):
-                    delay = 1.0
+                    if events.succeeded("events") is not None:
+                        log.info("podman event stream back", extra={"EVENT": "runtime.events_back"})
                     log.debug("podman event %s %s", event.action, event.name,
                               extra={"EVENT": "runtime.event", "MODULE": event.module})
                     self.wake.set()
+                failure, news = events.failed("events", "the stream ended", self.clock())
             except RuntimeFailure as exc:
-                log.warning("podman event stream: %s; reconnecting in %.0f s", exc, delay,
-                            extra={"EVENT": "runtime.events_lost"})
+                failure, news = events.failed("events", str(exc), self.clock())
+            (log.warning if news else log.debug)(
+                "podman event stream: %s; reconnecting in %.0f s", failure.error, failure.delay,
+                extra={"EVENT": "runtime.events_lost"},
+            )
             self.wake.set()  # events may have been missed: look again
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(failure.delay)
 
     async def _watch_health(self) -> None:
         """Run container healthchecks on their interval (podman relies on systemd timers for this,
@@ -285,27 +280,38 @@ class DeploymentComponent(BaseComponent):
     async def reconcile(self) -> float | None:
         """One observe-judge-plan-execute-report pass. Returns when to look again (or None)."""
         async with self.lock:
-            self._busy_since = self.clock()
+            now = self.clock()
+            if not self.retries.due(RUNTIME, now):
+                return self.retries.next_at()  # podman failed: not before its backoff is over
+            self._busy_since = now
             try:
-                return await self._reconcile()
+                with self.status.held():
+                    wake_at = await self._reconcile()
             except RuntimeFailure as exc:
-                log.error("reconcile failed: %s", exc, extra={"EVENT": "deployment.reconcile_failed"})
-                self.deployment_status = {**self.deployment_status, "error": str(exc)}
-                self._report_deployment()
-                return self.clock() + 5
+                failure, news = self.retries.failed(RUNTIME, str(exc), self.clock())
+                (log.error if news else log.debug)(
+                    "reconcile failed: %s (attempt %d; next in %.0f s)", exc, failure.attempts, failure.delay,
+                    extra={"EVENT": "deployment.reconcile_failed"},
+                )
+                self.status.runtime_error(f"{exc} (since {iso(failure.since)}, {failure.attempts} attempts)")
+                self._report_unknown(str(exc))
+                return failure.next_at
             finally:
                 self._busy_since = None
+            recovered = self.retries.succeeded(RUNTIME)
+            if recovered is not None:
+                log.info("podman answers again after %d failed attempts over %.0f s", recovered.attempts,
+                         self.clock() - recovered.since, extra={"EVENT": "deployment.runtime_back"})
+                self.status.runtime_error(None)
+            return wake_at
 
     async def _reconcile(self) -> float | None:
-        await self._pin_pending()
+        self._take_incoming()
         wake: list[float] = []
-        if self._pin_retry_at is not None and self.pending is not None:
-            wake.append(self._pin_retry_at)
         if self.current is None:
-            # No deployment accepted yet (fresh device, or the twin has not handed over the
-            # stored one yet): leave every container alone rather than "converge" to nothing.
-            self._report_deployment()
-            return min(wake, default=None)
+            # No deployment accepted yet (a fresh device): leave every container alone rather
+            # than "converge" to nothing.
+            return None
         now = self.clock()
         self.observed = await self.runtime.list_containers(self.device_id)
         desired = self._desired_now()
@@ -324,23 +330,35 @@ class DeploymentComponent(BaseComponent):
         self.last_plan = current_plan
         if current_plan.wake_at is not None:
             wake.append(current_plan.wake_at)
-        if not current_plan.empty:
+        # A module whose last action failed is not tried again before its backoff is over.
+        runnable = Plan(tuple(a for a in current_plan.actions if self.retries.due(f"module:{a.module}", now)),
+                        current_plan.waits)
+        if not runnable.empty:
             version = desired.version if desired else None
-            result = await self.executor.execute(current_plan, version)
-            for module in {a.module for a in result.done}:
+            result = await self.executor.execute(runnable, version)
+            for module in {a.module for a in result.done} - set(result.failed):
                 self.module_errors.pop(module, None)
+                recovered = self.retries.succeeded(f"module:{module}")
+                if recovered is not None:
+                    log.info("%s: recovered after %d failed attempts", module, recovered.attempts,
+                             extra={"EVENT": "module.recovered", "MODULE": module})
             self.module_errors.update(result.failed)
+            for module, error in result.failed.items():
+                failure, news = self.retries.failed(f"module:{module}", error, self.clock())
+                (log.error if news else log.debug)(
+                    "%s: %s (attempt %d; next in %.0f s)", module, error, failure.attempts, failure.delay,
+                    extra={"EVENT": "module.action_failed", "MODULE": module, "DEPLOYMENT": str(version)},
+                )
             if result.failed:
                 self._known_images.clear()  # an image may have been removed behind our back
-                self._retry_at = self.clock() + self._failure_delay
-                self._failure_delay = min(self._failure_delay * 2, FAILURE_RETRY_S[1])
-                wake.append(self._retry_at)
             else:
-                self._failure_delay = FAILURE_RETRY_S[0]
                 self.wake.set()  # look again at once: the next plan should be empty
             self.observed = await self.runtime.list_containers(self.device_id)
+        module_retry = min((f.next_at for c, f in self.retries.causes().items() if c.startswith("module:")),
+                           default=None)
+        if module_retry is not None:
+            wake.append(module_retry)
         self._report_modules(desired, self.store.restarts(), current_plan)
-        self._report_deployment()
         return min(wake, default=None)
 
     def _settle_restarts(self, desired: DesiredDeployment | None, now: float) -> dict[str, RestartState]:
@@ -371,30 +389,32 @@ class DeploymentComponent(BaseComponent):
         if isinstance(verdict, Good):
             self.lkg = self.current
             self.store.put("last_known_good", self.current)
-            self.deployment_status = {"status": "good", "version": version}
+            self.status.outcome(version, State.GOOD, description=f"every module ran for {self.probation.window_s:g} s")
+            self._tell_running()
             log.info("deployment %d is good: every module ran for %g s", version, self.probation.window_s,
                      extra={"EVENT": "deployment.good", "DEPLOYMENT": str(version)})
             self._schedule_gc()
+        elif isinstance(verdict, Probation) and verdict.until is not None:
+            self.status.outcome(version, State.PROBATION,
+                                description=f"every module runs; good at {iso(verdict.until)} if it stays so")
         elif isinstance(verdict, Probation):
-            self.deployment_status = {"status": "probation", "version": version, "description": verdict.reason}
-        elif isinstance(verdict, Settled) and self.deployment_status.get("status") != "rolled_back":
-            self.deployment_status = {"status": "good", "version": version}
+            self.status.outcome(version, State.ACTIVATING, description=verdict.reason)
         return verdict
 
     def _rollback(self, failure: Failed) -> bool:
         assert self.current is not None
         bad = self.current
         reason = f"module {failure.module}: {failure.reason}"
-        info = {"from": bad.version, "module": failure.module, "reason": failure.reason,
-                "exitCode": failure.exit_code, "health": failure.health, "at": iso(self.clock())}
         if self.lkg is None or self.lkg.version == bad.version:
-            if self.deployment_status.get("status") != "failed":
+            if failure.module not in self._failed_reported:
+                self._failed_reported.add(failure.module)
                 log.error("deployment %d failed (%s) and there is no last-known-good deployment to return to; "
                           "keeping it running under its restart policies", bad.version, reason,
                           extra={"EVENT": "deployment.failed", "DEPLOYMENT": str(bad.version),
                                  "MODULE": failure.module})
-            self.deployment_status = {"status": "failed", "version": bad.version, "description": reason}
-            self.rollback_info = {**info, "to": None}
+            self.status.outcome(bad.version, State.FAILED, code="module_failed", module=failure.module,
+                                description=f"{failure.reason}; no earlier good version to return to, "
+                                            "kept running under its restart policies")
             return False
         self.store.mark_bad(bad.version, reason, self.clock())
         back = StoredDeployment(self.lkg.version, self.lkg.document, self.lkg.images, self.clock())
@@ -402,9 +422,9 @@ class DeploymentComponent(BaseComponent):
         self.current = back
         self.lkg = back
         self.store.put("last_known_good", back)
-        self.rollback_info = {**info, "to": back.version}
-        self.deployment_status = {"status": "rolled_back", "version": back.version,
-                                  "description": f"deployment {bad.version} failed: {reason}"}
+        self.status.outcome(bad.version, State.ROLLED_BACK, code="module_failed", module=failure.module,
+                            description=f"{failure.reason}; version {back.version} runs again")
+        self._tell_running()
         log.error("deployment %d failed (%s): rolling back to %d", bad.version, reason, back.version,
                   extra={"EVENT": "deployment.rollback", "DEPLOYMENT": str(bad.version), "MODULE": failure.module})
         return True
@@ -472,6 +492,17 @@ class DeploymentComponent(BaseComponent):
             modules[m.name] = entry
         self.reported.set("modules", modules)
 
+    def _report_unknown(self, error: str) -> None:
+        """Podman does not answer: what the modules do is unknown, and the report says so rather
+        than repeat what was last seen."""
+        modules = self.reported.get("modules") or {}
+        for entry in modules.values():
+            if entry.get("runtimeStatus") != "unknown":
+                entry["statusDescription"] = (f"podman does not answer ({error}); "
+                                              f"last seen {entry.get('runtimeStatus')}")
+                entry["runtimeStatus"] = "unknown"
+        self.reported.set("modules", modules)
+
     def _module_status(self, name: str, desired_status: str, c: ObservedContainer | None, wait: Any) -> tuple[str, str]:
         error = self.module_errors.get(name)
         if c is None:
@@ -491,20 +522,6 @@ class DeploymentComponent(BaseComponent):
             return "stopped", error or ("created, not started" if desired_status == "running" else "stopped as desired")
         return c.state, error or c.state
 
-    def _report_deployment(self) -> None:
-        self.reported.set(
-            "deployment",
-            {
-                "current": self.current.version if self.current else None,
-                "lastKnownGood": self.lkg.version if self.lkg else None,
-                "pending": self.pending.version if self.pending else None,
-                "lastReceived": self.incoming_status,
-                **{k: v for k, v in self.deployment_status.items() if k != "version"},
-                "rollback": self.rollback_info,
-                "badVersions": {str(v): r for v, r in sorted(self.store.bad_versions().items())},
-            },
-        )
-
     # ------------------------------------------------------------------ control commands (CLI)
 
     async def _cmd_plan(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +537,7 @@ class DeploymentComponent(BaseComponent):
             p = plan(desired, observed, images, self.store.restarts(), now, self.planner_settings)
         return {
             "deployment": desired.version if desired else None,
-            "pending": self.pending.version if self.pending else None,
+            "pending": self.incoming.version if self.incoming else None,
             "actions": [action_to_dict(a) for a in p.actions],
             "waits": [{**asdict(w), "in_s": round(w.until - now, 1)} for w in p.waits],
         }
@@ -545,21 +562,3 @@ class DeploymentComponent(BaseComponent):
             log.info("%s restarted by operator", module, extra={"EVENT": "module.restart_manual", "MODULE": module})
         self.wake.set()
         return {"module": module, "container": c.id[:12], "restarted": True}
-
-    async def _cmd_deploy(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Hand a deployment over locally, as the twin would (development and tests). It skips
-        the fleet's document signature, so it must be switched on in the config."""
-        if not self.config.deployment.local_deploy:
-            raise CommandError(
-                "local deploys are off (deployment.local_deploy = false): deployments come signed from the fleet"
-            )
-        try:
-            version = int(args["version"])
-            document = args["deployment"]
-        except (KeyError, TypeError, ValueError):
-            raise CommandError('deploy: expected {"version": int, "deployment": {...}}') from None
-        try:
-            await self.desired(DesiredState(version, document, source="broker"))
-        except DesiredRejected as exc:
-            raise CommandError(f"{exc.code}: {exc.description}") from None
-        return {"accepted": version}

@@ -1,8 +1,9 @@
 """Carries out a Plan against a ContainerRuntime, one action at a time, in plan order.
 
-A failed action skips the rest of that module's actions (the next reconcile plans again) and is
-kept as the module's error for the reported state. Pulls have a timeout and retries with
-exponential backoff (tenacity); starts that are restarts are counted for the restart backoff.
+A failed action skips the rest of that module's actions (the next reconcile plans again, after
+that module's backoff) and is returned as the module's error, for the reported state and the log.
+Pulls have a timeout and retries with exponential backoff (tenacity); starts that are restarts
+are counted for the restart backoff.
 """
 
 from __future__ import annotations
@@ -69,9 +70,8 @@ class Executor:
             try:
                 await self._do(action, deployment, recreated)
             except RuntimeFailure as exc:
-                result.failed[action.module] = str(exc)
-                log.error("%s: %s failed: %s", action.module, action.describe(), exc,
-                          extra={**extra, "EVENT": "module.action_failed"})
+                # Logged by the caller, once per change (a persistent failure is not one line per retry).
+                result.failed[action.module] = f"{action.describe()} failed: {exc}"
                 continue
             log.info("%s: %s (%s)", action.module, action.describe(), action.reason, extra=extra)
             result.done.append(action)

@@ -5,7 +5,7 @@ line naming the module and the field, e.g.
 
     module 'pilot': restartPolicy: got 'sometimes'; expected one of never, on-failure, on-unhealthy, always
 
-The twin calls `validate_deployment` before accepting a desired document; host-dependent rules
+The document gate (edge_agent/desired/admission.py) calls `validate_deployment`; host-dependent rules
 (which host paths may be bind-mounted) are checked when `allowed_mount_roots` is given.
 """
 
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_agent.twin.events import DesiredRejected
+from edge_agent.desired.errors import DesiredRejected
 
 MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RESERVED_LABEL_PREFIX = "edge-agent."

@@ -4,14 +4,16 @@ versions that failed and must not be retried, and the images the agent pulled (f
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.deployment.desired import DesiredDeployment, pin
-from edge_agent.deployment.manifest import validate_deployment
+from edge_agent.deployment.manifest import Deployment
 from edge_agent.deployment.restart_policy import RestartState
+from edge_agent.store import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployment_slots (
@@ -39,7 +41,13 @@ class StoredDeployment:
     activated_at: float
 
     def desired(self) -> DesiredDeployment:
-        return pin(self.version, validate_deployment(self.document), self.images)
+        """The pinned deployment. The document was validated once, by the document gate, before
+        it was stored; here it is only loaded into its model (once per stored deployment)."""
+        return self._desired
+
+    @functools.cached_property
+    def _desired(self) -> DesiredDeployment:
+        return pin(self.version, Deployment.model_validate(self.document), self.images)
 
 
 class DeploymentStore:
@@ -66,10 +74,13 @@ class DeploymentStore:
 
     def activate(self, dep: StoredDeployment) -> None:
         """Make `dep` current and clear restart counters of the previous deployment, atomically."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.put("current", dep)
-            self.db.execute("DELETE FROM deployment_restarts")
+        with transaction(self.db):
+            self.make_current(dep)
+
+    def make_current(self, dep: StoredDeployment) -> None:
+        """Inside a caller's transaction (desired/store.py commits a document with it)."""
+        self.put("current", dep)
+        self.db.execute("DELETE FROM deployment_restarts")
 
     def restarts(self) -> dict[str, RestartState]:
         rows = self.db.execute("SELECT module, count, last_restart_at, total FROM deployment_restarts").fetchall()

@@ -48,14 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="publish a deployment to devices (next version each)",
         description="Publish MANIFEST (a JSON or TOML deployment with a modules table) as the next desired "
-        "version of each DEVICE: retained, QoS 1. The version is one above the highest the device has "
-        "seen (desired or reported).",
+        "version of each DEVICE: retained, QoS 1. The version is one above the highest the device reports "
+        "it authenticated (or the retained document, when it is signed by --key). Exit status: 0 when every "
+        "device published (and, with --wait, reached the --until state), 1 otherwise.",
     )
     deploy.add_argument("targets", nargs="+", metavar="DEVICE... MANIFEST", help="device ids, then the manifest file")
     deploy.add_argument("--properties", type=Path, help="JSON/TOML file with per-module desired properties")
     deploy.add_argument("--version", type=int, dest="set_version", help="use this version instead of the next one")
     deploy.add_argument(
-        "--wait", type=float, metavar="SECONDS", help="wait until every device reports the version accepted"
+        "--wait", type=float, metavar="SECONDS",
+        help="wait up to SECONDS until every device reports the version in the --until state; exit 1 with the "
+        "device's reason if it refuses, rejects, supersedes or rolls it back, or says nothing in time",
+    )
+    deploy.add_argument(
+        "--until", choices=("admitted", "accepted", "running", "good"), default="accepted",
+        help="the state --wait waits for: admitted (passed the signature, replay and validation checks), "
+        "accepted (images verified and pinned, committed as the device's deployment; the default), "
+        "running (every module runs), good (ran through the stabilisation window)",
     )
     deploy.add_argument(
         "--key", type=Path, help="sign the document with this cosign private key (passphrase from "
@@ -145,42 +154,50 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     if not isinstance(deployment.get("modules"), dict):
         print(f"edgectl: {manifest_path}: modules: expected a table/object of module specs", file=sys.stderr)
         return EXIT_USAGE
-    sign = _document_signer(args) if args.key else None
+    sign, verify_key = _document_signer(args) if args.key else (None, None)
     failed = 0
     async with fleet_client(args) as fleet:
-        versions = {}
-        for device in devices:
-            versions[device] = await fleet.deploy(
-                device, deployment, properties, version=args.set_version, sign=sign
-            )
-            print(f"{device}: published desired version {versions[device]}")
-        if args.wait:
-            from edge_agent.fleet.client import FleetError
+        from edge_agent.fleet.client import FleetError, Published
 
-            for device, version in versions.items():
+        published: list[Published] = []
+        for device in devices:
+            try:
+                done = await fleet.deploy(
+                    device, deployment, properties, version=args.set_version, sign=sign, verify_key=verify_key
+                )
+            except FleetError as exc:
+                print(f"edgectl: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            published.append(done)
+            print(f"{device}: published desired version {done.version}")
+        if args.wait:
+            for done in published:
                 try:
-                    await fleet.wait_accepted(device, version, args.wait)
-                    print(f"{device}: version {version} accepted")
+                    state = await fleet.wait_for(done, args.until, args.wait)
+                    print(f"{done.device}: version {done.version} {state}")
                 except FleetError as exc:
                     print(f"edgectl: {exc}", file=sys.stderr)
                     failed += 1
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _document_signer(args: argparse.Namespace) -> Any:
-    """bytes -> signed envelope bytes, with the key loaded (and its passphrase asked) once."""
+def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(bytes -> signed envelope bytes, the public key that verifies them), with the key loaded (and
+    its passphrase asked) once."""
     from edge_agent.fleet.trust_cmds import load_signing_key, parse_duration
     from edge_agent.trust.documents import sign_document
-    from edge_agent.trust.keys import load_public_key
+    from edge_agent.trust.keys import load_public_key, parse_public_key, public_key_pem
 
     key = load_signing_key(args.key)
+    public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
     expires_in = parse_duration(args.expires_in)
     rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
 
     def sign(payload: bytes) -> bytes:
         return sign_document(json.loads(payload), key, expires_in=expires_in, rotate_to=rotate_to)
 
-    return sign
+    return sign, public
 
 
 async def cmd_show(args: argparse.Namespace) -> int:

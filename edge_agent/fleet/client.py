@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import secrets
 import time
@@ -19,14 +20,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.desired.admission import DOCUMENT_PAYLOAD_TYPE
 from edge_agent.mqtt_params import BrokerParams
-from edge_agent.trust.documents import DOCUMENT_PAYLOAD_TYPE
 from edge_agent.twin import protocol
 from edge_agent.twin.protocol import DeviceTopics
 
 if TYPE_CHECKING:
-
     from edge_agent.mqtt_client import CheckedClient
+    from edge_agent.trust.keys import TrustedKey
 
 Signer = Callable[[bytes], bytes]
 
@@ -40,9 +41,17 @@ class DeviceView:
     device: str
     desired: dict[str, Any] | None = None
     desired_error: str | None = None
+    desired_raw: bytes | None = None
     reported: dict[str, Any] | None = None
     presence: str = "unknown"
     presence_ts: float | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    device: str
+    version: int
+    digest: str  # sha256 hex of the exact bytes published
 
 
 @dataclass
@@ -165,6 +174,7 @@ class FleetClient:
         found = await self.retained([topics.desired, topics.reported, topics.presence])
         view = DeviceView(device)
         if topics.desired in found:
+            view.desired_raw = found[topics.desired]
             view.desired, view.desired_error = _desired_json(found[topics.desired])
         if topics.reported in found:
             view.reported, _ = _json(found[topics.reported])
@@ -188,15 +198,23 @@ class FleetClient:
                 view.reported, _ = _json(payload)
         return [views[d] for d in sorted(views)]
 
-    async def next_version(self, device: str) -> int:
+    async def next_version(self, device: str, verify_key: TrustedKey | None = None) -> int:
+        """One above the highest version the device reports it authenticated, or above the retained
+        document on the broker when the device would authenticate it too (an offline device has
+        not seen it yet): signed by `verify_key` for a signed deploy; for an unsigned deploy, a
+        plain document, unless the device reports it enforces signatures. A claimed version the
+        device would refuse never counts: a stranger cannot push the fleet's versions out of range."""
         view = await self.view(device)
-        known = [0]
-        if view.desired and isinstance(view.desired.get("version"), int):
-            known.append(view.desired["version"])
-        desired_section = (view.reported or {}).get("desired") or {}
-        for key in ("acceptedVersion", "lastDesiredVersion"):
-            if isinstance(desired_section.get(key), int):
-                known.append(desired_section[key])
+        section = (view.reported or {}).get("deployment")
+        known = [0, *authenticated_versions(section)]
+        if view.desired_raw:
+            enforced = isinstance(section, Mapping) and section.get("documentMode") == "enforce"
+            version = (
+                _signed_version(view.desired_raw, verify_key) if verify_key is not None
+                else None if enforced else _plain_version(view.desired_raw)
+            )
+            if version is not None:
+                known.append(version)
         return max(known) + 1
 
     async def deploy(
@@ -207,11 +225,15 @@ class FleetClient:
         *,
         version: int | None = None,
         sign: Signer | None = None,
+        verify_key: TrustedKey | None = None,
         meta: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Publish the next desired document (retained, QoS 1); returns its version after PUBACK."""
+    ) -> Published:
+        """Publish the next desired document (retained, QoS 1) after PUBACK; returns its version and
+        the sha256 of the bytes published (how the device's report names it). A document larger
+        than the device says it accepts is not published."""
+        view = await self.view(device)
         if version is None:
-            version = await self.next_version(device)
+            version = await self.next_version(device, verify_key)
         doc: dict[str, Any] = {"version": version, "deployment": dict(deployment)}
         if properties:
             doc["properties"] = dict(properties)
@@ -219,8 +241,14 @@ class FleetClient:
         payload = protocol.encode(doc)
         if sign is not None:
             payload = sign(payload)
+        limit = ((view.reported or {}).get("deployment") or {}).get("maxDocumentBytes")
+        if isinstance(limit, int) and len(payload) > limit:
+            raise FleetError(
+                f"{device}: the document is {len(payload)} bytes; the device accepts at most {limit} "
+                "(its twin.max_desired_bytes); not published"
+            )
         await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
-        return version
+        return Published(device, version, hashlib.sha256(payload).hexdigest())
 
     async def publish_desired_raw(self, device: str, payload: bytes) -> None:
         await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
@@ -261,21 +289,66 @@ class FleetClient:
         finally:
             self._pending.futures.pop(correlation, None)
 
-    async def wait_accepted(self, device: str, version: int, timeout: float) -> dict[str, Any]:
-        """Wait until the device reports `version` accepted (returns its desired section) or
-        refused (raises FleetError with the device's status)."""
-        topics = DeviceTopics(self.prefix, device)
+    async def wait_for(self, published: Published, target: str, timeout: float) -> str:
+        """Wait until the device reports the published document in the `target` state (admitted,
+        accepted, running, good: edge_agent/desired/status.py) and return that state; raise
+        FleetError with the device's own reason when it refused, rejected, superseded or rolled it
+        back, or when it said nothing within `timeout`."""
+        from edge_agent.desired.status import wait_outcome
+
+        topics = DeviceTopics(self.prefix, published.device)
         await self.retained([topics.reported])
         deadline = time.monotonic() + timeout
+        last = "not reported yet"
         while True:
             doc, _ = _json(self._messages.get(topics.reported, b"null"))
-            section = ((doc or {}).get("desired")) or {}
-            if isinstance(section.get("acceptedVersion"), int) and section["acceptedVersion"] >= version:
-                return dict(section)
-            status = section.get("lastDesiredStatus") or {}
-            if section.get("lastDesiredVersion") == version and status.get("code") not in (None, "ok"):
-                why = f"{status.get('code')}: {status.get('description')}"
-                raise FleetError(f"{device} refused version {version}: {why}")
+            outcome, detail = wait_outcome((doc or {}).get("deployment"), published.version, published.digest, target)
+            if outcome == "reached":
+                return detail
+            if outcome == "failed":
+                raise FleetError(f"{published.device}: version {published.version} {detail}")
+            last = detail
             if time.monotonic() > deadline:
-                raise FleetError(f"{device} did not report version {version} within {timeout:.0f} s")
+                raise FleetError(
+                    f"{published.device}: version {published.version} not {target} within {timeout:g} s "
+                    f"(last reported: {last})"
+                )
             await asyncio.sleep(0.05)
+
+
+def authenticated_versions(section: Any) -> list[int]:
+    """Versions the device reports as authenticated: its current and last-known-good versions,
+    every version row, and a refused document's version (present only when its signature held)."""
+    if not isinstance(section, Mapping):
+        return []
+    found = [section.get(k) for k in ("current", "lastKnownGood", "highestVersion")]
+    versions = section.get("versions")
+    if isinstance(versions, Mapping):
+        found += [int(k) for k in versions if str(k).isdigit()]
+    refused = section.get("lastRefused")
+    if isinstance(refused, Mapping):
+        found.append(refused.get("version"))
+    return [v for v in found if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def _signed_version(payload: bytes, verify_key: TrustedKey) -> int | None:
+    """The version of a retained desired document whose signature `verify_key` verifies."""
+    from edge_agent.desired.admission import Limits, load_json, open_envelope
+    from edge_agent.desired.errors import DesiredRejected
+
+    limits = Limits(max_bytes=max(len(payload), 1))
+    try:
+        data, _ = open_envelope(load_json(payload, limits), limits, (verify_key,))
+    except DesiredRejected:
+        return None
+    version = data.get("version") if isinstance(data, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _plain_version(payload: bytes) -> int | None:
+    """The version of a retained unsigned desired document (for devices with document_mode off)."""
+    doc, _ = _json(payload)
+    if doc is None or doc.get("payloadType") == DOCUMENT_PAYLOAD_TYPE:
+        return None
+    version = doc.get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,6 +10,7 @@ from edge_agent.fleet.client import DeviceView
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}
+FAILED_STATES = {"rejected", "superseded", "failed", "rolled_back"}
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -33,22 +35,37 @@ def diff_lines(view: DeviceView) -> list[tuple[bool, str]]:
     out: list[tuple[bool, str]] = []
     desired = view.desired or {}
     reported = view.reported or {}
-    dsec = reported.get("desired") or {}
+    dsec = reported.get("deployment") or {}
     d_version = desired.get("version")
-    accepted = dsec.get("acceptedVersion")
-    status = dsec.get("lastDesiredStatus") or {}
+    current = dsec.get("current")
     if view.desired_error:
         out.append((True, f"desired document on the broker is unreadable: {view.desired_error}"))
-    out.append((d_version != accepted, f"desired version {d_version}   accepted by device {accepted}"))
-    if status:
-        bad = status.get("code") not in ("ok", "none")
-        out.append(
-            (
-                bad,
-                f"last desired status: {status.get('code')}: {status.get('description')}"
-                f" (version {dsec.get('lastDesiredVersion')})",
-            )
-        )
+    out.append((
+        d_version != current,
+        f"desired version {d_version}   device runs {current} (last known good {dsec.get('lastKnownGood')})",
+    ))
+    retained_digest = hashlib.sha256(view.desired_raw).hexdigest() if view.desired_raw else None
+    versions = dsec.get("versions") or {}
+    for key in sorted(versions, key=lambda k: int(k) if str(k).isdigit() else -1, reverse=True)[:5]:
+        entry = versions[key]
+        if not isinstance(entry, dict):
+            continue
+        v_state = str(entry.get("state"))
+        detail = ": ".join(str(entry[k]) for k in ("code", "module") if entry.get(k))
+        text = f"version {key}: {v_state}" + (f": {detail}" if detail else "")
+        if entry.get("description"):
+            text += f" ({entry['description']})"
+        mine = entry.get("digest") == retained_digest
+        out.append((v_state in FAILED_STATES or (mine and v_state != "good"), text))
+    refused = dsec.get("lastRefused")
+    if isinstance(refused, dict):
+        who = f"version {refused['version']}" if refused.get("version") is not None else "not authenticated"
+        mine = refused.get("digest") == retained_digest
+        text = (f"last refused document ({who}{', the one on the broker' if mine else ''}): "
+                f"{refused.get('code')}: {refused.get('description')} at {refused.get('at')}")
+        out.append((mine, text))
+    if dsec.get("error"):
+        out.append((True, f"device error: {dsec['error']}"))
     d_modules = (desired.get("deployment") or {}).get("modules") or {}
     r_modules = reported.get("modules") or {}
     names = sorted(set(d_modules) | set(r_modules))
@@ -106,7 +123,7 @@ def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]
                 "presence": v.presence,
                 "lastSeen": seen,
                 "lastReport": last_report,
-                "acceptedVersion": (reported.get("desired") or {}).get("acceptedVersion"),
+                "currentVersion": (reported.get("deployment") or {}).get("current"),
                 "agentVersion": (reported.get("agent") or {}).get("version"),
             }
         )
@@ -121,6 +138,6 @@ def render_devices(views: Iterable[DeviceView], now: float) -> str:
     for r in rows:
         seen = "now" if r["presence"] == "online" else _ago(r["lastSeen"], now)
         lines.append(
-            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['acceptedVersion']!s:<8} {r['agentVersion'] or ''}"
+            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} {r['agentVersion'] or ''}"
         )
     return "\n".join(lines)

@@ -28,6 +28,8 @@ class FakeRuntime:
         self.requests: dict[str, ContainerRequest] = {}
         self.calls: list[tuple[str, str]] = []
         self.clock = clock
+        self.down = False  # True: every call fails as if podman did not answer
+        self.list_calls = 0
         self._ids = itertools.count(1)
         self._events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
 
@@ -41,6 +43,9 @@ class FakeRuntime:
         self._events.put_nowait(RuntimeEvent(c.id, c.name, action, c.labels.get(LABEL_MODULE)))
 
     async def list_containers(self, device_id: str) -> list[ObservedContainer]:
+        self.list_calls += 1
+        if self.down:
+            raise RuntimeFailure("podman API: connection refused (fake runtime is down)")
         return [c for c in self.containers.values() if c.labels.get(LABEL_DEVICE) == device_id]
 
     async def image_exists(self, image: str) -> bool:

@@ -1,6 +1,6 @@
-"""The trust decisions built from [trust], held in one place for the daemon: the desired-document
-gate (for the twin) and the image verifier (for the deployment executor). A reload rebuilds both,
-so new or removed keys apply at once; a set that cannot be built keeps the previous one."""
+"""The image verifier built from [trust], held for the daemon (the desired-state room pins images
+through it). A reload rebuilds it, so new or removed keys apply at once; a set that cannot be
+built keeps the previous one. Document keys are the desired-state room's (edge_agent/desired/)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.logs import get_logger
 from edge_agent.trust.api import VerifiedImage
-from edge_agent.trust.factory import build_document_gate, build_verifier
+from edge_agent.trust.factory import build_verifier
 from edge_agent.trust.keys import KeyFileError
 
 log = get_logger(__name__)
@@ -21,12 +21,7 @@ class TrustComponent(BaseComponent):
 
     def __init__(self, config: AgentConfig, db: sqlite3.Connection) -> None:
         self.db = db
-        self._gate = build_document_gate(config, db)
         self._verifier = build_verifier(config, db)
-
-    def document_gate(self, raw: bytes) -> bytes:
-        """Signed envelope in, payload out; raises DesiredRejected (the twin's signature gate)."""
-        return self._gate(raw)
 
     async def verify(self, reference: str) -> VerifiedImage:
         """ImageVerifier: resolve and check an image against the current policy."""
@@ -34,7 +29,7 @@ class TrustComponent(BaseComponent):
 
     async def apply_config(self, config: AgentConfig) -> None:
         try:
-            gate, verifier = build_document_gate(config, self.db), build_verifier(config, self.db)
+            verifier = build_verifier(config, self.db)
         except (KeyFileError, OSError) as exc:
             log.error(
                 "new [trust] settings refused, keeping the previous ones: %s",
@@ -42,5 +37,5 @@ class TrustComponent(BaseComponent):
                 extra={"EVENT": "trust.reload_failed"},
             )
             return
-        self._gate, self._verifier = gate, verifier
+        self._verifier = verifier
         log.info("trust policy reloaded", extra={"EVENT": "trust.reloaded"})

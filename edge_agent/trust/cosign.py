@@ -105,7 +105,7 @@ def b64decode_strict(value: Any, what: str) -> bytes:
         raise FormatError(f"{what}: expected a base64 string")
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII character in the string
         raise FormatError(f"{what}: not valid base64") from None
 
 

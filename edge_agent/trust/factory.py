@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 
 from edge_agent.config import AgentConfig, TrustSection
 from edge_agent.trust.cache import VerifyCache
-from edge_agent.trust.documents import DocumentGate
 from edge_agent.trust.keys import load_public_key
 from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistrySettings
@@ -46,14 +44,4 @@ def build_verifier(
         RegistryClient(registry_settings(config.trust)),
         VerifyCache(db) if db is not None else None,
         local_images if local_images is not None else PodmanLocalImages(config.podman.socket),
-    )
-
-
-def build_document_gate(config: AgentConfig, db: sqlite3.Connection) -> Callable[[bytes], bytes]:
-    trust = config.trust
-    return DocumentGate(
-        db,
-        [load_public_key(p) for p in trust.document_keys],
-        mode=trust.document_mode,
-        require_expires=trust.require_document_expiry,
     )

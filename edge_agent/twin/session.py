@@ -114,6 +114,7 @@ class TwinSession:
         *,
         reconnect_max_delay_s: float = 60.0,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
+        max_packet_bytes: int | None = None,
     ) -> None:
         # A factory is resolved in run(): reading keys and secrets is I/O that may fail, and
         # must not stop start() from handing over the stored deployment.
@@ -123,6 +124,8 @@ class TwinSession:
         self.on_desired = on_desired
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self.session_expiry_s = session_expiry_s
+        self.max_packet_bytes = max_packet_bytes
+        self._last_retry_error: str | None = None
         self.commands = CommandRegistry()
         self.generation = 0  # counts successful connections
         self._client: CheckedClient | None = None
@@ -250,7 +253,10 @@ class TwinSession:
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
+        # A persistent failure is one WARNING (first attempt, or a different error), then DEBUG.
+        news = state.attempt_number == 1 or str(exc) != self._last_retry_error
+        self._last_retry_error = str(exc)
+        (log.warning if news else log.debug)(
             "cannot connect to broker %s:%d (%s); retry %d in %.1f s",
             self.params.host,
             self.params.port,
@@ -268,7 +274,13 @@ class TwinSession:
         will = aiomqtt.Will(
             self.topics.presence, protocol.presence_payload(protocol.PRESENCE_OFFLINE), qos=1, retain=True
         )
-        client = make_client(self.params, will=will, persistent=True, session_expiry_s=self.session_expiry_s)
+        client = make_client(
+            self.params,
+            will=will,
+            persistent=True,
+            session_expiry_s=self.session_expiry_s,
+            max_packet_bytes=self.max_packet_bytes,
+        )
         await client.__aenter__()  # raises MqttError when the broker is unreachable: retried
         try:
             try:

@@ -20,12 +20,14 @@ from typing import Any
 import pytest
 
 from edge_agent.config import AgentConfig, parse_config
-from edge_agent.deployment.component import DeploymentComponent
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.desired.admission import Decision, DocumentTrust
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.store import open_state_db
+from edge_agent.trust.factory import build_verifier
+from edge_agent.twin.protocol import desired_document
 from tests.infra.agent import AgentProcess
+from tests.infra.pipeline import Pipeline
 from tests.infra.podman import PodmanService, podman
 from tests.infra.procs import free_port
 from tests.infra.registry import Registry
@@ -85,7 +87,9 @@ def cleanup_containers(run_id: str, podman_env: Path) -> Iterator[None]:
     remove_run_containers(run_id)
 
 
-def agent_config_text(run_id: str, podman_url: str, registry: Registry, **deployment: Any) -> str:
+def agent_config_text(
+    run_id: str, podman_url: str, registry: Registry, *, also_insecure: tuple[str, ...] = (), **deployment: Any
+) -> str:
     settings = {
         "stabilisation_window_s": 3,
         "backoff_initial_s": 1,
@@ -103,36 +107,49 @@ def agent_config_text(run_id: str, podman_url: str, registry: Registry, **deploy
         f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'  # no broker: the twin just retries
         f'[podman]\nsocket = "{podman_url}"\nstop_grace_s = 2\n'
         f"[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
-        f'[trust]\ninsecure_registries = ["{registry.host}"]\n'
+        f"[trust]\ninsecure_registries = {json.dumps([registry.host, *also_insecure])}\n"
         f'[[trust.policy]]\nscope = "*"\nmode = "off"\n'
         f'[deployment]\ncontainer_prefix = "{run_id}-"\n{lines}\n'
     )
 
 
 class Harness:
-    """A DeploymentComponent running in this process against the real podman service."""
+    """The desired-state room and the reconciler (wired as daemon.py wires them) running in this
+    process against the real podman service and registry; deployments handed over unsigned."""
 
     def __init__(self, config: AgentConfig, state_dir: Path) -> None:
         self.config = config
         self.db = open_state_db(state_dir)
         self.reported = ReportedState()
-        self.component = DeploymentComponent(
-            config, DeploymentStore(self.db), self.reported, PodmanRuntime(config.podman.socket)
+        self.pipeline = Pipeline(
+            config, self.db, self.reported, PodmanRuntime(config.podman.socket), build_verifier(config, self.db)
         )
-        self.task: asyncio.Task[None] | None = None
+        self.component = self.pipeline.component
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> Harness:
-        await self.component.start()
-        self.task = asyncio.create_task(self.component.run())
+        await self.pipeline.start()
+        self.tasks = [asyncio.create_task(self.pipeline.manager.run()), asyncio.create_task(self.component.run())]
         return self
 
+    async def deploy(self, version: int, deployment: dict[str, Any]) -> Decision:
+        """Through the document gate (signatures off); pinned and committed by the running room."""
+        return self.pipeline.manager.submit(
+            desired_document(version, deployment), trust=DocumentTrust(mode="off")
+        )
+
+    def state(self, version: int) -> str | None:
+        return self.pipeline.state(version)
+
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            done, _ = await asyncio.wait({self.task}, timeout=15)
-            assert done, "the deployment component did not stop within 15 s of being cancelled"
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            done, _ = await asyncio.wait(self.tasks, timeout=15)
+            assert len(done) == len(self.tasks), "the pipeline did not stop within 15 s of being cancelled"
+            for task in self.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.db.close()
 
     def modules(self) -> dict[str, Any]:
@@ -144,8 +161,9 @@ class Harness:
     async def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.task is not None and self.task.done():
-                self.task.result()  # surface a crash
+            for task in self.tasks:
+                if task.done():
+                    task.result()  # surface a crash
             if predicate():
                 return
             await asyncio.sleep(0.1)
@@ -174,8 +192,8 @@ async def harness_factory(
     """Depends on `images` so that the agents stop before the run's images are removed."""
     made: list[Harness] = []
 
-    async def make(**deployment: Any) -> Harness:
-        text = agent_config_text(run_id, podman_service.url, registry, **deployment)
+    async def make(also_insecure: tuple[str, ...] = (), **deployment: Any) -> Harness:
+        text = agent_config_text(run_id, podman_service.url, registry, also_insecure=also_insecure, **deployment)
         h = await Harness(parse_config(text), tmp_path / "state").start()
         made.append(h)
         return h

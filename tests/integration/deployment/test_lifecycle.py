@@ -7,8 +7,8 @@ import itertools
 import time
 from typing import Any
 
+from edge_agent.desired.admission import Admitted, Duplicate
 from edge_agent.runtime.podman import parse_time
-from edge_agent.twin.events import DesiredState
 
 from .conftest import RunImages, owned
 
@@ -27,7 +27,7 @@ async def test_deploy_in_order_change_one_remove_one(harness_factory: Any, image
     h = await harness_factory()
     img = images.image("mod", "v1")
     three = {"c": module(img, startupOrder=3), "a": module(img, startupOrder=1), "b": module(img, startupOrder=2)}
-    await h.component.desired(DesiredState(1, {"modules": three}))
+    await h.deploy(1, {"modules": three})
     await h.wait_running(["a", "b", "c"])
     first = by_module(run_id)
     starts = {m: parse_time(c["State"]["StartedAt"]) for m, c in first.items()}
@@ -39,7 +39,7 @@ async def test_deploy_in_order_change_one_remove_one(harness_factory: Any, image
 
     # Change one module: only it is recreated.
     changed = {**three, "b": module(img, startupOrder=2, env={"MODE": "fast"})}
-    await h.component.desired(DesiredState(2, {"modules": changed}))
+    await h.deploy(2, {"modules": changed})
     await h.wait_for(
         # Between the old container's removal and the new one's creation there is no "b" at all.
         lambda: by_module(run_id).get("b", {}).get("Id") not in (None, first["b"]["Id"])
@@ -55,7 +55,7 @@ async def test_deploy_in_order_change_one_remove_one(harness_factory: Any, image
 
     # Remove one module: its container is stopped and removed, the others stay.
     del changed["c"]
-    await h.component.desired(DesiredState(3, {"modules": changed}))
+    await h.deploy(3, {"modules": changed})
     await h.wait_for(lambda: set(by_module(run_id)) == {"a", "b"}, 30, "c removed")
     await h.wait_running(["a", "b"])
     assert by_module(run_id)["a"]["Id"] == first["a"]["Id"]
@@ -66,8 +66,7 @@ async def test_least_privilege_defaults_and_explicit_grants(
 ) -> None:
     h = await harness_factory()
     img = images.image("mod", "v1")
-    await h.component.desired(
-        DesiredState(
+    await h.deploy(
             1,
             {
                 "modules": {
@@ -82,7 +81,6 @@ async def test_least_privilege_defaults_and_explicit_grants(
                     ),
                 }
             },
-        )
     )
     await h.wait_running(["plain", "granted"])
     c = by_module(run_id)
@@ -119,10 +117,8 @@ async def test_least_privilege_defaults_and_explicit_grants(
 async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, images: RunImages, run_id: str) -> None:
     h = await harness_factory(backoff_initial_s=1, backoff_max_s=4)
     img = images.image("mod", "v1")
-    await h.component.desired(
-        DesiredState(
+    await h.deploy(
             1, {"modules": {"crashy": {"image": img, "command": ["sh", "-c", "exit 3"], "restartPolicy": "on-failure"}}}
-        )
     )
     starts: list[float] = []
     deadline = time.monotonic() + 60
@@ -152,8 +148,7 @@ async def test_unhealthy_module_is_restarted_under_on_unhealthy(
     img = images.image("mod", "v1")
     # Healthy for ~2 s after each start, then the health file disappears.
     script = "touch /tmp/healthy; sleep 2; rm /tmp/healthy; while true; do sleep 1; done"
-    await h.component.desired(
-        DesiredState(
+    await h.deploy(
             1,
             {
                 "modules": {
@@ -165,7 +160,6 @@ async def test_unhealthy_module_is_restarted_under_on_unhealthy(
                     }
                 }
             },
-        )
     )
     await h.wait_for(lambda: h.modules().get("sick", {}).get("health") == "healthy", 30, "healthy first")
     first_start = h.modules()["sick"]["startTime"]
@@ -184,7 +178,7 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(
     h = await harness_factory(stabilisation_window_s=8)
     good_img, bad_img = images.image("mod", "v1"), images.image("mod", "v2")
     good = {"modules": {"app": module(good_img), "side": module(good_img, startupOrder=200)}}
-    await h.component.desired(DesiredState(1, good))
+    await h.deploy(1, good)
     await h.wait_running(["app", "side"])
     await h.wait_for(lambda: h.deployment().get("lastKnownGood") == 1, 30, "v1 good")
     good_ids = {m: c["Id"] for m, c in by_module(run_id).items()}
@@ -196,24 +190,23 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(
             "side": good["modules"]["side"],
         }
     }
-    await h.component.desired(DesiredState(2, bad))
+    await h.deploy(2, bad)
     await h.wait_for(lambda: h.deployment().get("current") == 2, 30, "v2 activated")
-    await h.wait_for(lambda: h.deployment().get("status") == "rolled_back", 40, "rolled back")
+    await h.wait_for(lambda: h.state(2) == "rolled_back", 40, "rolled back")
     dep = h.deployment()
     assert dep["current"] == 1 and dep["lastKnownGood"] == 1
-    rb = dep["rollback"]
-    assert rb["from"] == 2 and rb["to"] == 1 and rb["module"] == "app" and rb["exitCode"] == 4
-    assert "2" in dep["badVersions"]
+    v2 = dep["versions"]["2"]
+    assert v2["module"] == "app" and v2["code"] == "module_failed"
+    assert "exited with code 4" in v2["description"] and "version 1 runs again" in v2["description"]
     await h.wait_running(["app", "side"])
     now = by_module(run_id)
     assert now["side"]["Id"] == good_ids["side"]  # untouched throughout
     assert now["app"]["ImageName"].endswith(h.modules()["app"]["digest"])
     assert h.modules()["app"]["image"] == good_img
 
-    # The bad version is not retried; a newer one is taken.
-    await h.component.desired(DesiredState(2, bad))
-    assert h.deployment()["lastReceived"]["status"] == "skipped"
-    await h.component.desired(DesiredState(3, good))
+    # The bad version is not retried (the same document again is a duplicate); a newer one is taken.
+    assert isinstance(await h.deploy(2, bad), Duplicate) and h.state(2) == "rolled_back"
+    assert isinstance(await h.deploy(3, good), Admitted)
     await h.wait_for(lambda: h.deployment().get("current") == 3, 30, "v3 activated")
 
 
@@ -229,7 +222,7 @@ async def test_images_of_old_deployments_are_garbage_collected(
     refs = [images.image("gc", f"v{i}") for i in (1, 2, 3)]
     pinned = []
     for version, ref in enumerate(refs, start=1):
-        await h.component.desired(DesiredState(version, {"modules": {"app": module(ref)}}))
+        await h.deploy(version, {"modules": {"app": module(ref)}})
         await h.wait_for(lambda v=version: h.deployment().get("lastKnownGood") == v, 30, f"v{version} good")
         pinned.append(f"{ref.rsplit(':', 1)[0]}@{h.modules()['app']['digest']}")
         assert present(pinned[-1]), "the agent pulled the image by digest"

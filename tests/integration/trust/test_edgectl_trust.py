@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from edge_agent.store import open_state_db
+from edge_agent.deployment.manifest import validate_deployment
+from edge_agent.desired.admission import Admitted, DocumentTrust, History, Limits, admit
 from edge_agent.trust import keys
-from edge_agent.trust.documents import DocumentGate
 from tests.integration.trust.conftest import ImageFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -60,7 +61,7 @@ def test_sign_document_is_accepted_by_the_gate(tmp_path: Path) -> None:
     assert edgectl("keygen", "--output-key-prefix", str(tmp_path / "doc")).returncode == 0
     assert edgectl("keygen", "--output-key-prefix", str(tmp_path / "next")).returncode == 0
     desired = tmp_path / "desired.json"
-    desired.write_text(json.dumps({"version": 7, "deployment": {"modules": {}}}))
+    desired.write_text(json.dumps({"schema": 1, "version": 7, "deployment": {"modules": {}}}))
     out = edgectl(
         "sign-document",
         str(desired),
@@ -76,9 +77,17 @@ def test_sign_document_is_accepted_by_the_gate(tmp_path: Path) -> None:
         str(tmp_path / "signed.json"),
     )
     assert out.returncode == 0, out.stderr
-    gate = DocumentGate(open_state_db(tmp_path / "state"), [keys.load_public_key(tmp_path / "doc.pub")])
-    payload = json.loads(gate((tmp_path / "signed.json").read_bytes()))
-    assert payload == {"version": 7, "deployment": {"modules": {}}}
-    assert len(gate.trusted_keys()) == 2
+    # The device's document gate admits it, with the rotation to both keys.
+    decision = admit(
+        (tmp_path / "signed.json").read_bytes(),
+        limits=Limits(),
+        trust=DocumentTrust("enforce", (keys.load_public_key(tmp_path / "doc.pub"),)),
+        history=History(),
+        now=time.time(),
+        validate=validate_deployment,
+    )
+    assert isinstance(decision, Admitted), decision
+    assert decision.version == 7 and decision.document == {"modules": {}}
+    assert decision.new_keys is not None and len(decision.new_keys) == 2
     bad = edgectl("sign-document", str(desired), "--key", str(tmp_path / "doc.key"), "--expires-in", "soon")
     assert bad.returncode != 0 and "expires-in" in bad.stderr

@@ -56,6 +56,9 @@ class TwinEnv:
             f'tls = true\nca_file = "{self.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
             f"reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
             f"[twin]\n{twin_lines}{trust}"
+            # Image trust off, written out: these images do not exist, so a document stays
+            # "verifying" (registry unreachable, retried) once it passed the document gate.
+            '[[trust.policy]]\nscope = "*"\nmode = "off"\n'
         )
 
     def edgectl_flags(self) -> list[str]:

@@ -42,18 +42,39 @@ async def wait_reported(
     raise AssertionError(f"timed out waiting for {what}; last reported: {json.dumps(last)[:2000]}")
 
 
-def desired_section(doc: dict[str, Any]) -> dict[str, Any]:
-    return dict(doc.get("desired") or {})
+def deployment_section(doc: dict[str, Any]) -> dict[str, Any]:
+    return dict(doc.get("deployment") or {})
 
 
-def stored_desired(agent: AgentProcess) -> tuple[int, bytes] | None:
-    """What the agent persisted (read-only, alongside the running agent: WAL allows it)."""
+def version_state(doc: dict[str, Any], version: int) -> str | None:
+    entry = (deployment_section(doc).get("versions") or {}).get(str(version)) or {}
+    return entry.get("state")
+
+
+def refused_code(doc: dict[str, Any]) -> str | None:
+    return (deployment_section(doc).get("lastRefused") or {}).get("code")
+
+
+STATE_TABLES = ("desired_accepted", "desired_versions", "deployment_slots", "trust_document_keys", "meta")
+
+
+def stored_state(agent: AgentProcess) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row the desired-state room and the reconciler keep (read alongside the running agent:
+    WAL allows it), to show that refused input changed nothing."""
     db = sqlite3.connect(f"file:{agent.state_dir / 'state.db'}?mode=ro", uri=True)
     try:
-        row = db.execute("SELECT version, payload FROM twin_desired WHERE id = 1").fetchone()
+        out = {}
+        for table in STATE_TABLES:
+            rows = db.execute(f"SELECT * FROM {table}").fetchall()
+            out[table] = sorted(r for r in rows if table != "meta" or str(r[0]).startswith("trust."))
+        return out
     finally:
         db.close()
-    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def stored_version(agent: AgentProcess) -> int | None:
+    rows = stored_state(agent)["desired_accepted"]
+    return int(rows[0][1]) if rows else None
 
 
 def count(log: str, needle: str) -> int:

@@ -13,7 +13,7 @@ from edge_agent.fleet.client import FleetClient
 from edge_agent.mqtt_params import broker_params
 from tests.infra.agent import AgentProcess
 from tests.infra.mosquitto import Mosquitto
-from tests.integration.twin.helpers import desired_section, wait_reported
+from tests.integration.twin.helpers import version_state, wait_reported
 from tests.integration.twin.pki import acl_text, unique
 
 
@@ -52,9 +52,9 @@ async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:
             host="127.0.0.1", port=broker.port, topic_prefix=prefix, username=ops, password=f"file:{ops_file}"
         )
         async with FleetClient(broker_params(section, f"{ops}-1"), prefix) as fleet:
-            version = await fleet.deploy(device, {"modules": {"m": {"image": "registry.local/i:1"}}})
-            await fleet.wait_accepted(device, version, 20)
-            reported = await wait_reported(fleet, device, lambda d: desired_section(d).get("acceptedVersion") == 1)
+            published = await fleet.deploy(device, {"modules": {}})
+            await fleet.wait_for(published, "accepted", 20)
+            reported = await wait_reported(fleet, device, lambda d: version_state(d, 1) == "activating")
         assert device_pw not in str(reported)
         agent.stop()
 
@@ -64,7 +64,7 @@ async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:
         agent.config_path.write_text(agent_config(wrong))
         agent.start()
         await asyncio.to_thread(agent.wait_log, "EVENT=mqtt.retry", 20)
-        assert "EVENT=desired.handed_over" in agent.log()  # the stored deployment runs regardless
+        assert "EVENT=deployment.loaded" in agent.log()  # the stored deployment runs regardless
         log = agent.log()
         assert device_pw not in log and ops_pw not in log
     finally:

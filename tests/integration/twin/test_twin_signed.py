@@ -11,8 +11,9 @@ import signal
 from pathlib import Path
 
 from tests.infra.agent import AgentProcess
+from tests.infra.procs import wait_until
 from tests.integration.twin.conftest import TwinEnv
-from tests.integration.twin.helpers import desired_section, edgectl, stored_desired, wait_reported
+from tests.integration.twin.helpers import edgectl, refused_code, stored_state, version_state, wait_reported
 from tests.integration.twin.pki import unique
 
 MANIFEST = {"modules": {"pilot": {"image": "registry.local/pilot:1.0"}}}
@@ -31,26 +32,27 @@ async def test_signed_deploy_is_accepted_and_unsigned_or_foreign_is_refused(twin
         manifest.write_text(json.dumps(MANIFEST))
         flags = twin_env.edgectl_flags()
         signed = await asyncio.to_thread(
-            edgectl, "deploy", *flags, device, str(manifest), "--key", str(tmp_path / "fleet.key"), "--wait", "20"
+            edgectl, "deploy", *flags, device, str(manifest), "--key", str(tmp_path / "fleet.key"),
+            "--wait", "20", "--until", "admitted",
         )
         assert signed.returncode == 0, signed.stderr + agent.log()[-2000:]
-        assert f"{device}: version 1 accepted" in signed.stdout
-        before = stored_desired(agent)
-        assert before is not None and before[0] == 1
+        assert f"{device}: version 1 verifying" in signed.stdout
+        before = stored_state(agent)
+        assert before["desired_versions"] == []  # a verification in progress is not stored
 
         async with twin_env.fleet_client() as fleet:
             for args, code in (([], "unsigned"), (["--key", str(tmp_path / "stranger.key")], "untrusted_key")):
-                out = await asyncio.to_thread(edgectl, "deploy", *flags, device, str(manifest), *args)
-                assert out.returncode == 0, out.stderr  # published; the device decides
-                reported = await wait_reported(
-                    fleet,
-                    device,
-                    lambda d, code=code: desired_section(d).get("lastDesiredStatus", {}).get("code") == code,
-                    what=f"status {code}",
+                out = await asyncio.to_thread(
+                    edgectl, "deploy", *flags, device, str(manifest), *args, "--wait", "20", "--until", "admitted"
                 )
-                assert desired_section(reported)["acceptedVersion"] == 1
-                assert stored_desired(agent) == before, code
-        assert agent.log().count("EVENT=deployment.received") == 1
+                # Published, refused by the device: edgectl says so with the device's reason.
+                assert out.returncode == 1 and f"version 2 refused: {code}" in out.stderr, out.stderr
+                reported = await wait_reported(
+                    fleet, device, lambda d, code=code: refused_code(d) == code, what=f"status {code}"
+                )
+                assert version_state(reported, 1) == "verifying" and version_state(reported, 2) is None
+                assert stored_state(agent) == before, code
+        assert agent.log().count("EVENT=desired.admitted") == 1
     finally:
         os.environ.pop("EDGECTL_KEY_PASSWORD", None)
         agent.stop()
@@ -72,17 +74,16 @@ async def test_reload_with_a_new_document_key_applies_without_restart(twin_env: 
         async with twin_env.fleet_client() as fleet:
             out = await asyncio.to_thread(edgectl, "deploy", *deploy_new)
             assert out.returncode == 0, out.stderr
-            await wait_reported(
-                fleet,
-                device,
-                lambda d: desired_section(d).get("lastDesiredStatus", {}).get("code") == "untrusted_key",
-                what="untrusted_key",
-            )
+            await wait_reported(fleet, device, lambda d: refused_code(d) == "untrusted_key", what="untrusted_key")
             pid = agent.proc.proc.pid if agent.proc and agent.proc.proc else None
             agent.config_path.write_text(twin_env.agent_config(device, document_keys=[tmp_path / "new.pub"]))
+            in_force = agent.log().count("EVENT=trust.document_keys_config")
             agent.signal(signal.SIGHUP)
-            agent.wait_log("EVENT=trust.reloaded")
-            out = await asyncio.to_thread(edgectl, "deploy", *deploy_new, "--wait", "20")
+            await asyncio.to_thread(
+                wait_until, lambda: agent.log().count("EVENT=trust.document_keys_config") > in_force, 10,
+                "the new document key in force",
+            )
+            out = await asyncio.to_thread(edgectl, "deploy", *deploy_new, "--wait", "20", "--until", "admitted")
             assert out.returncode == 0, out.stderr + agent.log()[-2000:]
             assert agent.proc is not None and agent.proc.proc is not None and agent.proc.proc.pid == pid
     finally:

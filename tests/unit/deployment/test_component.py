@@ -1,24 +1,26 @@
-"""DeploymentComponent over the in-memory runtime, with a hand-driven clock: probation, rollback,
-bad versions, restart counting, reported state, adoption, image GC."""
+"""The reconciler (DeploymentComponent, fed by the desired-state room as the daemon wires them) over
+the in-memory runtime, with a hand-driven clock: probation, rollback, per-version status, restart
+counting, retry backoff, reported state, adoption, image GC."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent.config import parse_config
-from edge_agent.deployment.component import DeploymentComponent
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.desired.admission import Admitted, Duplicate, Refused
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRequest, MountRequest
 from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.store import open_state_db
 from edge_agent.trust.api import ImageRejected, VerifiedImage
-from edge_agent.twin.events import DesiredRejected, DesiredState
+from tests.infra.pipeline import Pipeline
 
 
 class Clock:
@@ -51,16 +53,15 @@ backoff_reset_s = 60
 
 
 def make(tmp_path: Path, runtime: FakeRuntime | None = None, clock: Clock | None = None) -> tuple[
-        DeploymentComponent, FakeRuntime, Clock, ReportedState]:
+        Pipeline, FakeRuntime, Clock, ReportedState]:
     clock = clock or Clock()
     runtime = runtime or FakeRuntime(clock=clock)
     reported = ReportedState()
     db = open_state_db(tmp_path / "state")
-    comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), reported, runtime, FakeVerifier(),
-                               clock=clock)
+    pipe = Pipeline(parse_config(CONFIG), db, reported, runtime, FakeVerifier(), clock=clock)
     for ref in ("reg.local:5000/a:1", "reg.local:5000/a:2", "reg.local:5000/b:1", "reg.local:5000/crash:1"):
         runtime.registry.add(f"{ref.rsplit(':', 1)[0]}@sha256:{hashlib.sha256(ref.encode()).hexdigest()}")
-    return comp, runtime, clock, reported
+    return pipe, runtime, clock, reported
 
 
 def doc(**modules: dict[str, Any]) -> dict[str, Any]:
@@ -68,152 +69,173 @@ def doc(**modules: dict[str, Any]) -> dict[str, Any]:
                         for name, spec in modules.items()}}
 
 
-async def settle(comp: DeploymentComponent, passes: int = 4) -> None:
+async def settle(pipe: Pipeline, passes: int = 4) -> None:
     for _ in range(passes):
-        await comp.reconcile()
+        await pipe.component.reconcile()
 
 
 async def test_deploy_converges_reports_and_becomes_good(tmp_path: Path) -> None:
-    comp, rt, clock, reported = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={"startupOrder": 1}, b={"startupOrder": 0})))
-    await settle(comp)
+    pipe, rt, clock, reported = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={"startupOrder": 1}, b={"startupOrder": 0}))
+    await settle(pipe)
     assert [c for c in rt.calls if c[0] == "start"] == [("start", "edge-b"), ("start", "edge-a")]
     mods = reported.get("modules")
     assert mods["a"]["runtimeStatus"] == "running" and mods["a"]["digest"].startswith("sha256:")
-    assert reported.get("deployment")["status"] == "probation"
+    assert pipe.state(1) == "probation" and pipe.section()["current"] == 1
     clock.now += 31
-    await settle(comp, 1)
-    dep = reported.get("deployment")
-    assert dep["status"] == "good" and dep["lastKnownGood"] == 1
+    await settle(pipe, 1)
+    dep = pipe.section()
+    assert pipe.state(1) == "good" and dep["lastKnownGood"] == 1 and dep["current"] == 1
+
+
+async def test_a_committed_deployment_is_activating_until_its_modules_run(tmp_path: Path) -> None:
+    pipe, rt, _, _ = make(tmp_path)
+    await pipe.start()
+    assert pipe.section()["current"] is None
+    decision = await pipe.deploy(1, doc(a={}))
+    assert isinstance(decision, Admitted)
+    # Committed, not yet taken by the reconciler: the device does not claim it runs it.
+    assert pipe.state(1) == "activating" and pipe.section()["current"] is None
+    assert pipe.deployments.get("current") is not None and not rt.containers
+    await settle(pipe)
+    assert pipe.state(1) == "probation" and pipe.section()["current"] == 1
 
 
 async def test_bad_deployment_rolls_back_and_is_not_retried(tmp_path: Path) -> None:
-    comp, rt, clock, reported = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={})))
-    await settle(comp)
+    pipe, rt, clock, _reported = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
     clock.now += 31
-    await settle(comp)
-    await comp.desired(DesiredState(2, doc(a={"img": "a:2"})))
-    await settle(comp)
+    await settle(pipe)
+    await pipe.deploy(2, doc(a={"img": "a:2"}))
+    await settle(pipe)
     clock.now += 5
     rt.exit("a", 7)
-    await settle(comp)
-    dep = reported.get("deployment")
-    assert dep["status"] == "rolled_back" and dep["current"] == 1
-    assert dep["rollback"]["exitCode"] == 7 and dep["rollback"]["module"] == "a"
+    await settle(pipe)
+    dep = pipe.section()
+    assert dep["current"] == 1 and dep["lastKnownGood"] == 1
+    v2 = dep["versions"]["2"]
+    assert v2["state"] == "rolled_back" and v2["module"] == "a" and "exited with code 7" in v2["description"]
+    assert dep["versions"]["1"]["state"] == "good"
     running = [c for c in rt.containers.values() if c.state == "running"]
     assert len(running) == 1 and running[0].image.endswith(hashlib.sha256(b"reg.local:5000/a:1").hexdigest())
-    # The same bad version again is not applied; a newer one is.
-    await comp.desired(DesiredState(2, doc(a={"img": "a:2"})))
-    assert comp.pending is None and reported.get("deployment")["lastReceived"]["status"] == "skipped"
-    await comp.desired(DesiredState(3, doc(a={"img": "a:2"})))
-    assert comp.pending is not None
+    # The same bad version again is a duplicate; another document as version 2 is a replay;
+    # a newer one is applied.
+    assert isinstance(await pipe.deploy(2, doc(a={"img": "a:2"})), Duplicate)
+    replay = await pipe.deploy(2, doc(a={"img": "a:1"}))
+    assert isinstance(replay, Refused) and replay.code == "replayed"
+    assert pipe.state(2) == "rolled_back" and pipe.section()["lastRefused"]["code"] == "replayed"
+    assert isinstance(await pipe.deploy(3, doc(a={"img": "a:2"})), Admitted)
+    assert pipe.state(3) == "activating"
 
 
 async def test_crash_loop_backs_off_and_never_gives_up(tmp_path: Path) -> None:
-    comp, rt, clock, reported = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(crash={})))
-    await settle(comp)
+    pipe, rt, clock, reported = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(crash={}))
+    await settle(pipe)
     delays = []
     for _ in range(8):
         rt.exit("crash", 1)
         exited = clock.now
-        await comp.reconcile()
+        await pipe.component.reconcile()
         while reported.get("modules")["crash"]["runtimeStatus"] == "backoff":
             clock.now += 0.5
-            await comp.reconcile()
+            await pipe.component.reconcile()
         delays.append(clock.now - exited)
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
     assert reported.get("modules")["crash"]["restartCount"] == 8
     # Up for the reset period: backoff starts over.
     clock.now += 61
-    await comp.reconcile()
+    await pipe.component.reconcile()
     rt.exit("crash", 1)
-    await comp.reconcile()
-    assert comp.last_plan.waits[0].until == pytest.approx(clock.now + 1.0)
+    await pipe.component.reconcile()
+    assert pipe.component.last_plan.waits[0].until == pytest.approx(clock.now + 1.0)
 
 
 async def test_agent_restart_adopts_running_containers(tmp_path: Path) -> None:
-    comp, rt, clock, _ = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={}, b={})))
-    await settle(comp)
+    pipe, rt, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}, b={}))
+    await settle(pipe)
     before = {c.id: c.started_at for c in rt.containers.values()}
     rt.calls.clear()
-    comp2, _, _, reported2 = make(tmp_path, rt, clock)
-    await comp2.start()
-    await settle(comp2)
+    pipe2, _, _, reported2 = make(tmp_path, rt, clock)
+    await pipe2.start()
+    await settle(pipe2)
     assert rt.calls == [] and {c.id: c.started_at for c in rt.containers.values()} == before
     assert reported2.get("modules")["a"]["runtimeStatus"] == "running"
 
 
 async def test_invalid_and_rejected_deployments_keep_the_current_one(tmp_path: Path) -> None:
-    comp, _rt, _, reported = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={})))
-    await settle(comp)
-    with pytest.raises(DesiredRejected, match="module 'a': restartPolicy: got 'sometimes'"):
-        await comp.desired(DesiredState(2, doc(a={"restartPolicy": "sometimes"})))
-    await comp.desired(DesiredState(3, doc(a={"img": "evil:1"})))
-    await settle(comp)
-    dep = reported.get("deployment")
-    assert dep["current"] == 1 and dep["lastReceived"]["status"] == "rejected"
-    assert "unsigned" in dep["lastReceived"]["description"]
+    pipe, _rt, _, reported = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    invalid = await pipe.deploy(2, doc(a={"restartPolicy": "sometimes"}))
+    assert isinstance(invalid, Refused) and invalid.code == "invalid_deployment"
+    assert "module 'a': restartPolicy: got 'sometimes'" in invalid.description
+    assert "2" not in pipe.section()["versions"]  # refused: no version row
+    await pipe.deploy(3, doc(a={"img": "evil:1"}))
+    await settle(pipe)
+    dep = pipe.section()
+    v3 = dep["versions"]["3"]
+    assert dep["current"] == 1 and v3["state"] == "rejected" and v3["code"] == "unsigned" and v3["module"] == "a"
+    assert pipe.deployments.get("current").version == 1  # type: ignore[union-attr]
     assert reported.get("modules")["a"]["runtimeStatus"] == "running"
 
 
 async def test_image_gc_keeps_current_and_last_known_good(tmp_path: Path) -> None:
-    comp, rt, clock, _ = make(tmp_path)
-    await comp.start()
+    pipe, rt, clock, _ = make(tmp_path)
+    await pipe.start()
     for version, img in ((1, "a:1"), (2, "a:2"), (3, "b:1")):
-        await comp.desired(DesiredState(version, {"modules": {"a": {"image": f"reg.local:5000/{img}"}}}))
-        await settle(comp)
+        await pipe.deploy(version, {"modules": {"a": {"image": f"reg.local:5000/{img}"}}})
+        await settle(pipe)
         if version < 3:
             clock.now += 31
-            await settle(comp)
-    await comp.collect_images()
+            await settle(pipe)
+    await pipe.component.collect_images()
     # 3 is on probation, 2 is last-known-good: only a:1 goes.
     a1, _a2, b1 = (hashlib.sha256(f"reg.local:5000/{i}".encode()).hexdigest() for i in ("a:1", "a:2", "b:1"))
     assert [c[1] for c in rt.calls if c[0] == "rmi"] == [f"reg.local:5000/a@sha256:{a1}"]
     clock.now += 31
-    await settle(comp)
-    await comp.collect_images()
+    await settle(pipe)
+    await pipe.component.collect_images()
     assert rt.images == {f"reg.local:5000/b@sha256:{b1}"}
 
 
 async def test_plan_control_command_is_a_dry_run(tmp_path: Path) -> None:
-    comp, rt, _, _ = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={})))
-    await comp.reconcile()
+    pipe, rt, _, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await pipe.component.reconcile()
     rt.exit("a", 1)
     calls = list(rt.calls)
-    result = await comp._cmd_plan({})
+    result = await pipe.component._cmd_plan({})
     assert rt.calls == calls
     assert result["waits"] and result["waits"][0]["module"] == "a"
 
 
 async def test_failed_pull_is_retried_then_reported_and_others_proceed(tmp_path: Path) -> None:
-    comp, rt, _, reported = make(tmp_path)
-    await comp.start()
+    pipe, rt, _, reported = make(tmp_path)
+    await pipe.start()
     # "a:9" resolves but is not in the registry: every pull attempt fails.
-    await comp.desired(DesiredState(1, doc(a={"img": "a:9"}, b={})))
-    await comp.reconcile()
+    await pipe.deploy(1, doc(a={"img": "a:9"}, b={}))
+    await pipe.component.reconcile()
     pulls = [c for c in rt.calls if c[0] == "pull" and "/a@" in c[1]]
-    assert len(pulls) == 1 + comp.config.podman.pull_retries
+    assert len(pulls) == 1 + pipe.component.config.podman.pull_retries
     mods = reported.get("modules")
     assert mods["a"]["runtimeStatus"] == "failed" and "not found" in mods["a"]["statusDescription"]
     assert mods["b"]["runtimeStatus"] == "running"
 
 
 async def test_without_any_deployment_existing_containers_are_left_alone(tmp_path: Path) -> None:
-    comp, rt, clock, _ = make(tmp_path)
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={})))
-    await settle(comp)
+    pipe, rt, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
     # state.db lost (new state dir), containers still there: nothing is stopped or removed
     # until a deployment is handed over again.
     fresh, _, _, _ = make(tmp_path / "other", rt, clock)
@@ -240,23 +262,22 @@ class RecordingHooks:
         self.calls.append(("after_remove", module, ""))
 
 
-def make_with_hooks(tmp_path: Path) -> tuple[DeploymentComponent, FakeRuntime, Clock, RecordingHooks]:
+def make_with_hooks(tmp_path: Path) -> tuple[Pipeline, FakeRuntime, Clock, RecordingHooks]:
     clock = Clock()
     runtime = FakeRuntime(clock=clock)
     hooks = RecordingHooks()
     db = open_state_db(tmp_path / "state")
-    comp = DeploymentComponent(parse_config(CONFIG), DeploymentStore(db), ReportedState(), runtime, FakeVerifier(),
-                               clock=clock, hooks=[hooks])
-    return comp, runtime, clock, hooks
+    pipe = Pipeline(parse_config(CONFIG), db, ReportedState(), runtime, FakeVerifier(), clock=clock, hooks=[hooks])
+    return pipe, runtime, clock, hooks
 
 
 async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> None:
-    comp, runtime, _, hooks = make_with_hooks(tmp_path)
+    pipe, runtime, _, hooks = make_with_hooks(tmp_path)
     for ref in ("reg.local:5000/a:1", "reg.local:5000/a:2", "reg.local:5000/b:1"):
         runtime.registry.add(f"{ref.rsplit(':', 1)[0]}@sha256:{hashlib.sha256(ref.encode()).hexdigest()}")
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={}, b={})))
-    await settle(comp)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}, b={}))
+    await settle(pipe)
     kinds = [(k, m) for k, m, _ in hooks.calls]
     assert sorted(kinds) == sorted([("before_create", "a"), ("before_start", "a"),
                                     ("before_create", "b"), ("before_start", "b")])
@@ -267,8 +288,8 @@ async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> N
 
     # a changes (re-created: keeps its hook state, no after_remove); b leaves (after_remove).
     hooks.calls.clear()
-    await comp.desired(DesiredState(2, doc(a={"img": "a:2"})))
-    await settle(comp)
+    await pipe.deploy(2, doc(a={"img": "a:2"}))
+    await settle(pipe)
     assert ("after_remove", "b", "") in hooks.calls
     assert not any(k == "after_remove" and m == "a" for k, m, _ in hooks.calls)
     assert ("before_create", "a") in [(k, m) for k, m, _ in hooks.calls]
@@ -277,15 +298,15 @@ async def test_module_hooks_around_create_start_and_removal(tmp_path: Path) -> N
 async def test_start_hook_gets_the_pinned_image_when_a_crashed_module_is_restarted(tmp_path: Path) -> None:
     # Restarts (and starts retried by a later pass) name the container by id, not by name: the
     # hook must still get the image, or the attestation measurement fails on every restart.
-    comp, runtime, clock, hooks = make_with_hooks(tmp_path)
+    pipe, runtime, clock, hooks = make_with_hooks(tmp_path)
     runtime.registry.add(f"reg.local:5000/a@sha256:{hashlib.sha256(b'reg.local:5000/a:1').hexdigest()}")
-    await comp.start()
-    await comp.desired(DesiredState(1, doc(a={"restartPolicy": "always"})))
-    await settle(comp)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={"restartPolicy": "always"}))
+    await settle(pipe)
     hooks.calls.clear()
     runtime.exit("a", 1)
     clock.now += 60
-    await settle(comp)
+    await settle(pipe)
     starts = [info for kind, module, info in hooks.calls if kind == "before_start" and module == "a"]
     assert starts, hooks.calls
     assert all("reg.local:5000/a@sha256:" in info for info in starts), starts
@@ -294,8 +315,44 @@ async def test_start_hook_gets_the_pinned_image_when_a_crashed_module_is_restart
 async def test_local_deploy_is_refused_unless_switched_on(tmp_path: Path) -> None:
     from edge_agent.control import CommandError
 
-    comp, rt, _, _ = make(tmp_path)
-    await comp.start()
+    pipe, rt, _, _ = make(tmp_path)
+    await pipe.start()
     with pytest.raises(CommandError, match=r"deployment\.local_deploy = false"):
-        await comp._cmd_deploy({"version": 1, "deployment": doc(a={})})
-    assert comp.pending is None and not rt.calls
+        await pipe.manager._cmd_deploy({"version": 1, "deployment": doc(a={})})
+    assert pipe.section()["versions"] == {} and not rt.calls
+
+
+async def test_podman_down_backs_off_to_the_cap_and_logs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pipe, rt, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    rt.down = True
+    attempts: list[float] = []
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    wake = await pipe.component.reconcile()
+    for _ in range(40):  # every wake-up (events, the poll) in between must not try again
+        assert wake is not None
+        calls = rt.list_calls
+        clock.now = (clock.now + wake) / 2
+        assert await pipe.component.reconcile() == wake and rt.list_calls == calls
+        clock.now = wake
+        attempts.append(clock.now)
+        wake = await pipe.component.reconcile()
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
+    assert gaps[:5] == [4.0, 8.0, 16.0, 32.0, 60.0] and set(gaps[5:]) == {60.0}
+    failed = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert len(failed) == 1 and "reconcile failed" in failed[0].getMessage()
+    assert "error" in pipe.section()
+    assert pipe.reported.get("modules")["a"]["runtimeStatus"] == "unknown"  # not "running" from memory
+    rt.down = False
+    clock.now = wake
+    await settle(pipe)
+    assert "error" not in pipe.section()
+    assert any("podman answers again" in r.getMessage() for r in caplog.records)
+    assert reported_running(pipe)
+
+
+def reported_running(pipe: Pipeline) -> bool:
+    return (pipe.reported.get("modules") or {}).get("a", {}).get("runtimeStatus") == "running"

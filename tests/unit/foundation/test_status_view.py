@@ -12,10 +12,8 @@ FIRST_BOOT: dict[str, Any] = {
     "state_dir": "/var/lib/edge-agent",
     "components": {name: {"stalled": None, "last_error": None} for name in ("trust", "deployment", "twin")},
     "reported": {
-        "deployment": {"current": None, "lastKnownGood": None, "pending": None, "lastReceived": None,
-                       "rollback": None, "badVersions": {}},
-        "desired": {"acceptedVersion": None, "lastDesiredVersion": None,
-                    "lastDesiredStatus": {"code": "none", "description": "no desired document received yet"}},
+        "deployment": {"current": None, "lastKnownGood": None, "highestVersion": None, "versions": {},
+                       "lastRefused": None, "maxDocumentBytes": 1048576, "documentMode": "enforce"},
         "telemetry": {"depth": 0, "bytes": 0, "capBytes": 67108864, "oldestAgeS": None, "drops": {}, "refused": {},
                       "diskFull": False, "streams": {}, "uploadRate": 0.0, "sentRecords": 0, "connected": False,
                       "lastError": None, "refusedBatches": 0, "sockets": []},
@@ -31,7 +29,6 @@ def test_first_boot_reads_as_sentences() -> None:
     text = render_status(FIRST_BOOT)
     assert "None" not in text and "(?)" not in text, text
     assert "deployment  none yet: no deployment has been received and accepted on this device" in text
-    assert "desired     no desired document received yet" in text
     assert "components  trust ok, deployment ok, twin ok" in text
     assert "0 sent since the agent started" in text and "not connected" in text
     assert "20.0 GiB free of 32.0 GiB" in text
@@ -40,9 +37,13 @@ def test_first_boot_reads_as_sentences() -> None:
 def test_running_deployment_with_modules_drops_and_a_refused_reload() -> None:
     status = copy.deepcopy(FIRST_BOOT)
     r = status["reported"]
-    r["deployment"].update(current=7, lastKnownGood=6, status="probation", description="waiting 30 s",
-                           lastReceived={"version": 7, "status": "activated"}, badVersions={"5": "image refused"})
-    r["desired"].update(lastDesiredVersion=7, lastDesiredStatus={"code": "accepted", "description": ""})
+    r["deployment"].update(
+        current=7, lastKnownGood=6, highestVersion=8,
+        versions={"8": {"state": "rejected", "code": "unsigned", "module": "pilot", "description": "image reg/p:2"},
+                  "7": {"state": "probation", "description": "good at 10:00 if it stays so"},
+                  "6": {"state": "good"}},
+        lastRefused={"code": "replayed", "description": "version 5 is not newer", "version": 5},
+    )
     r["modules"] = {"pilot": {"runtimeStatus": "running", "restartCount": 1, "exitCode": None, "health": "healthy",
                               "startTime": "2026-11-28T10:00:00Z", "image": "reg/pilot:1",
                               "statusDescription": "running"}}
@@ -53,9 +54,9 @@ def test_running_deployment_with_modules_drops_and_a_refused_reload() -> None:
     status["components"]["twin"]["last_error"] = "ValueError: embedded null byte"
     text = render_status(status)
     assert "None" not in text, text
-    assert "deployment  version 7 probation, last known good 6" in text
-    assert "version 5 refused for good: image refused" in text
-    assert "last received version 7: activated" in text
+    assert "deployment  version 7 probation: good at 10:00 if it stays so; last known good 6" in text
+    assert "newest: version 8 rejected (unsigned, module pilot): image reg/p:2" in text
+    assert "last refused document (version 5): replayed: version 5 is not newer" in text
     assert "pilot   running" in text and "reg/pilot:1" in text
     assert "12 records queued (4.0 KiB of 64.0 MiB), oldest 5 min; connected" in text
     assert "pilot.frames: dropped 3 evicted" in text and "pilot.alerts: refused 1 queue_full" in text

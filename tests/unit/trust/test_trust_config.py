@@ -8,9 +8,9 @@ import pytest
 
 from edge_agent.checks import check_trust
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.store import open_state_db
+from edge_agent.desired.manager import document_trust
 from edge_agent.trust import keys
-from edge_agent.trust.factory import build_document_gate, scope_policies
+from edge_agent.trust.factory import scope_policies
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cosign"
 
@@ -82,5 +82,8 @@ def test_bad_values_name_the_key(tmp_path: Path) -> None:
 def test_document_gate_from_config(tmp_path: Path) -> None:
     write_keys(tmp_path)
     cfg = config(tmp_path, 'document_keys = ["a.pub", "b.pub"]')
-    gate = build_document_gate(cfg, open_state_db(tmp_path / "state"))  # type: ignore[arg-type]
-    assert len(gate.trusted_keys()) == 2  # type: ignore[attr-defined]
+    trust = document_trust(cfg, ())  # type: ignore[arg-type]
+    assert trust.mode == "enforce" and not trust.require_expires
+    assert sorted(k.source for k in trust.keys) == [str(tmp_path / "a.pub"), str(tmp_path / "b.pub")]
+    rotated = (keys.parse_public_key(keys.public_key_pem(keys.generate_private_key().public_key()), "state.db"),)
+    assert document_trust(cfg, rotated).keys == rotated  # a signed rotation wins over the config's keys

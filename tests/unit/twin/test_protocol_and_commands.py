@@ -69,15 +69,24 @@ async def test_commands_answer_errors_instead_of_failing() -> None:
 
 
 def test_show_marks_differences() -> None:
+    retained = b'{"schema":1,"version":3}'
+    import hashlib
+
+    mine = hashlib.sha256(retained).hexdigest()
     view = DeviceView(
         "rover-1",
         desired={"version": 3, "deployment": {"modules": {"pilot": {"image": "p:2"}, "cam": {"image": "c:1"}}}},
+        desired_raw=retained,
         reported={
             "ts": 1000.0,
-            "desired": {
-                "acceptedVersion": 2,
-                "lastDesiredVersion": 3,
-                "lastDesiredStatus": {"code": "replayed", "description": "old"},
+            "deployment": {
+                "current": 2,
+                "lastKnownGood": 2,
+                "versions": {
+                    "2": {"state": "good", "digest": "aa"},
+                    "1": {"state": "rolled_back", "code": "module_failed", "module": "pilot", "digest": "bb"},
+                },
+                "lastRefused": {"code": "replayed", "description": "old", "digest": mine, "version": 3, "at": "t"},
             },
             "modules": {
                 "pilot": {"runtimeStatus": "running", "image": "p:1"},
@@ -90,8 +99,11 @@ def test_show_marks_differences() -> None:
     text = render_view(view, color=False, now=1030.0)
     lines = text.splitlines()
     assert lines[0] == "device rover-1: offline, last report 30 s ago"
-    assert "! desired version 3   accepted by device 2" in lines
-    assert any(line.startswith("! last desired status: replayed") for line in lines)
+    assert "! desired version 3   device runs 2 (last known good 2)" in lines
+    assert "  version 2: good" in lines
+    assert "! version 1: rolled_back: module_failed: pilot" in lines
+    assert any(line.startswith("! last refused document (version 3, the one on the broker): replayed: old")
+               for line in lines)
     assert any(line.startswith("! pilot") for line in lines)  # image differs
     assert any(line.startswith("  cam") for line in lines)  # matches
     assert any(line.startswith("! old") and "(not desired)" in line for line in lines)

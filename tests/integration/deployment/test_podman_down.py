@@ -1,0 +1,73 @@
+"""Podman's API goes away for over two minutes under the real agent: the retries back off to the cap
+(whatever wakes the loop in between), the log holds a handful of lines rather than one per
+attempt, and when podman returns the deployment converges (a module killed meanwhile is started
+again) without restarting the agent."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tests.infra.agent import AgentProcess
+from tests.infra.podman import PodmanService, podman
+from tests.infra.procs import wait_until
+from tests.infra.registry import Registry
+
+from .conftest import RunImages, agent_config_text, owned
+
+REPO = Path(__file__).resolve().parents[3]
+SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
+OUTAGE_S = 135  # long enough for the gaps 2, 4, 8, 16, 32 and then the 60 s cap
+ATTEMPT = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \S+\s+deployment\.component\s+reconcile failed: .*\(attempt (\d+);",
+                     re.MULTILINE)
+
+
+def module_status(agent: AgentProcess) -> str | None:
+    status = agent.call("status")
+    assert isinstance(status, dict)
+    return ((status["reported"].get("modules") or {}).get("app") or {}).get("runtimeStatus")
+
+
+def test_podman_down_for_two_minutes_backs_off_and_converges(
+    tmp_path: Path, images: RunImages, run_id: str, registry: Registry, podman_env: Path,
+    agents: list[AgentProcess],
+) -> None:
+    (tmp_path / "own-podman").mkdir()
+    service = PodmanService(tmp_path / "own-podman").start()
+    try:
+        config = agent_config_text(run_id, service.url, registry, poll_interval_s=1)
+        agent = AgentProcess(tmp_path / "agent", config, env={"PYTHONPATH": str(REPO)})
+        agents.append(agent)
+        agent.start()
+        agent.call("deploy", {"version": 1, "deployment": {"modules": {"app": {"image": images.image(), **SLEEP}}}})
+        wait_until(lambda: module_status(agent) == "running", 60, "module running", interval=0.2)
+        pid = agent.proc.proc.pid if agent.proc and agent.proc.proc else None
+        log_file = agent.workdir / "agent.log"
+        log_before = len(log_file.read_text(errors="replace"))
+
+        service.stop()
+        time.sleep(2)
+        container = owned(run_id)[0]["Id"]
+        podman("kill", container)  # the module dies while nobody can tell the agent
+        time.sleep(OUTAGE_S)
+        outage_log = log_file.read_text(errors="replace")[log_before:]
+        # The device does not claim what it cannot see.
+        assert module_status(agent) == "unknown"
+        stamps = [datetime.strptime(m.group(1), "%H:%M:%S.%f") for m in ATTEMPT.finditer(outage_log)]
+        gaps = [round((b - a).total_seconds()) for a, b in itertools.pairwise(stamps)]
+        print(f"podman down {OUTAGE_S} s: {len(stamps)} attempts, gaps {gaps} s")
+        assert gaps[:5] == [2, 4, 8, 16, 32] and gaps[5] == 60, gaps
+        loud = [line for line in outage_log.splitlines() if " WARNING " in line or " ERROR " in line]
+        print("warning/error lines during the outage:\n" + "\n".join(loud))
+        assert 1 <= len(loud) <= 5, loud
+
+        service.start()  # same socket path
+        agent.wait_log("EVENT=deployment.runtime_back", timeout=90)
+        wait_until(lambda: module_status(agent) == "running", 90, "the module running again", interval=0.5)
+        assert agent.proc is not None and agent.proc.proc is not None and agent.proc.proc.pid == pid
+        assert owned(run_id)[0]["State"]["Running"] is True
+    finally:
+        service.stop()
