@@ -49,7 +49,7 @@ FIELDS = ("device.id", "mqtt.host", "mqtt.port", "mqtt.topic_prefix", "mqtt.user
 def configs(draw: st.DrawFn, base: str, broker_port: int) -> dict[str, dict[str, Any]]:
     """Plausible values, except (in most examples) one field, which gets hostile ones. Hostile values
     may still be valid; whatever `config check` accepts is run."""
-    hostile = draw(st.one_of(st.sampled_from(FIELDS), st.none()))
+    hostile = draw(st.sampled_from((*FIELDS, None)))
 
     def value(field: str, valid: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> Any:
         return draw(bad if field == hostile else valid)
@@ -186,5 +186,5 @@ def test_config_check_passes_implies_run_starts_and_stops_cleanly() -> None:
     prop()
     print(f"\n{outcomes['ran']:.0f} accepted configs ran and stopped cleanly ({outcomes['seconds']:.1f} s in run()); "
           f"{outcomes['refused']:.0f} refused")
-    assert outcomes["ran"] >= 10, f"too few generated configs passed the check to test run(): {outcomes}"
-    assert outcomes["refused"] >= 10, f"too few hostile configs: {outcomes}"
+    assert outcomes["ran"] >= 5, f"too few generated configs passed the check to test run(): {outcomes}"
+    assert outcomes["refused"] >= 5, f"too few hostile configs: {outcomes}"
