@@ -105,6 +105,15 @@ async def run_command(registry: CommandRegistry, name: str, payload: bytes) -> b
     return protocol.command_response_ok(result)
 
 
+def _raise_if_cancelling() -> None:
+    """aiomqtt's connect and acknowledgement waits use asyncio.wait_for, which on Python 3.11 can
+    swallow a cancellation that arrives just as the awaited result does (seen: a stop signal during
+    the connect left the session running). The task still counts the request: honour it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class TwinSession:
     def __init__(
         self,
@@ -284,7 +293,9 @@ class TwinSession:
         await client.__aenter__()  # raises MqttError when the broker is unreachable: retried
         try:
             try:
+                _raise_if_cancelling()
                 await self._on_connected(client)
+                _raise_if_cancelling()
                 async for message in client.messages:
                     await self._dispatch(client, message)
                 raise aiomqtt.MqttError("message stream ended")
