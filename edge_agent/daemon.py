@@ -59,6 +59,8 @@ class AgentContext:
 
 def build_components(ctx: AgentContext) -> list[Component]:
     """Every component the agent runs, in start order."""
+    from edge_agent.artifacts.modules import ModuleArtifacts
+    from edge_agent.artifacts.placement import ArtifactDirs
     from edge_agent.attestation.service import AttestationService
     from edge_agent.deployment.component import DeploymentComponent
     from edge_agent.deployment.store import DeploymentStore
@@ -66,6 +68,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.runtime.podman import PodmanRuntime
     from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
+    from edge_agent.trust.factory import registry_settings
+    from edge_agent.trust.registry import RegistryClient
     from edge_agent.twin.component import TwinComponent
 
     trust = TrustComponent(ctx.config, ctx.db)
@@ -74,7 +78,12 @@ def build_components(ctx: AgentContext) -> list[Component]:
     # The desired-state room: the twin hands it the bytes of every desired document; it checks,
     # pins (images verified through the trust component), commits, and hands the pinned
     # deployment to the reconciler, which tells it back what became of each version.
-    desired = DesiredStateManager(ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control)
+    # Module artifacts (models): verified and downloaded by the room, placed by the reconciler.
+    registry = RegistryClient(registry_settings(ctx.config.trust))
+    artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry)
+    artifacts = ModuleArtifacts(artifact_dirs)
+    desired = DesiredStateManager(ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control,
+                                  artifacts=artifact_dirs)
     twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():
@@ -85,6 +94,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
         if ctx.config.telemetry.enabled
         else None
     )
+    if telemetry is not None:
+        telemetry.observers.append(artifacts.observe)
     # Containers are created only from the repository@digest the room pinned. Around each
     # container, telemetry mounts the module's ingest socket and attestation measures the image.
     deployment = DeploymentComponent(
@@ -95,6 +106,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
         desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
+        artifacts=artifacts,
     )
     desired.attach(deployment)
     # The room starts first (it reports the stored statuses), then the reconciler loads the stored

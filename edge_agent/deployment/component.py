@@ -26,10 +26,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from edge_agent.artifacts.modules import ArtifactRefusal, ArtifactWait, ModuleArtifacts
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
-from edge_agent.deployment.actions import Plan, action_to_dict
+from edge_agent.deployment.actions import Create, Plan, Start, action_to_dict
 from edge_agent.deployment.desired import DesiredDeployment, NamingSettings
 from edge_agent.deployment.executor import Executor, ExecutorSettings
 from edge_agent.deployment.hooks import ModuleHooks
@@ -105,8 +106,11 @@ class DeploymentComponent(BaseComponent):
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
         hooks: Sequence[ModuleHooks] = (),
+        artifacts: ModuleArtifacts | None = None,
     ) -> None:
-        self.hooks = tuple(hooks)
+        # Artifacts are mounted like the other hooks' additions; they are placed by every pass.
+        self.artifacts = artifacts
+        self.hooks = tuple(hooks) + ((artifacts,) if artifacts is not None else ())
         self.store = store
         self.reported = reported
         self.runtime = runtime
@@ -128,6 +132,8 @@ class DeploymentComponent(BaseComponent):
         self._busy_since: float | None = None
         self._failed_reported: set[str] = set()  # modules whose "deployment failed" was logged
         self._tasks: set[asyncio.Task[Any]] = set()
+        if artifacts is not None:
+            artifacts.on_report = self.wake.set  # a module confirmed or refused an artifact
         if control is not None:
             control.register("plan", self._cmd_plan)
             control.register("restart", self._cmd_restart)
@@ -325,13 +331,21 @@ class DeploymentComponent(BaseComponent):
                 desired = self._desired_now()
                 restarts = {}
 
+        # Artifacts are in place before a container that mounts them is created, and a new version
+        # is switched in under a running container (no action in the plan for that).
+        artifact_errors = await self.artifacts.place(desired) if self.artifacts is not None else {}
+        for module, error in artifact_errors.items():
+            if self.module_errors.get(module) != error:
+                log.error("%s: %s", module, error, extra={"EVENT": "artifact.place_failed", "MODULE": module})
+            self.module_errors[module] = error
         images = await self._local_images(desired)
         current_plan = plan(desired, self.observed, images, restarts, now, self.planner_settings)
         self.last_plan = current_plan
         if current_plan.wake_at is not None:
             wake.append(current_plan.wake_at)
         # A module whose last action failed is not tried again before its backoff is over.
-        runnable = Plan(tuple(a for a in current_plan.actions if self.retries.due(f"module:{a.module}", now)),
+        runnable = Plan(tuple(a for a in current_plan.actions if self.retries.due(f"module:{a.module}", now)
+                              and not (a.module in artifact_errors and isinstance(a, Create | Start))),
                         current_plan.waits)
         if not runnable.empty:
             version = desired.version if desired else None
@@ -385,6 +399,8 @@ class DeploymentComponent(BaseComponent):
         lkg_version = self.lkg.version if self.lkg else None
         verdict = judge(desired, lkg_version, self.current.activated_at, self.observed, restarts, now,
                         self.device_id, self.probation)
+        if self.artifacts is not None and isinstance(verdict, Good | Probation):
+            verdict = self._judge_artifacts(desired, verdict, now)
         version = desired.version
         if isinstance(verdict, Good):
             self.lkg = self.current
@@ -394,11 +410,28 @@ class DeploymentComponent(BaseComponent):
             log.info("deployment %d is good: every module ran for %g s", version, self.probation.window_s,
                      extra={"EVENT": "deployment.good", "DEPLOYMENT": str(version)})
             self._schedule_gc()
+            if self.artifacts is not None:
+                self.artifacts.collect([desired])
         elif isinstance(verdict, Probation) and verdict.until is not None:
             self.status.outcome(version, State.PROBATION,
                                 description=f"every module runs; good at {iso(verdict.until)} if it stays so")
         elif isinstance(verdict, Probation):
             self.status.outcome(version, State.ACTIVATING, description=verdict.reason)
+        return verdict
+
+    def _judge_artifacts(self, desired: DesiredDeployment, verdict: Good | Probation, now: float) -> Verdict:
+        """A module that refuses its artifact fails the deployment like a crash; one that has not
+        confirmed it yet keeps the deployment on probation (up to the apply timeout)."""
+        assert self.artifacts is not None and self.current is not None
+        said = self.artifacts.verdict(desired)
+        if isinstance(said, ArtifactRefusal):
+            return Failed(said.module, said.reason, code="artifact_refused")
+        if isinstance(said, ArtifactWait):
+            if now >= self.current.activated_at + self.probation.apply_timeout_s:
+                return Failed(said.module, f"did not confirm its artifact within {self.probation.apply_timeout_s:g} s "
+                                      f"({said.reason})", code="artifact_not_confirmed")
+            if isinstance(verdict, Good) or verdict.until is not None:
+                return Probation(None, said.reason)
         return verdict
 
     def _rollback(self, failure: Failed) -> bool:
@@ -412,7 +445,7 @@ class DeploymentComponent(BaseComponent):
                           "keeping it running under its restart policies", bad.version, reason,
                           extra={"EVENT": "deployment.failed", "DEPLOYMENT": str(bad.version),
                                  "MODULE": failure.module})
-            self.status.outcome(bad.version, State.FAILED, code="module_failed", module=failure.module,
+            self.status.outcome(bad.version, State.FAILED, code=failure.code, module=failure.module,
                                 description=f"{failure.reason}; no earlier good version to return to, "
                                             "kept running under its restart policies")
             return False
@@ -422,7 +455,7 @@ class DeploymentComponent(BaseComponent):
         self.current = back
         self.lkg = back
         self.store.put("last_known_good", back)
-        self.status.outcome(bad.version, State.ROLLED_BACK, code="module_failed", module=failure.module,
+        self.status.outcome(bad.version, State.ROLLED_BACK, code=failure.code, module=failure.module,
                             description=f"{failure.reason}; version {back.version} runs again")
         self._tell_running()
         log.error("deployment %d failed (%s): rolling back to %d", bad.version, reason, back.version,
@@ -489,6 +522,11 @@ class DeploymentComponent(BaseComponent):
                     lastExitTime=iso(c.finished_at),
                     health=c.health,
                 )
+            if self.artifacts is not None and m.spec.artifacts:
+                entry["artifacts"] = self.artifacts.report(m)
+                uses = self.artifacts.module_uses(m.name)
+                if uses is not None:
+                    entry["moduleReport"] = uses
             modules[m.name] = entry
         self.reported.set("modules", modules)
 

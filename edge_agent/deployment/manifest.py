@@ -144,6 +144,50 @@ class Capabilities(_Model):
         return sorted(set(out))
 
 
+def artifact_slot(target: str) -> str:
+    """The directory name an artifact mounted at `target` has on the device: /models -> models."""
+    return "-".join(PurePosixPath(target).parts[1:]) or "root"
+
+
+class Artifact(_Model):
+    ref: str = Field(
+        description="an artifact (a model) in a registry, by tag or digest: "
+        "registry/models/pilot:v2 or ...@sha256:<hex>"
+    )
+    path: str = Field(
+        description="absolute directory in the container where it is mounted read-only; "
+        "the files are in <path>/current/ (switched atomically)"
+    )
+    confirm: bool = Field(
+        False,
+        description="the module reports which artifact it uses (stream module.artifacts); the deployment is "
+        "good only once it confirms this one, and fails (rolls back) when the module refuses it",
+    )
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        try:
+            _, tag, digest = parse_image_reference(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "artifact", "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
+            ) from None
+        if tag is None and digest is None:
+            raise PydanticCustomError("artifact", "expected a tag or a digest (no implicit :latest)")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts or len(path.parts) < 2:
+            raise PydanticCustomError("path", "expected an absolute directory below / without '..'")
+        if any(not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", p) for p in path.parts[1:]):
+            raise PydanticCustomError("path", "expected path components of letters, digits, '.', '_', '-'")
+        return str(path)
+
+
 class ModuleSpec(_Model):
     image: str = Field(description="a registry image like registry.example.com/pilot:1.2 or ...@sha256:<digest>")
     status: Literal["running", "stopped"] = Field("running", description="one of running, stopped")
@@ -171,6 +215,23 @@ class ModuleSpec(_Model):
     stop_grace: float | None = Field(
         None, alias="stopGrace", description="seconds between SIGTERM and SIGKILL on stop (default from config)"
     )
+    artifacts: list[Artifact] = Field(
+        default_factory=list,
+        max_length=8,
+        description="signed OCI artifacts (models) placed read-only in the container; a new one does not "
+        "re-create the container",
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, value: list[Artifact]) -> list[Artifact]:
+        slots = [artifact_slot(a.path) for a in value]
+        for i, slot in enumerate(slots):
+            if slot in slots[:i]:
+                raise PydanticCustomError(
+                    "artifacts", "{path}: two artifacts at the same path", {"path": value[i].path}
+                )
+        return value
 
     @field_validator("image")
     @classmethod
@@ -226,6 +287,11 @@ class ModuleSpec(_Model):
         """Identity of the container this spec makes: any change means a new container."""
         doc = self.model_dump(mode="json", by_alias=True)
         doc["image"] = pinned_image
+        # Which artifact version is placed is not part of the container: only where they are
+        # mounted (a new model is switched in place, the container keeps running).
+        artifacts = doc.pop("artifacts")
+        if artifacts:
+            doc["artifacts"] = sorted(a["path"] for a in artifacts)
         doc["_v"] = CONTAINER_SPEC_VERSION
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]

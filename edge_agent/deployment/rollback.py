@@ -40,6 +40,7 @@ class Failed:
     reason: str
     exit_code: int | None = None
     health: str | None = None
+    code: str = "module_failed"  # the reported reason code (artifact_refused: the module refused its artifact)
 
 
 Verdict = Settled | Probation | Good | Failed

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from edge_agent.artifacts.pinning import pin_artifact_refs
+from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
-from edge_agent.deployment.manifest import Deployment, validate_deployment
+from edge_agent.deployment.manifest import Artifact, Deployment, artifact_slot, validate_deployment
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired.admission import (
     Admitted,
@@ -49,9 +51,11 @@ from edge_agent.desired.status import (
     deployment_section,
 )
 from edge_agent.desired.store import DesiredStore
+from edge_agent.image_ref import parse_image_reference
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.retry import Retries
+from edge_agent.threads import run_blocking
 from edge_agent.trust.api import ImageRejected, ImageVerifier
 from edge_agent.trust.keys import KeyFileError, TrustedKey, load_public_key
 from edge_agent.trust.passthrough import RegistryUnreachable
@@ -85,9 +89,11 @@ class DesiredStateManager(BaseComponent):
         *,
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
+        artifacts: ArtifactDirs | None = None,
     ) -> None:
         self.reported = reported
         self.verifier = verifier
+        self.artifacts = artifacts
         self.clock = clock
         self.store = DesiredStore(db, deployments)
         self.deployments = deployments
@@ -270,9 +276,17 @@ class DesiredStateManager(BaseComponent):
                 log.info("registry reachable again after %d failed attempts", recovered.attempts,
                          extra={"EVENT": "desired.registry_back", "DEPLOYMENT": str(version)})
             images[name] = f"{verified.repository}@{verified.digest}"
+        pins: dict[tuple[str, int], str] = {}
+        for name, spec in sorted(admitted.deployment.modules.items()):
+            for index, artifact in enumerate(spec.artifacts):
+                pinned = await self._pin_artifact(admitted, name, artifact)
+                if pinned is None:
+                    return
+                pins[(name, index)] = pinned
+        document = pin_artifact_refs(admitted.document, pins)
         while True:
             try:
-                self._commit(admitted, raw, images)
+                self._commit(admitted, raw, images, document)
                 break
             except sqlite3.Error as exc:  # disk full, read-only filesystem: run nothing that is not stored
                 await self._wait_for_store(admitted, exc)
@@ -280,6 +294,48 @@ class DesiredStateManager(BaseComponent):
         if recovered is not None:
             log.info("deployment %d stored after %d failed attempts", version, recovered.attempts,
                      extra={"EVENT": "desired.store_back", "DEPLOYMENT": str(version)})
+
+    async def _pin_artifact(self, admitted: Admitted, module: str, artifact: Artifact) -> str | None:
+        """Verify an artifact under [[trust.policy]] like an image, then download it (every digest
+        checked) into its version directory, before anything is committed. The pinned reference,
+        or None when the version was rejected."""
+        what = f"artifact {artifact.ref} (at {artifact.path})"
+        while True:
+            try:
+                verified = await self.verifier.verify(artifact.ref)
+            except (RegistryUnreachable, ImageRejected) as exc:
+                if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
+                    self._reject_artifact(admitted, module, what, f"artifact_{exc.code}", exc.description)
+                    return None
+                await self._wait_for_registry(admitted, module, exc)
+                continue
+            break
+        self.retries.succeeded("pin")
+        _, tag, _ = parse_image_reference(artifact.ref)
+        pinned = f"{verified.repository}{':' + tag if tag else ''}@{verified.digest}"
+        if self.artifacts is None:
+            return pinned
+        while True:
+            try:
+                await run_blocking(self.artifacts.fetch, module, artifact_slot(artifact.path),
+                                   f"{verified.repository}@{verified.digest}", name="artifact fetch")
+            except ArtifactFailed as exc:
+                if exc.code != "artifact_unreachable":
+                    self._reject_artifact(admitted, module, what, exc.code, exc.description)
+                    return None
+                await self._wait_for_registry(admitted, module, exc)
+                continue
+            return pinned
+
+    def _reject_artifact(self, admitted: Admitted, module: str, what: str, code: str, description: str) -> None:
+        self._pending = None
+        self.retries.forget("pin")
+        self._transition(admitted.version, State.REJECTED, code=code, module=module,
+                         description=f"{what}: {description}")
+        log.error("deployment %d rejected: module %s: %s: %s: %s (keeping version %s)", admitted.version,
+                  module, what, code, description, self.current,
+                  extra={"EVENT": "deployment.artifact_rejected", "DEPLOYMENT": str(admitted.version),
+                         "MODULE": module, "CODE": code})
 
     async def _wait_for_registry(self, admitted: Admitted, module: str, exc: Exception) -> None:
         failure, news = self.retries.failed("pin", str(exc), self.clock())
@@ -315,10 +371,12 @@ class DesiredStateManager(BaseComponent):
                   extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(admitted.version),
                          "MODULE": module, "CODE": exc.code})
 
-    def _commit(self, admitted: Admitted, raw: bytes, images: dict[str, str]) -> None:
+    def _commit(
+        self, admitted: Admitted, raw: bytes, images: dict[str, str], document: Mapping[str, Any] | None = None
+    ) -> None:
         now = self.clock()
         version = admitted.version
-        stored = StoredDeployment(version, dict(admitted.document), images, now)
+        stored = StoredDeployment(version, dict(document if document is not None else admitted.document), images, now)
         rows = []
         activating = advance(self.statuses[version], State.ACTIVATING, now, description="starting its modules")
         if activating is not None:

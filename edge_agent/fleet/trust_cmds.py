@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
+from edge_agent.artifacts.format import build_model_artifact, validate_metadata
+from edge_agent.artifacts.push import push_and_sign
 from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.documents import sign_document
 from edge_agent.trust.keys import (
@@ -36,7 +38,7 @@ from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
 
 PASSWORD_ENVS = ("EDGECTL_KEY_PASSWORD", "COSIGN_PASSWORD")
-COMMANDS = ("keygen", "public-key", "sign-image", "verify-image", "sign-document")
+COMMANDS = ("keygen", "public-key", "sign-image", "verify-image", "sign-document", "push-model")
 
 
 def _registry_options(p: argparse.ArgumentParser) -> None:
@@ -97,6 +99,24 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "-a", "--annotation", action="append", default=[], metavar="KEY=VALUE", help="required annotation (repeatable)"
     )
     _registry_options(vi)
+
+    pm = sub.add_parser(
+        "push-model",
+        help="push a model (ONNX + metadata) as a signed OCI artifact to its registry",
+        description="Upload MODEL with its METADATA (the trainer's model.json: input, outputs, dataset.hash, "
+        "metrics) as an OCI artifact (artifactType application/vnd.edge-agent.model.v1) to REFERENCE and sign "
+        "it like sign-image (legacy cosign signature; --bundle/--both as there). Prints the pinned reference "
+        "(registry/repository@sha256:...). verify-image checks it like an image. Exit 0 when pushed and signed.",
+    )
+    pm.add_argument("reference", help="registry/repository:tag for the model")
+    pm.add_argument("--model", type=Path, required=True, help="the ONNX file")
+    pm.add_argument("--metadata", type=Path, required=True, help="the model's metadata JSON (model.json)")
+    pm.add_argument("--key", type=Path, required=True, help="cosign.key (encrypted private key)")
+    pm.add_argument("--bundle", action="store_true", help="sign with a cosign v3 bundle instead")
+    pm.add_argument("--both", action="store_true", help="push both the legacy signature and a v3 bundle")
+    pm.add_argument("-a", "--annotation", action="append", default=[], metavar="KEY=VALUE")
+    pm.add_argument("--json", action="store_true", help="print the result as JSON")
+    _registry_options(pm)
 
     sd = sub.add_parser("sign-document", help="sign a desired document (JSON) for `deploy`")
     sd.add_argument("document", type=Path, help="desired document JSON file (- for stdin)")
@@ -175,6 +195,34 @@ def parse_duration(text: str) -> timedelta | None:
     return timedelta(**{unit: int(match.group(1))})
 
 
+def _push_model(args: argparse.Namespace) -> int:
+    ref = parse_reference(args.reference)
+    try:
+        onnx = args.model.read_bytes()
+        meta_raw = json.loads(args.metadata.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{exc.filename}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.metadata}: not JSON: {exc}") from None
+    if not isinstance(meta_raw, dict):
+        raise ValueError(f"{args.metadata}: expected a JSON object")
+    metadata = validate_metadata(meta_raw, str(args.metadata))
+    key = load_signing_key(args.key)
+    artifact = build_model_artifact(onnx, metadata)
+    pushed = push_and_sign(_client(args, ref.registry), ref, artifact, key, _annotations(args.annotation),
+                           legacy=args.both or not args.bundle, bundle=args.both or args.bundle)
+    if args.json:
+        print(json.dumps({"reference": pushed.reference, "digest": pushed.digest,
+                          "layer": artifact.layers[0][0].digest, "uploadedBytes": pushed.bytes_uploaded,
+                          "signatures": [s.format for s in pushed.signatures]}))
+    else:
+        for s in pushed.signatures:
+            print(f"signed {ref.repository}@{s.digest} ({s.format}: {s.tag_or_digest})")
+        print(f"pushed {pushed.reference} (model layer {artifact.layers[0][0].digest}, "
+              f"{pushed.bytes_uploaded} bytes uploaded)")
+    return 0
+
+
 def run_trust_command(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -212,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         for r in results:
             print(f"signed {ref.repository}@{r.digest} ({r.format}: {r.tag_or_digest})")
         return 0
+    if args.command == "push-model":
+        return _push_model(args)
     if args.command == "verify-image":
         ref = parse_reference(args.reference)
         keys = tuple(load_public_key(p) for p in args.key)

@@ -74,6 +74,8 @@ class TelemetryComponent(BaseComponent):
         self._running = False
         self._started = False
         self._commit_started: float | None = None
+        # Told of every record a module sends, before it is queued (must not block or raise).
+        self.observers: list[Callable[[str, str, bytes], None]] = []
         self.uplink = self._make_uplink()
         if control is not None:
             control.register("telemetry", self._status_command)
@@ -136,6 +138,8 @@ class TelemetryComponent(BaseComponent):
         await self.close_module(module)
 
     async def submit(self, record: NewRecord) -> Outcome:
+        for observe in self.observers:  # e.g. which artifact a module says it uses (artifacts/modules.py)
+            observe(record.module, record.stream, record.payload)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((record, fut))
         return await fut

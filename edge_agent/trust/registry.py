@@ -169,10 +169,13 @@ class RegistryClient:
             raise RegistryError("protocol", f"{ref.repository}: {exc}") from None
         return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
 
+    def has_blob(self, ref: ImageRef, digest: str) -> bool:
+        head = self._request(ref, "HEAD", f"/v2/{ref.path}/blobs/{digest}", scope="pull,push", what="blob")
+        return head.status == 200
+
     def push_blob(self, ref: ImageRef, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        head = self._request(ref, "HEAD", f"/v2/{ref.path}/blobs/{digest}", scope="pull,push", what="blob")
-        if head.status == 200:
+        if self.has_blob(ref, digest):
             return digest
         start = self._request(ref, "POST", f"/v2/{ref.path}/blobs/uploads/", scope="pull,push", what="upload")
         self._expect(start, 202, ref, "blob upload")

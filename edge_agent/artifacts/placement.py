@@ -1,0 +1,225 @@
+"""Where a module's artifacts live on the device, and how a new version is put there atomically.
+
+    <state>/artifacts/<module>/<slot>/          bind-mounted read-only at the artifact's path
+        sha256-<manifest hex>/                   one complete version: model.onnx, model.onnx.sha256,
+                                                 model.json, .manifest.json (the manifest itself)
+        current  -> sha256-<hex>                 what the module reads (<path>/current/model.onnx)
+        previous -> sha256-<hex>                 the one before, kept for a rollback
+        .staging-<hex>-<random>/                 a download in progress (never seen through current)
+
+A version directory appears only by rename from its staging directory after every file was
+downloaded and its digest checked, so its existence means it is complete. `current` is switched
+with a rename of a new symlink over the old one: the module sees the old set or the new set,
+never a mix. The layout on disk is the state: nothing about artifacts is kept in the database.
+
+Blocking file and network I/O; the callers run it with edge_agent.threads.run_blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.artifacts.format import ArtifactContents, ArtifactFormatError, artifact_contents
+from edge_agent.logs import get_logger
+from edge_agent.trust.registry import RegistryClient, RegistryError, parse_reference
+
+log = get_logger(__name__)
+
+MANIFEST_FILE = ".manifest.json"
+CURRENT, PREVIOUS = "current", "previous"
+DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
+class ArtifactFailed(Exception):
+    """`code`: artifact_digest_mismatch, artifact_invalid, artifact_not_found, artifact_unreachable,
+    artifact_too_large, artifact_io."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+
+
+_REGISTRY_CODES = {
+    "digest_mismatch": "artifact_digest_mismatch",
+    "not_found": "artifact_not_found",
+    "too_large": "artifact_too_large",
+    "unreachable": "artifact_unreachable",
+    "truncated": "artifact_unreachable",
+}
+
+
+def version_name(digest: str) -> str:
+    return "sha256-" + digest.removeprefix("sha256:")
+
+
+def digest_of_name(name: str) -> str | None:
+    return "sha256:" + name.removeprefix("sha256-") if name.startswith("sha256-") else None
+
+
+@dataclass(frozen=True)
+class Placed:
+    digest: str  # the manifest digest now `current`
+    previous: str | None  # what `current` was before (None: nothing, or the same)
+    contents: ArtifactContents
+
+
+class ArtifactDirs:
+    """The artifact tree under the agent's state directory."""
+
+    def __init__(self, root: Path, registry: RegistryClient | None = None,
+                 max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
+        self.root = root
+        self.registry = registry
+        self.max_bytes = max_bytes
+
+    def slot_dir(self, module: str, slot: str) -> Path:
+        return self.root / module / slot
+
+    def version_dir(self, module: str, slot: str, digest: str) -> Path:
+        return self.slot_dir(module, slot) / version_name(digest)
+
+    def link(self, module: str, slot: str, which: str = CURRENT) -> str | None:
+        """The manifest digest `current` (or `previous`) points at, None when there is none."""
+        try:
+            return digest_of_name(os.readlink(self.slot_dir(module, slot) / which))
+        except OSError:
+            return None
+
+    def ensure_slot(self, module: str, slot: str) -> Path:
+        """The directory to mount (made if missing, readable by the module's user)."""
+        path = self.slot_dir(module, slot)
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o755)
+        return path
+
+    def contents(self, module: str, slot: str, digest: str) -> ArtifactContents | None:
+        """The contents of a complete version on disk, None when it is not there."""
+        try:
+            body = (self.version_dir(module, slot, digest) / MANIFEST_FILE).read_bytes()
+        except OSError:
+            return None
+        try:
+            return artifact_contents(body)
+        except ArtifactFormatError:
+            return None
+
+    # ------------------------------------------------------------------ download
+
+    def fetch(self, module: str, slot: str, reference: str) -> ArtifactContents:
+        """Make the version `reference` (repository@sha256:...) complete on disk: nothing to do when
+        it is already there; otherwise download manifest and blobs into a staging directory,
+        checking every digest, and rename it into place. Raises ArtifactFailed."""
+        ref = parse_reference(reference)
+        digest = ref.digest
+        if digest is None:
+            raise ArtifactFailed("artifact_invalid", f"{reference}: not pinned to a digest")
+        have = self.contents(module, slot, digest)
+        if have is not None:
+            return have
+        if self.registry is None:
+            raise ArtifactFailed("artifact_unreachable", f"{reference}: not on the device and no registry client")
+        slot_dir = self.ensure_slot(module, slot)
+        staging = slot_dir / f".staging-{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(4)}"
+        try:
+            manifest = self.registry.get_manifest(ref, digest)
+            try:
+                contents = artifact_contents(manifest.body, f"{ref.repository}@{digest}")
+            except ArtifactFormatError as exc:
+                raise ArtifactFailed("artifact_invalid", str(exc)) from None
+            total = sum(f.size for f in contents.files)
+            if total > self.max_bytes:
+                raise ArtifactFailed("artifact_too_large",
+                                     f"{reference}: {total} bytes; the limit is {self.max_bytes}")
+            staging.mkdir(mode=0o755)
+            for f in contents.files:
+                data = self.registry.get_blob(ref, f.digest, max_bytes=max(f.size, 1))
+                _write(staging / f.name, data)
+                if f.sidecar:
+                    _write(staging / (f.name + ".sha256"),
+                           f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())
+            _write(staging / MANIFEST_FILE, manifest.body)
+            staging.chmod(0o755)
+            _fsync_dir(staging)
+            os.replace(staging, self.version_dir(module, slot, digest))
+            _fsync_dir(slot_dir)
+        except RegistryError as exc:
+            code = _REGISTRY_CODES.get(exc.code, "artifact_registry_error")
+            raise ArtifactFailed(code, f"{reference}: {exc.message}") from None
+        except OSError as exc:
+            if self.contents(module, slot, digest) is not None:  # another fetch finished it first
+                return self.contents(module, slot, digest)  # type: ignore[return-value]
+            raise ArtifactFailed("artifact_io", f"{reference}: cannot write {exc.filename}: {exc.strerror}") from None
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        log.info("artifact %s downloaded for module %s (%d bytes)", reference, module, total,
+                 extra={"EVENT": "artifact.fetched", "MODULE": module, "DIGEST": digest})
+        return contents
+
+    # ------------------------------------------------------------------ switch and collect
+
+    def switch(self, module: str, slot: str, digest: str) -> Placed:
+        """Point `current` at a complete version (atomically); the old one becomes `previous`."""
+        contents = self.contents(module, slot, digest)
+        if contents is None:
+            raise ArtifactFailed("artifact_io", f"module {module}: {digest} is not on the device")
+        slot_dir = self.ensure_slot(module, slot)
+        old = self.link(module, slot)
+        if old == digest:
+            return Placed(digest, None, contents)
+        if old is not None and self.contents(module, slot, old) is not None:
+            _relink(slot_dir, PREVIOUS, version_name(old))
+        _relink(slot_dir, CURRENT, version_name(digest))
+        _fsync_dir(slot_dir)
+        log.info("module %s: artifact at %s switched to %s (was %s)", module, slot, digest[:19], (old or "none")[:19],
+                 extra={"EVENT": "artifact.switched", "MODULE": module, "DIGEST": digest})
+        return Placed(digest, old, contents)
+
+    def collect(self, module: str, slot: str, keep: set[str]) -> list[str]:
+        """Remove versions other than `keep`, `current` and `previous`, and stale staging dirs."""
+        slot_dir = self.slot_dir(module, slot)
+        keep = keep | {d for d in (self.link(module, slot), self.link(module, slot, PREVIOUS)) if d}
+        removed = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in slot_dir.iterdir():
+                digest = digest_of_name(entry.name)
+                if entry.is_symlink():
+                    continue
+                if digest is not None and digest not in keep:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(digest)
+        for digest in removed:
+            log.info("module %s: removed old artifact version %s", module, digest[:19],
+                     extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest})
+        return removed
+
+    def forget_module(self, module: str) -> None:
+        shutil.rmtree(self.root / module, ignore_errors=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.chmod(0o644)
+
+
+def _relink(directory: Path, name: str, target: str) -> None:
+    tmp = directory / f".{name}.{secrets.token_hex(4)}"
+    os.symlink(target, tmp)
+    os.replace(tmp, directory / name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,82 @@
+"""The deployment document's artifacts, the container identity, and what a module's report means."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from edge_agent.artifacts.confirm import (
+    Confirmed,
+    ModuleRefused,
+    ReportError,
+    Waiting,
+    confirmation,
+    parse_report,
+)
+from edge_agent.deployment.manifest import CONTAINER_SPEC_VERSION, ModuleSpec, validate_deployment
+from edge_agent.desired.errors import DesiredRejected
+
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def _doc(**module: Any) -> dict[str, Any]:
+    return {"modules": {"pilot": {"image": "r.local/pilot:1", **module}}}
+
+
+def test_artifacts_are_validated_naming_module_and_field() -> None:
+    ok = validate_deployment(_doc(artifacts=[{"ref": "r.local/models/pilot:v2", "path": "/models", "confirm": True}]))
+    assert ok.modules["pilot"].artifacts[0].confirm
+    cases = [
+        ([{"ref": "pilot:v2", "path": "/models"}], "module 'pilot': artifacts.0.ref: "),
+        ([{"ref": "r.local/models/pilot", "path": "/models"}], "no implicit :latest"),
+        ([{"ref": "r.local/m:1", "path": "models"}], "artifacts.0.path: "),
+        ([{"ref": "r.local/m:1", "path": "/a/../b"}], "artifacts.0.path: "),
+        ([{"ref": "r.local/m:1", "path": "/"}], "artifacts.0.path: "),
+        ([{"ref": "r.local/m:1", "path": "/m"}, {"ref": "r.local/n:1", "path": "/m"}], "two artifacts at the same"),
+        ([{"ref": "r.local/m:1", "path": "/m", "mode": "rw"}], "artifacts.0.mode: "),
+    ]
+    for artifacts, message in cases:
+        with pytest.raises(DesiredRejected) as err:
+            validate_deployment(_doc(artifacts=artifacts))
+        assert message in err.value.description, (artifacts, err.value.description)
+
+
+def test_a_new_artifact_version_is_the_same_container() -> None:
+    def spec(ref: str, path: str = "/models") -> ModuleSpec:
+        return ModuleSpec.model_validate({"image": "r.local/pilot:1", "artifacts": [{"ref": ref, "path": path}]})
+
+    pinned = "r.local/pilot@" + D1
+    assert spec("r.local/m:v1@" + D1).spec_hash(pinned) == spec("r.local/m:v2@" + D2).spec_hash(pinned)
+    assert spec("r.local/m:v1").spec_hash(pinned) != spec("r.local/m:v1", "/other").spec_hash(pinned)
+    # a module without artifacts keeps the identity it had before artifacts existed
+    plain = ModuleSpec.model_validate({"image": "r.local/pilot:1"})
+    before = plain.model_dump(mode="json", by_alias=True)
+    before.pop("artifacts")
+    before.update(image=pinned, _v=CONTAINER_SPEC_VERSION)
+    text = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert plain.spec_hash(pinned) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert plain.spec_hash(pinned) != spec("r.local/m:v1").spec_hash(pinned)
+
+
+def test_reports_are_parsed_strictly() -> None:
+    report = parse_report(json.dumps({"using": [D1], "refused": [{"digest": D2, "reason": "input shape"}]}).encode(),
+                          5.0)
+    assert report.using == {D1} and report.refused == {D2: "input shape"} and report.at == 5.0
+    for bad in (b"[]", b"{", json.dumps({"using": ["abc"]}).encode(),
+                json.dumps({"refused": [{"digest": "x"}]}).encode(), json.dumps({"refused": {}}).encode()):
+        with pytest.raises(ReportError):
+            parse_report(bad, 0.0)
+
+
+def test_confirmation_refusal_wins_then_use_then_waiting() -> None:
+    both = parse_report(json.dumps({"using": [D1], "refused": [{"digest": D2, "reason": "bad"}]}).encode(), 0)
+    assert confirmation("m", frozenset({D1}), both) == Confirmed(D1)
+    assert confirmation("m", frozenset({D2}), both) == ModuleRefused(D2, "bad")
+    assert isinstance(confirmation("m", frozenset({D1}), None), Waiting)
+    other = parse_report(json.dumps({"using": [D2]}).encode(), 0)
+    waiting = confirmation("m", frozenset({D1}), other)
+    assert isinstance(waiting, Waiting) and "still uses sha256:2222" in waiting.reason
+    assert isinstance(confirmation("m", frozenset(), both), Waiting)
