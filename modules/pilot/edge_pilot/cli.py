@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
@@ -48,13 +49,21 @@ def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
     return PCA9685Actuator(Calibration(**cfg.actuator.calibration.model_dump()))
 
 
-def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any) -> PilotModel | None:
+def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
+                  refused: list[tuple[str, str]] | None = None) -> PilotModel | None:
+    """The folder's model if it verifies, else the fallback; a refused folder model is appended to
+    `refused` as (sha256 hex, reason), for the report to the agent."""
     m = cfg.models
     if m.dir and (Path(m.dir) / MODEL_FILE).exists() and (key is not None or m.allow_unsigned):
         try:
             return load_verified(Path(m.dir), key, opts)
         except ModelError as e:
             log.error("model in %s refused: %s", m.dir, e, extra=fields("model_refused", reason=str(e)))
+            if refused is not None:
+                try:
+                    refused.append((hashlib.sha256((Path(m.dir) / MODEL_FILE).read_bytes()).hexdigest(), str(e)))
+                except OSError:
+                    pass
     if m.fallback:
         try:
             model = PilotModel.from_file(Path(m.fallback), opts)
@@ -102,7 +111,9 @@ def cmd_drive(a: argparse.Namespace) -> int:
     estop = EmergencyStop(Path(cfg.control_dir) if cfg.control_dir else None)
     estop.install_signals()
     actuator = make_actuator(cfg, world)
-    slot = ModelSlot(initial_model(cfg, opts, key))
+    refused: list[tuple[str, str]] = []
+    slot = ModelSlot(initial_model(cfg, opts, key, refused))
+    slot.refused = refused[-1] if refused else None
     source = make_source(cfg, world)
     try:
         source.start()

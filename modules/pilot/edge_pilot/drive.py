@@ -34,6 +34,7 @@ class LoopConfig:
     max_throttle: float = 1.0
     constant_throttle: float | None = None  # None: use the model's throttle
     stats_interval_s: float = 1.0
+    model_report_s: float = 5.0
 
 
 class DriveLoop:
@@ -52,6 +53,8 @@ class DriveLoop:
         self._stop = threading.Event()
         self.window = StatsWindow(self.clock())
         self.last_summary: dict[str, Any] = {}
+        self._last_model_report: dict[str, Any] | None = None
+        self._model_reported_at = float("-inf")
 
     # --- safety -------------------------------------------------------------------------------
     def _safe_stop(self, reason: str) -> None:
@@ -132,7 +135,20 @@ class DriveLoop:
         self.last_summary = self.window.summary(now, **extra)
         if self.telemetry:
             self.telemetry.publish(self.last_summary)
+            self._report_model(now)
         self.window = StatsWindow(now)
+
+    def _report_model(self, now: float) -> None:
+        """Tell the agent which model this module drives with, and which it refused (stream
+        module.artifacts): on every change and every `model_report_s` otherwise."""
+        m, refused = self.slot.current, self.slot.refused
+        report: dict[str, Any] = {"using": [f"sha256:{m.sha256}"] if m else [],
+                                  "refused": [{"digest": f"sha256:{refused[0]}", "reason": refused[1][:400]}]
+                                  if refused else []}
+        if report != self._last_model_report or now - self._model_reported_at >= self.cfg.model_report_s:
+            assert self.telemetry is not None
+            if self.telemetry.publish(report, stream="module.artifacts", priority=2):
+                self._last_model_report, self._model_reported_at = report, now
 
     def run(self, duration: float | None = None, until: Callable[[], bool] | None = None) -> dict[str, Any]:
         start = self.clock()

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .logs import fields, get_logger
 from .model import ModelError, OrtOptions, PilotModel
-from .signing import SignatureError, verify_model_bytes
+from .signing import SignatureError, parse_sha256_file, verify_model_bytes
 
 log = get_logger(__name__)
 MODEL_FILE = "model.onnx"
@@ -34,6 +34,8 @@ class ModelSlot:
         self._pending: PilotModel | None = None
         self._lock = threading.Lock()
         self.swaps = 0
+        # The last model file refused (sha256 hex of its bytes, reason): reported to the agent.
+        self.refused: tuple[str, str] | None = None
 
     def offer(self, model: PilotModel) -> None:
         with self._lock:
@@ -67,7 +69,24 @@ def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Ort
         data = path.read_bytes()
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from e
-    if key is not None:
+    if key is None:
+        # Unsigned delivery (the agent verified the signed artifact): the sidecar it wrote from the
+        # signed layer digest, when present, still proves these are the bytes that were verified.
+        try:
+            sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            sha_text = None
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read the sha256 sidecar ({e.strerror})") from e
+        if sha_text is not None:
+            try:
+                want = parse_sha256_file(sha_text, str(path) + ".sha256")
+            except SignatureError as e:
+                raise ModelError(str(e)) from e
+            got = hashlib.sha256(data).hexdigest()
+            if got != want:
+                raise ModelError(f"{path}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
+    else:
         try:
             sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
             sig_text = (folder / (MODEL_FILE + ".sig")).read_text(encoding="utf-8")
@@ -121,6 +140,7 @@ class ModelWatcher:
             model = load_verified(self.folder, self.key, self.opts, self.test_frame())
         except ModelError as e:
             self.refusals.append(Refusal(fp, str(e)))
+            self.slot.refused = (data_sha, str(e))
             log.error("model refused, keeping %s: %s", current.sha256[:12] if current else "none (stopped)", e,
                       extra=fields("model_refused", reason=str(e)))
             return False
