@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from edge_agent.artifacts.view import artifact_lines
+
 KNOWN = {"agent", "attestation", "config", "deployment", "modules", "telemetry"}
 
 
@@ -127,7 +129,10 @@ def _modules(modules: Any) -> list[str]:
         return []
     if not modules:
         return ["modules     none"]
-    return ["modules", *("  " + line for line in module_table(modules).splitlines())]
+    lines = ["modules", *("  " + line for line in module_table(modules).splitlines())]
+    for name, m in modules.items():
+        lines.extend(("! " if attention else "  ") + text for attention, text in artifact_lines(name, m))
+    return lines
 
 
 def module_table(modules: Mapping[str, Any]) -> str:

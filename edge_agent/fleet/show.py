@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from edge_agent.artifacts.view import artifact_lines
 from edge_agent.fleet.client import DeviceView
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
@@ -88,6 +89,7 @@ def diff_lines(view: DeviceView) -> list[tuple[bool, str]]:
         if state.get("statusDescription"):
             line += f"  ({state['statusDescription']})"
         out.append((differs, line))
+        out.extend(artifact_lines(name, state))
     return out
 
 

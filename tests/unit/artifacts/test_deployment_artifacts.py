@@ -80,3 +80,19 @@ def test_confirmation_refusal_wins_then_use_then_waiting() -> None:
     waiting = confirmation("m", frozenset({D1}), other)
     assert isinstance(waiting, Waiting) and "still uses sha256:2222" in waiting.reason
     assert isinstance(confirmation("m", frozenset(), both), Waiting)
+
+
+def test_status_lines_show_placed_and_driving_digests_and_flag_refusals() -> None:
+    from edge_agent.artifacts.view import artifact_lines
+
+    state = {"artifacts": {"/models": {"ref": "r.local/m:v2@" + D2, "digest": D2, "placed": D1, "previous": None,
+                                       "module": "refused", "refusedReason": "input.shape"}},
+             "moduleReport": {"using": [D1], "refused": [{"digest": D2, "reason": "input.shape"}]}}
+    lines = artifact_lines("pilot", state)
+    assert lines[0][0] is True and "placed sha256:1111" in lines[0][1] and "[refused]: input.shape" in lines[0][1]
+    assert "module drives with sha256:1111" in lines[0][1]
+    ok = {"artifacts": {"/models": {"ref": "r", "digest": D1, "placed": D1, "module": "confirmed"}},
+          "moduleReport": {"using": [D1], "refused": []}}
+    assert artifact_lines("pilot", ok) == [(False, "pilot artifact /models: r placed sha256:111111111111"
+                                                   "; module drives with sha256:111111111111 [confirmed]")]
+    assert artifact_lines("pilot", {}) == []
