@@ -198,5 +198,8 @@ def test_models_reach_the_running_pilot_and_bad_ones_leave_the_old_one_driving(
     reported = asyncio.run(device.reported())
     refused = reported["modules"]["pilot"]["moduleReport"]["refused"]
     assert [r["digest"] for r in refused] == [v5["layer"]]
-    # the agent log says it once, with the module and the reason
-    assert "artifact_refused" in device.agent.log() or "refused artifact" in device.agent.log()
+    # the fleet's view says which model each module drives with, and what it refused
+    show = device.edgectl("show", *device.flags(), device.id)
+    assert show.returncode == 0, show.stderr
+    assert f"module drives with {v2['layer'][:19]}" in show.stdout, show.stdout
+    assert f"pilot refused {v5['layer'][:19]}: " in show.stdout and "input.shape" in show.stdout, show.stdout
