@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import onnx
-import pytest
 
-from tests.infra.podman import podman
+from tests.integration.artifacts.conftest import push_pilot_image, start_agent_with_telemetry
 from tests.integration.desired.conftest import Device
 
 REPO = Path(__file__).resolve().parents[3]
 PILOT = REPO / "modules" / "pilot"
-PILOT_IMAGE = "localhost/edge-pilot-artifacts-test:ci"
 META_KEY = "edge_pilot.meta"
 WAIT = "240"
-
-
-@pytest.fixture(scope="module")
-def pilot_image() -> str:
-    """The pilot image built from this tree (skipped by build-image.sh when its content is unchanged)."""
-    base = "localhost/edge-base:bookworm"
-    if podman("image", "exists", base, check=False).returncode != 0:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-base-image.sh"), base], check=True, timeout=1800)
-    subprocess.run(["bash", str(PILOT / "build-image.sh"), PILOT_IMAGE], check=True, timeout=1800)
-    return PILOT_IMAGE
-
-
-@pytest.fixture
-def runtime_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ea-art-", dir="/tmp"))  # short: unix socket paths <= 108 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def model_variant(out: Path, note: str, *, shape: list[int] | None = None, source: Path | None = None) -> Path:
@@ -122,11 +100,7 @@ def test_models_reach_the_running_pilot_and_bad_ones_leave_the_old_one_driving(
     device: Device, pilot_image: str, runtime_dir: Path, tmp_path: Path
 ) -> None:
     # ---- the fleet: the pilot image and a first model, both signed with the fleet's image key
-    image_ref = f"{device.registry.host}/dp/{device.run}-pilot:1"
-    podman("push", "-q", "--tls-verify=false", pilot_image, image_ref)
-    out = device.edgectl("sign-image", image_ref, "--key", str(device.keys / "image.key"),
-                         "--insecure-registry", device.registry.host)
-    assert out.returncode == 0, out.stderr
+    image_ref = push_pilot_image(device, pilot_image)
     v1 = push_model(device, model_variant(tmp_path / "v1", "first"), "v1")
     verify = device.edgectl("verify-image", v1["ref"], "--key", str(device.keys / "image.pub"),
                             "--insecure-registry", device.registry.host)
@@ -135,13 +109,7 @@ def test_models_reach_the_running_pilot_and_bad_ones_leave_the_old_one_driving(
                            "--insecure-registry", device.registry.host)
     assert wrong.returncode == 1 and "untrusted_key" in wrong.stdout
 
-    # ---- the device, with telemetry on (the pilot confirms its model over its ingest socket)
-    config = device.config_text.replace(
-        "[telemetry]\nenabled = false\n", f'[telemetry]\nruntime_dir = "{runtime_dir}"\n'
-    )
-    assert config != device.config_text
-    device.agent.config_path.write_text(config)
-    device.agent.start()
+    start_agent_with_telemetry(device, runtime_dir)
 
     out = device.deploy(deployment(device, image_ref, v1["ref"], 1), "--wait", WAIT, "--until", "good")
     assert out.returncode == 0, out.stdout + out.stderr + device.agent.log()[-4000:]
