@@ -300,6 +300,11 @@ class DesiredStateManager(BaseComponent):
         checked) into its version directory, before anything is committed. The pinned reference,
         or None when the version was rejected."""
         what = f"artifact {artifact.ref} (at {artifact.path})"
+        if artifact.confirm and not self.config.telemetry.enabled:
+            self._reject_artifact(admitted, module, what, "artifact_confirm_unavailable",
+                                  "confirm = true needs [telemetry] enabled (the module confirms on its telemetry "
+                                  "socket); turn telemetry on or drop confirm")
+            return None
         while True:
             try:
                 verified = await self.verifier.verify(artifact.ref)

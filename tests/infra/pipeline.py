@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from edge_agent.artifacts.modules import ModuleArtifacts
+from edge_agent.artifacts.placement import ArtifactDirs
 from edge_agent.config import AgentConfig
 from edge_agent.deployment.component import DeploymentComponent
 from edge_agent.deployment.hooks import ModuleHooks
@@ -31,12 +33,16 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.time,
         hooks: Sequence[ModuleHooks] = (),
+        artifacts: ArtifactDirs | None = None,
     ) -> None:
         self.reported = reported
         self.deployments = DeploymentStore(db)
-        self.manager = DesiredStateManager(config, db, self.deployments, reported, verifier, clock=clock)
+        self.manager = DesiredStateManager(config, db, self.deployments, reported, verifier, clock=clock,
+                                           artifacts=artifacts)
+        self.artifacts = ModuleArtifacts(artifacts, clock) if artifacts is not None else None
         self.component = DeploymentComponent(
-            config, self.deployments, reported, runtime, self.manager, clock=clock, hooks=hooks
+            config, self.deployments, reported, runtime, self.manager, clock=clock, hooks=hooks,
+            artifacts=self.artifacts,
         )
         self.manager.attach(self.component)
 
