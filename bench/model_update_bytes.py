@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,10 +54,10 @@ class CountingClient(RegistryClient):
         self.read += len(manifest.body)
         return manifest
 
-    def get_blob(self, ref: ImageRef, digest: str, max_bytes: int | None = None) -> bytes:
-        data = super().get_blob(ref, digest, max_bytes)
-        self.read += len(data)
-        return data
+    def download_blob(self, ref: ImageRef, digest: str, dest: BinaryIO, max_bytes: int) -> int:
+        size = super().download_blob(ref, digest, dest, max_bytes)
+        self.read += size
+        return size
 
 
 def podman(*args: str) -> str:

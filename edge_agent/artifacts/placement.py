@@ -32,7 +32,7 @@ log = get_logger(__name__)
 
 MANIFEST_FILE = ".manifest.json"
 CURRENT, PREVIOUS = "current", "previous"
-DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_ARTIFACT_BYTES = 512 * 1024 * 1024  # streamed to disk, never held in memory
 
 
 class ArtifactFailed(Exception):
@@ -138,8 +138,14 @@ class ArtifactDirs:
                                      f"{reference}: {total} bytes; the limit is {self.max_bytes}")
             staging.mkdir(mode=0o755)
             for f in contents.files:
-                data = self.registry.get_blob(ref, f.digest, max_bytes=max(f.size, 1))
-                _write(staging / f.name, data)
+                with open(staging / f.name, "xb") as fh:
+                    written = self.registry.download_blob(ref, f.digest, fh, max_bytes=max(f.size, 1))
+                    if written != f.size:
+                        raise ArtifactFailed("artifact_digest_mismatch",
+                                             f"{reference}: {f.name} is {written} bytes, the manifest says {f.size}")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                (staging / f.name).chmod(0o644)
                 if f.sidecar:
                     _write(staging / (f.name + ".sha256"),
                            f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())

@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 
@@ -45,6 +46,7 @@ MANIFEST_ACCEPT = ", ".join(
 DEFAULT_MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the limit newer distribution releases enforce too
 DEFAULT_MAX_BLOB_BYTES = 1024 * 1024  # signature payloads and bundles are a few KB
 MAX_REDIRECTS = 3
+ERROR_BODY_BYTES = 64 * 1024  # what a registry's error answer to a streamed download may be
 READ_CHUNK = 64 * 1024
 
 
@@ -58,6 +60,20 @@ class RegistryError(Exception):
 
 
 # --------------------------------------------------------------------------- client
+
+
+class _HashingSink:
+    """Where a streamed blob goes: a file, hashed on the way."""
+
+    def __init__(self, dest: BinaryIO) -> None:
+        self.dest = dest
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        self.dest.write(chunk)
+        self.size += len(chunk)
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,21 @@ class RegistryClient:
         if actual != digest:
             raise RegistryError("digest_mismatch", f"{ref.repository}: blob {digest} has content digest {actual}")
         return resp.body
+
+    def download_blob(self, ref: ImageRef, digest: str, dest: BinaryIO, max_bytes: int) -> int:
+        """Stream a blob into `dest` (never held in memory: artifacts can be large), its digest
+        checked as it arrives. Returns the bytes written; raises RegistryError (digest_mismatch,
+        too_large, truncated, ...) after which `dest` holds garbage and must be discarded."""
+        sink = _HashingSink(dest)
+        resp = self._request(
+            ref, "GET", f"/v2/{ref.path}/blobs/{digest}", scope="pull", max_bytes=max_bytes, what=f"blob {digest}",
+            sink=sink,
+        )
+        self._expect(resp, 200, ref, f"blob {digest}")
+        actual = "sha256:" + sink.hash.hexdigest()
+        if actual != digest:
+            raise RegistryError("digest_mismatch", f"{ref.repository}: blob {digest} has content digest {actual}")
+        return sink.size
 
     def referrers(self, ref: ImageRef, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
         """OCI 1.1 referrers of a digest, or None when the registry has no referrers API (404)."""
@@ -242,6 +273,7 @@ class RegistryClient:
         body: bytes | None = None,
         max_bytes: int | None = None,
         what: str,
+        sink: _HashingSink | None = None,
     ) -> _Response:
         scheme, host = self._base(ref.registry)
         scope_key = f"repository:{ref.path}:{scope}"
@@ -249,12 +281,12 @@ class RegistryClient:
         auth = self._auth.get((ref.registry, scope_key))
         if auth:
             hdrs["Authorization"] = auth
-        resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref)
+        resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref, sink)
         if resp.status == 401:
             challenge = resp.headers.get("www-authenticate", "")
             auth = self._authorize(ref, scheme, challenge, scope_key)
             hdrs["Authorization"] = auth
-            resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref)
+            resp = self._send(scheme, host, method, path, hdrs, body, max_bytes, what, ref, sink)
             if resp.status != 401:
                 self._auth[(ref.registry, scope_key)] = auth
         return resp
@@ -270,6 +302,7 @@ class RegistryClient:
         max_bytes: int | None,
         what: str,
         ref: ImageRef,
+        sink: _HashingSink | None = None,
     ) -> _Response:
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -287,7 +320,10 @@ class RegistryClient:
                         scheme, host = target.scheme, target.netloc
                         path = target.path + ("?" + target.query if target.query else "")
                         continue
-                    data = b"" if method == "HEAD" else self._read_limited(resp, resp_headers, max_bytes, what, ref)
+                    # Only a successful body goes to the sink; an error page is read into memory.
+                    to = sink if sink is not None and resp.status_code == 200 else None
+                    limit = max_bytes if to is not None or sink is None else ERROR_BODY_BYTES
+                    data = b"" if method == "HEAD" else self._read_limited(resp, resp_headers, limit, what, ref, to)
                     return _Response(resp.status_code, resp_headers, data)
             except requests.exceptions.SSLError as exc:
                 raise RegistryError("unreachable", f"{ref.registry}: TLS error: {_innermost(exc)}") from None
@@ -300,19 +336,26 @@ class RegistryClient:
 
     @staticmethod
     def _read_limited(
-        resp: requests.Response, headers: Mapping[str, str], max_bytes: int | None, what: str, ref: ImageRef
+        resp: requests.Response, headers: Mapping[str, str], max_bytes: int | None, what: str, ref: ImageRef,
+        sink: _HashingSink | None = None,
     ) -> bytes:
+        """The body (limited), or with a sink: the body written there and b"" returned."""
         limit = max_bytes or DEFAULT_MAX_MANIFEST_BYTES
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit and resp.status_code == 200:
             raise RegistryError("too_large", f"{ref.repository}: {what} is {int(length)} bytes; limit is {limit}")
         data = bytearray()
+        received = 0
         for chunk in resp.iter_content(READ_CHUNK):
-            data += chunk
-            if len(data) > limit:
+            received += len(chunk)
+            if received > limit:
                 raise RegistryError("too_large", f"{ref.repository}: {what} is larger than the limit of {limit} bytes")
-        if length is not None and length.isdigit() and len(data) < int(length):
-            raise RegistryError("truncated", f"{ref.repository}: {what}: got {len(data)} of {length} bytes")
+            if sink is not None:
+                sink.write(chunk)
+            else:
+                data += chunk
+        if length is not None and length.isdigit() and received < int(length):
+            raise RegistryError("truncated", f"{ref.repository}: {what}: got {received} of {length} bytes")
         return bytes(data)
 
     def _authorize(self, ref: ImageRef, scheme: str, challenge: str, scope_key: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -34,12 +35,15 @@ class FakeRegistry:
         assert reference is not None
         return Manifest(reference, "application/vnd.oci.image.manifest.v1+json", self.manifests[reference])
 
-    def get_blob(self, ref: ImageRef, digest: str, max_bytes: int | None = None) -> bytes:
+    def download_blob(self, ref: ImageRef, digest: str, dest: BinaryIO, max_bytes: int) -> int:
         self.blob_reads += 1
         data = self.blobs[digest]
+        if len(data) > max_bytes:
+            raise RegistryError("too_large", f"blob {digest} is larger than {max_bytes}")
+        dest.write(data)
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise RegistryError("digest_mismatch", f"blob {digest} has another content digest")
-        return data
+        return len(data)
 
 
 def _dirs(tmp_path: Path) -> tuple[ArtifactDirs, FakeRegistry]:
