@@ -35,6 +35,8 @@ _CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 # Capabilities that amount to root on the host: refused outright, not merely discouraged.
 FORBIDDEN_CAPABILITIES = frozenset({"SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO", "SYS_BOOT", "MAC_ADMIN"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Where an artifact may not be mounted: the kernel's filesystems and the agent's own mounts.
+RESERVED_TARGETS = tuple(PurePosixPath(p) for p in ("/proc", "/sys", "/dev", "/run/edge-agent"))
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
@@ -229,9 +231,26 @@ class ModuleSpec(_Model):
         for i, slot in enumerate(slots):
             if slot in slots[:i]:
                 raise PydanticCustomError(
-                    "artifacts", "{path}: two artifacts at the same path", {"path": value[i].path}
+                    "artifacts", "{path}: two artifacts map to the same directory ({slot})",
+                    {"path": value[i].path, "slot": slot},
+                )
+        for a in value:
+            path = PurePosixPath(a.path)
+            reserved = next((r for r in RESERVED_TARGETS if path == r or r in path.parents), None)
+            if reserved is not None:
+                raise PydanticCustomError(
+                    "artifacts", "{path}: {reserved} is not a place for artifacts",
+                    {"path": a.path, "reserved": str(reserved)},
                 )
         return value
+
+    @model_validator(mode="after")
+    def _artifact_targets(self) -> ModuleSpec:
+        taken = {m.target for m in self.mounts}
+        for a in self.artifacts:
+            if a.path in taken:
+                raise ValueError(f"artifacts: {a.path} is also a mount target")
+        return self
 
     @field_validator("image")
     @classmethod
