@@ -62,6 +62,7 @@ class ThreadedSource:
         self._latest: Frame | None = None
         self._seq = 0
         self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -98,6 +99,7 @@ class ThreadedSource:
             with self._lock:
                 self._seq += 1
                 self._latest = Frame(img, self._seq, t1, (t1 - t0) * 1000.0)
+                self._new_frame.notify_all()
             if period:
                 nxt += period
                 delay = nxt - time.monotonic()
@@ -109,6 +111,13 @@ class ThreadedSource:
     def latest(self) -> Frame | None:
         with self._lock:
             return self._latest
+
+    def wait_newer(self, seq: int, timeout: float) -> Frame | None:
+        """The newest frame once it is newer than `seq`, waiting at most `timeout` seconds."""
+        with self._new_frame:
+            self._new_frame.wait_for(lambda: self._latest is not None and self._latest.seq > seq, timeout)
+            frame = self._latest
+        return frame if frame is not None and frame.seq > seq else None
 
     def close(self) -> None:
         self._stop.set()

@@ -129,7 +129,9 @@ def cmd_drive(a: argparse.Namespace) -> int:
         watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None else None
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
-                    cfg.telemetry.interval_s)
+                    cfg.telemetry.interval_s, frame_wait_s=cfg.loop.frame_wait_s,
+                    # a camera at the loop's rate: tick right after its frames (not for replayed files)
+                    phase_lock=cfg.source.kind in ("v4l2", "sim") and cfg.source.fps == cfg.loop.hz)
     sim_stats = (lambda: {"sim": world.telemetry()}) if world is not None and cfg.source.kind == "sim" else None
     loop = DriveLoop(source, actuator, slot, estop, telemetry, lc, extra_stats=sim_stats)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())

@@ -48,6 +48,8 @@ class LoopSettings(_Strict):
     error_hold_s: float = Field(0.5, ge=0)
     max_throttle: float = Field(1.0, ge=0, le=1)
     constant_throttle: float | None = Field(None, ge=-1, le=1)
+    # wait up to this long for a new camera frame instead of driving on the one already used
+    frame_wait_s: float = Field(0.03, ge=0, le=0.2)
 
 
 class OrtConfig(_Strict):

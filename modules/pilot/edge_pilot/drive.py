@@ -35,6 +35,12 @@ class LoopConfig:
     constant_throttle: float | None = None  # None: use the model's throttle
     stats_interval_s: float = 1.0
     model_report_s: float = 5.0
+    frame_wait_s: float = 0.03  # at most this long for a new camera frame instead of repeating one (0: never)
+    # Camera and loop at the same rate: move the loop's ticks to just after the camera's frames
+    # (frame age ~ phase_target_s instead of anywhere in 0-50 ms), a little per tick.
+    phase_lock: bool = False
+    phase_target_s: float = 0.002
+    phase_step_max_s: float = 0.002
 
 
 class DriveLoop:
@@ -45,14 +51,16 @@ class DriveLoop:
         self.extra_stats = extra_stats  # e.g. the simulator's pose trail
         self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
         self.period = 1.0 / cfg.hz
+        self.phase = 0.0  # seconds the tick schedule was moved to follow the camera (phase_lock)
         self.stopped_reason: str | None = "starting"
         self.reasons: list[str] = []  # every distinct stop reason, in order (also logged)
-        self.totals = {"frames": 0, "late": 0, "stale": 0, "errors": 0, "repeats": 0, "ticks": 0}
+        self.totals = {"frames": 0, "late": 0, "stale": 0, "errors": 0, "repeats": 0, "ticks": 0, "waited": 0}
         self._last_seq = -1
         self._hold_until = 0.0
         self._stop = threading.Event()
         self.window = StatsWindow(self.clock())
         self.last_summary: dict[str, Any] = {}
+        self._phase_error: float | None = None
         self._last_model_report: dict[str, Any] | None = None
         self._model_reported_at = float("-inf")
 
@@ -86,6 +94,14 @@ class DriveLoop:
             return
         t0 = self.clock()
         frame = self.source.latest()
+        self._phase_error = None
+        if frame is not None and frame.seq == self._last_seq and self.cfg.frame_wait_s > 0:
+            # Camera and loop both run at 20 Hz, unsynchronised: rather than drive on the frame
+            # already used (a repeat), wait a little for the next one (sources that can).
+            wait_newer = getattr(self.source, "wait_newer", None)
+            if wait_newer is not None:
+                frame = wait_newer(self._last_seq, self.cfg.frame_wait_s) or frame
+                self.totals["waited"] += 1
         t_cap = self.clock()
         if frame is None or now - frame.t_capture > self.cfg.stale_after_s:
             self.totals["stale"] += 1
@@ -120,8 +136,14 @@ class DriveLoop:
             return
         self._resume()
         self.totals["frames"] += 1
+        # > 0: the frame waited for the tick; < 0: the tick waited for the frame
+        self._phase_error = (t0 - frame.t_capture) - self.cfg.phase_target_s
         stages = {"capture": frame.capture_ms + (t_cap - t0) * 1000.0, "preprocess": (t_pre - t_cap) * 1000.0,
-                  "inference": (t_inf - t_pre) * 1000.0, "actuation": (t_act - t_inf) * 1000.0, "total": (t_act - t0) * 1000.0}
+                  "inference": (t_inf - t_pre) * 1000.0, "actuation": (t_act - t_inf) * 1000.0, "total": (t_act - t0) * 1000.0,
+                  # how old the frame was when the tick took it, and from the start of its capture
+                  # until the command reached the actuator: the car's real reaction time
+                  "frame_age": max(0.0, t_cap - frame.t_capture) * 1000.0,
+                  "capture_to_actuate": frame.capture_ms + max(0.0, t_act - frame.t_capture) * 1000.0}
         self.window.add(stages, (now - scheduled) * 1000.0, angle, throttle)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -156,7 +178,7 @@ class DriveLoop:
         k = 0
         try:
             while not self._stop.is_set():
-                scheduled = start + k * self.period
+                scheduled = start + k * self.period + self.phase
                 now = self.clock()
                 if now < scheduled:
                     self._stop.wait(scheduled - now)
@@ -166,12 +188,15 @@ class DriveLoop:
                     self.totals["late"] += behind
                     self.window.late += behind
                     k += behind
-                    scheduled = start + k * self.period
+                    scheduled = start + k * self.period + self.phase
                 try:
                     self.tick(scheduled)
                 except Exception as e:  # last line of defence
                     self.totals["errors"] += 1
                     self._safe_stop(f"unexpected error: {type(e).__name__}: {e}")
+                if self.cfg.phase_lock and self._phase_error is not None:
+                    step = self.cfg.phase_step_max_s
+                    self.phase -= max(-step, min(step, 0.5 * self._phase_error))
                 k += 1
                 now = self.clock()
                 if now >= next_stats:

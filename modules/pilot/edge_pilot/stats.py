@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("capture", "preprocess", "inference", "actuation", "total")
+STAGES = ("capture", "preprocess", "inference", "actuation", "total", "frame_age", "capture_to_actuate")
 
 
 @dataclass
@@ -41,6 +41,8 @@ class StatsWindow:
                "jitter_ms_p99": round(float(np.percentile(np.abs(self.jitter_ms), 99)), 3) if self.jitter_ms else None,
                "angle": round(self.angle, 4), "throttle": round(self.throttle, 4),
                # every frame's end-to-end latency, so the fleet can draw a real histogram
-               "total_ms": [round(v, 2) for v in self.stage_ms["total"]]}
+               "total_ms": [round(v, 2) for v in self.stage_ms["total"]],
+               # and from the start of each frame's capture to its command (frame age included)
+               "capture_to_actuate_ms": [round(v, 2) for v in self.stage_ms["capture_to_actuate"]]}
         out.update(extra)
         return out
