@@ -112,9 +112,10 @@ def track_picture(path: Sequence[tuple[float, float]], out: Path, caption: str) 
 
 
 def latency_picture(latencies_ms: Sequence[float], out: Path) -> dict[str, float]:
-    """Histogram of per-frame end-to-end latency (capture to actuation), p50 and p99 marked."""
+    """Histogram of per-frame latency from the start of a frame's capture to its actuator command
+    (the frame's age included), p50 and p99 marked."""
     data = np.asarray(latencies_ms, float)
-    img = _canvas(f"Pilot end-to-end latency per frame ({len(data)} frames)")
+    img = _canvas(f"Pilot capture-to-actuate latency per frame ({len(data)} frames)")
     figures: dict[str, float] = {"frames": len(data)}
     if len(data) == 0:
         _text(img, "no latency samples were received", (MARGIN_L + 20, H // 2), 0.8, RED, 2)

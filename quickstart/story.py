@@ -411,10 +411,11 @@ runtime_dir = "{self.runtime_dir}"
                      f"{image.get('status')}: {image.get('detail')}")
 
     def live_line(self, p: dict[str, Any]) -> str:
-        lat = p.get("latency_ms", {}).get("total", {})
+        # capture to actuate (the frame's age included); an older pilot only reports its tick time
+        lat = p.get("latency_ms", {}).get("capture_to_actuate") or p.get("latency_ms", {}).get("total", {})
         depth = self.run_state.queue_samples[-1][1] if self.run_state.queue_samples else 0
         sim = p.get("sim", {})
-        return (f"pilot: {p.get('fps', 0):5.1f} fps  latency p50 {lat.get('p50', 0):5.1f} ms "
+        return (f"pilot: {p.get('fps', 0):5.1f} fps  capture-to-actuate p50 {lat.get('p50', 0):5.1f} ms "
                 f"p99 {lat.get('p99', 0):5.1f} ms  laps {sim.get('laps', 0):5.2f}  "
                 f"cross-track {sim.get('cte_m', 0):+.2f} m  queue {depth}  received {len(self.stats_records())}")
 
@@ -515,6 +516,7 @@ runtime_dir = "{self.runtime_dir}"
         records = self.stats_records()
         path: list[tuple[float, float]] = []
         latencies: list[float] = []
+        ticks: list[float] = []
         laps = 0.0
         fps: list[float] = []
         for rec in records:
@@ -522,7 +524,8 @@ runtime_dir = "{self.runtime_dir}"
             sim = p.get("sim") or {}
             path.extend((float(x), float(y)) for x, y in sim.get("path", []))
             laps = max(laps, float(sim.get("laps", 0.0)))
-            latencies.extend(float(v) for v in p.get("total_ms", []))
+            latencies.extend(float(v) for v in p.get("capture_to_actuate_ms", p.get("total_ms", [])))
+            ticks.extend(float(v) for v in p.get("total_ms", []))
             if p.get("fps"):
                 fps.append(float(p["fps"]))
         mean_cte = float((records[-1]["payload"].get("sim") or {}).get("mean_abs_cte_m", 0.0)) if records else 0.0
@@ -536,7 +539,10 @@ runtime_dir = "{self.runtime_dir}"
             "steps": self.run_state.steps,
             "pilot": {"stats_records": len(records), "laps": round(laps, 3), "mean_abs_cte_m": mean_cte,
                       "path_points": len(path), "fps_mean": round(sum(fps) / len(fps), 2) if fps else 0.0,
-                      "latency_ms": latency},
+                      "latency_ms": latency,
+                      # the tick alone (newest frame read to actuator), without the frame's age
+                      "tick_ms": {"p50_ms": round(_percentile(ticks, 50), 2),
+                                  "p99_ms": round(_percentile(ticks, 99), 2)} if ticks else {}},
             "outage": self.run_state.outage_figures,
             "queue_depth": [[round(t, 1), d] for t, d in self.run_state.queue_samples],
             "refusals": self.run_state.refusals,
@@ -546,9 +552,10 @@ runtime_dir = "{self.runtime_dir}"
         }
         (out / "figures.json").write_text(json.dumps(figures, indent=2))
         o = self.run_state.outage_figures
-        self.say(f"pilot: {laps:.2f} laps in the simulator, {figures['pilot']['fps_mean']} fps, latency p50 "
-                 f"{latency.get('p50_ms', 0)} ms / p99 {latency.get('p99_ms', 0)} ms "
-                 f"({latency.get('frames', 0)} frames)")
+        tick = figures["pilot"]["tick_ms"]
+        self.say(f"pilot: {laps:.2f} laps in the simulator, {figures['pilot']['fps_mean']} fps, capture-to-actuate "
+                 f"p50 {latency.get('p50_ms', 0)} ms / p99 {latency.get('p99_ms', 0)} ms "
+                 f"({latency.get('frames', 0)} frames; the tick alone p50 {tick.get('p50_ms', 0)} ms)")
         self.say(f"outage: {o.get('seconds')} s offline, queue peaked at {o.get('queue_peak')} records, "
                  f"{o.get('records_made_while_offline_and_uploaded')} uploaded after reconnect, "
                  f"{o.get('missing_sequence_numbers')} missing, "
@@ -680,6 +687,11 @@ def _short(arg: str) -> str:
     if arg.startswith("/") and Path(arg).is_relative_to(REPO):
         return os.path.relpath(arg, REPO)
     return arg
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def _json(raw: bytes) -> dict[str, Any]:
