@@ -95,8 +95,9 @@ def main() -> int:
             # the model as an artifact: v1 placed on the "device", then v2 fetched, bytes counted
             ref = parse_reference(f"{host}/bench/models/pilot:v1")
             v1 = push_artifact(client, ref, build_model_artifact(old_model, meta))
-            v2 = push_artifact(client, parse_reference(f"{host}/bench/models/pilot:v2"),
-                               build_model_artifact(new_model, meta))
+            v2 = push_artifact(
+                client, parse_reference(f"{host}/bench/models/pilot:v2"), build_model_artifact(new_model, meta)
+            )
             counting = CountingClient(settings)
             dirs = ArtifactDirs(work / "device", counting)
             dirs.fetch("pilot", "models", v1.reference)
@@ -109,9 +110,7 @@ def main() -> int:
             ctx = work / "ctx"
             ctx.mkdir()
             (ctx / "model.onnx").write_bytes(new_model)
-            (ctx / "Containerfile").write_text(
-                f"FROM {args.image}\nCOPY model.onnx /opt/edge-pilot/share/model.onnx\n"
-            )
+            (ctx / "Containerfile").write_text(f"FROM {args.image}\nCOPY model.onnx /opt/edge-pilot/share/model.onnx\n")
             new_image = "localhost/bench-pilot-new-model:1"
             podman("build", "-q", "--pull=never", "-t", new_image, str(ctx))
             old_ref, new_ref = f"{host}/bench/pilot:1", f"{host}/bench/pilot:2"
@@ -133,8 +132,11 @@ def main() -> int:
                 shutil.copy(REPO / "scripts" / "podman-env.sh", tree / "scripts")
                 (tree / "modules" / "pilot" / "models" / "model.onnx").write_bytes(new_model)
                 rebuilt_image = "localhost/bench-pilot-rebuilt:1"
-                subprocess.run(["bash", str(tree / "modules" / "pilot" / "build-image.sh"), rebuilt_image],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    ["bash", str(tree / "modules" / "pilot" / "build-image.sh"), rebuilt_image],
+                    check=True,
+                    capture_output=True,
+                )
                 podman("push", "-q", "--tls-verify=false", rebuilt_image, f"{host}/bench/pilot:3")
                 podman("rmi", rebuilt_image)
                 head3, layers3 = image_blobs(client, f"{host}/bench/pilot:3")
@@ -152,8 +154,10 @@ def main() -> int:
     print(f"{'model update delivered as':<{width}}  {'downloaded':>12}  {'x artifact':>10}")
     for name, n in rows:
         print(f"{name:<{width}}  {mb(n):>12}  {n / artifact_bytes:>10.1f}")
-    print(f"\n(new model: {len(new_model):,} bytes ONNX; image layers: {len(new_layers)}; "
-          f"registry: docker-registry on {host})")
+    print(
+        f"\n(new model: {len(new_model):,} bytes ONNX; image layers: {len(new_layers)}; "
+        f"registry: docker-registry on {host})"
+    )
     return 0
 
 

@@ -82,8 +82,9 @@ def build_components(ctx: AgentContext) -> list[Component]:
     registry = RegistryClient(registry_settings(ctx.config.trust))
     artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry)
     artifacts = ModuleArtifacts(artifact_dirs)
-    desired = DesiredStateManager(ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control,
-                                  artifacts=artifact_dirs)
+    desired = DesiredStateManager(
+        ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control, artifacts=artifact_dirs
+    )
     twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():

@@ -50,8 +50,9 @@ def heldout_gate(result: Mapping[str, float], max_mae_angle: float) -> Gate:
 def laps_gate(result: Mapping[str, Any], laps: float) -> Gate:
     done, off = float(result["laps"]), int(result["off_road_frames"])
     if off > 0:
-        return Gate(False, f"left the road: {off} off-road frames in {done:.2f} laps (max |cte| "
-                           f"{result['max_abs_cte_m']} m)")
+        return Gate(
+            False, f"left the road: {off} off-road frames in {done:.2f} laps (max |cte| {result['max_abs_cte_m']} m)"
+        )
     if done < laps:
         return Gate(False, f"drove {done:.2f} of {laps:g} laps")
     return Gate(True, f"{done:.2f} laps, no off-road frame, mean |cte| {result['mean_abs_cte_m']} m")
@@ -78,13 +79,15 @@ def say(stage: str, ok: bool, **fields: Any) -> None:
 
 
 def edgectl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", *args], capture_output=True, text=True,
-                          timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent.fleet.cli", *args], capture_output=True, text=True, timeout=1800
+    )
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="model-pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="model-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="folder with model.onnx and model.json")
     src.add_argument("--train", type=Path, metavar="OUT", help="train a model into OUT first")
@@ -106,7 +109,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:cut])
-    args.broker = argv[cut + 1:]
+    args.broker = argv[cut + 1 :]
     if args.laps < MIN_LAPS:
         p.error(f"--laps must be at least {MIN_LAPS:g}")
     if not args.devices:
@@ -149,8 +152,18 @@ def main(argv: Sequence[str]) -> int:
         return 1
     # 4. push and sign
     insecure = [f"--insecure-registry={r}" for r in args.insecure_registry]
-    out = edgectl("push-model", args.ref, "--model", str(onnx), "--metadata", str(meta), "--key", str(args.key),
-                  "--json", *insecure)
+    out = edgectl(
+        "push-model",
+        args.ref,
+        "--model",
+        str(onnx),
+        "--metadata",
+        str(meta),
+        "--key",
+        str(args.key),
+        "--json",
+        *insecure,
+    )
     if out.returncode != 0:
         say("push", False, reason=out.stderr.strip() or out.stdout.strip())
         return 1
@@ -162,11 +175,15 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(document, fh)
     signing = ["--key", str(args.deploy_key)] if args.deploy_key else []
-    out = edgectl("deploy", *args.broker, *args.devices, fh.name, *signing, "--wait", str(args.wait),
-                  "--until", "good")
+    out = edgectl("deploy", *args.broker, *args.devices, fh.name, *signing, "--wait", str(args.wait), "--until", "good")
     Path(fh.name).unlink()
-    say("deploy", out.returncode == 0, devices=args.devices, reference=tag_ref,
-        output=(out.stdout + out.stderr).strip()[-2000:])
+    say(
+        "deploy",
+        out.returncode == 0,
+        devices=args.devices,
+        reference=tag_ref,
+        output=(out.stdout + out.stderr).strip()[-2000:],
+    )
     return 0 if out.returncode == 0 else 1
 
 

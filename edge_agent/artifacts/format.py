@@ -121,8 +121,12 @@ def build_model_artifact(
         "artifactType": MODEL_ARTIFACT_TYPE,
         "config": {"mediaType": MODEL_CONFIG_TYPE, "digest": _digest(config), "size": len(config)},
         "layers": [
-            {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size,
-             "annotations": dict(layer.annotations)}
+            {
+                "mediaType": layer.media_type,
+                "digest": layer.digest,
+                "size": layer.size,
+                "annotations": dict(layer.annotations),
+            }
         ],
     }
     if annotations:

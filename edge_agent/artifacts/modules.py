@@ -77,8 +77,9 @@ class ModuleArtifacts:
                     if self.dirs.link(module.name, slot) == digest:
                         continue
                     repository = parse_image_reference(artifact.ref)[0]
-                    await run_blocking(self.dirs.fetch, module.name, slot, f"{repository}@{digest}",
-                                       name="artifact fetch")
+                    await run_blocking(
+                        self.dirs.fetch, module.name, slot, f"{repository}@{digest}", name="artifact fetch"
+                    )
                     await run_blocking(self.dirs.switch, module.name, slot, digest, name="artifact switch")
                 except ArtifactFailed as exc:
                     errors[module.name] = f"artifact {artifact.ref} at {artifact.path}: {exc.code}: {exc.description}"
@@ -103,8 +104,10 @@ class ModuleArtifacts:
         spec = self.desired.modules.get(module) if self.desired is not None else None
         if spec is None or not spec.spec.artifacts:
             return request
-        mounts = [MountRequest(str(self.dirs.ensure_slot(module, artifact_slot(a.path))), a.path, read_only=True)
-                  for a in spec.spec.artifacts]
+        mounts = [
+            MountRequest(str(self.dirs.ensure_slot(module, artifact_slot(a.path))), a.path, read_only=True)
+            for a in spec.spec.artifacts
+        ]
         return dataclasses.replace(request, mounts=(*request.mounts, *mounts))
 
     async def before_start(self, module: str, image: str, deployment: int | None) -> None:
@@ -123,16 +126,25 @@ class ModuleArtifacts:
         try:
             report = parse_report(payload, self.clock())
         except ReportError as exc:
-            log.warning("module %s: unusable %s report: %s", module, STREAM, exc,
-                        extra={"EVENT": "artifact.bad_report", "MODULE": module})
+            log.warning(
+                "module %s: unusable %s report: %s",
+                module,
+                STREAM,
+                exc,
+                extra={"EVENT": "artifact.bad_report", "MODULE": module},
+            )
             return
         old = self.reports.get(module)
         self.reports[module] = report
         if old is None or (old.using, dict(old.refused)) != (report.using, dict(report.refused)):
             using = ", ".join(d[:19] for d in sorted(report.using)) or "nothing"
-            log.info("module %s reports using %s%s", module, using,
-                     "".join(f"; refused {d[:19]}: {r}" for d, r in sorted(report.refused.items())),
-                     extra={"EVENT": "artifact.module_report", "MODULE": module})
+            log.info(
+                "module %s reports using %s%s",
+                module,
+                using,
+                "".join(f"; refused {d[:19]}: {r}" for d, r in sorted(report.refused.items())),
+                extra={"EVENT": "artifact.module_report", "MODULE": module},
+            )
             self.on_report()
 
     def confirmations(self, module: DesiredModule) -> list[tuple[Artifact, Confirmation]]:
@@ -155,8 +167,9 @@ class ModuleArtifacts:
                 continue
             for artifact, c in self.confirmations(module):
                 if isinstance(c, ModuleRefused):
-                    return ArtifactRefusal(module.name, f"refused artifact {artifact.ref} (layer {c.digest[:19]}): "
-                                                        f"{c.reason}")
+                    return ArtifactRefusal(
+                        module.name, f"refused artifact {artifact.ref} (layer {c.digest[:19]}): {c.reason}"
+                    )
                 if isinstance(c, Waiting) and waiting is None:
                     waiting = ArtifactWait(module.name, f"{module.name}: {c.reason}")
         return waiting
@@ -179,10 +192,16 @@ class ModuleArtifacts:
             }
             report = self.reports.get(module.name)
             if artifact.confirm or report is not None:
-                c = confirmation(f"artifact {artifact.ref}", contents.layer_digests if contents else frozenset(),
-                                 report)
-                entry["module"] = ("confirmed" if not isinstance(c, Waiting | ModuleRefused)
-                                   else "refused" if isinstance(c, ModuleRefused) else "waiting")
+                c = confirmation(
+                    f"artifact {artifact.ref}", contents.layer_digests if contents else frozenset(), report
+                )
+                entry["module"] = (
+                    "confirmed"
+                    if not isinstance(c, Waiting | ModuleRefused)
+                    else "refused"
+                    if isinstance(c, ModuleRefused)
+                    else "waiting"
+                )
                 if isinstance(c, ModuleRefused):
                     entry["refusedReason"] = c.reason
             entries[artifact.path] = entry
@@ -192,5 +211,7 @@ class ModuleArtifacts:
         report = self.reports.get(module)
         if report is None:
             return None
-        return {"using": sorted(report.using),
-                "refused": [{"digest": d, "reason": r} for d, r in sorted(report.refused.items())]}
+        return {
+            "using": sorted(report.using),
+            "refused": [{"digest": d, "reason": r} for d, r in sorted(report.refused.items())],
+        }

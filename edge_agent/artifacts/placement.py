@@ -72,8 +72,9 @@ class Placed:
 class ArtifactDirs:
     """The artifact tree under the agent's state directory."""
 
-    def __init__(self, root: Path, registry: RegistryClient | None = None,
-                 max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES) -> None:
+    def __init__(
+        self, root: Path, registry: RegistryClient | None = None, max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    ) -> None:
         self.root = root
         self.registry = registry
         self.max_bytes = max_bytes
@@ -134,21 +135,21 @@ class ArtifactDirs:
                 raise ArtifactFailed("artifact_invalid", str(exc)) from None
             total = sum(f.size for f in contents.files)
             if total > self.max_bytes:
-                raise ArtifactFailed("artifact_too_large",
-                                     f"{reference}: {total} bytes; the limit is {self.max_bytes}")
+                raise ArtifactFailed("artifact_too_large", f"{reference}: {total} bytes; the limit is {self.max_bytes}")
             staging.mkdir(mode=0o755)
             for f in contents.files:
                 with open(staging / f.name, "xb") as fh:
                     written = self.registry.download_blob(ref, f.digest, fh, max_bytes=max(f.size, 1))
                     if written != f.size:
-                        raise ArtifactFailed("artifact_digest_mismatch",
-                                             f"{reference}: {f.name} is {written} bytes, the manifest says {f.size}")
+                        raise ArtifactFailed(
+                            "artifact_digest_mismatch",
+                            f"{reference}: {f.name} is {written} bytes, the manifest says {f.size}",
+                        )
                     fh.flush()
                     os.fsync(fh.fileno())
                 (staging / f.name).chmod(0o644)
                 if f.sidecar:
-                    _write(staging / (f.name + ".sha256"),
-                           f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())
+                    _write(staging / (f.name + ".sha256"), f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())
             _write(staging / MANIFEST_FILE, manifest.body)
             staging.chmod(0o755)
             _fsync_dir(staging)
@@ -164,8 +165,13 @@ class ArtifactDirs:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        log.info("artifact %s downloaded for module %s (%d bytes)", reference, module, total,
-                 extra={"EVENT": "artifact.fetched", "MODULE": module, "DIGEST": digest})
+        log.info(
+            "artifact %s downloaded for module %s (%d bytes)",
+            reference,
+            module,
+            total,
+            extra={"EVENT": "artifact.fetched", "MODULE": module, "DIGEST": digest},
+        )
         return contents
 
     # ------------------------------------------------------------------ switch and collect
@@ -183,8 +189,14 @@ class ArtifactDirs:
             _relink(slot_dir, PREVIOUS, version_name(old))
         _relink(slot_dir, CURRENT, version_name(digest))
         _fsync_dir(slot_dir)
-        log.info("module %s: artifact at %s switched to %s (was %s)", module, slot, digest[:19], (old or "none")[:19],
-                 extra={"EVENT": "artifact.switched", "MODULE": module, "DIGEST": digest})
+        log.info(
+            "module %s: artifact at %s switched to %s (was %s)",
+            module,
+            slot,
+            digest[:19],
+            (old or "none")[:19],
+            extra={"EVENT": "artifact.switched", "MODULE": module, "DIGEST": digest},
+        )
         return Placed(digest, old, contents)
 
     def collect(self, module: str, slot: str, keep: set[str]) -> list[str]:
@@ -201,8 +213,12 @@ class ArtifactDirs:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(digest)
         for digest in removed:
-            log.info("module %s: removed old artifact version %s", module, digest[:19],
-                     extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest})
+            log.info(
+                "module %s: removed old artifact version %s",
+                module,
+                digest[:19],
+                extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest},
+            )
         return removed
 
     def forget_module(self, module: str) -> None:

@@ -209,17 +209,34 @@ def _push_model(args: argparse.Namespace) -> int:
     metadata = validate_metadata(meta_raw, str(args.metadata))
     key = load_signing_key(args.key)
     artifact = build_model_artifact(onnx, metadata)
-    pushed = push_and_sign(_client(args, ref.registry), ref, artifact, key, _annotations(args.annotation),
-                           legacy=args.both or not args.bundle, bundle=args.both or args.bundle)
+    pushed = push_and_sign(
+        _client(args, ref.registry),
+        ref,
+        artifact,
+        key,
+        _annotations(args.annotation),
+        legacy=args.both or not args.bundle,
+        bundle=args.both or args.bundle,
+    )
     if args.json:
-        print(json.dumps({"reference": pushed.reference, "digest": pushed.digest,
-                          "layer": artifact.layers[0][0].digest, "uploadedBytes": pushed.bytes_uploaded,
-                          "signatures": [s.format for s in pushed.signatures]}))
+        print(
+            json.dumps(
+                {
+                    "reference": pushed.reference,
+                    "digest": pushed.digest,
+                    "layer": artifact.layers[0][0].digest,
+                    "uploadedBytes": pushed.bytes_uploaded,
+                    "signatures": [s.format for s in pushed.signatures],
+                }
+            )
+        )
     else:
         for s in pushed.signatures:
             print(f"signed {ref.repository}@{s.digest} ({s.format}: {s.tag_or_digest})")
-        print(f"pushed {pushed.reference} (model layer {artifact.layers[0][0].digest}, "
-              f"{pushed.bytes_uploaded} bytes uploaded)")
+        print(
+            f"pushed {pushed.reference} (model layer {artifact.layers[0][0].digest}, "
+            f"{pushed.bytes_uploaded} bytes uploaded)"
+        )
     return 0
 
 

@@ -51,8 +51,14 @@ class StepSource:
 
 
 def _loop(src: StepSource, **cfg: float | bool) -> DriveLoop:
-    return DriveLoop(src, SimActuator(SimWorld()), ModelSlot(PilotModel.from_file(SHIPPED_MODEL)), EmergencyStop(),
-                     None, LoopConfig(**cfg))  # type: ignore[arg-type]
+    return DriveLoop(
+        src,
+        SimActuator(SimWorld()),
+        ModelSlot(PilotModel.from_file(SHIPPED_MODEL)),
+        EmergencyStop(),
+        None,
+        LoopConfig(**cfg),
+    )  # type: ignore[arg-type]
 
 
 def test_a_tick_waits_for_the_next_frame_instead_of_repeating_one() -> None:
@@ -97,8 +103,14 @@ def test_phase_lock_moves_the_schedule_toward_the_camera() -> None:
         src = FnSource(lambda: GREY, fps=20.0)
         src.start()
         time.sleep(0.1)
-        loop = DriveLoop(src, SimActuator(SimWorld()), ModelSlot(PilotModel.from_file(SHIPPED_MODEL)),
-                         EmergencyStop(), None, LoopConfig(phase_lock=lock, stats_interval_s=1e9))
+        loop = DriveLoop(
+            src,
+            SimActuator(SimWorld()),
+            ModelSlot(PilotModel.from_file(SHIPPED_MODEL)),
+            EmergencyStop(),
+            None,
+            LoopConfig(phase_lock=lock, stats_interval_s=1e9),
+        )
         threading.Timer(1.0, loop.stop).start()
         loop.run()
         src.close()

@@ -42,8 +42,9 @@ def push_pilot_image(device: Device, image: str) -> str:
     """The pilot image in the fleet's registry, signed with the fleet's image key."""
     ref = f"{device.registry.host}/dp/{device.run}-pilot:1"
     podman("push", "-q", "--tls-verify=false", image, ref)
-    out = device.edgectl("sign-image", ref, "--key", str(device.keys / "image.key"),
-                         "--insecure-registry", device.registry.host)
+    out = device.edgectl(
+        "sign-image", ref, "--key", str(device.keys / "image.key"), "--insecure-registry", device.registry.host
+    )
     assert out.returncode == 0, out.stderr
     return ref
 

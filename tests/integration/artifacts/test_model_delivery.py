@@ -46,9 +46,19 @@ def model_variant(out: Path, note: str, *, shape: list[int] | None = None, sourc
 
 def push_model(device: Device, folder: Path, tag: str, key: str = "image") -> dict[str, Any]:
     ref = f"{device.registry.host}/dp/{device.run}-models/pilot:{tag}"
-    out = device.edgectl("push-model", ref, "--model", str(folder / "model.onnx"), "--metadata",
-                         str(folder / "model.json"), "--key", str(device.keys / f"{key}.key"),
-                         "--insecure-registry", device.registry.host, "--json")
+    out = device.edgectl(
+        "push-model",
+        ref,
+        "--model",
+        str(folder / "model.onnx"),
+        "--metadata",
+        str(folder / "model.json"),
+        "--key",
+        str(device.keys / f"{key}.key"),
+        "--insecure-registry",
+        device.registry.host,
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout)
     result["ref"] = ref
@@ -56,13 +66,23 @@ def push_model(device: Device, folder: Path, tag: str, key: str = "image") -> di
 
 
 def deployment(device: Device, image: str, model_ref: str, version: int) -> Path:
-    doc = {"modules": {"pilot": {
-        "image": image,
-        "args": ["drive", "--config", "/etc/edge-pilot/config.json", "--models", "/models/current",
-                 "--allow-unsigned"],
-        "network": "none",
-        "artifacts": [{"ref": model_ref, "path": "/models", "confirm": True}],
-    }}}
+    doc = {
+        "modules": {
+            "pilot": {
+                "image": image,
+                "args": [
+                    "drive",
+                    "--config",
+                    "/etc/edge-pilot/config.json",
+                    "--models",
+                    "/models/current",
+                    "--allow-unsigned",
+                ],
+                "network": "none",
+                "artifacts": [{"ref": model_ref, "path": "/models", "confirm": True}],
+            }
+        }
+    }
     path = device.workdir / f"pilot-{version}.json"
     path.write_text(json.dumps(doc))
     return path
@@ -102,11 +122,18 @@ def test_models_reach_the_running_pilot_and_bad_ones_leave_the_old_one_driving(
     # ---- the fleet: the pilot image and a first model, both signed with the fleet's image key
     image_ref = push_pilot_image(device, pilot_image)
     v1 = push_model(device, model_variant(tmp_path / "v1", "first"), "v1")
-    verify = device.edgectl("verify-image", v1["ref"], "--key", str(device.keys / "image.pub"),
-                            "--insecure-registry", device.registry.host)
+    verify = device.edgectl(
+        "verify-image", v1["ref"], "--key", str(device.keys / "image.pub"), "--insecure-registry", device.registry.host
+    )
     assert verify.returncode == 0 and v1["digest"] in verify.stdout, verify.stdout + verify.stderr
-    wrong = device.edgectl("verify-image", v1["ref"], "--key", str(device.keys / "stranger.pub"),
-                           "--insecure-registry", device.registry.host)
+    wrong = device.edgectl(
+        "verify-image",
+        v1["ref"],
+        "--key",
+        str(device.keys / "stranger.pub"),
+        "--insecure-registry",
+        device.registry.host,
+    )
     assert wrong.returncode == 1 and "untrusted_key" in wrong.stdout
 
     start_agent_with_telemetry(device, runtime_dir)
@@ -119,17 +146,25 @@ def test_models_reach_the_running_pilot_and_bad_ones_leave_the_old_one_driving(
     first = container(device)
 
     # ---- a new model: switched under the running container, confirmed by the pilot
-    v2 = push_model(device, model_variant(tmp_path / "v2", "second", source=PILOT / "models" / "model.int8.onnx"),
-                    "v2")
+    v2 = push_model(device, model_variant(tmp_path / "v2", "second", source=PILOT / "models" / "model.int8.onnx"), "v2")
     out = device.deploy(deployment(device, image_ref, v2["ref"], 2), "--wait", WAIT, "--until", "good")
     assert out.returncode == 0, out.stdout + out.stderr + device.agent.log()[-4000:]
     state = wait_for_use(device, v2["layer"])
     assert container(device) == first, "the model update re-created or restarted the pilot container"
     # the digest the pilot reports is the ONNX layer of the manifest that was signed
-    manifest = json.loads(subprocess.run(
-        ["curl", "-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
-         f"http://{device.registry.host}/v2/dp/{device.run}-models/pilot/manifests/{v2['digest']}"],
-        capture_output=True, check=True).stdout)
+    manifest = json.loads(
+        subprocess.run(
+            [
+                "curl",
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                f"http://{device.registry.host}/v2/dp/{device.run}-models/pilot/manifests/{v2['digest']}",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
     assert state["moduleReport"]["using"] == [manifest["layers"][0]["digest"]] == [v2["layer"]]
     assert state["artifacts"]["/models"]["previous"] == v1["digest"]
 

@@ -42,8 +42,12 @@ def test_artifacts_are_validated_naming_module_and_field() -> None:
         ([{"ref": "r.local/m:1", "path": "/m", "mode": "rw"}], "artifacts.0.mode: "),
     ]
     with pytest.raises(DesiredRejected) as clash:
-        validate_deployment(_doc(mounts=[{"source": "/srv/x", "target": "/models"}],
-                                 artifacts=[{"ref": "r.local/m:1", "path": "/models"}]))
+        validate_deployment(
+            _doc(
+                mounts=[{"source": "/srv/x", "target": "/models"}],
+                artifacts=[{"ref": "r.local/m:1", "path": "/models"}],
+            )
+        )
     assert "module 'pilot': " in clash.value.description and "/models is also a mount target" in clash.value.description
     for artifacts, message in cases:
         with pytest.raises(DesiredRejected) as err:
@@ -69,11 +73,17 @@ def test_a_new_artifact_version_is_the_same_container() -> None:
 
 
 def test_reports_are_parsed_strictly() -> None:
-    report = parse_report(json.dumps({"using": [D1], "refused": [{"digest": D2, "reason": "input shape"}]}).encode(),
-                          5.0)
+    report = parse_report(
+        json.dumps({"using": [D1], "refused": [{"digest": D2, "reason": "input shape"}]}).encode(), 5.0
+    )
     assert report.using == {D1} and report.refused == {D2: "input shape"} and report.at == 5.0
-    for bad in (b"[]", b"{", json.dumps({"using": ["abc"]}).encode(),
-                json.dumps({"refused": [{"digest": "x"}]}).encode(), json.dumps({"refused": {}}).encode()):
+    for bad in (
+        b"[]",
+        b"{",
+        json.dumps({"using": ["abc"]}).encode(),
+        json.dumps({"refused": [{"digest": "x"}]}).encode(),
+        json.dumps({"refused": {}}).encode(),
+    ):
         with pytest.raises(ReportError):
             parse_report(bad, 0.0)
 
@@ -92,14 +102,30 @@ def test_confirmation_refusal_wins_then_use_then_waiting() -> None:
 def test_status_lines_show_placed_and_driving_digests_and_flag_refusals() -> None:
     from edge_agent.artifacts.view import artifact_lines
 
-    state = {"artifacts": {"/models": {"ref": "r.local/m:v2@" + D2, "digest": D2, "placed": D1, "previous": None,
-                                       "module": "refused", "refusedReason": "input.shape"}},
-             "moduleReport": {"using": [D1], "refused": [{"digest": D2, "reason": "input.shape"}]}}
+    state = {
+        "artifacts": {
+            "/models": {
+                "ref": "r.local/m:v2@" + D2,
+                "digest": D2,
+                "placed": D1,
+                "previous": None,
+                "module": "refused",
+                "refusedReason": "input.shape",
+            }
+        },
+        "moduleReport": {"using": [D1], "refused": [{"digest": D2, "reason": "input.shape"}]},
+    }
     lines = artifact_lines("pilot", state)
     assert lines[0][0] is True and "placed sha256:1111" in lines[0][1] and "[refused]: input.shape" in lines[0][1]
     assert "module drives with sha256:1111" in lines[0][1]
-    ok = {"artifacts": {"/models": {"ref": "r", "digest": D1, "placed": D1, "module": "confirmed"}},
-          "moduleReport": {"using": [D1], "refused": []}}
-    assert artifact_lines("pilot", ok) == [(False, "pilot artifact /models: r placed sha256:111111111111"
-                                                   "; module drives with sha256:111111111111 [confirmed]")]
+    ok = {
+        "artifacts": {"/models": {"ref": "r", "digest": D1, "placed": D1, "module": "confirmed"}},
+        "moduleReport": {"using": [D1], "refused": []},
+    }
+    assert artifact_lines("pilot", ok) == [
+        (
+            False,
+            "pilot artifact /models: r placed sha256:111111111111; module drives with sha256:111111111111 [confirmed]",
+        )
+    ]
     assert artifact_lines("pilot", {}) == []

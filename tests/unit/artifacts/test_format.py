@@ -21,8 +21,16 @@ from edge_agent.artifacts.format import (
 from edge_agent.artifacts.pinning import pin_artifact_refs
 
 META: dict[str, Any] = {
-    "input": {"name": "image", "shape": [1, 3, 120, 160], "dtype": "float32", "layout": "NCHW", "color": "RGB",
-              "scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]},
+    "input": {
+        "name": "image",
+        "shape": [1, 3, 120, 160],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "color": "RGB",
+        "scale": 1 / 255,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+    },
     "outputs": ["angle", "throttle"],
     "dataset": {"hash": "sha256:" + "ab" * 32, "frames": 20000},
     "metrics": {"heldout_mae_angle": 0.0138},
@@ -39,8 +47,14 @@ def test_manifest_is_an_oci_artifact_with_metadata_config_and_one_onnx_layer() -
     assert doc["config"]["mediaType"] == MODEL_CONFIG_TYPE
     assert doc["config"]["digest"] == "sha256:" + hashlib.sha256(built.config).hexdigest()
     assert json.loads(built.config)["seed"] == 0  # extra keys of model.json are kept
-    assert doc["layers"] == [{"mediaType": ONNX_LAYER_TYPE, "digest": "sha256:" + hashlib.sha256(onnx).hexdigest(),
-                              "size": len(onnx), "annotations": {"org.opencontainers.image.title": "model.onnx"}}]
+    assert doc["layers"] == [
+        {
+            "mediaType": ONNX_LAYER_TYPE,
+            "digest": "sha256:" + hashlib.sha256(onnx).hexdigest(),
+            "size": len(onnx),
+            "annotations": {"org.opencontainers.image.title": "model.onnx"},
+        }
+    ]
     assert built.digest == "sha256:" + hashlib.sha256(built.manifest).hexdigest()
     # deterministic: the same model and metadata are the same artifact
     assert build_model_artifact(onnx, validate_metadata(META)).digest == built.digest
@@ -74,8 +88,13 @@ def test_bad_metadata_is_refused_naming_the_field(change: Any, message: str) -> 
 
 
 def _manifest(layers: list[dict[str, Any]], config_type: str = MODEL_CONFIG_TYPE) -> bytes:
-    return json.dumps({"schemaVersion": 2, "config": {"mediaType": config_type, "digest": "sha256:" + "0" * 64,
-                                                       "size": 2}, "layers": layers}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "config": {"mediaType": config_type, "digest": "sha256:" + "0" * 64, "size": 2},
+            "layers": layers,
+        }
+    ).encode()
 
 
 def _layer(title: str | None) -> dict[str, Any]:

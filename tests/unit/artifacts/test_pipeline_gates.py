@@ -36,8 +36,7 @@ def test_heldout_gate() -> None:
     [(3.0, 0, True, "no off-road"), (3.5, 1, False, "left the road: 1 off-road"), (2.9, 0, False, "2.90 of 3")],
 )
 def test_laps_gate(laps: float, off_road: int, passed: bool, reason: str) -> None:
-    gate = mp.laps_gate({"laps": laps, "off_road_frames": off_road, "max_abs_cte_m": 0.1, "mean_abs_cte_m": 0.01},
-                        3.0)
+    gate = mp.laps_gate({"laps": laps, "off_road_frames": off_road, "max_abs_cte_m": 0.1, "mean_abs_cte_m": 0.01}, 3.0)
     assert gate.passed is passed and reason in gate.reason
 
 

@@ -57,8 +57,15 @@ def setup(tmp_path: Path) -> tuple[Pipeline, FakeRuntime, Clock, FakeRegistry, d
     registry = FakeRegistry()
     tags = {f"reg.local:5000/m:{name}": registry.add(name.encode() * 100) for name in ("v1", "v2", "v3", "stranger")}
     dirs = ArtifactDirs(tmp_path / "artifacts", registry)  # type: ignore[arg-type]
-    pipe = Pipeline(parse_config(CONFIG), open_state_db(tmp_path / "state"), ReportedState(), runtime,
-                    TagVerifier(tags), clock=clock, artifacts=dirs)
+    pipe = Pipeline(
+        parse_config(CONFIG),
+        open_state_db(tmp_path / "state"),
+        ReportedState(),
+        runtime,
+        TagVerifier(tags),
+        clock=clock,
+        artifacts=dirs,
+    )
     return pipe, runtime, clock, registry, tags
 
 
@@ -67,9 +74,14 @@ def layer(name: str) -> str:
 
 
 def doc(model: str) -> dict[str, object]:
-    return {"modules": {"pilot": {"image": IMAGE,
-                                  "artifacts": [{"ref": f"reg.local:5000/m:{model}", "path": "/models",
-                                                 "confirm": True}]}}}
+    return {
+        "modules": {
+            "pilot": {
+                "image": IMAGE,
+                "artifacts": [{"ref": f"reg.local:5000/m:{model}", "path": "/models", "confirm": True}],
+            }
+        }
+    }
 
 
 async def settle(pipe: Pipeline, passes: int = 4) -> None:
@@ -79,8 +91,10 @@ async def settle(pipe: Pipeline, passes: int = 4) -> None:
 
 def say(pipe: Pipeline, using: str, refused: dict[str, str] | None = None) -> None:
     assert pipe.artifacts is not None
-    payload = {"using": [layer(using)], "refused": [{"digest": layer(d), "reason": r}
-                                                   for d, r in (refused or {}).items()]}
+    payload = {
+        "using": [layer(using)],
+        "refused": [{"digest": layer(d), "reason": r} for d, r in (refused or {}).items()],
+    }
     pipe.artifacts.observe("pilot", "module.artifacts", json.dumps(payload).encode())
 
 
@@ -103,7 +117,8 @@ async def test_models_switch_under_the_container_and_refusals_roll_back(tmp_path
     assert pipe.state(1) == "good"
     stored = pipe.deployments.get("current")
     assert stored is not None and stored.document["modules"]["pilot"]["artifacts"][0]["ref"] == (
-        "reg.local:5000/m:v1@" + tags["reg.local:5000/m:v1"])
+        "reg.local:5000/m:v1@" + tags["reg.local:5000/m:v1"]
+    )
 
     calls = len(rt.calls)
     await pipe.deploy(2, doc("v2"))
@@ -165,8 +180,15 @@ async def test_confirm_without_telemetry_is_rejected_up_front(tmp_path: Path) ->
     registry = FakeRegistry()
     tags = {"reg.local:5000/m:v1": registry.add(b"v1" * 100)}
     config = parse_config(CONFIG + "[telemetry]\nenabled = false\n")
-    pipe = Pipeline(config, open_state_db(tmp_path / "state"), ReportedState(), FakeRuntime(clock=clock),
-                    TagVerifier(tags), clock=clock, artifacts=ArtifactDirs(tmp_path / "a", registry))  # type: ignore[arg-type]
+    pipe = Pipeline(
+        config,
+        open_state_db(tmp_path / "state"),
+        ReportedState(),
+        FakeRuntime(clock=clock),
+        TagVerifier(tags),
+        clock=clock,
+        artifacts=ArtifactDirs(tmp_path / "a", registry),
+    )  # type: ignore[arg-type]
     await pipe.start()
     await pipe.deploy(1, doc("v1"))
     v1 = pipe.section()["versions"]["1"]
