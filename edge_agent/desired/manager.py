@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
-from edge_agent.deployment.manifest import Deployment, validate_deployment
+from edge_agent.deployment.manifest import AGENT_RELEASE, Deployment, validate_deployment
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired.admission import (
     Admitted,
@@ -254,10 +254,14 @@ class DesiredStateManager(BaseComponent):
     async def _pin_and_commit(self, admitted: Admitted, raw: bytes) -> None:
         version = admitted.version
         images: dict[str, str] = {}
-        for name, spec in sorted(admitted.deployment.modules.items()):
+        # The agent release is verified like a module image, under the same trust policy.
+        targets = [(name, spec.image) for name, spec in sorted(admitted.deployment.modules.items())]
+        if admitted.deployment.agent is not None:
+            targets.append((AGENT_RELEASE, admitted.deployment.agent.image))
+        for name, image in targets:
             while True:
                 try:
-                    verified = await self.verifier.verify(spec.image)
+                    verified = await self.verifier.verify(image)
                 except (RegistryUnreachable, ImageRejected) as exc:
                     if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
                         self._reject(admitted, name, exc)

@@ -37,10 +37,13 @@ import asyncio
 import contextlib
 import json
 import math
+import tarfile
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from podman.domain.containers import Container
@@ -359,6 +362,31 @@ class PodmanRuntime:
             return True
 
         return await self._call(f"remove image {image}", remove)
+
+    async def copy_from_image(self, image: str, path: str, dest: Path, max_bytes: int) -> None:
+        """Unpack `path` of a local image into `dest` (a tar stream from a container that is created
+        but never started), refusing more than `max_bytes`. Used for agent releases, whose image
+        carries files, not a program."""
+        what = f"copy {path} from {image}"
+
+        def copy() -> None:
+            container = self._client.containers.create(image, command=["/nonexistent"], network_mode="none")
+            try:
+                stream, _ = container.get_archive(path)
+                with tempfile.TemporaryFile(dir=dest.parent) as tar:
+                    size = 0
+                    for chunk in stream:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise RuntimeFailure(f"{what}: more than {max_bytes} bytes")
+                        tar.write(chunk)
+                    tar.seek(0)
+                    with tarfile.open(fileobj=tar) as archive:
+                        archive.extractall(dest, filter="data")  # no links out, no devices, no setuid
+            finally:
+                container.remove(force=True)
+
+        await self._call(what, copy)
 
     # ------------------------------------------------------------------ events
 
