@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-KNOWN = {"agent", "attestation", "config", "deployment", "modules", "telemetry"}
+KNOWN = {"agent", "agentUpdate", "attestation", "config", "deployment", "modules", "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -25,6 +25,9 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.extend(_telemetry(reported.get("telemetry")))
     lines.extend(_attestation(reported.get("attestation")))
     lines.extend(_agent(reported.get("agent")))
+    update = agent_update_line(reported.get("agentUpdate"))
+    if update:
+        lines.append(f"{'update':<12}{update}")
     for section in sorted(set(reported) - KNOWN):
         lines.append(f"{section + ':':<12} {json.dumps(reported[section], sort_keys=True)}")
     return "\n".join(lines)
@@ -199,3 +202,26 @@ def _agent(a: Any) -> list[str]:
     if isinstance(memory, Mapping) and memory.get("agentRssBytes") is not None:
         parts.append(f"agent memory {_bytes(memory['agentRssBytes'])}")
     return [f"system      {'; '.join(parts)}"]
+
+
+def agent_update_line(u: Any) -> str | None:
+    """The agent's self-update in one line (also `edgectl show`): what is wanted and under way,
+    and how the last update ended. None when there is nothing to say."""
+    if not isinstance(u, Mapping):
+        return None
+    running, wanted, state = u.get("running"), u.get("wanted"), u.get("state")
+    parts = []
+    if wanted and wanted != running:
+        parts.append(f"agent {wanted} wanted: {state}" + (f" ({u['detail']})" if u.get("detail") else ""))
+    elif state not in (None, "idle"):
+        parts.append(f"{state}" + (f" ({u['detail']})" if u.get("detail") else ""))
+    trial = u.get("trial")
+    if isinstance(trial, Mapping):
+        parts.append(f"on trial: {trial.get('version')} (start {trial.get('starts')})")
+    last = u.get("last")
+    if isinstance(last, Mapping):
+        text = f"last update: {last.get('result')} {last.get('previous', '?')} -> {last.get('version')}"
+        if last.get("reason"):
+            text += f" ({last['reason']})"
+        parts.append(text)
+    return "; ".join(parts) or None

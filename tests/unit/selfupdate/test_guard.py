@@ -43,8 +43,11 @@ class Box:
     def points_to(self) -> str:
         return os.readlink(self.files.pointer)
 
-    def restarted(self) -> list[str]:
+    def systemctl_calls(self) -> list[str]:
         return self.restarts.read_text().splitlines() if self.restarts.exists() else []
+
+    def restarted(self) -> list[str]:
+        return [c for c in self.systemctl_calls() if " restart " in c]
 
 
 @pytest.fixture
@@ -68,6 +71,7 @@ def test_a_request_starts_a_trial_and_switches(box: Box) -> None:
     trial = box.files.trial()
     assert trial is not None and (trial.version, trial.previous, trial.starts) == ("1.1", str(box.factory), 1)
     assert box.files.pending_request() is None
+    assert box.systemctl_calls() == ["--no-block start edge-agent-update-check.timer"]  # the deadline watch
 
 
 def test_a_request_for_a_release_that_is_not_installed_is_refused(box: Box) -> None:
@@ -139,6 +143,7 @@ def test_a_confirmed_trial_is_left_alone(box: Box) -> None:
     box.guard("start")
     assert box.files.confirm("1.1", "factory")
     box.guard("check", window=0)
+    assert box.systemctl_calls()[-1] == "--no-block stop edge-agent-update-check.timer"  # nothing left to watch
     box.guard("start", max_starts=1)
     box.guard("start", max_starts=1)
     assert box.points_to() == str(release) and box.restarted() == []
