@@ -55,6 +55,14 @@ class Published:
     device: str
     version: int
     digest: str  # sha256 hex of the exact bytes published
+    agent: str | None = None  # the agent release the document names ("good" then waits for it too)
+
+
+def agent_release(deployment: Mapping[str, Any]) -> str | None:
+    """The agent version a deployment document names, if any."""
+    agent = deployment.get("agent")
+    version = agent.get("version") if isinstance(agent, Mapping) else None
+    return version if isinstance(version, str) else None
 
 
 @dataclass
@@ -223,7 +231,9 @@ class FleetClient:
         from edge_agent.desired.status import wait_outcome
 
         doc, _ = _json(self._messages.get(DeviceTopics(self.prefix, published.device).reported, b"null"))
-        return wait_outcome((doc or {}).get("deployment"), published.version, published.digest, target)
+        doc = doc or {}
+        return wait_outcome(doc.get("deployment"), published.version, published.digest, target,
+                            agent=published.agent, agent_update=doc.get("agentUpdate"))
 
     async def devices(self) -> list[DeviceView]:
         found = await self.retained(
@@ -299,7 +309,7 @@ class FleetClient:
                 f"{view.device}: the document is {len(payload)} bytes; the device accepts at most {limit} "
                 "(its twin.max_desired_bytes); not published"
             )
-        return Published(view.device, version, hashlib.sha256(payload).hexdigest()), payload
+        return Published(view.device, version, hashlib.sha256(payload).hexdigest(), agent_release(deployment)), payload
 
     async def publish_many(
         self, items: Sequence[tuple[str, bytes]], limit: int = MAX_IN_FLIGHT
