@@ -43,7 +43,7 @@ import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from podman.domain.containers import Container
@@ -382,7 +382,7 @@ class PodmanRuntime:
                         tar.write(chunk)
                     tar.seek(0)
                     with tarfile.open(fileobj=tar) as archive:
-                        archive.extractall(dest, filter="data")  # no links out, no devices, no setuid
+                        archive.extractall(dest, members=_plain_members(archive, what))  # noqa: S202 (checked)
             finally:
                 container.remove(force=True)
 
@@ -448,6 +448,18 @@ class PodmanRuntime:
     async def close(self) -> None:
         """Release podman-py's pooled connections."""
         self._client.close()
+
+
+def _plain_members(archive: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
+    """Only files and folders, inside the destination, without setuid/setgid bits. By hand because
+    tarfile's extraction filters arrived in 3.11.4 and Debian bookworm ships 3.11.2."""
+    members = archive.getmembers()
+    for member in members:
+        parts = PurePosixPath(member.name).parts
+        if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+            raise RuntimeFailure(f"{what}: refusing archive member {member.name!r} (only plain files and folders)")
+        member.mode &= 0o755
+    return members
 
 
 def _q(name: str) -> str:
