@@ -281,6 +281,31 @@ def check_local_deploy(config: AgentConfig) -> CheckResult:
     return CheckResult("local deploy", "pass", "off: deployments only come signed from the fleet")
 
 
+def check_agent_updates(config: AgentConfig) -> CheckResult:
+    """Whether the agent can update itself (the A/B guard is installed) and how the last update ended."""
+    from edge_agent.selfupdate.files import UpdateFiles
+
+    files = UpdateFiles(config.state.dir)
+    if not files.pointer.is_symlink():
+        return CheckResult("agent updates", "pass",
+                           "not installed with the update guard: a deployment's agent release is refused",
+                           "docs/operations.md, Agent updates, to let the fleet update this agent")
+    target = files.pointer.resolve()
+    detail = f"A/B guard installed; runs {target}"
+    trial = files.trial()
+    if trial is not None:
+        detail += f"; {trial.version} on trial (start {trial.starts})"
+    last = files.outcome()
+    if last is not None:
+        detail += f"; last update: {last.get('result')} {last.get('version')} ({last.get('reason')})"
+    bad = files.bad_versions()
+    if bad:
+        detail += f"; not retried: {', '.join(sorted(bad))}"
+    if last is not None and last.get("result") == "rolled_back":
+        return CheckResult("agent updates", "warn", detail, "the release was rolled back; see its reason")
+    return CheckResult("agent updates", "pass", detail)
+
+
 CHECKS: list[CheckFn] = [
     check_state_dir,
     check_disk_space,
@@ -288,6 +313,7 @@ CHECKS: list[CheckFn] = [
     check_secrets_private,
     check_trust,
     check_local_deploy,
+    check_agent_updates,
     check_broker,
     check_podman,
     check_agent_running,

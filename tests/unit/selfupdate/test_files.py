@@ -91,3 +91,22 @@ def test_previous_version_from_the_marker(tmp_path: Path) -> None:
     files.trial_file.write_text("version=1.1\nprevious=/opt/edge-agent\nstarts=1\nstarted=1\n")
     trial = files.trial()
     assert trial is not None and files.previous_version(trial) == "factory"
+
+
+def test_check_says_whether_updates_can_happen_and_how_the_last_ended(tmp_path: Path) -> None:
+    from edge_agent.checks import check_agent_updates
+    from edge_agent.config import AgentConfig
+
+    config = AgentConfig.model_validate({"device": {"id": "d"}, "mqtt": {"host": "h"}, "state": {"dir": str(tmp_path)}})
+    result = check_agent_updates(config)
+    assert result.outcome == "pass" and "not installed with the update guard" in result.detail
+    files = UpdateFiles(tmp_path)
+    release = fake_release(files, "1.1", "1.1")
+    files.pointer.symlink_to(release)
+    assert check_agent_updates(config).detail == f"A/B guard installed; runs {release}"
+    files.outcome_file.write_text(json.dumps({"result": "rolled_back", "version": "1.2", "reason": "crash loop"}))
+    (files.bad_dir).mkdir()
+    (files.bad_dir / "1.2").write_text("crash loop")
+    result = check_agent_updates(config)
+    assert result.outcome == "warn"
+    assert "last update: rolled_back 1.2 (crash loop); not retried: 1.2" in result.detail
