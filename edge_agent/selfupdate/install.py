@@ -89,5 +89,6 @@ def collect(files: UpdateFiles, keep: set[str]) -> list[str]:
         if entry.name in keep or entry.is_symlink() or not entry.is_dir():
             continue
         shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry.name)
+        if not entry.name.startswith("."):  # not the wheels of an install a power cut interrupted
+            removed.append(entry.name)
     return removed
