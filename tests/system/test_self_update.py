@@ -179,23 +179,16 @@ class Device:
     def flags(self) -> list[str]:
         return ["--broker", "127.0.0.1", "--port", str(self.broker.port), "--prefix", self.prefix]
 
-    def deploy(self, doc: dict[str, Any], keys: Keys, tmp: Path) -> None:
+    def deploy(
+        self, doc: dict[str, Any], keys: Keys, tmp: Path, *, until: str = "accepted", wait_s: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """`edgectl deploy --wait --until`, as an operator runs it; its exit status is the caller's to judge."""
         path = tmp / f"deployment-{uuid.uuid4().hex[:6]}.json"
         path.write_text(json.dumps(doc))
-        must(
-            edgectl(
-                "deploy",
-                *self.flags(),
-                self.id,
-                str(path),
-                "--key",
-                str(keys.fleet_key),
-                "--wait",
-                "120",
-                "--until",
-                "accepted",
-            )
-        )
+        return edgectl(
+            "deploy", *self.flags(), self.id, str(path), "--key", str(keys.fleet_key),
+            "--wait", str(wait_s), "--until", until, timeout=wait_s + 60,
+        )  # fmt: skip
 
     async def _reported(self) -> dict[str, Any]:
         section = MqttSection(host="127.0.0.1", port=self.broker.port, topic_prefix=self.prefix)
@@ -355,7 +348,7 @@ def running_module(
     device: Device, module_image: str, keys: Keys, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str]:
     tmp = tmp_path_factory.mktemp("docs")
-    device.deploy(document(module_image, None), keys, tmp)
+    must(device.deploy(document(module_image, None), keys, tmp))
     device.wait_reported(
         "the module to run",
         lambda r: (r.get("modules") or {}).get("app", {}).get("runtimeStatus") == "running",
@@ -376,7 +369,10 @@ def test_update_to_the_next_release_keeps_modules_running(
 ) -> None:
     assert update_section(device.reported()).get("running") == "0.1.0"
     assert device.pointer() == "/opt/edge-agent"
-    device.deploy(document(module_image, {"version": "0.1.1", "image": releases["0.1.1"]}), keys, tmp_path)
+    # --until good waits for the agent release too: exit 0 only once 0.1.1 runs.
+    proc = device.deploy(document(module_image, {"version": "0.1.1", "image": releases["0.1.1"]}), keys, tmp_path,
+                         until="good", wait_s=420)
+    assert proc.returncode == 0 and "agent 0.1.1 runs" in proc.stdout, proc.stdout + proc.stderr
     reported = device.wait_reported(
         "agent 0.1.1 to run and confirm",
         lambda r: (
@@ -400,7 +396,9 @@ def test_a_release_that_crashes_at_start_is_rolled_back(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    device.deploy(document(module_image, {"version": "0.1.2", "image": releases["0.1.2"]}), keys, tmp_path)
+    proc = device.deploy(document(module_image, {"version": "0.1.2", "image": releases["0.1.2"]}), keys, tmp_path,
+                         until="good", wait_s=420)
+    assert proc.returncode == 1 and "agent 0.1.2 rolled_back" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     reported = device.wait_reported(
         "the crashing release 0.1.2 to be rolled back",
         lambda r: (
@@ -430,7 +428,9 @@ def test_a_release_that_cannot_reach_the_broker_is_rolled_back(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    device.deploy(document(module_image, {"version": "0.1.3", "image": releases["0.1.3"]}), keys, tmp_path)
+    proc = device.deploy(document(module_image, {"version": "0.1.3", "image": releases["0.1.3"]}), keys, tmp_path,
+                         until="good", wait_s=420 + WINDOW_S)
+    assert proc.returncode == 1 and "agent 0.1.3 rolled_back" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     reported = device.wait_reported(
         "release 0.1.3, which cannot reach the broker, to be rolled back",
         lambda r: (
@@ -453,20 +453,7 @@ def test_a_release_signed_by_the_wrong_key_is_never_installed(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "wrong-key.json"
-    path.write_text(json.dumps(document(module_image, {"version": "0.1.4", "image": releases["0.1.4"]})))
-    proc = edgectl(
-        "deploy",
-        *device.flags(),
-        device.id,
-        str(path),
-        "--key",
-        str(keys.fleet_key),
-        "--wait",
-        "120",
-        "--until",
-        "accepted",
-    )
+    proc = device.deploy(document(module_image, {"version": "0.1.4", "image": releases["0.1.4"]}), keys, tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "@agent" in proc.stdout + proc.stderr and "untrusted_key" in proc.stdout + proc.stderr, proc.stdout
     time.sleep(10)  # give a wrong install the time to start, if there were one
@@ -485,7 +472,7 @@ def test_power_cut_in_the_middle_of_an_update_comes_back_on_a_working_version(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    device.deploy(document(module_image, {"version": "0.1.5", "image": releases["0.1.5"]}), keys, tmp_path)
+    must(device.deploy(document(module_image, {"version": "0.1.5", "image": releases["0.1.5"]}), keys, tmp_path))
     # Cut the power while the release is being installed: its folder exists, its marker not yet.
     device.box.wait_for(
         "the install of 0.1.5 to be under way",
