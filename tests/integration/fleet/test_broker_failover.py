@@ -53,6 +53,8 @@ class TwoBrokers:
             f"bridge_cafile {pki.ca}\nbridge_certfile {self.bridge.cert}\nbridge_keyfile {self.bridge.key}\n"
             f"topic {prefix}/# both 1\n"
             "cleansession false\nrestart_timeout 1\ntry_private true\n"
+            # No $SYS notifications: the ACL denies them, and a denied publish drops the bridge.
+            "notifications false\n"
         )
 
     def start(self) -> None:
