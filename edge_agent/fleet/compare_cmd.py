@@ -118,9 +118,9 @@ async def collect(args: argparse.Namespace, selectors: dict[str, Any]) -> tuple[
     from edge_agent.mqtt_client import make_client
 
     fleet = fleet_client(args)
-    params = fleet.params
-    if args.client_id:
-        params = dataclasses.replace(params, client_id=args.client_id)
+    # Its own client id: the fleet client (device labels) connects with fleet.params' id at the
+    # same time, and a second connection with one id takes the first one's place.
+    params = dataclasses.replace(fleet.params, client_id=args.client_id or f"{fleet.params.client_id}-telemetry")
     records: list[dict[str, Any]] = []
     client = None
     problems = []
@@ -165,8 +165,12 @@ async def collect(args: argparse.Namespace, selectors: dict[str, Any]) -> tuple[
                 if enough():
                     return
 
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(read(), args.duration)
+        except TimeoutError:
+            pass
+        except aiomqtt.MqttError as exc:
+            raise FleetError(f"lost the broker while collecting telemetry: {exc}") from None
     finally:
         with contextlib.suppress(Exception):
             await client.__aexit__(None, None, None)
