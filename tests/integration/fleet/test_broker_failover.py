@@ -13,7 +13,10 @@ the fleet side drops them (edgectl telemetry marks them duplicate). They are cou
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -193,6 +196,25 @@ def test_agents_move_to_the_second_broker_without_losing_telemetry(
                 f"{duplicates} duplicates (same ids, dropped by the fleet side)"
             )
             wait_until(lambda a=agent: a.call("telemetry")["depth"] == 0, 30, "the device queue to drain")  # type: ignore[index]
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge_agent.cli",
+                    "status",
+                    "--config",
+                    str(agent.config_path),
+                    "--state-dir",
+                    str(agent.state_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            assert f"broker      connected to 127.0.0.1:{brokers.two.port} (endpoint 2 of 2)" in status.stdout, (
+                status.stdout + status.stderr
+            )
             log = agent.log()
             # The move is logged once, as a warning naming both brokers.
             assert log.count("EVENT=mqtt.endpoint_switch") == 1, log[-3000:]
