@@ -276,7 +276,7 @@ class TwinSession:
                 delay = max(random.uniform(0.1, 1.0), choice.wait_s)  # spread a fleet's reconnects
             except (aiomqtt.MqttError, OSError) as exc:
                 attempts += 1
-                _, _news = retries.failed(str(index), str(exc), time.monotonic())
+                retries.failed(str(index), str(exc), time.monotonic())
                 choice = self._choose(endpoints, retries)
                 # Equal jitter: half the backoff at least, so delays grow; the rest spreads a fleet.
                 delay = choice.wait_s * random.uniform(0.5, 1.0)
