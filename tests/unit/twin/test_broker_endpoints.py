@@ -222,3 +222,20 @@ def test_status_shows_the_connected_endpoint() -> None:
         {"reported": {"broker": {"endpoint": "a:1", "connected": True, "index": 1, "endpoints": ["a:1"]}}}
     )
     assert "broker      connected to a:1\n" in single + "\n"
+
+
+# ----------------------------------------------------------------- edgectl
+
+
+def test_edgectl_endpoint_flags(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_agent.fleet.cli import build_parser, main
+    from edge_agent.fleet.config import load_fleet_config
+
+    monkeypatch.setenv("EDGECTL_CONFIG", str(tmp_path / "none.toml"))  # no operator file is read
+    args = build_parser().parse_args(["devices", "--broker", "a", "--endpoint", "b:2", "--endpoint", "[::1]:3"])
+    config = load_fleet_config(None, {"host": args.broker, "endpoints": args.endpoints})
+    assert config.mqtt.broker_endpoints() == (Endpoint("a", 1883), Endpoint("b", 2), Endpoint("::1", 3))
+    assert main(["telemetry", "dev1", "--endpoint", "b:0"]) == 2
+    assert "--endpoint 'b:0': port '0' is not a number 1-65535" in capsys.readouterr().err
