@@ -91,19 +91,29 @@ def check_clock(config: AgentConfig) -> CheckResult:
 
 
 def check_broker(config: AgentConfig) -> CheckResult:
+    """Every configured broker endpoint is tried: all reachable passes, some reachable warns (the
+    agent runs, on fewer brokers than configured), none fails."""
     name = "broker reachable" + (" with TLS" if config.mqtt.tls else "")
-    where = f"{config.mqtt.host}:{config.mqtt.port}"
     try:
         params = broker_params(config.mqtt, config.device.id)
     except (OSError, KeyError, ssl.SSLError) as exc:
         return CheckResult(name, "fail", f"cannot load credentials/TLS files: {exc}", "check the mqtt.* file paths")
-    try:
-        asyncio.run(asyncio.wait_for(_mqtt_connect(params), timeout=5))
-    except TimeoutError:
-        return CheckResult(name, "fail", f"{where}: no answer within 5 s", "is the broker running and the port open?")
-    except Exception as exc:
-        return CheckResult(name, "fail", f"{where}: {exc}", "check mqtt.host/port, TLS files and credentials")
-    return CheckResult(name, "pass", where)
+    good: list[str] = []
+    bad: list[str] = []
+    for endpoint in params.all_endpoints:
+        try:
+            asyncio.run(asyncio.wait_for(_mqtt_connect(params.at(endpoint)), timeout=5))
+            good.append(str(endpoint))
+        except TimeoutError:
+            bad.append(f"{endpoint}: no answer within 5 s")
+        except Exception as exc:
+            bad.append(f"{endpoint}: {exc}")
+    if not bad:
+        return CheckResult(name, "pass", ", ".join(good))
+    hint = "check mqtt.host/port/endpoints, TLS files and credentials; is the broker running and the port open?"
+    if good:
+        return CheckResult(name, "warn", f"reachable: {', '.join(good)}; not: {'; '.join(bad)}", hint)
+    return CheckResult(name, "fail", "; ".join(bad), hint)
 
 
 async def _mqtt_connect(params: object) -> None:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-KNOWN = {"agent", "agentUpdate", "attestation", "config", "deployment", "modules", "telemetry"}
+KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "modules", "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -19,6 +19,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         f"config {status.get('config', '(unknown)')}  state {status.get('state_dir', '(unknown)')}",
     ]
     lines.append(_components(status.get("components") or {}))
+    lines.extend(_broker(reported.get("broker")))
     lines.extend(_config(reported.get("config")))
     lines.extend(_deployment(reported.get("deployment")))
     lines.extend(_modules(reported.get("modules")))
@@ -152,6 +153,16 @@ def module_table(modules: Mapping[str, Any]) -> str:
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def _broker(b: Any) -> list[str]:
+    if not isinstance(b, Mapping):
+        return []
+    endpoints = b.get("endpoints") or []
+    where = f" (endpoint {b.get('index')} of {len(endpoints)})" if len(endpoints) > 1 else ""
+    if b.get("connected"):
+        return [f"broker      connected to {b.get('endpoint')}{where}"]
+    return [f"broker      NOT CONNECTED (last {b.get('endpoint')}{where}); trying {', '.join(endpoints)}"]
 
 
 def _telemetry(t: Any) -> list[str]:

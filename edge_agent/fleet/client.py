@@ -95,6 +95,7 @@ class FleetClient:
     def __init__(self, params: BrokerParams, prefix: str) -> None:
         self.params = params
         self.prefix = prefix
+        self.endpoint = params.all_endpoints[0]  # the broker connected to (set on connect)
         self.response_topic = protocol.fleet_response_topic(prefix, params.client_id)
         self._client: CheckedClient | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -113,11 +114,19 @@ class FleetClient:
         # No bound on the incoming queue: one subscription to a fleet's retained state delivers
         # three messages per device at once, and aiomqtt discards what does not fit (with a bound
         # of 1,000, a fleet of 400 devices lost messages and the end-of-retained marker).
-        client = make_client(self.params, max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise FleetError(f"cannot connect to broker {self.params.host}:{self.params.port}: {exc}") from None
+        # Every configured broker in order ([mqtt] host/port, then endpoints): the first that
+        # answers. The fleet side makes one short connection per command, so no backoff here.
+        problems: list[str] = []
+        for endpoint in self.params.all_endpoints:
+            client = make_client(self.params.at(endpoint), max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
+            try:
+                await client.__aenter__()
+                break
+            except aiomqtt.MqttError as exc:
+                problems.append(f"{endpoint}: {exc}")
+        else:
+            raise FleetError(f"cannot connect to broker {'; '.join(problems)}") from None
+        self.endpoint = endpoint
         self._client = client
         self._reader = asyncio.create_task(self._read())
         await client.subscribe(self.response_topic, qos=1)
