@@ -103,7 +103,7 @@ def crashes_at_start(pkg: Path) -> None:
 
 
 def cannot_reach_the_broker(pkg: Path) -> None:
-    replace_once(pkg / "mqtt_params.py", "port=endpoint.port)", "port=1)  # this release dials a port nobody listens on")
+    replace_once(pkg / "mqtt_params.py", "port=endpoint.port)", "port=1)  # dials a port nobody listens on")
 
 
 @dataclass
