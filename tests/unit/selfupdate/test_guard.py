@@ -47,7 +47,7 @@ class Box:
         return self.restarts.read_text().splitlines() if self.restarts.exists() else []
 
     def restarted(self) -> list[str]:
-        return [c for c in self.systemctl_calls() if " restart " in c]
+        return [c for c in self.systemctl_calls() if c.endswith(" edge-agent.service")]
 
 
 @pytest.fixture
@@ -129,7 +129,8 @@ def test_no_confirmation_in_the_window_switches_back_and_restarts(box: Box) -> N
     box.files.note("cannot reach the broker: connection refused")
     box.guard("check", window=0)
     assert box.points_to() == str(box.factory)
-    assert box.restarted() == ["--no-block restart edge-agent.service"]
+    # Stopped before its files are touched, started again on the previous version.
+    assert box.restarted() == ["stop edge-agent.service", "--no-block start edge-agent.service"]
     outcome = box.files.outcome()
     assert outcome is not None and outcome["result"] == "rolled_back" and outcome["previous"] == "factory"
     assert "not confirmed within 0s" in outcome["reason"] and "cannot reach the broker" in outcome["reason"]
@@ -172,3 +173,33 @@ def test_a_vanished_release_falls_back_to_the_factory_install(box: Box) -> None:
     (release / "bin" / "edge-agent").unlink()
     box.guard("start")
     assert box.points_to() == str(box.factory)
+
+
+def test_a_roll_back_brings_back_the_state_database_of_before_the_trial(box: Box) -> None:
+    """A newer release may migrate state.db to a schema the previous one refuses."""
+    box.guard("start")
+    (box.state / "state.db").write_text("schema 1")
+    (box.state / "state.db-wal").write_text("wal 1")
+    fake_release(box.files, "1.1", "1.1")
+    box.files.request("1.1")
+    box.guard("start", max_starts=1)
+    (box.state / "state.db").write_text("schema 2, migrated by 1.1")
+    (box.state / "state.db-wal").unlink()
+    (box.state / "state.db-shm").write_text("shm 2")
+    box.guard("start", max_starts=1)  # crash loop: back
+    assert (box.state / "state.db").read_text() == "schema 1"
+    assert (box.state / "state.db-wal").read_text() == "wal 1"
+    assert not (box.state / "state.db-shm").exists()
+
+
+def test_a_confirmed_trial_keeps_its_state(box: Box) -> None:
+    box.guard("start")
+    (box.state / "state.db").write_text("schema 1")
+    fake_release(box.files, "1.1", "1.1")
+    box.files.request("1.1")
+    box.guard("start")
+    (box.state / "state.db").write_text("schema 2")
+    assert box.files.confirm("1.1", "factory")
+    box.guard("check", window=0)
+    box.guard("start")
+    assert (box.state / "state.db").read_text() == "schema 2"
