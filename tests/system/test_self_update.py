@@ -508,3 +508,33 @@ def test_power_cut_in_the_middle_of_an_update_comes_back_on_a_working_version(
     )
     assert update_section(reported)["last"]["previous"] == "0.1.1"
     assert device.modules() == {"app": running_module}
+
+
+def test_power_cut_during_the_trial_comes_back_and_finishes_it(
+    device: Device,
+    releases: dict[str, str],
+    running_module: tuple[str, str],
+    module_image: str,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    # Back to 0.1.1, which is still installed (the running version and the new one are kept):
+    # going back is an update like any other, with its own trial.
+    must(device.deploy(document(module_image, {"version": "0.1.1", "image": releases["0.1.1"]}), keys, tmp_path))
+    # Watch from inside (a poll from outside is too slow for a trial of a few seconds), cut the
+    # power the moment the guard has switched.
+    device.box.sh(f"until grep -qs version=0.1.1 {STATE}/agent/trial; do sleep 0.02; done", timeout=300)
+    podman("kill", "--signal", "KILL", device.box.name)
+    podman("wait", device.box.name, timeout=60)
+    podman("start", device.box.name)
+    reported = device.wait_reported(
+        "agent 0.1.1 to confirm its trial after the power cut",
+        lambda r: update_section(r).get("running") == "0.1.1"
+        and (update_section(r).get("last") or {}).get("version") == "0.1.1",
+        timeout=300,
+    )
+    last = update_section(reported)["last"]
+    # The second start of the trial (the first was cut) is the one that confirmed.
+    assert (last["result"], last["previous"], last["reason"]) == ("succeeded", "0.1.5", "confirmed after 2 start(s)")
+    assert device.pointer() == f"{STATE}/agent/releases/0.1.1"
+    assert device.modules() == {"app": running_module}
