@@ -131,6 +131,9 @@ class SelfUpdateComponent(BaseComponent):
             await self._install(action)
 
     async def _install(self, action: Install) -> None:
+        if self.files.installed(action.version):  # kept from before (going back to the previous one)
+            self._switch(action.version)
+            return
         self._set("installing", f"agent {action.version} from {action.image}")
         log.info("installing agent %s from %s", action.version, action.image, extra={"EVENT": "agent.update_install"})
         try:
