@@ -71,6 +71,7 @@ BREAKDOWN = [
     ("cryptography (signatures)", "import cryptography.hazmat.primitives.asymmetric.ec"),
     ("requests (+ urllib3, idna, certifi, charset_normalizer)", "import requests"),
     ("podman-py", "import podman"),
+    ("sqlite-utils (+ click, dateutil, pluggy; not numpy/pandas)", "import edge_agent.state_schema"),
     ("edge_agent config models", "import edge_agent.config"),
     ("edge_agent daemon + CLI", "import edge_agent.cli, edge_agent.daemon"),
     ("edge_agent twin", "import edge_agent.twin.component"),
