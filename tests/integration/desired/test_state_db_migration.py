@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,11 +35,13 @@ from edge_agent.trust.passthrough import RegistryUnreachable
 from edge_agent.twin.protocol import desired_document
 from tests.infra.agent import AgentProcess
 from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import free_port
+from tests.infra.procs import free_port, wait_until
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "state_db" / "f034da0"
 FACTS: dict[str, Any] = json.loads((FIXTURE / "facts.json").read_text())
-REPO = Path(__file__).resolve().parents[3]
+APPLY_TIMEOUT_S = 60
+# Version 1's pilot image: pulled by the old release, not version 4's.
+LKG_PILOT = next(i for i in FACTS["pulled"] if "/pilot@" in i and i not in FACTS["current_images"].values())
 
 
 class NoRegistry:
@@ -235,9 +238,14 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
     state: Path, tmp_path: Path, podman_service: PodmanService
 ) -> None:
     """No broker (a closed port), no registry (the fixture's images are on 127.0.0.1:1): the
-    agent opens the old file, hands the stored deployment over before any network attempt and
-    reports what the old release recorded. Its images are not on this machine, so it says so
-    (pull fails) and keeps its stored state; nothing is lost."""
+    agent opens the old file and hands its stored deployment (4) over before any network attempt.
+    Version 4 was activated by the old release long before this boot and never became good, so
+    the reconciler rolls back to the last-known-good deployment the old release recorded (1), and
+    tries to run its pinned images, which only the (gone) registry has: it says so, and every
+    fact of the old file is still there, plus the new ones."""
+    with opened(state) as db:
+        activated = DeploymentStore(db).get("current")
+    assert activated is not None and time.time() - activated.activated_at > APPLY_TIMEOUT_S  # the premise
     run_id = f"mig-{uuid.uuid4().hex[:8]}"
     config = (
         f'[device]\nid = "{run_id}"\n[logging]\nlevel = "debug"\nformat = "text"\n'
@@ -245,7 +253,8 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
         f'[podman]\nsocket = "{podman_service.url}"\n'
         f"[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
         f'[trust]\ndocument_keys = ["{state / "document_key.pub"}"]\n'
-        f'[deployment]\ncontainer_prefix = "{run_id}-"\nbackoff_initial_s = 1\nbackoff_max_s = 4\n'
+        f'[deployment]\ncontainer_prefix = "{run_id}-"\napply_timeout_s = {APPLY_TIMEOUT_S}\n'
+        f"backoff_initial_s = 1\nbackoff_max_s = 4\n"
     )
     agent = AgentProcess(tmp_path / "agent", config)
     agent.state_dir = state  # the copied fixture is the state directory
@@ -253,22 +262,28 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
     try:
         agent.wait_log("EVENT=deployment.loaded", timeout=30)
         log = agent.log()
-        assert f"stored deployment {FACTS['current']} will be run" in log
+        assert f"stored deployment {FACTS['current']} will be run (last known good: {FACTS['last_known_good']})" in log
         first_mqtt = min((m.start() for m in re.finditer(r"EVENT=mqtt\.", log)), default=len(log))
         assert log.index("EVENT=deployment.loaded") < first_mqtt
+        agent.wait_log(f"deployment {FACTS['current']} failed", timeout=30)
+        assert f"rolling back to {FACTS['last_known_good']}" in agent.log()
 
+        # Version 1's pinned image is tried; podman retries a pull a few times before it gives up.
+        agent.wait_log(f"pilot: pull {LKG_PILOT} failed", timeout=180)
+
+        # What a reconcile pass decided is reported when the pass ends (deployment/component.py,
+        # PassReports), i.e. after those pulls.
         def reported() -> dict[str, Any]:
             status = agent.call("status")
             assert isinstance(status, dict)
-            return dict(status["reported"])
+            return dict(status["reported"]["deployment"])
 
-        section = reported()["deployment"]
-        assert (section["current"], section["lastKnownGood"]) == (FACTS["current"], FACTS["last_known_good"])
-        assert {v: e["state"] for v, e in section["versions"].items()} == FACTS["states"]
-        assert section["versions"]["3"]["code"] == "crashloop"
-        # It tries to run version 4's pinned images, which only the (gone) registry has.
-        # (podman retries a pull a few times before it gives up)
-        agent.wait_log(f"pilot: pull {FACTS['current_images']['pilot']} failed", timeout=120)
+        wait_until(lambda: reported()["current"] == FACTS["last_known_good"], 30, "the rollback reported")
+        section = reported()
+        assert section["lastKnownGood"] == FACTS["last_known_good"]
+        states = {v: e["state"] for v, e in section["versions"].items()}
+        assert states == {**FACTS["states"], "4": "rolled_back"}
+        assert section["versions"]["3"]["code"] == "crashloop"  # as the old release recorded it
         agent.wait_log("EVENT=mqtt.retry", timeout=20)  # and the broker really is unreachable
         assert agent.stop() == 0
     finally:
@@ -276,10 +291,11 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={run_id}", check=False).stdout.split()
         if ids:
             podman("rm", "-f", "-t", "0", *ids, check=False)
-    # After the agent ran, the old release's facts are all still there.
     with opened(state) as db:
         deployments = DeploymentStore(db)
         current = deployments.get("current")
-        assert current is not None and current.version == FACTS["current"]
-        assert {str(v): r for v, r in deployments.bad_versions().items()} == FACTS["bad_versions"]
+        assert current is not None and current.version == FACTS["last_known_good"]
+        assert current.images["pilot"] == LKG_PILOT
+        bad = {str(v): r for v, r in deployments.bad_versions().items()}
+        assert bad["3"] == FACTS["bad_versions"]["3"] and "4" in bad
         assert get_meta(db, "boot_count") == str(FACTS["boot_count"] + 1)
