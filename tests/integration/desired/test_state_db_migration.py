@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.checks import check_state_schema
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.deployment.store import DeploymentStore
 from edge_agent.desired.admission import Admitted, DocumentTrust, Duplicate, Refused, digest_of
@@ -215,6 +216,17 @@ def test_a_state_db_from_a_newer_release_is_refused_untouched(state: Path) -> No
     assert str(path) in message
     assert f"schema version {SCHEMA_VERSION + 1}" in message and f"up to {SCHEMA_VERSION}" in message
     assert sha256(path) == before
+
+
+def test_edge_agent_check_tells_the_schema_without_writing(state: Path) -> None:
+    path = state / STATE_DB_NAME
+    before = sha256(path)
+    old = check_state_schema(config_for(state))
+    assert (old.outcome, old.detail) == ("pass", f"version 0: migrated to {SCHEMA_VERSION} when the agent starts")
+    assert sha256(path) == before
+    newer(state)
+    refused = check_state_schema(config_for(state))
+    assert refused.outcome == "fail" and f"version {SCHEMA_VERSION + 1}, written by a newer release" in refused.detail
 
 
 def test_the_agent_refuses_a_newer_state_db_with_one_clear_line(state: Path, tmp_path: Path) -> None:
