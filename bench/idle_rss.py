@@ -24,7 +24,7 @@ in the order the agent loads them, in a fresh interpreter.
     python3 bench/idle_rss.py --scenario offline --seconds 10 --breakdown
 
 Target (reported, not asserted): production agent RSS at most 70 MB (issue 15; it was 40 MB
-before the product's named stack, podman-py and requests, came back).
+before the product's named stack, podman-py, requests and sqlite-utils, came back).
 """
 
 from __future__ import annotations
