@@ -16,12 +16,15 @@ import functools
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.deployment.desired import DesiredDeployment, pin
 from edge_agent.deployment.manifest import Deployment
 from edge_agent.deployment.restart_policy import RestartState
 from edge_agent.store import tables, transaction
+
+if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
+    from sqlite_utils.db import Table
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,10 @@ class DeploymentStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         t = tables(db)
-        self._slots = t.table("deployment_slots")
-        self._restarts = t.table("deployment_restarts")
-        self._bad = t.table("deployment_bad_versions")
-        self._pulled = t.table("deployment_pulled_images")
+        self._slots: Table = t.table("deployment_slots")
+        self._restarts: Table = t.table("deployment_restarts")
+        self._bad: Table = t.table("deployment_bad_versions")
+        self._pulled: Table = t.table("deployment_pulled_images")
 
     def get(self, slot: str) -> StoredDeployment | None:
         for row in self._slots.rows_where("slot = ?", [slot]):

@@ -19,11 +19,15 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired.status import KEEP_VERSIONS, State, VersionStatus
 from edge_agent.store import delete_meta, get_meta, set_meta, tables, transaction
 from edge_agent.trust.keys import TrustedKey, parse_public_key
+
+if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
+    from sqlite_utils.db import Table
 
 META_CONFIG_FP = "trust.document_keys.config"
 META_VERSION = "trust.document_keys.version"
@@ -40,9 +44,9 @@ class DesiredStore:
         self.db = db
         self.deployments = deployments
         t = tables(db)
-        self._versions = t.table("desired_versions")
-        self._accepted = t.table("desired_accepted")
-        self._keys = t.table("trust_document_keys")
+        self._versions: Table = t.table("desired_versions")
+        self._accepted: Table = t.table("desired_accepted")
+        self._keys: Table = t.table("trust_document_keys")
 
     # ------------------------------------------------------------------ version status
 

@@ -18,8 +18,12 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_agent.store import tables
+
+if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
+    from sqlite_utils.db import Table
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,8 @@ class VerifyCache:
         self.db = db
         self._lock = threading.Lock()
         t = tables(db)
-        self._verified = t.table("trust_verified")
-        self._resolved = t.table("trust_resolved")
+        self._verified: Table = t.table("trust_verified")
+        self._resolved: Table = t.table("trust_resolved")
 
     def lookup(self, repository: str, digest: str, policy: str) -> CachedVerdict | None:
         with self._lock:
