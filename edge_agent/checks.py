@@ -7,6 +7,7 @@ subsystems (trust, TPM, ...) add theirs to CHECKS. Checks never print secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import tempfile
@@ -52,6 +53,33 @@ def check_state_dir(config: AgentConfig) -> CheckResult:
             "create it or fix ownership; under systemd StateDirectory= does this",
         )
     return CheckResult("state dir writable", "pass", str(state_dir))
+
+
+def check_state_schema(config: AgentConfig) -> CheckResult:
+    """Read-only: whether this release can open state.db (edge_agent/state_schema.py)."""
+    import sqlite3
+
+    from edge_agent.state_schema import SCHEMA_VERSION, schema_version
+    from edge_agent.store import STATE_DB_NAME
+
+    path = config.state.dir / STATE_DB_NAME
+    if not path.exists():
+        return CheckResult("state db schema", "pass", f"no {STATE_DB_NAME} yet: created at version {SCHEMA_VERSION}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2)) as db:
+            found = schema_version(db)
+    except sqlite3.Error as exc:
+        return CheckResult("state db schema", "fail", f"{path}: {exc}", "restore it from a backup or move it away")
+    if found > SCHEMA_VERSION:
+        return CheckResult(
+            "state db schema", "fail",
+            f"{path}: version {found}, written by a newer release; this one knows up to {SCHEMA_VERSION}",
+            "run the newer release, or move state.db (and -wal/-shm) away to start with empty state",
+        )
+    if found < SCHEMA_VERSION:
+        detail = f"version {found}: migrated to {SCHEMA_VERSION} when the agent starts"
+        return CheckResult("state db schema", "pass", detail)
+    return CheckResult("state db schema", "pass", f"version {found}")
 
 
 def check_disk_space(config: AgentConfig) -> CheckResult:
@@ -318,6 +346,7 @@ def check_agent_updates(config: AgentConfig) -> CheckResult:
 
 CHECKS: list[CheckFn] = [
     check_state_dir,
+    check_state_schema,
     check_disk_space,
     check_clock,
     check_secrets_private,

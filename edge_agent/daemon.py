@@ -35,6 +35,7 @@ from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
 from edge_agent.signals import take_early_signals
+from edge_agent.state_schema import StateSchemaError
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
 
@@ -411,6 +412,9 @@ def run_agent(config: AgentConfig, config_path: Path, overrides: dict[str, Any] 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(agent.run())
+    except StateSchemaError as exc:  # a state.db from a newer release: the message says it all
+        log.critical("%s", exc, extra={"EVENT": "state.refused"})
+        return 1
     except Exception as exc:
         log.critical(
             "edge-agent failed",

@@ -135,7 +135,7 @@ class DesiredStateManager(BaseComponent):
         if current is None or current.version in self.statuses:
             return
         lkg = self.deployments.get("last_known_good")
-        accepted = self.store.accepted() or self.store.legacy_accepted()
+        accepted = self.store.accepted()  # (state_schema.py moved an older twin_desired row here)
         digest = accepted[1] if accepted and accepted[0] == current.version else ""
         state = State.GOOD if lkg is not None and lkg.version == current.version else State.ACTIVATING
         self._put(VersionStatus(current.version, digest, state, current.activated_at))

@@ -14,6 +14,14 @@ back and every record of it refused with "disk_full"; the next append tries agai
 recovers by itself once space returns.
 
 Not thread-safe: the component calls it from one worker thread.
+
+Why the sqlite3 module here and not sqlite-utils (which the state.db stores use): every part of
+the queue is the kind sqlite-utils does not model. The page cap (PRAGMA max_page_count), the WAL
+checkpoints and journal_size_limit, incremental vacuum and auto_vacuum set before the first table
+exists, and telling SQLITE_FULL below the page limit from a full disk are PRAGMAs and error codes
+on the connection; eviction is set-based DELETEs chosen by policy.py, and appends are a group
+commit of executemany batches, whose cost per record is what the ingest rate rests on. The queue
+is its own file with its own schema (table meta), not part of state.db's versions.
 """
 
 from __future__ import annotations
