@@ -24,7 +24,7 @@ in the order the agent loads them, in a fresh interpreter.
     python3 bench/idle_rss.py --scenario offline --seconds 10 --breakdown
 
 Target (reported, not asserted): production agent RSS at most 70 MB (issue 15; it was 40 MB
-before the product's named stack, podman-py and requests, came back).
+before the product's named stack, podman-py, requests and sqlite-utils, came back).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ BREAKDOWN = [
     ("cryptography (signatures)", "import cryptography.hazmat.primitives.asymmetric.ec"),
     ("requests (+ urllib3, idna, certifi, charset_normalizer)", "import requests"),
     ("podman-py", "import podman"),
+    ("sqlite-utils (+ click, dateutil, pluggy; not numpy/pandas)", "import edge_agent.state_schema"),
     ("edge_agent config models", "import edge_agent.config"),
     ("edge_agent daemon + CLI", "import edge_agent.cli, edge_agent.daemon"),
     ("edge_agent twin", "import edge_agent.twin.component"),

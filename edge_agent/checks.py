@@ -7,6 +7,7 @@ subsystems (trust, TPM, ...) add theirs to CHECKS. Checks never print secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import tempfile
@@ -54,6 +55,33 @@ def check_state_dir(config: AgentConfig) -> CheckResult:
     return CheckResult("state dir writable", "pass", str(state_dir))
 
 
+def check_state_schema(config: AgentConfig) -> CheckResult:
+    """Read-only: whether this release can open state.db (edge_agent/state_schema.py)."""
+    import sqlite3
+
+    from edge_agent.state_schema import SCHEMA_VERSION, schema_version
+    from edge_agent.store import STATE_DB_NAME
+
+    path = config.state.dir / STATE_DB_NAME
+    if not path.exists():
+        return CheckResult("state db schema", "pass", f"no {STATE_DB_NAME} yet: created at version {SCHEMA_VERSION}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2)) as db:
+            found = schema_version(db)
+    except sqlite3.Error as exc:
+        return CheckResult("state db schema", "fail", f"{path}: {exc}", "restore it from a backup or move it away")
+    if found > SCHEMA_VERSION:
+        return CheckResult(
+            "state db schema", "fail",
+            f"{path}: version {found}, written by a newer release; this one knows up to {SCHEMA_VERSION}",
+            "run the newer release, or move state.db (and -wal/-shm) away to start with empty state",
+        )
+    if found < SCHEMA_VERSION:
+        detail = f"version {found}: migrated to {SCHEMA_VERSION} when the agent starts"
+        return CheckResult("state db schema", "pass", detail)
+    return CheckResult("state db schema", "pass", f"version {found}")
+
+
 def check_disk_space(config: AgentConfig) -> CheckResult:
     target = config.state.dir if config.state.dir.exists() else config.state.dir.parent
     try:
@@ -91,19 +119,29 @@ def check_clock(config: AgentConfig) -> CheckResult:
 
 
 def check_broker(config: AgentConfig) -> CheckResult:
+    """Every configured broker endpoint is tried: all reachable passes, some reachable warns (the
+    agent runs, on fewer brokers than configured), none fails."""
     name = "broker reachable" + (" with TLS" if config.mqtt.tls else "")
-    where = f"{config.mqtt.host}:{config.mqtt.port}"
     try:
         params = broker_params(config.mqtt, config.device.id)
     except (OSError, KeyError, ssl.SSLError) as exc:
         return CheckResult(name, "fail", f"cannot load credentials/TLS files: {exc}", "check the mqtt.* file paths")
-    try:
-        asyncio.run(asyncio.wait_for(_mqtt_connect(params), timeout=5))
-    except TimeoutError:
-        return CheckResult(name, "fail", f"{where}: no answer within 5 s", "is the broker running and the port open?")
-    except Exception as exc:
-        return CheckResult(name, "fail", f"{where}: {exc}", "check mqtt.host/port, TLS files and credentials")
-    return CheckResult(name, "pass", where)
+    good: list[str] = []
+    bad: list[str] = []
+    for endpoint in params.all_endpoints:
+        try:
+            asyncio.run(asyncio.wait_for(_mqtt_connect(params.at(endpoint)), timeout=5))
+            good.append(str(endpoint))
+        except TimeoutError:
+            bad.append(f"{endpoint}: no answer within 5 s")
+        except Exception as exc:
+            bad.append(f"{endpoint}: {exc}")
+    if not bad:
+        return CheckResult(name, "pass", ", ".join(good))
+    hint = "check mqtt.host/port/endpoints, TLS files and credentials; is the broker running and the port open?"
+    if good:
+        return CheckResult(name, "warn", f"reachable: {', '.join(good)}; not: {'; '.join(bad)}", hint)
+    return CheckResult(name, "fail", "; ".join(bad), hint)
 
 
 async def _mqtt_connect(params: object) -> None:
@@ -281,13 +319,40 @@ def check_local_deploy(config: AgentConfig) -> CheckResult:
     return CheckResult("local deploy", "pass", "off: deployments only come signed from the fleet")
 
 
+def check_agent_updates(config: AgentConfig) -> CheckResult:
+    """Whether the agent can update itself (the A/B guard is installed) and how the last update ended."""
+    from edge_agent.selfupdate.files import UpdateFiles
+
+    files = UpdateFiles(config.state.dir)
+    if not files.pointer.is_symlink():
+        return CheckResult("agent updates", "pass",
+                           "not installed with the update guard: a deployment's agent release is refused",
+                           "docs/operations.md, Agent updates, to let the fleet update this agent")
+    target = files.pointer.resolve()
+    detail = f"A/B guard installed; runs {target}"
+    trial = files.trial()
+    if trial is not None:
+        detail += f"; {trial.version} on trial (start {trial.starts})"
+    last = files.outcome()
+    if last is not None:
+        detail += f"; last update: {last.get('result')} {last.get('version')} ({last.get('reason')})"
+    bad = files.bad_versions()
+    if bad:
+        detail += f"; not retried: {', '.join(sorted(bad))}"
+    if last is not None and last.get("result") == "rolled_back":
+        return CheckResult("agent updates", "warn", detail, "the release was rolled back; see its reason")
+    return CheckResult("agent updates", "pass", detail)
+
+
 CHECKS: list[CheckFn] = [
     check_state_dir,
+    check_state_schema,
     check_disk_space,
     check_clock,
     check_secrets_private,
     check_trust,
     check_local_deploy,
+    check_agent_updates,
     check_broker,
     check_podman,
     check_agent_running,

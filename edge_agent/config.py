@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from edge_agent.broker_endpoints import MAX_ENDPOINTS, Endpoint, endpoint_list, parse_endpoint
 from edge_agent.validation import message as validation_message
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
@@ -211,6 +212,12 @@ class MqttSection(Section):
         "localhost", min_length=1, max_length=253, description="broker host name or IP address (at most 253 characters)"
     )
     port: int = Field(1883, ge=1, le=65535, description="TCP port of the broker, 1-65535")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ENDPOINTS,
+        description=f"more brokers to move to when one is gone, in order, like [\"mqtt-b.example:8883\"] "
+        f"(host:port, host, or [IPv6]:port; at most {MAX_ENDPOINTS})",
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds, 5-3600")
     topic_prefix: str = Field(
         "edge",
@@ -241,6 +248,30 @@ class MqttSection(Section):
                 "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
             )
         return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        default_port = info.data.get("port", 1883)
+        for number, text in enumerate(value, start=1):
+            try:
+                endpoint = parse_endpoint(text, default_port)
+            except ValueError as exc:
+                raise PydanticCustomError(
+                    "endpoint", "entry {number}: {problem}", {"number": number, "problem": str(exc)}
+                ) from None
+            if not _is_host(endpoint.host):
+                raise PydanticCustomError(
+                    "endpoint",
+                    "entry {number} ({text}): {host} is not a host name (labels of letters, digits and '-', "
+                    "at most 63 each) or an IP address",
+                    {"number": number, "text": repr(text), "host": repr(endpoint.host)},
+                )
+        return value
+
+    def broker_endpoints(self) -> tuple[Endpoint, ...]:
+        """Every broker in the order the agent tries them: host:port, then `endpoints`."""
+        return endpoint_list(Endpoint(self.host, self.port), [parse_endpoint(e, self.port) for e in self.endpoints])
 
     @field_validator("password", "key_password", mode="plain")
     @classmethod

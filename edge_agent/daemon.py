@@ -14,6 +14,7 @@ import platform
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
 from edge_agent.signals import take_early_signals
+from edge_agent.state_schema import StateSchemaError
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
 
@@ -55,6 +57,8 @@ class AgentContext:
     control: ControlServer
     started_monotonic: float = field(default_factory=time.monotonic)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Stop so that systemd starts the agent again (an agent update); the reason is logged.
+    restart: Callable[[str], None] = lambda reason: None
 
 
 def build_components(ctx: AgentContext) -> list[Component]:
@@ -66,6 +70,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.deployment.store import DeploymentStore
     from edge_agent.desired.manager import DesiredStateManager
     from edge_agent.runtime.podman import PodmanRuntime
+    from edge_agent.selfupdate.component import SelfUpdateComponent
     from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
     from edge_agent.trust.factory import registry_settings
@@ -73,6 +78,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.twin.component import TwinComponent
 
     trust = TrustComponent(ctx.config, ctx.db)
+    runtime = PodmanRuntime(ctx.config.podman.socket)
     attestation = AttestationService(ctx.config, ctx.reported)
     deployments = DeploymentStore(ctx.db)
     # The desired-state room: the twin hands it the bytes of every desired document; it checks,
@@ -103,19 +109,29 @@ def build_components(ctx: AgentContext) -> list[Component]:
         ctx.config,
         deployments,
         ctx.reported,
-        PodmanRuntime(ctx.config.podman.socket),
+        runtime,
         desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
         artifacts=artifacts,
     )
     desired.attach(deployment)
+    selfupdate = SelfUpdateComponent(
+        ctx.config,
+        ctx.reported,
+        runtime,
+        lambda: deployment.lkg,
+        twin.session.wait_connected,
+        deployment.first_pass_done,
+        ctx.restart,
+        is_insecure=deployment.passthrough.is_insecure,
+    )
     # The room starts first (it reports the stored statuses), then the reconciler loads the stored
     # pinned deployment, so the modules are known (and adopted) before any document arrives.
     # Attestation starts after them (TPM key creation can be slow and must not delay the offline
     # start); containers are only started by deployment.run(), after every start(), so they are
     # measured.
-    components: list[Component] = [trust, desired, deployment, twin, attestation]
+    components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
     if telemetry is not None:
         components.append(telemetry)
     return components
@@ -156,13 +172,27 @@ class Agent:
         self._reloading: asyncio.Task[bool] | None = None
         self._last_failure: dict[str, str] = {}
 
+    def _restart_for_update(self, reason: str) -> None:
+        """Stop cleanly; systemd (Restart=always) starts the agent again, through the update guard."""
+        log.warning("stopping for a restart: %s", reason, extra={"EVENT": "agent.restart_requested"})
+        self.notifier.stopping()
+        self.stop_event.set()
+
     async def run(self) -> int:
         state_dir = self.config.state.dir
         db = open_state_db(state_dir)
         boots = int(get_meta(db, "boot_count") or 0) + 1
         set_meta(db, "boot_count", str(boots))
         control = ControlServer(state_dir / CONTROL_SOCKET_NAME)
-        ctx = AgentContext(self.config, self.config_path, db, self.reported, control, overrides=self.overrides)
+        ctx = AgentContext(
+            self.config,
+            self.config_path,
+            db,
+            self.reported,
+            control,
+            overrides=self.overrides,
+            restart=self._restart_for_update,
+        )
         self.components = build_components(ctx)
         control.register("status", self._status)
         control.register("ping", self._ping)
@@ -395,6 +425,9 @@ def run_agent(config: AgentConfig, config_path: Path, overrides: dict[str, Any] 
     try:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(agent.run())
+    except StateSchemaError as exc:  # a state.db from a newer release: the message says it all
+        log.critical("%s", exc, extra={"EVENT": "state.refused"})
+        return 1
     except Exception as exc:
         log.critical(
             "edge-agent failed",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from edge_agent.broker_endpoints import Endpoint
 from edge_agent.config import MqttSection
 
 
@@ -17,6 +18,16 @@ class BrokerParams:
     password: str | None
     tls_context: ssl.SSLContext | None
     keepalive: int
+    # Every broker in the order they are tried; empty means just host:port. host/port are the
+    # first; `at(endpoint)` gives the parameters for another.
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def all_endpoints(self) -> tuple[Endpoint, ...]:
+        return self.endpoints or (Endpoint(self.host, self.port),)
+
+    def at(self, endpoint: Endpoint) -> BrokerParams:
+        return replace(self, host=endpoint.host, port=endpoint.port)
 
 
 def tls_context(cfg: MqttSection) -> ssl.SSLContext | None:
@@ -39,4 +50,5 @@ def broker_params(cfg: MqttSection, device_id: str) -> BrokerParams:
         password=cfg.password.resolve() if cfg.password else None,
         tls_context=tls_context(cfg),
         keepalive=cfg.keepalive_s,
+        endpoints=cfg.broker_endpoints(),
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from edge_agent.artifacts.view import artifact_lines
 
-KNOWN = {"agent", "attestation", "config", "deployment", "modules", "telemetry"}
+KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "modules", "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -21,12 +21,16 @@ def render_status(status: Mapping[str, Any]) -> str:
         f"config {status.get('config', '(unknown)')}  state {status.get('state_dir', '(unknown)')}",
     ]
     lines.append(_components(status.get("components") or {}))
+    lines.extend(_broker(reported.get("broker")))
     lines.extend(_config(reported.get("config")))
     lines.extend(_deployment(reported.get("deployment")))
     lines.extend(_modules(reported.get("modules")))
     lines.extend(_telemetry(reported.get("telemetry")))
     lines.extend(_attestation(reported.get("attestation")))
     lines.extend(_agent(reported.get("agent")))
+    update = agent_update_line(reported.get("agentUpdate"))
+    if update:
+        lines.append(f"{'update':<12}{update}")
     for section in sorted(set(reported) - KNOWN):
         lines.append(f"{section + ':':<12} {json.dumps(reported[section], sort_keys=True)}")
     return "\n".join(lines)
@@ -156,6 +160,16 @@ def module_table(modules: Mapping[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
 
+def _broker(b: Any) -> list[str]:
+    if not isinstance(b, Mapping):
+        return []
+    endpoints = b.get("endpoints") or []
+    where = f" (endpoint {b.get('index')} of {len(endpoints)})" if len(endpoints) > 1 else ""
+    if b.get("connected"):
+        return [f"broker      connected to {b.get('endpoint')}{where}"]
+    return [f"broker      NOT CONNECTED (last {b.get('endpoint')}{where}); trying {', '.join(endpoints)}"]
+
+
 def _telemetry(t: Any) -> list[str]:
     if not isinstance(t, Mapping):
         return []
@@ -204,3 +218,26 @@ def _agent(a: Any) -> list[str]:
     if isinstance(memory, Mapping) and memory.get("agentRssBytes") is not None:
         parts.append(f"agent memory {_bytes(memory['agentRssBytes'])}")
     return [f"system      {'; '.join(parts)}"]
+
+
+def agent_update_line(u: Any) -> str | None:
+    """The agent's self-update in one line (also `edgectl show`): what is wanted and under way,
+    and how the last update ended. None when there is nothing to say."""
+    if not isinstance(u, Mapping):
+        return None
+    running, wanted, state = u.get("running"), u.get("wanted"), u.get("state")
+    parts = []
+    if wanted and wanted != running:
+        parts.append(f"agent {wanted} wanted: {state}" + (f" ({u['detail']})" if u.get("detail") else ""))
+    elif state not in (None, "idle"):
+        parts.append(f"{state}" + (f" ({u['detail']})" if u.get("detail") else ""))
+    trial = u.get("trial")
+    if isinstance(trial, Mapping):
+        parts.append(f"on trial: {trial.get('version')} (start {trial.get('starts')})")
+    last = u.get("last")
+    if isinstance(last, Mapping):
+        text = f"last update: {last.get('result')} {last.get('previous', '?')} -> {last.get('version')}"
+        if last.get("reason"):
+            text += f" ({last['reason']})"
+        parts.append(text)
+    return "; ".join(parts) or None

@@ -126,6 +126,10 @@ class DeploymentComponent(BaseComponent):
         self.retries = Retries(*FAILURE_RETRY_S)
         self.observed: list[ObservedContainer] = []
         self.last_plan = Plan()
+        # The first pass after start: which modules it had to act on (an agent update on trial
+        # confirms only if it adopted every module as it found it).
+        self._first_pass = asyncio.Event()
+        self.first_pass_acted: tuple[str, ...] = ()
         self._known_images: set[str] = set()
         self._health: dict[str, str] = {}
         self._next_check: dict[str, float] = {}
@@ -193,6 +197,11 @@ class DeploymentComponent(BaseComponent):
             await self.runtime.close()
 
     # ------------------------------------------------------------------ the committed deployment
+
+    async def first_pass_done(self) -> tuple[str, ...]:
+        """Wait for the first completed pass; the modules it acted on."""
+        await self._first_pass.wait()
+        return self.first_pass_acted
 
     def activate(self, deployment: StoredDeployment) -> None:
         """A pinned deployment the desired-state room committed as current. Taken at the start of
@@ -317,6 +326,7 @@ class DeploymentComponent(BaseComponent):
         if self.current is None:
             # No deployment accepted yet (a fresh device): leave every container alone rather
             # than "converge" to nothing.
+            self._first_pass.set()
             return None
         now = self.clock()
         self.observed = await self.runtime.list_containers(self.device_id)
@@ -341,6 +351,9 @@ class DeploymentComponent(BaseComponent):
         images = await self._local_images(desired)
         current_plan = plan(desired, self.observed, images, restarts, now, self.planner_settings)
         self.last_plan = current_plan
+        if not self._first_pass.is_set():
+            self.first_pass_acted = tuple(sorted({a.module for a in current_plan.actions}))
+            self._first_pass.set()
         if current_plan.wake_at is not None:
             wake.append(current_plan.wake_at)
         # A module whose last action failed is not tried again before its backoff is over.

@@ -27,6 +27,9 @@ from edge_agent.validation import describe
 
 MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RESERVED_LABEL_PREFIX = "edge-agent."
+# Where a stored deployment keeps the pinned agent release image among its module images: not a
+# valid module name, so it never collides with one.
+AGENT_RELEASE = "@agent"
 # Bumped when the way a ModuleSpec turns into a container changes, so old containers are replaced.
 CONTAINER_SPEC_VERSION = 1
 
@@ -42,6 +45,18 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _image_reference(value: str) -> str:
+    try:
+        _, tag, digest = parse_image_reference(value)
+    except ValueError:
+        raise PydanticCustomError(
+            "image", "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
+        ) from None
+    if tag is None and digest is None:
+        raise PydanticCustomError("image", "expected a tag or a digest (no implicit :latest)")
+    return value
 
 
 def _duration(value: object) -> float:
@@ -255,15 +270,7 @@ class ModuleSpec(_Model):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        try:
-            _, tag, digest = parse_image_reference(value)
-        except ValueError:
-            raise PydanticCustomError(
-                "image", "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
-            ) from None
-        if tag is None and digest is None:
-            raise PydanticCustomError("image", "expected a tag or a digest (no implicit :latest)")
-        return value
+        return _image_reference(value)
 
     @field_validator("env")
     @classmethod
@@ -316,10 +323,32 @@ class ModuleSpec(_Model):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class AgentRelease(_Model):
+    """The agent version a deployment asks for (docs/operations.md, "Agent updates")."""
+
+    version: str = Field(description="the release version, e.g. 0.2.0 (letters, digits, '.', '+', '_', '-')")
+    image: str = Field(description="the signed release image, registry/repository:tag or ...@sha256:<digest>")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9A-Za-z+_-][0-9A-Za-z.+_-]{0,63}", value):
+            raise PydanticCustomError(
+                "version", "expected a release version like 0.2.0 (letters, digits, '.', '+', '_', '-'; at most 64)"
+            )
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return _image_reference(value)
+
+
 class Deployment(_Model):
     modules: dict[Annotated[str, Field(pattern=MODULE_NAME_PATTERN)], ModuleSpec] = Field(
         default_factory=dict, description="module name -> module spec"
     )
+    agent: AgentRelease | None = Field(None, description="the agent release to run: {version, image}")
 
 
 def _describe(err: Mapping[str, Any], raw: Mapping[str, Any]) -> str:

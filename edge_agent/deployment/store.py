@@ -1,6 +1,14 @@
 """Durable deployment state in state.db: the current and last-known-good deployments (pinned, so
 the device can start them with no network), when the current one was activated, restart counters,
-versions that failed and must not be retried, and the images the agent pulled (for GC)."""
+versions that failed and must not be retried, and the images the agent pulled (for GC).
+
+    deployment_slots          'current' | 'last_known_good' -> version, document and images (JSON)
+    deployment_restarts       module -> restart counters of the current deployment
+    deployment_bad_versions   version -> why it failed
+    deployment_pulled_images  repository@digest the agent pulled
+
+The tables are created and migrated by state_schema.py; read and written with sqlite-utils.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +16,15 @@ import functools
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.deployment.desired import DesiredDeployment, pin
 from edge_agent.deployment.manifest import Deployment
 from edge_agent.deployment.restart_policy import RestartState
-from edge_agent.store import transaction
+from edge_agent.store import tables, transaction
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deployment_slots (
-    slot TEXT PRIMARY KEY,            -- 'current' | 'last_known_good'
-    version INTEGER NOT NULL,
-    document TEXT NOT NULL,           -- the deployment as received (JSON)
-    images TEXT NOT NULL,             -- module -> repository@digest (JSON)
-    activated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deployment_restarts (
-    module TEXT PRIMARY KEY, count INTEGER NOT NULL, last_restart_at REAL, total INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deployment_bad_versions (
-    version INTEGER PRIMARY KEY, reason TEXT NOT NULL, failed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deployment_pulled_images (image TEXT PRIMARY KEY, pulled_at REAL NOT NULL);
-"""
+if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
+    from sqlite_utils.db import Table
 
 
 @dataclass(frozen=True)
@@ -53,23 +47,29 @@ class StoredDeployment:
 class DeploymentStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        self.db.executescript(SCHEMA)
+        t = tables(db)
+        self._slots: Table = t.table("deployment_slots")
+        self._restarts: Table = t.table("deployment_restarts")
+        self._bad: Table = t.table("deployment_bad_versions")
+        self._pulled: Table = t.table("deployment_pulled_images")
 
     def get(self, slot: str) -> StoredDeployment | None:
-        row = self.db.execute(
-            "SELECT version, document, images, activated_at FROM deployment_slots WHERE slot = ?", (slot,)
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredDeployment(int(row[0]), json.loads(row[1]), json.loads(row[2]), float(row[3]))
+        for row in self._slots.rows_where("slot = ?", [slot]):
+            return StoredDeployment(
+                int(row["version"]), json.loads(row["document"]), json.loads(row["images"]), float(row["activated_at"])
+            )
+        return None
 
     def put(self, slot: str, dep: StoredDeployment) -> None:
-        self.db.execute(
-            "INSERT INTO deployment_slots(slot, version, document, images, activated_at) VALUES(?,?,?,?,?) "
-            "ON CONFLICT(slot) DO UPDATE SET version=excluded.version, document=excluded.document, "
-            "images=excluded.images, activated_at=excluded.activated_at",
-            (slot, dep.version, json.dumps(dep.document, sort_keys=True), json.dumps(dep.images, sort_keys=True),
-             dep.activated_at),
+        self._slots.upsert(
+            {
+                "slot": slot,
+                "version": dep.version,
+                "document": json.dumps(dep.document, sort_keys=True),
+                "images": json.dumps(dep.images, sort_keys=True),
+                "activated_at": dep.activated_at,
+            },
+            pk="slot",
         )
 
     def activate(self, dep: StoredDeployment) -> None:
@@ -80,38 +80,34 @@ class DeploymentStore:
     def make_current(self, dep: StoredDeployment) -> None:
         """Inside a caller's transaction (desired/store.py commits a document with it)."""
         self.put("current", dep)
-        self.db.execute("DELETE FROM deployment_restarts")
+        self._restarts.delete_where()
 
     def restarts(self) -> dict[str, RestartState]:
-        rows = self.db.execute("SELECT module, count, last_restart_at, total FROM deployment_restarts").fetchall()
-        return {r[0]: RestartState(int(r[1]), r[2], int(r[3])) for r in rows}
+        return {
+            str(r["module"]): RestartState(int(r["count"]), r["last_restart_at"], int(r["total"]))
+            for r in self._restarts.rows
+        }
 
     def set_restart(self, module: str, state: RestartState) -> None:
-        self.db.execute(
-            "INSERT INTO deployment_restarts(module, count, last_restart_at, total) VALUES(?,?,?,?) "
-            "ON CONFLICT(module) DO UPDATE SET count=excluded.count, last_restart_at=excluded.last_restart_at, "
-            "total=excluded.total",
-            (module, state.count, state.last_restart_at, state.total),
+        self._restarts.upsert(
+            {"module": module, "count": state.count, "last_restart_at": state.last_restart_at, "total": state.total},
+            pk="module",
         )
 
     def mark_bad(self, version: int, reason: str, at: float) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO deployment_bad_versions(version, reason, failed_at) VALUES(?,?,?)",
-            (version, reason, at),
-        )
+        self._bad.upsert({"version": version, "reason": reason, "failed_at": at}, pk="version")
 
     def bad_versions(self) -> dict[int, str]:
-        return {int(v): str(r) for v, r in self.db.execute("SELECT version, reason FROM deployment_bad_versions")}
+        return {int(r["version"]): str(r["reason"]) for r in self._bad.rows}
 
     def highest_bad(self) -> int | None:
-        row = self.db.execute("SELECT MAX(version) FROM deployment_bad_versions").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        return max(self.bad_versions(), default=None)
 
     def note_pulled(self, image: str, at: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO deployment_pulled_images(image, pulled_at) VALUES(?,?)", (image, at))
+        self._pulled.insert({"image": image, "pulled_at": at}, pk="image", ignore=True)
 
     def pulled_images(self) -> set[str]:
-        return {str(r[0]) for r in self.db.execute("SELECT image FROM deployment_pulled_images")}
+        return {str(r["image"]) for r in self._pulled.rows}
 
     def forget_pulled(self, image: str) -> None:
-        self.db.execute("DELETE FROM deployment_pulled_images WHERE image = ?", (image,))
+        self._pulled.delete_where("image = ?", [image])

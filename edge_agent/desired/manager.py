@@ -31,7 +31,7 @@ from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
-from edge_agent.deployment.manifest import Artifact, Deployment, artifact_slot, validate_deployment
+from edge_agent.deployment.manifest import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired.admission import (
     Admitted,
@@ -141,7 +141,7 @@ class DesiredStateManager(BaseComponent):
         if current is None or current.version in self.statuses:
             return
         lkg = self.deployments.get("last_known_good")
-        accepted = self.store.accepted() or self.store.legacy_accepted()
+        accepted = self.store.accepted()  # (state_schema.py moved an older twin_desired row here)
         digest = accepted[1] if accepted and accepted[0] == current.version else ""
         state = State.GOOD if lkg is not None and lkg.version == current.version else State.ACTIVATING
         self._put(VersionStatus(current.version, digest, state, current.activated_at))
@@ -260,10 +260,14 @@ class DesiredStateManager(BaseComponent):
     async def _pin_and_commit(self, admitted: Admitted, raw: bytes) -> None:
         version = admitted.version
         images: dict[str, str] = {}
-        for name, spec in sorted(admitted.deployment.modules.items()):
+        # The agent release is verified like a module image, under the same trust policy.
+        targets = [(name, spec.image) for name, spec in sorted(admitted.deployment.modules.items())]
+        if admitted.deployment.agent is not None:
+            targets.append((AGENT_RELEASE, admitted.deployment.agent.image))
+        for name, image in targets:
             while True:
                 try:
-                    verified = await self.verifier.verify(spec.image)
+                    verified = await self.verifier.verify(image)
                 except (RegistryUnreachable, ImageRejected) as exc:
                     if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
                         self._reject(admitted, name, exc)

@@ -158,10 +158,36 @@ WAIT_TARGETS: Mapping[str, frozenset[State]] = {
 Outcome = Literal["reached", "failed", "pending"]
 
 
-def wait_outcome(section: Mapping[str, Any] | None, version: int, digest: str, target: str) -> tuple[Outcome, str]:
+def wait_outcome(
+    section: Mapping[str, Any] | None, version: int, digest: str, target: str, *,
+    agent: str | None = None, agent_update: Mapping[str, Any] | None = None,
+) -> tuple[Outcome, str]:
     """What the device's reported `deployment` section says about the document the fleet published
     (its version and the sha256 of its bytes): reached the target state, failed (with the device's
-    reason), or not there yet."""
+    reason), or not there yet. When the document names an agent release (`agent`), "good" also
+    needs the device to run it (its `agentUpdate` section), and a roll-back of it is a failure."""
+    outcome, words = _deployment_outcome(section, version, digest, target)
+    if outcome != "reached" or agent is None or target != "good":
+        return outcome, words
+    return _agent_outcome(agent_update or {}, agent, words)
+
+
+def _agent_outcome(update: Mapping[str, Any], agent: str, words: str) -> tuple[Outcome, str]:
+    last = update.get("last")
+    if update.get("running") == agent:
+        return "reached", f"{words}; agent {agent} runs"
+    if isinstance(last, Mapping) and last.get("version") == agent and last.get("result") in ("rolled_back", "refused"):
+        return "failed", f"agent {agent} {last.get('result')}: {last.get('reason')}"
+    if update.get("wanted") == agent and update.get("state") == "refused":
+        return "failed", f"agent update refused: {update.get('detail')}"
+    state = update.get("state") or "not reported"
+    detail = f" ({update['detail']})" if update.get("detail") else ""
+    return "pending", f"{words}; agent update to {agent}: {state}{detail}"
+
+
+def _deployment_outcome(
+    section: Mapping[str, Any] | None, version: int, digest: str, target: str
+) -> tuple[Outcome, str]:
     section = section or {}
     refused = section.get("lastRefused") or {}
     if isinstance(refused, Mapping) and refused.get("digest") == digest:

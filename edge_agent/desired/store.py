@@ -6,6 +6,7 @@
     trust_document_keys  the document keys a signed rotation installed (with meta rows for the
                          version that installed them and the config keys they replaced)
 
+The tables are created and migrated by state_schema.py, and read and written with sqlite-utils.
 `commit()` writes, in ONE transaction, everything accepting a document changes: the accepted
 document, the deployment's `current` slot (deployment/store.py, restart counters cleared), any key
 rotation, and the version's status rows. Before it, nothing of the document is stored but its
@@ -18,36 +19,16 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
 from edge_agent.desired.status import KEEP_VERSIONS, State, VersionStatus
-from edge_agent.store import get_meta, set_meta, transaction
+from edge_agent.store import delete_meta, get_meta, set_meta, tables, transaction
 from edge_agent.trust.keys import TrustedKey, parse_public_key
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS desired_versions (
-    version INTEGER PRIMARY KEY,
-    digest TEXT NOT NULL,
-    state TEXT NOT NULL,
-    at REAL NOT NULL,
-    code TEXT,
-    module TEXT,
-    description TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS desired_accepted (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    accepted_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS trust_document_keys (
-    key_id TEXT PRIMARY KEY,
-    pem TEXT NOT NULL,
-    installed_version INTEGER NOT NULL,
-    installed_at REAL NOT NULL
-);
-"""
+if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
+    from sqlite_utils.db import Table
+
 META_CONFIG_FP = "trust.document_keys.config"
 META_VERSION = "trust.document_keys.version"
 # Rows kept beyond the reported ones, so the newest version is never pruned by an old one.
@@ -62,21 +43,31 @@ class DesiredStore:
     def __init__(self, db: sqlite3.Connection, deployments: DeploymentStore) -> None:
         self.db = db
         self.deployments = deployments
-        db.executescript(SCHEMA)
+        t = tables(db)
+        self._versions: Table = t.table("desired_versions")
+        self._accepted: Table = t.table("desired_accepted")
+        self._keys: Table = t.table("trust_document_keys")
 
     # ------------------------------------------------------------------ version status
 
     def versions(self) -> list[VersionStatus]:
-        rows = self.db.execute(
-            "SELECT version, digest, state, at, code, module, description FROM desired_versions ORDER BY version"
-        ).fetchall()
         out = []
-        for r in rows:
+        for r in self._versions.rows_where(order_by="version"):
             try:
-                state = State(r[2])
+                state = State(r["state"])
             except ValueError:
                 continue  # written by a newer release; not ours to interpret
-            out.append(VersionStatus(int(r[0]), str(r[1]), state, float(r[3]), r[4], r[5], str(r[6] or "")))
+            out.append(
+                VersionStatus(
+                    int(r["version"]),
+                    str(r["digest"]),
+                    state,
+                    float(r["at"]),
+                    r["code"],
+                    r["module"],
+                    str(r["description"] or ""),
+                )
+            )
         return out
 
     def put_status(self, status: VersionStatus) -> None:
@@ -84,39 +75,35 @@ class DesiredStore:
         self._prune()
 
     def _put_status(self, status: VersionStatus) -> None:
-        self.db.execute(
-            "INSERT INTO desired_versions(version, digest, state, at, code, module, description) "
-            "VALUES(?,?,?,?,?,?,?) ON CONFLICT(version) DO UPDATE SET digest=excluded.digest, "
-            "state=excluded.state, at=excluded.at, code=excluded.code, module=excluded.module, "
-            "description=excluded.description",
-            (status.version, status.digest, str(status.state), status.at, status.code, status.module,
-             status.description),
+        self._versions.upsert(
+            {
+                "version": status.version,
+                "digest": status.digest,
+                "state": str(status.state),
+                "at": status.at,
+                "code": status.code,
+                "module": status.module,
+                "description": status.description,
+            },
+            pk="version",
         )
 
     def _prune(self) -> None:
         current = self.deployments.get("current")
         lkg = self.deployments.get("last_known_good")
         keep = [v.version if v is not None else -1 for v in (current, lkg)]
-        self.db.execute(
-            "DELETE FROM desired_versions WHERE version NOT IN "
-            "(SELECT version FROM desired_versions ORDER BY version DESC LIMIT ?) AND version NOT IN (?, ?)",
-            (_PRUNE_KEEP, *keep),
+        self._versions.delete_where(
+            "version NOT IN (SELECT version FROM desired_versions ORDER BY version DESC LIMIT ?) "
+            "AND version NOT IN (?, ?)",
+            [_PRUNE_KEEP, *keep],
         )
 
     # ------------------------------------------------------------------ the accepted document
 
     def accepted(self) -> tuple[int, str, bytes] | None:
-        row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
-        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
-
-    def legacy_accepted(self) -> tuple[int, str] | None:
-        """The accepted document's version and digest as releases before per-version status kept
-        them (table twin_desired), so an upgraded device recognises its retained document."""
-        try:
-            row = self.db.execute("SELECT version, digest FROM twin_desired WHERE id = 1").fetchone()
-        except sqlite3.OperationalError:  # no such table: a device that never ran an older release
-            return None
-        return None if row is None else (int(row[0]), str(row[1]))
+        for row in self._accepted.rows_where("id = 1", select="version, digest, payload"):
+            return int(row["version"]), str(row["digest"]), bytes(row["payload"])
+        return None
 
     def commit(
         self,
@@ -128,11 +115,9 @@ class DesiredStore:
     ) -> None:
         """Accept a document: all of it lands together or nothing does (raises sqlite3.Error)."""
         with transaction(self.db):
-            self.db.execute(
-                "INSERT INTO desired_accepted(id, version, digest, payload, accepted_at) VALUES(1, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
-                "payload = excluded.payload, accepted_at = excluded.accepted_at",
-                (deployment.version, digest, raw, time.time()),
+            self._accepted.upsert(
+                {"id": 1, "version": deployment.version, "digest": digest, "payload": raw, "accepted_at": time.time()},
+                pk="id",
             )
             self.deployments.make_current(deployment)
             if new_keys:
@@ -149,25 +134,33 @@ class DesiredStore:
         if get_meta(self.db, META_CONFIG_FP) == fingerprint:
             return False
         with transaction(self.db):
-            self.db.execute("DELETE FROM trust_document_keys")
-            self.db.execute("DELETE FROM meta WHERE key = ?", (META_VERSION,))
+            self._keys.delete_where()
+            delete_meta(self.db, META_VERSION)
             set_meta(self.db, META_CONFIG_FP, fingerprint)
         return True
 
     def rotated_keys(self) -> tuple[TrustedKey, ...]:
-        rows = self.db.execute("SELECT pem FROM trust_document_keys ORDER BY key_id").fetchall()
-        return tuple(parse_public_key(str(r[0]).encode(), "state.db trust_document_keys") for r in rows)
+        return tuple(
+            parse_public_key(str(r["pem"]).encode(), "state.db trust_document_keys")
+            for r in self._keys.rows_where(select="pem", order_by="key_id")
+        )
 
     def keys_version(self) -> int | None:
         value = get_meta(self.db, META_VERSION)
         return None if value is None else int(value)
 
     def _install_keys(self, keys: Sequence[TrustedKey], version: int) -> None:
-        self.db.execute("DELETE FROM trust_document_keys")
-        for key in keys:
-            self.db.execute(
-                "INSERT OR REPLACE INTO trust_document_keys(key_id, pem, installed_version, installed_at) "
-                "VALUES(?,?,?,?)",
-                (key.key_id, key.pem().decode(), version, time.time()),
-            )
+        self._keys.delete_where()
+        self._keys.upsert_all(
+            [
+                {
+                    "key_id": key.key_id,
+                    "pem": key.pem().decode(),
+                    "installed_version": version,
+                    "installed_at": time.time(),
+                }
+                for key in keys
+            ],
+            pk="key_id",
+        )
         set_meta(self.db, META_VERSION, str(version))

@@ -31,6 +31,8 @@ agent's; $EDGECTL_CONFIG or --config to use another file), overridden by the fla
   edgectl devices --selector site=turin               online/offline, last seen, version and state, labels
   edgectl rollout deployment.json --selector site=turin --key fleet.key
                                                       staged rollout in batches with health gates
+  edgectl compare --group A=ring=canary --group B=ring=stable --png ab.png
+                                                      A/B: telemetry of two label groups side by side
 """
 
 
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent.fleet import telemetry_cmd
 
     telemetry_cmd.add_parser(sub)
+    from edge_agent.fleet import compare_cmd
+
+    compare_cmd.add_parser(sub, common)
     return parser
 
 
@@ -151,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.fleet import telemetry_cmd
 
         return telemetry_cmd.run(args)
+    if args.command == "compare":
+        from edge_agent.fleet import compare_cmd
+
+        return compare_cmd.run(args)
     from edge_agent.fleet.client import FleetError
 
     handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]

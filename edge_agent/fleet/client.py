@@ -55,6 +55,14 @@ class Published:
     device: str
     version: int
     digest: str  # sha256 hex of the exact bytes published
+    agent: str | None = None  # the agent release the document names ("good" then waits for it too)
+
+
+def agent_release(deployment: Mapping[str, Any]) -> str | None:
+    """The agent version a deployment document names, if any."""
+    agent = deployment.get("agent")
+    version = agent.get("version") if isinstance(agent, Mapping) else None
+    return version if isinstance(version, str) else None
 
 
 @dataclass
@@ -87,6 +95,7 @@ class FleetClient:
     def __init__(self, params: BrokerParams, prefix: str) -> None:
         self.params = params
         self.prefix = prefix
+        self.endpoint = params.all_endpoints[0]  # the broker connected to (set on connect)
         self.response_topic = protocol.fleet_response_topic(prefix, params.client_id)
         self._client: CheckedClient | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -105,11 +114,19 @@ class FleetClient:
         # No bound on the incoming queue: one subscription to a fleet's retained state delivers
         # three messages per device at once, and aiomqtt discards what does not fit (with a bound
         # of 1,000, a fleet of 400 devices lost messages and the end-of-retained marker).
-        client = make_client(self.params, max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise FleetError(f"cannot connect to broker {self.params.host}:{self.params.port}: {exc}") from None
+        # Every configured broker in order ([mqtt] host/port, then endpoints): the first that
+        # answers. The fleet side makes one short connection per command, so no backoff here.
+        problems: list[str] = []
+        for endpoint in self.params.all_endpoints:
+            client = make_client(self.params.at(endpoint), max_inflight=MAX_IN_FLIGHT, max_queued_incoming=0)
+            try:
+                await client.__aenter__()
+                break
+            except aiomqtt.MqttError as exc:
+                problems.append(f"{endpoint}: {exc}")
+        else:
+            raise FleetError(f"cannot connect to broker {'; '.join(problems)}") from None
+        self.endpoint = endpoint
         self._client = client
         self._reader = asyncio.create_task(self._read())
         await client.subscribe(self.response_topic, qos=1)
@@ -223,7 +240,9 @@ class FleetClient:
         from edge_agent.desired.status import wait_outcome
 
         doc, _ = _json(self._messages.get(DeviceTopics(self.prefix, published.device).reported, b"null"))
-        return wait_outcome((doc or {}).get("deployment"), published.version, published.digest, target)
+        doc = doc or {}
+        return wait_outcome(doc.get("deployment"), published.version, published.digest, target,
+                            agent=published.agent, agent_update=doc.get("agentUpdate"))
 
     async def devices(self) -> list[DeviceView]:
         found = await self.retained(
@@ -299,7 +318,7 @@ class FleetClient:
                 f"{view.device}: the document is {len(payload)} bytes; the device accepts at most {limit} "
                 "(its twin.max_desired_bytes); not published"
             )
-        return Published(view.device, version, hashlib.sha256(payload).hexdigest()), payload
+        return Published(view.device, version, hashlib.sha256(payload).hexdigest(), agent_release(deployment)), payload
 
     async def publish_many(
         self, items: Sequence[tuple[str, bytes]], limit: int = MAX_IN_FLIGHT

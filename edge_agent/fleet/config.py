@@ -3,6 +3,7 @@
     [mqtt]                       # the same keys as the agent's [mqtt] table
     host = "broker.example.net"
     port = 8883
+    endpoints = ["broker-b.example.net:8883"]   # tried in order when host:port does not answer
     topic_prefix = "edge"
     tls = true
     ca_file = "ca.crt"           # relative paths are relative to this file

@@ -16,6 +16,14 @@ def broker_flags() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="edgectl config file")
     g.add_argument("--broker", default=argparse.SUPPRESS, help="broker host name or address")
     g.add_argument("--port", type=int, default=argparse.SUPPRESS, help="broker port")
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        dest="endpoints",
+        default=argparse.SUPPRESS,
+        metavar="HOST:PORT",
+        help="another broker to try when the first does not answer (repeatable; like [mqtt] endpoints)",
+    )
     g.add_argument("--prefix", default=argparse.SUPPRESS, help="topic prefix (default edge)")
     # --tls-*: plain --key means a signing key everywhere in edgectl (as in cosign).
     g.add_argument("--tls-ca", type=Path, default=argparse.SUPPRESS, help="CA certificate (PEM); turns TLS on")
@@ -35,6 +43,7 @@ def fleet_client(args: argparse.Namespace) -> FleetClient:
     overrides = {
         "host": getattr(args, "broker", None),
         "port": getattr(args, "port", None),
+        "endpoints": getattr(args, "endpoints", None),
         "topic_prefix": getattr(args, "prefix", None),
         "ca_file": getattr(args, "tls_ca", None),
         "cert_file": getattr(args, "tls_cert", None),

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.fleet import rollout_policy as rp
-from edge_agent.fleet.client import DeviceView, FleetClient, FleetError, Published, Signer, next_version
+from edge_agent.fleet.client import (
+    DeviceView,
+    FleetClient,
+    FleetError,
+    Published,
+    Signer,
+    agent_release,
+    next_version,
+)
 from edge_agent.fleet.rollout_store import Previous, RolloutStore, owner_id
 
 if TYPE_CHECKING:
@@ -159,11 +167,11 @@ class RolloutRunner:
             new = record
             late = rp.late_watched(record)
             if late is not None:
-                outcome, detail = self._outcome(record.device, late, rollout.policy.target)
+                outcome, detail = self._outcome(record, late, rollout.policy.target)
                 new = rp.late_verdict(new, outcome, detail)  # type: ignore[arg-type]
             doc = rp.watched(record)
             if doc is not None:
-                outcome, detail = self._outcome(record.device, doc, rollout.policy.target)
+                outcome, detail = self._outcome(record, doc, rollout.policy.target)
                 online = None
                 if outcome == "pending" and now - record.since > rollout.policy.timeout_s:
                     online = self.fleet.cached_view(record.device).presence == "online"
@@ -179,13 +187,17 @@ class RolloutRunner:
         self._save(rollout, changed, lines)
         return rollout
 
-    def _outcome(self, device: str, doc: tuple[int, str], target: str) -> tuple[str, str]:
+    def _outcome(self, record: rp.DeviceRecord, doc: tuple[int, str], target: str) -> tuple[str, str]:
         """The device's verdict on a document, re-read only when it reported something new."""
+        device = record.device
         seen = self.fleet.reported_changes(device)
         key = f"{device}@{doc[0]}"
         cached = self._read.get(key)
         if cached is None or cached[0] != seen:
-            cached = (seen, self.fleet.outcome(Published(device, doc[0], doc[1]), target))
+            # The rollout's own document waits for the agent release it names; a return document
+            # (the previous deployment) for its modules only.
+            agent = agent_release(self.manifest) if doc == (record.version, record.digest) else None
+            cached = (seen, self.fleet.outcome(Published(device, doc[0], doc[1], agent), target))
             self._read[key] = cached
         return cached[1]
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from edge_agent.artifacts.view import artifact_lines
 from edge_agent.fleet.client import DeviceView
+from edge_agent.status_view import agent_update_line
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}
@@ -103,6 +104,9 @@ def render_view(view: DeviceView, *, color: bool, now: float) -> str:
     if agent:
         head += f", agent {agent.get('version')} {agent.get('os')}/{agent.get('arch')}"
     lines = [head]
+    update = agent_update_line(reported.get("agentUpdate"))
+    if update:
+        lines.append(f"  agent update: {update}")
     if view.desired is None and view.reported is None:
         lines.append("nothing known about this device (no desired or reported document on the broker)")
     for differs, text in diff_lines(view):
@@ -154,6 +158,8 @@ def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]
                 "deploymentState": deployment_state(section),
                 "labels": reported_labels(reported.get("device")),
                 "agentVersion": (reported.get("agent") or {}).get("version"),
+                "agentWanted": (reported.get("agentUpdate") or {}).get("wanted"),
+                "agentUpdateState": (reported.get("agentUpdate") or {}).get("state"),
             }
         )
     return rows
@@ -169,6 +175,14 @@ def render_devices(views: Iterable[DeviceView], now: float, *, selector: str | N
         labels = ",".join(f"{k}={v}" for k, v in sorted((r["labels"] or {}).items()))
         lines.append(
             f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} "
-            f"{r['deploymentState']:<22} {r['agentVersion'] or '':<8} {labels}".rstrip()
+            f"{r['deploymentState']:<22} {_agent_cell(r):<8} {labels}".rstrip()
         )
     return "\n".join(lines)
+
+
+def _agent_cell(row: dict[str, Any]) -> str:
+    """The running agent version, and `>wanted (state)` while a different one is wanted."""
+    running, wanted = row["agentVersion"] or "", row.get("agentWanted")
+    if wanted and wanted != running:
+        return f"{running}>{wanted} ({row.get('agentUpdateState')})"
+    return running

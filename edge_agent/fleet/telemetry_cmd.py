@@ -24,6 +24,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.broker_endpoints import Endpoint, endpoint_list, parse_endpoint
 from edge_agent.telemetry.uplink import decode_batch
 
 DEFAULT_DEDUP_WINDOW = 1_000_000
@@ -55,6 +56,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("device", help="device id")
     p.add_argument("--host", default=os.environ.get("EDGECTL_MQTT_HOST", "localhost"), help="broker host")
     p.add_argument("--port", type=int, default=int(os.environ.get("EDGECTL_MQTT_PORT", "1883")), help="broker port")
+    p.add_argument(
+        "--endpoint", action="append", default=[], metavar="HOST:PORT",
+        help="another broker to move to when the current one is gone (repeatable, tried in order)",
+    )
     p.add_argument("--prefix", default=os.environ.get("EDGECTL_TOPIC_PREFIX", "edge"), help="topic prefix")
     p.add_argument("--stream", default="+", help="only this stream (default: all)")
     p.add_argument("--client-id", help="MQTT client id; keeps a persistent session so nothing is missed")
@@ -110,11 +115,14 @@ async def follow(
     if persistent:
         props.SessionExpiryInterval = 7 * 86400
     tls = _tls_context(args)
+    endpoints = endpoint_list(Endpoint(args.host, args.port), [parse_endpoint(e, args.port) for e in args.endpoint])
+    index = 0
     while True:
+        endpoint = endpoints[index]
         try:
             async with aiomqtt.Client(
-                args.host,
-                args.port,
+                endpoint.host,
+                endpoint.port,
                 identifier=args.client_id or "",
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=not persistent,
@@ -141,12 +149,20 @@ async def follow(
                         if args.count is not None and distinct >= args.count:
                             return 0
         except aiomqtt.MqttError as exc:
-            print(f"edgectl: broker {args.host}:{args.port}: {exc}; reconnecting", file=err)
+            index = (index + 1) % len(endpoints)  # the next broker in the list (the same one when alone)
+            print(f"edgectl: broker {endpoint}: {exc}; reconnecting to {endpoints[index]}", file=err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        for text in args.endpoint:
+            parse_endpoint(text, args.port)
+    except ValueError as exc:
+        print(f"edgectl telemetry: --endpoint {exc}", file=sys.stderr)
+        return 2
+
     def emit(rec: dict[str, Any]) -> None:
         sys.stdout.write(format_record(rec, args.json) + "\n")
         sys.stdout.flush()

@@ -37,10 +37,13 @@ import asyncio
 import contextlib
 import json
 import math
+import tarfile
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from podman.domain.containers import Container
@@ -360,6 +363,31 @@ class PodmanRuntime:
 
         return await self._call(f"remove image {image}", remove)
 
+    async def copy_from_image(self, image: str, path: str, dest: Path, max_bytes: int) -> None:
+        """Unpack `path` of a local image into `dest` (a tar stream from a container that is created
+        but never started), refusing more than `max_bytes`. Used for agent releases, whose image
+        carries files, not a program."""
+        what = f"copy {path} from {image}"
+
+        def copy() -> None:
+            container = self._client.containers.create(image, command=["/nonexistent"], network_mode="none")
+            try:
+                stream, _ = container.get_archive(path)
+                with tempfile.TemporaryFile(dir=dest.parent) as tar:
+                    size = 0
+                    for chunk in stream:
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise RuntimeFailure(f"{what}: more than {max_bytes} bytes")
+                        tar.write(chunk)
+                    tar.seek(0)
+                    with tarfile.open(fileobj=tar) as archive:
+                        archive.extractall(dest, members=_plain_members(archive, what))  # noqa: S202 (checked)
+            finally:
+                container.remove(force=True)
+
+        await self._call(what, copy)
+
     # ------------------------------------------------------------------ events
 
     async def events(self, device_id: str) -> AsyncIterator[RuntimeEvent]:
@@ -420,6 +448,18 @@ class PodmanRuntime:
     async def close(self) -> None:
         """Release podman-py's pooled connections."""
         self._client.close()
+
+
+def _plain_members(archive: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
+    """Only files and folders, inside the destination, without setuid/setgid bits. By hand because
+    tarfile's extraction filters arrived in 3.11.4 and Debian bookworm ships 3.11.2."""
+    members = archive.getmembers()
+    for member in members:
+        parts = PurePosixPath(member.name).parts
+        if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+            raise RuntimeFailure(f"{what}: refusing archive member {member.name!r} (only plain files and folders)")
+        member.mode &= 0o755
+    return members
 
 
 def _q(name: str) -> str:

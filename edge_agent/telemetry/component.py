@@ -70,6 +70,8 @@ class TelemetryComponent(BaseComponent):
         self._pending: asyncio.Queue[tuple[NewRecord, asyncio.Future[Outcome]]] = asyncio.Queue()
         self._new_data = asyncio.Event()
         self._modules: set[str] = set(self.section.modules)
+        self._module_deployment: dict[str, int | None] = {}  # module -> version it was started for
+        self._current_seen: tuple[int, int | None] = (-1, None)  # (reported.version, current deployment)
         self._servers: dict[str, ModuleIngestServer] = {}
         self._running = False
         self._started = False
@@ -132,14 +134,30 @@ class TelemetryComponent(BaseComponent):
         return dataclasses.replace(request, mounts=(*request.mounts, mount), env=env)
 
     async def before_start(self, module: str, image: str, deployment: int | None) -> None:
+        # Records are attributed to the deployment version the module was started for, so the
+        # fleet can compare versions (edgectl compare) from the telemetry alone.
+        self._module_deployment[module] = deployment
         await self.open_module(module)  # after an agent restart, adopted modules need theirs again
 
     async def after_remove(self, module: str) -> None:
         await self.close_module(module)
 
+    def _current_deployment(self) -> int | None:
+        """The device's current deployment version, read from the reported state only when that
+        changed (it is copied on every read)."""
+        if self._current_seen[0] != self.reported.version:
+            current = (self.reported.get("deployment") or {}).get("current")
+            self._current_seen = (self.reported.version, current if isinstance(current, int) else None)
+        return self._current_seen[1]
+
     async def submit(self, record: NewRecord) -> Outcome:
         for observe in self.observers:  # e.g. which artifact a module says it uses (artifacts/modules.py)
             observe(record.module, record.stream, record.payload)
+        deployment = self._module_deployment.get(record.module)
+        if deployment is None:  # adopted after an agent restart (not started by this agent run)
+            deployment = self._current_deployment()
+        if deployment is not None and record.deployment is None:
+            record = dataclasses.replace(record, deployment=deployment)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((record, fut))
         return await fut

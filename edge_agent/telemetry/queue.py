@@ -14,6 +14,14 @@ back and every record of it refused with "disk_full"; the next append tries agai
 recovers by itself once space returns.
 
 Not thread-safe: the component calls it from one worker thread.
+
+Why the sqlite3 module here and not sqlite-utils (which the state.db stores use): every part of
+the queue is the kind sqlite-utils does not model. The page cap (PRAGMA max_page_count), the WAL
+checkpoints and journal_size_limit, incremental vacuum and auto_vacuum set before the first table
+exists, and telling SQLITE_FULL below the page limit from a full disk are PRAGMAs and error codes
+on the connection; eviction is set-based DELETEs chosen by policy.py, and appends are a group
+commit of executemany batches, whose cost per record is what the ingest rate rests on. The queue
+is its own file with its own schema (table meta), not part of state.db's versions.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class NewRecord:
     ts: float | None
     payload: bytes  # compact JSON text
     key: str | None = None  # the module's idempotency key: stored once per module within the window
+    deployment: int | None = None  # the deployment version the module's container was started for
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class StoredRecord:
     ts: float
     received: float
     payload: bytes
+    deployment: int | None = None  # see NewRecord
 
 
 @dataclass
@@ -239,6 +249,10 @@ class TelemetryQueue:
             COMMIT;
             """
         )
+        # Added after the first release: a queue written by an older agent gets the column (its
+        # records have no deployment version: NULL).
+        if "deployment" not in {r[1] for r in conn.execute("PRAGMA table_info(records)")}:
+            conn.execute("ALTER TABLE records ADD COLUMN deployment INTEGER")
         row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
             # Record ids are <epoch>-<n>: unique even if this file is ever deleted and recreated.
@@ -457,10 +471,10 @@ class TelemetryQueue:
                     seq = 1 if row is None else int(row[0])
                 seqs[rec.stream] = seq + 1
                 cur = conn.execute(
-                    "INSERT INTO records(stream, seq, module, priority, ts, received, size, payload)"
-                    " VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO records(stream, seq, module, priority, ts, received, size, payload, deployment)"
+                    " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.stream, seq, rec.module, inc.priority, rec.ts if rec.ts is not None else now, now,
-                     inc.cost, rec.payload),
+                     inc.cost, rec.payload, rec.deployment),
                 )
                 n = int(cur.lastrowid or 0)
                 inserted[index] = n
@@ -599,17 +613,21 @@ class TelemetryQueue:
     def read_batch(self, stream: str, after_n: int, max_records: int, max_bytes: int) -> list[StoredRecord]:
         """The next records of a stream after insert number `after_n`, in order (at least one)."""
         rows = self._db().execute(
-            "SELECT n, seq, module, priority, ts, received, payload FROM records"
+            "SELECT n, seq, module, priority, ts, received, payload, deployment FROM records"
             " WHERE stream=? AND n>? ORDER BY n LIMIT ?",
             (stream, after_n, max_records),
         ).fetchall()
         out: list[StoredRecord] = []
         total = 0
-        for n, seq, module, priority, ts, received, payload in rows:
+        for n, seq, module, priority, ts, received, payload, deployment in rows:
             total += len(payload)
             if out and total > max_bytes:
                 break
-            out.append(StoredRecord(n, self.record_id(n), stream, seq, module, priority, ts, received, bytes(payload)))
+            out.append(
+                StoredRecord(
+                    n, self.record_id(n), stream, seq, module, priority, ts, received, bytes(payload), deployment
+                )
+            )
         return out
 
     def delete_sent(self, stream: str, first_n: int, last_n: int) -> int:

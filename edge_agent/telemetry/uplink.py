@@ -16,7 +16,9 @@ the broker's PUBACK.
 
 Envelope (JSON, content type application/json, or application/json+zlib when compressed):
     {"schema": 1, "device": D, "stream": S,
-     "records": [{"id", "seq", "ts", "received", "priority", "module", "payload"}, ...]}
+     "records": [{"id", "seq", "ts", "received", "priority", "module", "deployment", "payload"}, ...]}
+     ("deployment": the deployment version the module's container was started for; absent when
+     the agent does not know it, e.g. records queued by an older agent)
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def encode_batch(device: str, stream: str, records: Sequence[StoredRecord], comp
     """The MQTT payload and content type for records of one stream (payloads are JSON already)."""
     head = json.dumps({"schema": SCHEMA, "device": device, "stream": stream}, separators=(",", ":"))[:-1]
     parts = [
-        b'{"id":"%s","seq":%d,"ts":%s,"received":%s,"priority":%d,"module":%s,"payload":%s}'
+        b'{"id":"%s","seq":%d,"ts":%s,"received":%s,"priority":%d,"module":%s,%s"payload":%s}'
         % (
             r.id.encode(),
             r.seq,
@@ -72,6 +74,7 @@ def encode_batch(device: str, stream: str, records: Sequence[StoredRecord], comp
             repr(round(r.received, 6)).encode(),
             r.priority,
             json.dumps(r.module).encode(),
+            b"" if r.deployment is None else b'"deployment":%d,' % r.deployment,
             r.payload,
         )
         for r in records

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.broker_endpoints import Endpoint
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.logs import get_logger
@@ -58,6 +59,7 @@ class TwinComponent(BaseComponent):
             reconnect_max_delay_s=config.mqtt.reconnect_max_delay_s,
             session_expiry_s=config.mqtt.session_expiry_s,
             max_packet_bytes=max_packet_bytes(config),
+            on_endpoint=self._broker_changed,
         )
         self.reporter = Reporter(
             reported,
@@ -94,6 +96,20 @@ class TwinComponent(BaseComponent):
         except Exception:  # a bug in the room must not take the MQTT session down
             log.exception("desired document handling failed unexpectedly",
                           extra={"EVENT": "desired.internal_error"})
+
+    def _broker_changed(self, endpoint: Endpoint, connected: bool) -> None:
+        """The `broker` section: which of the configured endpoints the device is connected to
+        (`edge-agent status` shows it; the fleet sees it in the reported state)."""
+        endpoints = self.config.mqtt.broker_endpoints()
+        self.reported.set(
+            "broker",
+            {
+                "endpoint": str(endpoint),
+                "connected": connected,
+                "index": endpoints.index(endpoint) + 1 if endpoint in endpoints else None,
+                "endpoints": [str(e) for e in endpoints],
+            },
+        )
 
     async def _ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {

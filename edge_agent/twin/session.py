@@ -4,8 +4,12 @@ the desired document and commands, keep presence, and let other components publi
 - Persistent session (clean_start=False + session expiry): the broker keeps the subscriptions
   and queues QoS 1 commands while the device is away; they arrive after the reconnect.
 - Last will: presence "offline" (retained), published by the broker when the link dies.
-- Reconnect: exponential backoff with full jitter, capped (tenacity). A connection that was up
-  and then dropped starts a fresh backoff, so one long outage does not slow the next reconnect.
+- Reconnect: to one of several broker endpoints (`[mqtt] host`/`port`, then `endpoints`), chosen
+  by edge_agent/broker_endpoints.py: each endpoint has its own capped exponential backoff
+  (edge_agent/retry.py, equal jitter); a lost broker moves the session to the next endpoint that
+  is due. The client id, clean_start=False and session expiry are the same on every endpoint, so a
+  clustered broker (or bridged brokers) keeps one session per device. A connection that was up and
+  then dropped starts a fresh backoff, so one long outage does not slow the next reconnect.
 - Commands: P/D/commands/NAME carry a JSON request; the answer goes to the MQTT 5 response
   topic with the request's correlation data.
 """
@@ -14,15 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
-
+from edge_agent.broker_endpoints import Choice, Endpoint, choose_endpoint
 from edge_agent.logs import get_logger
 from edge_agent.mqtt_params import BrokerParams
+from edge_agent.retry import Retries
 from edge_agent.twin import protocol
 from edge_agent.twin.protocol import DeviceTopics
 
@@ -40,6 +46,7 @@ DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 MAX_COMMAND_BYTES = 256 * 1024
 COMMAND_TIMEOUT_S = 60.0
 COMMAND_REPLY_TIMEOUT_S = 30.0
+RECONNECT_INITIAL_S = 1.0  # the first backoff of a failing broker endpoint; doubles up to the cap
 
 
 class Publisher(Protocol):
@@ -124,6 +131,7 @@ class TwinSession:
         reconnect_max_delay_s: float = 60.0,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         max_packet_bytes: int | None = None,
+        on_endpoint: Callable[[Endpoint, bool], object] | None = None,
     ) -> None:
         # A factory is resolved in run(): reading keys and secrets is I/O that may fail, and
         # must not stop start() from handing over the stored deployment.
@@ -135,6 +143,8 @@ class TwinSession:
         self.session_expiry_s = session_expiry_s
         self.max_packet_bytes = max_packet_bytes
         self._last_retry_error: str | None = None
+        self.on_endpoint = on_endpoint  # told (endpoint, connected) on every connect and disconnect
+        self.endpoint: Endpoint | None = None  # the broker connected to last
         self.commands = CommandRegistry()
         self.generation = 0  # counts successful connections
         self._client: CheckedClient | None = None
@@ -225,6 +235,7 @@ class TwinSession:
             self._connected.clear()
             if self._down is not None and not self._down.done():
                 self._down.set_result(None)
+            self._tell_endpoint(False)
 
     # ----------------------------------------------------------------- connection loop
 
@@ -234,7 +245,7 @@ class TwinSession:
         except (OSError, KeyError, ValueError) as exc:  # ssl.SSLError is an OSError
             log.error("cannot load MQTT credentials/TLS files: %s", exc, extra={"EVENT": "mqtt.credentials_failed"})
             raise
-        log.debug("MQTT session for %s:%d", params.host, params.port)
+        log.debug("MQTT session for %s", ", ".join(str(e) for e in params.all_endpoints))
         try:
             await self._reconnect_forever()
         finally:
@@ -242,40 +253,64 @@ class TwinSession:
                 task.cancel()
 
     async def _reconnect_forever(self) -> None:
+        """Connect to one endpoint at a time, chosen by broker_endpoints.choose_endpoint (each
+        endpoint a retry cause with the agent's capped exponential backoff); a move to another
+        endpoint is logged once per outage."""
         import aiomqtt
 
+        endpoints = self.params.all_endpoints
+        retries = Retries(initial_s=RECONNECT_INITIAL_S, cap_s=self.reconnect_max_delay_s)
+        index = choose_endpoint(len(endpoints), {}, time.monotonic()).index
+        attempts = 0  # consecutive failed connects, across endpoints
+        move_logged = False
         while True:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
-                wait=wait_random_exponential(multiplier=0.5, max=self.reconnect_max_delay_s),
-                before_sleep=self._log_retry,
-                reraise=True,
-            )
+            endpoint = endpoints[index]
             try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._connect_and_serve()
+                await self._connect_and_serve(endpoint, functools.partial(retries.succeeded, str(index)))
             except ConnectionLost as exc:
-                log.warning("lost the broker (%s); reconnecting", exc, extra={"EVENT": "mqtt.disconnected"})
-                await asyncio.sleep(random.uniform(0.1, 1.0))  # spread a fleet's reconnects
+                attempts, move_logged = 0, False
+                retries.failed(str(index), str(exc), time.monotonic())
+                log.warning("lost the broker %s (%s); reconnecting", endpoint, exc,
+                            extra={"EVENT": "mqtt.disconnected", "BROKER": str(endpoint)})
+                choice = self._choose(endpoints, retries)
+                delay = max(random.uniform(0.1, 1.0), choice.wait_s)  # spread a fleet's reconnects
+            except (aiomqtt.MqttError, OSError) as exc:
+                attempts += 1
+                retries.failed(str(index), str(exc), time.monotonic())
+                choice = self._choose(endpoints, retries)
+                # Equal jitter: half the backoff at least, so delays grow; the rest spreads a fleet.
+                delay = choice.wait_s * random.uniform(0.5, 1.0)
+                # A persistent failure is one WARNING (first attempt, or a different error), then DEBUG.
+                news = attempts == 1 or str(exc) != self._last_retry_error
+                self._last_retry_error = str(exc)
+                (log.warning if news else log.debug)(
+                    "cannot connect to broker %s (%s); retry %d in %.1f s%s",
+                    endpoint,
+                    exc,
+                    attempts,
+                    delay,
+                    f" at {endpoints[choice.index]}" if choice.index != index else "",
+                    extra={"EVENT": "mqtt.retry", "BROKER": str(endpoint)},
+                )
+            if choice.index != index:
+                (log.debug if move_logged else log.warning)(
+                    "broker %s is gone; moving to %s (endpoint %d of %d)",
+                    endpoint,
+                    endpoints[choice.index],
+                    choice.index + 1,
+                    len(endpoints),
+                    extra={"EVENT": "mqtt.endpoint_switch", "BROKER": str(endpoints[choice.index])},
+                )
+                move_logged = True
+            index = choice.index
+            await asyncio.sleep(delay)
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        # A persistent failure is one WARNING (first attempt, or a different error), then DEBUG.
-        news = state.attempt_number == 1 or str(exc) != self._last_retry_error
-        self._last_retry_error = str(exc)
-        (log.warning if news else log.debug)(
-            "cannot connect to broker %s:%d (%s); retry %d in %.1f s",
-            self.params.host,
-            self.params.port,
-            exc,
-            state.attempt_number,
-            delay,
-            extra={"EVENT": "mqtt.retry"},
-        )
+    @staticmethod
+    def _choose(endpoints: tuple[Endpoint, ...], retries: Retries) -> Choice:
+        failures = {i: f for i in range(len(endpoints)) if (f := retries.get(str(i))) is not None}
+        return choose_endpoint(len(endpoints), failures, time.monotonic())
 
-    async def _connect_and_serve(self) -> None:
+    async def _connect_and_serve(self, endpoint: Endpoint, on_connected: Callable[[], object]) -> None:
         import aiomqtt
 
         from edge_agent.mqtt_client import make_client
@@ -283,8 +318,9 @@ class TwinSession:
         will = aiomqtt.Will(
             self.topics.presence, protocol.presence_payload(protocol.PRESENCE_OFFLINE), qos=1, retain=True
         )
+        params = self.params.at(endpoint)
         client = make_client(
-            self.params,
+            params,
             will=will,
             persistent=True,
             session_expiry_s=self.session_expiry_s,
@@ -294,7 +330,8 @@ class TwinSession:
         try:
             try:
                 _raise_if_cancelling()
-                await self._on_connected(client)
+                on_connected()
+                await self._on_connected(client, params, endpoint)
                 _raise_if_cancelling()
                 async for message in client.messages:
                     await self._dispatch(client, message)
@@ -309,7 +346,7 @@ class TwinSession:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
 
-    async def _on_connected(self, client: CheckedClient) -> None:
+    async def _on_connected(self, client: CheckedClient, params: BrokerParams, endpoint: Endpoint) -> None:
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         await client.subscribe(
@@ -323,18 +360,26 @@ class TwinSession:
         )
         self._client = client
         self._down = asyncio.get_running_loop().create_future()
+        self.endpoint = endpoint
         self.generation += 1
         self._connected.set()
+        self._tell_endpoint(True)  # before the reporter's re-publish below, so it carries it
         event, self._new_connection = self._new_connection, asyncio.Event()
         event.set()
         log.info(
-            "connected to broker %s:%d as %s%s",
-            self.params.host,
-            self.params.port,
-            self.params.client_id,
-            " (TLS)" if self.params.tls_context else "",
-            extra={"EVENT": "mqtt.connected"},
+            "connected to broker %s as %s%s",
+            endpoint,
+            params.client_id,
+            " (TLS)" if params.tls_context else "",
+            extra={"EVENT": "mqtt.connected", "BROKER": str(endpoint)},
         )
+
+    def _tell_endpoint(self, connected: bool) -> None:
+        if self.on_endpoint is not None and self.endpoint is not None:
+            try:
+                self.on_endpoint(self.endpoint, connected)
+            except Exception:  # a bug in the reporting must not take the session down
+                log.exception("broker endpoint callback failed", extra={"EVENT": "mqtt.internal_error"})
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         """A clean disconnect suppresses the last will, so say "offline" ourselves."""

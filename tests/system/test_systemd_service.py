@@ -28,6 +28,9 @@ set -e
 python3 -m venv /opt/edge-agent
 /opt/edge-agent/bin/pip install --quiet --no-index --find-links /wheels edge-agent
 install -m 0644 /src/systemd/edge-agent.service /etc/systemd/system/{UNIT}
+install -m 0644 /src/systemd/edge-agent-update-check.service /src/systemd/edge-agent-update-check.timer \
+    /etc/systemd/system/
+install -D -m 0755 /src/systemd/edge-agent-update-guard /usr/lib/edge-agent/update-guard
 install -D -m 0644 /src/systemd/edge-agent.sysusers.conf /etc/sysusers.d/edge-agent.conf
 install -D -m 0644 /src/systemd/edge-agent.tmpfiles.conf /etc/tmpfiles.d/edge-agent.conf
 systemd-sysusers

@@ -47,9 +47,17 @@ def staged_root(tmp_path_factory: pytest.TempPathFactory, project_wheel: Path) -
          "--no-deps", str(project_wheel)],
         check=True,
     )  # fmt: skip
+    # The update guard and the pointer it makes at the first start (ExecStartPre=, ExecStart=).
+    guard = root / "usr" / "lib" / "edge-agent" / "update-guard"
+    guard.parent.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "systemd" / "edge-agent-update-guard", guard)
+    (root / "var" / "lib" / "edge-agent" / "agent").mkdir(parents=True)
+    (root / "var" / "lib" / "edge-agent" / "agent" / "current").symlink_to("/opt/edge-agent")
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True)
     shutil.copy2(UNIT, unit_dir / UNIT.name)
+    for name in ("edge-agent-update-check.service", "edge-agent-update-check.timer"):
+        shutil.copy2(REPO_ROOT / "systemd" / name, unit_dir / name)
     (unit_dir / "podman.socket.d").mkdir()
     shutil.copy2(PODMAN_DROPIN, unit_dir / "podman.socket.d" / PODMAN_DROPIN.name)
     assert (root / "opt/edge-agent/bin/edge-agent").is_file()
@@ -58,6 +66,13 @@ def staged_root(tmp_path_factory: pytest.TempPathFactory, project_wheel: Path) -
 
 def test_verify_is_clean(staged_root: Path) -> None:
     proc = run("systemd-analyze", "verify", f"--root={staged_root}", "edge-agent.service")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+def test_update_check_units_verify(staged_root: Path) -> None:
+    proc = run("systemd-analyze", "verify", f"--root={staged_root}", "edge-agent-update-check.service",
+               "edge-agent-update-check.timer")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
 

@@ -72,7 +72,8 @@ def test_sigkill_mid_write_with_keys_and_resends_gives_zero_duplicates(tmp_path:
         agent.start()
         socket_path = tmp_path / "run/ingest/sender/telemetry.sock"
         sender = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("keyed_sender.py")), str(socket_path), str(answers_file)],
+            [sys.executable, str(Path(__file__).with_name("sender.py")), str(socket_path), str(answers_file),
+             "--keyed"],
             start_new_session=True,
         )
         for _ in range(KILLS):

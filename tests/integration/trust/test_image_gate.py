@@ -21,9 +21,9 @@ from edge_agent.trust import cosign
 from edge_agent.trust.api import ImageRejected, ImageVerifier
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
+from tests.infra.fault_proxy import FaultProxy
 from tests.infra.podman import podman
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
-from tests.integration.trust.faults import TruncatingProxy
 
 
 @dataclass
@@ -225,7 +225,7 @@ async def test_truncated_manifest_is_refused(
             target = self.proxied if reference.startswith(proxy.host) else self.direct
             return await target.verify(reference)
 
-    with TruncatingProxy(images.registry.host, lambda path: "/manifests/" in path) as proxy:
+    with FaultProxy(images.registry.host, truncate=lambda path: "/manifests/" in path) as proxy:
         bad = f"{proxy.host}/trust-test/{name}:1"
         await refuse_and_keep_previous(images, signer, module, bad, "manifest_truncated", verifier=Both(proxy.host))
 

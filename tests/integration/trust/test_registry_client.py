@@ -22,9 +22,9 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.trust import cosign
 from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
+from tests.infra.fault_proxy import FaultProxy
 from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
 from tests.infra.registry import Registry
-from tests.integration.trust.faults import TruncatingProxy
 
 
 def make_ca_and_cert(workdir: Path) -> tuple[Path, Path, Path]:
@@ -239,7 +239,7 @@ def test_blob_with_wrong_bytes_is_refused(registry: Registry) -> None:
     def flip(path: str, body: bytes) -> bytes:
         return body[:-1] + bytes([body[-1] ^ 1]) if "/blobs/" in path else body
 
-    with TruncatingProxy(registry.host, lambda path: False, mutate=flip) as proxy:
+    with FaultProxy(registry.host, mutate=flip) as proxy:
         proxied = RegistryClient(RegistrySettings(insecure_registries=frozenset({proxy.host})))
         with pytest.raises(RegistryError) as info:
             proxied.get_blob(parse_reference(f"{proxy.host}/trust-test/flip:1"), config.digest)

@@ -5,6 +5,7 @@ registry retries, restart, and the StatusSink (edge_agent/desired/manager.py).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -468,12 +469,15 @@ async def test_a_state_db_from_before_per_version_status_is_adopted(config: Agen
 async def test_after_an_upgrade_the_retained_current_document_is_a_duplicate(config: AgentConfig) -> None:
     """A state.db written by the release before per-version status: the twin stored the accepted
     document (and its digest) in twin_desired. The broker's retained copy of that document is
-    recognised after the upgrade, not refused as a replay."""
-    db = open_state_db(config.state.dir)
+    recognised after the upgrade, not refused as a replay (state_schema.py folds the table into
+    desired_accepted when the file is opened)."""
     raw = signed(3)
-    db.execute("CREATE TABLE twin_desired (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
-               "digest TEXT NOT NULL, payload BLOB NOT NULL, accepted_at REAL NOT NULL)")
-    db.execute("INSERT INTO twin_desired VALUES (1, 3, ?, ?, 100.0)", (digest_of(raw), raw))
+    config.state.dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(config.state.dir / "state.db")) as old, old:
+        old.execute("CREATE TABLE twin_desired (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
+                    "digest TEXT NOT NULL, payload BLOB NOT NULL, accepted_at REAL NOT NULL)")
+        old.execute("INSERT INTO twin_desired VALUES (1, 3, ?, ?, 100.0)", (digest_of(raw), raw))
+    db = open_state_db(config.state.dir)
     DeploymentStore(db).put("current", StoredDeployment(3, doc(3)["deployment"], {"pilot": pinned("reg.local/pilot:1")},
                                                         100.0))
     rig = await Rig(config, db).start()
@@ -586,6 +590,25 @@ async def test_the_commit_is_one_transaction(rig: Rig, monkeypatch: pytest.Monke
     await rig.until(lambda: (rig.entry(2) or {}).get("code") == "store_failed", "store_failed reported")
     assert rig.state(2) == "verifying"
     assert tables() == before
+    assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
+    assert [d.version for d in rig.reconciler.activated] == [1]
+
+
+async def test_the_commit_is_one_transaction_up_to_its_last_write(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stores write through sqlite-utils: its writes join the commit's transaction (as
+    savepoints), so a failure after the key rotation and the status rows undoes them too."""
+    await accept(rig, signed(1), 1)
+    rig.deployments.set_restart("pilot", RestartState(2, 5.0, 2))
+    before = list(rig.db.iterdump())
+
+    def disk_error(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(type(rig.manager.store), "_prune", disk_error)  # the commit's last step
+    rig.manager.submit(signed(2, "reg.local/pilot:2", rotate_to=[pem(NEW)]))
+    await rig.until(lambda: (rig.entry(2) or {}).get("code") == "store_failed", "store_failed reported")
+    assert list(rig.db.iterdump()) == before
+    assert not rig.db.in_transaction
     assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
     assert [d.version for d in rig.reconciler.activated] == [1]
 

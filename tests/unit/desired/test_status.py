@@ -201,3 +201,36 @@ def test_not_reported_yet(section: Any) -> None:
 def test_unknown_state_from_a_newer_agent_is_pending() -> None:
     section = {"versions": {"5": {"state": "hibernating", "digest": DIGEST}}}
     assert wait_outcome(section, 5, DIGEST, "good") == ("pending", "unknown state 'hibernating'")
+
+
+# ------------------------------------------------- a document that names an agent release
+
+
+@pytest.mark.parametrize(
+    ("update", "expected"),
+    [
+        ({"running": "1.1", "wanted": "1.1", "state": "idle"}, ("reached", "good; agent 1.1 runs")),
+        ({"running": "1.0", "wanted": "1.1", "state": "installing", "detail": "agent 1.1 from x"},
+         ("pending", "good; agent update to 1.1: installing (agent 1.1 from x)")),
+        ({}, ("pending", "good; agent update to 1.1: not reported")),
+        ({"running": "1.0", "wanted": "1.1", "state": "refused", "detail": "agent 1.1: rolled back before: crash"},
+         ("failed", "agent update refused: agent 1.1: rolled back before: crash")),
+        ({"running": "1.0", "wanted": "1.1", "state": "idle",
+          "last": {"result": "rolled_back", "version": "1.1", "reason": "not confirmed within 300s"}},
+         ("failed", "agent 1.1 rolled_back: not confirmed within 300s")),
+        # An older roll-back of another version says nothing about this one.
+        ({"running": "1.0", "wanted": "1.1", "state": "restarting",
+          "last": {"result": "rolled_back", "version": "0.9", "reason": "x"}},
+         ("pending", "good; agent update to 1.1: restarting")),
+    ],
+)
+def test_good_waits_for_the_agent_release_the_document_names(update: dict, expected: tuple[str, str]) -> None:  # type: ignore[type-arg]
+    assert wait_outcome(section_with(S.GOOD), 5, DIGEST, "good", agent="1.1", agent_update=update) == expected
+
+
+def test_the_agent_release_matters_only_for_good() -> None:
+    update = {"running": "1.0", "wanted": "1.1", "state": "refused", "detail": "x"}
+    running = wait_outcome(section_with(S.PROBATION), 5, DIGEST, "running", agent="1.1", agent_update=update)
+    assert running[0] == "reached"
+    assert wait_outcome(section_with(S.GOOD), 5, DIGEST, "good", agent=None, agent_update=update)[0] == "reached"
+    assert wait_outcome(section_with(S.PROBATION), 5, DIGEST, "good", agent="1.1", agent_update=update)[0] == "pending"

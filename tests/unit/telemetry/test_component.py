@@ -76,3 +76,31 @@ async def test_lifecycle_api_and_upload(tmp_path: Path) -> None:
         await asyncio.gather(runner, return_exceptions=True)
     assert not comp.ingest_socket_path("other").exists(), "sockets are removed when the agent stops"
     assert comp.ingest_mount_dir("other").exists(), "but directories stay for running containers"
+
+
+async def test_records_carry_the_deployment_version_their_module_was_started_for(tmp_path: Path) -> None:
+    pub = FakePublisher()
+    reported = ReportedState()
+    comp = TelemetryComponent(config(tmp_path), reported, None, publisher=pub)
+    await comp.start()
+    runner = asyncio.create_task(comp.run())
+    try:
+        # "fixed" was adopted (no start by this agent run): the device's current deployment, if any.
+        path = comp.ingest_socket_path("fixed")
+        assert (await send(path, {"stream": "s", "payload": {"n": 0}}))[0]["ok"]
+        reported.set("deployment", {"current": 4})
+        assert (await send(path, {"stream": "s", "payload": {"n": 1}}))[0]["ok"]
+        # Started for version 5 while 4 is still current (an update in progress): 5.
+        await comp.before_start("fixed", "img", 5)
+        assert (await send(path, {"stream": "s", "payload": {"n": 2}}))[0]["ok"]
+        reported.set("deployment", {"current": 6})  # current moved on, the container did not restart
+        assert (await send(path, {"stream": "s", "payload": {"n": 3}}))[0]["ok"]
+        async with asyncio.timeout(10):
+            while comp.queue.depth:
+                await asyncio.sleep(0.02)
+        sent = [r for _, doc in pub.sent for r in doc["records"]]
+        assert [(r["payload"]["n"], r.get("deployment")) for r in sent] == [(0, None), (1, 4), (2, 5), (3, 5)]
+        assert "deployment" not in sent[0]  # unknown: absent, not null
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

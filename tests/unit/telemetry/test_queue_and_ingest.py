@@ -211,3 +211,27 @@ async def test_closing_the_socket_with_a_client_connected_logs_no_asyncio_error(
     for _ in range(5):
         await asyncio.sleep(0)
     assert errors == []
+
+
+def test_deployment_version_is_stored_and_uploaded(tmp_path: Path) -> None:
+    from edge_agent.telemetry.uplink import decode_batch, encode_batch
+
+    q = make_queue(tmp_path)
+    base = rec("s", {"i": 0})
+    q.append([base, NewRecord("m", "s", 5, None, b'{"i":1}', deployment=7)])
+    stored = q.read_batch("s", 0, 10, 1 << 20)
+    assert [r.deployment for r in stored] == [None, 7]
+    doc = decode_batch(*encode_batch("dev1", "s", stored, compress=False))
+    assert "deployment" not in doc["records"][0] and doc["records"][1]["deployment"] == 7
+    assert doc["records"][1]["payload"] == {"i": 1}
+
+
+def test_a_queue_from_an_older_agent_gets_the_deployment_column(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    q.append([rec("s", {"old": True})])
+    q.close()
+    with sqlite3.connect(tmp_path / "t.db") as db:  # as an agent before the column wrote it
+        db.execute("ALTER TABLE records DROP COLUMN deployment")
+    q = make_queue(tmp_path)
+    q.append([NewRecord("m", "s", 5, None, b"{}", deployment=3)])
+    assert [r.deployment for r in q.read_batch("s", 0, 10, 1 << 20)] == [None, 3]
