@@ -70,6 +70,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.selfupdate.component import SelfUpdateComponent
     from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
+    from edge_agent.trust.origins import ImageOrigins
     from edge_agent.twin.component import TwinComponent
 
     trust = TrustComponent(ctx.config, ctx.db)
@@ -100,6 +101,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
         desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
+        origins=ImageOrigins(ctx.db),
     )
     desired.attach(deployment)
     selfupdate = SelfUpdateComponent(
