@@ -1,0 +1,62 @@
+"""A signed multi-arch image (an OCI index of linux/amd64 and linux/arm64, built and pushed with
+podman manifest) deployed to the real agent configured as linux/amd64: the container runs the
+amd64 platform digest, and the reported modules section says which platform digest runs, from
+which index. Pinning the index digest in the deployment gives the same."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.infra.multiarch import build_multiarch
+from tests.infra.podman import podman
+
+from .conftest import Device
+
+
+def app(reported: dict[str, Any]) -> dict[str, Any]:
+    return dict((reported.get("modules") or {}).get("app") or {})
+
+
+def with_platform(device: Device, platform: str) -> None:
+    text = device.config_text.replace(f'id = "{device.id}"\n', f'id = "{device.id}"\nplatform = "{platform}"\n', 1)
+    assert text != device.config_text
+    device.agent.config_path.write_text(text)
+
+
+async def test_amd64_agent_runs_the_amd64_digest_of_a_signed_index(device: Device) -> None:
+    host = device.registry.host
+    image = build_multiarch(host, f"dp/{device.run}-multi", "v1", device.base_image,
+                            local_prefix=f"localhost/dp-{device.run}-multi")
+    signed = device.edgectl("sign-image", image.reference, "--key", str(device.keys / "image.key"),
+                            "--insecure-registry", host)
+    assert signed.returncode == 0, signed.stderr
+    with_platform(device, "linux/amd64")
+    device.agent.start()
+
+    ok = await asyncio.to_thread(device.deploy, device.manifest(image.reference), "--wait", "90", "--until", "running")
+    assert ok.returncode == 0, ok.stderr + device.agent.log()[-3000:]
+    reported = await device.wait_reported(lambda r: app(r).get("runtimeStatus") == "running", "app running")
+    entry = app(reported)
+    assert (entry["image"], entry["digest"], entry["indexDigest"], entry["platform"]) == (
+        image.reference, image.digests["amd64"], image.index_digest, "linux/amd64"
+    ), entry
+    running = device.containers()["app"]
+    assert running[1] == image.pinned("amd64") and running[2] != "not running"
+    arch = podman("image", "inspect", "--format", "{{.Architecture}}", image.pinned("amd64")).stdout.strip()
+    assert arch == "amd64"
+    assert podman("exec", running[0], "cat", "/marker").stdout.strip() != ""
+
+    # version 2 pins the index digest: the same platform digest runs
+    pinned = device.manifest(image.pinned("index"), "pinned-index")
+    ok = await asyncio.to_thread(device.deploy, pinned, "--wait", "90", "--until", "running")
+    assert ok.returncode == 0, ok.stderr + device.agent.log()[-3000:]
+    reported = await device.wait_reported(
+        lambda r: app(r).get("image") == image.pinned("index") and app(r).get("runtimeStatus") == "running",
+        "version 2 running",
+    )
+    entry = app(reported)
+    assert (entry["digest"], entry["indexDigest"], entry["platform"]) == (
+        image.digests["amd64"], image.index_digest, "linux/amd64"
+    ), entry
+    assert device.containers()["app"][1] == image.pinned("amd64")
