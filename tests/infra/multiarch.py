@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,20 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _podman(*args, check=check)
     except subprocess.CalledProcessError as exc:
         raise AssertionError(f"podman {' '.join(args)} failed ({exc.returncode}): {exc.stderr}") from None
+
+BINFMT_AARCH64 = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+
+
+def arm64_busybox() -> Path:
+    """The arm64 busybox scripts/install-deps.sh fetched (Debian's busybox-static:arm64), after
+    checking that arm64 binaries run here (qemu-user-static's binfmt handler is enabled)."""
+    path = Path(sys.prefix) / "share" / "arm64" / "busybox"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: run scripts/install-deps.sh (it fetches busybox-static:arm64)")
+    if not BINFMT_AARCH64.is_file() or "enabled" not in BINFMT_AARCH64.read_text():
+        raise RuntimeError(f"{BINFMT_AARCH64} is not enabled: run scripts/install-deps.sh (qemu-user-static)")
+    return path
+
 
 ARM64_APPLETS = ("sh", "sleep", "cat", "echo", "uname", "true", "date", "ls")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.infra.multiarch import build_multiarch
+from tests.infra.multiarch import arm64_busybox, build_multiarch
 from tests.infra.podman import podman
 
 from .conftest import Device
@@ -60,3 +60,30 @@ async def test_amd64_agent_runs_the_amd64_digest_of_a_signed_index(device: Devic
         image.digests["amd64"], image.index_digest, "linux/amd64"
     ), entry
     assert device.containers()["app"][1] == image.pinned("amd64")
+
+
+async def test_arm64_agent_runs_the_arm64_digest_under_emulation(device: Device) -> None:
+    """The same kind of index deployed to an agent configured as linux/arm64: the container runs
+    the arm64 manifest (an arm64 busybox, executed through qemu-user-static's binfmt handler)."""
+    host = device.registry.host
+    image = build_multiarch(host, f"dp/{device.run}-multi", "v1", device.base_image,
+                            arm64_busybox=arm64_busybox(), local_prefix=f"localhost/dp-{device.run}-multi")
+    signed = device.edgectl("sign-image", image.reference, "--key", str(device.keys / "image.key"),
+                            "--insecure-registry", host)
+    assert signed.returncode == 0, signed.stderr
+    with_platform(device, "linux/arm64")
+    device.agent.start()
+
+    ok = await asyncio.to_thread(device.deploy, device.manifest(image.reference), "--wait", "100", "--until", "running")
+    assert ok.returncode == 0, ok.stderr + device.agent.log()[-3000:]
+    reported = await device.wait_reported(lambda r: app(r).get("runtimeStatus") == "running", "app running", 60)
+    entry = app(reported)
+    assert (entry["digest"], entry["indexDigest"], entry["platform"]) == (
+        image.digests["arm64"], image.index_digest, "linux/arm64/v8"
+    ), entry
+    running = device.containers()["app"]
+    assert running[1] == image.pinned("arm64") and running[2] != "not running"
+    arch = podman("image", "inspect", "--format", "{{.Architecture}}", image.pinned("arm64")).stdout.strip()
+    assert arch == "arm64"
+    assert podman("exec", running[0], "uname", "-m").stdout.strip() == "aarch64"
+    assert podman("exec", running[0], "cat", "/marker").stdout.strip() != ""
