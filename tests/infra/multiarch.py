@@ -8,6 +8,7 @@ emulation), else only a marker file (enough for resolution and signatures)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.trust.platforms import is_index, parse_index
+from edge_agent.trust.platforms import OCI_INDEX, is_index, parse_index
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from tests.infra.podman import podman as _podman
 
@@ -112,3 +113,17 @@ def build_multiarch(
     digests = {e.platform.architecture: e.digest for e in parse_index(top.body) if e.platform is not None}
     assert set(digests) == {"amd64", "arm64"}, digests
     return MultiArch(reference, ref.repository, top.digest, digests)
+
+
+def forge_index(registry_host: str, image: MultiArch, arm64_digest: str, tag: str) -> str:
+    """Push, under `tag`, a copy of the image's index whose arm64 entry names `arm64_digest` (a
+    manifest in the same repository) instead: what someone who can push but not sign could do.
+    Returns the new index's digest."""
+    client = RegistryClient(RegistrySettings(insecure_registries=frozenset({registry_host})))
+    ref = parse_reference(image.reference)
+    doc = json.loads(client.get_manifest(ref, image.index_digest).body)
+    replacement = client.get_manifest(ref, arm64_digest)
+    for entry in doc["manifests"]:
+        if entry.get("platform", {}).get("architecture") == "arm64":
+            entry.update(digest=replacement.digest, size=len(replacement.body), mediaType=replacement.media_type)
+    return client.put_manifest(ref, tag, json.dumps(doc).encode(), OCI_INDEX)

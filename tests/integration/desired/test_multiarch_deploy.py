@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.infra.multiarch import arm64_busybox, build_multiarch
+from tests.infra.multiarch import arm64_busybox, build_multiarch, forge_index
 from tests.infra.podman import podman
 
 from .conftest import Device
@@ -62,9 +62,12 @@ async def test_amd64_agent_runs_the_amd64_digest_of_a_signed_index(device: Devic
     assert device.containers()["app"][1] == image.pinned("amd64")
 
 
-async def test_arm64_agent_runs_the_arm64_digest_under_emulation(device: Device) -> None:
+async def test_arm64_agent_runs_the_arm64_digest_under_emulation_and_refuses_a_replaced_entry(
+    device: Device,
+) -> None:
     """The same kind of index deployed to an agent configured as linux/arm64: the container runs
-    the arm64 manifest (an arm64 busybox, executed through qemu-user-static's binfmt handler)."""
+    the arm64 manifest (an arm64 busybox, executed through qemu-user-static's binfmt handler).
+    An index re-pushed with its arm64 entry replaced is refused there, and still runs on amd64."""
     host = device.registry.host
     image = build_multiarch(host, f"dp/{device.run}-multi", "v1", device.base_image,
                             arm64_busybox=arm64_busybox(), local_prefix=f"localhost/dp-{device.run}-multi")
@@ -87,3 +90,37 @@ async def test_arm64_agent_runs_the_arm64_digest_under_emulation(device: Device)
     assert arch == "arm64"
     assert podman("exec", running[0], "uname", "-m").stdout.strip() == "aarch64"
     assert podman("exec", running[0], "cat", "/marker").stdout.strip() != ""
+
+    # Someone who can push but not sign replaces the arm64 entry (tag v2: the amd64 entry kept).
+    intruder = build_multiarch(host, f"dp/{device.run}-multi", "intruder", device.base_image,
+                               arm64_busybox=arm64_busybox(), marker="intruder",
+                               local_prefix=f"localhost/dp-{device.run}-multi")
+    forged_digest = forge_index(host, image, intruder.digests["arm64"], "v2")
+    forged = f"{image.repository}:v2"
+    refused = await asyncio.to_thread(device.deploy, device.manifest(forged, "forged"), "--wait", "100")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    reported = await device.wait_reported(
+        lambda r: (r.get("deployment") or {}).get("versions", {}).get("2", {}).get("state") == "rejected",
+        "version 2 rejected",
+    )
+    status = reported["deployment"]["versions"]["2"]
+    assert (status["code"], status["module"]) == ("unsigned", "app"), status
+    assert device.containers()["app"] == running  # the arm64 module of version 1 runs on, untouched
+    assert app(reported)["digest"] == image.digests["arm64"]
+
+    # The same device as linux/amd64 (restarted with that platform) takes the forged tag: its
+    # amd64 entry is the signed amd64 manifest.
+    device.agent.stop()
+    with_platform(device, "linux/amd64")
+    device.agent.start()
+    ok = await asyncio.to_thread(device.deploy, device.manifest(forged, "forged-amd64"), "--wait", "100",
+                                 "--until", "running")
+    assert ok.returncode == 0, ok.stderr + device.agent.log()[-3000:]
+    reported = await device.wait_reported(
+        lambda r: app(r).get("image") == forged and app(r).get("runtimeStatus") == "running", "amd64 running"
+    )
+    entry = app(reported)
+    assert (entry["digest"], entry["indexDigest"], entry["platform"]) == (
+        image.digests["amd64"], forged_digest, "linux/amd64"
+    ), entry
+    assert device.containers()["app"][1] == image.pinned("amd64")
