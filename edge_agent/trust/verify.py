@@ -67,6 +67,11 @@ _REGISTRY_CODES = {
 }
 
 
+def via_index(fingerprint: str, index_digest: str) -> str:
+    """The cache's policy key of a verdict reached through a signature on `index_digest`."""
+    return f"{fingerprint} via {index_digest}"
+
+
 class LocalImages(Protocol):
     async def image_id(self, repository: str, digest: str) -> str | None:
         """The local image id (64 hex) stored for repository@digest, or None if not pulled."""
@@ -145,7 +150,7 @@ class CosignVerifier:
             return VerifiedImage(reference, ref.repository, digest, "off", None, index_digest, platform)
 
         fingerprint = policy.fingerprint()
-        cached = self.cache.lookup(ref.repository, digest, fingerprint) if self.cache else None
+        cached = self._cached(ref.repository, digest, fingerprint, index_digest)
         if cached is not None:
             await self._check_local(reference, ref, cached.image_ids, digest)
             return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer, index_digest, platform)
@@ -180,7 +185,10 @@ class CosignVerifier:
         image_ids = await run_blocking(self._image_ids, ref, manifest)
         await self._check_local(reference, ref, image_ids, digest)
         if self.cache is not None:
-            self.cache.store(ref.repository, digest, fingerprint, outcome.key.key_id, image_ids)
+            # A verdict reached through the index is kept for that index only: the platform
+            # digest pinned alone needs its own signature, also after it ran through an index.
+            key = fingerprint if signed == digest else via_index(fingerprint, signed)
+            self.cache.store(ref.repository, digest, key, outcome.key.key_id, image_ids)
         log.info(
             "image verified (%s signature on %s, key %s)",
             outcome.format,
@@ -232,11 +240,13 @@ class CosignVerifier:
         local = await self._local_id(ref, digest)
         if local is None:
             raise ImageRejected(reference, "registry_unreachable", reason)
-        origin = self.origins.lookup(f"{ref.repository}@{digest}") if self.origins is not None else None
+        # A reference that named the platform digest itself had no index; a tag or a pinned index
+        # digest resolved through one (the one recorded when it was last resolved).
+        origin = self.origins.lookup(f"{ref.repository}@{digest}") if self.origins and ref.digest != digest else None
         index_digest, platform = (origin.index_digest, origin.platform) if origin else (None, None)
         if policy.mode == "off":
             return VerifiedImage(reference, ref.repository, digest, "off", None, index_digest, platform)
-        cached: CachedVerdict | None = self.cache.lookup(ref.repository, digest, policy.fingerprint())
+        cached = self._cached(ref.repository, digest, policy.fingerprint(), index_digest)
         if cached is None:
             if policy.mode == "warn":
                 return VerifiedImage(reference, ref.repository, digest, "warn", None, index_digest, platform)
@@ -247,6 +257,15 @@ class CosignVerifier:
             extra={"EVENT": "trust.verified_offline", "IMAGE": reference, "DIGEST": digest},
         )
         return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer, index_digest, platform)
+
+    def _cached(self, repository: str, digest: str, fingerprint: str, index_digest: str | None) -> CachedVerdict | None:
+        """The verdict for the digest's own signature, else (picked from an index) the index's."""
+        if self.cache is None:
+            return None
+        own = self.cache.lookup(repository, digest, fingerprint)
+        if own is not None or index_digest is None:
+            return own
+        return self.cache.lookup(repository, digest, via_index(fingerprint, index_digest))
 
     async def _check_local(self, reference: str, ref: ImageRef, image_ids: frozenset[str], digest: str) -> None:
         if self.local_images is None or not image_ids:

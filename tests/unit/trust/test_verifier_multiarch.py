@@ -153,10 +153,17 @@ async def test_platform_signature_alone_is_enough(tmp_path: Path) -> None:
 
 
 async def test_index_signature_does_not_cover_a_platform_digest_pinned_alone(tmp_path: Path) -> None:
-    """Pinned by its own digest, a platform manifest has no index to vouch for it."""
-    verifier, registry, _ = make(tmp_path, "linux/arm64")
+    """Pinned by its own digest, a platform manifest has no index to vouch for it, also after it
+    was verified through the index (that verdict is cached for the index route only)."""
+    verifier, registry, local = make(tmp_path, "linux/arm64")
     registry.sign(D_INDEX)
     assert await code_of(verifier, f"{REPO}@{D_ARM64}") == "unsigned"
+    assert (await verifier.verify(f"{REPO}:1")).digest == D_ARM64
+    assert await code_of(verifier, f"{REPO}@{D_ARM64}") == "unsigned"
+    registry.down = True
+    local.ids[f"{REPO}@{D_ARM64}"] = ARM64_ID
+    assert (await verifier.verify(f"{REPO}:1")).digest == D_ARM64  # offline by tag: through the index
+    assert await code_of(verifier, f"{REPO}@{D_ARM64}") == "registry_unreachable"  # never verified alone
 
 
 async def test_unsigned_and_wrongly_signed(tmp_path: Path) -> None:
