@@ -67,9 +67,11 @@ def build_multiarch(
     arm64_busybox: Path | None = None,
     script: str | None = None,
     local_prefix: str = "localhost/multiarch-test",
+    list_format: str = "oci",
 ) -> MultiArch:
     """Build, push (`podman manifest push --all`, OCI index) and return the digests the registry
-    holds. Local images and the local list are removed again; `local_prefix` names them."""
+    holds. Local images and the local list are removed again; `local_prefix` names them.
+    `list_format` "v2s2" pushes a Docker manifest list of Docker image manifests instead."""
     run = uuid.uuid4().hex[:8]
     marker = marker or run
     amd64, arm64, listed = f"{local_prefix}-amd64:{run}", f"{local_prefix}-arm64:{run}", f"{local_prefix}-list:{run}"
@@ -101,7 +103,7 @@ def build_multiarch(
         podman("manifest", "create", listed)
         podman("manifest", "add", listed, f"containers-storage:{amd64}")
         podman("manifest", "add", "--arch", "arm64", "--variant", "v8", listed, f"containers-storage:{arm64}")
-        podman("manifest", "push", "--all", "--format", "oci", "--tls-verify=false", "-q", listed,
+        podman("manifest", "push", "--all", "--format", list_format, "--tls-verify=false", "-q", listed,
                f"docker://{reference}")
     finally:
         podman("manifest", "rm", listed, check=False)

@@ -15,14 +15,14 @@ import pytest
 
 from edge_agent.trust import keys as trust_keys
 from edge_agent.trust.api import ImageRejected
-from edge_agent.trust.cosign import OCI_MANIFEST
-from edge_agent.trust.platforms import OCI_INDEX, parse_platform
+from edge_agent.trust.platforms import DOCKER_LIST, parse_platform
+from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
-from tests.infra.multiarch import MultiArch, build_multiarch
+from tests.infra.multiarch import MultiArch, build_multiarch, forge_index
 from tests.infra.podman import podman
-from tests.integration.trust.conftest import ImageFactory, KeyPair
+from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 from tests.integration.trust.faults import TruncatingProxy
 
 REPO = Path(__file__).resolve().parents[3]
@@ -43,14 +43,12 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
 
 
-def build(images: ImageFactory, stem: str) -> MultiArch:
+def build(images: ImageFactory, stem: str, list_format: str = "oci") -> MultiArch:
     return build_multiarch(images.registry.host, f"trust-test/{images.unique(stem)}", "1", images.base,
-                           local_prefix="localhost/trust-test-multiarch")
+                           local_prefix="localhost/trust-test-multiarch", list_format=list_format)
 
 
 def verifier(host: str, platform: str, pub: Path, registry_host: str | None = None) -> CosignVerifier:
-    from edge_agent.trust.policy import ScopePolicy
-
     policy = ScopePolicy(host, "enforce", (trust_keys.load_public_key(pub),), {})
     client = RegistryClient(RegistrySettings(insecure_registries=frozenset({registry_host or host})))
     return CosignVerifier([policy], client, platform=parse_platform(platform))
@@ -132,17 +130,9 @@ async def test_replaced_arm64_entry_refused_while_amd64_still_runs(
         sign_image_legacy(registry_client, ref, signer.private, digest=digest)
     other = build_multiarch(images.registry.host, ref.path.removeprefix(f"{ref.registry}/"), "other", images.base,
                             marker="intruder", local_prefix="localhost/trust-test-multiarch")
-    top = json.loads(registry_client.get_manifest(ref).body)
-    for entry in top["manifests"]:
-        if entry["platform"]["architecture"] == "arm64":
-            forged_child = registry_client.get_manifest(ref, other.digests["arm64"])
-            entry.update(digest=forged_child.digest, size=len(forged_child.body))
-    forged = json.dumps(top).encode()
-    registry_client.put_manifest(ref, "1", forged, OCI_INDEX)
+    forged = forge_index(images.registry.host, image, other.digests["arm64"], "1")  # the same tag
 
     host = images.registry.host
-    from tests.integration.trust.conftest import verifier_for
-
     arm64 = verifier_for(host, [signer.public])
     arm64.platform = parse_platform("linux/arm64")
     with pytest.raises(ImageRejected) as info:
@@ -152,7 +142,7 @@ async def test_replaced_arm64_entry_refused_while_amd64_still_runs(
     amd64.platform = parse_platform("linux/amd64")
     verified = await amd64.verify(image.reference)
     assert (verified.digest, verified.signer) == (image.digests["amd64"], signer.public.key_id)
-    assert verified.index_digest != image.index_digest  # the forged index: not signed, not needed
+    assert verified.index_digest == forged  # the forged index: not signed, not needed
     # and it runs: pulled and started by the platform digest with real podman
     container = f"trust-test-{images.unique('multiarch-amd64')}"
     cleanup_containers.append(container)
@@ -183,8 +173,6 @@ async def test_arm64_manifest_bytes_not_matching_the_index_refused_amd64_verifie
         proxied = f"{proxy.host}/{ref.path}:1"
         # the index only, for the name the device uses (through the proxy)
         sign_image_legacy(registry_client, ref, signer.private, docker_reference=parse_reference(proxied).repository)
-        from tests.integration.trust.conftest import verifier_for
-
         for platform, expected in (("linux/arm64", None), ("linux/amd64", image.digests["amd64"])):
             v = verifier_for(proxy.host, [signer.public])
             v.platform = parse_platform(platform)
@@ -195,4 +183,24 @@ async def test_arm64_manifest_bytes_not_matching_the_index_refused_amd64_verifie
             else:
                 verified = await v.verify(proxied)
                 assert (verified.digest, verified.index_digest) == (expected, image.index_digest)
-    assert OCI_MANIFEST  # the platform entries podman pushed are OCI image manifests
+
+
+async def test_docker_manifest_list_resolves_like_an_oci_index(
+    images: ImageFactory, signer: KeyPair, registry_client: RegistryClient
+) -> None:
+    image = build(images, "dockerlist", list_format="v2s2")
+    ref = parse_reference(image.reference)
+    top = registry_client.get_manifest(ref)
+    assert top.media_type == DOCKER_LIST
+    child = registry_client.get_manifest(ref, image.digests["arm64"])
+    assert child.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    sign_image_legacy(registry_client, ref, signer.private, digest=image.digests["arm64"])
+    arm64 = verifier_for(images.registry.host, [signer.public])
+    arm64.platform = parse_platform("linux/arm64")
+    verified = await arm64.verify(image.reference)
+    assert (verified.digest, verified.index_digest) == (image.digests["arm64"], image.index_digest)
+    amd64 = verifier_for(images.registry.host, [signer.public])
+    amd64.platform = parse_platform("linux/amd64")
+    with pytest.raises(ImageRejected) as info:  # only arm64 was signed
+        await amd64.verify(image.reference)
+    assert info.value.code == "unsigned"
