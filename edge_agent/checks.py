@@ -292,6 +292,27 @@ def check_trust(config: AgentConfig) -> CheckResult:
     return CheckResult("trust policy", "pass", detail)
 
 
+def check_platform(config: AgentConfig) -> CheckResult:
+    """The platform picked from multi-arch images; warns when [device] platform is not what this
+    machine is (its images then need emulation: qemu-user-static with binfmt_misc)."""
+    import platform as py_platform
+
+    from edge_agent.trust.factory import device_platform
+    from edge_agent.trust.platforms import compatible, host_platform
+
+    chosen = device_platform(config)
+    host = host_platform(py_platform.machine(), py_platform.system()).normalized()
+    if config.device.platform is None:
+        return CheckResult("image platform", "pass", f"{chosen} (this machine's)")
+    detail = f"{chosen} ([device] platform; this machine is {host})"
+    if chosen.normalized() not in compatible(host):
+        return CheckResult(
+            "image platform", "warn", detail,
+            "multi-arch images run their " + str(chosen) + " image here only under emulation (qemu-user-static)",
+        )
+    return CheckResult("image platform", "pass", detail)
+
+
 def _rotated_document_keys(config: AgentConfig) -> str:
     import sqlite3
 
@@ -351,6 +372,7 @@ CHECKS: list[CheckFn] = [
     check_clock,
     check_secrets_private,
     check_trust,
+    check_platform,
     check_local_deploy,
     check_agent_updates,
     check_broker,

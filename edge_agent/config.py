@@ -145,6 +145,23 @@ class DeviceSection(Section):
         default_factory=dict,
         description="a table of labels, key = \"value\" (at most 64)",
     )
+    platform: str | None = Field(
+        default=None,
+        description="the OCI platform picked from multi-arch images, os/architecture[/variant] "
+        "(e.g. linux/arm64); default: this machine's",
+    )
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from edge_agent.trust.platforms import parse_platform
+
+        try:
+            return str(parse_platform(value))
+        except ValueError as exc:
+            raise PydanticCustomError("platform", "{problem}", {"problem": str(exc)}) from None
 
     @field_validator("labels")
     @classmethod

@@ -74,6 +74,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.telemetry.component import TelemetryComponent
     from edge_agent.trust.component import TrustComponent
     from edge_agent.trust.factory import registry_settings
+    from edge_agent.trust.origins import ImageOrigins
     from edge_agent.trust.registry import RegistryClient
     from edge_agent.twin.component import TwinComponent
 
@@ -114,6 +115,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
         artifacts=artifacts,
+        origins=ImageOrigins(ctx.db),
     )
     desired.attach(deployment)
     selfupdate = SelfUpdateComponent(

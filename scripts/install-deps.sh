@@ -12,16 +12,17 @@ APT_PACKAGES=(
   docker-registry                                  # local OCI registry
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config  # software TPM; libtss2-dev builds tpm2-pytss
   busybox-static debootstrap                       # tiny test images and the local Debian base image
+  qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
   systemd openssl iproute2 ca-certificates gcc python3-dev
 )
 
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
@@ -31,6 +32,33 @@ py=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
   echo "creating $venv"
   "$py" -m venv "$venv"
+fi
+
+# linux/arm64 under emulation: qemu-user-static's aarch64 handler registered with binfmt_misc
+# (mounted first where it is not), and an arm64 busybox for the arm64 test images, from
+# Debian's busybox-static:arm64 (tests/infra/multiarch.py).
+binfmt=/proc/sys/fs/binfmt_misc
+if [ ! -e "$binfmt/qemu-aarch64" ]; then
+  echo "registering the qemu-aarch64 binfmt handler"
+  # Not fatal here (everything else still installs); the arm64 tests then fail saying this.
+  { [ -e "$binfmt/register" ] || $SUDO mount -t binfmt_misc binfmt_misc "$binfmt"; } \
+    && $SUDO update-binfmts --enable qemu-aarch64 \
+    || echo "WARNING: cannot register qemu-aarch64 with binfmt_misc (a privileged machine is needed):" \
+      "arm64 images will not run here" >&2
+fi
+arm64_busybox="$venv/share/arm64/busybox"
+if [ ! -x "$arm64_busybox" ]; then
+  echo "fetching busybox-static:arm64"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64
+    $SUDO apt-get update -q
+  fi
+  deb_dir=$(mktemp -d)
+  (cd "$deb_dir" && apt-get download -q busybox-static:arm64 2>/dev/null)
+  dpkg-deb -x "$deb_dir"/busybox-static_*_arm64.deb "$deb_dir/root"
+  mkdir -p "$(dirname "$arm64_busybox")"
+  cp "$deb_dir/root/bin/busybox" "$arm64_busybox"
+  rm -rf "$deb_dir"
 fi
 # Reinstall when what we install from changed, or when the install is not really there: the stamp
 # alone is not proof (a `pip --prefix`, `pip uninstall` or a moved checkout leaves it in place).

@@ -43,6 +43,7 @@ from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.retry import Retries
 from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
+from edge_agent.trust.origins import ImageOrigins
 from edge_agent.trust.passthrough import PassthroughVerifier
 
 log = get_logger(__name__)
@@ -107,10 +108,12 @@ class DeploymentComponent(BaseComponent):
         clock: Callable[[], float] = time.time,
         hooks: Sequence[ModuleHooks] = (),
         artifacts: ModuleArtifacts | None = None,
+        origins: ImageOrigins | None = None,
     ) -> None:
         # Artifacts are mounted like the other hooks' additions; they are placed by every pass.
         self.artifacts = artifacts
         self.hooks = tuple(hooks) + ((artifacts,) if artifacts is not None else ())
+        self.origins = origins  # which multi-arch index a pinned platform digest came from
         self.store = store
         self.reported = reported
         self.runtime = runtime
@@ -520,6 +523,7 @@ class DeploymentComponent(BaseComponent):
             entry: dict[str, Any] = {
                 "image": m.spec.image,
                 "digest": m.image.split("@", 1)[1],
+                **self._origin(m.image),
                 "desiredStatus": m.spec.status,
                 "restartPolicy": m.spec.restart_policy,
                 "restartCount": restart.total,
@@ -542,6 +546,11 @@ class DeploymentComponent(BaseComponent):
                     entry["moduleReport"] = uses
             modules[m.name] = entry
         self.reported.set("modules", modules)
+
+    def _origin(self, image: str) -> dict[str, str]:
+        """indexDigest and platform when the pinned digest was picked from a multi-arch index."""
+        origin = self.origins.lookup(image) if self.origins is not None else None
+        return {"indexDigest": origin.index_digest, "platform": origin.platform} if origin else {}
 
     def _report_unknown(self, error: str) -> None:
         """Podman does not answer: what the modules do is unknown, and the report says so rather

@@ -32,9 +32,10 @@ from edge_agent.trust.keys import (
     public_key_pem,
     write_key_pair,
 )
+from edge_agent.trust.platforms import Platform, is_index, parse_index, parse_platform
 from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
-from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
+from edge_agent.trust.signing import digests_to_sign, sign_image_bundle, sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
 
 PASSWORD_ENVS = ("EDGECTL_KEY_PASSWORD", "COSIGN_PASSWORD")
@@ -90,6 +91,13 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     si.add_argument("--bundle", action="store_true", help="push a cosign v3 Sigstore bundle (OCI referrer) instead")
     si.add_argument("--both", action="store_true", help="push both the legacy signature and a v3 bundle")
     si.add_argument("-a", "--annotation", action="append", default=[], metavar="KEY=VALUE")
+    si.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="for a multi-arch image (index), sign each platform manifest too, like cosign --recursive "
+        "(default; --no-recursive signs only the index)",
+    )
     _registry_options(si)
 
     vi = sub.add_parser("verify-image", help="verify an image's signature like the device does")
@@ -97,6 +105,11 @@ def add_trust_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     vi.add_argument("--key", type=Path, action="append", required=True, help="cosign.pub (repeatable)")
     vi.add_argument(
         "-a", "--annotation", action="append", default=[], metavar="KEY=VALUE", help="required annotation (repeatable)"
+    )
+    vi.add_argument(
+        "--platform",
+        help="os/architecture[/variant] to verify from a multi-arch image, as a device of that platform does "
+        "(default: every platform the index lists; a plain image has just one)",
     )
     _registry_options(vi)
 
@@ -270,10 +283,11 @@ def _run(args: argparse.Namespace) -> int:
         client = _client(args, ref.registry)
         annotations = _annotations(args.annotation)
         results = []
-        if args.both or not args.bundle:
-            results.append(sign_image_legacy(client, ref, key, annotations))
-        if args.both or args.bundle:
-            results.append(sign_image_bundle(client, ref, key, annotations))
+        for digest in digests_to_sign(client, ref, args.recursive):
+            if args.both or not args.bundle:
+                results.append(sign_image_legacy(client, ref, key, annotations, digest=digest))
+            if args.both or args.bundle:
+                results.append(sign_image_bundle(client, ref, key, annotations, digest=digest))
         for r in results:
             print(f"signed {ref.repository}@{r.digest} ({r.format}: {r.tag_or_digest})")
         return 0
@@ -283,14 +297,28 @@ def _run(args: argparse.Namespace) -> int:
         ref = parse_reference(args.reference)
         keys = tuple(load_public_key(p) for p in args.key)
         policy = ScopePolicy(ref.repository, "enforce", keys, _annotations(args.annotation))
-        verifier = CosignVerifier([policy], _client(args, ref.registry))
-        try:
-            verified = asyncio.run(verifier.verify(args.reference))
-        except ImageRejected as exc:
-            print(f"REFUSED {exc.reference}: {exc.code}: {exc.description}")
-            return 1
-        print(f"OK {verified.repository}@{verified.digest} signed by key {verified.signer}")
-        return 0
+        client = _client(args, ref.registry)
+        if args.platform:
+            platforms: list[Platform | None] = [parse_platform(args.platform)]
+        else:
+            top = client.get_manifest(ref)
+            listed = {e.platform for e in parse_index(top.body) if e.platform is not None} if is_index(
+                top.media_type, top.body
+            ) else set()
+            platforms = sorted(listed, key=str) if listed else [None]
+        failed = 0
+        for platform in platforms:
+            verifier = CosignVerifier([policy], client, platform=platform)
+            try:
+                verified = asyncio.run(verifier.verify(args.reference))
+            except ImageRejected as exc:
+                shown = f" ({platform})" if platform else ""
+                print(f"REFUSED {exc.reference}{shown}: {exc.code}: {exc.description}")
+                failed += 1
+                continue
+            origin = f" {verified.platform} from index {verified.index_digest}" if verified.index_digest else ""
+            print(f"OK {verified.repository}@{verified.digest}{origin} signed by key {verified.signer}")
+        return 1 if failed else 0
     if args.command == "sign-document":
         raw = sys.stdin.buffer.read() if str(args.document) == "-" else args.document.read_bytes()
         try:

@@ -15,6 +15,10 @@ class VerifiedImage:
     digest: str  # sha256:<hex> that was verified; the container is created from repository@digest
     mode: TrustMode  # the policy that applied
     signer: str | None  # id of the key that verified the signature, None when not verified (warn/off)
+    # A multi-arch reference (an image index / manifest list): the index it resolved to and the
+    # platform picked from it; `digest` is then that platform's manifest. None for a plain image.
+    index_digest: str | None = None
+    platform: str | None = None
 
 
 class ImageRejected(Exception):

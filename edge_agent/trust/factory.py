@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import platform as py_platform
 import sqlite3
 
 from edge_agent.config import AgentConfig, TrustSection
 from edge_agent.trust.cache import VerifyCache
 from edge_agent.trust.keys import load_public_key
+from edge_agent.trust.origins import ImageOrigins
+from edge_agent.trust.platforms import Platform, host_platform, parse_platform
 from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistrySettings
 from edge_agent.trust.verify import CosignVerifier, LocalImages, PodmanLocalImages
@@ -36,6 +39,13 @@ def registry_settings(trust: TrustSection) -> RegistrySettings:
     )
 
 
+def device_platform(config: AgentConfig) -> Platform:
+    """[device] platform when set (validated with the config), else this machine's."""
+    if config.device.platform is not None:
+        return parse_platform(config.device.platform)
+    return host_platform(py_platform.machine(), py_platform.system())
+
+
 def build_verifier(
     config: AgentConfig, db: sqlite3.Connection | None, local_images: LocalImages | None = None
 ) -> CosignVerifier:
@@ -44,4 +54,6 @@ def build_verifier(
         RegistryClient(registry_settings(config.trust)),
         VerifyCache(db) if db is not None else None,
         local_images if local_images is not None else PodmanLocalImages(config.podman.socket),
+        device_platform(config),
+        ImageOrigins(db) if db is not None else None,
     )

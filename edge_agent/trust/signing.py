@@ -1,5 +1,7 @@
 """Signing side (edgectl, CI): push cosign-format signatures for an image to its registry.
 
+Multi-arch images: `digests_to_sign` lists the index and, recursively, each platform manifest.
+
 Legacy: append a simple-signing layer to the ``sha256-<hex>.sig`` manifest (as cosign does, so
 signatures from several keys coexist during a rotation). v3: push the bundle as an OCI 1.1
 referrer and add it to the referrers fallback tag ``sha256-<hex>`` (registries without the
@@ -39,6 +41,7 @@ from edge_agent.trust.cosign import (
     strict_json,
 )
 from edge_agent.trust.keys import PrivateKey, key_id, public_key_der, sign
+from edge_agent.trust.platforms import is_index, parse_index
 from edge_agent.trust.registry import ImageRef, RegistryClient, RegistryError
 
 
@@ -134,6 +137,17 @@ def sign_image_bundle(
     )
     client.put_manifest(ref, tag, build_referrers_index(entries), OCI_INDEX)
     return SignResult(image.digest, referrer_digest, "bundle")
+
+
+def digests_to_sign(client: RegistryClient, ref: ImageRef, recursive: bool = True) -> list[str]:
+    """The digest the reference names and, when it is a multi-arch index and `recursive`, the
+    digest of each manifest the index lists (as cosign sign --recursive does): devices accept
+    either signature (docs/security.md), signing both lets a platform digest be pinned alone."""
+    top = client.get_manifest(ref)
+    out = [top.digest]
+    if recursive and is_index(top.media_type, top.body):
+        out += [e.digest for e in parse_index(top.body) if e.digest not in out]
+    return out
 
 
 def _digest_of(data: bytes) -> str:

@@ -2,9 +2,13 @@
 
 verify(reference):
   1. find the trust policy for the repository (none -> refused: "off" must be written explicitly);
-  2. fetch the manifest (tag or digest) and take its digest: that is what will run;
+  2. fetch the manifest (tag or digest); when it is a multi-arch index (OCI image index, Docker
+     manifest list), pick the entry for the device's platform ([device] platform, else this
+     machine's) and fetch that manifest by digest: its digest is what will run;
   3. enforce/warn: a cached verdict for (repository, digest, policy) is reused; otherwise every
-     legacy ``.sig`` layer and every v3 bundle referrer is checked until one passes;
+     legacy ``.sig`` layer and every v3 bundle referrer is checked until one passes: first those
+     of the platform manifest, then (multi-arch) those of the index it was picked from, whose
+     digest binds the platform digest (docs/security.md, "Multi-arch images");
   4. the local image (if already pulled) must be the one the verified manifest names;
   5. return VerifiedImage(digest) or raise ImageRejected(code, description).
 Mode "off" with a digest in the reference returns it without asking the registry (this is the
@@ -15,6 +19,7 @@ bound image id, is accepted.
 
 from __future__ import annotations
 
+import platform as py_platform
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -32,6 +37,8 @@ from edge_agent.trust.cosign import (
     parse_referrers_index,
     referrers_fallback_tag,
 )
+from edge_agent.trust.origins import ImageOrigins
+from edge_agent.trust.platforms import Platform, describe, host_platform, is_index, parse_index, pick
 from edge_agent.trust.policy import (
     Accepted,
     Refused,
@@ -58,6 +65,11 @@ _REGISTRY_CODES = {
     "protocol": "registry_error",
     "unreachable": "registry_unreachable",
 }
+
+
+def via_index(fingerprint: str, index_digest: str) -> str:
+    """The cache's policy key of a verdict reached through a signature on `index_digest`."""
+    return f"{fingerprint} via {index_digest}"
 
 
 class LocalImages(Protocol):
@@ -94,11 +106,16 @@ class CosignVerifier:
         registry: RegistryClient,
         cache: VerifyCache | None = None,
         local_images: LocalImages | None = None,
+        platform: Platform | None = None,
+        origins: ImageOrigins | None = None,
     ) -> None:
         self.policies = tuple(policies)
         self.registry = registry
         self.cache = cache
         self.local_images = local_images
+        # The platform picked from a multi-arch index: the device's own unless configured.
+        self.platform = platform or host_platform(py_platform.machine(), py_platform.system())
+        self.origins = origins
 
     async def verify(self, reference: str) -> VerifiedImage:
         try:
@@ -116,24 +133,39 @@ class CosignVerifier:
             # Trust mode "off" checks nothing: a digest written in the reference is what will run.
             return VerifiedImage(reference, ref.repository, ref.digest, "off", None)
         try:
-            manifest = await run_blocking(self.registry.get_manifest, ref)
+            top = await run_blocking(self.registry.get_manifest, ref)
+            manifest, index = await run_blocking(self._platform_manifest, reference, ref, top)
         except RegistryError as exc:
             if exc.code == "unreachable":
                 return await self._offline(reference, ref, policy, exc)
             raise ImageRejected(reference, _REGISTRY_CODES.get(exc.code, "registry_error"), exc.message) from None
         digest = manifest.digest
+        index_digest = index.digest if index is not None else None
+        platform = str(self.platform) if index is not None else None
         if self.cache is not None:
             self.cache.remember_resolution(str(ref), digest)
+        if index_digest is not None and self.origins is not None:
+            self.origins.record(f"{ref.repository}@{digest}", index_digest, str(self.platform))
         if policy.mode == "off":
-            return VerifiedImage(reference, ref.repository, digest, "off", None)
+            return VerifiedImage(reference, ref.repository, digest, "off", None, index_digest, platform)
 
         fingerprint = policy.fingerprint()
-        cached = self.cache.lookup(ref.repository, digest, fingerprint) if self.cache else None
+        cached = self._cached(ref.repository, digest, fingerprint, index_digest)
         if cached is not None:
             await self._check_local(reference, ref, cached.image_ids, digest)
-            return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
+            return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer, index_digest, platform)
 
         outcome = await run_blocking(self._verify_signatures, ref.with_digest(digest), policy)
+        signed = digest
+        if isinstance(outcome, Refused) and index_digest is not None:
+            # The platform manifest is not signed itself: a signature on the index that lists
+            # it covers it (the index digest binds the bytes of the index, which name this
+            # manifest's digest, whose bytes were checked when they were fetched).
+            by_index = await run_blocking(self._verify_signatures, ref.with_digest(index_digest), policy)
+            if isinstance(by_index, Accepted):
+                outcome, signed = by_index, index_digest
+            else:
+                outcome = best_refusal([outcome, by_index])
         if isinstance(outcome, Refused):
             if policy.mode == "warn":
                 log.warning(
@@ -142,7 +174,7 @@ class CosignVerifier:
                     outcome.description,
                     extra={"EVENT": "trust.warn", "IMAGE": reference, "DIGEST": digest},
                 )
-                return VerifiedImage(reference, ref.repository, digest, "warn", None)
+                return VerifiedImage(reference, ref.repository, digest, "warn", None, index_digest, platform)
             log.warning(
                 "image refused: %s: %s",
                 outcome.code,
@@ -153,38 +185,87 @@ class CosignVerifier:
         image_ids = await run_blocking(self._image_ids, ref, manifest)
         await self._check_local(reference, ref, image_ids, digest)
         if self.cache is not None:
-            self.cache.store(ref.repository, digest, fingerprint, outcome.key.key_id, image_ids)
+            # A verdict reached through the index is kept for that index only: the platform
+            # digest pinned alone needs its own signature, also after it ran through an index.
+            key = fingerprint if signed == digest else via_index(fingerprint, signed)
+            self.cache.store(ref.repository, digest, key, outcome.key.key_id, image_ids)
         log.info(
-            "image verified (%s signature, key %s)",
+            "image verified (%s signature on %s, key %s)",
             outcome.format,
+            "its index" if signed != digest else "the manifest",
             outcome.key.short_id,
-            extra={"EVENT": "trust.verified", "IMAGE": reference, "DIGEST": digest},
+            extra={"EVENT": "trust.verified", "IMAGE": reference, "DIGEST": digest, "SIGNED_DIGEST": signed},
         )
-        return VerifiedImage(reference, ref.repository, digest, policy.mode, outcome.key.key_id)
+        return VerifiedImage(
+            reference, ref.repository, digest, policy.mode, outcome.key.key_id, index_digest, platform
+        )
+
+    def _platform_manifest(self, reference: str, ref: ImageRef, top: Manifest) -> tuple[Manifest, Manifest | None]:
+        """(the manifest that runs, the index it was picked from or None). An index is resolved to
+        the entry for this device's platform, fetched by digest (its bytes checked against it)."""
+        if not is_index(top.media_type, top.body):
+            return top, None
+        try:
+            entries = parse_index(top.body)
+        except FormatError as exc:
+            raise ImageRejected(reference, "malformed_index", f"{ref.repository}@{top.digest}: {exc}") from None
+        entry = pick(entries, self.platform)
+        if entry is None:
+            raise ImageRejected(
+                reference,
+                "platform_not_found",
+                f"{ref.repository}@{top.digest} has no image for this device's platform {self.platform} "
+                f"(it has {describe(entries)})",
+            )
+        child = self.registry.get_manifest(ref, entry.digest)
+        if is_index(child.media_type, child.body):
+            raise ImageRejected(
+                reference, "malformed_index", f"{ref.repository}@{top.digest}: the {self.platform} entry "
+                f"{entry.digest} is itself an index; nested indexes are not run"
+            )
+        log.debug(
+            "picked %s from index %s", entry.platform, top.digest,
+            extra={"EVENT": "trust.platform_picked", "IMAGE": reference, "DIGEST": child.digest},
+        )
+        return child, top
 
     # ---- offline
 
     async def _offline(self, reference: str, ref: ImageRef, policy: ScopePolicy, exc: RegistryError) -> VerifiedImage:
-        digest = ref.digest or (self.cache.resolution(str(ref)) if self.cache else None)
+        # The remembered resolution first: a pinned index digest resolved to a platform digest.
+        digest = (self.cache.resolution(str(ref)) if self.cache else None) or ref.digest
         reason = f"{exc.message}; no verified local copy to fall back on"
         if digest is None or self.cache is None or self.local_images is None:
             raise ImageRejected(reference, "registry_unreachable", reason)
         local = await self._local_id(ref, digest)
         if local is None:
             raise ImageRejected(reference, "registry_unreachable", reason)
+        # A reference that named the platform digest itself had no index; a tag or a pinned index
+        # digest resolved through one (the one recorded when it was last resolved).
+        origin = self.origins.lookup(f"{ref.repository}@{digest}") if self.origins and ref.digest != digest else None
+        index_digest, platform = (origin.index_digest, origin.platform) if origin else (None, None)
         if policy.mode == "off":
-            return VerifiedImage(reference, ref.repository, digest, "off", None)
-        cached: CachedVerdict | None = self.cache.lookup(ref.repository, digest, policy.fingerprint())
+            return VerifiedImage(reference, ref.repository, digest, "off", None, index_digest, platform)
+        cached = self._cached(ref.repository, digest, policy.fingerprint(), index_digest)
         if cached is None:
             if policy.mode == "warn":
-                return VerifiedImage(reference, ref.repository, digest, "warn", None)
+                return VerifiedImage(reference, ref.repository, digest, "warn", None, index_digest, platform)
             raise ImageRejected(reference, "registry_unreachable", f"{exc.message}; {digest} was never verified here")
         await self._check_local(reference, ref, cached.image_ids, digest)
         log.info(
             "image verified from cache while the registry is unreachable",
             extra={"EVENT": "trust.verified_offline", "IMAGE": reference, "DIGEST": digest},
         )
-        return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer)
+        return VerifiedImage(reference, ref.repository, digest, policy.mode, cached.signer, index_digest, platform)
+
+    def _cached(self, repository: str, digest: str, fingerprint: str, index_digest: str | None) -> CachedVerdict | None:
+        """The verdict for the digest's own signature, else (picked from an index) the index's."""
+        if self.cache is None:
+            return None
+        own = self.cache.lookup(repository, digest, fingerprint)
+        if own is not None or index_digest is None:
+            return own
+        return self.cache.lookup(repository, digest, via_index(fingerprint, index_digest))
 
     async def _check_local(self, reference: str, ref: ImageRef, image_ids: frozenset[str], digest: str) -> None:
         if self.local_images is None or not image_ids:

@@ -1,0 +1,131 @@
+"""Multi-arch test images: a real image index (manifest list) of a linux/amd64 image that runs
+here (the busybox test image plus a label) and a linux/arm64 image, built with
+`podman build --platform linux/arm64` (FROM scratch, files copied: nothing of arm64 runs while
+building), joined with `podman manifest create/add` and pushed with `podman manifest push --all`.
+
+The arm64 image holds an arm64 busybox when `arm64_busybox` is given (it runs under qemu-user
+emulation), else only a marker file (enough for resolution and signatures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.trust.platforms import OCI_INDEX, is_index, parse_index
+from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from tests.infra.podman import podman as _podman
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """podman, its stderr in the error (a failed build says why)."""
+    try:
+        return _podman(*args, check=check)
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(f"podman {' '.join(args)} failed ({exc.returncode}): {exc.stderr}") from None
+
+BINFMT_AARCH64 = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+
+
+def arm64_busybox() -> Path:
+    """The arm64 busybox scripts/install-deps.sh fetched (Debian's busybox-static:arm64), after
+    checking that arm64 binaries run here (qemu-user-static's binfmt handler is enabled)."""
+    path = Path(sys.prefix) / "share" / "arm64" / "busybox"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: run scripts/install-deps.sh (it fetches busybox-static:arm64)")
+    if not BINFMT_AARCH64.is_file() or "enabled" not in BINFMT_AARCH64.read_text():
+        raise RuntimeError(f"{BINFMT_AARCH64} is not enabled: run scripts/install-deps.sh (qemu-user-static)")
+    return path
+
+
+ARM64_APPLETS = ("sh", "sleep", "cat", "echo", "uname", "true", "date", "ls")
+
+
+@dataclass(frozen=True)
+class MultiArch:
+    reference: str  # registry/repo:tag of the index
+    repository: str
+    index_digest: str
+    digests: dict[str, str]  # "amd64" / "arm64" -> platform manifest digest
+
+    def pinned(self, which: str) -> str:
+        return f"{self.repository}@{self.digests[which] if which != 'index' else self.index_digest}"
+
+
+def build_multiarch(
+    registry_host: str,
+    repo_path: str,
+    tag: str,
+    amd64_base: str,
+    *,
+    marker: str = "",
+    arm64_busybox: Path | None = None,
+    script: str | None = None,
+    local_prefix: str = "localhost/multiarch-test",
+    list_format: str = "oci",
+) -> MultiArch:
+    """Build, push (`podman manifest push --all`, OCI index) and return the digests the registry
+    holds. Local images and the local list are removed again; `local_prefix` names them.
+    `list_format` "v2s2" pushes a Docker manifest list of Docker image manifests instead."""
+    run = uuid.uuid4().hex[:8]
+    marker = marker or run
+    amd64, arm64, listed = f"{local_prefix}-amd64:{run}", f"{local_prefix}-arm64:{run}", f"{local_prefix}-list:{run}"
+    reference = f"{registry_host}/{repo_path}:{tag}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        copy_script = ""
+        if script is not None:
+            (ctx / "run.sh").write_text(script)
+            copy_script = 'COPY run.sh /run.sh\nCMD ["/bin/sh", "/run.sh"]\n'
+        (ctx / "marker").write_text(marker)
+        (ctx / "Containerfile.amd64").write_text(
+            f"FROM {amd64_base}\nLABEL multiarch.marker={marker}\nCOPY marker /marker\n{copy_script}"
+        )
+        if arm64_busybox is not None:
+            # applet links made here, so building runs nothing of arm64
+            (ctx / "root" / "bin").mkdir(parents=True)
+            shutil.copy2(arm64_busybox, ctx / "root" / "bin" / "busybox")
+            for applet in ARM64_APPLETS:
+                (ctx / "root" / "bin" / applet).symlink_to("busybox")
+            arm64_file = f"FROM scratch\nCOPY root/ /\nCOPY marker /marker\n{copy_script}"
+        else:
+            arm64_file = "FROM scratch\nCOPY marker /marker\n"
+        (ctx / "Containerfile.arm64").write_text(arm64_file + f"LABEL multiarch.marker={marker}\n")
+        podman("build", "-q", "--pull=never", "-f", str(ctx / "Containerfile.amd64"), "-t", amd64, str(ctx))
+        podman("build", "-q", "--pull=never", "--platform", "linux/arm64", "-f", str(ctx / "Containerfile.arm64"),
+               "-t", arm64, str(ctx))
+    try:
+        podman("manifest", "create", listed)
+        podman("manifest", "add", listed, f"containers-storage:{amd64}")
+        podman("manifest", "add", "--arch", "arm64", "--variant", "v8", listed, f"containers-storage:{arm64}")
+        podman("manifest", "push", "--all", "--format", list_format, "--tls-verify=false", "-q", listed,
+               f"docker://{reference}")
+    finally:
+        podman("manifest", "rm", listed, check=False)
+        podman("rmi", "-f", amd64, arm64, check=False)
+    client = RegistryClient(RegistrySettings(insecure_registries=frozenset({registry_host})))
+    ref = parse_reference(reference)
+    top = client.get_manifest(ref)
+    assert is_index(top.media_type, top.body), top.body[:300]
+    digests = {e.platform.architecture: e.digest for e in parse_index(top.body) if e.platform is not None}
+    assert set(digests) == {"amd64", "arm64"}, digests
+    return MultiArch(reference, ref.repository, top.digest, digests)
+
+
+def forge_index(registry_host: str, image: MultiArch, arm64_digest: str, tag: str) -> str:
+    """Push, under `tag`, a copy of the image's index whose arm64 entry names `arm64_digest` (a
+    manifest in the same repository) instead: what someone who can push but not sign could do.
+    Returns the new index's digest."""
+    client = RegistryClient(RegistrySettings(insecure_registries=frozenset({registry_host})))
+    ref = parse_reference(image.reference)
+    doc = json.loads(client.get_manifest(ref, image.index_digest).body)
+    replacement = client.get_manifest(ref, arm64_digest)
+    for entry in doc["manifests"]:
+        if entry.get("platform", {}).get("architecture") == "arm64":
+            entry.update(digest=replacement.digest, size=len(replacement.body), mediaType=replacement.media_type)
+    return client.put_manifest(ref, tag, json.dumps(doc).encode(), OCI_INDEX)
