@@ -20,10 +20,10 @@ from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
+from tests.infra.fault_proxy import FaultProxy
 from tests.infra.multiarch import MultiArch, build_multiarch, forge_index
 from tests.infra.podman import podman
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
-from tests.integration.trust.faults import TruncatingProxy
 
 REPO = Path(__file__).resolve().parents[3]
 PASSPHRASE = "multiarch test"
@@ -169,7 +169,7 @@ async def test_arm64_manifest_bytes_not_matching_the_index_refused_amd64_verifie
             return json.dumps(doc).encode()
         return body
 
-    with TruncatingProxy(images.registry.host, lambda path: False, mutate=tamper) as proxy:
+    with FaultProxy(images.registry.host, mutate=tamper) as proxy:
         proxied = f"{proxy.host}/{ref.path}:1"
         # the index only, for the name the device uses (through the proxy)
         sign_image_legacy(registry_client, ref, signer.private, docker_reference=parse_reference(proxied).repository)
