@@ -315,11 +315,18 @@ runtime_dir = "{self.runtime_dir}"
         self.say("the model the pilot starts with, as a signed OCI artifact (edgectl push-model)")
         self.push_model("1.0", MODELS / "model.onnx", "cosign")
 
-    def push_model(self, tag: str, model: Path, key: str) -> dict[str, Any]:
-        """Push and sign a model artifact (ONNX layer + the pilot's metadata) as MODEL_REPO:tag."""
+    def push_model(self, tag: str, model: Path, key: str, note: str | None = None) -> dict[str, Any]:
+        """Push and sign a model artifact (ONNX layer + the pilot's metadata, with `note` added to
+        make it a distinct artifact) as MODEL_REPO:tag."""
         registry = f"127.0.0.1:{self.registry_port}"
         ref = f"{registry}/{MODEL_REPO}:{tag}"
-        out = self.edgectl("push-model", ref, "--model", str(model), "--metadata", str(MODELS / "model.json"),
+        metadata = MODELS / "model.json"
+        if note is not None:
+            meta = json.loads(metadata.read_text())
+            meta["note"] = note
+            metadata = self.work / "fleet" / f"model-{tag}.json"
+            metadata.write_text(json.dumps(meta, indent=2))
+        out = self.edgectl("push-model", ref, "--model", str(model), "--metadata", str(metadata),
                            "--key", str(self.work / "fleet" / "keys" / f"{key}.key"), "--insecure-registry", registry,
                            "--json", show=True)
         pushed = _json(out.stdout)
@@ -433,7 +440,8 @@ runtime_dir = "{self.runtime_dir}"
         self._wait(lambda: len(self.stats_records()) > records_before + 2, 60, "pilot telemetry after the switch")
         # a model signed by a stranger: the device refuses the whole version before anything changes
         self.edgectl("keygen", "--output-key-prefix", str(self.work / "fleet" / "keys" / "stranger"))
-        self.push_model("3.0", MODELS / "model.onnx", "stranger")
+        # (a distinct artifact: the same bytes as 1.0 would carry 1.0's valid signature)
+        self.push_model("3.0", MODELS / "model.onnx", "stranger", note="signed by a key the device does not trust")
         said = self.deploy_model("3.0", "deployment-model-3.json", expect_ok=False)
         still = self.model_in_use() == new["layer"] and self.pilot_module().get("containerId") == after["containerId"]
         self.say(f"  the car keeps driving with model {str(new['layer'])[:19]}...: {'yes' if still else 'NO'}")
