@@ -431,6 +431,7 @@ runtime_dir = "{self.runtime_dir}"
         self.deploy_model("2.0", "deployment-model-2.json", expect_ok=True)
         self._wait(lambda: self.model_in_use() == new["layer"], 120, "the pilot to drive with the new model")
         switched_s = time.monotonic() - started
+        switched_at = time.time()
         after = self.pilot_module()
         same = bool(before.get("containerId")) and before.get("containerId") == after.get("containerId")
         self.say(f"  the pilot drives with model {str(new['layer'])[:19]}... after {switched_s:.1f} s, "
@@ -447,7 +448,7 @@ runtime_dir = "{self.runtime_dir}"
         self.say(f"  the car keeps driving with model {str(new['layer'])[:19]}...: {'yes' if still else 'NO'}")
         self.run_state.model_update = {
             "first_layer": self.run_state.models["1.0"]["layer"], "new_layer": new["layer"],
-            "switch_s": round(switched_s, 1), "container_unchanged": same,
+            "switch_s": round(switched_s, 1), "switched_at": switched_at, "container_unchanged": same,
             "wrong_key_refusal": said, "still_on_new_model": still,
         }
         show = self.text(_tool("edgectl"), "show", DEVICE, show=True, check=False)
@@ -606,8 +607,17 @@ runtime_dir = "{self.runtime_dir}"
             if p.get("fps"):
                 fps.append(float(p["fps"]))
         mean_cte = float((records[-1]["payload"].get("sim") or {}).get("mean_abs_cte_m", 0.0)) if records else 0.0
+        # where the car was when it first reported driving with the new model (the first record after)
+        marks = []
+        switched_at = self.run_state.model_update.get("switched_at")
+        after = [r for r in records if switched_at and float(r.get("ts", 0)) >= switched_at]
+        first_after = ((after[0]["payload"].get("sim") or {}).get("path") or []) if after else []
+        if first_after:
+            marks.append(((float(first_after[0][0]), float(first_after[0][1])), "new model"))
+            self.run_state.model_update["marked_on_track"] = True
         pictures.track_picture(path, out / "track.png",
-                               f"{laps:.2f} laps, mean |cross-track| {mean_cte:.3f} m, {len(path)} positions")
+                               f"{laps:.2f} laps, mean |cross-track| {mean_cte:.3f} m, {len(path)} positions",
+                               marks)
         latency = pictures.latency_picture(latencies, out / "latency.png")
         pictures.queue_picture(self.run_state.queue_samples, self.run_state.outage, out / "queue.png")
         figures: dict[str, Any] = {

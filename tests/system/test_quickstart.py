@@ -125,6 +125,7 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     model = figures["model_update"]
     assert model["new_layer"] != model["first_layer"] and model["container_unchanged"] is True, model
     assert "artifact_untrusted_key" in model["wrong_key_refusal"] and model["still_on_new_model"] is True, model
+    assert model["marked_on_track"] is True, model  # the switch is marked on track.png
     assert figures["attestation"]["first_attest_ok"] is True
     # The TPM quote's image log shows exactly the signed pilot image running (PCR 23).
     assert figures["attestation"]["running_images"]["passed"] is True, figures["attestation"]
