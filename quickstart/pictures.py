@@ -69,8 +69,10 @@ def _axes(img: np.ndarray, ax: Axes, xlabel: str, ylabel: str) -> None:
     _text(img, ylabel, (8, MARGIN_T - 10), 0.55)
 
 
-def track_picture(path: Sequence[tuple[float, float]], out: Path, caption: str) -> None:
-    """Road (grey band with edges) and the car's driven path on it, from start (blue) to end (red)."""
+def track_picture(path: Sequence[tuple[float, float]], out: Path, caption: str,
+                  marks: Sequence[tuple[tuple[float, float], str]] = ()) -> None:
+    """Road (grey band with edges) and the car's driven path on it, from start (blue) to end (red),
+    with labelled marks (e.g. where the car switched to a new model)."""
     from edge_pilot.sim.track import Track  # the same track the simulator drives
 
     track = Track.default()
@@ -105,6 +107,10 @@ def track_picture(path: Sequence[tuple[float, float]], out: Path, caption: str) 
     if n:
         cv2.circle(img, ax.px(*path[0]), 6, BLUE, -1, cv2.LINE_AA)
         cv2.circle(img, ax.px(*path[-1]), 6, RED, -1, cv2.LINE_AA)
+    for (x, y), label in marks:
+        p = ax.px(x, y)
+        cv2.drawMarker(img, p, BLACK, cv2.MARKER_DIAMOND, 18, 2, cv2.LINE_AA)
+        _text(img, label, (p[0] + 12, p[1] - 10), 0.5, BLACK, 1)
     _text(img, caption, (MARGIN_L, H - MARGIN_B - 10), 0.5)
     _text(img, "start", (W - MARGIN_R - 140, MARGIN_T + 20), 0.5, BLUE, 1)
     _text(img, "end", (W - MARGIN_R - 70, MARGIN_T + 20), 0.5, RED, 1)

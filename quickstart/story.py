@@ -31,9 +31,11 @@ REPO = infra.REPO
 DEVICE = "quickstart-rover"
 FLEET_USER = "fleet-ops"  # the operator certificate's CN (config/mosquitto/edge-agent.acl)
 PREFIX = "edge"
-STEPS = 8
+STEPS = 9
 PILOT_IMAGE_LOCAL = "localhost/qs-pilot:quickstart"
 PILOT_REPO = "qs/pilot"
+MODEL_REPO = "qs/models/pilot"
+MODELS = REPO / "modules" / "pilot" / "models"
 
 
 class StoryError(Exception):
@@ -63,6 +65,8 @@ class Run:
     attestation: dict[str, Any] = field(default_factory=dict)
     pilot_mode: str = ""
     image: dict[str, str] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # pushed model artifacts, by tag
+    model_update: dict[str, Any] = field(default_factory=dict)
 
 
 class Story:
@@ -151,6 +155,7 @@ class Story:
             ("building, signing and pushing the pilot module image", self.step_image),
             ("starting the agent, enrolling its TPM, deploying a signed deployment", self.step_agent_and_deploy),
             ("the pilot drives the simulator: live status", self.step_live),
+            ("a new signed model reaches the driving car; one signed by a wrong key is refused", self.step_model),
             (f"the broker goes away for {self.opts.outage_s:.0f} s and comes back", self.step_outage),
             ("a tampered image and a replayed deployment are refused", self.step_refusals),
             ("summary and pictures", self.step_summary),
@@ -221,18 +226,12 @@ class Story:
         self.say("  image signing key (cosign format): the device trusts cosign.pub for this registry")
         self.edgectl("keygen", "--output-key-prefix", str(keys / "deploy"), show=True)
         self.say("  deployment signing key: the device accepts only documents signed by deploy.pub")
-        # the pilot's models are signed files too (docs/pilot.md)
-        self.cmd(_tool("edge-pilot"), "keygen", "--out-dir", str(keys))
-        models = self.work / "device" / "models" / "pilot"
-        models.mkdir(parents=True)
-        shutil.copy(REPO / "modules" / "pilot" / "models" / "model.onnx", models / "model.onnx")
-        self.cmd(_tool("edge-pilot"), "sign", "--key", str(keys / "pilot.key"), str(models / "model.onnx"))
         device_keys = self.work / "device" / "keys"
         device_keys.mkdir(parents=True)
-        for name in ("cosign.pub", "deploy.pub", "pilot.pub"):
+        for name in ("cosign.pub", "deploy.pub"):
             shutil.copy(keys / name, device_keys / name)
         (self.work / "device" / "control" / "pilot").mkdir(parents=True)
-        self.say(f"signed model folder: {models} (model.onnx + .sha256 + .sig)")
+        self.say("  models travel as signed OCI artifacts, checked by the agent against cosign.pub like images")
         self.write_agent_config()
         self.cmd(_tool("edge-agent"), "config", "check", str(self.work / "agent.toml"))
         self.say(f"agent config: {self.work / 'agent.toml'} (edge-agent config check: ok)")
@@ -313,6 +312,30 @@ runtime_dir = "{self.runtime_dir}"
         digest = re.search(r"@(sha256:[0-9a-f]{64})", verified)
         self.run_state.image = {"reference": ref, "verify": verified.strip(),
                                 "digest": digest.group(1) if digest else ""}
+        self.say("the model the pilot starts with, as a signed OCI artifact (edgectl push-model)")
+        self.push_model("1.0", MODELS / "model.onnx", "cosign")
+
+    def push_model(self, tag: str, model: Path, key: str, note: str | None = None) -> dict[str, Any]:
+        """Push and sign a model artifact (ONNX layer + the pilot's metadata, with `note` added to
+        make it a distinct artifact) as MODEL_REPO:tag."""
+        registry = f"127.0.0.1:{self.registry_port}"
+        ref = f"{registry}/{MODEL_REPO}:{tag}"
+        metadata = MODELS / "model.json"
+        if note is not None:
+            meta = json.loads(metadata.read_text())
+            meta["note"] = note
+            metadata = self.work / "fleet" / f"model-{tag}.json"
+            metadata.write_text(json.dumps(meta, indent=2))
+        out = self.edgectl("push-model", ref, "--model", str(model), "--metadata", str(metadata),
+                           "--key", str(self.work / "fleet" / "keys" / f"{key}.key"), "--insecure-registry", registry,
+                           "--json", show=True)
+        pushed = _json(out.stdout)
+        if not pushed.get("layer"):
+            raise StoryError(f"edgectl push-model printed no layer digest: {out.stdout[:300]!r}")
+        pushed["ref"] = ref
+        self.run_state.models[tag] = pushed
+        self.say(f"  {ref}: model layer {str(pushed['layer'])[:19]}..., signed with {key}.key")
+        return pushed
 
     # 4 ---------------------------------------------------------------------------------------
     def step_agent_and_deploy(self) -> None:
@@ -351,19 +374,20 @@ runtime_dir = "{self.runtime_dir}"
         self.first_envelope = self.retained_desired()
         self.start_pilot()
 
-    def deployment(self, image: str) -> dict[str, Any]:
+    def deployment(self, image: str, model_tag: str = "1.0") -> dict[str, Any]:
         device = self.work / "device"
         return {"modules": {"pilot": {
             "image": image,
             "restartPolicy": "always",
-            "args": ["drive", "--config", "/etc/edge-pilot/config.json"],
+            # The agent verified the model's signature and placed it at /models/current; the pilot
+            # hot-swaps it and says which one it drives with (or why it refuses one).
+            "args": ["drive", "--config", "/etc/edge-pilot/config.json", "--models", "/models/current",
+                     "--allow-unsigned"],
             # The agent mounts the module's own telemetry socket at /run/edge-agent and sets
             # EDGE_TELEMETRY_SOCKET (docs/telemetry.md): nothing to write here.
             "env": {},
+            "artifacts": [{"ref": self.run_state.models[model_tag]["ref"], "path": "/models", "confirm": True}],
             "mounts": [
-                {"source": str(device / "models" / "pilot"), "target": "/models", "readOnly": True},
-                {"source": str(device / "keys" / "pilot.pub"), "target": "/etc/edge-pilot/trust/pilot.pub",
-                 "readOnly": True},
                 {"source": str(device / "control" / "pilot"), "target": "/control", "readOnly": True},
             ],
             "network": "none",  # telemetry goes through the mounted socket; the pilot needs no network
@@ -395,6 +419,60 @@ runtime_dir = "{self.runtime_dir}"
         if self.tcti and self.run_state.image.get("digest"):
             self.attest_running_images()
 
+    # 6 ---------------------------------------------------------------------------------------
+    def step_model(self) -> None:
+        """A new signed model is delivered while the car drives: the pilot switches to it without
+        its container restarting; then a model signed by a key the device does not trust is
+        refused and the car keeps driving with the one it has."""
+        before = self.pilot_module()
+        records_before = len(self.stats_records())
+        new = self.push_model("2.0", MODELS / "model.int8.onnx", "cosign")
+        started = time.monotonic()
+        self.deploy_model("2.0", "deployment-model-2.json", expect_ok=True)
+        self._wait(lambda: self.model_in_use() == new["layer"], 120, "the pilot to drive with the new model")
+        switched_s = time.monotonic() - started
+        switched_at = time.time()
+        after = self.pilot_module()
+        same = bool(before.get("containerId")) and before.get("containerId") == after.get("containerId")
+        self.say(f"  the pilot drives with model {str(new['layer'])[:19]}... after {switched_s:.1f} s, "
+                 f"container {after.get('containerId')} {'unchanged' if same else 'RE-CREATED'}")
+        if not same:
+            raise StoryError(f"the model update re-created the pilot container: {before} -> {after}")
+        self._wait(lambda: len(self.stats_records()) > records_before + 2, 60, "pilot telemetry after the switch")
+        # a model signed by a stranger: the device refuses the whole version before anything changes
+        self.edgectl("keygen", "--output-key-prefix", str(self.work / "fleet" / "keys" / "stranger"))
+        # (a distinct artifact: the same bytes as 1.0 would carry 1.0's valid signature)
+        self.push_model("3.0", MODELS / "model.onnx", "stranger", note="signed by a key the device does not trust")
+        said = self.deploy_model("3.0", "deployment-model-3.json", expect_ok=False)
+        still = self.model_in_use() == new["layer"] and self.pilot_module().get("containerId") == after["containerId"]
+        self.say(f"  the car keeps driving with model {str(new['layer'])[:19]}...: {'yes' if still else 'NO'}")
+        self.run_state.model_update = {
+            "first_layer": self.run_state.models["1.0"]["layer"], "new_layer": new["layer"],
+            "switch_s": round(switched_s, 1), "switched_at": switched_at, "container_unchanged": same,
+            "wrong_key_refusal": said, "still_on_new_model": still,
+        }
+        show = self.text(_tool("edgectl"), "show", DEVICE, show=True, check=False)
+        self.say(show.rstrip())
+
+    def deploy_model(self, tag: str, name: str, *, expect_ok: bool) -> str:
+        deployment = self.deployment(self.run_state.image["reference"], tag)
+        path = self.work / "fleet" / name
+        path.write_text(json.dumps(deployment, indent=2))
+        out = self.edgectl("deploy", DEVICE, str(path), "--key", str(self.work / "fleet" / "keys" / "deploy.key"),
+                           "--wait", "240", "--until", "good", check=False, show=True)
+        said = (out.stdout + out.stderr).decode(errors="replace").strip()
+        if (out.returncode == 0) != expect_ok:
+            raise StoryError(f"edgectl deploy of model {tag} exited {out.returncode}: {said[-600:]}")
+        self.say(f"  edgectl deploy exited {out.returncode}: {said.splitlines()[-1] if said else ''}")
+        return said.splitlines()[-1] if said else ""
+
+    def pilot_module(self) -> dict[str, Any]:
+        return dict((self.reported().get("modules") or {}).get("pilot") or {})
+
+    def model_in_use(self) -> str | None:
+        using = (self.pilot_module().get("moduleReport") or {}).get("using") or []
+        return str(using[0]) if using else None
+
     def attest_running_images(self) -> None:
         """A fresh TPM quote: do the measured module images match the deployment (PCR 23)?"""
         attest = self.cmd(_tool("edgectl"), "attest", DEVICE, "--image", f"pilot={self.run_state.image['digest']}",
@@ -419,7 +497,7 @@ runtime_dir = "{self.runtime_dir}"
                 f"p99 {lat.get('p99', 0):5.1f} ms  laps {sim.get('laps', 0):5.2f}  "
                 f"cross-track {sim.get('cte_m', 0):+.2f} m  queue {depth}  received {len(self.stats_records())}")
 
-    # 6 ---------------------------------------------------------------------------------------
+    # 7 ---------------------------------------------------------------------------------------
     def step_outage(self) -> None:
         assert self.broker is not None
         before = len(self.stats_records())
@@ -457,7 +535,7 @@ runtime_dir = "{self.runtime_dir}"
                  f"during the outage; total received {len(records)}, missing {missing}")
         self.say(f"the car kept driving: {driven} laps while the broker was away (from those records)")
 
-    # 7 ---------------------------------------------------------------------------------------
+    # 8 ---------------------------------------------------------------------------------------
     def step_refusals(self) -> None:
         registry = f"127.0.0.1:{self.registry_port}"
         ref = f"{registry}/{PILOT_REPO}:1.0"
@@ -477,7 +555,7 @@ runtime_dir = "{self.runtime_dir}"
         if verify.returncode == 0:
             raise StoryError("edgectl verify-image accepted the tampered image")
         # the device: a new deployment (version 2) that would pick up the tampered tag
-        deployment = self.deployment(ref)
+        deployment = self.deployment(ref, "2.0")
         deployment["modules"]["pilot"]["env"]["QS_DEPLOYMENT"] = "2"
         path = self.work / "fleet" / "deployment-2.json"
         path.write_text(json.dumps(deployment, indent=2))
@@ -504,7 +582,7 @@ runtime_dir = "{self.runtime_dir}"
         show = self.text(_tool("edgectl"), "show", DEVICE, show=True, check=False)
         self.say(show.rstrip())
 
-    # 8 ---------------------------------------------------------------------------------------
+    # 9 ---------------------------------------------------------------------------------------
     def step_summary(self) -> dict[str, Any]:
         self._sampler_stop.set()
         if self._sampler:
@@ -529,8 +607,17 @@ runtime_dir = "{self.runtime_dir}"
             if p.get("fps"):
                 fps.append(float(p["fps"]))
         mean_cte = float((records[-1]["payload"].get("sim") or {}).get("mean_abs_cte_m", 0.0)) if records else 0.0
+        # where the car was when it first reported driving with the new model (the first record after)
+        marks = []
+        switched_at = self.run_state.model_update.get("switched_at")
+        after = [r for r in records if switched_at and float(r.get("ts", 0)) >= switched_at]
+        first_after = ((after[0]["payload"].get("sim") or {}).get("path") or []) if after else []
+        if first_after:
+            marks.append(((float(first_after[0][0]), float(first_after[0][1])), "new model"))
+            self.run_state.model_update["marked_on_track"] = True
         pictures.track_picture(path, out / "track.png",
-                               f"{laps:.2f} laps, mean |cross-track| {mean_cte:.3f} m, {len(path)} positions")
+                               f"{laps:.2f} laps, mean |cross-track| {mean_cte:.3f} m, {len(path)} positions",
+                               marks)
         latency = pictures.latency_picture(latencies, out / "latency.png")
         pictures.queue_picture(self.run_state.queue_samples, self.run_state.outage, out / "queue.png")
         figures: dict[str, Any] = {
@@ -546,6 +633,7 @@ runtime_dir = "{self.runtime_dir}"
             "outage": self.run_state.outage_figures,
             "queue_depth": [[round(t, 1), d] for t, d in self.run_state.queue_samples],
             "refusals": self.run_state.refusals,
+            "model_update": self.run_state.model_update,
             "attestation": self.run_state.attestation,
             "image": self.run_state.image,
             "pictures": ["track.png", "latency.png", "queue.png"],
@@ -564,6 +652,10 @@ runtime_dir = "{self.runtime_dir}"
         self.say(f"refused: tampered image (fleet check exit {r.get('tampered_image_fleet_check', {}).get('exit')}"
                  f"{'; device: ' + str(r['tampered_image_device']) if 'tampered_image_device' in r else ''}), "
                  f"replayed deployment ({(r.get('replayed_deployment') or {}).get('code')})")
+        m = self.run_state.model_update
+        self.say(f"model update: the driving car switched to {str(m.get('new_layer'))[:19]}... in "
+                 f"{m.get('switch_s')} s without a container restart; a wrong-key model was refused "
+                 f"({m.get('wrong_key_refusal')})")
         self.say(f"pictures and figures: {out}/track.png latency.png queue.png figures.json")
         return figures
 

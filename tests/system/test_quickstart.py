@@ -82,7 +82,7 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     killed_log = tmp_path / "killed.log"
     proc = _start(tmp_path / "out-killed", killed_log)
     try:
-        wait_until(lambda: "[5/8]" in killed_log.read_text(errors="replace"), 900,
+        wait_until(lambda: "[5/9]" in killed_log.read_text(errors="replace"), 900,
                    "the first run to reach step 5\n" + killed_log.read_text(errors="replace")[-3000:])
         os.kill(proc.pid, signal.SIGKILL)  # the python process only, as if it crashed
         proc.wait(10)
@@ -102,8 +102,8 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     output = log_path.read_text(errors="replace")
     assert proc.returncode == 0, output[-6000:]
     assert "cleaned up after a previous run" in output, output[:2000]
-    for n in range(1, 9):
-        assert f"[{n}/8] done" in output, output[-4000:]
+    for n in range(1, 10):
+        assert f"[{n}/9] done" in output, output[-4000:]
 
     figures = json.loads((out / "figures.json").read_text())
     pilot = figures["pilot"]
@@ -120,6 +120,12 @@ def test_story_completes_after_a_killed_run(tmp_path: Path) -> None:
     assert refusals["replayed_deployment"]["code"] == "replayed"
     assert figures["pilot_mode"].startswith("container")
     assert refusals["tampered_image_device"] and refusals["pilot_still_running"] is True, refusals
+    # A new signed model reached the driving pilot without a container restart, and a model signed
+    # by a wrong key was refused while it kept driving with the new one.
+    model = figures["model_update"]
+    assert model["new_layer"] != model["first_layer"] and model["container_unchanged"] is True, model
+    assert "artifact_untrusted_key" in model["wrong_key_refusal"] and model["still_on_new_model"] is True, model
+    assert model["marked_on_track"] is True, model  # the switch is marked on track.png
     assert figures["attestation"]["first_attest_ok"] is True
     # The TPM quote's image log shows exactly the signed pilot image running (PCR 23).
     assert figures["attestation"]["running_images"]["passed"] is True, figures["attestation"]
@@ -138,7 +144,7 @@ def test_ctrl_c_stops_everything_the_story_started(tmp_path: Path) -> None:
     log_path = tmp_path / "run.log"
     proc = _start(tmp_path / "out", log_path)
     try:
-        wait_until(lambda: "[5/8]" in log_path.read_text(errors="replace"), 900,
+        wait_until(lambda: "[5/9]" in log_path.read_text(errors="replace"), 900,
                    "the story to reach step 5\n" + log_path.read_text(errors="replace")[-3000:])
         assert _running_from_work_dir()
         started = time.monotonic()

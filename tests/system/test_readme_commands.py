@@ -51,9 +51,9 @@ def sh(repo: Path, script: str, timeout: float) -> subprocess.CompletedProcess[s
 
 def quickstart_first_steps(repo: Path) -> str:
     out = sh(repo, "scripts/run --steps 2 --non-interactive", timeout=900).stdout
-    assert "[1/8] done" in out and "[2/8] done" in out, out
+    assert "[1/9] done" in out and "[2/9] done" in out, out
     assert "edge-agent config check: ok" in out, out
-    assert "[3/8]" not in out, out
+    assert "[3/9]" not in out, out
     assert "stopped everything the quickstart started" in out, out
     return out
 
