@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .conftest import PILOT_DIR, REPO, SHIPPED_MODEL, deliver
-from .test_telemetry import IngestServer
+from tests.infra.pilot_image import ensure_pilot_image
 
-IMAGE = "localhost/pilot-test-edge-pilot:ci"
-BASE = "localhost/edge-base:bookworm"
+from .conftest import REPO, SHIPPED_MODEL, deliver
+from .test_telemetry import IngestServer
 
 
 def podman_env() -> dict[str, str]:
@@ -33,14 +32,7 @@ def podman_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    env = podman_env()
-    if subprocess.run(["podman", "image", "exists", BASE], env=env).returncode != 0:
-        env_base = {**env, "DEBIAN_MIRROR": env.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")}
-        subprocess.run(
-            ["bash", str(REPO / "scripts" / "build-base-image.sh"), BASE], env=env_base, check=True, timeout=1200
-        )
-    subprocess.run(["bash", str(PILOT_DIR / "build-image.sh"), IMAGE], env=env, check=True, timeout=1200)
-    return IMAGE
+    return ensure_pilot_image()
 
 
 @pytest.fixture

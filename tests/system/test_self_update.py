@@ -340,6 +340,26 @@ def update_section(reported: dict[str, Any]) -> dict[str, Any]:
     return reported.get("agentUpdate") or {}
 
 
+def update_rolled_back(
+    device: Device, releases: dict[str, str], module_image: str, keys: Keys, tmp: Path, version: str, timeout: float
+) -> dict[str, Any]:
+    """Deploy agent `version`, which must fail: edgectl --until good exits 1 naming the roll-back,
+    and the device reports it, running 0.1.1 again. The reported `last` outcome."""
+    proc = device.deploy(document(module_image, {"version": version, "image": releases[version]}), keys, tmp,
+                         until="good", wait_s=timeout)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and f"agent {version} rolled_back" in said, said
+    reported = device.wait_reported(
+        f"release {version} to be rolled back",
+        lambda r: (update_section(r).get("last") or {}).get("version") == version
+        and update_section(r).get("running") == "0.1.1",
+        timeout=timeout,
+    )
+    last: dict[str, Any] = update_section(reported)["last"]
+    assert last["result"] == "rolled_back", last
+    return last
+
+
 # ---------------------------------------------------------------- the tests, in order
 
 
@@ -396,20 +416,8 @@ def test_a_release_that_crashes_at_start_is_rolled_back(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    proc = device.deploy(document(module_image, {"version": "0.1.2", "image": releases["0.1.2"]}), keys, tmp_path,
-                         until="good", wait_s=420)
-    assert proc.returncode == 1 and "agent 0.1.2 rolled_back" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    reported = device.wait_reported(
-        "the crashing release 0.1.2 to be rolled back",
-        lambda r: (
-            (update_section(r).get("last") or {}).get("version") == "0.1.2"
-            and update_section(r).get("running") == "0.1.1"
-        ),
-        timeout=420,
-    )
-    last = update_section(reported)["last"]
-    assert last["result"] == "rolled_back" and last["previous"] == "0.1.1", last
-    assert "without confirming" in last["reason"], last
+    last = update_rolled_back(device, releases, module_image, keys, tmp_path, "0.1.2", timeout=420)
+    assert last["previous"] == "0.1.1" and "without confirming" in last["reason"], last
     # The agent does not try it again, and says why.
     reported = device.wait_reported(
         "0.1.2 refused as rolled back before", lambda r: update_section(r).get("state") == "refused", timeout=60
@@ -428,19 +436,8 @@ def test_a_release_that_cannot_reach_the_broker_is_rolled_back(
     keys: Keys,
     tmp_path: Path,
 ) -> None:
-    proc = device.deploy(document(module_image, {"version": "0.1.3", "image": releases["0.1.3"]}), keys, tmp_path,
-                         until="good", wait_s=420 + WINDOW_S)
-    assert proc.returncode == 1 and "agent 0.1.3 rolled_back" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    reported = device.wait_reported(
-        "release 0.1.3, which cannot reach the broker, to be rolled back",
-        lambda r: (
-            (update_section(r).get("last") or {}).get("version") == "0.1.3"
-            and update_section(r).get("running") == "0.1.1"
-        ),
-        timeout=420 + WINDOW_S,
-    )
-    last = update_section(reported)["last"]
-    assert last["result"] == "rolled_back" and f"not confirmed within {WINDOW_S}s" in last["reason"], last
+    last = update_rolled_back(device, releases, module_image, keys, tmp_path, "0.1.3", timeout=420 + WINDOW_S)
+    assert f"not confirmed within {WINDOW_S}s" in last["reason"], last
     assert device.pointer() == f"{STATE}/agent/releases/0.1.1"
     assert device.modules() == {"app": running_module}
 

@@ -4,13 +4,13 @@ image built from this tree, and an agent with telemetry on (the pilot confirms i
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.infra.pilot_image import ensure_pilot_image
 from tests.infra.podman import podman
 from tests.integration.desired.conftest import Device, device
 
@@ -18,17 +18,11 @@ __all__ = ["device", "pilot_image", "push_pilot_image", "runtime_dir", "start_ag
 
 REPO = Path(__file__).resolve().parents[3]
 PILOT = REPO / "modules" / "pilot"
-PILOT_IMAGE = "localhost/edge-pilot-artifacts-test:ci"
 
 
 @pytest.fixture(scope="module")
 def pilot_image() -> str:
-    """The pilot image built from this tree (skipped by build-image.sh when its content is unchanged)."""
-    base = "localhost/edge-base:bookworm"
-    if podman("image", "exists", base, check=False).returncode != 0:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-base-image.sh"), base], check=True, timeout=1800)
-    subprocess.run(["bash", str(PILOT / "build-image.sh"), PILOT_IMAGE], check=True, timeout=1800)
-    return PILOT_IMAGE
+    return ensure_pilot_image()
 
 
 @pytest.fixture

@@ -122,10 +122,12 @@ class Device:
     # ---- fleet side
 
     def flags(self) -> list[str]:
-        return [
-            "--broker", "127.0.0.1", "--port", str(self.broker.port), "--prefix", self.prefix,
-            "--tls-ca", str(self.pki.ca), "--tls-cert", str(self.fleet.cert), "--tls-key", str(self.fleet.key),
-        ]
+        return ["--broker", "127.0.0.1", "--port", str(self.broker.port), *self.fleet_identity()]
+
+    def fleet_identity(self) -> list[str]:
+        """The fleet operator's --prefix and mutual-TLS flags (any broker of this fleet)."""
+        return ["--prefix", self.prefix, "--tls-ca", str(self.pki.ca), "--tls-cert", str(self.fleet.cert),
+                "--tls-key", str(self.fleet.key)]
 
     def edgectl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return edgectl(*args, timeout=timeout)

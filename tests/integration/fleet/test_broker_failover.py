@@ -142,17 +142,8 @@ def test_agents_move_to_the_second_broker_without_losing_telemetry(
     streams: dict[str, Stream] = {}
     try:
         for device in devices:
-            follower = Follower(tmp_path / f"fleet-{device}", brokers.two.port, device, client_id=unique("follow"))
-            follower._argv += [
-                "--prefix",
-                kit.prefix,
-                "--tls-ca",
-                str(kit.pki.ca),
-                "--tls-cert",
-                str(kit.fleet.cert),
-                "--tls-key",
-                str(kit.fleet.key),
-            ]
+            follower = Follower(tmp_path / f"fleet-{device}", brokers.two.port, device, client_id=unique("follow"),
+                                extra=kit.fleet_identity())
             followers[device] = follower.start()
         for device in devices:
             agents[device] = AgentProcess(

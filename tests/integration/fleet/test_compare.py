@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,38 +23,19 @@ import numpy as np
 import pytest
 
 from tests.infra.agent import AgentProcess
+from tests.infra.pilot_image import ensure_pilot_image
 from tests.infra.podman import podman
 from tests.integration.desired.conftest import REPO
 from tests.integration.fleet.conftest import Fleet
 from tests.integration.telemetry.helpers import Follower
 from tests.integration.twin.pki import unique
 
-BASE = "localhost/edge-base:bookworm"
-LOCAL_PILOT = "localhost/edge-pilot-compare-test:ci"
 RECORDS_PER_GROUP = 16
-
-
-def podman_env() -> dict[str, str]:
-    out = subprocess.run(
-        ["bash", "-c", f". {REPO}/scripts/podman-env.sh && echo $CONTAINERS_CONF"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {**os.environ, "CONTAINERS_CONF": out.stdout.strip()}
 
 
 @pytest.fixture(scope="module")
 def pilot_image() -> str:
-    """The real pilot image (cached by build-image.sh's content label)."""
-    env = podman_env()
-    if subprocess.run(["podman", "image", "exists", BASE], env=env).returncode != 0:
-        env_base = {**env, "DEBIAN_MIRROR": env.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")}
-        subprocess.run(
-            ["bash", str(REPO / "scripts/build-base-image.sh"), BASE], env=env_base, check=True, timeout=1200
-        )
-    subprocess.run(["bash", str(REPO / "modules/pilot/build-image.sh"), LOCAL_PILOT], env=env, check=True, timeout=1200)
-    return LOCAL_PILOT
+    return ensure_pilot_image()
 
 
 def push_signed(fleet: Fleet, local: str) -> str:
@@ -103,17 +83,8 @@ def test_compare_two_label_groups_running_two_pilot_settings(tmp_path: Path, fle
                 )
                 text += f'allowed_mount_roots = ["{config_dir}"]\n'  # [deployment] is the last table
                 fleet.agents[device] = AgentProcess(tmp_path / device, text, env={"PYTHONPATH": str(REPO)})
-                follower = Follower(tmp_path / f"follow-{device}", kit.broker.port, device, client_id=unique("f"))
-                follower._argv += [
-                    "--prefix",
-                    kit.prefix,
-                    "--tls-ca",
-                    str(kit.pki.ca),
-                    "--tls-cert",
-                    str(kit.fleet.cert),
-                    "--tls-key",
-                    str(kit.fleet.key),
-                ]
+                follower = Follower(tmp_path / f"follow-{device}", kit.broker.port, device, client_id=unique("f"),
+                                    extra=kit.fleet_identity())
                 followers[device] = follower.start()
         fleet.start()
         image = push_signed(fleet, pilot_image)

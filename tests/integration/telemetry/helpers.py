@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +96,13 @@ class IngestClient:
 class Follower:
     """`edgectl telemetry DEVICE --json --all` with a persistent session: what the fleet receives."""
 
-    def __init__(self, workdir: Path, port: int, device: str = "dev1", client_id: str = "fleet-follower") -> None:
+    def __init__(self, workdir: Path, port: int, device: str = "dev1", client_id: str = "fleet-follower",
+                 extra: Sequence[str] = ()) -> None:
+        """`extra`: more edgectl flags, e.g. the fleet's --prefix and mutual-TLS flags."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.out = workdir / "follower.jsonl"
         argv = [sys.executable, "-m", "edge_agent.fleet.cli", "telemetry", device, "--host", "127.0.0.1",
-                "--port", str(port), "--json", "--all", "--client-id", client_id]
+                "--port", str(port), "--json", "--all", "--client-id", client_id, *extra]
         self.proc = ManagedProcess("edgectl-telemetry", argv, workdir / "follower.log")
         self.proc.log_path = workdir / "follower.log"
         self._argv = argv
