@@ -47,15 +47,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _image_reference(value: str) -> str:
+def _image_reference(value: str, kind: str = "image") -> str:
+    """A registry reference with an explicit host and a tag or digest (images, releases, artifacts)."""
     try:
         _, tag, digest = parse_image_reference(value)
     except ValueError:
         raise PydanticCustomError(
-            "image", "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
+            kind, "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
         ) from None
     if tag is None and digest is None:
-        raise PydanticCustomError("image", "expected a tag or a digest (no implicit :latest)")
+        raise PydanticCustomError(kind, "expected a tag or a digest (no implicit :latest)")
     return value
 
 
@@ -184,15 +185,7 @@ class Artifact(_Model):
     @field_validator("ref")
     @classmethod
     def _ref(cls, value: str) -> str:
-        try:
-            _, tag, digest = parse_image_reference(value)
-        except ValueError:
-            raise PydanticCustomError(
-                "artifact", "expected registry/repository[:tag][@sha256:digest] with an explicit registry host"
-            ) from None
-        if tag is None and digest is None:
-            raise PydanticCustomError("artifact", "expected a tag or a digest (no implicit :latest)")
-        return value
+        return _image_reference(value, "artifact")
 
     @field_validator("path")
     @classmethod

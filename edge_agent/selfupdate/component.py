@@ -30,7 +30,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
-from edge_agent.deployment.manifest import AGENT_RELEASE, Deployment
+from edge_agent.deployment.manifest import AGENT_RELEASE
 from edge_agent.deployment.store import StoredDeployment
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
@@ -98,11 +98,12 @@ class SelfUpdateComponent(BaseComponent):
     # ------------------------------------------------------------------ one step
 
     async def _step(self) -> None:
+        # The stored document passed the gate (validated) when it was admitted: read it as it is.
         stored = self.last_known_good()
-        release = Deployment.model_validate(stored.document).agent if stored is not None else None
-        image = stored.images.get(AGENT_RELEASE) if stored is not None and release is not None else None
-        self.wanted = release.version if release is not None else None
-        version = release.version if release is not None else None
+        release = stored.document.get("agent") if stored is not None else None
+        version = release.get("version") if isinstance(release, dict) else None
+        image = stored.images.get(AGENT_RELEASE) if stored is not None and version is not None else None
+        self.wanted = version
         installed = version is not None and self.files.installed(version)
         action = decide(
             version,
