@@ -7,16 +7,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.infra.podman import podman
+from tests.infra.base_image import ensure_base_image
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_IMAGE = "localhost/edge-base:bookworm"
 PILOT_TEST_IMAGE = "localhost/edge-pilot-test:ci"
 
 
 def ensure_pilot_image() -> str:
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-base-image.sh"), BASE_IMAGE], check=True, timeout=1800)
-    subprocess.run(["bash", str(REPO / "modules" / "pilot" / "build-image.sh"), PILOT_TEST_IMAGE], check=True,
-                   timeout=1800)
+    ensure_base_image()
+    subprocess.run(
+        ["bash", str(REPO / "modules" / "pilot" / "build-image.sh"), PILOT_TEST_IMAGE], check=True, timeout=1800
+    )
     return PILOT_TEST_IMAGE
