@@ -69,7 +69,7 @@ rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"* "$root/v
   "$root/var/log/"*.log "$root/var/log/apt/"* "$root/var/cache/ldconfig/aux-cache"
 variant=""
 [ "$arch" = arm64 ] && variant=v8
-tar -C "$root" -c . | podman import --arch "$arch" ${variant:+--variant "$variant"} --os linux \
+tar -C "$root" -c . | podman import --quiet --arch "$arch" ${variant:+--variant "$variant"} --os linux \
   --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
 [ "$image" != "$arch_tag" ] && [ "$arch" = "$host_arch" ] && podman tag "$image" "$arch_tag"
 echo "built $image ($arch, $(( $(date +%s) - started )) s)"

@@ -118,7 +118,7 @@ class PCA9685Actuator:
 class SimActuator:
     """Feeds commands to the simulator; in real time a background thread integrates the car."""
 
-    def __init__(self, world: SimWorld | None = None, physics_hz: float = 100.0):
+    def __init__(self, world: SimWorld | None = None, physics_hz: float = 100.0, time_scale: float = 1.0):
         self.world = world
         self.angle = 0.0
         self.throttle = 0.0
@@ -127,6 +127,7 @@ class SimActuator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dt = 1.0 / physics_hz
+        self._sim_dt = self._dt * time_scale  # simulated time per physics step
 
     def drive(self, angle: float, throttle: float) -> None:
         with self._lock:
@@ -151,7 +152,7 @@ class SimActuator:
         while not self._stop.is_set():
             with self._lock:
                 a, t = self.angle, self.throttle
-            self.world.step(a, t, self._dt)
+            self.world.step(a, t, self._sim_dt)
             nxt += self._dt
             delay = nxt - time.monotonic()
             if delay > 0:

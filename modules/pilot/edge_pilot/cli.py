@@ -43,7 +43,7 @@ def make_source(cfg: PilotConfig, world: SimWorld | None) -> FrameSource:
 
 def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
     if cfg.actuator.kind == "sim":
-        act = SimActuator(world)
+        act = SimActuator(world, time_scale=cfg.actuator.sim_time_scale)
         act.start_physics()
         return act
     return PCA9685Actuator(Calibration(**cfg.actuator.calibration.model_dump()))

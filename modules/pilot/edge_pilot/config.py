@@ -40,6 +40,9 @@ class CalibrationConfig(_Strict):
 class ActuatorConfig(_Strict):
     kind: Literal["pca9685", "sim"] = "sim"
     calibration: CalibrationConfig = CalibrationConfig()
+    # simulator only: simulated seconds per wall-clock second. Below 1 the world slows down, so a
+    # machine that infers slowly (arm64 under qemu emulation: ~3 frames/s) still steers often enough.
+    sim_time_scale: float = Field(1.0, gt=0, le=1)
 
 
 class LoopSettings(_Strict):
