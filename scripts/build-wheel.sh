@@ -3,7 +3,7 @@
 # for an offline install (on a Pi: copy the folder over and
 #   python3 -m venv /opt/edge-agent && /opt/edge-agent/bin/pip install --no-index --find-links DIR edge-agent).
 #
-# Usage: scripts/build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64]
+# Usage: scripts/build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]
 #   --with-deps             also the dependencies, as wheels for the machine this runs on
 #                           (anything without a wheel is compiled here)
 #   --platform MACHINE      implies --with-deps: the dependencies as wheels for another machine
@@ -12,17 +12,20 @@
 #                           downloaded from the package index, never compiled: no compiler and no
 #                           emulation needed. A dependency that has no such wheel is an error
 #                           naming it (build that wheelhouse on the target machine instead).
+#   --agent-wheel WHEEL     with --platform: that edge-agent wheel (copied to OUTDIR) instead of one
+#                           built from this checkout (scripts/build-release.sh --platform uses it)
 # The edge-agent wheel itself is pure Python (py3-none-any) and fits every machine.
 set -euo pipefail
-usage="usage: build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64]"
+usage="usage: build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]"
 out=${1:?$usage}
 shift
-with_deps= machine=
+with_deps= machine= agent_wheel=
 while [ $# -gt 0 ]; do
   case "$1" in
     --with-deps) with_deps=1; shift ;;
     --platform) machine=${2:?--platform needs aarch64 or x86_64}; with_deps=1; shift 2 ;;
     --platform=*) machine=${1#--platform=}; with_deps=1; shift ;;
+    --agent-wheel) agent_wheel=${2:?--agent-wheel needs a file}; shift 2 ;;
     *) echo "build-wheel.sh: unknown argument $1 ($usage)" >&2; exit 2 ;;
   esac
 done
@@ -32,6 +35,13 @@ case "$machine" in
   amd64) machine=x86_64 ;;
   *) echo "build-wheel.sh: --platform $machine: only aarch64 and x86_64 are built" >&2; exit 2 ;;
 esac
+if [ -n "$agent_wheel" ]; then
+  [ -n "$machine" ] || { echo "build-wheel.sh: --agent-wheel goes with --platform" >&2; exit 2; }
+  case "$(basename "$agent_wheel")" in
+    edge_agent-*-py3-none-any.whl) [ -f "$agent_wheel" ] || { echo "build-wheel.sh: $agent_wheel: no such file" >&2; exit 2; } ;;
+    *) echo "build-wheel.sh: --agent-wheel $agent_wheel is not an edge_agent-VERSION-py3-none-any.whl" >&2; exit 2 ;;
+  esac
+fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 mkdir -p "$out"
@@ -42,10 +52,15 @@ if [ -z "$with_deps" ]; then
 elif [ -z "$machine" ]; then
   "$python" -m pip wheel --quiet --wheel-dir "$out" "$repo"
 else
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
-  rm -rf "$repo/build"
-  version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)
-  wheel=$(ls "$out"/edge_agent-"$version"-py3-none-any.whl)
+  if [ -n "$agent_wheel" ]; then
+    cp "$agent_wheel" "$out/"
+    wheel=$out/$(basename "$agent_wheel")
+  else
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
+    rm -rf "$repo/build"
+    version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)
+    wheel=$(ls "$out"/edge_agent-"$version"-py3-none-any.whl)
+  fi
   # Every glibc a manylinux wheel may ask for, up to bookworm's 2.36 (pip takes the tags it is
   # given literally: manylinux_2_36 alone would refuse a manylinux_2_17 wheel).
   platforms=()
