@@ -11,6 +11,10 @@ container (the agent runs podman's API, so its module runs next to it on the hos
 The agent's container shares the host's network to reach them on loopback. Python under qemu is
 several times slower than native: timeouts are generous, and nothing here is timed.
 
+Last, the venv install the way docs/operations.md tells a Pi's operator (the aarch64 wheelhouse,
+`pip install --no-index`) under a real systemd, PID 1 of an emulated arm64 container: the first of
+tests/system/test_systemd_service.py's checks, run unchanged against it.
+
 The arm64 agent image is kept in podman's store (tag AGENT_IMAGE); the build script skips it when
 its content label matches, so only the first run on a machine pays for the emulated build.
 """
@@ -35,7 +39,8 @@ from tests.infra.mosquitto import Mosquitto
 from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
 from tests.infra.podman import PodmanService
 from tests.infra.registry import Registry
-from tests.system.conftest import REPO_ROOT, podman, run_script, unique_name
+from tests.system import test_systemd_service as systemd_tests
+from tests.system.conftest import REPO_ROOT, SystemdContainer, podman, run_script, unique_name
 
 AGENT_IMAGE = "localhost/edge-agent-test:arm64"
 AGENT_UID = 10001  # the Containerfile's edge-agent user
@@ -112,6 +117,17 @@ class Arm64Device:
             "-v", f"{self.work / 'state'}:/var/lib/edge-agent",
             "-v", f"{self.work / 'podman'}:/run/edge-test-podman",
         ]  # fmt: skip
+
+    def run(
+        self, *args: str, entrypoint: str | None = None, network: str = "none", mounts: bool = False, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """A one-off arm64 container of the agent image (`podman run --rm`)."""
+        extra = ["--entrypoint", entrypoint] if entrypoint else []
+        extra += self.mounts() if mounts else []
+        return podman(
+            "run", "--rm", "--platform", "linux/arm64", "--network", network, *extra, self.image, *args,
+            check=check, timeout=SLOW,
+        )  # fmt: skip
 
     def agent(self, *args: str, timeout: float = SLOW) -> subprocess.CompletedProcess[str]:
         """`edge-agent ARGS` in the running agent's container (an arm64 process, emulated)."""
@@ -207,26 +223,19 @@ def module_image(device: Arm64Device, keys: Path, busybox_image: str) -> MultiAr
 
 
 def test_arm64_image_holds_the_agent_installed_offline_and_check_passes(device: Arm64Device) -> None:
-    machine = podman("run", "--rm", "--network", "none", "--entrypoint", "uname", device.image, "-m",
-                     timeout=SLOW).stdout.strip()  # fmt: skip
-    assert machine == "aarch64"
-    version = json.loads(
-        podman("run", "--rm", "--network", "none", device.image, "version", "--json", timeout=SLOW).stdout
-    )
+    assert device.run("-m", entrypoint="uname").stdout.strip() == "aarch64"
+    version = json.loads(device.run("version", "--json").stdout)
     assert version["arch"] == "aarch64" and version["python"].startswith("3.11."), version
     # The compiled dependencies are aarch64 wheels, and they load.
-    loaded = podman(
-        "run", "--rm", "--network", "none", "--entrypoint", "/opt/edge-agent/bin/python", device.image, "-c",
-        "import platform, cryptography.hazmat.bindings._rust, pydantic_core, nacl.bindings;"
-        " print(platform.machine(), pydantic_core.__version__)",
-        timeout=SLOW,
-    ).stdout.split()  # fmt: skip
-    assert loaded[0] == "aarch64", loaded
+    loaded = device.run(
+        "-c",
+        "import importlib.util, platform, cryptography.hazmat.bindings._rust, pydantic_core, nacl.bindings;"
+        " print(platform.machine(), importlib.util.find_spec('pip') is None)",
+        entrypoint="/opt/edge-agent/bin/python",
+    ).stdout.split()
+    assert loaded == ["aarch64", "True"], loaded  # and the runtime has no installer
 
-    check = podman(
-        "run", "--rm", "--network", "host", *device.mounts(), device.image,
-        "check", "--config", "/etc/edge-agent/config.toml", check=False, timeout=SLOW,
-    )  # fmt: skip
+    check = device.run("check", "--config", "/etc/edge-agent/config.toml", network="host", mounts=True, check=False)
     print(f"\n--- edge-agent check (arm64, emulated) ---\n{check.stdout}{check.stderr}")
     assert check.returncode == 0, check.stdout + check.stderr
     lines = check.stdout.splitlines()
@@ -238,7 +247,18 @@ def test_arm64_image_holds_the_agent_installed_offline_and_check_passes(device: 
 def test_arm64_agent_starts_a_signed_arm64_module_then_boots_offline_and_starts_it_again(
     device: Arm64Device, module_image: MultiArch, keys: Path
 ) -> None:
-    podman("run", "-d", "--name", device.name, "--network", "host", *device.mounts(), device.image)
+    podman(
+        "run",
+        "-d",
+        "--platform",
+        "linux/arm64",
+        "--name",
+        device.name,
+        "--network",
+        "host",
+        *device.mounts(),
+        device.image,
+    )
     wait_for("the agent to answer `edge-agent status`", device.status, SLOW, interval=5)
 
     deployed = device.deploy(module_image.reference, keys)
@@ -291,3 +311,57 @@ def test_arm64_agent_starts_a_signed_arm64_module_then_boots_offline_and_starts_
     print(f"\n--- edge-agent status after the offline boot (arm64, emulated) ---\n{human.stdout}{human.stderr}")
     assert human.returncode == 0, human.stderr
     assert "app" in human.stdout
+
+
+# ---------------------------------------------------------------- systemd as PID 1, arm64
+
+
+@pytest.fixture(scope="module")
+def aarch64_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("aarch64-cp311")
+    run_script("build-wheel.sh", str(out), "--platform", "aarch64")
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    assert any(w.startswith("edge_agent-") for w in wheels), wheels
+    compiled = [w for w in wheels if not w.endswith("-none-any.whl")]
+    assert compiled and all("aarch64" in w for w in compiled), compiled
+    return out
+
+
+@pytest.fixture(scope="module")
+def arm64_systemd(aarch64_wheelhouse: Path) -> Iterator[SystemdContainer]:
+    """The systemd image for arm64 booted (emulated), the agent installed from the aarch64
+    wheelhouse with the unit, as test_systemd_service.py's `agent` fixture does, and started."""
+    ensure_base_image("arm64")
+    run_script("build-systemd-image.sh", "--arch", "arm64", timeout=1800)
+    name = unique_name("systemd-arm64")
+    podman(
+        "run", "-d", "--platform", "linux/arm64", "--name", name,
+        "--systemd=always", "--cap-add", "SYS_ADMIN",
+        "-v", f"{aarch64_wheelhouse}:/wheels:ro",
+        "-v", f"{REPO_ROOT / 'systemd'}:/src/systemd:ro",
+        "-v", f"{REPO_ROOT / 'config'}:/src/config:ro",
+        "localhost/edge-systemd:bookworm-arm64", "/sbin/init",
+    )  # fmt: skip
+    box = SystemdContainer(name)
+    try:
+        # Under qemu-user, units that load credentials (systemd-sysusers, systemd-tmpfiles-setup)
+        # fail at boot ("Failed to set up credentials: Invalid argument"): "degraded" is the best
+        # an emulated boot gets. The install runs both tools itself.
+        box.wait_for(
+            "systemd to finish booting",
+            lambda: box.sh("systemctl is-system-running", check=False).stdout.strip() in ("running", "degraded"),
+            timeout=SLOW,
+            interval=2,
+        )
+        assert box.out("uname -m").strip() == "aarch64"
+        box.sh(systemd_tests.INSTALL, timeout=SLOW)
+        box.sh(f"systemctl start {systemd_tests.UNIT}", timeout=SLOW)
+        yield box
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_arm64_agent_under_systemd_is_active_after_ready_and_hardened(arm64_systemd: SystemdContainer) -> None:
+    version = json.loads(arm64_systemd.out("/opt/edge-agent/bin/edge-agent version --json", timeout=SLOW))
+    assert version["arch"] == "aarch64", version
+    systemd_tests.test_service_is_active_after_ready_and_hardened(arm64_systemd)
