@@ -365,3 +365,41 @@ def test_arm64_agent_under_systemd_is_active_after_ready_and_hardened(arm64_syst
     version = json.loads(arm64_systemd.out("/opt/edge-agent/bin/edge-agent version --json", timeout=SLOW))
     assert version["arch"] == "aarch64", version
     systemd_tests.test_service_is_active_after_ready_and_hardened(arm64_systemd)
+
+
+# ---------------------------------------------------------------- agent releases for Pis
+
+
+def test_release_image_carries_an_aarch64_folder_made_from_the_same_agent_wheel(
+    tmp_path: Path, wheelhouse: Path, registry: Registry
+) -> None:
+    """scripts/build-release.sh --platform aarch64: beside this machine's wheelhouse, a folder for
+    Pis with the same edge-agent wheel and aarch64 wheels of its dependencies (downloaded here)."""
+    house = tmp_path / "x86_64-cp311"
+    house.mkdir()
+    for wheel in wheelhouse.glob("*.whl"):
+        (house / wheel.name).write_bytes(wheel.read_bytes())
+    (agent_wheel,) = house.glob("edge_agent-*.whl")
+    version = agent_wheel.name.split("-")[1]
+    ref = f"{registry.host}/rel-{uuid.uuid4().hex[:6]}/edge-agent-release:{version}"
+    digest = run_script(
+        "build-release.sh", "--version", version, "--image", ref, "--wheelhouse", str(house),
+        "--platform", "aarch64", "--insecure-registry",
+    ).strip()  # fmt: skip
+    assert digest.startswith("sha256:"), digest
+    name = unique_name("release")
+    podman("pull", "-q", "--tls-verify=false", ref)
+    try:
+        podman("create", "--name", name, ref, "none")
+        podman("cp", f"{name}:/wheelhouse", str(tmp_path / "out"))
+    finally:
+        podman("rm", "-f", name, check=False)
+        podman("rmi", "-f", ref, check=False)
+    folders = {d.name: sorted(w.name for w in d.glob("*.whl")) for d in (tmp_path / "out").iterdir()}
+    assert set(folders) == {"x86_64-cp311", "aarch64-cp311"}, folders
+    pi = folders["aarch64-cp311"]
+    assert (tmp_path / "out" / "aarch64-cp311" / agent_wheel.name).read_bytes() == agent_wheel.read_bytes()
+    compiled = [w for w in pi if not w.endswith("-none-any.whl")]
+    assert compiled and all("aarch64" in w for w in compiled), pi
+    # the same distributions on both sides (only the platform tags differ)
+    assert {w.split("-")[0] for w in pi} == {w.split("-")[0] for w in folders["x86_64-cp311"]}, folders
