@@ -74,7 +74,7 @@ else
     missing=$(sed -n 's/^ERROR: No matching distribution found for \(.*\)$/\1/p' "$log" | head -n1)
     grep -v '^WARNING: Location' "$log" >&2 || true
     echo "build-wheel.sh: ${missing:-a dependency} has no wheel for $machine (CPython 3.11, glibc <= 2.36)" \
-         "on the package index; build this wheelhouse on a $machine machine with" \
+         "on the package index; build this wheelhouse on an $machine machine with" \
          "'scripts/build-wheel.sh $out --with-deps'" >&2
     exit 1
   fi

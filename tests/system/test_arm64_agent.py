@@ -403,3 +403,30 @@ def test_release_image_carries_an_aarch64_folder_made_from_the_same_agent_wheel(
     assert compiled and all("aarch64" in w for w in compiled), pi
     # the same distributions on both sides (only the platform tags differ)
     assert {w.split("-")[0] for w in pi} == {w.split("-")[0] for w in folders["x86_64-cp311"]}, folders
+
+
+def test_aarch64_wheelhouse_names_a_dependency_that_has_no_wheel(tmp_path: Path) -> None:
+    """A dependency with no aarch64 wheel on the index (tpm2-pytss ships only an sdist) makes
+    build-wheel.sh --platform fail naming it; nothing is compiled or emulated instead."""
+    src = tmp_path / "src"
+    (src / "edge_agent").mkdir(parents=True)
+    (src / "edge_agent" / "__init__.py").write_text("")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "edge-agent"\nversion = "0.0.1"\ndependencies = ["tpm2-pytss>=2.3,<4"]\n'
+    )
+    built = tmp_path / "built"
+    must(
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(src)],
+            capture_output=True, text=True, timeout=300,
+        )
+    )  # fmt: skip
+    (wheel,) = built.glob("edge_agent-0.0.1-*.whl")
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "build-wheel.sh"), str(tmp_path / "out"), "--platform", "aarch64",
+         "--agent-wheel", str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "tpm2-pytss" in proc.stderr and "has no wheel for aarch64" in proc.stderr, proc.stderr
