@@ -58,6 +58,7 @@ if [ -z "${EDGE_AGENT_REBUILD:-}" ] && podman image exists "$image" \
   exit 0
 fi
 
+previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 started=$(date +%s)
 ctx=$(mktemp -d /var/tmp/edge-agent-ctx.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
@@ -69,6 +70,10 @@ wheels_s=$(( $(date +%s) - started ))
 podman build --network none --pull=never --platform "linux/$arch" --build-arg BASE="$base" \
   --label edge-agent.content="$content" -t "$image" "$ctx" > "$ctx/build.log" 2>&1 \
   || { tail -n 40 "$ctx/build.log" >&2; echo "build-agent-image.sh: podman build of $image failed" >&2; exit 1; }
+# The image this one replaces, unless something else still uses it (another tag, a container).
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+  podman rmi "$previous" > /dev/null 2>&1 || true
+fi
 echo "built $image ($arch, $content): wheelhouse ${wheels_s} s, image build $(( $(date +%s) - started - wheels_s )) s"
 podman image inspect --format 'size {{.Size}} bytes' "$image"
 podman history --format '{{.Size}}	{{.CreatedBy}}' "$image" | cut -c1-160
