@@ -7,10 +7,13 @@
 #   edgectl sign-image REF --key image.key
 #
 # Usage: scripts/build-release.sh --version V --image REGISTRY/REPO:TAG --wheelhouse DIR [--wheelhouse DIR]...
-#                                 [--insecure-registry]
+#                                 [--platform aarch64|x86_64]... [--insecure-registry]
 # Each DIR is a wheelhouse from `scripts/build-wheel.sh DIR --with-deps`, built on its target
 # platform; the folder it lands in is named after the platform its edge-agent wheel was built on
 # (DIR's basename when it looks like MACHINE-cpXY, e.g. aarch64-cp311; else this machine's).
+# --platform MACHINE adds a MACHINE-cp311 folder made here: the edge-agent wheel of the first DIR
+# (pure Python) and its dependencies downloaded as MACHINE wheels (scripts/build-wheel.sh
+# --platform; nothing compiled), e.g. --platform aarch64 for Raspberry Pis next to an x86_64 DIR.
 # Prints the pushed image's digest.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,12 +21,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/podman-env.sh"
 
 version= image= tls=true
-wheelhouses=()
+wheelhouses=() machines=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) version=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
     --wheelhouse) wheelhouses+=("$2"); shift 2 ;;
+    --platform) machines+=("$2"); shift 2 ;;
     --insecure-registry) tls=false; shift ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build-release.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -46,6 +50,13 @@ for dir in "${wheelhouses[@]}"; do
   # Only this version's agent wheel: a wheelhouse reused across releases may hold older ones.
   find "$dir" -maxdepth 1 -name '*.whl' ! -name 'edge_agent-*' -exec cp {} "$work/wheelhouse/$name/" \;
   cp "$dir"/edge_agent-"$version"-*.whl "$work/wheelhouse/$name/"
+  echo "COPY wheelhouse/$name /wheelhouse/$name" >> "$work/Containerfile"
+done
+for machine in ${machines[@]+"${machines[@]}"}; do
+  name=$machine-cp311
+  [ -d "$work/wheelhouse/$name" ] && { echo "build-release.sh: $name is there twice" >&2; exit 2; }
+  agent_wheel=$(ls "${wheelhouses[0]}"/edge_agent-"$version"-*.whl | head -n1)
+  bash "$here/build-wheel.sh" "$work/wheelhouse/$name" --platform "$machine" --agent-wheel "$agent_wheel" > /dev/null
   echo "COPY wheelhouse/$name /wheelhouse/$name" >> "$work/Containerfile"
 done
 local_tag="localhost/edge-agent-release-build:$version"

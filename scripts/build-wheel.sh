@@ -3,19 +3,80 @@
 # for an offline install (on a Pi: copy the folder over and
 #   python3 -m venv /opt/edge-agent && /opt/edge-agent/bin/pip install --no-index --find-links DIR edge-agent).
 #
-# Usage: scripts/build-wheel.sh OUTDIR [--with-deps]
-# Wheels with compiled code are built for the machine this runs on: build the wheelhouse on
-# the same architecture and Python minor version as the target (aarch64 + 3.11 for a Pi 4).
+# Usage: scripts/build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]
+#   --with-deps             also the dependencies, as wheels for the machine this runs on
+#                           (anything without a wheel is compiled here)
+#   --platform MACHINE      implies --with-deps: the dependencies as wheels for another machine
+#                           (aarch64 for a Raspberry Pi 4 with 64-bit Raspberry Pi OS / Debian
+#                           bookworm), CPython 3.11, glibc 2.36 or older (manylinux). They are
+#                           downloaded from the package index, never compiled: no compiler and no
+#                           emulation needed. A dependency that has no such wheel is an error
+#                           naming it (build that wheelhouse on the target machine instead).
+#   --agent-wheel WHEEL     with --platform: that edge-agent wheel (copied to OUTDIR) instead of one
+#                           built from this checkout (scripts/build-release.sh --platform uses it)
+# The edge-agent wheel itself is pure Python (py3-none-any) and fits every machine.
 set -euo pipefail
-out=${1:?usage: build-wheel.sh OUTDIR [--with-deps]}
+usage="usage: build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]"
+out=${1:?$usage}
+shift
+with_deps= machine= agent_wheel=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --with-deps) with_deps=1; shift ;;
+    --platform) machine=${2:?--platform needs aarch64 or x86_64}; with_deps=1; shift 2 ;;
+    --platform=*) machine=${1#--platform=}; with_deps=1; shift ;;
+    --agent-wheel) agent_wheel=${2:?--agent-wheel needs a file}; shift 2 ;;
+    *) echo "build-wheel.sh: unknown argument $1 ($usage)" >&2; exit 2 ;;
+  esac
+done
+case "$machine" in
+  ""|aarch64|x86_64) ;;
+  arm64) machine=aarch64 ;;
+  amd64) machine=x86_64 ;;
+  *) echo "build-wheel.sh: --platform $machine: only aarch64 and x86_64 are built" >&2; exit 2 ;;
+esac
+if [ -n "$agent_wheel" ]; then
+  [ -n "$machine" ] || { echo "build-wheel.sh: --agent-wheel goes with --platform" >&2; exit 2; }
+  case "$(basename "$agent_wheel")" in
+    edge_agent-*-py3-none-any.whl) [ -f "$agent_wheel" ] || { echo "build-wheel.sh: $agent_wheel: no such file" >&2; exit 2; } ;;
+    *) echo "build-wheel.sh: --agent-wheel $agent_wheel is not an edge_agent-VERSION-py3-none-any.whl" >&2; exit 2 ;;
+  esac
+fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 mkdir -p "$out"
 # pip builds in the source tree; a stale build/ could smuggle deleted modules into the wheel.
 rm -rf "$repo/build"
-if [ "${2:-}" = "--with-deps" ]; then
+if [ -z "$with_deps" ]; then
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
+elif [ -z "$machine" ]; then
   "$python" -m pip wheel --quiet --wheel-dir "$out" "$repo"
 else
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
+  if [ -n "$agent_wheel" ]; then
+    cp "$agent_wheel" "$out/"
+    wheel=$out/$(basename "$agent_wheel")
+  else
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
+    rm -rf "$repo/build"
+    version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)
+    wheel=$(ls "$out"/edge_agent-"$version"-py3-none-any.whl)
+  fi
+  # Every glibc a manylinux wheel may ask for, up to bookworm's 2.36 (pip takes the tags it is
+  # given literally: manylinux_2_36 alone would refuse a manylinux_2_17 wheel).
+  platforms=()
+  for minor in $(seq 36 -1 17); do platforms+=(--platform "manylinux_2_${minor}_$machine"); done
+  platforms+=(--platform "manylinux2014_$machine")
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  if ! "$python" -m pip download --quiet --only-binary=:all: "${platforms[@]}" \
+      --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+      --dest "$out" "$wheel" > "$log" 2>&1; then
+    missing=$(sed -n 's/^ERROR: No matching distribution found for \(.*\)$/\1/p' "$log" | head -n1)
+    grep -v '^WARNING: Location' "$log" >&2 || true
+    echo "build-wheel.sh: ${missing:-a dependency} has no wheel for $machine (CPython 3.11, glibc <= 2.36)" \
+         "on the package index; build this wheelhouse on an $machine machine with" \
+         "'scripts/build-wheel.sh $out --with-deps'" >&2
+    exit 1
+  fi
 fi
 ls "$out"/edge_agent-*.whl

@@ -9,23 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import REPO_ROOT, podman, unique_name
-
-HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+from tests.system.conftest import REPO_ROOT, podman, run_script, unique_name
 
 
 @pytest.fixture(scope="module")
 def agent_image(base_image: str) -> Iterator[str]:
     image = f"localhost/{unique_name('image')}:test"
-    # The builder stage fetches dependencies from PyPI; on these machines HTTPS goes through
-    # a proxy whose CA is only in the host bundle, so lend it to the build (RUN-time mount,
-    # not part of any layer).
-    podman(
-        "build", "--build-arg", f"BASE={base_image}",
-        "-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
-        "-t", image, str(REPO_ROOT),
-        timeout=900,
-    )  # fmt: skip
+    # The way the Containerfile is meant to be built: a host-made wheelhouse in a fresh context,
+    # no network in the build (scripts/build-agent-image.sh).
+    run_script("build-agent-image.sh", image, "--base", base_image)
     try:
         yield image
     finally:
