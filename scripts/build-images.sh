@@ -3,9 +3,10 @@
 # Debian base of that architecture, joined into one image index (manifest list) per image.
 #
 # Usage: scripts/build-images.sh [--arch amd64,arm64] [--tag TAG] [--push REGISTRY/PREFIX]
-#                                [--insecure] [--only pilot|agent]
-#   Builds localhost/edge-pilot:TAG-<arch> and localhost/edge-agent:TAG-<arch> (TAG default dev),
-#   then the local lists localhost/edge-pilot:TAG and localhost/edge-agent:TAG. With --push, pushes
+#                                [--insecure] [--only pilot|agent] [--local-prefix P]
+#   Builds localhost/edge-pilot:<arch> and localhost/edge-agent:<arch>, then the local lists
+#   localhost/edge-pilot:TAG and localhost/edge-agent:TAG (TAG default dev). --local-prefix
+#   replaces "localhost/edge-" in those names (tests use their own). With --push, pushes
 #   each list with every platform image (`podman manifest push --all`) to REGISTRY/PREFIX/edge-pilot:TAG
 #   and .../edge-agent:TAG and prints the index digests. Sign them afterwards, once per index:
 #     edgectl sign-image REGISTRY/PREFIX/edge-pilot:TAG --key image.key   (signs each platform too)
@@ -19,7 +20,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/podman-env.sh
 . "$root/scripts/podman-env.sh"
 
-arches=amd64,arm64 tag=dev push="" tls=() only=""
+arches=amd64,arm64 tag=dev push="" tls=() only="" prefix=localhost/edge-
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arches=${2:?}; shift 2 ;;
@@ -27,7 +28,8 @@ while [ $# -gt 0 ]; do
     --push) push=${2:?--push needs REGISTRY/PREFIX}; shift 2 ;;
     --insecure) tls=(--tls-verify=false); shift ;;
     --only) only=${2:?}; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --local-prefix) prefix=${2:?}; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-images.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,13 +44,14 @@ build_one() {  # name arch image
 names=(pilot agent)
 [ -n "$only" ] && names=("$only")
 for name in "${names[@]}"; do
-  list=localhost/edge-$name:$tag
+  list=$prefix$name:$tag
   podman manifest exists "$list" 2>/dev/null && podman manifest rm "$list" >/dev/null
   podman image exists "$list" && podman rmi "$list" >/dev/null
   podman manifest create "$list" >/dev/null
   for arch in ${arches//,/ }; do
-    image=localhost/edge-$name:$tag-$arch
+    image=$prefix$name:$arch
     [ "$arch" = arm64 ] || [ "$arch" = amd64 ] || { echo "build-images.sh: --arch $arch: only amd64 and arm64" >&2; exit 2; }
+    [ "$tag" != "$arch" ] || { echo "build-images.sh: --tag $tag is the name of the $arch image; choose another" >&2; exit 2; }
     bash "$root/scripts/build-base-image.sh" --arch "$arch" >/dev/null
     build_one "$name" "$arch" "$image"
     variant=()

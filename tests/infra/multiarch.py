@@ -38,9 +38,14 @@ def arm64_busybox() -> Path:
     path = Path(sys.prefix) / "share" / "arm64" / "busybox"
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: run scripts/install-deps.sh (it fetches busybox-static:arm64)")
+    require_arm64_emulation()
+    return path
+
+
+def require_arm64_emulation() -> None:
+    """Fail clearly unless arm64 binaries run here (qemu-user-static's binfmt handler is enabled)."""
     if not BINFMT_AARCH64.is_file() or "enabled" not in BINFMT_AARCH64.read_text():
         raise RuntimeError(f"{BINFMT_AARCH64} is not enabled: run scripts/install-deps.sh (qemu-user-static)")
-    return path
 
 
 ARM64_APPLETS = ("sh", "sleep", "cat", "echo", "uname", "true", "date", "ls")
@@ -129,3 +134,21 @@ def forge_index(registry_host: str, image: MultiArch, arm64_digest: str, tag: st
         if entry.get("platform", {}).get("architecture") == "arm64":
             entry.update(digest=replacement.digest, size=len(replacement.body), mediaType=replacement.media_type)
     return client.put_manifest(ref, tag, json.dumps(doc).encode(), OCI_INDEX)
+
+
+def emulated_arm64_cpuinfo(path: Path) -> Path:
+    """A Raspberry Pi 4's /proc/cpuinfo (Cortex-A72 cores), one entry per CPU of this machine.
+
+    Only for arm64 containers under qemu-user 7.2 (Debian bookworm's), whose /proc/cpuinfo is the
+    x86 host's: ONNX Runtime's CPU detection finds no ARM core there and crashes at import. A test
+    mounts this file over /proc/cpuinfo, as LXCFS does; a real Pi has its own."""
+    import os
+
+    entry = (
+        "processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+        "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+    )
+    text = "".join(entry.format(n=n) for n in range(os.cpu_count() or 1))
+    path.write_text(text + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
+    path.chmod(0o644)
+    return path
