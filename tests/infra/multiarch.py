@@ -9,6 +9,7 @@ emulation), else only a marker file (enough for resolution and signatures)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -152,3 +153,23 @@ def emulated_arm64_cpuinfo(path: Path) -> Path:
     path.write_text(text + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
     path.chmod(0o644)
     return path
+
+
+def push_multiarch(name: str, destination: str, tag: str) -> tuple[str, str]:
+    """Build (or reuse) this tree's amd64 and arm64 images of `name` ("pilot" or "agent", the
+    tests' tags) and push them as one OCI index with scripts/build-images.sh to
+    `destination`/edge-`name`:`tag` (an insecure registry). Returns the reference and the index digest."""
+    from tests.infra.agent_image import ensure_agent_image
+    from tests.infra.pilot_image import REPO, TEST_PREFIX, ensure_pilot_image
+
+    ensure = {"pilot": ensure_pilot_image, "agent": ensure_agent_image}[name]
+    for arch in ("amd64", "arm64"):
+        ensure(arch)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-images.sh"), "--only", name, "--tag", tag, "--local-prefix",
+         TEST_PREFIX, "--push", destination, "--insecure"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    pushed = re.search(r"^pushed (\S+)@(sha256:[0-9a-f]{64})$", out.stdout, re.MULTILINE)
+    assert out.returncode == 0 and pushed, out.stdout + out.stderr
+    return pushed.group(1), pushed.group(2)

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from tests.infra.agent_image import agent_image_name, ensure_agent_image
 from tests.infra.base_image import ensure_base_image
 from tests.infra.mosquitto import Mosquitto
 from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
@@ -42,7 +43,7 @@ from tests.infra.registry import Registry
 from tests.system import test_systemd_service as systemd_tests
 from tests.system.conftest import REPO_ROOT, SystemdContainer, podman, run_script, unique_name
 
-AGENT_IMAGE = "localhost/edge-agent-test:arm64"
+AGENT_IMAGE = agent_image_name("arm64")
 AGENT_UID = 10001  # the Containerfile's edge-agent user
 PASSPHRASE = "arm64 test passphrase"
 SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
@@ -75,8 +76,7 @@ def wait_for(what: str, predicate: Any, timeout: float, interval: float = 2) -> 
 
 @pytest.fixture(scope="module")
 def arm64_agent_image() -> str:
-    ensure_base_image("arm64")
-    run_script("build-agent-image.sh", AGENT_IMAGE, "--arch", "arm64", timeout=1800)
+    ensure_agent_image("arm64")
     arch = podman("image", "inspect", "--format", "{{.Architecture}}", AGENT_IMAGE).stdout.strip()
     assert arch == "arm64", f"{AGENT_IMAGE} is {arch}"
     return AGENT_IMAGE

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.infra.agent import AgentProcess
-from tests.infra.multiarch import MultiArch, build_multiarch, emulated_arm64_cpuinfo, forge_index
-from tests.infra.pilot_image import push_multiarch_pilot
+from tests.infra.multiarch import MultiArch, build_multiarch, emulated_arm64_cpuinfo, forge_index, push_multiarch
 from tests.infra.podman import podman
 from tests.pilot.test_pilot_arm64 import EMULATED
 
@@ -31,6 +30,23 @@ from .conftest import REPO, Device
 
 def pilot(reported: dict[str, Any]) -> dict[str, Any]:
     return dict((reported.get("modules") or {}).get("pilot") or {})
+
+
+def inspect_index(reference: str, registry_host: str, tmp_path: Path) -> list[dict[str, Any]]:
+    """`podman manifest inspect` of a pushed index: its entries. podman manifest inspect has no
+    --tls-verify, so the loopback registry is insecure in a registries.conf of our own."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n')
+    out = subprocess.run(["podman", "manifest", "inspect", reference], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
+    assert out.returncode == 0, out.stderr
+    entries: list[dict[str, Any]] = json.loads(out.stdout)["manifests"]
+    assert sorted((m["platform"]["os"], m["platform"]["architecture"]) for m in entries) == [
+        ("linux", "amd64"), ("linux", "arm64")
+    ], entries
+    print(f"podman manifest inspect {reference}:",
+          json.dumps([{k: m[k] for k in ("digest", "size", "platform")} for m in entries]))
+    return entries
 
 
 def document(path: Path, image: str, emulation: Path | None = None) -> Path:
@@ -72,21 +88,11 @@ async def test_one_signed_multiarch_pilot_runs_its_own_platform_on_amd64_and_arm
     device: Device, tmp_path: Path
 ) -> None:
     host = device.registry.host
-    reference, index_digest = await asyncio.to_thread(push_multiarch_pilot, f"{host}/dp/{device.run}", "1.0")
+    reference, index_digest = await asyncio.to_thread(push_multiarch, "pilot", f"{host}/dp/{device.run}", "1.0")
     repository = reference.rsplit(":", 1)[0]
 
-    # podman manifest inspect has no --tls-verify: the loopback registry is insecure in our own registries.conf
-    conf = tmp_path / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
-    inspect = subprocess.run(["podman", "manifest", "inspect", reference], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)})
-    assert inspect.returncode == 0, inspect.stderr
-    entries = json.loads(inspect.stdout)["manifests"]
+    entries = inspect_index(reference, host, tmp_path)
     digests = {m["platform"]["architecture"]: m["digest"] for m in entries}
-    assert sorted((m["platform"]["os"], m["platform"]["architecture"]) for m in entries) == [
-        ("linux", "amd64"), ("linux", "arm64")
-    ], entries
-    print("podman manifest inspect:", json.dumps([{k: m[k] for k in ("digest", "size", "platform")} for m in entries]))
     signed = device.edgectl("sign-image", reference, "--key", str(device.keys / "image.key"),
                             "--insecure-registry", host, timeout=300)
     assert signed.returncode == 0, signed.stderr
@@ -177,3 +183,26 @@ async def test_one_signed_multiarch_pilot_runs_its_own_platform_on_amd64_and_arm
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={amd_id}", check=False).stdout.split()
         if ids:
             podman("rm", "-f", "-t", "0", *ids, check=False)
+
+
+async def test_the_agent_image_is_one_signed_index_of_amd64_and_arm64(device: Device, tmp_path: Path) -> None:
+    """The agent's own image (the Containerfile, scripts/build-agent-image.sh per architecture),
+    pushed as one index by scripts/build-images.sh and signed once: `edgectl verify-image` checks
+    both platforms, and each platform's digest pulled from the registry runs its own architecture."""
+    host = device.registry.host
+    reference, index_digest = await asyncio.to_thread(push_multiarch, "agent", f"{host}/dp/{device.run}", "0.1")
+    digests = {m["platform"]["architecture"]: m["digest"] for m in inspect_index(reference, host, tmp_path)}
+    key = str(device.keys / "image.key")
+    signed = device.edgectl("sign-image", reference, "--key", key, "--insecure-registry", host, timeout=300)
+    assert signed.returncode == 0, signed.stderr
+    verified = device.edgectl("verify-image", reference, "--key", str(device.keys / "image.pub"),
+                              "--insecure-registry", host, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert digests["amd64"] in verified.stdout and digests["arm64"] in verified.stdout, verified.stdout
+    repository = reference.rsplit(":", 1)[0]
+    for arch, machine in (("amd64", "x86_64"), ("arm64", "aarch64")):
+        pinned = f"{repository}@{digests[arch]}"
+        podman("pull", "-q", "--tls-verify=false", pinned, timeout=600)
+        ran = podman("run", "--rm", "--network=none", pinned, "version", "--json", timeout=300)
+        assert json.loads(ran.stdout)["arch"] == machine, ran.stdout
+    assert index_digest.startswith("sha256:")
