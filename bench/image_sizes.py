@@ -69,7 +69,7 @@ def registry_blobs(client: RegistryClient, ref: str) -> tuple[int, dict[str, int
 
 
 def mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
 
 
 class Bench:
@@ -146,7 +146,7 @@ def main() -> int:
                 bench.rows.append(("base", arch, base_size, head + sum(layers.values()), 0,
                                    "debootstrapped bookworm minbase + python3"))
                 bench.measure("pilot", arch, pilot_build(arch), tree, tree / "modules/pilot/edge_pilot/drive.py",
-                              "multi-stage: base, user, libraries, code, model")
+                              "multi-stage: base, user, libraries, model, code")
                 bench.measure("agent", arch, agent_build(arch), tree, tree / "edge_agent/cli.py",
                               "multi-stage: base, user, venv, config")
         finally:
