@@ -42,6 +42,12 @@ if [ -z "$image" ]; then
 fi
 arch_tag=localhost/edge-base:bookworm-$arch
 
+# One build per architecture at a time (scripts/test starts the arm64 one in the background, and a
+# test may ask for it meanwhile): the second caller waits, then finds the image.
+lockdir=${EDGE_DEV_DIR:-/var/tmp/edge-agent-dev}
+mkdir -p "$lockdir"
+exec 9>"$lockdir/build-base-$arch.lock"
+flock 9
 if [ -z "${EDGE_REBUILD_BASE:-}" ] && podman image exists "$image"; then
   echo "base image $image present"
   [ "$arch" = "$host_arch" ] && [ "$image" != "$arch_tag" ] && podman tag "$image" "$arch_tag"

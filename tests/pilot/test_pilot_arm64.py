@@ -93,7 +93,7 @@ def test_without_a_cpuinfo_of_its_own_onnx_runtime_fails_under_emulation(arm64_i
     and ONNX Runtime's CPU detection fails at import (a crash, or a hang: hence the kill). If a
     newer qemu emulates an ARM /proc/cpuinfo, this test fails and the mount can go."""
     probe = subprocess.run(
-        ["timeout", "-s", "KILL", "45", "podman", "run", "--rm", "--name", container_name, "--network=none",
+        ["timeout", "-s", "KILL", "20", "podman", "run", "--rm", "--name", container_name, "--network=none",
          "--entrypoint", "python3", arm64_image, "-c", "import onnxruntime; print('imported')"],
         capture_output=True, text=True, timeout=120,
     )
