@@ -5,8 +5,8 @@
 # Usage: scripts/build-images.sh [--arch amd64,arm64] [--tag TAG] [--push REGISTRY/PREFIX]
 #                                [--insecure] [--only pilot|agent] [--local-prefix P]
 #   Builds localhost/edge-pilot:<arch> and localhost/edge-agent:<arch>, then the local lists
-#   localhost/edge-pilot:TAG and localhost/edge-agent:TAG (TAG default dev). --local-prefix
-#   replaces "localhost/edge-" in those names (tests use their own). With --push, pushes
+#   localhost/edge-pilot:TAG and localhost/edge-agent:TAG (TAG default dev; not kept after --push).
+#   --local-prefix replaces "localhost/edge-" in those names (tests use their own). --push pushes
 #   each list with every platform image (`podman manifest push --all`) to REGISTRY/PREFIX/edge-pilot:TAG
 #   and .../edge-agent:TAG and prints the index digests. Sign them afterwards, once per index:
 #     edgectl sign-image REGISTRY/PREFIX/edge-pilot:TAG --key image.key   (signs each platform too)
@@ -14,7 +14,8 @@
 #
 # Each per-arch build is skipped when its content label matches (modules/pilot/build-image.sh,
 # scripts/build-agent-image.sh); the bases are built once (scripts/build-base-image.sh --arch).
-# Cold, on 2 cores: the arm64 base takes about 4 minutes under qemu, the arm64 pilot about 2.
+# Cold, on 2 cores: the arm64 base takes about 4 minutes under qemu, the arm64 pilot about 1.5,
+# the arm64 agent about 1 (docs/operations.md, "Images for amd64 and arm64").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/podman-env.sh
@@ -64,7 +65,10 @@ for name in "${names[@]}"; do
     podman manifest push --all --format oci --digestfile "$digestfile" "${tls[@]}" -q "$list" "docker://$dest"
     echo "pushed $dest@$(cat "$digestfile")"
     rm -f "$digestfile"
+    # The registry holds the index now. A local list whose per-arch image is later rebuilt breaks
+    # `podman images` (podman 4.3 cannot read the missing instance), so it is not kept.
+    podman manifest rm "$list" >/dev/null
   else
-    echo "built $list (${arches})"
+    echo "built $list (${arches}): podman manifest push --all $list docker://REGISTRY/... publishes it"
   fi
 done
