@@ -56,6 +56,17 @@ def deliver(
     tmp.replace(folder / MODEL_FILE)
 
 
+def container_models(tmp_path: Path, key: ec.EllipticCurvePrivateKey, public_key_pem: Path) -> Path:
+    """tmp_path/models holding the shipped model, signed, readable (with the public key) by the
+    container's user 10001: what a test mounts at /models."""
+    models = tmp_path / "models"
+    deliver(models, SHIPPED_MODEL.read_bytes(), key)
+    for p in (models, *models.iterdir(), public_key_pem):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    tmp_path.chmod(0o755)
+    return models
+
+
 def copy_model(src: Path, dst_folder: Path, key: ec.EllipticCurvePrivateKey) -> None:
     deliver(dst_folder, src.read_bytes(), key)
 

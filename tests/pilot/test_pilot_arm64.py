@@ -23,7 +23,7 @@ from tests.infra.multiarch import emulated_arm64_cpuinfo, require_arm64_emulatio
 from tests.infra.pilot_image import ensure_pilot_image
 from tests.infra.podman import podman
 
-from .conftest import SHIPPED_MODEL, deliver
+from .conftest import SHIPPED_MODEL, container_models
 
 EMULATED = {
     "source": {"kind": "sim", "fps": 3},
@@ -62,11 +62,7 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
     arm64_image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey,
     public_key_pem: Path,
 ) -> None:
-    models = tmp_path / "models"
-    deliver(models, SHIPPED_MODEL.read_bytes(), signing_key)
-    for p in (models, *models.iterdir(), public_key_pem):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    tmp_path.chmod(0o755)
+    models = container_models(tmp_path, signing_key, public_key_pem)
     config = tmp_path / "emulated.json"
     config.write_text(json.dumps(EMULATED))
     config.chmod(0o644)

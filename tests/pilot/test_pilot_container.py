@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.infra.pilot_image import ensure_pilot_image
 
-from .conftest import REPO, SHIPPED_MODEL, deliver
+from .conftest import REPO, SHIPPED_MODEL, container_models
 from .test_telemetry import IngestServer
 
 
@@ -73,11 +73,7 @@ def test_image_runs_non_root_read_only(image: str, container_name: str) -> None:
 def test_container_drives_the_simulator(
     image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
 ) -> None:
-    models = tmp_path / "models"
-    deliver(models, SHIPPED_MODEL.read_bytes(), signing_key)
-    for p in (models, *models.iterdir(), public_key_pem):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    tmp_path.chmod(0o755)
+    models = container_models(tmp_path, signing_key, public_key_pem)
     sock_dir = tmp_path / "sock"
     sock_dir.mkdir(mode=0o755)
     server = IngestServer(sock_dir / "telemetry.sock")

@@ -106,6 +106,37 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def wait_for(what: str, predicate, timeout: float = 30, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    """Poll predicate() until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def container_agent_config(device_id: str, prefix: str, broker_port: int, registry_host: str, extra: str = "") -> str:
+    """The config of an agent in a test container with host networking: the test's broker and
+    registry on loopback, the host's podman service socket mounted at /run/edge-test-podman, the
+    fleet's keys under /etc/edge-agent/keys. `extra` goes at the top (e.g. a [state] section)."""
+    return (
+        f'[device]\nid = "{device_id}"\n'
+        + extra
+        + f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\ntopic_prefix = "{prefix}"\n'
+        "reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
+        "[twin]\nreport_min_interval_s = 0.2\n"
+        '[podman]\nsocket = "unix:///run/edge-test-podman/podman.sock"\nstop_grace_s = 2\n'
+        "[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
+        '[trust]\ndocument_keys = ["/etc/edge-agent/keys/fleet.pub"]\n'
+        f'insecure_registries = ["{registry_host}"]\n'
+        f'[[trust.policy]]\nscope = "{registry_host}"\nmode = "enforce"\nkeys = ["/etc/edge-agent/keys/image.pub"]\n'
+        f'[deployment]\ncontainer_prefix = "{device_id}-"\nstabilisation_window_s = 2\npoll_interval_s = 5\n'
+    )
+
+
 @dataclass
 class SystemdContainer:
     """A running container with systemd as PID 1."""
@@ -123,15 +154,7 @@ class SystemdContainer:
         return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
     def wait_for(self, what: str, predicate, timeout: float = 30, interval: float = 0.5):  # type: ignore[no-untyped-def]
-        """Poll predicate() until it returns something truthy; fail naming `what`."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        return wait_for(what, predicate, timeout, interval)
 
 
 @pytest.fixture(scope="module")

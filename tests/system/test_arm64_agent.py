@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +40,15 @@ from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
 from tests.infra.podman import PodmanService
 from tests.infra.registry import Registry
 from tests.system import test_systemd_service as systemd_tests
-from tests.system.conftest import REPO_ROOT, SystemdContainer, podman, run_script, unique_name
+from tests.system.conftest import (
+    REPO_ROOT,
+    SystemdContainer,
+    container_agent_config,
+    podman,
+    run_script,
+    unique_name,
+    wait_for,
+)
 
 AGENT_IMAGE = agent_image_name("arm64")
 AGENT_UID = 10001  # the Containerfile's edge-agent user
@@ -63,17 +70,6 @@ def must(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
-def wait_for(what: str, predicate: Any, timeout: float, interval: float = 2) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
 @pytest.fixture(scope="module")
 def arm64_agent_image() -> str:
     ensure_agent_image("arm64")
@@ -83,20 +79,8 @@ def arm64_agent_image() -> str:
 
 
 def agent_config(device_id: str, prefix: str, broker: Mosquitto, registry: Registry) -> str:
-    return (
-        f'[device]\nid = "{device_id}"\n'
-        '[state]\ndir = "/var/lib/edge-agent"\n'
-        '[logging]\nlevel = "info"\nformat = "text"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
-        "reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
-        "[twin]\nreport_min_interval_s = 0.2\n"
-        '[podman]\nsocket = "unix:///run/edge-test-podman/podman.sock"\nstop_grace_s = 2\n'
-        "[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
-        '[trust]\ndocument_keys = ["/etc/edge-agent/keys/fleet.pub"]\n'
-        f'insecure_registries = ["{registry.host}"]\n'
-        f'[[trust.policy]]\nscope = "{registry.host}"\nmode = "enforce"\nkeys = ["/etc/edge-agent/keys/image.pub"]\n'
-        f'[deployment]\ncontainer_prefix = "{device_id}-"\nstabilisation_window_s = 2\npoll_interval_s = 5\n'
-    )
+    return container_agent_config(device_id, prefix, broker.port, registry.host,
+                                  '[state]\ndir = "/var/lib/edge-agent"\n[logging]\nlevel = "info"\nformat = "text"\n')
 
 
 @dataclass
@@ -289,7 +273,7 @@ def test_arm64_agent_starts_a_signed_arm64_module_then_boots_offline_and_starts_
         now = device.containers().get("app")
         return now if now and now[2] else None
 
-    again = wait_for("the module to run again after the offline boot", module_running_again, SLOW)
+    again = wait_for("the module to run again after the offline boot", module_running_again, SLOW, interval=2)
     assert again[0] != first[0] and again[1] == module_image.pinned("arm64"), (first, again)
     assert podman("exec", again[0], "uname", "-m").stdout.strip() == "aarch64"
     status = wait_for(
@@ -306,7 +290,7 @@ def test_arm64_agent_starts_a_signed_arm64_module_then_boots_offline_and_starts_
     assert (entry["digest"], entry["platform"]) == (module_image.digests["arm64"], "linux/arm64/v8"), entry
     boot = device.logs()[earlier:]
     assert "EVENT=deployment.loaded" in boot and "will be run" in boot, boot[-4000:]
-    wait_for("the agent to try the unreachable broker", lambda: "EVENT=mqtt.retry" in device.logs(), SLOW)
+    wait_for("the agent to try the unreachable broker", lambda: "EVENT=mqtt.retry" in device.logs(), SLOW, interval=2)
     human = device.agent("status")
     print(f"\n--- edge-agent status after the offline boot (arm64, emulated) ---\n{human.stdout}{human.stderr}")
     assert human.returncode == 0, human.stderr

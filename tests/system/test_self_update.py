@@ -34,7 +34,7 @@ from edge_agent.mqtt_params import broker_params
 from tests.infra.mosquitto import Mosquitto
 from tests.infra.podman import PodmanService
 from tests.infra.registry import Registry
-from tests.system.conftest import REPO_ROOT, SCRIPTS, SystemdContainer, podman, unique_name
+from tests.system.conftest import REPO_ROOT, SCRIPTS, SystemdContainer, container_agent_config, podman, unique_name
 
 UNIT = "edge-agent.service"
 STATE = "/var/lib/edge-agent"
@@ -232,19 +232,7 @@ class Device:
 
 
 def agent_config(device_id: str, prefix: str, broker: Mosquitto, registry: Registry) -> str:
-    return (
-        f'[device]\nid = "{device_id}"\n'
-        f'[logging]\nlevel = "info"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
-        "reconnect_max_delay_s = 2\nkeepalive_s = 5\n"
-        "[twin]\nreport_min_interval_s = 0.2\n"
-        '[podman]\nsocket = "unix:///run/edge-test-podman/podman.sock"\nstop_grace_s = 2\n'
-        "[attestation]\nenabled = false\n[telemetry]\nenabled = false\n"
-        '[trust]\ndocument_keys = ["/etc/edge-agent/keys/fleet.pub"]\n'
-        f'insecure_registries = ["{registry.host}"]\n'
-        f'[[trust.policy]]\nscope = "{registry.host}"\nmode = "enforce"\nkeys = ["/etc/edge-agent/keys/image.pub"]\n'
-        f'[deployment]\ncontainer_prefix = "{device_id}-"\nstabilisation_window_s = 2\npoll_interval_s = 5\n'
-    )
+    return container_agent_config(device_id, prefix, broker.port, registry.host, '[logging]\nlevel = "info"\n')
 
 
 INSTALL = f"""
