@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.podman import PodmanService
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts"
 BASE_IMAGE = "localhost/edge-base:bookworm"
@@ -116,6 +118,17 @@ def wait_for(what: str, predicate, timeout: float = 30, interval: float = 0.5): 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def container_podman_service(work: Path) -> PodmanService:
+    """A podman service of the test's own whose socket (work/podman/podman.sock) an agent running
+    as a non-root user in a test container can use; mounted there at /run/edge-test-podman."""
+    sock_dir = work / "podman"
+    sock_dir.mkdir()
+    sock_dir.chmod(0o755)
+    service = PodmanService(sock_dir).start()
+    service.socket_path.chmod(0o666)
+    return service
 
 
 def container_agent_config(device_id: str, prefix: str, broker_port: int, registry_host: str, extra: str = "") -> str:

@@ -37,13 +37,13 @@ from tests.infra.agent_image import agent_image_name, ensure_agent_image
 from tests.infra.base_image import ensure_base_image
 from tests.infra.mosquitto import Mosquitto
 from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
-from tests.infra.podman import PodmanService
 from tests.infra.registry import Registry
 from tests.system import test_systemd_service as systemd_tests
 from tests.system.conftest import (
     REPO_ROOT,
     SystemdContainer,
     container_agent_config,
+    container_podman_service,
     podman,
     run_script,
     unique_name,
@@ -160,13 +160,7 @@ def device(
     work.chmod(0o755)
     broker = Mosquitto(work / "mosquitto").start()
     registry = Registry(work / "registry").start()  # the test's own: it goes away for the offline boot
-    # The device's podman: a service of the test's own whose socket the agent's user (uid 10001 in
-    # its container) can use.
-    sock_dir = work / "podman"
-    sock_dir.mkdir()
-    sock_dir.chmod(0o755)
-    service = PodmanService(sock_dir).start()
-    service.socket_path.chmod(0o666)
+    service = container_podman_service(work)  # the device's podman, usable by the agent's user
     device_id = f"a64-{uuid.uuid4().hex[:8]}"
     etc = work / "etc"
     (etc / "keys").mkdir(parents=True)

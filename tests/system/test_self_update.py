@@ -32,9 +32,16 @@ from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
 from edge_agent.mqtt_params import broker_params
 from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService
 from tests.infra.registry import Registry
-from tests.system.conftest import REPO_ROOT, SCRIPTS, SystemdContainer, container_agent_config, podman, unique_name
+from tests.system.conftest import (
+    REPO_ROOT,
+    SCRIPTS,
+    SystemdContainer,
+    container_agent_config,
+    container_podman_service,
+    podman,
+    unique_name,
+)
 
 UNIT = "edge-agent.service"
 STATE = "/var/lib/edge-agent"
@@ -268,13 +275,7 @@ def device(
     work = tmp_path_factory.mktemp("self-update")
     work.chmod(0o755)
     broker = Mosquitto(work / "mosquitto").start()
-    # The device's podman: a service of the test's own whose socket the agent user in the container
-    # can use (it runs as edge-agent, not root).
-    sock_dir = work / "podman"
-    sock_dir.mkdir()
-    sock_dir.chmod(0o755)
-    service = PodmanService(sock_dir).start()
-    service.socket_path.chmod(0o666)
+    service = container_podman_service(work)  # the device's podman, usable by the agent's user
     device_id = f"su-{uuid.uuid4().hex[:8]}"
     prefix = f"edge-{device_id}"
     (work / "config.toml").write_text(agent_config(device_id, prefix, broker, registry))
@@ -289,7 +290,7 @@ def device(
             "-v", f"{wheelhouse}:/wheels:ro",
             "-v", f"{REPO_ROOT / 'systemd'}:/src/systemd:ro",
             "-v", f"{work}:/work:ro",
-            "-v", f"{sock_dir}:/run/edge-test-podman",
+            "-v", f"{service.socket_path.parent}:/run/edge-test-podman",
             systemd_image, "/sbin/init",
         )  # fmt: skip
         box.wait_for(
