@@ -61,22 +61,9 @@ else
     version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)
     wheel=$(ls "$out"/edge_agent-"$version"-py3-none-any.whl)
   fi
-  # Every glibc a manylinux wheel may ask for, up to bookworm's 2.36 (pip takes the tags it is
-  # given literally: manylinux_2_36 alone would refuse a manylinux_2_17 wheel).
-  platforms=()
-  for minor in $(seq 36 -1 17); do platforms+=(--platform "manylinux_2_${minor}_$machine"); done
-  platforms+=(--platform "manylinux2014_$machine")
-  log=$(mktemp)
-  trap 'rm -f "$log"' EXIT
-  if ! "$python" -m pip download --quiet --only-binary=:all: "${platforms[@]}" \
-      --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-      --dest "$out" "$wheel" > "$log" 2>&1; then
-    missing=$(sed -n 's/^ERROR: No matching distribution found for \(.*\)$/\1/p' "$log" | head -n1)
-    grep -v '^WARNING: Location' "$log" >&2 || true
-    echo "build-wheel.sh: ${missing:-a dependency} has no wheel for $machine (CPython 3.11, glibc <= 2.36)" \
-         "on the package index; build this wheelhouse on an $machine machine with" \
-         "'scripts/build-wheel.sh $out --with-deps'" >&2
+  bash "$repo/scripts/download-wheels.sh" "$out" "$machine" "$wheel" || {
+    echo "build-wheel.sh: build this wheelhouse on an $machine machine with 'scripts/build-wheel.sh $out --with-deps'" >&2
     exit 1
-  fi
+  }
 fi
 ls "$out"/edge_agent-*.whl

@@ -44,7 +44,7 @@ base_id=$(podman image inspect --format '{{.Id}}' "$base")
 
 content=$(cd "$here" && find Containerfile build-image.sh pyproject.toml edge_pilot models/model.onnx models/model.json config \
   -type f ! -name '*.pyc' ! -path '*__pycache__*' -print0 | sort -z | xargs -0 sha256sum \
-  | { cat; echo "$base_id $arch"; } | sha256sum | cut -c1-32)
+  | { cat; sha256sum < "$root/scripts/download-wheels.sh"; echo "$base_id $arch"; } | sha256sum | cut -c1-32)
 if [ -z "${EDGE_PILOT_REBUILD:-}" ] && podman image exists "$image" \
    && [ "$(podman image inspect --format '{{ index .Labels "edge.pilot.content" }}' "$image")" = "$content" ]; then
   echo "$image up to date ($content)"
@@ -58,11 +58,7 @@ cp -r "$here/pyproject.toml" "$here/edge_pilot" "$ctx/src/"
 find "$ctx/src" -name '__pycache__' -prune -exec rm -rf {} +
 # The pilot's own wheel (pure Python) only tells pip the dependencies; its code goes in its own layer.
 python3 -m pip wheel --quiet --no-deps --wheel-dir "$ctx/pilot-wheel" "$ctx/src"
-# Debian bookworm has glibc 2.36: every manylinux tag up to it fits (pip does not expand them itself).
-platforms=()
-for glibc in $(seq 17 36); do platforms+=(--platform "manylinux_2_${glibc}_$machine"); done
-python3 -m pip download --quiet --only-binary=:all: "${platforms[@]}" --platform "manylinux2014_$machine" \
-  --python-version 3.11 --implementation cp --abi cp311 --dest "$ctx/wheels" "$ctx"/pilot-wheel/*.whl \
+bash "$root/scripts/download-wheels.sh" "$ctx/wheels" "$machine" "$ctx"/pilot-wheel/*.whl \
   || { echo "build-image.sh: no binary wheels for linux/$arch of every dependency above" >&2; exit 1; }
 rm -f "$ctx"/wheels/edge_pilot-*.whl
 cp -r "$ctx/src/edge_pilot" "$ctx/app/"
