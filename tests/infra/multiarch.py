@@ -173,3 +173,17 @@ def push_multiarch(name: str, destination: str, tag: str) -> tuple[str, str]:
     pushed = re.search(r"^pushed (\S+)@(sha256:[0-9a-f]{64})$", out.stdout, re.MULTILINE)
     assert out.returncode == 0 and pushed, out.stdout + out.stderr
     return pushed.group(1), pushed.group(2)
+
+
+# The pilot's settings for an arm64 container under qemu-user (about 2.5 inferences per second):
+# 3 Hz, the simulated world at 0.3x (actuator.sim_time_scale), so the car is steered about 10
+# times per simulated second (tests/pilot/test_pilot_arm64.py, the multi-arch deploy test).
+EMULATED_PILOT_CONFIG = {
+    "source": {"kind": "sim", "fps": 3},
+    "actuator": {"kind": "sim", "sim_time_scale": 0.3},
+    "loop": {"hz": 3, "stale_after_s": 1.5, "error_hold_s": 0.5, "max_throttle": 1.0},
+    "ort": {"intra_threads": 1, "inter_threads": 1, "spinning": False, "graph_optimization": "all"},
+    "models": {"dir": "/models", "public_key": "/etc/edge-pilot/trust/pilot.pub", "poll_s": 1.0,
+               "fallback": "/opt/edge-pilot/share/model.onnx"},
+    "telemetry": {"stream": "pilot.stats", "priority": 5, "interval_s": 5.0},
+}

@@ -19,21 +19,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.infra.multiarch import emulated_arm64_cpuinfo, require_arm64_emulation
+from tests.infra.multiarch import EMULATED_PILOT_CONFIG, emulated_arm64_cpuinfo, require_arm64_emulation
 from tests.infra.pilot_image import ensure_pilot_image
 from tests.infra.podman import podman
 
 from .conftest import SHIPPED_MODEL, container_models
-
-EMULATED = {
-    "source": {"kind": "sim", "fps": 3},
-    "actuator": {"kind": "sim", "sim_time_scale": 0.3},
-    "loop": {"hz": 3, "stale_after_s": 1.5, "error_hold_s": 0.5, "max_throttle": 1.0},
-    "ort": {"intra_threads": 1, "inter_threads": 1, "spinning": False, "graph_optimization": "all"},
-    "models": {"dir": "/models", "public_key": "/etc/edge-pilot/trust/pilot.pub", "poll_s": 1.0,
-               "fallback": "/opt/edge-pilot/share/model.onnx"},
-    "telemetry": {"stream": "pilot.stats", "priority": 5, "interval_s": 5.0},
-}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,7 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
 ) -> None:
     models = container_models(tmp_path, signing_key, public_key_pem)
     config = tmp_path / "emulated.json"
-    config.write_text(json.dumps(EMULATED))
+    config.write_text(json.dumps(EMULATED_PILOT_CONFIG))
     config.chmod(0o644)
     cpuinfo = emulated_arm64_cpuinfo(tmp_path / "cpuinfo")
     r = podman(

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.infra.agent import AgentProcess
-from tests.infra.multiarch import MultiArch, build_multiarch, emulated_arm64_cpuinfo, forge_index, push_multiarch
+from tests.infra.multiarch import (
+    EMULATED_PILOT_CONFIG,
+    MultiArch,
+    build_multiarch,
+    emulated_arm64_cpuinfo,
+    forge_index,
+    push_multiarch,
+)
 from tests.infra.podman import podman
-from tests.pilot.test_pilot_arm64 import EMULATED
 
 from .conftest import REPO, Device
 
@@ -101,7 +107,7 @@ async def test_one_signed_multiarch_pilot_runs_its_own_platform_on_amd64_and_arm
     emulation = tmp_path / "emulation"
     emulation.mkdir(mode=0o755)
     emulated_arm64_cpuinfo(emulation / "cpuinfo")
-    (emulation / "emulated.json").write_text(json.dumps(EMULATED))
+    (emulation / "emulated.json").write_text(json.dumps(EMULATED_PILOT_CONFIG))
     (emulation / "emulated.json").chmod(0o644)
     tmp_path.chmod(0o755)
     arm_text = device.config_text.replace(f'id = "{device.id}"\n', f'id = "{device.id}"\nplatform = "linux/arm64"\n', 1)
