@@ -14,6 +14,7 @@ APT_PACKAGES=(
   busybox-static debootstrap                       # tiny test images and the local Debian base image
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
   systemd openssl iproute2 ca-certificates gcc python3-dev
+  chromium chromium-driver                         # headless browser for the dashboard's browser tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
@@ -90,7 +91,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing Python packages into $venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  extras=(-e "$repo[dev,tpm]")
+  extras=(-e "$repo[dev,tpm,dashboard]")
   for mod in "${module_projects[@]}"; do
     extras+=(-e "$(dirname "$mod")[train]")
   done

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent.fleet import compare_cmd
 
     compare_cmd.add_parser(sub, common)
+    from edge_agent.fleet.dashboard import command as dashboard_cmd
+
+    dashboard_cmd.add_parser(sub, common)
     return parser
 
 
@@ -160,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.fleet import compare_cmd
 
         return compare_cmd.run(args)
+    if args.command == "dashboard":
+        from edge_agent.fleet.dashboard import command as dashboard_cmd
+
+        return dashboard_cmd.run(args)
     from edge_agent.fleet.client import FleetError
 
     handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]
