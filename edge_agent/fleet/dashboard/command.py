@@ -61,8 +61,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def read_token(args: argparse.Namespace) -> str | None:
     if args.token_file is not None:
+        path: Path = args.token_file
         try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
+            token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"--token-file {args.token_file}: cannot read: {exc.strerror}") from None
         if not token:
