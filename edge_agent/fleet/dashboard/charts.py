@@ -29,21 +29,18 @@ class Series:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi] (1, 2, 5 times a power of ten apart)."""
+    """Round tick values (1, 2, 5 times a power of ten apart), the first at or below `lo`, the
+    last at or above `hi`: an axis from the first to the last holds every value."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return [0.0]
+        return [0.0, 1.0]
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / max(1, count)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-6:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
+    first = math.floor(lo / step + 1e-9) * step
+    last = math.ceil(hi / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(round((last - first) / step) + 1)]
 
 
 def _num(value: float) -> str:
@@ -107,7 +104,7 @@ def line_chart(
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + plot_w}" y2="{py(t):.1f}" stroke="{GRID}"/>')
         out.append(_text(left - 6, py(t) + 4, _num(t), size=11, anchor="end", fill=MUTED))
     for t in nice_ticks(x0, x1, 6):
-        if x0 <= t <= x1:
+        if x0 - 1e-9 <= t <= x1 + 1e-9:
             out.append(f'<line x1="{px(t):.1f}" y1="{top + plot_h}" x2="{px(t):.1f}" y2="{top + plot_h + 4}" '
                        f'stroke="{MUTED}"/>')
             out.append(_text(px(t), top + plot_h + 16, _num(t), size=11, anchor="middle", fill=MUTED))
