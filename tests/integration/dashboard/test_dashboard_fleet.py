@@ -35,13 +35,13 @@ def _edgectl_popen(*args: str) -> subprocess.Popen[str]:
 
 
 class BrokerWitness:
-    """mosquitto_sub (line-buffered) on one topic, new messages only: the moment the broker delivered the next
-    message there, as a subscriber sees it (the dashboard is one more such subscriber)."""
+    """mosquitto_sub (line-buffered) on one topic, new messages only: the moment the broker
+    delivered the next message there, as a subscriber sees it (the dashboard is another one)."""
 
     def __init__(self, port: int, tls: list[str], topic: str) -> None:
         self.proc = subprocess.Popen(
-            ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", *tls, "-R", "-C", "1", "-d",
-             "-t", topic, "-F", "DELIVERED %t"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", *tls,
+             "-R", "-C", "1", "-d", "-t", topic, "-F", "DELIVERED %t"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.subscribed = threading.Event()
         self.delivered: float | None = None

@@ -8,7 +8,6 @@ compare table can be checked by hand: group A (deployment 7) drives at 30 fps, 1
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -83,7 +82,8 @@ def test_pilot_charts_and_ab_compare_from_telemetry(
     for car, group in cars.items():
         _, version, fps, frame_ms, cte = GROUPS[group]
         for start in range(0, RECORDS, 20):
-            pub.publish(f"{prefix}/{car}/telemetry/pilot.stats", batch(car, version, fps, frame_ms, cte, start, 20, now))
+            records = batch(car, version, fps, frame_ms, cte, start, 20, now)
+            pub.publish(f"{prefix}/{car}/telemetry/pilot.stats", records)
     # a duplicate delivery (the uplink is at-least-once) must not count twice
     pub.publish(f"{prefix}/car-a1/telemetry/pilot.stats", batch("car-a1", 7, 30.0, 10.0, 0.1, 0, 20, now))
 
@@ -114,5 +114,4 @@ def test_pilot_charts_and_ab_compare_from_telemetry(
     assert page.locator("#compare-charts svg").count() == len(table) - 4  # one chart per metric row
     assert "A v7 (2 devices, 120 records)" in page.inner_text("#compare-charts")
     screenshots.take(page, "compare")
-    json.dumps(table)
     page.close()
