@@ -41,7 +41,8 @@ class BrokerWitness:
     def __init__(self, port: int, tls: list[str], topic: str) -> None:
         self.proc = subprocess.Popen(
             ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", *tls,
-             "-R", "-C", "1", "-d", "-t", topic, "-F", "DELIVERED %t"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+             "-R", "-C", "1", "-d", "-t", topic, "-F", "DELIVERED %t"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.subscribed = threading.Event()
         self.delivered: float | None = None

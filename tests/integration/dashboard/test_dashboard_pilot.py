@@ -89,8 +89,8 @@ def test_pilot_charts_and_ab_compare_from_telemetry(
 
     page.goto(f"{board.url}device/car-a1")
     page.wait_for_function("() => (document.getElementById('pilot-now') || {}).textContent", timeout=30_000)
-    page.wait_for_function(f"() => document.querySelectorAll('#pilot-charts svg polyline').length >= 5 && "
-                           f"document.getElementById('live').innerText.includes('deployment 7')", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#pilot-charts svg polyline').length >= 5 && "
+                           "document.getElementById('live').innerText.includes('deployment 7')", timeout=30_000)
     charts = page.locator("#pilot-charts svg")
     assert charts.count() == 4  # fps, capture-to-actuate latency, cross-track error, driven path
     chart_text = page.inner_text("#pilot-charts")
