@@ -33,8 +33,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     last at or above `hi`: an axis from the first to the last holds every value."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return [0.0, 1.0]
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi - lo <= 1e-9 * max(1.0, abs(lo), abs(hi)):  # (nearly) one value: a unit around it
+        lo, hi = lo - 0.5, hi + 0.5
     raw = (hi - lo) / max(1, count)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)

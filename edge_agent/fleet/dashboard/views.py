@@ -126,6 +126,9 @@ def fleet_row(view: DeviceView, now: float) -> FleetRow:
     if update.get("state") not in (None, "idle") or (wanted and wanted != running):
         agent_update = f"{update.get('state', '?')}" + (f" to {wanted}" if wanted and wanted != running else "")
     health, problems = _health(section, modules, view.presence)
+    if cert is not None and cert - now < CERT_WARN_S:
+        problems.append("certificate EXPIRED" if cert < now else f"certificate expires in {duration(cert - now)}")
+        health = "bad" if cert < now else ("warn" if health in ("ok", "unknown") else health)
     last_report = _num(reported.get("ts"))
     current = _map(section).get("current")
     return FleetRow(
