@@ -86,6 +86,14 @@ class FleetRow:
     cert_text: str
     problems: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:
+        """Changes when anything but the age of the last report does: the page's live update
+        replaces a row whose key changed and only refreshes the age text of the others."""
+        import dataclasses
+
+        return hashlib.sha256(repr(dataclasses.replace(self, last_report_ago="")).encode()).hexdigest()[:16]
+
 
 def _health(section: Any, modules: Mapping[str, Any], presence: str) -> tuple[str, list[str]]:
     problems: list[str] = []

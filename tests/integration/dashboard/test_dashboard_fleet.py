@@ -103,6 +103,11 @@ def test_fleet_page_deploy_and_a_failing_rollout_live_in_the_browser(
     page.goto(f"{board.url}?selector=hw%3Drev-b")
     page.wait_for_selector("#fleet-table")
     assert list(_rows(page, "#fleet-table tr[data-device]")) == [devices[1]]
+    # a second tab keeps the whole fleet page open through everything below (live updates only)
+    fleet_tab = browser.new_page(viewport={"width": 1400, "height": 900})
+    fleet_tab.goto(board.url)
+    fleet_tab.wait_for_function("() => document.getElementById('live-status').textContent === 'live'")
+    fleet_tab.evaluate("window.__sameDocument = true")
 
     # ---- a deployment made with edgectl shows on the open device page within 2 s of its publish
     d0 = devices[0]
@@ -184,7 +189,16 @@ def test_fleet_page_deploy_and_a_failing_rollout_live_in_the_browser(
     page.wait_for_selector("#rollouts")
     assert rollout_id in page.inner_text("#rollouts") and "HALTED" in page.inner_text("#rollouts")
     screenshots.take(page, "rollouts")
-    page.goto(board.url)
-    page.wait_for_selector("#fleet-table")
-    screenshots.take(page, "fleet")
+    # the fleet tab, never reloaded, shows what each device now runs: d0 v2 (its batch passed),
+    # d1 and d2 the return to v1's deployment (the rollout's revert version), all good
+    expected = {r["device"]: r["revertVersion"] or r["version"] for r in status["devices"]}
+    fleet_tab.wait_for_function(
+        "expected => Object.entries(expected).every(([id, v]) => { "
+        "const r = document.querySelector(`tr[data-device='${id}']`); "
+        "return r && r.cells[5].textContent.trim() === String(v) && r.cells[6].textContent.startsWith('good'); })",
+        arg=expected, timeout=60_000,
+    )
+    assert fleet_tab.evaluate("window.__sameDocument") is True
+    screenshots.take(fleet_tab, "fleet")
+    fleet_tab.close()
     page.close()

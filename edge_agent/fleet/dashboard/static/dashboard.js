@@ -10,6 +10,45 @@
   let busy = false;
   let again = false;
 
+  // Put the server's new fragment in place, touching only what differs: a table of 1,000 devices
+  // where one row changed gets that row replaced, not the whole table rebuilt.
+  function swap(html) {
+    const next = document.createElement("template");
+    next.innerHTML = html;
+    const fresh = Array.from(next.content.children);
+    const old = Array.from(main.children);
+    if (fresh.length !== old.length) {
+      main.replaceChildren(next.content);
+      return;
+    }
+    fresh.forEach(function (node, i) {
+      const here = old[i];
+      if (node.isEqualNode(here)) return;
+      if (node.tagName === "TABLE" && here.tagName === "TABLE" && node.tHead && here.tHead &&
+          node.tHead.isEqualNode(here.tHead) && node.tBodies.length === 1 && here.tBodies.length === 1) {
+        const rows = node.tBodies[0].rows;
+        const body = here.tBodies[0];
+        for (let r = 0; r < rows.length; r++) {
+          const mine = body.rows[r];
+          if (!mine) {
+            body.appendChild(rows[r].cloneNode(true));
+          } else if (rows[r].dataset.key && rows[r].dataset.key === mine.dataset.key) {
+            // the same row but for the age of its last report: only that text
+            const ages = rows[r].querySelectorAll(".ago");
+            mine.querySelectorAll(".ago").forEach(function (cell, k) {
+              if (ages[k] && cell.textContent !== ages[k].textContent) cell.textContent = ages[k].textContent;
+            });
+          } else if (!rows[r].isEqualNode(mine)) {
+            mine.replaceWith(rows[r].cloneNode(true));
+          }
+        }
+        while (body.rows.length > rows.length) body.deleteRow(rows.length);
+        return;
+      }
+      here.replaceWith(node);
+    });
+  }
+
   function changed(revisions) {
     return Object.keys(revisions).some(function (k) { return revisions[k] !== known[k]; });
   }
@@ -22,7 +61,7 @@
         again = false;
         const answer = await fetch(main.dataset.fragment, { credentials: "same-origin", cache: "no-store" });
         if (answer.ok || answer.status === 404) {
-          main.innerHTML = await answer.text();
+          swap(await answer.text());
           main.dataset.updated = String(Date.now());
           document.dispatchEvent(new CustomEvent("dashboard:updated"));
         }
