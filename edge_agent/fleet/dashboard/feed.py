@@ -55,20 +55,27 @@ class FleetFeed:
         self.telemetry = TelemetryBuffer()
         self.revisions = dict.fromkeys(KINDS, 0)
         self._changed = asyncio.Condition()
+        self._notifying = False  # a wake-up of the waiters is already scheduled
+        self._tasks: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()  # the first full read of the broker's retained state is in
 
     # ---- change counters
 
     def bump(self, kind: str) -> None:
         self.revisions[kind] += 1
+        if self._notifying:  # (a burst of messages wakes the waiters once)
+            return
 
         async def notify() -> None:
+            self._notifying = False
             async with self._changed:
                 self._changed.notify_all()
 
         # Condition.notify_all needs the lock; a task keeps bump() callable from sync code.
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(notify())
+            self._tasks.add(task := asyncio.get_running_loop().create_task(notify()))
+            task.add_done_callback(self._tasks.discard)
+            self._notifying = True
 
     async def wait_change(self, seen: dict[str, int], kinds: tuple[str, ...], timeout: float) -> dict[str, int]:
         """Return the revisions once one of `kinds` moved past `seen`, or after `timeout`."""
