@@ -36,6 +36,11 @@ def off_loop(fn: Callable[..., T], *args: Any) -> T:
         return pool.submit(fn, *args).result()
 
 
+def hermetic(tmp_path: Path) -> list[str]:
+    """Flags that keep the dashboard off the user's own rollout file and enrollment records."""
+    return ["--state", str(tmp_path / "rollouts.db"), "--attestation-dir", str(tmp_path / "enrolled")]
+
+
 class DashboardProcess:
     """`python -m edge_agent.fleet.cli dashboard ...` with the given flags; `url` once it listens."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.infra.mosquitto import Mosquitto
-from tests.integration.dashboard.conftest import REPO, Publisher
+from tests.integration.dashboard.conftest import REPO, Publisher, hermetic
 from tests.integration.twin.pki import Pki, unique
 
 
@@ -60,6 +60,7 @@ def test_tls_and_token_let_the_browser_in_and_nobody_else(
     Publisher(mosquitto.port).publish(f"{prefix}/car-1/presence", {"status": "online", "ts": time.time()},
                                       retain=True)
     board = start_dashboard(["--broker", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix,
+                             *hermetic(tmp_path),
                              "--https-cert", str(pki.server_cert), "--https-key", str(pki.server_key),
                              "--token-file", str(token_file)])
     assert board.url.startswith("https://127.0.0.1:")

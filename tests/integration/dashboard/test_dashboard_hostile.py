@@ -11,10 +11,11 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from tests.infra.mosquitto import Mosquitto
-from tests.integration.dashboard.conftest import Publisher, Screenshots
+from tests.integration.dashboard.conftest import Publisher, Screenshots, hermetic
 from tests.integration.twin.pki import unique
 
 SCRIPT = "<script>window.__pwned = 'script'</script>"
@@ -52,14 +53,15 @@ def hostile_report(device: str, sequence: int, extra: str) -> dict[str, Any]:
 
 
 def test_hostile_strings_are_shown_as_text_and_run_no_script(
-    mosquitto: Mosquitto, start_dashboard: Any, browser: Any, screenshots: Screenshots,
+    mosquitto: Mosquitto, start_dashboard: Any, browser: Any, screenshots: Screenshots, tmp_path: Path,
 ) -> None:
     prefix = unique("dash")
     device = "compromised-01"
     device_pub = Publisher(mosquitto.port)
     device_pub.publish(f"{prefix}/{device}/presence", {"status": "online", "ts": time.time()}, retain=True)
     device_pub.publish(f"{prefix}/{device}/reported", hostile_report(device, 1, ""), retain=True)
-    board = start_dashboard(["--broker", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix])
+    board = start_dashboard(["--broker", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix,
+                             *hermetic(tmp_path)])
 
     # Every answer carries the strict policy: scripts from the dashboard's own files only.
     with urllib.request.urlopen(board.url, timeout=30) as answer:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from edge_agent.telemetry.uplink import SCHEMA
 from tests.infra.mosquitto import Mosquitto
-from tests.integration.dashboard.conftest import Publisher, Screenshots
+from tests.integration.dashboard.conftest import Publisher, Screenshots, hermetic
 from tests.integration.twin.pki import unique
 
 RECORDS = 60
@@ -55,7 +56,7 @@ def batch(device: str, version: int, fps: float, frame_ms: float, cte: float, st
 
 
 def test_pilot_charts_and_ab_compare_from_telemetry(
-    mosquitto: Mosquitto, start_dashboard: Any, browser: Any, screenshots: Screenshots,
+    mosquitto: Mosquitto, start_dashboard: Any, browser: Any, screenshots: Screenshots, tmp_path: Path,
 ) -> None:
     prefix = unique("dash")
     pub = Publisher(mosquitto.port)
@@ -65,6 +66,7 @@ def test_pilot_charts_and_ab_compare_from_telemetry(
         pub.publish(f"{prefix}/{car}/presence", {"status": "online", "ts": time.time()}, retain=True)
         pub.publish(f"{prefix}/{car}/reported", report(car, ring, version), retain=True)
     board = start_dashboard(["--broker", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix,
+                             *hermetic(tmp_path),
                              "--group", "A=ring=canary", "--group", "B=ring=stable"])
     page = browser.new_page(viewport={"width": 1280, "height": 900})
 
