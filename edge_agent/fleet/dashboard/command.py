@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -73,6 +74,15 @@ def read_token(args: argparse.Namespace) -> str | None:
     return env or None
 
 
+class EventFormatter(logging.Formatter):
+    """One line per event: time, level, message, then the journald-style EVENT= field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record)} {record.levelname} {record.getMessage()}"
+        event = getattr(record, "EVENT", None)
+        return f"{line} EVENT={event}" if event else line
+
+
 def run(args: argparse.Namespace) -> int:
     from edge_agent.fleet.dashboard.security import bind_problem
 
@@ -110,9 +120,11 @@ async def _serve(args: argparse.Namespace, host: str, port: int, token: str | No
     from edge_agent.fleet.dashboard.app import create_app
     from edge_agent.fleet.dashboard.feed import FleetFeed
     from edge_agent.fleet.rollout_store import default_state_path
-    from edge_agent.logs import setup_logging
-
-    setup_logging("info", "text")
+    handler = logging.StreamHandler()
+    handler.setFormatter(EventFormatter())
+    log = logging.getLogger(__package__)  # the dashboard package: feed.py logs under it
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     feed = FleetFeed(lambda: fleet_client(args), rollout_state=args.state or default_state_path(),
                      attestation_dir=records_dir(args.attestation_dir), stream=args.stream)
     app = create_app(feed, token=token, bind=host, tls=tls, extra_hosts=tuple(args.allow_host),

@@ -24,7 +24,7 @@ from typing import Any
 from edge_agent.fleet.client import DeviceView, FleetClient, FleetError
 from edge_agent.fleet.dashboard.telemetry_buffer import TelemetryBuffer
 
-log = logging.getLogger("edge_agent.fleet.dashboard")
+log = logging.getLogger(__name__)
 
 LIVENESS_S = 10.0
 ROLLOUT_POLL_S = 0.5
