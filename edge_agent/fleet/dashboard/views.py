@@ -170,6 +170,7 @@ class FleetPage:
     sort: str
     descending: bool
     error: str = ""
+    versions: list[tuple[str, int]] = field(default_factory=list)  # deployment version -> devices shown
 
 
 def _sort_key(key: str) -> Callable[[FleetRow], Any]:
@@ -203,8 +204,13 @@ def fleet_page(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.health] = counts.get(r.health, 0) + 1
+    by_version: dict[int | None, int] = {}
+    for r in rows:
+        by_version[r.version] = by_version.get(r.version, 0) + 1
+    versions = [("none" if v is None else str(v), n)
+                for v, n in sorted(by_version.items(), key=lambda item: -1 if item[0] is None else item[0])]
     return FleetPage(rows, len(all_rows), sum(r.presence == "online" for r in all_rows), counts, selector_text,
-                     search, sort if sort in SORT_KEYS else "device", descending, error)
+                     search, sort if sort in SORT_KEYS else "device", descending, error, versions)
 
 
 # --------------------------------------------------------------------------- one device

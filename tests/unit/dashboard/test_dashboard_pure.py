@@ -59,6 +59,7 @@ def test_fleet_rows_health_filter_search_and_sort() -> None:
     assert car2.state == "good; 4 rolled_back" and "version 4 rolled_back" in car2.problems[0]
     assert next(r for r in page.rows if r.device == "car-3").state == "none"
     assert page.total == 4 and page.online == 3 and page.counts == {"ok": 1, "bad": 2, "unknown": 1}
+    assert page.versions == [("none", 1), ("3", 3)]
     turin = views.fleet_page(fleet, NOW, selector=parse_selector("site=turin,hw!=rev-b"))
     assert [r.device for r in turin.rows] == ["car-1", "car-3"]
     assert [r.device for r in views.fleet_page(fleet, NOW, search="ROLLED").rows] == ["car-2"]
