@@ -224,11 +224,11 @@ def main() -> int:
             asyncio.run(host_main(names.split(","), int(port), prefix, Path(workdir)))
         return 0
 
+    from devinfra.mosquitto import Mosquitto
     from edge_agent.config import MqttSection
     from edge_agent.fleet.client import FleetClient
     from edge_agent.mqtt_params import broker_params
     from edge_agent.twin import protocol
-    from tests.infra.mosquitto import Mosquitto
 
     sizes = sorted({int(x) for x in args.devices.split(",")})
     total = sizes[-1]

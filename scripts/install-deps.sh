@@ -36,7 +36,7 @@ fi
 
 # linux/arm64 under emulation: qemu-user-static's aarch64 handler registered with binfmt_misc
 # (mounted first where it is not), and an arm64 busybox for the arm64 test images, from
-# Debian's busybox-static:arm64 (tests/infra/multiarch.py).
+# Debian's busybox-static:arm64 (devinfra/multiarch.py).
 binfmt=/proc/sys/fs/binfmt_misc
 if [ ! -e "$binfmt/qemu-aarch64" ]; then
   echo "registering the qemu-aarch64 binfmt handler"

@@ -33,11 +33,11 @@ from typing import Any
 
 import pytest
 
-from tests.infra.agent_image import agent_image_name, ensure_agent_image
-from tests.infra.base_image import ensure_base_image
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
-from tests.infra.registry import Registry
+from devinfra.agent_image import agent_image_name, ensure_agent_image
+from devinfra.base_image import ensure_base_image
+from devinfra.mosquitto import Mosquitto
+from devinfra.multiarch import MultiArch, arm64_busybox, build_multiarch
+from devinfra.registry import Registry
 from tests.system import test_systemd_service as systemd_tests
 from tests.system.conftest import (
     REPO_ROOT,

@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
+from devinfra.mosquitto import Mosquitto
+from devinfra.registry import Registry
 from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
 from edge_agent.mqtt_params import broker_params
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.registry import Registry
 from tests.system.conftest import (
     REPO_ROOT,
     SCRIPTS,

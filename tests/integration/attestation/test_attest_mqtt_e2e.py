@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.swtpm import Swtpm
 from edge_agent.attestation.tpm import PytssTpm
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.swtpm import Swtpm
 from tests.integration.attestation.conftest import synthetic_files, write_boot_log, write_ima_list
 
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from devinfra.procs import wait_until
+from devinfra.swtpm import Swtpm
 from edge_agent.attestation.keys import DeviceIdentity, make_challenge
 from edge_agent.attestation.quote import decode_evidence, encode_quote
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import ZERO_PCR, PytssTpm, TpmError
 from edge_agent.attestation.verify import Expectations, verify_quote
-from tests.infra.procs import wait_until
-from tests.infra.swtpm import Swtpm
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROBE = REPO_ROOT / "tests" / "infra" / "attestation_probe.py"

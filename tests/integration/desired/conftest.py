@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import ClientCert, Pki, tls_broker, unique
+from devinfra.podman import PodmanService, podman
+from devinfra.registry import Registry
 from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
 from edge_agent.mqtt_params import broker_params
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService, podman
-from tests.infra.registry import Registry
 from tests.integration.twin.helpers import stored_state
-from tests.integration.twin.pki import ClientCert, Pki, tls_broker, unique
 
 REPO = Path(__file__).resolve().parents[3]
 PASSPHRASE = "fleet passphrase"

@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import Pki, tls_broker, unique
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
+from devinfra.telemetry import Follower, IngestClient, assert_in_order
 from tests.integration.desired.conftest import REPO, Device
-from tests.integration.telemetry.helpers import Follower, IngestClient, assert_in_order
-from tests.integration.twin.pki import Pki, tls_broker, unique
 
 
 class TwoBrokers:

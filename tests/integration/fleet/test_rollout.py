@@ -63,7 +63,7 @@ def _pinned(ref: str) -> str:
 
 def _image(fleet: Fleet, device: str) -> str:
     """The image of the device's app container, from podman itself."""
-    from tests.infra.podman import podman
+    from devinfra.podman import podman
 
     out = podman("inspect", "--format", "{{.ImageName}}", f"{device}-app", check=False)
     return out.stdout.strip()

@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import unique
 from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
 from edge_agent.mqtt_params import broker_params
-from tests.infra.mosquitto import Mosquitto
 from tests.integration.desired.conftest import PASSPHRASE, REPO, edgectl
-from tests.integration.twin.pki import unique
 
 
 async def _publish_offline_devices(section: MqttSection, prefix: str, devices: list[str]) -> None:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from devinfra.fault_proxy import FaultProxy
+from devinfra.podman import podman
 from edge_agent.trust import cosign
 from edge_agent.trust.api import ImageRejected, ImageVerifier
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.podman import podman
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 

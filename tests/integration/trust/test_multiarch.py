@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from devinfra.fault_proxy import FaultProxy
+from devinfra.multiarch import MultiArch, build_multiarch, forge_index
+from devinfra.podman import podman
 from edge_agent.trust import keys as trust_keys
 from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.platforms import DOCKER_LIST, parse_platform
@@ -20,9 +23,6 @@ from edge_agent.trust.policy import ScopePolicy
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_legacy
 from edge_agent.trust.verify import CosignVerifier
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.multiarch import MultiArch, build_multiarch, forge_index
-from tests.infra.podman import podman
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devinfra.agent import AgentProcess
 from edge_agent.fleet.client import FleetClient
-from tests.infra.agent import AgentProcess
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -12,8 +12,8 @@ from edge_agent.attestation.bootlog import (
     parse_boot_log,
     replay_boot_log,
 )
-from edge_agent.attestation.tpm import FakeTpm
 from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
+from tests.fakes.tpm import FakeTpm
 
 EVENTS = [
     (0, 0x80000008, hashlib.sha256(b"firmware").digest(), b"fw"),

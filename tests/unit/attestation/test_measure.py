@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.attestation.measure import ImageMeasurer, canonical_event, event_digest, read_log, replay_image_log
-from edge_agent.attestation.tpm import ZERO_PCR, FakeTpm
+from edge_agent.attestation.tpm import ZERO_PCR
+from tests.fakes.tpm import FakeTpm
 
 D1 = "sha256:" + "11" * 32
 D2 = "sha256:" + "22" * 32

@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 FAKE_WORKER = f"""#!{sys.executable}
 import os, sys, time
 sys.path.insert(0, {str(REPO_ROOT)!r})
-from edge_agent.attestation.tpm import FakeTpm
+from tests.fakes.tpm import FakeTpm
 from edge_agent.attestation.tpm_wire import bye_line, execute, result_line
 
 counter = os.environ["FAKE_WORKER_COUNTER"]

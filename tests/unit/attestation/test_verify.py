@@ -8,8 +8,8 @@ import pytest
 
 from edge_agent.attestation.ima import make_entry
 from edge_agent.attestation.measure import event_digest
-from edge_agent.attestation.tpm import FakeTpm
 from edge_agent.attestation.verify import CHECKS, Counters, Evidence, Expectations, verify_quote
+from tests.fakes.tpm import FakeTpm
 
 PCRS = (0, 1, 7, 10, 23)
 IMG = "sha256:" + "ab" * 32

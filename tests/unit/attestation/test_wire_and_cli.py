@@ -13,8 +13,8 @@ from edge_agent.attestation.quote import (
     encode_quote,
     parse_attest_request,
 )
-from edge_agent.attestation.tpm import FakeTpm
 from edge_agent.fleet.attest_cmds import AttestationFailure, deployment_images, parse_pcr_list, tools_pcr_file
+from tests.fakes.tpm import FakeTpm
 
 
 def test_request_defaults_and_validation() -> None:

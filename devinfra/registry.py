@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from tests.infra.procs import ManagedProcess, free_port, require_binary
+from devinfra.procs import ManagedProcess, free_port, require_binary
 
 
 def registry_config(workdir: Path, port: int) -> Path:

@@ -10,8 +10,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from devinfra.procs import ManagedProcess, require_binary, wait_until
 from edge_agent.api_url import podman_ping
-from tests.infra.procs import ManagedProcess, require_binary, wait_until
 
 DEV_CONTAINERS_CONF = """\
 [containers]

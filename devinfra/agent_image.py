@@ -1,7 +1,7 @@
 """The agent's container image built from this tree, one tag per architecture, by
 scripts/build-agent-image.sh (skipped when the image's content label matches the sources), on the
 debootstrapped base of that architecture (built first when missing). The names share the tests'
-prefix with the pilot's (tests/infra/pilot_image.py), so scripts/build-images.sh --local-prefix
+prefix with the pilot's (devinfra/pilot_image.py), so scripts/build-images.sh --local-prefix
 finds both."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.infra.base_image import HOST_ARCH, ensure_base_image
-from tests.infra.pilot_image import TEST_PREFIX
+from devinfra.base_image import HOST_ARCH, ensure_base_image
+from devinfra.pilot_image import TEST_PREFIX
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def agent_image_name(arch: str = HOST_ARCH) -> str:

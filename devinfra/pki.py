@@ -8,9 +8,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.infra.mosquitto import Mosquitto
+from devinfra.mosquitto import Mosquitto
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 MAKE_CERTS = REPO / "scripts" / "make-certs.sh"
 
 
@@ -55,7 +55,7 @@ def tls_broker(workdir: Path, pki: Pki, prefix: str, fleet_cn: str, port: int | 
     acl = workdir / "edge-agent.acl"
     acl.write_text(acl_text(prefix, fleet_cn))
     acl.chmod(0o644)
-    # ("user root" comes from tests/infra/mosquitto.py: pytest's temp dirs are 0700.)
+    # ("user root" comes from devinfra/mosquitto.py: pytest's temp dirs are 0700.)
     extra = (
         f"cafile {pki.ca}\ncertfile {pki.server_cert}\nkeyfile {pki.server_key}\n"
         "require_certificate true\nuse_identity_as_username true\n"

@@ -1,16 +1,16 @@
 """The pilot image built from this tree, for every test that runs the real pilot container: one tag
 per architecture, made by modules/pilot/build-image.sh (which skips the build when the image's
 content label matches the sources) on the debootstrapped base of that architecture (built first
-when missing). tests/infra/multiarch.py pushes them as one multi-arch image."""
+when missing). devinfra/multiarch.py pushes them as one multi-arch image."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from tests.infra.base_image import HOST_ARCH, ensure_base_image
+from devinfra.base_image import HOST_ARCH, ensure_base_image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # scripts/build-images.sh --local-prefix: the tests' images never take the names a user builds
 TEST_PREFIX = "localhost/edge-test-"
 

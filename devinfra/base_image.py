@@ -8,9 +8,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-from tests.infra.podman import podman
+from devinfra.podman import podman
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
 
 

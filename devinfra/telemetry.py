@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.infra.procs import ManagedProcess, wait_until
+from devinfra.procs import ManagedProcess, wait_until
 
 # No queue limit: outage tests queue more than mosquitto's default 1000 QoS 1 messages for an
-# offline persistent session (not in tests/infra: mosquitto 2.0.11 drops clients that publish to a
+# offline persistent session (not in devinfra: mosquitto 2.0.11 drops clients that publish to a
 # denied topic with it set). max_inflight_messages 20, mosquitto's default, written out: after a
 # broker restart the broker re-sends to a persistent subscriber what it had in flight to it, so
 # that window bounds the duplicates the fleet side sees, next to the device's own window.

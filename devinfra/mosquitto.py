@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
+from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
 
 
 def mosquitto_conf(data_dir: Path, port: int, *, anonymous: bool, extra: str = "") -> str:

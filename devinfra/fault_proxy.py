@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.infra.procs import free_port
+from devinfra.procs import free_port
 
 
 class FaultProxy:

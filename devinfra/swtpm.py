@@ -12,7 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
+from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
 
 
 def free_port_pair() -> int:

@@ -6,8 +6,8 @@ import signal
 import sys
 from pathlib import Path
 
+from devinfra.procs import ManagedProcess, wait_until
 from edge_agent.control import exchange_line
-from tests.infra.procs import ManagedProcess, wait_until
 
 
 class AgentProcess:

@@ -2,7 +2,7 @@
 fleet and the lifecycle do (enroll, activate a credential, measure an image, attest), then print
 one JSON object: which heavy modules the process loaded, its RSS, the worker's RSS.
 
-    python tests/infra/attestation_probe.py --tree ROOT --tcti TCTI --state DIR
+    python devinfra/attestation_probe.py --tree ROOT --tcti TCTI --state DIR
         [--challenge FILE] [--in-process]
 
 `--tree` is the source tree whose edge_agent is used (so the bench can compare another checkout);

@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from devinfra.podman import podman as _podman
 from edge_agent.trust.platforms import OCI_INDEX, is_index, parse_index
 from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from tests.infra.podman import podman as _podman
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -159,8 +159,8 @@ def push_multiarch(name: str, destination: str, tag: str) -> tuple[str, str]:
     """Build (or reuse) this tree's amd64 and arm64 images of `name` ("pilot" or "agent", the
     tests' tags) and push them as one OCI index with scripts/build-images.sh to
     `destination`/edge-`name`:`tag` (an insecure registry). Returns the reference and the index digest."""
-    from tests.infra.agent_image import ensure_agent_image
-    from tests.infra.pilot_image import REPO, TEST_PREFIX, ensure_pilot_image
+    from devinfra.agent_image import ensure_agent_image
+    from devinfra.pilot_image import REPO, TEST_PREFIX, ensure_pilot_image
 
     ensure = {"pilot": ensure_pilot_image, "agent": ensure_agent_image}[name]
     for arch in ("amd64", "arm64"):
