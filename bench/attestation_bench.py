@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devinfra.swtpm import Swtpm
 from edge_agent.attestation.ima import make_entry, parse_ima_list
-from edge_agent.attestation.quote import DEFAULT_PCRS
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import PytssTpm
-from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
+from edge_agent.attestation.verify import Expectations, verify_quote
+from edge_shared.attestation import DEFAULT_PCRS, Evidence
 
 
 def timed(fn: Callable[[], object], rounds: int) -> float:

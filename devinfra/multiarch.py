@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devinfra.podman import podman as _podman
-from edge_agent.trust.platforms import OCI_INDEX, is_index, parse_index
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edge_shared.trust.platforms import OCI_INDEX, is_index, parse_index
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

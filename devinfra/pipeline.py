@@ -18,8 +18,8 @@ from edge_agent.desired.admission import Decision, DocumentTrust
 from edge_agent.desired.manager import DesiredStateManager
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRuntime
-from edge_agent.trust.api import ImageVerifier
-from edge_agent.twin.protocol import desired_document
+from edge_shared.protocol import desired_document
+from edge_shared.trust.api import ImageVerifier
 
 
 class Pipeline:

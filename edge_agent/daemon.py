@@ -75,8 +75,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.trust.component import TrustComponent
     from edge_agent.trust.factory import registry_settings
     from edge_agent.trust.origins import ImageOrigins
-    from edge_agent.trust.registry import RegistryClient
     from edge_agent.twin.component import TwinComponent
+    from edge_shared.trust.registry import RegistryClient
 
     trust = TrustComponent(ctx.config, ctx.db)
     runtime = PodmanRuntime(ctx.config.podman.socket)

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edge_agent.attestation.tpm import ZERO_PCR
+from edge_shared.attestation import ZERO_PCR
 
 EV_NO_ACTION = 0x3
 SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from edge_agent.attestation.tpm import ZERO_PCR
+from edge_shared.attestation import ZERO_PCR
 
 IMA_PCR = 10
 SUPPORTED_TEMPLATES = ("ima-ng", "ima-sig")

@@ -14,36 +14,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.attestation.quote import b64, unb64
 from edge_agent.attestation.tpm import Endorsement, TpmBackend
-from edge_agent.attestation.verify import ak_name
-
-
-@dataclass(frozen=True)
-class DeviceIdentity:
-    ek_public: bytes
-    ek_cert: bytes | None
-    ek_type: str
-    ak_public: bytes
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "ek_public": b64(self.ek_public),
-            "ek_cert": b64(self.ek_cert) if self.ek_cert else None,
-            "ek_type": self.ek_type,
-            "ak_public": b64(self.ak_public),
-            "ak_name": ak_name(self.ak_public).hex(),
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> DeviceIdentity:
-        cert = data.get("ek_cert")
-        return cls(
-            ek_public=unb64(data.get("ek_public"), "ek_public"),
-            ek_cert=unb64(cert, "ek_cert") if cert is not None else None,
-            ek_type=str(data.get("ek_type", "")),
-            ak_public=unb64(data.get("ak_public"), "ak_public"),
-        )
+from edge_shared.attestation import DeviceIdentity, ak_name, b64, unb64
 
 
 def read_identity(tpm: TpmBackend) -> DeviceIdentity:

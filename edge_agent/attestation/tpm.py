@@ -18,9 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-BANK = "sha256"
-DIGEST_SIZE = 32
-ZERO_PCR = bytes(DIGEST_SIZE)
+from edge_shared.attestation import BANK, DIGEST_SIZE
+
 EkType = Literal["ecc", "rsa"]
 
 # The attestation key: a restricted ECDSA P-256 signing key made as a primary key in the

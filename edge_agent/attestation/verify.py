@@ -16,8 +16,7 @@ from typing import Any
 
 from edge_agent.attestation.bootlog import BOOT_PCRS, BootLogError, boot_log_problems
 from edge_agent.attestation.ima import IMA_PCR, Allowlist, ImaParseError, parse_ima_list, replay
-from edge_agent.attestation.measure import replay_image_log
-from edge_agent.attestation.tpm import BANK, ZERO_PCR
+from edge_shared.attestation import BANK, ZERO_PCR, Evidence, replay_image_log
 
 # Stable check names (the CLI prints them; docs/attestation.md explains each).
 CHECKS = (
@@ -51,14 +50,6 @@ class Counters:
         return cls(int(data["clock"]), int(data["resetCount"]), int(data["restartCount"]))
 
 
-@dataclass(frozen=True)
-class Evidence:
-    attest: bytes
-    signature: bytes
-    pcrs: Mapping[int, bytes]
-    ima_log: str | None = None
-    image_log: Sequence[Mapping[str, Any]] | None = None
-    boot_log: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -115,25 +106,8 @@ def ak_public_key(ak_public: bytes) -> Any:
     return load_pem_public_key(bytes(public.to_pem()))
 
 
-# TPM_ALG_ID of the name hash -> hashlib name (TPM 2.0 Part 2, table 9).
-NAME_ALGS = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
 
 
-def ak_name(ak_public: bytes) -> bytes:
-    """The TPM name of a key from its marshalled TPM2B_PUBLIC: nameAlg (2 bytes, big endian) ||
-    nameAlg-hash of the TPMT_PUBLIC inside. Computed with hashlib rather than tpm2-pytss so the
-    agent process does not load the TSS for it. Raises ValueError when the structure is not one."""
-    if len(ak_public) < 2 + 4:
-        raise ValueError(f"AK public key: {len(ak_public)} bytes is too short for a TPM2B_PUBLIC")
-    size = int.from_bytes(ak_public[:2], "big")
-    if size != len(ak_public) - 2:
-        raise ValueError(f"AK public key: TPM2B_PUBLIC says {size} bytes, {len(ak_public) - 2} follow")
-    area = ak_public[2:]
-    name_alg = int.from_bytes(area[2:4], "big")
-    algorithm = NAME_ALGS.get(name_alg)
-    if algorithm is None:
-        raise ValueError(f"AK public key: unsupported name algorithm {name_alg:#06x}")
-    return name_alg.to_bytes(2, "big") + hashlib.new(algorithm, area).digest()
 
 
 def check_signature(ak_public: bytes, attest: bytes, signature: bytes) -> str | None:

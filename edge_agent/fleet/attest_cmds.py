@@ -21,16 +21,15 @@ from typing import Any
 
 from edge_agent.attestation.ima import Allowlist
 from edge_agent.attestation.keys import (
-    DeviceIdentity,
     ak_attributes_problem,
     check_challenge_answer,
     ek_certificate_problem,
     make_challenge,
 )
 from edge_agent.attestation.mqtt_command import CommandFailed
-from edge_agent.attestation.quote import DEFAULT_PCRS, b64, decode_evidence
-from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, ak_name, verify_quote
-from edge_agent.config import DEVICE_ID_PATTERN
+from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, verify_quote
+from edge_shared.attestation import DEFAULT_PCRS, DeviceIdentity, ak_name, b64, decode_evidence
+from edge_shared.names import is_device_id
 
 Transport = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULT_GOLDEN = (0, 1, 2, 3, 4, 5, 6, 7)
@@ -340,7 +339,7 @@ def _transport(args: argparse.Namespace) -> Transport:
     """Commands go through the same fleet client (config file, TLS, response topic) as edgectl call."""
     from edge_agent.fleet.client import FleetError
     from edge_agent.fleet.connect import fleet_client
-    from edge_agent.twin.protocol import command_answer_result
+    from edge_shared.protocol import command_answer_result
 
     async def send(device: str, command: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -355,9 +354,8 @@ def _transport(args: argparse.Namespace) -> Transport:
 
 
 def _check_device(device: str) -> None:
-    import re
 
-    if not re.match(DEVICE_ID_PATTERN, device):
+    if not is_device_id(device):
         raise AttestationFailure(f"device id {device!r} is not valid")
 
 

@@ -232,7 +232,7 @@ def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
     its passphrase asked) once."""
     from edge_agent.fleet.trust_cmds import load_signing_key, parse_duration
     from edge_agent.trust.documents import sign_document
-    from edge_agent.trust.keys import KeyFileError, load_public_key, parse_public_key, public_key_pem
+    from edge_shared.trust.keys import KeyFileError, load_public_key, parse_public_key, public_key_pem
 
     try:
         key = load_signing_key(args.key)
@@ -272,7 +272,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_devices(args: argparse.Namespace) -> int:
     from edge_agent.fleet.show import device_rows, render_devices
-    from edge_agent.labels import LabelError, parse_selector, reported_labels
+    from edge_shared.labels import LabelError, parse_selector, reported_labels
 
     selector = None
     if args.selector is not None:

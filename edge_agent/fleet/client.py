@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.desired.admission import DOCUMENT_PAYLOAD_TYPE
-from edge_agent.mqtt_params import BrokerParams
-from edge_agent.twin import protocol
-from edge_agent.twin.protocol import DeviceTopics
+from edge_shared import protocol
+from edge_shared.document import DOCUMENT_PAYLOAD_TYPE
+from edge_shared.mqtt_params import BrokerParams
+from edge_shared.protocol import DeviceTopics
 
 if TYPE_CHECKING:
-    from edge_agent.mqtt_client import CheckedClient
-    from edge_agent.trust.keys import TrustedKey
+    from edge_shared.mqtt_client import CheckedClient
+    from edge_shared.trust.keys import TrustedKey
 
 Signer = Callable[[bytes], bytes]
 # Desired documents handed to the broker at once (QoS 1, waiting for PUBACK) by publish_many; the
@@ -109,7 +109,7 @@ class FleetClient:
     async def __aenter__(self) -> FleetClient:
         import aiomqtt
 
-        from edge_agent.mqtt_client import make_client
+        from edge_shared.mqtt_client import make_client
 
         # No bound on the incoming queue: one subscription to a fleet's retained state delivers
         # three messages per device at once, and aiomqtt discards what does not fit (with a bound
@@ -174,7 +174,7 @@ class FleetClient:
         """Subscribe to `filters` and return every retained message that matches them now."""
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
-        from edge_agent.mqtt_client import publish_properties
+        from edge_shared.mqtt_client import publish_properties
 
         new = [f for f in filters if f not in self._subscribed]
         if new:
@@ -237,7 +237,7 @@ class FleetClient:
     def outcome(self, published: Published, target: str) -> tuple[str, str]:
         """What the device's cached report says of a published document: ("reached" | "failed" |
         "pending", the device's words), read by edge_agent.desired.status.wait_outcome."""
-        from edge_agent.desired.status import wait_outcome
+        from edge_shared.outcome import wait_outcome
 
         doc, _ = _json(self._messages.get(DeviceTopics(self.prefix, published.device).reported, b"null"))
         doc = doc or {}
@@ -349,7 +349,7 @@ class FleetClient:
     ) -> None:
         """QoS 1, and the broker must take it: a refusal (its ACL) is a clear error here rather
         than a wait for an answer that cannot come."""
-        from edge_agent.mqtt_client import PublishRefused
+        from edge_shared.mqtt_client import PublishRefused
 
         try:
             async with asyncio.timeout(timeout):
@@ -362,7 +362,7 @@ class FleetClient:
 
     async def call(self, device: str, command: str, args: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a command (QoS 1; queued by the broker if the device is offline) and wait for the answer."""
-        from edge_agent.mqtt_client import publish_properties
+        from edge_shared.mqtt_client import publish_properties
 
         correlation = secrets.token_bytes(12)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -453,8 +453,7 @@ def authenticated_versions(section: Any) -> list[int]:
 
 def _signed_version(payload: bytes, verify_key: TrustedKey) -> int | None:
     """The version of a retained desired document whose signature `verify_key` verifies."""
-    from edge_agent.desired.admission import Limits, load_json, open_envelope
-    from edge_agent.desired.errors import DesiredRejected
+    from edge_shared.document import DesiredRejected, Limits, load_json, open_envelope
 
     limits = Limits(max_bytes=max(len(payload), 1))
     try:

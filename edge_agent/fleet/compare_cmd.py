@@ -76,7 +76,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def parse_groups(specs: list[str]) -> dict[str, Any]:
     """NAME=SELECTOR -> {name: Selector}, in order. ValueError naming the bad --group."""
-    from edge_agent.labels import LabelError, parse_selector
+    from edge_shared.labels import LabelError, parse_selector
 
     out: dict[str, Any] = {}
     for spec in specs:
@@ -114,8 +114,8 @@ async def collect(args: argparse.Namespace, selectors: dict[str, Any]) -> tuple[
     from edge_agent.fleet.client import FleetError
     from edge_agent.fleet.connect import fleet_client
     from edge_agent.fleet.telemetry_cmd import records_of
-    from edge_agent.labels import reported_labels
-    from edge_agent.mqtt_client import make_client
+    from edge_shared.labels import reported_labels
+    from edge_shared.mqtt_client import make_client
 
     fleet = fleet_client(args)
     # Its own client id: the fleet client (device labels) connects with fleet.params' id at the

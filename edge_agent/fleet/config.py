@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.config import MqttSection, Section
-from edge_agent.validation import describe, location
+from edge_shared.mqtt_config import MqttSection, Section
+from edge_shared.validation import describe, location
 
 DEFAULT_FLEET_CONFIG = Path("~/.config/edgectl/config.toml")
 

@@ -38,7 +38,7 @@ def broker_flags() -> argparse.ArgumentParser:
 
 def fleet_client(args: argparse.Namespace) -> FleetClient:
     from edge_agent.fleet.config import FleetConfigError, fleet_client_id, load_fleet_config
-    from edge_agent.mqtt_params import broker_params
+    from edge_shared.mqtt_params import broker_params
 
     overrides = {
         "host": getattr(args, "broker", None),

@@ -28,7 +28,7 @@ from edge_agent.fleet.client import (
 from edge_agent.fleet.rollout_store import Previous, RolloutStore, owner_id
 
 if TYPE_CHECKING:
-    from edge_agent.trust.keys import TrustedKey
+    from edge_shared.trust.keys import TrustedKey
 
 # A device whose report did not change is not re-read more often than this (its timeout is still
 # checked on every pass).

@@ -151,7 +151,7 @@ def _start_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a start needs that can be checked before any network: usage errors raise."""
     from edge_agent.fleet.cli import _load_document
     from edge_agent.fleet.trust_cmds import parse_duration
-    from edge_agent.labels import LabelError, parse_selector
+    from edge_shared.labels import LabelError, parse_selector
 
     if args.selector is None:
         raise ValueError("--selector is required: which devices (e.g. --selector site=turin)")
@@ -193,7 +193,7 @@ async def _run(args: argparse.Namespace, state_path: Path, plan: dict[str, Any] 
     from edge_agent.fleet.connect import fleet_client
     from edge_agent.fleet.rollout import RolloutRunner
     from edge_agent.fleet.rollout_store import RolloutMeta, RolloutStore, StoreError
-    from edge_agent.labels import reported_labels
+    from edge_shared.labels import reported_labels
 
     try:
         store = RolloutStore(state_path)

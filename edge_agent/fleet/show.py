@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from edge_agent.artifacts.view import artifact_lines
 from edge_agent.fleet.client import DeviceView
-from edge_agent.status_view import agent_update_line
+from edge_shared.artifacts.view import artifact_lines
+from edge_shared.status_view import agent_update_line
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}
@@ -137,7 +137,7 @@ def deployment_state(section: Any) -> str:
 
 
 def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]:
-    from edge_agent.labels import reported_labels
+    from edge_shared.labels import reported_labels
 
     rows = []
     for v in views:

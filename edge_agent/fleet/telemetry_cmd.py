@@ -24,8 +24,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.broker_endpoints import Endpoint, endpoint_list, parse_endpoint
-from edge_agent.telemetry.uplink import decode_batch
+from edge_shared.batch import decode_batch
+from edge_shared.broker_endpoints import Endpoint, endpoint_list, parse_endpoint
 
 DEFAULT_DEDUP_WINDOW = 1_000_000
 
@@ -77,8 +77,8 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """TLS from the --tls-* flags (the same meaning as for the other edgectl commands)."""
     if not (getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None)):
         return None
-    from edge_agent.config import MqttSection
-    from edge_agent.mqtt_params import tls_context
+    from edge_shared.mqtt_config import MqttSection
+    from edge_shared.mqtt_params import tls_context
 
     return tls_context(MqttSection(tls=True, ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key))
 

@@ -22,9 +22,16 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from edge_agent.desired.admission import DOCUMENT_PAYLOAD_TYPE
-from edge_agent.trust.cosign import DsseEnvelope, DsseSignature, FormatError, dsse_pae, parse_dsse_envelope, strict_json
-from edge_agent.trust.keys import PrivateKey, key_id, sign
+from edge_shared.document import DOCUMENT_PAYLOAD_TYPE
+from edge_shared.trust.cosign import (
+    DsseEnvelope,
+    DsseSignature,
+    FormatError,
+    dsse_pae,
+    parse_dsse_envelope,
+    strict_json,
+)
+from edge_shared.trust.keys import PrivateKey, key_id, sign
 
 __all__ = ["DOCUMENT_PAYLOAD_TYPE", "envelope_signer_ids", "sign_document"]
 

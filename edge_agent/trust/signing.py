@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.trust.cosign import (
+from edge_shared.trust.cosign import (
     BUNDLE_MEDIA_TYPE,
     DSSE_INTOTO_TYPE,
     OCI_EMPTY_BLOB,
@@ -40,9 +40,9 @@ from edge_agent.trust.cosign import (
     referrers_fallback_tag,
     strict_json,
 )
-from edge_agent.trust.keys import PrivateKey, key_id, public_key_der, sign
-from edge_agent.trust.platforms import is_index, parse_index
-from edge_agent.trust.registry import ImageRef, RegistryClient, RegistryError
+from edge_shared.trust.keys import PrivateKey, key_id, public_key_der, sign
+from edge_shared.trust.platforms import is_index, parse_index
+from edge_shared.trust.registry import ImageRef, RegistryClient, RegistryError
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from edge_agent.attestation.tpm import (
-    DIGEST_SIZE,
-    ZERO_PCR,
-    Endorsement,
-    RawQuote,
-    TpmError,
-    pcr_digest,
-    selection_string,
-)
+from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmError, pcr_digest, selection_string
+from edge_shared.attestation import DIGEST_SIZE, ZERO_PCR
 
 
 class FakeTpm:

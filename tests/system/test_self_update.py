@@ -30,9 +30,9 @@ import pytest
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.registry import Registry
-from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
 from tests.system.conftest import (
     REPO_ROOT,
     SCRIPTS,

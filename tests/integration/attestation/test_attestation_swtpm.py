@@ -14,10 +14,10 @@ import pytest
 
 from devinfra.swtpm import Swtpm
 from edge_agent.attestation.ima import Allowlist
-from edge_agent.attestation.keys import DeviceIdentity
 from edge_agent.attestation.mqtt_command import CommandFailed
 from edge_agent.attestation.service import AttestationService
 from edge_agent.fleet.attest_cmds import AttestationFailure, EnrollmentRecord, attest_device, enroll_device
+from edge_shared.attestation import DeviceIdentity
 from tests.integration.attestation.conftest import (
     local_transport,
     synthetic_files,

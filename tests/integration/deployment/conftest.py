@@ -30,7 +30,7 @@ from edge_agent.reported import ReportedState
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.store import open_state_db
 from edge_agent.trust.factory import build_verifier
-from edge_agent.twin.protocol import desired_document
+from edge_shared.protocol import desired_document
 
 
 class RunImages:

@@ -23,9 +23,9 @@ from devinfra.mosquitto import Mosquitto
 from devinfra.pki import ClientCert, Pki, tls_broker, unique
 from devinfra.podman import PodmanService, podman
 from devinfra.registry import Registry
-from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
 from tests.integration.twin.helpers import stored_state
 
 REPO = Path(__file__).resolve().parents[3]

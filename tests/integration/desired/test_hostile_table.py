@@ -18,7 +18,7 @@ from typing import Any
 from devinfra.podman import podman
 from devinfra.procs import wait_until
 from edge_agent.trust.documents import sign_document
-from edge_agent.trust.keys import load_private_key
+from edge_shared.trust.keys import load_private_key
 
 from .conftest import PASSPHRASE, Device
 

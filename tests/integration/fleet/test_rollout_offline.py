@@ -16,9 +16,9 @@ from pathlib import Path
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.pki import unique
-from edge_agent.config import MqttSection
 from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
 from tests.integration.desired.conftest import PASSPHRASE, REPO, edgectl
 
 

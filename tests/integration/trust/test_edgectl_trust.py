@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from edge_agent.deployment.manifest import validate_deployment
-from edge_agent.desired.admission import Admitted, DocumentTrust, History, Limits, admit
-from edge_agent.trust import keys
+from edge_agent.desired.admission import Admitted, DocumentTrust, History, admit
+from edge_shared.document import Limits
+from edge_shared.trust import keys
 from tests.integration.trust.conftest import ImageFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

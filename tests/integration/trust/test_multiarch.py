@@ -16,13 +16,13 @@ import pytest
 from devinfra.fault_proxy import FaultProxy
 from devinfra.multiarch import MultiArch, build_multiarch, forge_index
 from devinfra.podman import podman
-from edge_agent.trust import keys as trust_keys
-from edge_agent.trust.api import ImageRejected
-from edge_agent.trust.platforms import DOCKER_LIST, parse_platform
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
 from edge_agent.trust.signing import sign_image_legacy
-from edge_agent.trust.verify import CosignVerifier
+from edge_shared.trust import keys as trust_keys
+from edge_shared.trust.api import ImageRejected
+from edge_shared.trust.platforms import DOCKER_LIST, parse_platform
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edge_shared.trust.verify import CosignVerifier
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 REPO = Path(__file__).resolve().parents[3]

@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 from devinfra.fault_proxy import FaultProxy
 from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
 from devinfra.registry import Registry
-from edge_agent.trust import cosign
-from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
+from edge_shared.trust import cosign
+from edge_shared.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
 
 
 def make_ca_and_cert(workdir: Path) -> tuple[Path, Path, Path]:

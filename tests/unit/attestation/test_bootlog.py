@@ -12,7 +12,8 @@ from edge_agent.attestation.bootlog import (
     parse_boot_log,
     replay_boot_log,
 )
-from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
+from edge_agent.attestation.verify import Expectations, verify_quote
+from edge_shared.attestation import Evidence
 from tests.fakes.tpm import FakeTpm
 
 EVENTS = [

@@ -17,8 +17,9 @@ import pytest
 
 from edge_agent.attestation.service import tpm_from_config
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
-from edge_agent.attestation.tpm import ZERO_PCR, TpmError
+from edge_agent.attestation.tpm import TpmError
 from edge_agent.config import parse_config
+from edge_shared.attestation import ZERO_PCR
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from edge_agent.attestation.ima import make_entry
-from edge_agent.attestation.measure import event_digest
-from edge_agent.attestation.verify import CHECKS, Counters, Evidence, Expectations, verify_quote
+from edge_agent.attestation.verify import CHECKS, Counters, Expectations, verify_quote
+from edge_shared.attestation import Evidence, event_digest
 from tests.fakes.tpm import FakeTpm
 
 PCRS = (0, 1, 7, 10, 23)

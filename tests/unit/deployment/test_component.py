@@ -19,7 +19,7 @@ from edge_agent.desired.admission import Admitted, Duplicate, Refused
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRequest, MountRequest
 from edge_agent.store import open_state_db
-from edge_agent.trust.api import ImageRejected, VerifiedImage
+from edge_shared.trust.api import ImageRejected, VerifiedImage
 from tests.fakes.runtime import FakeRuntime
 
 

@@ -21,7 +21,7 @@ from edge_agent.fleet.compare import (
     render_table,
 )
 from edge_agent.fleet.compare_cmd import assign_groups, parse_groups
-from edge_agent.labels import parse_selector
+from edge_shared.labels import parse_selector
 
 
 def rec(device: str, seq: int, version: int | None = 1, rid: str | None = None, **payload: Any) -> dict[str, Any]:

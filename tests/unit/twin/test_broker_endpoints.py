@@ -9,18 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.broker_endpoints import (
-    MAX_ENDPOINTS,
-    Choice,
-    Endpoint,
-    choose_endpoint,
-    endpoint_list,
-    parse_endpoint,
-)
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.mqtt_params import broker_params
-from edge_agent.retry import Failure, Retries
-from edge_agent.status_view import render_status
+from edge_shared.broker_endpoints import MAX_ENDPOINTS, Choice, Endpoint, choose_endpoint, endpoint_list, parse_endpoint
+from edge_shared.mqtt_params import broker_params
+from edge_shared.retry import Failure, Retries
+from edge_shared.status_view import render_status
 
 # ----------------------------------------------------------------- parsing
 
@@ -118,7 +111,7 @@ def test_config_example_documents_endpoints(repo_root: Path) -> None:
 
 
 def _failed(previous: Failure | None, now: float, initial: float = 1.0, cap: float = 60.0) -> Failure:
-    from edge_agent.retry import next_failure
+    from edge_shared.retry import next_failure
 
     return next_failure(previous, "refused", now, initial, cap)
 

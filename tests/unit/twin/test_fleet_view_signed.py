@@ -12,7 +12,7 @@ from edge_agent.fleet.cli import build_parser
 from edge_agent.fleet.client import _desired_json
 from edge_agent.fleet.telemetry_cmd import _tls_context
 from edge_agent.trust.documents import sign_document
-from edge_agent.trust.keys import generate_private_key
+from edge_shared.trust.keys import generate_private_key
 
 
 def test_signed_desired_document_is_shown_by_its_payload() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 from edge_agent.fleet.client import DeviceView
 from edge_agent.fleet.show import render_devices, render_view
-from edge_agent.twin import protocol
-from edge_agent.twin.protocol import DeviceTopics
 from edge_agent.twin.session import CommandRegistry, run_command
+from edge_shared import protocol
+from edge_shared.protocol import DeviceTopics
 
 
 def test_topics() -> None:

@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.image_ref import DIGEST_RE
-from edge_agent.strict_json import loads_strict
+from edge_shared.image_ref import DIGEST_RE
+from edge_shared.strict_json import loads_strict
 
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -71,7 +71,7 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def strict_json(data: bytes, what: str) -> Any:
-    """JSON with duplicate keys and NaN refused (edge_agent.strict_json), errors as FormatError."""
+    """JSON with duplicate keys and NaN refused (edge_shared.strict_json), errors as FormatError."""
     try:
         return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.trust.cosign import OCI_MANIFEST, Descriptor, FormatError, parse_manifest_layers
-from edge_agent.validation import summary
+from edge_shared.trust.cosign import OCI_MANIFEST, Descriptor, FormatError, parse_manifest_layers
+from edge_shared.validation import summary
 
 MODEL_ARTIFACT_TYPE = "application/vnd.edge-agent.model.v1"
 MODEL_CONFIG_TYPE = "application/vnd.edge-agent.model.config.v1+json"

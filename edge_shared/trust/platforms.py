@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.image_ref import DIGEST_RE
-from edge_agent.trust.cosign import FormatError, strict_json
+from edge_shared.image_ref import DIGEST_RE
+from edge_shared.trust.cosign import FormatError, strict_json
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"

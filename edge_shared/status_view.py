@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from edge_agent.artifacts.view import artifact_lines
+from edge_shared.artifacts.view import artifact_lines
 
 KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "modules", "telemetry"}
 

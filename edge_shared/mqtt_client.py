@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.mqtt_params import BrokerParams
+from edge_shared.mqtt_params import BrokerParams
 
 # Bound on messages waiting in the client's in-memory queue; the broker keeps the rest (QoS 1).
 MAX_QUEUED_INCOMING = 1000

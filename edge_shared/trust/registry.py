@@ -9,7 +9,7 @@ before a body is read (Content-Length) and while it is read, plain HTTP is spoke
 loopback registries the operator listed, redirects are followed by hand (never from HTTPS down
 to HTTP; credentials are not carried to another host), the environment is ignored (no proxy
 variables, no ~/.netrc credentials) and bodies are asked for uncompressed, so a limit is a limit
-on the bytes the registry sends. Blocking; the verifier runs it with edge_agent.threads.
+on the bytes the registry sends. Blocking; the verifier runs it with edge_shared.threads.
 
 Auth: anonymous; HTTP Basic; bearer tokens from the ``WWW-Authenticate: Bearer realm=...,
 service=..., scope=...`` challenge (with Basic credentials towards the token realm when given).
@@ -29,8 +29,8 @@ from typing import BinaryIO
 
 import requests
 
-from edge_agent.image_ref import ImageRef, is_loopback_host, parse_reference
-from edge_agent.trust.cosign import OCI_INDEX, OCI_MANIFEST, Descriptor, FormatError, parse_referrers_index
+from edge_shared.image_ref import ImageRef, is_loopback_host, parse_reference
+from edge_shared.trust.cosign import OCI_INDEX, OCI_MANIFEST, Descriptor, FormatError, parse_referrers_index
 
 __all__ = ["ImageRef", "Manifest", "RegistryClient", "RegistryError", "RegistrySettings", "is_loopback_host",
            "parse_reference"]

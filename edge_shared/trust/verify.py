@@ -19,16 +19,14 @@ bound image id, is accepted.
 
 from __future__ import annotations
 
+import logging
 import platform as py_platform
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge_agent.api_url import podman_client
-from edge_agent.logs import get_logger
-from edge_agent.threads import run_blocking
-from edge_agent.trust.api import ImageRejected, VerifiedImage
-from edge_agent.trust.cache import CachedVerdict, VerifyCache
-from edge_agent.trust.cosign import (
+from edge_shared.threads import run_blocking
+from edge_shared.trust.api import ImageRejected, VerifiedImage
+from edge_shared.trust.cosign import (
     BUNDLE_MEDIA_TYPE,
     FormatError,
     legacy_signature_tag,
@@ -37,9 +35,8 @@ from edge_agent.trust.cosign import (
     parse_referrers_index,
     referrers_fallback_tag,
 )
-from edge_agent.trust.origins import ImageOrigins
-from edge_agent.trust.platforms import Platform, describe, host_platform, is_index, parse_index, pick
-from edge_agent.trust.policy import (
+from edge_shared.trust.platforms import Platform, describe, host_platform, is_index, parse_index, pick
+from edge_shared.trust.policy import (
     Accepted,
     Refused,
     ScopePolicy,
@@ -48,9 +45,9 @@ from edge_agent.trust.policy import (
     check_simplesigning,
     select_policy,
 )
-from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
+from edge_shared.trust.registry import ImageRef, Manifest, RegistryClient, RegistryError, parse_reference
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 MAX_SIGNATURES = 16  # per format per image; more is an attack on the device's CPU
 MAX_INDEX_CHILDREN = 32
@@ -72,33 +69,49 @@ def via_index(fingerprint: str, index_digest: str) -> str:
     return f"{fingerprint} via {index_digest}"
 
 
+class CachedVerdict(Protocol):
+    """A verdict remembered for (repository, digest, policy)."""
+
+    @property
+    def signer(self) -> str | None: ...
+    @property
+    def image_ids(self) -> frozenset[str]: ...
+
+
+class VerifyCache(Protocol):
+    """Verdicts and tag resolutions the verifier remembers (the device's is in its state database,
+    edge_agent/trust/cache.py); the fleet's verify-image keeps none."""
+
+    def lookup(self, repository: str, digest: str, policy: str) -> CachedVerdict | None: ...
+    def store(self, repository: str, digest: str, policy: str, signer: str | None, image_ids: frozenset[str]) -> None:
+        ...
+    def forget(self, repository: str, digest: str) -> None: ...
+    def remember_resolution(self, reference: str, digest: str) -> None: ...
+    def resolution(self, reference: str) -> str | None: ...
+
+
+class ImageOrigin(Protocol):
+    @property
+    def index_digest(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+
+
+class ImageOrigins(Protocol):
+    """Which multi-arch index each platform image was picked from (edge_agent/trust/origins.py)."""
+
+    def record(self, image: str, index_digest: str, platform: str) -> None: ...
+    def lookup(self, image: str) -> ImageOrigin | None: ...
+
+
 class LocalImages(Protocol):
     async def image_id(self, repository: str, digest: str) -> str | None:
         """The local image id (64 hex) stored for repository@digest, or None if not pulled."""
         ...
 
 
-class PodmanLocalImages:
-    """Asks podman (podman-py's images.get, on the socket in [podman]) for an image's id."""
-
-    def __init__(self, socket_url: str, timeout: float = 10.0) -> None:
-        self.client = podman_client(socket_url, timeout=timeout)
-
-    async def image_id(self, repository: str, digest: str) -> str | None:
-        return await run_blocking(self._image_id, f"{repository}@{digest}", name="podman image id")
-
-    def _image_id(self, name: str) -> str | None:
-        from podman.errors import ImageNotFound, NotFound
-
-        try:
-            image_id = self.client.images.get(name).id
-        except (ImageNotFound, NotFound):
-            return None
-        return str(image_id).removeprefix("sha256:") if image_id else None
-
-
 class CosignVerifier:
-    """ImageVerifier (edge_agent.trust.api) backed by cosign signatures in the registry."""
+    """ImageVerifier (edge_shared.trust.api) backed by cosign signatures in the registry."""
 
     def __init__(
         self,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, replace
 
-from edge_agent.broker_endpoints import Endpoint
-from edge_agent.config import MqttSection
+from edge_shared.broker_endpoints import Endpoint
+from edge_shared.mqtt_config import MqttSection
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.trust.api import TrustMode
-from edge_agent.trust.cosign import (
+from edge_shared.trust.api import TrustMode
+from edge_shared.trust.cosign import (
     SIGNATURE_ANNOTATION,
     FormatError,
     dsse_pae,
@@ -22,7 +22,7 @@ from edge_agent.trust.cosign import (
     parse_simplesigning_payload,
     parse_statement,
 )
-from edge_agent.trust.keys import TrustedKey
+from edge_shared.trust.keys import TrustedKey
 
 
 @dataclass(frozen=True)

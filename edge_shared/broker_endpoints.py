@@ -2,7 +2,7 @@
 
 The device names its brokers in order (`[mqtt] host`/`port` first, then `[mqtt] endpoints`).
 Each endpoint is its own retry cause with the agent's per-cause capped exponential backoff
-(edge_agent/retry.py): an endpoint that failed waits 1x, 2x, 4x ... the initial delay before it is
+(edge_shared/retry.py): an endpoint that failed waits 1x, 2x, 4x ... the initial delay before it is
 tried again, and a successful connection forgets its failures. The next endpoint to try is the one
 due first; among those already due, the first in the configured order. So:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edge_agent.retry import Failure
+from edge_shared.retry import Failure
 
 MAX_ENDPOINTS = 16
 
