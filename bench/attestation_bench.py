@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devinfra.swtpm import Swtpm
-from edge_agent.attestation.ima import make_entry, parse_ima_list
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import PytssTpm
-from edge_agent.attestation.verify import Expectations, verify_quote
 from edge_shared.attestation import DEFAULT_PCRS, Evidence
+from edgectl.attestation.ima import make_entry, parse_ima_list
+from edgectl.attestation.verify import Expectations, verify_quote
 
 
 def timed(fn: Callable[[], object], rounds: int) -> float:

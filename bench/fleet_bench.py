@@ -225,10 +225,10 @@ def main() -> int:
         return 0
 
     from devinfra.mosquitto import Mosquitto
-    from edge_agent.fleet.client import FleetClient
     from edge_shared import protocol
     from edge_shared.mqtt_config import MqttSection
     from edge_shared.mqtt_params import broker_params
+    from edgectl.client import FleetClient
 
     sizes = sorted({int(x) for x in args.devices.split(",")})
     total = sizes[-1]

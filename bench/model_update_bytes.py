@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devinfra.registry import Registry
 from edge_agent.artifacts.placement import ArtifactDirs
-from edge_agent.artifacts.push import push_artifact
 from edge_shared.artifacts.format import build_model_artifact, validate_metadata
 from edge_shared.trust.registry import ImageRef, Manifest, RegistryClient, RegistrySettings, parse_reference
+from edgectl.push import push_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 PILOT = REPO / "modules" / "pilot"

@@ -101,7 +101,7 @@ class Follower:
         """`extra`: more edgectl flags, e.g. the fleet's --prefix and mutual-TLS flags."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.out = workdir / "follower.jsonl"
-        argv = [sys.executable, "-m", "edge_agent.fleet.cli", "telemetry", device, "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "edgectl.cli", "telemetry", device, "--host", "127.0.0.1",
                 "--port", str(port), "--json", "--all", "--client-id", client_id, *extra]
         self.proc = ManagedProcess("edgectl-telemetry", argv, workdir / "follower.log")
         self.proc.log_path = workdir / "follower.log"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.pki import ClientCert, Pki, unique
-from edge_agent.fleet.client import FleetClient
 from edge_shared.mqtt_config import MqttSection
 from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 
 
 class TwinEnv:

@@ -8,7 +8,7 @@ The loop (imperative shell around the pure planner, restart policy and rollback 
         observe containers ─► settle restart counters ─► judge probation (good / rollback)
         ─► plan ─► execute ─► report modules; tell the desired-state room each version's outcome
 
-Failures back off per cause (edge_shared/retry.py): a podman that does not answer, a module whose
+Failures back off per cause (shared/edge_shared/retry.py): a podman that does not answer, a module whose
 action failed. Whatever wakes the loop, a failing cause is not tried again before its time, and
 a persistent failure is logged once per change, not once per attempt.
 

@@ -5,8 +5,8 @@ the desired document and commands, keep presence, and let other components publi
   and queues QoS 1 commands while the device is away; they arrive after the reconnect.
 - Last will: presence "offline" (retained), published by the broker when the link dies.
 - Reconnect: to one of several broker endpoints (`[mqtt] host`/`port`, then `endpoints`), chosen
-  by edge_shared/broker_endpoints.py: each endpoint has its own capped exponential backoff
-  (edge_shared/retry.py, equal jitter); a lost broker moves the session to the next endpoint that
+  by shared/edge_shared/broker_endpoints.py: each endpoint has its own capped exponential backoff
+  (shared/edge_shared/retry.py, equal jitter); a lost broker moves the session to the next endpoint that
   is due. The client id, clean_start=False and session expiry are the same on every endpoint, so a
   clustered broker (or bridged brokers) keeps one session per device. A connection that was up and
   then dropped starts a fresh backoff, so one long outage does not slow the next reconnect.

@@ -60,7 +60,7 @@ SLOW = 600  # seconds: anything the emulated agent does
 def edgectl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env,
     )  # fmt: skip
 

@@ -30,9 +30,9 @@ import pytest
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.registry import Registry
-from edge_agent.fleet.client import FleetClient
 from edge_shared.mqtt_config import MqttSection
 from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.system.conftest import (
     REPO_ROOT,
     SCRIPTS,
@@ -54,7 +54,7 @@ SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do s
 def edgectl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

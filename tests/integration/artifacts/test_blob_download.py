@@ -12,9 +12,9 @@ import pytest
 
 from devinfra.registry import Registry
 from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
-from edge_agent.artifacts.push import push_artifact
 from edge_shared.artifacts.format import build_model_artifact, validate_metadata
 from edge_shared.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
+from edgectl.push import push_artifact
 from tests.unit.artifacts.test_format import META
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from devinfra.podman import podman
 from devinfra.procs import wait_until
-from edge_agent.trust.documents import sign_document
 from edge_shared.trust.keys import load_private_key
+from edgectl.documents import sign_document
 
 from .conftest import PASSPHRASE, Device
 

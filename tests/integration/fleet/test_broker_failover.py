@@ -233,9 +233,9 @@ def test_agents_move_to_the_second_broker_without_losing_telemetry(
         assert out.returncode == 0, out.stdout + out.stderr
 
         async def reported_on_two() -> dict[str, dict[str, Any]]:
-            from edge_agent.fleet.client import FleetClient
             from edge_shared.mqtt_config import MqttSection
             from edge_shared.mqtt_params import broker_params
+            from edgectl.client import FleetClient
 
             section = MqttSection(
                 host="127.0.0.1",

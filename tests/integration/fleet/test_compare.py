@@ -209,8 +209,8 @@ def test_compare_two_label_groups_running_two_pilot_settings(tmp_path: Path, fle
         # The picture.
         import cv2
 
-        from edge_agent.fleet.compare import Column, Comparison, Row
-        from edge_agent.fleet.compare_chart import PALETTE, chart_size
+        from edgectl.compare import Column, Comparison, Row
+        from edgectl.compare_chart import PALETTE, chart_size
 
         img = cv2.imread(str(png))
         assert img is not None, png

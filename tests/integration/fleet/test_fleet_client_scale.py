@@ -9,9 +9,9 @@ import json
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.pki import unique
-from edge_agent.fleet.client import FleetClient
 from edge_shared.mqtt_config import MqttSection
 from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 
 DEVICES = 1500
 

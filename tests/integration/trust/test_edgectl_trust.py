@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def edgectl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "EDGECTL_KEY_PASSWORD": "s3cret-passphrase", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,

@@ -19,10 +19,10 @@ import pytest
 
 from devinfra.fault_proxy import FaultProxy
 from devinfra.podman import podman
-from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
 from edge_shared.trust import cosign
 from edge_shared.trust.api import ImageRejected, ImageVerifier
 from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edgectl.signing import sign_image_bundle, sign_image_legacy
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 

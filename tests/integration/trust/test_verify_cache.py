@@ -11,10 +11,10 @@ from devinfra.registry import Registry
 from edge_agent.store import open_state_db
 from edge_agent.trust.cache import VerifyCache
 from edge_agent.trust.local_images import PodmanLocalImages
-from edge_agent.trust.signing import sign_image_legacy
 from edge_shared.trust import cosign
 from edge_shared.trust.api import ImageRejected
 from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edgectl.signing import sign_image_legacy
 from tests.integration.trust.conftest import ImageFactory, KeyPair, build_variant, verifier_for
 
 

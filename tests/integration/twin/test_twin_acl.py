@@ -11,9 +11,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devinfra.pki import unique
 from devinfra.twin_env import TwinEnv
-from edge_agent.fleet.client import FleetError
 from edge_shared.mqtt_client import PublishRefused, make_client
 from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetError
 
 
 async def _next_message(client: aiomqtt.Client, timeout: float = 10) -> aiomqtt.Message:

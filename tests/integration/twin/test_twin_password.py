@@ -11,9 +11,9 @@ from pathlib import Path
 from devinfra.agent import AgentProcess
 from devinfra.mosquitto import Mosquitto
 from devinfra.pki import acl_text, unique
-from edge_agent.fleet.client import FleetClient
 from edge_shared.mqtt_config import MqttSection
 from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.integration.twin.helpers import version_state, wait_reported
 
 

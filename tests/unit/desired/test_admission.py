@@ -27,11 +27,11 @@ from edge_agent.desired.admission import (
     admit,
     digest_of,
 )
-from edge_agent.trust.documents import sign_document
 from edge_shared import document
 from edge_shared.document import DOCUMENT_PAYLOAD_TYPE, Limits, nesting_depth
 from edge_shared.trust import keys
 from edge_shared.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
+from edgectl.documents import sign_document
 
 OLD = keys.generate_private_key()
 NEW = keys.generate_private_key()

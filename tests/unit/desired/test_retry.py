@@ -1,4 +1,4 @@
-"""Capped exponential backoff per cause (edge_shared/retry.py)."""
+"""Capped exponential backoff per cause (shared/edge_shared/retry.py)."""
 
 from __future__ import annotations
 

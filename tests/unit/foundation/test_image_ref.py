@@ -1,4 +1,4 @@
-"""The one image-reference grammar and loopback check (edge_shared/image_ref.py), shared by the
+"""The one image-reference grammar and loopback check (shared/edge_shared/image_ref.py), shared by the
 deployment document's validation, the registry client and the verifiers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one formatter of pydantic errors (edge_shared/validation.py): each phrasing, each kind."""
+"""The one formatter of pydantic errors (shared/edge_shared/validation.py): each phrasing, each kind."""
 
 from __future__ import annotations
 

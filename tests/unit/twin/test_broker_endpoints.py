@@ -223,8 +223,8 @@ def test_status_shows_the_connected_endpoint() -> None:
 def test_edgectl_endpoint_flags(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_agent.fleet.cli import build_parser, main
-    from edge_agent.fleet.config import load_fleet_config
+    from edgectl.cli import build_parser, main
+    from edgectl.config import load_fleet_config
 
     monkeypatch.setenv("EDGECTL_CONFIG", str(tmp_path / "none.toml"))  # no operator file is read
     args = build_parser().parse_args(["devices", "--broker", "a", "--endpoint", "b:2", "--endpoint", "[::1]:3"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from edge_agent.fleet.compare import Comparison
+from edgectl.compare import Comparison
 
 PANEL_W, PANEL_H = 480, 210
 PANELS_PER_LINE = 2

@@ -1,4 +1,4 @@
-"""`edgectl compare`: an A/B comparison of what groups of devices send (edge_agent/fleet/compare.py
+"""`edgectl compare`: an A/B comparison of what groups of devices send (fleet/edgectl/compare.py
 does the arithmetic; this is the broker side and the command line)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet.compare import DEFAULT_METRICS, METRICS, as_json, compare, render_table
+from edgectl.compare import DEFAULT_METRICS, METRICS, as_json, compare, render_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -111,11 +111,11 @@ def assign_groups(labels: dict[str, dict[str, str] | None], selectors: dict[str,
 async def collect(args: argparse.Namespace, selectors: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     import aiomqtt
 
-    from edge_agent.fleet.client import FleetError
-    from edge_agent.fleet.connect import fleet_client
-    from edge_agent.fleet.telemetry_cmd import records_of
     from edge_shared.labels import reported_labels
     from edge_shared.mqtt_client import make_client
+    from edgectl.client import FleetError
+    from edgectl.connect import fleet_client
+    from edgectl.telemetry_cmd import records_of
 
     fleet = fleet_client(args)
     # Its own client id: the fleet client (device labels) connects with fleet.params' id at the
@@ -178,7 +178,7 @@ async def collect(args: argparse.Namespace, selectors: dict[str, Any]) -> tuple[
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent.fleet.client import FleetError
+    from edgectl.client import FleetError
 
     try:
         selectors = parse_groups(args.group)
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         args.save_records.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in used))
     png = None
     if args.png:
-        from edge_agent.fleet.compare_chart import draw_chart
+        from edgectl.compare_chart import draw_chart
 
         try:
             size = draw_chart(

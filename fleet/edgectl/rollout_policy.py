@@ -1,6 +1,6 @@
 """Staged rollouts (`edgectl rollout`): every decision, as pure functions of the rollout's state.
-No I/O, no clock (callers pass `now`), no asyncio; edge_agent/fleet/rollout.py is the shell that
-publishes, reads reports and stores the state (edge_agent/fleet/rollout_store.py).
+No I/O, no clock (callers pass `now`), no asyncio; fleet/edgectl/rollout.py is the shell that
+publishes, reads reports and stores the state (fleet/edgectl/rollout_store.py).
 
 A rollout publishes one signed deployment to the devices a selector picked, batch by batch. Each
 device moves through:

@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.attestation.ima import Allowlist
-from edge_agent.attestation.keys import (
+from edge_shared.attestation import DEFAULT_PCRS, DeviceIdentity, ak_name, b64, decode_evidence
+from edge_shared.names import is_device_id
+from edge_shared.protocol import CommandFailed
+from edgectl.attestation.challenge import (
     ak_attributes_problem,
     check_challenge_answer,
     ek_certificate_problem,
     make_challenge,
 )
-from edge_agent.attestation.mqtt_command import CommandFailed
-from edge_agent.attestation.verify import Counters, Expectations, VerificationResult, verify_quote
-from edge_shared.attestation import DEFAULT_PCRS, DeviceIdentity, ak_name, b64, decode_evidence
-from edge_shared.names import is_device_id
+from edgectl.attestation.ima import Allowlist
+from edgectl.attestation.verify import Counters, Expectations, VerificationResult, verify_quote
 
 Transport = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULT_GOLDEN = (0, 1, 2, 3, 4, 5, 6, 7)
@@ -337,9 +337,9 @@ def parse_pcr_list(text: str) -> tuple[int, ...]:
 
 def _transport(args: argparse.Namespace) -> Transport:
     """Commands go through the same fleet client (config file, TLS, response topic) as edgectl call."""
-    from edge_agent.fleet.client import FleetError
-    from edge_agent.fleet.connect import fleet_client
     from edge_shared.protocol import command_answer_result
+    from edgectl.client import FleetError
+    from edgectl.connect import fleet_client
 
     async def send(device: str, command: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         try:

@@ -2,7 +2,7 @@
 
 The device names its brokers in order (`[mqtt] host`/`port` first, then `[mqtt] endpoints`).
 Each endpoint is its own retry cause with the agent's per-cause capped exponential backoff
-(edge_shared/retry.py): an endpoint that failed waits 1x, 2x, 4x ... the initial delay before it is
+(shared/edge_shared/retry.py): an endpoint that failed waits 1x, 2x, 4x ... the initial delay before it is
 tried again, and a successful connection forgets its failures. The next endpoint to try is the one
 due first; among those already due, the first in the configured order. So:
 

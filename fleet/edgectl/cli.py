@@ -7,15 +7,13 @@ import asyncio
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
-from typing import Any
 
-from edge_agent import __version__
-from edge_agent.fleet import attest_cmds
-from edge_agent.fleet.connect import broker_flags, fleet_client
-from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
-from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
+from edgectl import __version__, attest_cmds
+from edgectl.connect import broker_flags, fleet_client
+from edgectl.document_input import document_signer, load_document
+from edgectl.trust_cmds import COMMANDS as TRUST_COMMANDS
+from edgectl.trust_cmds import add_trust_commands, run_trust_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -106,33 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--args", default="{}", help="JSON object of arguments")
     call.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the answer (30)")
 
-    from edge_agent.fleet import rollout_cmd
+    from edgectl import rollout_cmd
 
     rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
 
-    from edge_agent.fleet import telemetry_cmd
+    from edgectl import telemetry_cmd
 
     telemetry_cmd.add_parser(sub)
-    from edge_agent.fleet import compare_cmd
+    from edgectl import compare_cmd
 
     compare_cmd.add_parser(sub, common)
     return parser
-
-
-def _load_document(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SystemExit(f"edgectl: {path}: cannot read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SystemExit(f"edgectl: {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"edgectl: {path}: expected an object at the top level")
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,18 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
     if args.command == "rollout":
-        from edge_agent.fleet import rollout_cmd
+        from edgectl import rollout_cmd
 
         return rollout_cmd.run(args)
     if args.command == "telemetry":
-        from edge_agent.fleet import telemetry_cmd
+        from edgectl import telemetry_cmd
 
         return telemetry_cmd.run(args)
     if args.command == "compare":
-        from edge_agent.fleet import compare_cmd
+        from edgectl import compare_cmd
 
         return compare_cmd.run(args)
-    from edge_agent.fleet.client import FleetError
+    from edgectl.client import FleetError
 
     handler = {"deploy": cmd_deploy, "show": cmd_show, "devices": cmd_devices, "call": cmd_call}[args.command]
     try:
@@ -177,15 +161,15 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
         print("edgectl deploy: give at least one DEVICE and the MANIFEST file", file=sys.stderr)
         return EXIT_USAGE
     *devices, manifest_path = args.targets
-    deployment = _load_document(Path(manifest_path))
-    properties = _load_document(args.properties) if args.properties else None
+    deployment = load_document(Path(manifest_path))
+    properties = load_document(args.properties) if args.properties else None
     if not isinstance(deployment.get("modules"), dict):
         print(f"edgectl: {manifest_path}: modules: expected a table/object of module specs", file=sys.stderr)
         return EXIT_USAGE
-    sign, verify_key = _document_signer(args) if args.key else (None, None)
+    sign, verify_key = document_signer(args.key, args.expires_in, args.rotate_to) if args.key else (None, None)
     failed = 0
     async with fleet_client(args) as fleet:
-        from edge_agent.fleet.client import FleetError, Published
+        from edgectl.client import FleetError, Published
 
         # One subscription for every device's retained state, documents made locally, then
         # published concurrently (QoS 1, a bounded number waiting for PUBACK at once).
@@ -227,29 +211,8 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _document_signer(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(bytes -> signed envelope bytes, the public key that verifies them), with the key loaded (and
-    its passphrase asked) once."""
-    from edge_agent.fleet.trust_cmds import load_signing_key, parse_duration
-    from edge_agent.trust.documents import sign_document
-    from edge_shared.trust.keys import KeyFileError, load_public_key, parse_public_key, public_key_pem
-
-    try:
-        key = load_signing_key(args.key)
-        public = parse_public_key(public_key_pem(key.public_key()), str(args.key))
-    except KeyFileError as exc:  # unreadable file, not a private key
-        raise SystemExit(f"edgectl: --key {exc}") from None
-    expires_in = parse_duration(args.expires_in)
-    rotate_to = [load_public_key(p).pem() for p in args.rotate_to] or None
-
-    def sign(payload: bytes) -> bytes:
-        return sign_document(json.loads(payload), key, expires_in=expires_in, rotate_to=rotate_to)
-
-    return sign, public
-
-
 async def cmd_show(args: argparse.Namespace) -> int:
-    from edge_agent.fleet.show import render_view
+    from edgectl.show import render_view
 
     async with fleet_client(args) as fleet:
         view = await fleet.view(args.device)
@@ -271,8 +234,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    from edge_agent.fleet.show import device_rows, render_devices
     from edge_shared.labels import LabelError, parse_selector, reported_labels
+    from edgectl.show import device_rows, render_devices
 
     selector = None
     if args.selector is not None:

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.trust.signing import SignResult, sign_image_bundle, sign_image_legacy
 from edge_shared.artifacts.format import BuiltArtifact
 from edge_shared.trust.cosign import OCI_MANIFEST
 from edge_shared.trust.keys import PrivateKey
 from edge_shared.trust.registry import ImageRef, RegistryClient
+from edgectl.signing import SignResult, sign_image_bundle, sign_image_legacy
 
 
 @dataclass(frozen=True)

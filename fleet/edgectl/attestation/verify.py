@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.attestation.bootlog import BOOT_PCRS, BootLogError, boot_log_problems
-from edge_agent.attestation.ima import IMA_PCR, Allowlist, ImaParseError, parse_ima_list, replay
 from edge_shared.attestation import BANK, ZERO_PCR, Evidence, replay_image_log
+from edgectl.attestation.bootlog import BOOT_PCRS, BootLogError, boot_log_problems
+from edgectl.attestation.ima import IMA_PCR, Allowlist, ImaParseError, parse_ima_list, replay
 
 # Stable check names (the CLI prints them; docs/attestation.md explains each).
 CHECKS = (

@@ -6,9 +6,9 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from edge_agent.fleet.client import DeviceView
 from edge_shared.artifacts.view import artifact_lines
 from edge_shared.status_view import agent_update_line
+from edgectl.client import DeviceView
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}

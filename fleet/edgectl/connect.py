@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from edge_agent.fleet.client import FleetClient
+from edgectl.client import FleetClient
 
 
 def broker_flags() -> argparse.ArgumentParser:
@@ -37,8 +37,8 @@ def broker_flags() -> argparse.ArgumentParser:
 
 
 def fleet_client(args: argparse.Namespace) -> FleetClient:
-    from edge_agent.fleet.config import FleetConfigError, fleet_client_id, load_fleet_config
     from edge_shared.mqtt_params import broker_params
+    from edgectl.config import FleetConfigError, fleet_client_id, load_fleet_config
 
     overrides = {
         "host": getattr(args, "broker", None),

@@ -4,7 +4,7 @@
     edgectl rollout --resume ID [--key fleet.key]
     edgectl rollout status [ID] [--json]
 
-The decisions are edge_agent/fleet/rollout_policy.py, the publishing shell rollout.py, the state
+The decisions are fleet/edgectl/rollout_policy.py, the publishing shell rollout.py, the state
 file rollout_store.py.
 """
 
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet import rollout_policy as rp
+from edgectl import rollout_policy as rp
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_BATCHES = "1,10%,50%,100%"
@@ -110,7 +110,7 @@ def _out(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent.fleet.rollout_store import RolloutStore, StoreError, default_state_path
+    from edgectl.rollout_store import RolloutStore, StoreError, default_state_path
 
     words = list(args.words)
     state_path = args.state or default_state_path()
@@ -149,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _start_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything a start needs that can be checked before any network: usage errors raise."""
-    from edge_agent.fleet.cli import _load_document
-    from edge_agent.fleet.trust_cmds import parse_duration
     from edge_shared.labels import LabelError, parse_selector
+    from edgectl.document_input import load_document
+    from edgectl.trust_cmds import parse_duration
 
     if args.selector is None:
         raise ValueError("--selector is required: which devices (e.g. --selector site=turin)")
@@ -176,8 +176,8 @@ def _start_plan(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(str(exc).removeprefix("edgectl: ")) from None
     manifest_path = Path(args.words[0])
     try:
-        manifest = _load_document(manifest_path)
-        properties = _load_document(args.properties) if args.properties else None
+        manifest = load_document(manifest_path)
+        properties = load_document(args.properties) if args.properties else None
     except SystemExit as exc:
         raise ValueError(str(exc).removeprefix("edgectl: ")) from None
     if not isinstance(manifest.get("modules"), dict):
@@ -189,11 +189,11 @@ def _start_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, state_path: Path, plan: dict[str, Any] | None) -> int:
-    from edge_agent.fleet.client import FleetError
-    from edge_agent.fleet.connect import fleet_client
-    from edge_agent.fleet.rollout import RolloutRunner
-    from edge_agent.fleet.rollout_store import RolloutMeta, RolloutStore, StoreError
     from edge_shared.labels import reported_labels
+    from edgectl.client import FleetError
+    from edgectl.connect import fleet_client
+    from edgectl.rollout import RolloutRunner
+    from edgectl.rollout_store import RolloutMeta, RolloutStore, StoreError
 
     try:
         store = RolloutStore(state_path)
@@ -271,10 +271,10 @@ def _plan_text(rollout_id: str, chosen: list[str], batches: list[list[str]], pol
 
 
 def _signing(key: Path, expires_in: str) -> Any:
-    from edge_agent.fleet.cli import _document_signer
-    from edge_agent.fleet.rollout import Signing
+    from edgectl.document_input import document_signer
+    from edgectl.rollout import Signing
 
-    sign, public = _document_signer(argparse.Namespace(key=key, expires_in=expires_in, rotate_to=[]))
+    sign, public = document_signer(key, expires_in)
     return Signing(sign, public)
 
 
@@ -316,11 +316,11 @@ def render_list(rows: list[tuple[Any, ...]], now: float, path: Path) -> str:
 
 
 def _interrupted(meta: Any, rollout: rp.Rollout, now: float) -> bool:
-    from edge_agent.fleet.rollout_store import LEASE_S, _alive
+    from edgectl.rollout_store import LEASE_S, owner_alive
 
     if rollout.status in rp.FINISHED:
         return False
-    return not meta.owner or meta.heartbeat is None or now - meta.heartbeat > LEASE_S or not _alive(meta.owner)
+    return not meta.owner or meta.heartbeat is None or now - meta.heartbeat > LEASE_S or not owner_alive(meta.owner)
 
 
 def render_status(store: Any, rollout_id: str, now: float) -> str:

@@ -1,4 +1,4 @@
-"""The shell of `edgectl rollout`: carries out what edge_agent/fleet/rollout_policy.py decides.
+"""The shell of `edgectl rollout`: carries out what fleet/edgectl/rollout_policy.py decides.
 
 It keeps one MQTT connection with every selected device's desired, reported and presence topics
 subscribed (the cache FleetClient.watch keeps current), reads each device's verdict on the
@@ -15,17 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.fleet import rollout_policy as rp
-from edge_agent.fleet.client import (
-    DeviceView,
-    FleetClient,
-    FleetError,
-    Published,
-    Signer,
-    agent_release,
-    next_version,
-)
-from edge_agent.fleet.rollout_store import Previous, RolloutStore, owner_id
+from edgectl import rollout_policy as rp
+from edgectl.client import DeviceView, FleetClient, FleetError, Published, Signer, agent_release, next_version
+from edgectl.rollout_store import Previous, RolloutStore, owner_id
 
 if TYPE_CHECKING:
     from edge_shared.trust.keys import TrustedKey

@@ -20,9 +20,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
-from edge_agent.artifacts.push import push_and_sign
-from edge_agent.trust.documents import sign_document
-from edge_agent.trust.signing import digests_to_sign, sign_image_bundle, sign_image_legacy
 from edge_shared.artifacts.format import build_model_artifact, validate_metadata
 from edge_shared.trust.api import ImageRejected
 from edge_shared.trust.keys import (
@@ -37,6 +34,9 @@ from edge_shared.trust.platforms import Platform, is_index, parse_index, parse_p
 from edge_shared.trust.policy import ScopePolicy
 from edge_shared.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
 from edge_shared.trust.verify import CosignVerifier
+from edgectl.documents import sign_document
+from edgectl.push import push_and_sign
+from edgectl.signing import digests_to_sign, sign_image_bundle, sign_image_legacy
 
 PASSWORD_ENVS = ("EDGECTL_KEY_PASSWORD", "COSIGN_PASSWORD")
 COMMANDS = ("keygen", "public-key", "sign-image", "verify-image", "sign-document", "push-model")

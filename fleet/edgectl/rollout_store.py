@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet.rollout_policy import DeviceRecord, Phase, Policy, Rollout, Status
+from edgectl.rollout_policy import DeviceRecord, Phase, Policy, Rollout, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -197,7 +197,7 @@ class RolloutStore:
             if row is None:
                 raise StoreError(self.unknown(rollout_id))
             other, heartbeat, _ = row
-            if other and other != owner and heartbeat is not None and now - heartbeat < LEASE_S and _alive(other):
+            if other and other != owner and heartbeat is not None and now - heartbeat < LEASE_S and owner_alive(other):
                 raise StoreError(
                     f"rollout {rollout_id} is being run by another edgectl ({other}, updated "
                     f"{now - heartbeat:.0f} s ago); wait for it or stop it first"
@@ -302,7 +302,7 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """Whether the owning process still exists (when it ran on this host; else assume it does)."""
     import socket
 
