@@ -54,20 +54,12 @@ REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
 # --------------------------------------------------------------------------- secrets
 
 
-
-
-
-
 # --------------------------------------------------------------------------- models
-
-
 
 
 def default_device_id() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
     return name
-
-
 
 
 class DeviceSection(Section):
@@ -120,10 +112,6 @@ class DeviceSection(Section):
             raise PydanticCustomError("label", "{problem}", {"problem": str(exc)}) from None
 
 
-
-
-
-
 def _socket_fits(directory: Path, rest: str) -> None:
     """A Unix socket the agent creates under `directory` must fit AF_UNIX's path limit."""
     size = len(os.fsencode(str(directory / rest)))
@@ -157,8 +145,6 @@ class LoggingSection(Section):
     format: Literal["auto", "text", "json", "journal"] = Field(
         "auto", description="one of auto (journal under systemd, text on a terminal), text, json, journal"
     )
-
-
 
 
 class TwinSection(Section):
@@ -373,8 +359,6 @@ class TrustSection(Section):
                     {"reg": reg},
                 )
         return value
-
-
 
 
 AtCapPolicy = Literal["drop-oldest", "refuse-new"]

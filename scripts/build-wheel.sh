@@ -14,7 +14,7 @@
 #                           emulation needed. A dependency that has no such wheel is an error
 #                           naming it (build that wheelhouse on the target machine instead).
 #   --agent-wheel WHEEL     with --platform: that edge-agent wheel (copied to OUTDIR, with the
-#                           edge_shared wheel of the same version beside it when there is one)
+#                           edge_shared wheels beside it when there are any)
 #                           instead of one built from this checkout (scripts/build-release.sh
 #                           --platform uses it)
 # Both wheels are pure Python (py3-none-any) and fit every machine. No fleet code (edgectl) and none
@@ -67,9 +67,9 @@ else
   if [ -n "$agent_wheel" ]; then
     cp "$agent_wheel" "$out/"
     wheel=$out/$(basename "$agent_wheel")
-    version=$(basename "$agent_wheel" | cut -d- -f2)
-    shared_wheel=$(ls "$(dirname "$agent_wheel")"/edge_shared-"$version"-py3-none-any.whl 2>/dev/null || true)
-    if [ -n "$shared_wheel" ]; then cp "$shared_wheel" "$out/"; else build_shared; fi
+    # The shared leaf beside it (the one the agent's wheel pins), else this checkout's.
+    shared_wheels=$(ls "$(dirname "$agent_wheel")"/edge_shared-*-py3-none-any.whl 2>/dev/null || true)
+    if [ -n "$shared_wheels" ]; then cp $shared_wheels "$out/"; else build_shared; fi
   else
     build_shared
     "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"

@@ -20,18 +20,8 @@ def read_identity(tpm: TpmBackend) -> DeviceIdentity:
     return DeviceIdentity(endorsement.ek_public, endorsement.ek_cert, endorsement.ek_type, tpm.ak_public())
 
 
-
-
-
-
-
-
 def activate(tpm: TpmBackend, request: dict[str, Any]) -> dict[str, str]:
     """Device side of the challenge."""
     blob = unb64(request.get("credential_blob"), "credential_blob")
     encrypted = unb64(request.get("secret"), "secret")
     return {"secret": b64(tpm.activate_credential(blob, encrypted))}
-
-
-
-

@@ -29,12 +29,6 @@ log = get_logger(__name__)
 LOG_NAME = "image-measurements.jsonl"
 
 
-
-
-
-
-
-
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -133,5 +127,3 @@ class ImageMeasurer:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self.events]
-
-

@@ -46,10 +46,6 @@ def parse_attest_request(request: Mapping[str, Any], image_pcr: int) -> AttestRe
     return AttestRequest(nonce, tuple(sorted(set(pcrs))))
 
 
-
-
-
-
 def encode_quote(raw: RawQuote) -> dict[str, Any]:
     return {
         "attest": b64(raw.attest),
@@ -57,8 +53,6 @@ def encode_quote(raw: RawQuote) -> dict[str, Any]:
         "bank": BANK,
         "pcrs": {str(i): v.hex() for i, v in sorted(raw.pcrs.items())},
     }
-
-
 
 
 def pcr_list(pcrs: Sequence[int]) -> str:

@@ -46,8 +46,6 @@ GATE_FIELDS = ("expires", "trust")
 DeploymentValidator = Callable[[Mapping[str, Any]], Deployment]
 
 
-
-
 @dataclass(frozen=True)
 class DocumentTrust:
     """How documents are authenticated: [trust] document_mode, the trusted keys (the config's, or
@@ -107,14 +105,6 @@ class _Envelope(BaseModel):
 
 def digest_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
-
-
-
-
-
-
-
-
 
 
 def parse_rfc3339(value: str) -> datetime:

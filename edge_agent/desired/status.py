@@ -130,16 +130,6 @@ def deployment_section(
     return section
 
 
-# --------------------------------------------------------------------------- the fleet's reading
-
-
-
-
-
-
-
-
-
 class StatusSink(Protocol):
     """What the reconciler (deployment/component.py) tells the desired-state room: which version it
     runs, what became of a version, and whether the container runtime answers."""
@@ -152,4 +142,3 @@ class StatusSink(Protocol):
     ) -> None: ...
 
     def runtime_error(self, error: str | None) -> None: ...
-

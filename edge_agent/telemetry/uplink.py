@@ -57,10 +57,6 @@ class Publisher(Protocol):
 DbCall = Callable[..., Awaitable[Any]]
 
 
-
-
-
-
 class RateMeter:
     """Records per second over the last `window_s` seconds."""
 

@@ -12,14 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 BANK = "sha256"
-
-
 DIGEST_SIZE = 32
-
-
 ZERO_PCR = bytes(DIGEST_SIZE)
-
-
 DEFAULT_PCRS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 10, 23)
 
 

@@ -31,14 +31,8 @@ class BatchRecord(Protocol):
 
 
 CONTENT_TYPE_JSON = "application/json"
-
-
 CONTENT_TYPE_ZLIB = "application/json+zlib"
-
-
 COMPRESS_MIN_BYTES = 1024
-
-
 SCHEMA = 1
 
 

@@ -28,19 +28,13 @@ class DesiredRejected(Exception):
 
 
 DOCUMENT_PAYLOAD_TYPE = "application/vnd.edge-agent.desired+json"
-
-
 DEFAULT_MAX_BYTES = 1024 * 1024
-
-
 DEFAULT_MAX_DEPTH = 32
 
 
 # A string literal, or an unterminated one running to the end (possessive: never backtracks, so
 # the scan stays linear even for `"\"\"\"...` with no closing quote).
 _STRING_LITERAL = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
-
-
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 

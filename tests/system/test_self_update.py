@@ -110,7 +110,11 @@ def crashes_at_start(pkg: Path) -> None:
 
 
 def cannot_reach_the_broker(pkg: Path) -> None:
-    replace_once(pkg / "mqtt_params.py", "port=endpoint.port)", "port=1)  # dials a port nobody listens on")
+    replace_once(
+        pkg / "twin" / "session.py",
+        "params = self.params.at(endpoint)",
+        "params = self.params.at(type(endpoint)(endpoint.host, 1))  # dials a port nobody listens on",
+    )
 
 
 @dataclass
