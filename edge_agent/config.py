@@ -28,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -48,6 +49,9 @@ MAX_PATH_BYTES = 4095  # PATH_MAX minus the NUL
 MAX_NAME_BYTES = 255  # NAME_MAX: one path component
 MAX_TOPIC_PREFIX = 128  # characters; topics are <prefix>/<device>/... and MQTT allows 65535 bytes
 UNIX_SOCKET_MAX = 107  # bytes of an AF_UNIX path (sun_path is 108 with the NUL)
+# Arrays and inline tables nested deeper than this are refused before parsing: the TOML parser
+# recurses once per level, and ~500 levels exhaust Python's stack. No key here needs more than 4.
+MAX_NESTING = 32
 # Keys the device cannot run safely without: a file that does not write them (empty, truncated,
 # the wrong file) is refused instead of running as the host name against localhost.
 REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
@@ -110,7 +114,15 @@ def _parse_secret(value: object) -> SecretRef:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Strict: a value of the wrong TOML type is refused, never converted (port = "1883",
+    port = true, tls = 1, min_free_mb = 1.0 are errors); an integer is a valid float; inf and nan
+    are refused. Paths are the one exception: TOML has no path type, so they are written as strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
+
+
+# A file system path, written as a TOML string (the only lax type in the file).
+FsPath = Annotated[Path, Strict(False)]
 
 
 def default_device_id() -> str:
@@ -177,16 +189,31 @@ class DeviceSection(Section):
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def _is_host(value: str) -> bool:
+def broker_host(value: str) -> str | None:
+    """The host as the MQTT client is given it, or None when `value` is no host: a DNS name
+    (ASCII labels), an IPv4 address, an IPv6 address, or an IPv6 address in brackets ([::1], as
+    URLs write it; the brackets are notation, so ::1 is what is connected to and shown as [::1])."""
     import ipaddress
 
+    if value.startswith("[") and value.endswith("]"):
+        inner = value[1:-1]
+        try:
+            return inner if ipaddress.ip_address(inner).version == 6 else None
+        except ValueError:
+            return None
     try:
-        ipaddress.ip_address(value.strip("[]"))
-        return True
+        ipaddress.ip_address(value)
+        return value
     except ValueError:
         pass
     name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+    if 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split(".")):
+        return value
+    return None
+
+
+def _is_host(value: str) -> bool:
+    return broker_host(value) is not None
 
 
 def _socket_fits(directory: Path, rest: str) -> None:
@@ -201,7 +228,7 @@ def _socket_fits(directory: Path, rest: str) -> None:
 
 
 class StateSection(Section):
-    dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
+    dir: FsPath = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
     min_free_mb: int = Field(
         64, ge=1, le=1_000_000, description="free megabytes to keep on the state filesystem, 1-1000000"
     )
@@ -246,9 +273,9 @@ class MqttSection(Section):
     username: str | None = Field(None, min_length=1, max_length=256, description="broker user name, 1-256 characters")
     password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     tls: bool = Field(False, description="true or false")
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
-    cert_file: Path | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
+    ca_file: FsPath | None = Field(None, description="an existing PEM file with the CA that signed the broker")
+    cert_file: FsPath | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
+    key_file: FsPath | None = Field(None, description="an existing PEM private key for cert_file")
     key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
     session_expiry_s: int = Field(
@@ -260,10 +287,30 @@ class MqttSection(Section):
     @field_validator("host")
     @classmethod
     def _host_name(cls, value: str) -> str:
-        if not _is_host(value):
+        host = broker_host(value)
+        if host is None:
             raise PydanticCustomError(
-                "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
+                "host",
+                "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address "
+                "(IPv6 with or without [brackets])",
             )
+        return host
+
+    @field_validator("ca_file", "cert_file", "key_file", "key_password")
+    @classmethod
+    def _tls_on(cls, value: object, info: ValidationInfo) -> object:
+        # A file that would be ignored is a mistake in the file, not a choice: say so.
+        if value is not None and info.data.get("tls") is False:
+            raise PydanticCustomError(
+                "tls_off", "given but tls = false, so it would be ignored; write tls = true or remove it"
+            )
+        return value
+
+    @field_validator("key_file", "key_password")
+    @classmethod
+    def _with_cert(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and "cert_file" in info.data and info.data["cert_file"] is None:
+            raise PydanticCustomError("tls_key", "given without cert_file; expected a cert_file it is the key of")
         return value
 
     @field_validator("endpoints")
@@ -331,6 +378,8 @@ class PodmanSection(Section):
             address = parse_api_url(value)
         except ValueError as exc:
             raise PydanticCustomError("api_url", "{problem}", {"problem": str(exc)}) from None
+        if address.port is not None and not 1 <= address.port <= 65535:
+            raise PydanticCustomError("api_url", "port {port} is not 1-65535", {"port": address.port})
         if address.unix_path is not None and len(os.fsencode(address.unix_path)) > UNIX_SOCKET_MAX:
             raise PydanticCustomError(
                 "too_long", "socket path is longer than {n} bytes (AF_UNIX limit)", {"n": UNIX_SOCKET_MAX}
@@ -342,7 +391,7 @@ class DeploymentSection(Section):
     local_deploy: bool = Field(
         False, description="true or false (accept unsigned deployments on the local control socket)"
     )
-    allowed_mount_roots: list[Path] = Field(
+    allowed_mount_roots: list[FsPath] = Field(
         default_factory=list,
         description="absolute host directories modules may bind-mount from, like /srv/edge-data",
     )
@@ -352,10 +401,13 @@ class DeploymentSection(Section):
     apply_timeout_s: float = Field(
         900.0, ge=10, le=86400, description="seconds a new deployment may take to become good, 10-86400"
     )
-    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first restart delay in seconds, up to 3600")
-    backoff_max_s: float = Field(300.0, gt=0, le=86400, description="restart delay cap in seconds, up to 86400")
+    # Lower bounds keep a crashing module from being restarted in a tight loop (5e-324 s is > 0).
+    backoff_initial_s: float = Field(1.0, ge=0.1, le=3600, description="first restart delay in seconds, 0.1-3600")
+    backoff_max_s: float = Field(
+        300.0, ge=0.1, le=86400, description="restart delay cap in seconds, 0.1-86400, at least backoff_initial_s"
+    )
     backoff_reset_s: float = Field(
-        600.0, gt=0, le=86400, description="seconds up after which a module's restart backoff resets"
+        600.0, ge=1, le=86400, description="seconds up after which a module's restart backoff resets, 1-86400"
     )
     image_gc: bool = Field(True, description="true or false: remove images no deployment uses any more")
     container_prefix: str = Field(
@@ -364,6 +416,17 @@ class DeploymentSection(Section):
     poll_interval_s: float = Field(
         30.0, ge=1, le=3600, description="seconds between full re-checks besides live podman events, 1-3600"
     )
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_s")
+        if isinstance(initial, float | int) and value < initial:
+            raise PydanticCustomError(
+                "backoff", "below backoff_initial_s ({initial}); expected at least the first delay",
+                {"initial": initial},
+            )
+        return value
 
     @field_validator("allowed_mount_roots")
     @classmethod
@@ -397,11 +460,11 @@ class AttestationSection(Section):
     worker_idle_s: float = Field(
         30.0, ge=1, le=3600, description="seconds the TPM worker process stays after its last operation, 1-3600"
     )
-    ima_log: Path = Field(
+    ima_log: FsPath = Field(
         Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
         description="path of the kernel's IMA ASCII measurement list",
     )
-    boot_log: Path = Field(
+    boot_log: FsPath = Field(
         Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
         description="path of the firmware's TPM boot event log",
     )
@@ -431,7 +494,7 @@ class TrustScopeSection(Section):
         "enforce",
         description="enforce (refuse unverified images), warn (run them, log a warning) or off (written out)",
     )
-    keys: list[Path] = Field(
+    keys: list[FsPath] = Field(
         default_factory=list, description="a list of cosign.pub files (PEM public keys) trusted for this scope"
     )
     required_annotations: dict[str, str] = Field(
@@ -475,7 +538,7 @@ class TrustSection(Section):
     insecure_registries: list[str] = Field(
         default_factory=list, description="loopback registries (127.0.0.1:5000, localhost:5000) reached over plain HTTP"
     )
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
+    ca_file: FsPath | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
     registry_auth: list[RegistryAuthSection] = Field(
         default_factory=list, description="a list of [[trust.registry_auth]] tables (registry, username, password)"
     )
@@ -484,7 +547,7 @@ class TrustSection(Section):
     document_mode: Literal["enforce", "off"] = Field(
         "enforce", description="enforce (only signed desired documents) or off (written out)"
     )
-    document_keys: list[Path] = Field(
+    document_keys: list[FsPath] = Field(
         default_factory=list, description="a list of PEM public keys trusted to sign desired documents"
     )
     require_document_expiry: bool = Field(False, description="true or false")
@@ -542,7 +605,7 @@ class TelemetrySection(Section):
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
     )
-    runtime_dir: Path = Field(
+    runtime_dir: FsPath = Field(
         Path("/run/edge-agent"),
         description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
     )
@@ -670,10 +733,15 @@ def parse_config(
 ) -> AgentConfig:
     """Validate config text. `require` lists (table, key) pairs the text must write itself
     (load_config requires REQUIRED_KEYS; code building a config from a fragment need not)."""
+    depth, deepest_line = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(file, text, str(exc))]) from None
+    except RecursionError:  # not reached below MAX_NESTING; a clear refusal all the same
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)]) from None
     locator = toml_locate(text)
     problems = value_problems(file, locator, data)
     if problems:  # nothing past this point sees a value that breaks the common rules
@@ -689,6 +757,57 @@ def parse_config(
     if missing:
         raise ConfigError(missing)
     return config
+
+
+def nesting_depth(text: str) -> tuple[int, int]:
+    """How deep arrays and inline tables nest in TOML text, and the line where it is deepest.
+    A small scanner (strings and comments skipped, table headers count as a level) that never
+    recurses, so it answers for any input, valid TOML or not."""
+    depth = deepest = 0
+    deepest_line = line = 1
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\n":
+                    line += 1
+                    if len(quote) == 1:  # a one-line string ends at the line's end (a syntax error)
+                        break
+                if c == '"' and text[i] == "\\":
+                    i += 1
+                    if i < n and text[i] == "\n":
+                        line += 1
+                i += 1
+            if i < n and text[i] == "\n":
+                continue
+            i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest, deepest_line
+
+
+def _nesting_problem(file: str, text: str, depth: int, line: int) -> ConfigProblem:
+    lines = text.splitlines()
+    key = _key_at(lines, line, lines[line - 1] if 0 < line <= len(lines) else "")
+    return ConfigProblem(
+        file, line, key,
+        f"arrays/tables nested {depth} deep; expected at most {MAX_NESTING} levels (no setting needs more than 4)",
+    )
 
 
 def _syntax_problem(file: str, text: str, message: str) -> ConfigProblem:
