@@ -695,8 +695,15 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     """Read, parse and validate a config file. Raises ConfigError with one line per problem.
 
     The file is opened by its name each time (a symlink is followed anew: config management tools
-    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS)."""
+    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS).
+    What `run` then does with the values (directories, secrets, TLS files) is checked by
+    edge_agent.config_check."""
     path = Path(path)
+    return parse_config(read_config_text(path), str(path), base_dir=path.parent, require=REQUIRED_KEYS)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; ConfigError saying why it cannot be read or is not UTF-8."""
     shown = str(path)
     try:
         raw = path.read_bytes()
@@ -707,9 +714,9 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     except PermissionError:
         raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: permission denied")]) from None
     except OSError as exc:
-        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror}")]) from None
+        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror or exc}")]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         line_text = raw.split(b"\n")[line - 1].decode("utf-8", "backslashreplace")
@@ -718,7 +725,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         raise ConfigError(
             [ConfigProblem(shown, line, key, f"byte {bad} is not valid UTF-8; expected a UTF-8 TOML file")]
         ) from None
-    return parse_config(text, shown, base_dir=path.parent, require=REQUIRED_KEYS)
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -1027,6 +1033,12 @@ def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
         return "got a secret value (hidden)"
     text = repr(value)
     return f"got {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def key_line(locator: Mapping[str, int], key: str) -> int | None:
+    """The line of a dotted key (``mqtt.ca_file``, ``trust.registry_auth.0.password``), else of
+    its nearest parent: for problems found after parsing (edge_agent.config_check)."""
+    return _line_for(locator, tuple(key.split(".")))
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:
