@@ -95,6 +95,10 @@ class SecretRef(str):
         return f"SecretRef({str(self)!r})"
 
 
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,255}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+
+
 def _parse_secret(value: object) -> SecretRef:
     if not isinstance(value, str):
         raise PydanticCustomError("secret_ref", "expected a string like file:/path or credential:NAME")
@@ -104,6 +108,16 @@ def _parse_secret(value: object) -> SecretRef:
         raise PydanticCustomError(
             "secret_ref",
             "secrets are not written in the config; expected file:/path, credential:NAME or env:NAME",
+        )
+    if scheme == "credential" and (not _CREDENTIAL_NAME.fullmatch(target) or target in (".", "..")):
+        # systemd credential names are file names in $CREDENTIALS_DIRECTORY: no '/', no '..'.
+        # The name is not echoed: it may be a secret written in the wrong place.
+        raise PydanticCustomError(
+            "secret_ref", "the credential name is not a file name; expected letters, digits, '_', '.', '-'"
+        )
+    if scheme == "env" and not _ENV_NAME.fullmatch(target):
+        raise PydanticCustomError(
+            "secret_ref", "not an environment variable name; expected letters, digits and '_', not starting with a digit"
         )
     if scheme == "file" and not Path(target).is_file():
         raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})
