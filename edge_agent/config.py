@@ -117,7 +117,8 @@ def _parse_secret(value: object) -> SecretRef:
         )
     if scheme == "env" and not _ENV_NAME.fullmatch(target):
         raise PydanticCustomError(
-            "secret_ref", "not an environment variable name; expected letters, digits and '_', not starting with a digit"
+            "secret_ref",
+            "not an environment variable name; expected letters, digits and '_', not starting with a digit",
         )
     if scheme == "file" and not Path(target).is_file():
         raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})

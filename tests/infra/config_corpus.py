@@ -225,11 +225,12 @@ WRONG_TYPES = {
 def type_cases(doc: Doc) -> Iterator[tuple[str, Doc, str]]:
     for s in schema_scalars():
         for value, fits in WRONG_TYPES.items():
-            if s.kind in fits or s.kind == "literal" and value.startswith('"'):
+            if s.kind in fits or (s.kind == "literal" and value.startswith('"')):
                 continue
-            if s.kind == "table" and value.startswith("{") or s.kind == "list" and value.startswith("["):
+            if (s.kind == "table" and value.startswith("{")) or (s.kind == "list" and value.startswith("[")):
                 continue
-            yield f"type {s.section}.{s.key} = {value}", with_value(doc, s.section, s.key, value), f"{s.section}.{s.key}"
+            key = f"{s.section}.{s.key}"
+            yield f"type {key} = {value}", with_value(doc, s.section, s.key, value), key
 
 
 def bound_cases(doc: Doc) -> Iterator[tuple[str, Doc, str, Expect]]:
