@@ -177,7 +177,7 @@ def schema_scalars() -> list[Scalar]:
     for section, info in AgentConfig.model_fields.items():
         model = info.annotation
         assert isinstance(model, type)
-        for key, f in model.model_fields.items():  # type: ignore[attr-defined]
+        for key, f in model.model_fields.items():
             ann = str(f.annotation)
             low = high = None
             exclusive = False
@@ -425,7 +425,7 @@ def secret_cases(base: Path, doc: Any) -> list[Case]:
     (secrets_dir / "dir").mkdir(exist_ok=True)
     (creds / "mqtt-password").write_text("s3cret\n")
     (creds / "empty").write_text("")
-    with_creds = {"CREDENTIALS_DIRECTORY": str(creds)}
+    with_creds: dict[str, str | None] = {"CREDENTIALS_DIRECTORY": str(creds)}
     no_creds: dict[str, str | None] = {"CREDENTIALS_DIRECTORY": None}
     values: list[tuple[str, str, Expect, dict[str, str | None]]] = [
         ("file ok", f"file:{secrets_dir / 'good'}", "passes", {}),
