@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # What `config check` checks, so a file that passes it starts; its warnings (a missing
         # journald) are logged by the agent itself once logging is set up.
-        config = check_config(args.config, overrides).config
+        config = check_config(args.config, overrides, for_run=True).config
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE

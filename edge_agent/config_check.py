@@ -48,6 +48,9 @@ from edge_agent.config import (
 )
 
 STATE_DIR_MODE = 0o750  # as edge_agent.store.open_state_db creates it
+# Where systemd puts the credentials of the running service (LoadCredential=): `config check` in a
+# technician's shell has no $CREDENTIALS_DIRECTORY, so it reads a credential:NAME from there.
+SERVICE_CREDENTIALS = Path("/run/credentials/edge-agent.service")
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,19 @@ class CheckedConfig:
     warnings: tuple[ConfigProblem, ...] = ()
 
 
-def check_config(path: Path, overrides: Mapping[str, Any] | None = None) -> CheckedConfig:
-    """Read, parse and prepare `path` as `run` would. Raises ConfigError, one line per problem."""
+def check_config(
+    path: Path, overrides: Mapping[str, Any] | None = None, *, for_run: bool = False
+) -> CheckedConfig:
+    """Read, parse and prepare `path` as `run` would. Raises ConfigError, one line per problem.
+    `for_run`: the caller is `run` or a reload, whose environment is the service's (a credential
+    is read from $CREDENTIALS_DIRECTORY only); otherwise, outside the service, from
+    SERVICE_CREDENTIALS when $CREDENTIALS_DIRECTORY is not set."""
     text = read_config_text(path)
     shown = str(path)
     config = parse_config(text, shown, base_dir=path.parent, require=REQUIRED_KEYS)
     config = apply_overrides(config, dict(overrides or {}))
     where = Locations(shown, toml_locate(text), overrides or {})
-    errors, warnings = preflight(config, where)
+    errors, warnings = preflight(config, where, for_run=for_run)
     if errors:
         raise ConfigError(errors)
     return CheckedConfig(config, tuple(warnings))
@@ -103,7 +111,9 @@ class Locations:
         return ConfigProblem(self.file, key_line(self.lines, key), key, message)
 
 
-def preflight(config: AgentConfig, where: Locations) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
+def preflight(
+    config: AgentConfig, where: Locations, *, for_run: bool = True
+) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
     """(errors, warnings) from using the config's values as `run` does, network aside."""
     errors: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
@@ -117,7 +127,7 @@ def preflight(config: AgentConfig, where: Locations) -> tuple[list[ConfigProblem
         if runtime_problem is not None:
             errors.append(where.problem("telemetry.runtime_dir", runtime_problem))
     for key, ref in _secrets(config):
-        secret_problem = _secret_problem(ref)
+        secret_problem = _secret_problem(ref, for_run)
         if secret_problem is not None:
             errors.append(where.problem(key, secret_problem))
     errors.extend(_tls_problems(config, where))
@@ -207,10 +217,16 @@ def _secrets(config: AgentConfig) -> Iterator[tuple[str, SecretRef]]:
         yield f"trust.registry_auth.{index}.password", auth.password
 
 
-def _secret_problem(ref: SecretRef) -> str | None:
+def _secret_problem(ref: SecretRef, for_run: bool = True) -> str | None:
     """Why the secret cannot be read (never the secret itself)."""
     try:
-        value = ref.resolve()
+        if ref.scheme == "credential" and not for_run and not os.environ.get("CREDENTIALS_DIRECTORY"):
+            if not SERVICE_CREDENTIALS.is_dir():
+                return (f"secret {ref}: CREDENTIALS_DIRECTORY is not set here and {SERVICE_CREDENTIALS} does "
+                        "not exist (the service is not running); LoadCredential= in the unit provides it")
+            value = (SERVICE_CREDENTIALS / ref.target).read_text(encoding="utf-8").rstrip("\r\n")
+        else:
+            value = ref.resolve()
     except KeyError as exc:
         return str(exc.args[0]) if exc.args else f"secret {ref} is not set"
     except UnicodeDecodeError:

@@ -321,7 +321,7 @@ class Agent:
         outcome = "config reload refused; running with the previous config"
         try:
             try:
-                new = check_config(self.config_path, self.overrides).config
+                new = check_config(self.config_path, self.overrides, for_run=True).config
             except ConfigError as exc:
                 self._refuse_reload(exc)
                 return False

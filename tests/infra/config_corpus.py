@@ -15,15 +15,19 @@ states that invariant for the tests to assert.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import ipaddress
 import json
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent import cli
 from edge_agent.config import AgentConfig
 
 Expect = Literal["refused", "passes", "warns", "any"]
@@ -583,3 +587,46 @@ def touches_only(config: AgentConfig, base: Path) -> str | None:
     if not (socket.startswith(f"unix://{base}") or socket.startswith(("tcp://127.", "tcp://localhost"))):
         return f"podman socket {socket} is not under base or loopback"
     return None
+
+
+# --------------------------------------------------------------------------- checking one file
+
+
+@dataclass
+class Outcome:
+    case: Case
+    path: Path
+    code: int
+    out: str
+    err: str
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str | None]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def config_check(case: Case, path: Path) -> Outcome:
+    """`edge-agent config check PATH` through the CLI's main(); an exception escaping it fails the test."""
+    if isinstance(case.text, bytes):
+        path.write_bytes(case.text)
+    else:
+        path.write_text(case.text, encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    with environment({"CREDENTIALS_DIRECTORY": None, **case.env}), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = cli.main(["config", "check", str(path)])
+    return Outcome(case, path, code, out.getvalue(), err.getvalue())

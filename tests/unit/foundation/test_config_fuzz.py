@@ -10,63 +10,30 @@ tests/integration/foundation/test_config_fuzz_run.py.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from edge_agent import cli
 from edge_agent.config import parse_config
-from tests.infra.config_corpus import SEED, Case, base_doc, corpus, make_tls_files, named_cases, touches_only
+from tests.infra.config_corpus import (
+    SEED,
+    Case,
+    Outcome,
+    base_doc,
+    config_check,
+    corpus,
+    environment,
+    make_tls_files,
+    named_cases,
+    touches_only,
+)
 
 FUZZ_SEED = int(os.environ.get("EDGE_CONFIG_FUZZ_SEED", SEED))
-
-
-@dataclass
-class Outcome:
-    case: Case
-    path: Path
-    code: int
-    out: str
-    err: str
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str | None]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def config_check(case: Case, path: Path) -> Outcome:
-    """`edge-agent config check PATH` through the CLI's main(); an exception escaping it fails the test."""
-    if isinstance(case.text, bytes):
-        path.write_bytes(case.text)
-    else:
-        path.write_text(case.text, encoding="utf-8")
-    out, err = io.StringIO(), io.StringIO()
-    with environment({"CREDENTIALS_DIRECTORY": None, **case.env}), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        code = cli.main(["config", "check", str(path)])
-    return Outcome(case, path, code, out.getvalue(), err.getvalue())
 
 
 PROBLEM = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<key>[^:]*): (?P<message>.+)$")
