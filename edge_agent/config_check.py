@@ -5,7 +5,7 @@ After the file parses (edge_agent.config: types, bounds, names), the values are 
 `run` uses them:
 
 - state.dir and telemetry.runtime_dir are created as `run` creates them, and a file and a Unix
-  socket are made (and removed) in each: /proc, /sys/kernel, a dangling symlink, a symlink loop,
+  socket are made in each (all removed again): /proc, /sys/kernel, a dangling symlink, a symlink loop,
   a regular file, a read-only file system all fail here, not at start;
 - an existing state.db is opened read-only and its schema version checked;
 - every secret (file:, credential:, env:) is read, and must not be empty;
@@ -15,7 +15,7 @@ After the file parses (edge_agent.config: types, bounds, names), the values are 
 
 One function (`check_config`) serves `config check`, `edge-agent check`, `run` (before anything
 starts) and reload (SIGHUP), so they refuse the same files with the same FILE:LINE: KEY: lines.
-Checking creates the two directories (as `run` would, with the same modes) and nothing else.
+Checking leaves the file system as it found it: folders it creates to try them are removed.
 """
 
 from __future__ import annotations
@@ -142,7 +142,27 @@ def preflight(
 
 def usable_dir(path: Path, mode: int | None) -> str | None:
     """Why `run` could not use `path` as its directory (None when it can): it is created (with
-    its parents, as `run` does), then a file and a Unix socket are made in it and removed."""
+    its parents, as `run` does), a file and a Unix socket are made in it and removed, and the
+    folders this check created are removed again: checking changes nothing."""
+    created = _missing_parts(path)
+    try:
+        return _try_dir(path, mode)
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _missing_parts(path: Path) -> list[Path]:
+    out = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        out.append(folder)
+    return out
+
+
+def _try_dir(path: Path, mode: int | None) -> str | None:
     try:
         if mode is None:
             path.mkdir(parents=True, exist_ok=True)

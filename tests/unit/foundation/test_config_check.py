@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,11 +36,28 @@ def test_a_state_dir_override_is_blamed_on_the_option(tmp_path: Path) -> None:
     assert str(err.value) == "--state-dir: state.dir: cannot create a file in /proc: No such file or directory"
 
 
-def test_check_creates_the_directories_run_creates_and_leaves_nothing_else(tmp_path: Path) -> None:
-    checked = check_config(write(tmp_path))
+def test_check_tries_the_directories_and_leaves_the_file_system_as_it_was(tmp_path: Path) -> None:
+    before = sorted(tmp_path.rglob("*"))
+    (tmp_path / "run").mkdir()
+    checked = check_config(write(tmp_path, '[telemetry.streams."a"]\npriority = 1\n'))
     assert checked.warnings == ()
-    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o750
-    assert list((tmp_path / "state").iterdir()) == [] and list((tmp_path / "run").iterdir()) == []
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "c.toml", tmp_path / "run"])
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_the_state_dir_is_tried_with_the_mode_run_gives_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = os.stat
+
+    def spy(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        result = real(path, *args, **kwargs)  # type: ignore[arg-type]
+        if str(path).endswith("/state"):
+            seen.append(result.st_mode & 0o777)
+        return result
+
+    monkeypatch.setattr(os, "stat", spy)
+    check_config(write(tmp_path))
+    assert 0o750 in seen
 
 
 def test_usable_dir_under_a_regular_file(tmp_path: Path) -> None:
