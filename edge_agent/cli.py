@@ -192,6 +192,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         checked = check_config(args.config, overrides)
     except ConfigError as exc:
+        if any(p.file == "--state-dir" for p in exc.problems):  # the command line, not the file
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
         results = [CheckResult("config valid", "fail", str(exc), "edge-agent config check shows every problem")]
     else:
         valid = CheckResult("config valid", "pass", str(args.config))

@@ -6,8 +6,8 @@ After the file parses (edge_agent.config: types, bounds, names), the values are 
 
 - state.dir and telemetry.runtime_dir are created as `run` creates them, and a file and a Unix
   socket are made in each (all removed again): /proc, /sys/kernel, a dangling symlink, a symlink loop,
-  a regular file, a read-only file system all fail here, not at start;
-- an existing state.db is opened read-only and its schema version checked;
+  a regular file, a read-only file system all fail here, not at start (what is in state.db is
+  state, not config: `edge-agent check` reads its schema version);
 - every secret (file:, credential:, env:) is read, and must not be empty;
 - the broker TLS context is built from ca_file/cert_file/key_file, the registry CA file loaded;
 - the log sink is opened: logging.format = "journal" without journald is a warning (the agent
@@ -118,8 +118,6 @@ def preflight(
     errors: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
     state_problem = usable_dir(config.state.dir, STATE_DIR_MODE)
-    if state_problem is None:
-        state_problem = _state_db_problem(config)
     if state_problem is not None:
         errors.append(where.problem("state.dir", state_problem))
     if config.telemetry.enabled:
@@ -208,16 +206,6 @@ def _socket_problem(path: Path) -> str | None:
             with contextlib.suppress(OSError):
                 probe.unlink()
     return None
-
-
-def _state_db_problem(config: AgentConfig) -> str | None:
-    """An existing state.db `run` cannot open (a newer release's, or not a database)."""
-    from edge_agent.checks import check_state_schema
-
-    result = check_state_schema(config)
-    if result.outcome != "fail":
-        return None
-    return result.detail + (f" ({result.hint})" if result.hint else "")
 
 
 def _strerror(exc: OSError) -> str:
