@@ -84,9 +84,9 @@ async def raw_read(port: int, prefix: str, n: int) -> float:
 
 
 async def edgectl_read(port: int, prefix: str, n: int) -> float:
-    from edge_agent.config import MqttSection
-    from edge_agent.fleet.client import FleetClient
-    from edge_agent.mqtt_params import broker_params
+    from edge_shared.mqtt_config import MqttSection
+    from edge_shared.mqtt_params import broker_params
+    from edgectl.client import FleetClient
 
     t0 = time.monotonic()
     section = MqttSection(host="127.0.0.1", port=port, topic_prefix=prefix)
@@ -159,8 +159,8 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from edge_agent.twin import protocol
-    from tests.infra.mosquitto import Mosquitto
+    from devinfra.mosquitto import Mosquitto
+    from edge_shared import protocol
 
     n = args.devices
     work = Path(tempfile.mkdtemp(prefix="dashboard-bench-"))
@@ -180,7 +180,7 @@ def main() -> int:
 
         launched = time.monotonic()
         board = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.fleet.cli", "dashboard", "--broker", "127.0.0.1", "--port",
+            [sys.executable, "-m", "edgectl.cli", "dashboard", "--broker", "127.0.0.1", "--port",
              str(broker.port), "--prefix", prefix, "--listen", "127.0.0.1:0", "--state", str(work / "none.db")],
             stdout=subprocess.PIPE, stderr=(work / "dashboard.log").open("w"), text=True, cwd=REPO,
         )
@@ -234,9 +234,9 @@ def main() -> int:
 
             # A deployment to one device, until the page shows the version the device reports.
             deploys, deploy_floor = [], []
-            from edge_agent.config import MqttSection
-            from edge_agent.fleet.client import FleetClient
-            from edge_agent.mqtt_params import broker_params
+            from edge_shared.mqtt_config import MqttSection
+            from edge_shared.mqtt_params import broker_params
+            from edgectl.client import FleetClient
 
             section = MqttSection(host="127.0.0.1", port=broker.port, topic_prefix=prefix)
             for i in range(3):

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.infra.procs import ManagedProcess
+from devinfra.procs import ManagedProcess
 from tests.integration.fleet.conftest import fleet  # noqa: F401 - the real-agents fixture, shared
 
 REPO = Path(__file__).resolve().parents[3]
@@ -42,13 +42,13 @@ def hermetic(tmp_path: Path) -> list[str]:
 
 
 class DashboardProcess:
-    """`python -m edge_agent.fleet.cli dashboard ...` with the given flags; `url` once it listens."""
+    """`python -m edgectl.cli dashboard ...` with the given flags; `url` once it listens."""
 
     def __init__(self, workdir: Path, flags: list[str]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "dashboard.log"
         self.proc = ManagedProcess(
-            "dashboard", [sys.executable, "-m", "edge_agent.fleet.cli", "dashboard", "--listen", "127.0.0.1:0",
+            "dashboard", [sys.executable, "-m", "edgectl.cli", "dashboard", "--listen", "127.0.0.1:0",
                           *flags], self.log, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         self.url = ""

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.infra.mosquitto import Mosquitto
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import Pki, unique
 from tests.integration.dashboard.conftest import REPO, Publisher, hermetic
-from tests.integration.twin.pki import Pki, unique
 
 
 def dashboard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", "dashboard", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", "dashboard", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 

@@ -29,7 +29,7 @@ PUBLISH_TO_PAGE_S = 2.0
 
 def _edgectl_popen(*args: str) -> subprocess.Popen[str]:
     # Unbuffered: each line reaches the test when edgectl prints it, not when it exits.
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.fleet.cli", *args], cwd=REPO, text=True,
+    return subprocess.Popen([sys.executable, "-m", "edgectl.cli", *args], cwd=REPO, text=True,
                             env={**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

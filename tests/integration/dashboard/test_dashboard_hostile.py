@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.infra.mosquitto import Mosquitto
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import unique
 from tests.integration.dashboard.conftest import Publisher, Screenshots, hermetic
-from tests.integration.twin.pki import unique
 
 SCRIPT = "<script>window.__pwned = 'script'</script>"
 IMG = "<img src=x onerror=\"window.__pwned = 'img'\">"

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.telemetry.uplink import SCHEMA
-from tests.infra.mosquitto import Mosquitto
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import unique
+from edge_shared.batch import SCHEMA
 from tests.integration.dashboard.conftest import Publisher, Screenshots, hermetic
-from tests.integration.twin.pki import unique
 
 RECORDS = 60
 GROUPS = {"A": ("canary", 7, 30.0, 10.0, 0.1), "B": ("stable", 6, 20.0, 40.0, 0.3)}

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from edge_agent.fleet import rollout_policy as rp
-from edge_agent.fleet.client import DeviceView
-from edge_agent.fleet.dashboard.app import create_app
-from edge_agent.fleet.dashboard.feed import FleetFeed
-from edge_agent.fleet.rollout_store import RolloutMeta, RolloutStore
+from edgectl import rollout_policy as rp
+from edgectl.client import DeviceView
+from edgectl.dashboard.app import create_app
+from edgectl.dashboard.feed import FleetFeed
+from edgectl.rollout_store import RolloutMeta, RolloutStore
 
 
 class CachedFleet:

@@ -16,12 +16,12 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from edge_agent.fleet.client import DeviceView
-from edge_agent.fleet.compare import Column, Comparison, Row
-from edge_agent.fleet.dashboard import charts, views
-from edge_agent.fleet.dashboard.security import CSP, Guard, allowed_hosts, bind_problem, token_matches
-from edge_agent.fleet.dashboard.telemetry_buffer import TelemetryBuffer
-from edge_agent.labels import parse_selector
+from edge_shared.labels import parse_selector
+from edgectl.client import DeviceView
+from edgectl.compare import Column, Comparison, Row
+from edgectl.dashboard import charts, views
+from edgectl.dashboard.security import CSP, Guard, allowed_hosts, bind_problem, token_matches
+from edgectl.dashboard.telemetry_buffer import TelemetryBuffer
 
 NOW = 1_800_000_000.0
 
@@ -170,3 +170,23 @@ def test_ago_and_durations() -> None:
     now = time.time()
     assert views.ago(None, now) == "never" and views.ago(now - 5, now) == "5 s ago"
     assert views.duration(3 * 86400) == "3 d"
+
+
+def test_rollout_page_marks_interrupted_halted_and_reverted() -> None:
+    from types import SimpleNamespace
+
+    from edgectl import rollout_policy as rp
+
+    rollout = rp.new_rollout("r1", [["a"], ["b", "c"]], rp.Policy())
+    meta = SimpleNamespace(owner="host:1", heartbeat=NOW - 1, selector="s", batches_spec="1,100%", manifest_path="m",
+                           created=NOW - 60, updated=NOW - 1)
+    assert not views.rollout_page(rollout, meta, [], NOW, owner_alive=True).interrupted
+    assert views.rollout_page(rollout, meta, [], NOW, owner_alive=False).interrupted  # SIGKILLed edgectl
+    assert views.rollout_page(rollout, SimpleNamespace(**{**vars(meta), "heartbeat": NOW - 60}), [], NOW).interrupted
+    b, c = (rp.DeviceRecord(d, 1, rp.Phase.REVERTED, reason="returned", failed_reason="rolled_back") for d in "bc")
+    halted = rp.Rollout("r1", rp.Status.HALTED, 1, 2, rp.Policy(),
+                        (rp.DeviceRecord("a", 0, rp.Phase.REACHED), b, c), "batch 2 of 2 failed its gate")
+    page = views.rollout_page(halted, meta, [(NOW, "x")], NOW, owner_alive=False)
+    assert page.halted and page.reverted and not page.interrupted
+    assert [(r.number, r.failed, r.settled, r.reached) for r in page.rows] == [(1, False, 1, 1), (2, True, 2, 0)]
+    assert [d.failed_reason for d in page.rows[1].devices] == ["rolled_back", "rolled_back"]
