@@ -97,6 +97,7 @@ class Dashboard:
         page = views.fleet_page(
             self.feed.views(), time.time(), selector=selector, selector_text=selector_text, search=q.get("q", ""),
             sort=q.get("sort", "device"), descending=q.get("desc") == "1", error=error,
+            attention=q.get("attention") == "1",
         )
         return self._render(request, "fleet.html", {"page": page, "nav": "fleet", "sort_keys": views.SORT_KEYS},
                             fragment_of="/", watch=("fleet",))

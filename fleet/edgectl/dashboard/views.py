@@ -171,6 +171,7 @@ class FleetPage:
     sort: str
     descending: bool
     error: str = ""
+    attention: bool = False
     versions: list[tuple[str, int]] = field(default_factory=list)  # deployment version -> devices shown
 
 
@@ -190,12 +191,14 @@ def _sort_key(key: str) -> Callable[[FleetRow], Any]:
 
 def fleet_page(
     views: Iterable[DeviceView], now: float, *, selector: Selector | None = None, selector_text: str = "",
-    search: str = "", sort: str = "device", descending: bool = False, error: str = "",
+    search: str = "", sort: str = "device", descending: bool = False, error: str = "", attention: bool = False,
 ) -> FleetPage:
     """The fleet table: every device under the prefix, those the label selector picks, whose
-    id, labels, version, state or agent version contain `search` (case-insensitive)."""
+    id, labels, version, state or agent version contain `search` (case-insensitive); with
+    `attention`, only those that need it (a failure, settling, offline or unknown)."""
     all_rows = [fleet_row(v, now) for v in views]
-    rows = [r for r in all_rows if selector is None or selector.matches(r.labels or None)]
+    rows = [r for r in all_rows if (selector is None or selector.matches(r.labels or None))
+            and (not attention or r.health != "ok")]
     needle = search.strip().lower()
     if needle:
         rows = [r for r in rows if needle in " ".join(
@@ -211,7 +214,7 @@ def fleet_page(
     versions = [("none" if v is None else str(v), n)
                 for v, n in sorted(by_version.items(), key=lambda item: -1 if item[0] is None else item[0])]
     return FleetPage(rows, len(all_rows), sum(r.presence == "online" for r in all_rows), counts, selector_text,
-                     search, sort if sort in SORT_KEYS else "device", descending, error, versions)
+                     search, sort if sort in SORT_KEYS else "device", descending, error, attention, versions)
 
 
 # --------------------------------------------------------------------------- one device

@@ -102,6 +102,19 @@ def test_pilot_charts_and_ab_compare_from_telemetry(
     assert "30.0 fps" in page.inner_text("#pilot-now")
     screenshots.take(page, "device-pilot")
 
+    # the fleet page filters as one types, and by "needs attention", without reloading
+    page.goto(board.url)
+    page.wait_for_selector("#fleet-table")
+    page.evaluate("window.__sameDocument = true")
+    page.fill("#search", "car-b")
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#fleet-table tr[data-device]'))"
+                           ".map(r => r.dataset.device).join() === 'car-b1,car-b2'", timeout=30_000)
+    assert "q=car-b" in page.url
+    page.check("#attention")  # every car here is good: none needs attention
+    page.wait_for_function("() => document.querySelector('#fleet-table td.empty') !== null", timeout=30_000)
+    assert "no device that matches needs attention" in page.inner_text("#fleet-table")
+    assert page.evaluate("window.__sameDocument") is True
+
     page.goto(f"{board.url}compare")
     page.wait_for_selector("#compare-table")
     table = {

@@ -64,6 +64,7 @@ def test_fleet_rows_health_filter_search_and_sort() -> None:
     assert [r.device for r in turin.rows] == ["car-1", "car-3"]
     assert [r.device for r in views.fleet_page(fleet, NOW, search="ROLLED").rows] == ["car-2"]
     assert [r.device for r in views.fleet_page(fleet, NOW, search="hw=rev").rows] == ["car-4"]
+    assert [r.device for r in views.fleet_page(fleet, NOW, attention=True).rows] == ["car-2", "car-3", "car-4"]
     by_queue = views.fleet_page(fleet, NOW, sort="queue", descending=True)
     assert by_queue.rows[0].device == "car-1" and by_queue.rows[0].queue == 4
     by_state = views.fleet_page(fleet, NOW, sort="state")

@@ -84,11 +84,11 @@
     });
   }
 
-  // The search box filters as one types (the form still works without this script).
+  // The search box and the attention box filter at once (the form still works without this script).
   const search = document.getElementById("search");
   if (search && search.form) {
     let timer = null;
-    search.addEventListener("input", function () {
+    const apply = function () {
       clearTimeout(timer);
       timer = setTimeout(function () {
         const params = new URLSearchParams(new FormData(search.form));
@@ -97,7 +97,10 @@
         main.dataset.fragment = "/?" + params.toString();
         refresh();
       }, 250);
-    });
+    };
+    search.addEventListener("input", apply);
+    const attention = document.getElementById("attention");
+    if (attention) attention.addEventListener("change", apply);
   }
   listen();
 })();
