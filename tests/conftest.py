@@ -4,12 +4,14 @@ at its end, also on failure. Nothing is skipped when a component is missing: the
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from devinfra.mosquitto import Mosquitto
 from devinfra.podman import PodmanService, ensure_busybox_image, use_dev_containers_conf
@@ -21,6 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # must not change the environment they run in. Failing examples are printed instead.
 settings.register_profile("edge-agent", database=None)
 settings.load_profile("edge-agent")
+# Hypothesis also caches constants it collects under its home directory (.hypothesis/ in the
+# current directory by default): keep that out of the tree too.
+set_hypothesis_home_dir(Path(tempfile.mkdtemp(prefix="edge-hypothesis-")))
 
 
 @pytest.fixture(scope="session")
