@@ -3,6 +3,8 @@ at its end, also on failure. Nothing is skipped when a component is missing: the
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +27,9 @@ settings.register_profile("edge-agent", database=None)
 settings.load_profile("edge-agent")
 # Hypothesis also caches constants it collects under its home directory (.hypothesis/ in the
 # current directory by default): keep that out of the tree too.
-set_hypothesis_home_dir(Path(tempfile.mkdtemp(prefix="edge-hypothesis-")))
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="edge-hypothesis-")
+set_hypothesis_home_dir(Path(_HYPOTHESIS_HOME))
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
