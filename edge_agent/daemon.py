@@ -136,6 +136,9 @@ def build_components(ctx: AgentContext) -> list[Component]:
     components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
     if telemetry is not None:
         components.append(telemetry)
+    from edge_agent.diagnostics.health_component import HealthComponent
+
+    components.append(HealthComponent(ctx.config, ctx.reported, telemetry.submit if telemetry else None))
     return components
 
 
