@@ -27,6 +27,7 @@ Typical use:
   edge-agent config check              is my edited config valid? (before systemctl reload)
   edge-agent plan --dry-run            what would the agent change now, and why?
   edge-agent logs pilot -f             a module's output
+  edge-agent support-bundle            one tar.gz with everything support needs (secrets redacted)
   edge-agent restart pilot             restart one module
   journalctl -u edge-agent MODULE=pilot   logs about one module
 """
@@ -119,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     config_check.add_argument("file", nargs="?", type=Path, help="file to check (default: the --config file)")
     config_check.add_argument("--json", action="store_true", help="print the problems as JSON")
 
+    bundle = sub.add_parser(
+        "support-bundle",
+        help="write a support bundle (tar.gz) for a technician or the vendor; secrets redacted",
+        description="Collect check and status output, the config with every secret redacted, the agent's journal, "
+        "each module's recent logs, versions, the state database's summary, health and podman info into one "
+        "tar.gz (works while the agent is down; the bundle says what it could not collect).",
+    )
+    bundle.add_argument("-o", "--output", type=Path, help="file to write (default ./support-DEVICE-TIME.tar.gz)")
+    bundle.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
     version = sub.add_parser("version", help="print the agent version")
     version.add_argument("--json", action="store_true", help="print version information as JSON")
     return parser
@@ -142,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": cmd_plan,
         "logs": cmd_logs,
         "restart": cmd_restart,
+        "support-bundle": cmd_support_bundle,
         "version": cmd_version,
     }[args.command]
     return handler(args)
@@ -282,6 +294,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     return EXIT_OK
+
+
+def cmd_support_bundle(args: argparse.Namespace) -> int:
+    from edge_agent.diagnostics.bundle_cli import write_support_bundle
+
+    return write_support_bundle(args.config, args.state_dir, args.output)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -52,3 +52,14 @@ def podman_info(url: str) -> dict[str, Any]:
         resp = client.api.get("/info")
         info = json.loads(resp.content)
     return info if isinstance(info, dict) else {"info": info}
+
+
+def module_env_lists(url: str, device_id: str) -> list[list[str]]:
+    """Each module container's environment (NAME=VALUE), for redaction: a module that prints its
+    own password must not put it in a bundle or a remote log."""
+    out: list[list[str]] = []
+    with podman_client(url, timeout=TIMEOUT_S) as client:
+        for container in client.containers.list(all=True, filters=[f"label={LABEL_DEVICE}={device_id}"]):
+            env = (container.attrs.get("Config") or {}).get("Env") or []
+            out.append([str(item) for item in env])
+    return out

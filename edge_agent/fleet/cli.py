@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.fleet import attest_cmds
+from edge_agent.fleet import attest_cmds, diagnostics_cmds
 from edge_agent.fleet.connect import broker_flags, fleet_client
 from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
 from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
+    diagnostics_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
 
     from edge_agent.fleet import telemetry_cmd
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command in attest_cmds.COMMANDS:
         return attest_cmds.COMMANDS[args.command](args)
+    if args.command in diagnostics_cmds.COMMANDS:
+        return diagnostics_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
     if args.command == "rollout":
