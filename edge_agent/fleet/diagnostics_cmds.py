@@ -215,6 +215,20 @@ def add_parsers(sub: Any, broker: argparse.ArgumentParser) -> None:
     bundle.add_argument("--timeout", type=float, default=120.0, help="seconds for the device to make it (120)")
 
 
+async def _unless_closed(client: FleetClient, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """The call's answer; FleetError as soon as the broker connection drops."""
+    task = asyncio.ensure_future(call)
+    closed = asyncio.ensure_future(client.wait_closed())
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if not task.done():
+        task.cancel()
+        raise FleetError("lost the broker connection")
+    return task.result()
+
+
 def _caller(args: argparse.Namespace, command: str) -> Callable[..., Awaitable[Any]]:
     """A command call on one fleet connection, made again after it broke (a broker restart)."""
     from edge_agent.fleet.connect import fleet_client
@@ -230,7 +244,7 @@ def _caller(args: argparse.Namespace, command: str) -> Callable[..., Awaitable[A
                 client = fleet_client(args)
                 await client.__aenter__()
                 state["client"] = client
-            answer = await client.call(device, command, dict(payload), timeout=timeout)
+            answer = await _unless_closed(client, client.call(device, command, dict(payload), timeout=timeout))
         except (aiomqtt.MqttError, OSError, FleetError) as exc:
             state.pop("client", None)
             if client is not None:
