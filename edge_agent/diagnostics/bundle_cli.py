@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_agent.config import ConfigError, load_config, parse_config
 from edge_agent.diagnostics.bundle import bundle_name, collect, write_tar
-from edge_agent.diagnostics.bundle_sources import device_sources, status_from_socket
+from edge_agent.diagnostics.bundle_sources import agent_process_secrets, device_sources, status_from_socket
 
 
 def write_support_bundle(config_path: Path, state_dir: Path | None, output: Path | None) -> int:
@@ -28,7 +28,10 @@ def write_support_bundle(config_path: Path, state_dir: Path | None, output: Path
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
-    sources = device_sources(config, config_path, status_from_socket(config))
+    status = status_from_socket(config)
+    sources = device_sources(config, config_path, status)
+    own_secrets = sources.secrets
+    sources.secrets = lambda: own_secrets() + agent_process_secrets(status)
     if problem is not None:
         sources.check = lambda: f"FAIL  config valid             {problem}\n"
     name = bundle_name(config.device.id)

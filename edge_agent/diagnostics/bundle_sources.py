@@ -86,3 +86,15 @@ def make_bundle(config: AgentConfig, config_path: Path) -> bytes:
 
     return write_tar(collect(device_sources(config, config_path, status_from_socket(config))),
                      bundle_name(config.device.id))
+
+
+def agent_process_secrets(status: Callable[[], dict[str, Any]]) -> list[str]:
+    """Secret-named values of the running agent's environment (/proc/PID/environ: what systemd's
+    Environment= gave it), for a bundle made outside the agent by `edge-agent support-bundle`."""
+    try:
+        pid = int(status().get("pid", 0))
+        raw = Path(f"/proc/{pid}/environ").read_bytes() if pid > 0 else b""
+    except (RuntimeError, OSError, ValueError, TypeError):
+        return []
+    env = dict(item.partition("=")[::2] for item in raw.decode("utf-8", "replace").split("\0") if "=" in item)
+    return environment_secret_values(env)

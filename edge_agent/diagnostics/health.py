@@ -49,6 +49,9 @@ THERMAL_DIR = "sys/class/thermal"
 # Zone types that are the CPU/SoC, best first: Raspberry Pi (cpu-thermal), Intel package, others.
 CPU_ZONE_TYPES = ("cpu-thermal", "cpu_thermal", "x86_pkg_temp", "soc_thermal", "cpu0-thermal", "k10temp")
 WRITE_RATE_WINDOW_S = 3600.0
+# A rate over a few seconds (the start-up writes) extrapolated to an hour says nothing; below this
+# window only the bytes written so far are reported.
+MIN_RATE_WINDOW_S = 60.0
 
 
 # --------------------------------------------------------------------------- pure parsers
@@ -136,18 +139,17 @@ class WriteRate:
             self.samples.popleft()
 
     def figures(self) -> dict[str, Any] | None:
-        """bytesPerHour over windowS seconds, and bytes since the first sample; None before two
-        samples are apart in time."""
+        """bytesPerHour over windowS seconds (once the samples span MIN_RATE_WINDOW_S), and bytes
+        since the first sample; None before two samples are apart in time."""
         if len(self.samples) < 2 or self.first is None:
             return None
         (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
         if t1 <= t0:
             return None
-        return {
-            "bytesPerHour": round((b1 - b0) * 3600 / (t1 - t0)),
-            "windowS": round(t1 - t0),
-            "sinceStartBytes": b1 - self.first[1],
-        }
+        out: dict[str, Any] = {"windowS": round(t1 - t0), "sinceStartBytes": b1 - self.first[1]}
+        if t1 - t0 >= MIN_RATE_WINDOW_S:
+            out["bytesPerHour"] = round((b1 - b0) * 3600 / (t1 - t0))
+        return out
 
 
 def module_stats(stats: Iterable[Mapping[str, Any]], names: Mapping[str, str],
@@ -287,6 +289,10 @@ class HealthSampler:
                 absent["modules"] = modules.error
             else:
                 section["modules"] = module_stats(modules.stats, modules.names, self._cpu, now)
+                total = (section.get("memory") or {}).get("totalBytes")
+                for figures in section["modules"].values():  # "limited" to all memory: no limit
+                    if total is not None and figures.get("memoryLimitBytes", 0) >= total:
+                        del figures["memoryLimitBytes"]
                 self._cpu = {m: (now, e["CPUNano"]) for e in modules.stats
                              if (m := modules.names.get(str(e.get("ContainerID", "")))) is not None
                              and isinstance(e.get("CPUNano"), int)}

@@ -48,7 +48,7 @@ def temperature_result(sample: Mapping[str, Any]) -> CheckResult:
 
 
 def disk_result(sample: Mapping[str, Any]) -> CheckResult:
-    name = "disk nearly full"
+    name = "disk use"
     disk = sample.get("disk")
     if not isinstance(disk, Mapping):
         return CheckResult(name, "warn", f"cannot measure: {(sample.get('absent') or {}).get('disk')}")

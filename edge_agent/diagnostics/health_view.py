@@ -48,8 +48,11 @@ def health_lines(health: Any) -> list[str]:
         parts.append(f"disk {_size(disk.get('freeBytes'))} free of {_size(disk.get('totalBytes'))} "
                      f"({disk.get('usedPercent')}% used)")
     writes = health.get("storageWrites")
-    if isinstance(writes, Mapping):
-        parts.append(f"agent writes {_size(writes.get('bytesPerHour'))}/h (over {writes.get('windowS')} s)")
+    if isinstance(writes, Mapping) and "bytesPerHour" in writes:
+        parts.append(f"agent writes {_size(writes['bytesPerHour'])}/h (over {writes.get('windowS')} s)")
+    elif isinstance(writes, Mapping):
+        parts.append(f"agent wrote {_size(writes.get('sinceStartBytes'))} in {writes.get('windowS')} s "
+                     "(a rate after 60 s)")
     lines = [f"{'health':<12}{'; '.join(parts)}"]
     modules = health.get("modules")
     if isinstance(modules, Mapping):

@@ -98,7 +98,8 @@ def device(own_twin_env: TwinEnv, run_id: str, podman_service: PodmanService,  #
     workdir = tmp_path / "device"
     workdir.mkdir()
     text = device_config(own_twin_env, run_id, podman_service.url, registry, workdir)
-    agent = JournaldAgent(workdir / "agent", text, env={"PYTHONPATH": str(REPO), "EDGE_API_TOKEN": PLANTED["environment"]})
+    agent_env = {"PYTHONPATH": str(REPO), "EDGE_API_TOKEN": PLANTED["environment"]}
+    agent = JournaldAgent(workdir / "agent", text, env=agent_env)
     cert = own_twin_env.pki.client(run_id)
     key_lines = [line for line in Path(cert.key).read_text().splitlines() if len(line) >= 16 and "-----" not in line]
     try:

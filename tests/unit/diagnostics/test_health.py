@@ -95,6 +95,8 @@ def test_write_rate_over_the_last_hour() -> None:
     rate = WriteRate()
     rate.add(0.0, 1000)
     assert rate.figures() is None  # one sample is no rate
+    rate.add(30.0, 1000 + 4000)
+    assert rate.figures() == {"windowS": 30, "sinceStartBytes": 4000}  # too short a time for a rate
     rate.add(1800.0, 1000 + 50_000)
     assert rate.figures() == {"bytesPerHour": 100_000, "windowS": 1800, "sinceStartBytes": 50_000}
     for t in range(2, 10):
@@ -122,7 +124,9 @@ def test_a_raspberry_pi_tree(tmp_path: Path) -> None:
     root = fake_pi(tmp_path / "pi")
     sampler = HealthSampler(root=root, state_dir=tmp_path, vcgencmd=None)
     modules = ModuleStatsResult(stats=[{"ContainerID": "c1", "CPUNano": 10**9, "MemUsage": 42 << 20,
-                                        "MemLimit": 256 << 20}], names={"c1": "detector"})
+                                        "MemLimit": 256 << 20},
+                                       {"ContainerID": "c2", "CPUNano": 0, "MemUsage": 1 << 20,
+                                        "MemLimit": 3885252 * 1024}], names={"c1": "detector", "c2": "camera"})
     first = sampler.sample(modules, now=0.0)
     assert first["cpuTemperature"] == {"celsius": 61.8, "zone": "cpu-thermal"}
     assert first["throttling"]["underVoltageNow"] is True and first["throttling"]["source"] == "sysfs"
@@ -130,12 +134,14 @@ def test_a_raspberry_pi_tree(tmp_path: Path) -> None:
                                "swapTotalBytes": 102396 * 1024, "swapFreeBytes": 102396 * 1024}
     assert first["disk"]["path"] == str(tmp_path) and first["disk"]["totalBytes"] > 0
     assert first["absent"] == {"storageWrites": "needs a second sample"}
-    assert first["modules"] == {"detector": {"memoryBytes": 42 << 20, "memoryLimitBytes": 256 << 20, "cpuSeconds": 1.0}}
+    assert first["modules"] == {"detector": {"memoryBytes": 42 << 20, "memoryLimitBytes": 256 << 20, "cpuSeconds": 1.0},
+                                "camera": {"memoryBytes": 1 << 20, "cpuSeconds": 0.0}}  # no limit: all the memory
     (root / "proc/self/io").write_text(PI_IO.format(1_000_000 + 36_000))
     modules2 = ModuleStatsResult(stats=[{"ContainerID": "c1", "CPUNano": 3 * 10**9, "MemUsage": 43 << 20,
                                          "MemLimit": 256 << 20}], names={"c1": "detector"})
     second = sampler.sample(modules2, now=60.0)
     assert second["storageWrites"] == {"bytesPerHour": 2_160_000, "windowS": 60, "sinceStartBytes": 36_000}
+    assert "agent writes 2.1 MiB/h (over 60 s)" in "\n".join(health_lines(second))
     assert second["modules"]["detector"]["cpuPercent"] == pytest.approx(3.3, abs=0.05)
     assert "absent" not in second
 
