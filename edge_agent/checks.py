@@ -393,10 +393,4 @@ def run_checks(config: AgentConfig) -> list[CheckResult]:
             results.append(fn(config))
         except Exception as exc:  # a broken check is a failed check, not a crash
             results.append(CheckResult(fn.__name__.removeprefix("check_"), "fail", f"check crashed: {exc!r}"))
-    from edge_agent.diagnostics.health_check import check_health  # power, heat, a nearly full disk
-
-    try:
-        results.extend(check_health(config))
-    except Exception as exc:
-        results.append(CheckResult("health", "fail", f"check crashed: {exc!r}"))
     return results

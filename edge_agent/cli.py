@@ -188,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge_agent.checks import CheckResult, run_checks
+    from edge_agent.checks import CheckResult
+    from edge_agent.diagnostics.health_check import run_all_checks
 
     try:
         config = load_config(args.config)
@@ -203,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             except ConfigError as exc:
                 print(exc, file=sys.stderr)
                 return EXIT_USAGE
-        results = [CheckResult("config valid", "pass", str(args.config)), *run_checks(config)]
+        results = [CheckResult("config valid", "pass", str(args.config)), *run_all_checks(config)]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:

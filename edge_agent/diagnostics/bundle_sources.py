@@ -23,10 +23,10 @@ from edge_agent.store import STATE_DB_NAME
 
 
 def check_text(config: AgentConfig) -> str:
-    from edge_agent.checks import run_checks
+    from edge_agent.diagnostics.health_check import run_all_checks
 
     lines = []
-    for r in run_checks(config):
+    for r in run_all_checks(config):
         lines.append(f"{r.outcome.upper():<4}  {r.name:<24} {r.detail}")
         if r.hint and r.outcome != "pass":
             lines.append(f"      hint: {r.hint}")

@@ -64,6 +64,18 @@ def health_results(sample: Mapping[str, Any]) -> list[CheckResult]:
     return [power_result(sample), temperature_result(sample), disk_result(sample)]
 
 
+def run_all_checks(config: AgentConfig) -> list[CheckResult]:
+    """`edge-agent check`: the agent's checks (edge_agent/checks.py), then the health lines."""
+    from edge_agent.checks import run_checks
+
+    results = run_checks(config)
+    try:
+        results.extend(check_health(config))
+    except Exception as exc:  # a broken check is a failed check, not a crash
+        results.append(CheckResult("health", "fail", f"check crashed: {exc!r}"))
+    return results
+
+
 def check_health(config: AgentConfig, root: Path = Path("/")) -> list[CheckResult]:
     """One fresh sample of this machine (no module stats: check does not need the agent)."""
     from edge_agent.diagnostics.health import HealthSampler

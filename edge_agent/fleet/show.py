@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from edge_agent.artifacts.view import artifact_lines
+from edge_agent.diagnostics.health_view import health_lines
 from edge_agent.fleet.client import DeviceView
+from edge_agent.fleet.diagnostics_cmds import safe_text
 from edge_agent.status_view import agent_update_line
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
@@ -107,6 +109,8 @@ def render_view(view: DeviceView, *, color: bool, now: float) -> str:
     update = agent_update_line(reported.get("agentUpdate"))
     if update:
         lines.append(f"  agent update: {update}")
+    # Device text, escaped before it reaches the terminal (diagnostics_cmds.safe_text).
+    lines.extend("  " + safe_text(line, 2000) for line in health_lines(reported.get("health")))
     if view.desired is None and view.reported is None:
         lines.append("nothing known about this device (no desired or reported document on the broker)")
     for differs, text in diff_lines(view):

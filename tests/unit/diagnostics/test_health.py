@@ -217,3 +217,17 @@ def test_this_machine(tmp_path: Path) -> None:
     has_fw = Path("/sys/devices/platform/soc/soc:firmware/get_throttled").exists() or shutil.which("vcgencmd")
     assert ("throttling" in sample) == bool(has_fw)
     assert ("throttling" in sample.get("absent", {})) == (not has_fw)
+
+
+def test_edgectl_show_prints_health_escaped() -> None:
+    import time
+
+    from edge_agent.fleet.client import DeviceView
+    from edge_agent.fleet.show import render_view
+
+    health = {"cpuTemperature": {"celsius": 70.2, "zone": "cpu-thermal\x1b[2J"},
+              "modules": {"pilot\x1b]0;pwned\x07": {"cpuPercent": 12.5, "memoryBytes": 1 << 20}}}
+    text = render_view(DeviceView("rover-01", reported={"ts": time.time(), "health": health}), color=False,
+                       now=time.time())
+    assert "CPU 70.2 °C (cpu-thermal\\x1b[2J)" in text and "\x1b" not in text and "\x07" not in text
+    assert "throttling ABSENT" in text and "CPU 12.5%" in text
