@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.api_url import transport_reason
 from edge_agent.config import AgentConfig
 from edge_agent.diagnostics.bundle import BundleSources, all_module_logs, journal_text
 from edge_agent.diagnostics.health import HealthSampler
@@ -46,9 +47,24 @@ def device_sources(config: AgentConfig, config_path: Path, status: Callable[[], 
         return sampler.sample(read_module_stats(config.podman.socket, config.device.id))
 
     def podman_version() -> dict[str, Any]:
-        info = podman_info(config.podman.socket)
+        try:
+            info = podman_info(config.podman.socket)
+        except (OSError, ValueError) as exc:
+            return {"podman": None, "podmanUnavailable": podman_problem(exc)}
         version = info.get("version") if isinstance(info.get("version"), dict) else {}
         return {"podman": version.get("Version") if version else None}
+
+    def from_podman(read: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            try:
+                return read()
+            except (OSError, ValueError) as exc:  # podman-py's errors are OSErrors
+                raise RuntimeError(podman_problem(exc)) from None
+
+        return call
+
+    def podman_problem(exc: BaseException) -> str:
+        return f"podman at {config.podman.socket}: {transport_reason(exc)}"
 
     return BundleSources(
         device=config.device.id,
@@ -56,9 +72,9 @@ def device_sources(config: AgentConfig, config_path: Path, status: Callable[[], 
         check=lambda: check_text(config),
         status=status,
         journal=journal_text,
-        module_logs=lambda: all_module_logs(config.podman.socket, config.device.id),
+        module_logs=from_podman(lambda: all_module_logs(config.podman.socket, config.device.id)),
         health=health,
-        podman_info=lambda: podman_info(config.podman.socket),
+        podman_info=from_podman(lambda: podman_info(config.podman.socket)),
         state_db=config.state.dir / STATE_DB_NAME,
         secrets=lambda: secret_values(config),
         extra_versions=podman_version,
