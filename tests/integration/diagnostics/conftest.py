@@ -114,7 +114,7 @@ def device(own_twin_env: TwinEnv, run_id: str, podman_service: PodmanService,  #
 
         def running() -> bool:
             modules = dev.status()["reported"].get("modules") or {}
-            return modules.get("ticker", {}).get("runtimeStatus") == "running"
+            return bool(modules.get("ticker", {}).get("runtimeStatus") == "running")
 
         wait_until(running, 120, f"module ticker running\n{agent.log()}", interval=0.5)
         yield dev

@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.diagnostics.log_lines import (
     MAX_LINE_BYTES,
+    LogLine,
     after_podman_cursor,
     cap_page,
     decode_cursor,
@@ -48,7 +49,7 @@ def test_podman_timestamps() -> None:
     assert line.ts == pytest.approx(1796606195.5458)
 
 
-def lines_at(*stamps: str) -> list:
+def lines_at(*stamps: str) -> list[LogLine]:
     return [podman_line("stdout", f"{s} line-{i}".encode()) for i, s in enumerate(stamps)]
 
 
