@@ -42,13 +42,16 @@ def read_journal(lines: int, since: float | None, cursor: dict[str, Any] | None,
     if exe is None:
         raise SourceUnavailable("journalctl is not installed on this device")
     argv = [exe, "--no-pager", "-o", "json", "-q"]
+    # With a cursor: the entries after it, oldest first, the first `lines` of them (reading stops
+    # there). Without: the newest `lines`.
+    oldest_first = cursor is not None
     after = cursor.get("j") if cursor else None
+    start = cursor.get("since") if cursor else since
     if after:
         argv.append(f"--after-cursor={after}")
-    else:
-        start = cursor.get("since") if cursor else since
-        if start is not None:
-            argv.append(f"--since=@{float(start):.6f}")
+    elif start is not None:
+        argv.append(f"--since=@{float(start):.6f}")
+    if not oldest_first:
         argv.append(f"--lines={lines}")
     argv.extend(JOURNAL_MATCHES)
     out: list[LogLine] = []
@@ -65,10 +68,10 @@ def read_journal(lines: int, since: float | None, cursor: dict[str, Any] | None,
                 continue
             if isinstance(entry, dict) and (line := journal_line(entry)) is not None:
                 out.append(line)
-                if after and len(out) >= lines:
+                if oldest_first and len(out) >= lines:
                     break
     finally:
-        if proc.poll() is None and after and len(out) >= lines:
+        if proc.poll() is None and oldest_first and len(out) >= lines:
             proc.terminate()
         try:
             proc.wait(JOURNAL_TIMEOUT_S)

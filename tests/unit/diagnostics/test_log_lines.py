@@ -4,6 +4,7 @@ a line, the caps of one answer, the token bucket."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,29 @@ def test_token_bucket() -> None:
     assert bucket.take(4, now=2.0) and not bucket.take(1, now=2.0)
     assert bucket.available(now=100.0) == 10  # never above capacity
     assert bucket.available(now=50.0) == 10  # a clock that goes back adds nothing
+
+
+def test_journalctl_arguments_for_a_tail_a_cursor_and_a_since(tmp_path: Path) -> None:
+    """read_journal's three readings, against a stand-in journalctl that records its arguments
+    and prints five entries (the real one runs in tests/integration/diagnostics)."""
+    from edge_agent.diagnostics.log_sources import SourceUnavailable, read_journal
+
+    args_file = tmp_path / "args"
+    tool = tmp_path / "journalctl"
+    entries = "\n".join(json.dumps({"__CURSOR": f"c{i}", "MESSAGE": f"m{i}"}) for i in range(5))
+    tool.write_text(f"#!/bin/sh\necho \"$@\" >> {args_file}\ncat <<'EOF'\n{entries}\nEOF\n")
+    tool.chmod(0o755)
+    assert [x.text for x in read_journal(3, None, None, journalctl=str(tool))] == [f"m{i}" for i in range(5)]
+    got = read_journal(2, None, {"j": "c1"}, journalctl=str(tool))
+    assert [x.text for x in got] == ["m0", "m1"]  # oldest first, reading stops at the page
+    read_journal(2, None, {"since": 12.5}, journalctl=str(tool))
+    calls = args_file.read_text().splitlines()
+    assert "--lines=3" in calls[0] and "--after-cursor" not in calls[0]
+    assert "--after-cursor=c1" in calls[1] and "--lines" not in calls[1]
+    assert "--since=@12.500000" in calls[2] and "--lines" not in calls[2]
+    assert all("_SYSTEMD_UNIT=edge-agent.service + SYSLOG_IDENTIFIER=edge-agent" in c for c in calls)
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\necho 'No journal files were found.' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(SourceUnavailable, match="No journal files were found"):
+        read_journal(3, None, None, journalctl=str(broken))
