@@ -60,6 +60,9 @@ BYTES_BURST, BYTES_PER_S = 1024.0 * 1024, 128.0 * 1024
 CHUNK_BYTES = 48 * 1024  # 64 KiB once base64-encoded
 MAX_REMOTE_BUNDLE_BYTES = 16 * 1024 * 1024
 BUNDLE_TTL_S = 900.0
+# A create within this time of the last one gets that bundle again: a retried request (after a
+# broker restart) or a second operator does not make the device collect everything again.
+BUNDLE_REUSE_S = 60.0
 SECRETS_TTL_S = 60.0
 SOURCE_PATTERN = r"^(agent|[a-z0-9][a-z0-9_.-]{0,63})$"
 
@@ -127,6 +130,7 @@ class DiagnosticsService(BaseComponent):
         self.counts: Counter[str] = Counter()
         self._scrubber: tuple[float, Scrubber] | None = None
         self._bundle: tuple[str, Path, float] | None = None  # id, file, made at (monotonic)
+        self._bundle_answer: dict[str, Any] = {}
         self._bundle_lock = asyncio.Lock()
 
     @property
@@ -251,6 +255,9 @@ class DiagnosticsService(BaseComponent):
 
     async def _create_bundle(self) -> dict[str, Any]:
         async with self._bundle_lock:
+            if self._bundle is not None and self.clock() - self._bundle[2] < BUNDLE_REUSE_S:
+                self.counts["bundle.reused"] += 1
+                return dict(self._bundle_answer)
             data = await run_blocking(self.make_bundle)
             if len(data) > MAX_REMOTE_BUNDLE_BYTES:
                 raise CommandFailed("too_large", f"the bundle is {len(data)} bytes, over the remote limit of "
@@ -259,10 +266,11 @@ class DiagnosticsService(BaseComponent):
             path = self.bundle_dir / f"bundle-{bundle_id}.tar.gz"
             await run_blocking(self._store, path, data)
             self._bundle = (bundle_id, path, self.clock())
+            self._bundle_answer = {"id": bundle_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                   "chunkBytes": CHUNK_BYTES, "chunks": max(1, -(-len(data) // CHUNK_BYTES))}
         self.counts["bundle.created"] += 1
         log.info("support bundle %s made (%d bytes)", bundle_id, len(data), extra={"EVENT": "diagnostics.bundle"})
-        return {"id": bundle_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                "chunkBytes": CHUNK_BYTES, "chunks": max(1, -(-len(data) // CHUNK_BYTES))}
+        return dict(self._bundle_answer)
 
     def _remove_old_bundles(self) -> None:
         with contextlib.suppress(OSError):

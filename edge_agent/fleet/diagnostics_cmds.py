@@ -139,10 +139,20 @@ async def fetch_bundle(call: Callable[[Mapping[str, Any], float], Awaitable[Any]
                        err: TextIO, timeout: float = 120.0) -> dict[str, Any]:
     """Ask the device to make a bundle, then read it chunk by chunk (a broker hiccup is retried
     per chunk), check size and SHA-256, write it to `dest` (0600, atomically)."""
-    made = await call({"action": "create"}, timeout)
-    while isinstance(made, dict) and "retryAfterS" in made and isinstance(made["retryAfterS"], int | float):
-        await asyncio.sleep(min(float(made["retryAfterS"]), 60))
-        made = await call({"action": "create"}, timeout)
+    made: Any = None
+    for attempt in range(1, 6):  # the device hands out the same bundle to a create repeated soon
+        try:
+            made = await call({"action": "create"}, timeout)
+        except FleetError as exc:
+            if attempt == 5:
+                raise
+            print(f"edgectl: {safe_text(str(exc), 300)}; asking again", file=err, flush=True)
+            await asyncio.sleep(min(2.0**attempt, RECONNECT_MAX_S))
+            continue
+        if isinstance(made, dict) and isinstance(made.get("retryAfterS"), int | float):
+            await asyncio.sleep(min(float(made["retryAfterS"]), 60))
+            continue
+        break
     if not isinstance(made, dict) or not re.fullmatch(r"[0-9a-f]{16}", str(made.get("id"))):
         raise DiagnosticsFailure("the device sent a malformed bundle answer")
     size, digest, chunks = made.get("bytes"), made.get("sha256"), made.get("chunks")

@@ -160,6 +160,8 @@ async def test_bundle_in_chunks(tmp_path: Path) -> None:
     assert data == blob
     past = await call(svc, "support_bundle", {"action": "read", "id": made["id"], "index": 99})
     assert past["error"]["code"] == "bad_request"
+    again = (await call(svc, "support_bundle", {"action": "create"}))["result"]
+    assert again == made and svc.counts["bundle.created"] == 1  # asked again soon: the same bundle
     other = await call(svc, "support_bundle", {"action": "read", "id": "0" * 16, "index": 0})
     assert other["error"]["code"] == "no_such_bundle"
     clock.now += 901
