@@ -61,6 +61,12 @@ def test_health_in_status_reported_state_telemetry_and_check(device: Device) -> 
         topic = f"{device.env.prefix}/{device.device_id}/telemetry/health"
         async with make_client(params) as client:
             await client.subscribe(topic, qos=1)
+            # A record is queued at start, then every 5 minutes: restart the agent to see one now.
+            def restart() -> None:
+                assert device.agent.stop() == 0
+                device.agent.start()
+
+            await asyncio.to_thread(restart)
             async with asyncio.timeout(60):
                 async for message in client.messages:
                     payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
