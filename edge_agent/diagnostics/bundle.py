@@ -92,7 +92,7 @@ def collect(sources: BundleSources) -> dict[str, bytes]:
 
     part("status.json", status_json)
     if status:
-        from edge_agent.status_view import render_status
+        from edge_shared.status_view import render_status
 
         part("status.txt", lambda: (render_status(status) + "\n").encode())
     part("config.toml", lambda: sources.config_path.read_text(encoding="utf-8", errors="replace").encode())

@@ -21,7 +21,7 @@ def write_support_bundle(config_path: Path, state_dir: Path | None, output: Path
         # paths) and put the problems in check.txt.
         config, problem = parse_config(""), str(exc)
     if state_dir is not None:
-        from edge_agent.daemon import apply_overrides
+        from edge_agent.config_check import apply_overrides
 
         try:
             config = apply_overrides(config, {"state_dir": state_dir.resolve()})

@@ -21,7 +21,7 @@ from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.telemetry.policy import DEFAULT_PRIORITY
 from edge_agent.telemetry.queue import NewRecord, Outcome, Refused
-from edge_agent.threads import run_blocking
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 TELEMETRY_STREAM = "health"

@@ -93,7 +93,7 @@ def config_secret_values(config: Any) -> list[str]:
     ignored: an unresolvable secret cannot leak) and the contents of *key* files."""
     from pydantic import BaseModel
 
-    from edge_agent.config import SecretRef
+    from edge_shared.mqtt_config import SecretRef
 
     out: list[str] = []
 

@@ -45,8 +45,8 @@ from edge_agent.diagnostics.log_sources import NoSuchSource, SourceUnavailable, 
 from edge_agent.diagnostics.rate import TokenBucket
 from edge_agent.diagnostics.redact import Scrubber
 from edge_agent.logs import get_logger
-from edge_agent.threads import run_blocking
-from edge_agent.twin.protocol import CommandFailed
+from edge_shared.protocol import CommandFailed
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 

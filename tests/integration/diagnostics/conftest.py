@@ -1,4 +1,4 @@
-"""A real agent (with a journald of its own, tests/infra/journald.py) running a real module under
+"""A real agent (with a journald of its own, devinfra/journald.py) running a real module under
 the real podman service, connected to a real mutual-TLS mosquitto with the example ACL; edgectl
 talks to it through the broker. Secrets are planted in the config (a registry password file and
 a comment), the agent's environment, its TLS key file and the module's environment and output."""
@@ -15,17 +15,18 @@ from typing import Any
 
 import pytest
 
-from tests.infra.journald import JournaldAgent
-from tests.infra.podman import PodmanService
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
+from devinfra.journald import JournaldAgent
+from devinfra.podman import PodmanService
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
+from devinfra.twin_env import TwinEnv
 from tests.integration.deployment.conftest import (  # noqa: F401  (fixtures)
     RunImages,
     cleanup_containers,
     images,
     run_id,
 )
-from tests.integration.twin.conftest import TwinEnv, own_twin_env, pki  # noqa: F401  (fixtures)
+from tests.integration.twin.conftest import own_twin_env, pki  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[3]
 PLANTED = {
@@ -55,11 +56,11 @@ class Device:
             client = self.env.pki.client(cert)
             flags[flags.index("--tls-cert") + 1] = str(client.cert)
             flags[flags.index("--tls-key") + 1] = str(client.key)
-        return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", *args, *flags],
+        return subprocess.run([sys.executable, "-m", "edgectl.cli", *args, *flags],
                               capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
 
     def edgectl_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "edge_agent.fleet.cli", *args, *self.env.edgectl_flags()]
+        return [sys.executable, "-m", "edgectl.cli", *args, *self.env.edgectl_flags()]
 
     def status(self) -> dict[str, Any]:
         status = self.agent.call("status")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import aiomqtt
 
+from devinfra.procs import wait_until
 from edge_agent.diagnostics.health import read_temperature
-from edge_agent.mqtt_client import make_client
-from edge_agent.mqtt_params import broker_params
-from tests.infra.procs import wait_until
+from edge_shared.mqtt_client import make_client
+from edge_shared.mqtt_params import broker_params
 
 from .conftest import REPO, Device
 

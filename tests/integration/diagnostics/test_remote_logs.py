@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 
-from tests.infra.procs import wait_until
+from devinfra.procs import wait_until
 
 from .conftest import PLANTED, Device
 

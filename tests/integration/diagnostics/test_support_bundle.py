@@ -14,8 +14,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from tests.infra.podman import podman
-from tests.infra.procs import wait_until
+from devinfra.podman import podman
+from devinfra.procs import wait_until
 
 from .conftest import PLANTED, REPO, Device
 

@@ -22,7 +22,7 @@ from edge_agent.diagnostics.health import (
     throttle_flags,
 )
 from edge_agent.diagnostics.health_check import health_results
-from edge_agent.diagnostics.health_view import health_lines
+from edge_shared.health_view import health_lines
 
 PI_MEMINFO = "MemTotal:        3885252 kB\nMemFree:          301612 kB\nMemAvailable:    2913340 kB\n" \
              "SwapTotal:        102396 kB\nSwapFree:         102396 kB\n"
@@ -222,8 +222,8 @@ def test_this_machine(tmp_path: Path) -> None:
 def test_edgectl_show_prints_health_escaped() -> None:
     import time
 
-    from edge_agent.fleet.client import DeviceView
-    from edge_agent.fleet.show import render_view
+    from edgectl.client import DeviceView
+    from edgectl.show import render_view
 
     health = {"cpuTemperature": {"celsius": 70.2, "zone": "cpu-thermal\x1b[2J"},
               "modules": {"pilot\x1b]0;pwned\x07": {"cpuPercent": 12.5, "memoryBytes": 1 << 20}}}
