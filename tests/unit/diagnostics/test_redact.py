@@ -39,7 +39,7 @@ def test_config_secrets_are_found(tmp_path: Path, monkeypatch) -> None:  # type:
     (tmp_path / "client.crt").write_text("cert")
     monkeypatch.setenv("MQTT_PASS", "env-secret-456")
     config = parse_config(
-        f'[mqtt]\nusername = "dev"\npassword = "env:MQTT_PASS"\ncert_file = "{tmp_path}/client.crt"\n'
+        f'[mqtt]\ntls = true\nusername = "dev"\npassword = "env:MQTT_PASS"\ncert_file = "{tmp_path}/client.crt"\n'
         f'key_file = "{tmp_path}/client.key"\n'
         f'[[trust.registry_auth]]\nregistry = "reg.local"\nusername = "u"\npassword = "file:{tmp_path}/pw"\n'
     )
