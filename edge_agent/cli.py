@@ -27,6 +27,7 @@ Typical use:
   edge-agent config check              is my edited config valid? (before systemctl reload)
   edge-agent plan --dry-run            what would the agent change now, and why?
   edge-agent logs pilot -f             a module's output
+  edge-agent support-bundle            one tar.gz with everything support needs (secrets redacted)
   edge-agent restart pilot             restart one module
   journalctl -u edge-agent MODULE=pilot   logs about one module
 """
@@ -122,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     config_check.add_argument("file", nargs="?", type=Path, help="file to check (default: the --config file)")
     config_check.add_argument("--json", action="store_true", help="print the problems as JSON")
 
+    bundle = sub.add_parser(
+        "support-bundle",
+        help="write a support bundle (tar.gz) for a technician or the vendor; secrets redacted",
+        description="Collect check and status output, the config with every secret redacted, the agent's journal, "
+        "each module's recent logs, versions, the state database's summary, health and podman info into one "
+        "tar.gz (works while the agent is down; the bundle says what it could not collect).",
+    )
+    bundle.add_argument("-o", "--output", type=Path, help="file to write (default ./support-DEVICE-TIME.tar.gz)")
+    bundle.add_argument("--state-dir", type=Path, help="override state.dir from the config")
+
     version = sub.add_parser("version", help="print the agent version")
     version.add_argument("--json", action="store_true", help="print version information as JSON")
     return parser
@@ -145,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": cmd_plan,
         "logs": cmd_logs,
         "restart": cmd_restart,
+        "support-bundle": cmd_support_bundle,
         "version": cmd_version,
     }[args.command]
     return handler(args)
@@ -185,8 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge_agent.checks import CheckResult, run_checks
+    from edge_agent.checks import CheckResult
     from edge_agent.config_check import check_config
+    from edge_agent.diagnostics.health_check import run_all_checks
 
     overrides = {"state_dir": args.state_dir.resolve()} if args.state_dir is not None else {}
     try:
@@ -200,7 +213,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         valid = CheckResult("config valid", "pass", str(args.config))
         if checked.warnings:
             valid = CheckResult("config valid", "warn", "; ".join(str(w) for w in checked.warnings))
-        results = [valid, *run_checks(checked.config)]
+        results = [valid, *run_all_checks(checked.config)]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
@@ -291,6 +304,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     return EXIT_OK
+
+
+def cmd_support_bundle(args: argparse.Namespace) -> int:
+    from edge_agent.diagnostics.bundle_cli import write_support_bundle
+
+    return write_support_bundle(args.config, args.state_dir, args.output)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -451,6 +451,15 @@ class TelemetrySection(Section):
         return value
 
 
+class DiagnosticsSection(Section):
+    remote_logs: bool = Field(
+        True, description="true: answer `edgectl logs` (the agent's journal, module output) over the broker"
+    )
+    remote_bundle: bool = Field(
+        True, description="true: answer `edgectl support-bundle` (a redacted support bundle) over the broker"
+    )
+
+
 class AgentConfig(Section):
     """The whole file. Each section is a table in config/config.toml, where every key is explained."""
 
@@ -464,6 +473,7 @@ class AgentConfig(Section):
     attestation: AttestationSection = AttestationSection()
     trust: TrustSection = TrustSection()
     telemetry: TelemetrySection = TelemetrySection()
+    diagnostics: DiagnosticsSection = DiagnosticsSection()
 
 
 # --------------------------------------------------------------------------- errors

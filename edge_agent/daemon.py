@@ -128,7 +128,26 @@ def build_components(ctx: AgentContext) -> list[Component]:
     components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
     if telemetry is not None:
         components.append(telemetry)
+    components.extend(diagnostics_components(ctx, twin, telemetry))
     return components
+
+
+def diagnostics_components(ctx: AgentContext, twin: Any, telemetry: Any) -> list[Component]:
+    """Health figures (reported, telemetry) and the remote logs and support bundle commands."""
+    from edge_agent.diagnostics.bundle_sources import make_bundle, secret_values
+    from edge_agent.diagnostics.health_component import HealthComponent
+    from edge_agent.diagnostics.service import DiagnosticsService
+
+    service = DiagnosticsService(
+        ctx.config,
+        lambda: make_bundle(service.config, ctx.config_path),
+        lambda: secret_values(service.config),
+    )
+    for name, handler in service.handlers().items():
+        twin.session.commands.register(name, handler)
+    ctx.control.register("diagnostics", service.status)
+    health = HealthComponent(ctx.config, ctx.reported, telemetry.submit if telemetry is not None else None)
+    return [service, health]
 
 
 class Agent:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgectl import __version__, attest_cmds
+from edgectl import __version__, attest_cmds, diagnostics_cmds
 from edgectl.connect import broker_flags, fleet_client
 from edgectl.document_input import document_signer, load_document
 from edgectl.trust_cmds import COMMANDS as TRUST_COMMANDS
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
+    diagnostics_cmds.add_parsers(sub, common)
     add_trust_commands(sub)
 
     from edgectl import telemetry_cmd
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command in attest_cmds.COMMANDS:
         return attest_cmds.COMMANDS[args.command](args)
+    if args.command in diagnostics_cmds.COMMANDS:
+        return diagnostics_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
     if args.command == "rollout":

@@ -143,6 +143,12 @@ class FleetClient:
             with contextlib.suppress(Exception):
                 await self._client.__aexit__(None, None, None)
 
+    async def wait_closed(self) -> None:
+        """Return when the connection to the broker is gone (a caller racing a long wait on it,
+        like `edgectl logs --follow`, then reconnects at once instead of timing out)."""
+        if self._reader is not None:
+            await asyncio.wait({self._reader})
+
     @property
     def client(self) -> CheckedClient:
         if self._client is None:

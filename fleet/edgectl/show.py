@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from edge_shared.artifacts.view import artifact_lines
+from edge_shared.health_view import health_lines
 from edge_shared.status_view import agent_update_line
 from edgectl.client import DeviceView
+from edgectl.diagnostics_cmds import safe_text
 
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 HEALTHY = {"running", "healthy", "exited_ok", "stopped_as_desired"}
@@ -107,6 +109,8 @@ def render_view(view: DeviceView, *, color: bool, now: float) -> str:
     update = agent_update_line(reported.get("agentUpdate"))
     if update:
         lines.append(f"  agent update: {update}")
+    # Device text, escaped before it reaches the terminal (diagnostics_cmds.safe_text).
+    lines.extend("  " + safe_text(line, 2000) for line in health_lines(reported.get("health")))
     if view.desired is None and view.reported is None:
         lines.append("nothing known about this device (no desired or reported document on the broker)")
     for differs, text in diff_lines(view):

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_shared.artifacts.view import artifact_lines
+from edge_shared.health_view import health_lines
 
-KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "modules", "telemetry"}
+KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "health", "modules", "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -28,6 +29,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     lines.extend(_telemetry(reported.get("telemetry")))
     lines.extend(_attestation(reported.get("attestation")))
     lines.extend(_agent(reported.get("agent")))
+    lines.extend(health_lines(reported.get("health")))
     update = agent_update_line(reported.get("agentUpdate"))
     if update:
         lines.append(f"{'update':<12}{update}")
