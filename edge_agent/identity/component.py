@@ -1,0 +1,332 @@
+"""The device's broker identity for its whole life (the `identity` component).
+
+- First start: only a claim certificate (shared by a batch) and, where present, the TPM. The
+  agent makes its own key (edge_agent/identity/keystore.py), sends a CSR with TPM evidence
+  (edge_agent/identity/evidence.py) over a claim-certificate connection and waits until the
+  fleet's enrollment service issues a certificate (by policy, or after an operator approved).
+  The certificate must be for this device id and key and signed by a fleet CA; it is installed
+  atomically and the twin session connects with it.
+- Renewal: when `identity.renew_at` of the lifetime has passed (clock synchronised), a new key
+  and CSR, proven by the current key over an mTLS connection as the device. The twin session
+  switches to the new certificate (modules keep running; telemetry waits in its SQLite queue);
+  the old key and certificate stay until the new ones have connected, and come back otherwise.
+- Expired (the device was off): re-enrollment with the claim certificate; the TPM evidence
+  matches the enrollment record, so the service approves it by policy.
+- Clock not synchronised: nothing is discarded, no renewal is tried; the broker judges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edge_agent.attestation.tpm import TpmBackend, TpmError
+from edge_agent.component import BaseComponent
+from edge_agent.config import AgentConfig
+from edge_agent.identity import evidence, wire
+from edge_agent.identity.certs import CertFacts, Decision, decide, issued_problem
+from edge_agent.identity.client import EnrollmentRefused, exchange
+from edge_agent.identity.clock import ClockWatch, env_build_date
+from edge_agent.identity.files import atomic_rename, atomic_write, remove
+from edge_agent.identity.keystore import FileKeys, KeyStore, TpmSealedKeys, client_tls_context
+from edge_agent.logs import get_logger
+from edge_agent.mqtt_client import PublishRefused
+from edge_agent.mqtt_params import BrokerParams, broker_params
+from edge_agent.reported import ReportedState
+
+log = get_logger(__name__)
+TpmOp = Callable[..., Awaitable[Any]]  # AttestationService.tpm_op(what, fn, *args)
+CLOCK_RECHECK_S = 30.0
+ERROR_BACKOFF_S = (1.0, 60.0)
+
+
+class TpmAccess:
+    """The attestation component's TPM, for sealing and evidence; None-safe."""
+
+    def __init__(self, op: TpmOp, available: Callable[[], bool]) -> None:
+        self.op = op
+        self.available = available
+
+
+class IdentityComponent(BaseComponent):
+    name = "identity"
+
+    def __init__(self, config: AgentConfig, reported: ReportedState, tpm: TpmAccess | None,
+                 switch: Callable[[BrokerParams], Awaitable[bool]]) -> None:
+        self.config = config
+        self.section = config.identity
+        self.reported = reported
+        self.tpm = tpm
+        self.switch = switch  # hands params to the twin session; True once they connected
+        self.folder = self.section.dir or config.state.dir / "identity"
+        self.cert_path = self.folder / "device.crt"
+        self.next_cert_path = self.folder / "next.crt"
+        self.clock = ClockWatch(config.state.dir / "clock-last-seen", build_date=env_build_date())
+        self.keys: KeyStore | None = None
+        self.state = "starting"
+        self.detail = ""
+        self.renewals = 0
+        self.last_renewal: str | None = None
+        self.facts: CertFacts | None = None
+        self._params: asyncio.Future[BrokerParams] | None = None
+
+    # ----------------------------------------------------------------- for the twin
+
+    async def broker_params(self) -> BrokerParams:
+        """The first connection's parameters, once there is a usable certificate."""
+        if self._params is None:
+            self._params = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(self._params)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.facts = self._read_facts()
+        self._report()
+
+    async def run(self) -> None:
+        if self._params is None:
+            self._params = asyncio.get_running_loop().create_future()
+        self.keys = await self._keystore()
+        failures = 0
+        while True:
+            try:
+                await self._step()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (OSError, aiomqtt.MqttError, TpmError, ValueError, PublishRefused) as exc:
+                failures += 1
+                delay = min(ERROR_BACKOFF_S[0] * 2 ** min(failures, 8), ERROR_BACKOFF_S[1], self.section.retry_s * 4)
+                self._set("error", f"{exc}; trying again in {delay:.0f} s")
+                log.warning("identity: %s; trying again in %.0f s", exc, delay, extra={"EVENT": "identity.retry"})
+                await asyncio.sleep(delay)
+            except EnrollmentRefused as exc:
+                self._set("refused", str(exc))
+                log.error("enrollment refused by the fleet: %s", exc, extra={"EVENT": "identity.refused"})
+                await asyncio.sleep(max(self.section.retry_s, 60.0))
+
+    async def apply_config(self, config: AgentConfig) -> None:
+        if config.identity != self.config.identity:
+            log.warning("identity settings changed: they take effect after a restart",
+                        extra={"EVENT": "config.restart_needed"})
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._section()
+
+    # ----------------------------------------------------------------- one decision
+
+    async def _step(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        clock = self.clock.state(now)
+        self.clock.save(now)
+        self.facts = self._read_facts()
+        decision = decide(self.facts, now, clock, self.section.renew_at)
+        self._clock_reason = None if clock.synchronised else clock.reason
+        if decision.action in ("enroll", "reenroll"):
+            await self._enroll(decision)
+            return
+        if self._params is not None and not self._params.done():
+            self._params.set_result(await self._params_for("device"))
+        if decision.action == "renew":
+            await self._renew()
+            return
+        self._set("valid" if clock.synchronised else "clock-unsynchronised", decision.why)
+        wait = CLOCK_RECHECK_S
+        if clock.synchronised and decision.next_check is not None:
+            wait = max(0.5, min(wait, (decision.next_check - now).total_seconds()))
+        await asyncio.sleep(wait)
+
+    # ----------------------------------------------------------------- enrollment
+
+    async def _enroll(self, decision: Decision) -> None:
+        section = self.section
+        assert self.keys is not None
+        if section.claim_cert is None or section.claim_key is None:
+            raise ValueError(f"{decision.why}, and identity.claim_cert/claim_key are not set: cannot enroll")
+        self._set("enrolling", decision.why)
+        log.info("enrolling: %s", decision.why, extra={"EVENT": "identity.enrolling"})
+        # The same key across restarts while waiting: the service sees the same request.
+        key = await (self.keys.load("next") if self.keys.exists("next") else self.keys.create("next"))
+        request = await self._request("enroll", key)
+        claim = client_tls_context(self.config.mqtt.ca_file, section.claim_cert.read_bytes(),
+                                   _load_key(section.claim_key))
+        answer = await exchange(self.config.mqtt.host, self.config.mqtt.port, claim, self.config.mqtt.topic_prefix,
+                                request, retry_s=section.retry_s, on_pending=self._pending)
+        cert_pem = await self._open(answer)
+        self._install(cert_pem, key, "next")
+        self.keys.promote("next", "device")
+        atomic_rename(self.next_cert_path, self.cert_path)
+        self.facts = self._read_facts()
+        log.info("enrolled as %s until %s", self.facts.subject if self.facts else "?",
+                 self.facts.not_after if self.facts else "?", extra={"EVENT": "identity.enrolled"})
+        params = await self._params_for("device")
+        if self._params is not None and not self._params.done():
+            self._params.set_result(params)
+        else:
+            await self.switch(params)
+        self._set("valid", "enrolled")
+
+    def _pending(self, reason: str) -> None:
+        if self.state != "pending":
+            log.info("enrollment waits for approval: %s", reason, extra={"EVENT": "identity.pending"})
+        self._set("pending", reason)
+
+    # ----------------------------------------------------------------- renewal
+
+    async def _renew(self) -> None:
+        assert self.keys is not None
+        self._set("renewing", "renewal due")
+        current_key = await self.keys.load("device")
+        current_pem = self.cert_path.read_bytes()
+        key = await (self.keys.load("next") if self.keys.exists("next") else self.keys.create("next"))
+        request = await self._request("renew", key, proof=(current_key, current_pem))
+        tls = client_tls_context(self.config.mqtt.ca_file, current_pem, current_key)
+        answer = await exchange(self.config.mqtt.host, self.config.mqtt.port, tls, self.config.mqtt.topic_prefix,
+                                request, retry_s=self.section.retry_s, on_pending=self._pending)
+        cert_pem = await self._open(answer)
+        self._install(cert_pem, key, "next")
+        # The old certificate stays in place until the new one has connected.
+        new_params = await self._params_for("next")
+        if not await asyncio.wait_for(self.switch(new_params), self.section.switch_timeout_s + 5):
+            await self.switch(await self._params_for("device"))
+            remove(self.next_cert_path)
+            raise OSError("the renewed certificate did not connect to the broker; keeping the current one")
+        self.keys.promote("next", "device")
+        atomic_rename(self.next_cert_path, self.cert_path)
+        self.renewals += 1
+        self.last_renewal = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.facts = self._read_facts()
+        log.info("certificate renewed (renewal %d), valid until %s", self.renewals,
+                 self.facts.not_after if self.facts else "?", extra={"EVENT": "identity.renewed"})
+        self._set("valid", "renewed")
+
+    # ----------------------------------------------------------------- pieces
+
+    async def _keystore(self) -> KeyStore:
+        wanted = self.section.key_storage
+        tpm = self.tpm if self.tpm is not None and self.tpm.available() else None
+        if wanted == "tpm" and tpm is None:
+            raise TpmError("identity.key_storage is tpm, but attestation has no TPM")
+        if tpm is not None and wanted != "file":
+            op = tpm.op
+
+            async def seal(data: bytes) -> bytes:
+                sealed: bytes = await op("seal the device key", TpmBackend.seal, data)
+                return sealed
+
+            async def unseal(data: bytes) -> bytes:
+                secret: bytes = await op("unseal the device key", TpmBackend.unseal, data)
+                return secret
+
+            return TpmSealedKeys(self.folder, seal, unseal)
+        return FileKeys(self.folder)
+
+    async def _request(self, kind: str, key: ec.EllipticCurvePrivateKey,
+                       proof: tuple[ec.EllipticCurvePrivateKey, bytes] | None = None) -> wire.EnrollRequest:
+        device_id = self.config.device.id
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .sign(key, hashes.SHA256())
+        )
+        csr_der = csr.public_bytes(serialization.Encoding.DER)
+        tpm_evidence = None
+        if self.tpm is not None and self.tpm.available():
+            endorsement = await self.tpm.op("read the endorsement key", TpmBackend.endorsement)
+            ak_public = await self.tpm.op("read the attestation key", TpmBackend.ak_public)
+            quote = await self.tpm.op("quote the CSR", TpmBackend.quote, list(evidence.QUOTE_PCRS),
+                                      evidence.csr_digest(csr_der))
+            tpm_evidence = evidence.tpm_evidence(endorsement, ak_public, quote)
+        renew = evidence.renew_proof(proof[0], proof[1], csr_der) if proof else None
+        return wire.EnrollRequest(kind=kind, device_id=device_id,  # type: ignore[arg-type]
+                                  csr=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                                  tpm=tpm_evidence, proof=renew)
+
+    async def _open(self, answer: wire.EnrollAnswer) -> bytes:
+        if answer.sealed is not None:
+            if self.tpm is None or not self.tpm.available():
+                raise ValueError("the certificate came sealed to a TPM, and this device has none")
+            secret = await self.tpm.op("activate the enrollment credential", TpmBackend.activate_credential,
+                                       evidence.unb64(answer.sealed.credential_blob, "credential_blob"),
+                                       evidence.unb64(answer.sealed.secret, "secret"))
+            return evidence.open_sealed(answer.sealed, secret)
+        if answer.certificate is None:
+            raise ValueError("the enrollment answer carries no certificate")
+        return answer.certificate.encode()
+
+    def _install(self, cert_pem: bytes, key: ec.EllipticCurvePrivateKey, name: str) -> None:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        if problem := issued_problem(cert, self.config.device.id, key.public_key(), self._fleet_cas()):
+            raise ValueError(f"refusing the issued certificate: {problem}")
+        atomic_write(self.next_cert_path if name == "next" else self.cert_path, cert_pem, 0o644)
+
+    def _fleet_cas(self) -> list[x509.Certificate]:
+        bundle = self.section.fleet_ca or self.config.mqtt.ca_file
+        if bundle is None:
+            raise ValueError("identity.fleet_ca (or mqtt.ca_file) is needed to check issued certificates")
+        return x509.load_pem_x509_certificates(bundle.read_bytes())
+
+    async def _params_for(self, name: str) -> BrokerParams:
+        assert self.keys is not None
+        path = self.next_cert_path if name == "next" else self.cert_path
+        key = await self.keys.load(name)
+        ctx = client_tls_context(self.config.mqtt.ca_file, path.read_bytes(), key)
+        base = broker_params(self.config.mqtt.model_copy(update={"cert_file": None, "key_file": None}),
+                             self.config.device.id)
+        return replace(base, tls_context=ctx)
+
+    def _read_facts(self) -> CertFacts | None:
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if self.keys is not None and not self.keys.exists("device"):
+            return None
+        return CertFacts.of(cert)
+
+    # ----------------------------------------------------------------- reporting
+
+    def _set(self, state: str, detail: str) -> None:
+        self.state, self.detail = state, detail
+        self._report()
+
+    def _section(self) -> dict[str, Any]:
+        facts = self.facts
+        out: dict[str, Any] = {
+            "state": self.state,
+            "detail": self.detail,
+            "keyStorage": self.keys.kind if self.keys is not None else None,
+            "renewals": self.renewals,
+            "lastRenewal": self.last_renewal,
+        }
+        clock_reason = getattr(self, "_clock_reason", None)
+        out["clock"] = "synchronised" if clock_reason is None else f"clock not synchronised: {clock_reason}"
+        if facts is not None:
+            out.update(subject=facts.subject, serial=f"{facts.serial:x}",
+                       notAfter=facts.not_after.isoformat(),
+                       renewAt=facts.renew_time(self.section.renew_at).isoformat())
+        return out
+
+    def _report(self) -> None:
+        self.reported.set("identity", self._section())
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: expected an EC private key")
+    return key
+
+
