@@ -14,6 +14,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.fleet import attest_cmds
 from edge_agent.fleet.connect import broker_flags, fleet_client
+from edge_agent.fleet.enrollment import commands as enrollment_commands
 from edge_agent.fleet.trust_cmds import COMMANDS as TRUST_COMMANDS
 from edge_agent.fleet.trust_cmds import add_trust_commands, run_trust_command
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
+    enrollment_commands.add_parsers(sub)
     add_trust_commands(sub)
 
     from edge_agent.fleet import telemetry_cmd
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return attest_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
+    if args.command in enrollment_commands.COMMANDS:
+        return enrollment_commands.run(args)
     if args.command == "rollout":
         from edge_agent.fleet import rollout_cmd
 
