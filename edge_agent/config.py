@@ -411,19 +411,23 @@ class IdentitySection(Section):
     """The device's broker identity made and renewed by the agent (edge_agent/identity/)."""
 
     enabled: bool = Field(False, description="true or false (false: mqtt.cert_file/key_file are used as they are)")
-    dir: Path | None = Field(None, description="folder of the device's key and certificate (default: STATE_DIR/identity)")
+    dir: Path | None = Field(
+        None, description="folder of the device's key and certificate (default: STATE_DIR/identity)"
+    )
     claim_cert: Path | None = Field(None, description="an existing PEM claim certificate shared by a batch of devices")
     claim_key: Path | None = Field(None, description="an existing PEM private key for claim_cert")
     fleet_ca: Path | None = Field(
-        None, description="an existing PEM bundle of the fleet CAs that sign device certificates (default: mqtt.ca_file)"
+        None, description="an existing PEM bundle of the fleet CAs signing device certificates (default: mqtt.ca_file)"
     )
     key_storage: Literal["auto", "tpm", "file"] = Field(
         "auto", description="one of auto (sealed to the TPM when there is one, else a 0600 file), tpm, file"
     )
     renew_at: float = Field(
-        2 / 3, ge=0.1, le=0.95, description="renew when this fraction of the certificate's lifetime has passed, 0.1-0.95"
+        2 / 3, ge=0.1, le=0.95, description="renew when this fraction of the certificate's lifetime passed, 0.1-0.95"
     )
-    retry_s: float = Field(30.0, ge=0.5, le=3600, description="seconds between enrollment requests while waiting, 0.5-3600")
+    retry_s: float = Field(
+        30.0, ge=0.5, le=3600, description="seconds between enrollment requests while waiting, 0.5-3600"
+    )
     switch_timeout_s: float = Field(
         30.0, ge=1, le=600, description="seconds a renewed certificate has to connect before the old one is used again"
     )

@@ -223,11 +223,11 @@ class IdentityComponent(BaseComponent):
             op = tpm.op
 
             async def seal(data: bytes) -> bytes:
-                sealed: bytes = await op("seal the device key", TpmBackend.seal, data)
+                sealed: bytes = await op("seal the device key", _call("seal"), data)
                 return sealed
 
             async def unseal(data: bytes) -> bytes:
-                secret: bytes = await op("unseal the device key", TpmBackend.unseal, data)
+                secret: bytes = await op("unseal the device key", _call("unseal"), data)
                 return secret
 
             return TpmSealedKeys(self.folder, seal, unseal)
@@ -244,9 +244,9 @@ class IdentityComponent(BaseComponent):
         csr_der = csr.public_bytes(serialization.Encoding.DER)
         tpm_evidence = None
         if self.tpm is not None and self.tpm.available():
-            endorsement = await self.tpm.op("read the endorsement key", TpmBackend.endorsement)
-            ak_public = await self.tpm.op("read the attestation key", TpmBackend.ak_public)
-            quote = await self.tpm.op("quote the CSR", TpmBackend.quote, list(evidence.QUOTE_PCRS),
+            endorsement = await self.tpm.op("read the endorsement key", _call("endorsement"))
+            ak_public = await self.tpm.op("read the attestation key", _call("ak_public"))
+            quote = await self.tpm.op("quote the CSR", _call("quote"), list(evidence.QUOTE_PCRS),
                                       evidence.csr_digest(csr_der))
             tpm_evidence = evidence.tpm_evidence(endorsement, ak_public, quote)
         renew = evidence.renew_proof(proof[0], proof[1], csr_der) if proof else None
@@ -258,7 +258,7 @@ class IdentityComponent(BaseComponent):
         if answer.sealed is not None:
             if self.tpm is None or not self.tpm.available():
                 raise ValueError("the certificate came sealed to a TPM, and this device has none")
-            secret = await self.tpm.op("activate the enrollment credential", TpmBackend.activate_credential,
+            secret = await self.tpm.op("activate the enrollment credential", _call("activate_credential"),
                                        evidence.unb64(answer.sealed.credential_blob, "credential_blob"),
                                        evidence.unb64(answer.sealed.secret, "secret"))
             return evidence.open_sealed(answer.sealed, secret)
@@ -321,6 +321,15 @@ class IdentityComponent(BaseComponent):
 
     def _report(self) -> None:
         self.reported.set("identity", self._section())
+
+
+def _call(method: str) -> Callable[..., Any]:
+    """`tpm.<method>(*args)` as a function of (tpm, *args), for AttestationService.tpm_op."""
+
+    def call(tpm: TpmBackend, *args: Any) -> Any:
+        return getattr(tpm, method)(*args)
+
+    return call
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
