@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -41,7 +42,7 @@ def claim_tls(fleet: Fleet) -> object:
 
 
 @pytest.fixture
-def tpms(tmp_path: Path) -> list[Swtpm]:
+def tpms(tmp_path: Path) -> Iterator[list[Swtpm]]:
     started: list[Swtpm] = []
     yield started
     for tpm in started:
