@@ -36,11 +36,11 @@ from edge_agent.config import AgentConfig
 from edge_agent.identity import evidence, wire
 from edge_agent.identity.certs import CertFacts, Decision, decide, issued_problem
 from edge_agent.identity.client import EnrollmentRefused, exchange
-from edge_agent.identity.clock import ClockWatch, env_build_date
+from edge_agent.identity.clock import ClockState, ClockWatch, env_build_date
 from edge_agent.identity.files import atomic_rename, atomic_write, remove
 from edge_agent.identity.keystore import FileKeys, KeyStore, TpmSealedKeys, client_tls_context
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_client import PublishRefused
+from edge_agent.mqtt_client import PublishRefused, make_client
 from edge_agent.mqtt_params import BrokerParams, broker_params
 from edge_agent.reported import ReportedState
 
@@ -79,6 +79,9 @@ class IdentityComponent(BaseComponent):
         self.last_renewal: str | None = None
         self.facts: CertFacts | None = None
         self._params: asyncio.Future[BrokerParams] | None = None
+        self._clock_ahead: str | None = None
+        self.clock_status = ClockState(True, "not checked yet")
+        self._handed_check_time: bool | None = None
 
     # ----------------------------------------------------------------- for the twin
 
@@ -127,18 +130,41 @@ class IdentityComponent(BaseComponent):
 
     # ----------------------------------------------------------------- one decision
 
+    def _clock_now(self, now: dt.datetime) -> ClockState:
+        """The clock's state: the watch's signals (build date, last saved time, timesyncd), and
+        whether the broker contradicted this clock (accepted a certificate it calls expired)."""
+        clock = self.clock.state(now)
+        if self.facts is not None and now < self.facts.not_after:
+            self._clock_ahead = None  # the certificate is valid by this clock again
+        if self._clock_ahead is not None and clock.synchronised:
+            clock = ClockState(False, self._clock_ahead)
+        if clock.synchronised and (self.facts is None or now < self.facts.not_after):
+            # Never from a clock that may be wrong (one that calls the certificate expired may be
+            # ahead): a saved time from the future would make the right time look "behind".
+            self.clock.save(now)
+        self.clock_status = clock
+        return clock
+
     async def _step(self) -> None:
         now = dt.datetime.now(dt.UTC)
-        clock = self.clock.state(now)
-        self.clock.save(now)
         self.facts = self._read_facts()
+        clock = self._clock_now(now)
         decision = decide(self.facts, now, clock, self.section.renew_at)
-        self._clock_reason = None if clock.synchronised else clock.reason
+        if decision.action == "reenroll" and await self._broker_accepts_current():
+            # Expired by this clock, not by the broker's: the clock is ahead. Keep the identity.
+            self._clock_ahead = (f"the certificate looks expired by this clock ({now:%Y-%m-%dT%H:%M}Z), "
+                                 "yet the broker accepts it: the clock is ahead")
+            log.warning("clock not synchronised: %s", self._clock_ahead, extra={"EVENT": "identity.clock_ahead"})
+            return
         if decision.action in ("enroll", "reenroll"):
             await self._enroll(decision)
             return
         if self._params is not None and not self._params.done():
             self._params.set_result(await self._params_for("device"))
+        elif self._handed_check_time is not None and self._handed_check_time != clock.synchronised:
+            # The clock became right (or wrong): the broker's certificate dates are checked again
+            # (or no longer). Same certificate and key.
+            await self.switch(await self._params_for("device"))
         if decision.action == "renew":
             await self._renew()
             return
@@ -147,6 +173,29 @@ class IdentityComponent(BaseComponent):
         if clock.synchronised and decision.next_check is not None:
             wait = max(0.5, min(wait, (decision.next_check - now).total_seconds()))
         await asyncio.sleep(wait)
+
+    async def _broker_accepts_current(self) -> bool:
+        """Does the broker take the current certificate (a fresh connection)? False when it
+        refuses it; OSError when the broker cannot be reached (nothing can be decided then)."""
+        assert self.keys is not None
+        if not self.keys.exists("device"):
+            return False
+        ctx = client_tls_context(self.config.mqtt.ca_file, self.cert_path.read_bytes(),
+                                 await self.keys.load("device"), check_time=False)
+        params = BrokerParams(self.config.mqtt.host, self.config.mqtt.port, wire.new_client_id(), None, None, ctx,
+                              self.config.mqtt.keepalive_s)
+        try:
+            async with make_client(params, timeout=10):
+                return True
+        except aiomqtt.MqttError:
+            pass
+        try:  # reachable, and it refused the certificate?
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.config.mqtt.host, self.config.mqtt.port),
+                                               10)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise OSError(f"the broker is unreachable ({exc}): cannot tell whether the certificate expired") from None
+        return False
 
     # ----------------------------------------------------------------- enrollment
 
@@ -161,7 +210,7 @@ class IdentityComponent(BaseComponent):
         key = await (self.keys.load("next") if self.keys.exists("next") else self.keys.create("next"))
         request = await self._request("enroll", key)
         claim = client_tls_context(self.config.mqtt.ca_file, section.claim_cert.read_bytes(),
-                                   _load_key(section.claim_key))
+                                   _load_key(section.claim_key), check_time=self.clock_status.synchronised)
         answer = await exchange(self.config.mqtt.host, self.config.mqtt.port, claim, self.config.mqtt.topic_prefix,
                                 request, retry_s=section.retry_s, on_pending=self._pending)
         cert_pem = await self._open(answer)
@@ -192,7 +241,7 @@ class IdentityComponent(BaseComponent):
         current_pem = self.cert_path.read_bytes()
         key = await (self.keys.load("next") if self.keys.exists("next") else self.keys.create("next"))
         request = await self._request("renew", key, proof=(current_key, current_pem))
-        tls = client_tls_context(self.config.mqtt.ca_file, current_pem, current_key)
+        tls = client_tls_context(self.config.mqtt.ca_file, current_pem, current_key, check_time=True)
         answer = await exchange(self.config.mqtt.host, self.config.mqtt.port, tls, self.config.mqtt.topic_prefix,
                                 request, retry_s=self.section.retry_s, on_pending=self._pending)
         cert_pem = await self._open(answer)
@@ -282,7 +331,9 @@ class IdentityComponent(BaseComponent):
         assert self.keys is not None
         path = self.next_cert_path if name == "next" else self.cert_path
         key = await self.keys.load(name)
-        ctx = client_tls_context(self.config.mqtt.ca_file, path.read_bytes(), key)
+        check_time = self.clock_status.synchronised
+        ctx = client_tls_context(self.config.mqtt.ca_file, path.read_bytes(), key, check_time=check_time)
+        self._handed_check_time = check_time
         base = broker_params(self.config.mqtt.model_copy(update={"cert_file": None, "key_file": None}),
                              self.config.device.id)
         return replace(base, tls_context=ctx)
@@ -311,8 +362,8 @@ class IdentityComponent(BaseComponent):
             "renewals": self.renewals,
             "lastRenewal": self.last_renewal,
         }
-        clock_reason = getattr(self, "_clock_reason", None)
-        out["clock"] = "synchronised" if clock_reason is None else f"clock not synchronised: {clock_reason}"
+        clock = self.clock_status
+        out["clock"] = "synchronised" if clock.synchronised else f"clock not synchronised: {clock.reason}"
         if facts is not None:
             out.update(subject=facts.subject, serial=f"{facts.serial:x}",
                        notAfter=facts.not_after.isoformat(),

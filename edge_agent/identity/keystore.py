@@ -120,10 +120,19 @@ def _memory_file(name: str, data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
-def client_tls_context(ca_file: Path | None, cert_pem: bytes, key: ec.EllipticCurvePrivateKey) -> ssl.SSLContext:
-    """A client TLS context for the broker, the key loaded from memory."""
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (not named by Python's ssl module).
+VERIFY_NO_CHECK_TIME = 0x200000
+
+
+def client_tls_context(ca_file: Path | None, cert_pem: bytes, key: ec.EllipticCurvePrivateKey, *,
+                       check_time: bool = True) -> ssl.SSLContext:
+    """A client TLS context for the broker, the key loaded from memory. `check_time=False` (a
+    clock known to be wrong): the broker's certificate chain and name are still verified, its
+    validity dates are not, since this clock cannot judge them."""
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not check_time:
+        ctx.verify_flags = ssl.VerifyFlags(int(ctx.verify_flags) | VERIFY_NO_CHECK_TIME)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     with _memory_file("device-cert", cert_pem) as cert_path, _memory_file("device-key", key_pem) as key_path:
