@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.artifacts.view import artifact_lines
+from edge_agent.identity.view import identity_lines
 
-KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "modules", "telemetry"}
+KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "identity", "modules",
+         "telemetry"}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -22,6 +24,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     ]
     lines.append(_components(status.get("components") or {}))
     lines.extend(_broker(reported.get("broker")))
+    lines.extend(identity_lines(reported.get("identity")))
     lines.extend(_config(reported.get("config")))
     lines.extend(_deployment(reported.get("deployment")))
     lines.extend(_modules(reported.get("modules")))
