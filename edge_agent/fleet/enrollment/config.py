@@ -12,6 +12,7 @@ $EDGECTL_ENROLLMENT_CONFIG, or --enrollment-config). Relative paths are relative
     [enrollment]
     ca_cert = "fleet-ca.crt"     # the fleet CA that signs device certificates
     ca_key = "fleet-ca.key"      # mode 0600; only on this host
+    previous_cas = "old-fleet-ca.crt"      # during a CA rotation: devices holding its certificates renew
     database = "/var/lib/edgectl/enrollment.db"
     cert_lifetime_s = 7776000    # 90 days
     ek_allowlist = "ek-allowlist.txt"      # EK SHA-256 hashes, one per line (# comments)
@@ -34,8 +35,8 @@ from edge_agent.config import MqttSection, Section
 from edge_agent.validation import describe, location
 
 DEFAULT_PATH = Path("/etc/edgectl/enrollment.toml")
-PATH_KEYS = ("ca_cert", "ca_key", "database", "ek_allowlist", "tpm_maker_cas", "crl_file", "acl_base", "acl_file",
-             "broker_pid_file")
+PATH_KEYS = ("ca_cert", "ca_key", "previous_cas", "database", "ek_allowlist", "tpm_maker_cas", "crl_file",
+             "acl_base", "acl_file", "broker_pid_file")
 
 
 class EnrollmentSection(Section):
@@ -44,6 +45,8 @@ class EnrollmentSection(Section):
     database: Path = Field(Path("/var/lib/edgectl/enrollment.db"), description="SQLite file of enrollment records")
     cert_lifetime_s: int = Field(90 * 86400, ge=10, le=10 * 365 * 86400,
                                  description="lifetime of a device certificate in seconds, 10-315360000")
+    previous_cas: Path | None = Field(
+        None, description="PEM bundle of retired fleet CAs whose device certificates may still renew (CA rotation)")
     ek_allowlist: Path | None = Field(None, description="file of EK SHA-256 hashes approved by policy")
     tpm_maker_cas: Path | None = Field(None, description="PEM bundle of TPM makers' EK certificate CAs")
     crl_file: Path | None = Field(None, description="where the CRL is written for the broker (mosquitto crlfile)")

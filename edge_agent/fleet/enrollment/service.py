@@ -53,8 +53,10 @@ class Trust:
 
 
 def handle(request: wire.EnrollRequest, ca: FleetCa, store: EnrollmentStore, trust: Trust,
-           lifetime: dt.timedelta, now: dt.datetime) -> wire.EnrollAnswer:
-    """One request, start to end (no network): the answer to send."""
+           lifetime: dt.timedelta, now: dt.datetime, previous_cas: tuple[x509.Certificate, ...] = ()
+           ) -> wire.EnrollAnswer:
+    """One request, start to end (no network): the answer to send. `previous_cas`: retired
+    fleet CAs whose certificates still prove a renewal (a CA rotation in progress)."""
 
     def answer(status: str, reason: str, **extra: object) -> wire.EnrollAnswer:
         return wire.EnrollAnswer(device_id=request.device_id, status=status, reason=reason,  # type: ignore[arg-type]
@@ -79,7 +81,7 @@ def handle(request: wire.EnrollRequest, ca: FleetCa, store: EnrollmentStore, tru
             trusted_by = _ek_trust(request.tpm, ek_hash or "", trust)
     renew_problem = None
     if request.kind == "renew":
-        renew_problem = _renew_problem(request, csr_der, ca, store, now)
+        renew_problem = _renew_problem(request, csr_der, (ca.cert, *previous_cas), store, now)
     facts = Facts(request.kind, request.device_id, ek_hash, evidence.spki_sha256(key), problem, trusted_by,
                   renew_problem)
     decision = decide(facts, store.record(request.device_id))
@@ -126,17 +128,15 @@ def _ek_trust(tpm: wire.TpmEvidence, ek_hash: str, trust: Trust) -> str | None:
     return None
 
 
-def _renew_problem(request: wire.EnrollRequest, csr_der: bytes, ca: FleetCa, store: EnrollmentStore,
-                   now: dt.datetime) -> str | None:
+def _renew_problem(request: wire.EnrollRequest, csr_der: bytes, cas: tuple[x509.Certificate, ...],
+                   store: EnrollmentStore, now: dt.datetime) -> str | None:
     if request.proof is None:
         return "a renewal needs a proof signed by the current key"
     cert, problem = evidence.renew_proof_problem(request.proof, csr_der)
     if problem or cert is None:
         return problem
-    try:
-        cert.verify_directly_issued_by(ca.cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return "the current certificate is not signed by the fleet CA"
+    if not any(_issued_by(cert, ca) for ca in cas):
+        return "the current certificate is not signed by the fleet CA (nor a previous one)"
     cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
     if not cn or cn[0].value != request.device_id:
         return f"the current certificate is not for {request.device_id}"
@@ -147,6 +147,14 @@ def _renew_problem(request: wire.EnrollRequest, csr_der: bytes, ca: FleetCa, sto
     return None
 
 
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 class EnrollmentService:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -155,6 +163,8 @@ class EnrollmentService:
         self.store = EnrollmentStore(self.section.database)
         self.lifetime = dt.timedelta(seconds=self.section.cert_lifetime_s)
         self.prefix = config.mqtt.topic_prefix
+        previous = self.section.previous_cas
+        self.previous_cas = tuple(x509.load_pem_x509_certificates(previous.read_bytes())) if previous else ()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -193,5 +203,6 @@ class EnrollmentService:
             log.warning("malformed enrollment request on %s: %s", topic, exc, extra={"EVENT": "enrollment.malformed"})
             return
         trust = Trust.load(self.section.ek_allowlist, self.section.tpm_maker_cas)
-        answer = handle(request, self.ca, self.store, trust, self.lifetime, dt.datetime.now(dt.UTC))
+        answer = handle(request, self.ca, self.store, trust, self.lifetime, dt.datetime.now(dt.UTC),
+                        self.previous_cas)
         await client.publish(wire.answer_topic(self.prefix, client_id), wire.encode(answer), qos=1)

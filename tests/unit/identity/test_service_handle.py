@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge_agent.fleet.enrollment.ca import FleetCa
+from edge_agent.fleet.enrollment.ca import FleetCa, cert_pem
+from edge_agent.fleet.enrollment.policy import Record
 from edge_agent.fleet.enrollment.service import Trust, handle
 from edge_agent.fleet.enrollment.store import EnrollmentStore
 from edge_agent.identity import evidence, wire
@@ -107,3 +108,21 @@ async def test_file_keys_are_0600_and_promoted_atomically(tmp_path: Path) -> Non
     assert not keys.exists("next")
     loaded = await keys.load("device")
     assert loaded.private_numbers() == key.private_numbers()
+
+
+def test_ca_rotation_a_certificate_of_the_previous_ca_renews_to_the_new_one(store: EnrollmentStore) -> None:
+    old, new = FleetCa.create("old CA"), FleetCa.create("new CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    store.put("dev", Record("enrolled", None, "k"), "enrolled", NOW)
+    old_cert = old.issue_device("dev", key.public_key(), HOUR, NOW)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_csr = csr("dev", new_key)
+    der = x509.load_pem_x509_csr(new_csr.encode()).public_bytes(serialization.Encoding.DER)
+    request = wire.EnrollRequest(kind="renew", device_id="dev", csr=new_csr,
+                                 proof=evidence.renew_proof(key, cert_pem(old_cert), der))
+    refused = handle(request, new, store, NO_TRUST, HOUR, NOW)
+    assert refused.status == "refused" and "not signed by the fleet CA" in refused.reason
+    renewed = handle(request, new, store, NO_TRUST, HOUR, NOW, previous_cas=(old.cert,))
+    assert renewed.status == "issued" and renewed.certificate is not None
+    issued = x509.load_pem_x509_certificate(renewed.certificate.encode())
+    issued.verify_directly_issued_by(new.cert)
