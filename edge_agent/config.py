@@ -628,6 +628,14 @@ class AgentConfig(Section):
     trust: TrustSection = TrustSection()
     telemetry: TelemetrySection = TelemetrySection()
 
+    @model_validator(mode="after")
+    def _identity_needs_tls(self) -> AgentConfig:
+        if self.identity.enabled and (not self.mqtt.tls or self.mqtt.cert_file or self.mqtt.key_file):
+            raise PydanticCustomError(
+                "identity", "identity.enabled = true needs mqtt.tls = true and no mqtt.cert_file/key_file "
+                "(the agent makes and renews the device certificate itself)")
+        return self
+
 
 # --------------------------------------------------------------------------- errors
 
@@ -867,6 +875,10 @@ _PATH_KEYS = {
     ("mqtt", "key_file"),
     ("attestation", "ima_log"),
     ("attestation", "boot_log"),
+    ("identity", "dir"),
+    ("identity", "claim_cert"),
+    ("identity", "claim_key"),
+    ("identity", "fleet_ca"),
 }
 
 
