@@ -62,7 +62,8 @@ def test_check_warns_before_expiry_and_fails_after(tmp_path: Path) -> None:
     write_cert(manual, dt.timedelta(days=1), dt.timedelta(days=2))
     assert check_identity(config).outcome == "fail" and "EXPIRED" in check_identity(config).detail
 
-    enrolled = AgentConfig.model_validate({"state": {"dir": str(tmp_path / "state")}, "identity": {"enabled": True}})
+    enrolled = AgentConfig.model_validate({"state": {"dir": str(tmp_path / "state")}, "mqtt": {"tls": True},
+                                           "identity": {"enabled": True}})
     assert check_identity(enrolled).outcome == "warn"  # not enrolled yet
     device_crt = tmp_path / "state" / "identity" / "device.crt"
     write_cert(device_crt, dt.timedelta(days=90), dt.timedelta(days=1))
