@@ -101,10 +101,11 @@ class IdentityComponent(BaseComponent):
     async def run(self) -> None:
         if self._params is None:
             self._params = asyncio.get_running_loop().create_future()
-        self.keys = await self._keystore()
         failures = 0
         while True:
             try:
+                if self.keys is None:
+                    self.keys = await self._keystore()
                 await self._step()
                 failures = 0
             except asyncio.CancelledError:
@@ -268,6 +269,11 @@ class IdentityComponent(BaseComponent):
         tpm = self.tpm if self.tpm is not None and self.tpm.available() else None
         if wanted == "tpm" and tpm is None:
             raise TpmError("identity.key_storage is tpm, but attestation has no TPM")
+        sealed = [p.name for p in self.folder.glob("*.key.tpm")]
+        if tpm is None and sealed and wanted != "file":
+            # Never fall back to a new key file while the sealed key waits for its TPM: a TPM that
+            # is away for a moment must not cost the device its identity.
+            raise TpmError(f"the device key ({', '.join(sealed)}) is sealed to the TPM, which is unavailable")
         if tpm is not None and wanted != "file":
             op = tpm.op
 
