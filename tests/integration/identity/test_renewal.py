@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.infra.procs import wait_until
 from tests.infra.swtpm import Swtpm
 from tests.integration.identity.fleet import Device, Fleet
@@ -24,6 +26,7 @@ RUN_S = float(os.environ.get("EDGE_RENEWAL_RUN_S", "180"))
 MODULE = Path(__file__).with_name("numbered_module.py")
 
 
+@pytest.mark.timeout(RUN_S + 300)
 def test_short_certificates_renewed_continuously_while_a_module_streams_telemetry(tmp_path: Path) -> None:
     tpm = Swtpm(tmp_path / "tpm").manufacture().start()
     fleet = Fleet(tmp_path / "fleet", cert_lifetime_s=CERT_S, trusted_makers=tpm.ca_certs).start()
