@@ -45,7 +45,8 @@ def expiry_cell(section: Any, now: float) -> str:
         return "?"
     if left <= 0:
         return "EXPIRED"
-    text = f"{left / 86400:.0f}d" if left >= 2 * 86400 else f"{left / 3600:.0f}h" if left >= 7200 else f"{left:.0f}s"
+    text = (f"{left / 86400:.0f}d" if left >= 2 * 86400 else f"{left / 3600:.0f}h" if left >= 7200
+            else f"{left / 60:.0f}m" if left >= 120 else f"{left:.0f}s")
     state = section.get("state")
     return text if state in ("valid", "renewing") else f"{text} ({STATE_WORDS.get(str(state), state)})"
 

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,11 @@ from edge_agent.mqtt_client import PublishRefused, make_client
 from edge_agent.mqtt_params import BrokerParams
 from tests.infra.swtpm import Swtpm
 from tests.integration.identity.fleet import PREFIX, Device, Fleet, edgectl, ek_hash_of
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                          timeout=60)
 
 
 def csr_for(device_id: str) -> tuple[ec.EllipticCurvePrivateKey, str]:
@@ -79,6 +86,20 @@ async def test_claim_certificate_and_tpm_enroll_by_ek_policy_then_signed_deploym
         reported = await fleet.reported("rover-01", lambda d: (d.get("identity") or {}).get("state") == "valid",
                                         "rover-01 reporting as itself")
         assert reported["identity"]["subject"] == "CN=rover-01"
+        # Shown on the device (status, check) and on the fleet side (edgectl devices, CERT column).
+        local = ["--config", str(first.agent.config_path), "--state-dir", str(first.agent.state_dir)]
+        status = agent_cli("status", *local)
+        assert "identity    CN=rover-01: valid, expires" in status.stdout, status.stdout + status.stderr
+        assert "key tpm-sealed" in status.stdout
+        check = agent_cli("check", *local, "--json")
+        results = {r["name"]: r for r in json.loads(check.stdout)}
+        assert results["device certificate"]["outcome"] == "pass", results["device certificate"]
+        assert "CN=rover-01" in results["device certificate"]["detail"]
+        devices = edgectl("devices", "--broker", "127.0.0.1", "--port", str(fleet.broker.port), "--tls-ca",
+                          str(fleet.ca_cert), "--tls-cert", str(fleet.dir / "fleet-ops.crt"), "--tls-key",
+                          str(fleet.dir / "fleet-ops.key"))
+        header, *rows = devices.stdout.splitlines()
+        assert "CERT" in header and any(re.match(r"rover-01 .* (59|60)m", r) for r in rows), devices.stdout
 
         # ...and then accepts a signed deployment as itself (the per-device ACL applies).
         manifest = tmp_path / "deployment.json"
