@@ -99,6 +99,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
         identity = IdentityComponent(
             ctx.config, ctx.reported, TpmAccess(attestation.tpm_op, lambda: attestation.tpm is not None),
             lambda params: twin.session.switch_params(params, ctx.config.identity.switch_timeout_s),
+            lambda: twin.session.connected,
+            lambda: twin.session.refusals,
         )
         ctx.control.register("identity", identity.status)
     twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic,

@@ -62,8 +62,13 @@ class IdentityComponent(BaseComponent):
     name = "identity"
 
     def __init__(self, config: AgentConfig, reported: ReportedState, tpm: TpmAccess | None,
-                 switch: Callable[[BrokerParams], Awaitable[bool]]) -> None:
+                 switch: Callable[[BrokerParams], Awaitable[bool]],
+                 connected: Callable[[], bool] = lambda: True, refusals: Callable[[], int] = lambda: 0) -> None:
         self.config = config
+        self.connected = connected  # is the twin session connected now?
+        self.refusals = refusals  # how many of its publishes the broker refused so far
+        self._refusals_seen = 0
+        self._offline_checks = 0
         self.section = config.identity
         self.reported = reported
         self.tpm = tpm
@@ -169,11 +174,35 @@ class IdentityComponent(BaseComponent):
         if decision.action == "renew":
             await self._renew()
             return
+        if await self._refused_by_broker():
+            await self._enroll(Decision("reenroll", "the broker refuses the device certificate (revoked, or its "
+                                                    "CA no longer trusted)"))
+            return
         self._set("valid" if clock.synchronised else "clock-unsynchronised", decision.why)
-        wait = CLOCK_RECHECK_S
+        wait = min(CLOCK_RECHECK_S, max(2.0, 5 * self.section.retry_s))
         if clock.synchronised and decision.next_check is not None:
             wait = max(0.5, min(wait, (decision.next_check - now).total_seconds()))
         await asyncio.sleep(wait)
+
+    async def _refused_by_broker(self) -> bool:
+        """The twin session has stayed down over two checks, or the broker refused one of its
+        publishes, and the broker, reachable, refuses a fresh connection with the certificate: it
+        will not take it again (revoked, or a CA rotation left it behind), so the device asks to
+        enroll again (an operator decides for a revoked one)."""
+        refusals = self.refusals()
+        refused, self._refusals_seen = refusals > self._refusals_seen, refusals
+        if self.connected() and not refused:
+            self._offline_checks = 0
+            return False
+        self._offline_checks += 1
+        if self._offline_checks < 2 and not refused:
+            return False
+        self._offline_checks = 0
+        if await self._broker_accepts_current():
+            return False
+        log.warning("the broker refuses the device certificate; enrolling again",
+                    extra={"EVENT": "identity.refused_by_broker"})
+        return True
 
     async def _broker_accepts_current(self) -> bool:
         """Does the broker take the current certificate (a fresh connection)? False when it

@@ -153,6 +153,7 @@ class TwinSession:
         self._down: asyncio.Future[None] | None = None  # resolved when the current connection is lost
         self._tasks: set[asyncio.Task[None]] = set()
         self._switching = False  # the current connection is being ended for new parameters
+        self.refusals = 0  # publishes the broker refused (its ACL): a revoked device sees them all refused
 
     def set_params(self, params: BrokerParams) -> None:
         """Connect with `params` from now on (a renewed device certificate): the current
@@ -213,6 +214,7 @@ class TwinSession:
                     log.debug("publish to %s interrupted (%s); waiting for the broker", topic, exc)
                     await asyncio.sleep(0.05)
                 except PublishRefused as exc:
+                    self.refusals += 1
                     log.error("%s; not sent again", exc, extra={"EVENT": "mqtt.publish_refused"})
                     return
 

@@ -1,18 +1,23 @@
 """What the broker enforces after a revocation: the CRL (mosquitto `crlfile`: a revoked
 certificate fails the TLS handshake) and the ACL (a `deny #` block for each revoked device, so
 a connection still open is refused every publish and delivery). Both files are replaced
-atomically and mosquitto re-reads them on SIGHUP."""
+atomically and mosquitto re-reads them on SIGHUP; then the device's open connection is closed
+(`disconnect_device`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import signal
+from dataclasses import replace
 
+from edge_agent.config import MqttSection
 from edge_agent.fleet.enrollment.ca import FleetCa
 from edge_agent.fleet.enrollment.config import EnrollmentSection
 from edge_agent.fleet.enrollment.store import EnrollmentStore
 from edge_agent.identity.files import atomic_write
+from edge_agent.mqtt_client import make_client
+from edge_agent.mqtt_params import broker_params
 
 REVOKED_HEADER = "\n# ---- revoked devices (written by edgectl revoke; do not edit below)\n"
 
@@ -38,3 +43,12 @@ def publish_revocations(section: EnrollmentSection, ca: FleetCa, store: Enrollme
         os.kill(pid, signal.SIGHUP)
         done.append(f"sent SIGHUP to the broker (pid {pid})")
     return done
+
+
+async def disconnect_device(mqtt: MqttSection, device_id: str) -> None:
+    """Close the device's open connection now: connect under its client id (the broker closes the
+    older connection with the same id, a session takeover) with a clean start, then leave. Its
+    next connection is refused by the reloaded CRL; mosquitto has no other way to drop one client."""
+    params = replace(broker_params(mqtt, device_id), client_id=device_id)
+    async with make_client(params, persistent=False):
+        pass

@@ -76,7 +76,9 @@ def _service(config: ServiceConfig) -> int:
 
 
 def _revoke(config: ServiceConfig, device: str) -> int:
-    from edge_agent.fleet.enrollment.broker import publish_revocations
+    import aiomqtt
+
+    from edge_agent.fleet.enrollment.broker import disconnect_device, publish_revocations
     from edge_agent.fleet.enrollment.ca import FleetCa
     from edge_agent.fleet.enrollment.store import EnrollmentStore
 
@@ -89,6 +91,12 @@ def _revoke(config: ServiceConfig, device: str) -> int:
     ca = FleetCa.load(config.enrollment.ca_cert, config.enrollment.ca_key)
     for line in publish_revocations(config.enrollment, ca, store, now):
         print(line)
+    try:
+        asyncio.run(disconnect_device(config.mqtt, device))
+        print(f"closed {device}'s open connection to the broker")
+    except (aiomqtt.MqttError, OSError) as exc:  # revoked all the same: the ACL refuses it
+        print(f"edgectl revoke: could not close {device}'s open connection ({exc}); the broker's ACL refuses "
+              "everything it sends", file=sys.stderr)
     print(f"{device}: revoked ({count} certificate{'s' if count != 1 else ''})")
     return EXIT_OK
 
@@ -119,10 +127,18 @@ def _enrollments(config: ServiceConfig, args: argparse.Namespace) -> int:
     if action == "forget":
         store.db.execute("DELETE FROM devices WHERE device_id = ?", (device,))
         print(f"{device}: record deleted")
-        return EXIT_OK
-    status = "approved" if action == "approve" else "denied"
-    store.set_status(device, status, f"{status} by an operator", now)  # type: ignore[arg-type]
-    print(f"{device}: {status}")
+    else:
+        status = "approved" if action == "approve" else "denied"
+        store.set_status(device, status, f"{status} by an operator", now)  # type: ignore[arg-type]
+        print(f"{device}: {status}")
+    if record.status == "revoked":
+        # No longer revoked: the broker's ACL drops its deny block (its old certificates stay in the CRL).
+        from edge_agent.fleet.enrollment.broker import publish_revocations
+        from edge_agent.fleet.enrollment.ca import FleetCa
+
+        ca = FleetCa.load(config.enrollment.ca_cert, config.enrollment.ca_key)
+        for line in publish_revocations(config.enrollment, ca, store, now):
+            print(line)
     return EXIT_OK
 
 

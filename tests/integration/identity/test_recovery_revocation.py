@@ -96,18 +96,20 @@ async def test_revoked_device_is_refused_by_the_broker_within_seconds_and_cannot
         assert "certificate verify failed" in (fleet.broker.workdir / "mosquitto.log").read_text()
         print(f"\nrevocation: publishes refused after {acl_s:.2f} s, new connections after {tls_s:.2f} s")
 
-        # It cannot enroll again with its TPM and the claim certificate...
-        device.agent.stop()
-        for name in ("device.crt", "device.key"):
-            (device.identity_dir / name).unlink()
-        device.agent.start()
+        # The agent sees the broker refuse its certificate and asks to enroll again, with its TPM
+        # and the claim certificate: held, since it was revoked...
+        revoked_serial = serial(device)
         waiting = device.wait_identity(lambda s: s["state"] == "pending", "re-enrollment held")
         assert "revoked" in waiting["detail"]
+        assert "EVENT=identity.refused_by_broker" in device.agent.log()
         assert fleet.records()["gate-09"]["status"] == "revoked"
-        assert not (device.identity_dir / "device.crt").exists()
+        assert serial(device) == revoked_serial
         # ...until an operator approves it again.
         assert fleet.edgectl("enrollments", "approve", "gate-09").returncode == 0
         device.wait_identity(lambda s: s["state"] == "valid", "enrolled again after approval")
+        assert serial(device) != revoked_serial
+        await fleet.reported("gate-09", lambda d: (d.get("identity") or {}).get("serial") == f"{serial(device):x}",
+                             "reporting again with the new certificate")
     finally:
         device.agent.stop()
         fleet.stop()
