@@ -240,7 +240,10 @@ class Story:
         certs, device = self.work / "certs", self.work / "device"
         registry = f"127.0.0.1:{self.registry_port}"
         port = self.broker.port if self.broker else 0
-        attestation = (f'enabled = true\ntcti = "{self.tcti}"\n' if self.tcti else "enabled = false\n")
+        # RSA: swtpm_setup certifies an RSA 2048 EK (NV 0x01c00002) and an ECC P-384 one, not the
+        # ECC P-256 EK that ek_type = "ecc" reads, which would have no EK certificate.
+        attestation = (f'enabled = true\ntcti = "{self.tcti}"\nek_type = "rsa"\n' if self.tcti
+                       else "enabled = false\n")
         (self.work / "agent.toml").write_text(f"""\
 # written by the quickstart (scripts/run); annotated reference: config/config.toml
 [device]
