@@ -34,6 +34,7 @@ from edge_agent.mqtt_params import broker_params
 
 log = get_logger(__name__)
 RECONNECT_S = 2.0
+CRL_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,14 @@ class EnrollmentService:
         """A CRL past its next-update time makes the broker refuse every client: re-issue it at a
         quarter of its validity."""
         while True:
-            for line in publish_revocations(self.section, self.ca, self.store, dt.datetime.now(dt.UTC)):
-                log.debug("%s", line)
+            try:
+                for line in publish_revocations(self.section, self.ca, self.store, dt.datetime.now(dt.UTC)):
+                    log.debug("%s", line)
+            except (OSError, ValueError) as exc:
+                log.error("cannot publish the CRL/ACL for the broker: %s; trying again in %.0f s", exc, CRL_RETRY_S,
+                          extra={"EVENT": "enrollment.crl_failed"})
+                await asyncio.sleep(CRL_RETRY_S)
+                continue
             await asyncio.sleep(self.section.crl_valid_s / 4)
 
     async def _serve_forever(self) -> None:
