@@ -9,7 +9,7 @@ P/enroll/<its own client id>/answer (mosquitto `pattern ... %c`), and only the e
 service reads the requests: nobody can read another device's answer without guessing its
 random client id, which travels only to the service.
 
-A claim certificate (CN "claim:BATCH") reaches nothing else; a device certificate (CN = device
+A claim certificate (CN "claim:BATCH") reaches no device's topics; a device certificate (CN = device
 id) uses the same topics to renew (kind "renew", with a proof signed by its current key).
 """
 

@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                             description="Revoke every certificate of DEVICE: the broker's CRL and ACL are rewritten "
                             "and the broker reloads them (seconds). The device can enroll again only after "
                             "`edgectl enrollments approve DEVICE`.")
-    revoke.add_argument("device")
+    revoke.add_argument("device", help="a device id, or claim:BATCH for a batch's claim certificate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,11 +79,23 @@ def _revoke(config: ServiceConfig, device: str) -> int:
     import aiomqtt
 
     from edge_agent.fleet.enrollment.broker import disconnect_device, publish_revocations
-    from edge_agent.fleet.enrollment.ca import FleetCa
+    from edge_agent.fleet.enrollment.ca import CLAIM_PREFIX, FleetCa
     from edge_agent.fleet.enrollment.store import EnrollmentStore
 
     store = EnrollmentStore(config.enrollment.database)
     now = dt.datetime.now(dt.UTC)
+    if device.startswith(CLAIM_PREFIX):
+        # A claim certificate: into the CRL, so that no device of the batch can enroll with it.
+        count = store.revoke_claim(device, now)
+        if count == 0:
+            print(f"edgectl revoke: no claim certificate {device} made by `edgectl enrollments claim` here",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        ca = FleetCa.load(config.enrollment.ca_cert, config.enrollment.ca_key)
+        for line in publish_revocations(config.enrollment, ca, store, now):
+            print(line)
+        print(f"{device}: revoked ({count} certificate{'s' if count != 1 else ''})")
+        return EXIT_OK
     if store.record(device) is None:
         print(f"edgectl revoke: no enrollment record for {device}", file=sys.stderr)
         return EXIT_FAILED
@@ -145,7 +157,8 @@ def _enrollments(config: ServiceConfig, args: argparse.Namespace) -> int:
 def _claim(config: ServiceConfig, batch: str, out: Path, days: int, now: dt.datetime) -> int:
     import re
 
-    from edge_agent.fleet.enrollment.ca import FleetCa, cert_pem, key_pem, new_key
+    from edge_agent.fleet.enrollment.ca import CLAIM_PREFIX, FleetCa, cert_pem, key_pem, new_key
+    from edge_agent.fleet.enrollment.store import EnrollmentStore
     from edge_agent.identity.files import atomic_write
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,56}", batch):
@@ -154,6 +167,8 @@ def _claim(config: ServiceConfig, batch: str, out: Path, days: int, now: dt.date
     ca = FleetCa.load(config.enrollment.ca_cert, config.enrollment.ca_key)
     key = new_key()
     cert = ca.issue_claim(batch, key.public_key(), dt.timedelta(days=days), now)
+    EnrollmentStore(config.enrollment.database).issued_claim(CLAIM_PREFIX + batch, cert.serial_number,
+                                                             cert.not_valid_after_utc)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "claim.key", key_pem(key), 0o600)
     atomic_write(out / "claim.crt", cert_pem(cert), 0o644)

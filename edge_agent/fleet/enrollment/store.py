@@ -93,6 +93,17 @@ class EnrollmentStore:
             self.db.execute("UPDATE devices SET cert_serial = ?, not_after = ?, issued = issued + 1 "
                             "WHERE device_id = ?", (f"{serial:x}", not_after.isoformat(), device_id))
 
+    def issued_claim(self, cn: str, serial: int, not_after: dt.datetime) -> None:
+        """A claim certificate (CN claim:BATCH), kept so that `edgectl revoke claim:BATCH` can list it
+        in the CRL."""
+        self.db.execute("INSERT INTO certs (serial, device_id, not_after) VALUES (?, ?, ?)",
+                        (f"{serial:x}", cn, not_after.isoformat()))
+
+    def revoke_claim(self, cn: str, now: dt.datetime) -> int:
+        cur = self.db.execute("UPDATE certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+                              (now.isoformat(), cn))
+        return cur.rowcount
+
     def revoke(self, device_id: str, now: dt.datetime) -> int:
         """Revoke the device and every certificate it holds; returns how many certificates."""
         with self.db:

@@ -49,10 +49,6 @@ class Fleet:
         self._leaf("broker", self.ca.issue_server, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
         self._leaf("enrollment-service", self.ca.issue_device)
         self._leaf("fleet-ops", self.ca.issue_device)
-        key = new_key()
-        (workdir / "claim.key").write_bytes(key_pem(key))
-        (workdir / "claim.crt").write_bytes(cert_pem(self.ca.issue_claim("batch-1", key.public_key(),
-                                                                          dt.timedelta(days=30), now)))
         self.claim_cert, self.claim_key = workdir / "claim.crt", workdir / "claim.key"
         self.acl_base = workdir / "edge-agent.acl.base"
         self.acl_base.write_text((REPO / "config" / "mosquitto" / "edge-agent.acl").read_text())
@@ -84,6 +80,9 @@ class Fleet:
             f'broker_pid_file = "{self.pid_file}"\n'
         )
         self.service: ManagedProcess | None = None
+        # The batch's claim certificate, made the way an operator makes it.
+        out = self.edgectl("enrollments", "claim", "batch-1", "--out", str(workdir), "--days", "30")
+        assert out.returncode == 0, out.stderr
 
     def _leaf(self, name: str, issue: Callable[..., x509.Certificate], sans: list[x509.GeneralName] | None = None
               ) -> None:

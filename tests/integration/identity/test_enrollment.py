@@ -156,7 +156,9 @@ async def test_claim_certificate_and_tpm_enroll_by_ek_policy_then_signed_deploym
     _ = aiomqtt
 
 
-async def test_tpm_from_a_trusted_maker_enrolls_by_its_ek_certificate(tmp_path: Path, tpms: list[Swtpm]) -> None:
+async def test_tpm_from_a_trusted_maker_enrolls_by_its_ek_certificate_then_the_claim_is_revoked(
+    tmp_path: Path, tpms: list[Swtpm]
+) -> None:
     trusted = new_tpm(tmp_path, "trusted", tpms)
     fleet = Fleet(tmp_path / "fleet", trusted_makers=trusted.ca_certs).start()
     device = Device(fleet, tmp_path / "dev", "cam-07", trusted)
@@ -166,6 +168,23 @@ async def test_tpm_from_a_trusted_maker_enrolls_by_its_ek_certificate(tmp_path: 
         assert enrolled["subject"] == "CN=cam-07"
         record = fleet.records()["cam-07"]
         assert record["status"] == "enrolled" and "trusted TPM maker" in record["reason"]
+        # A leaked claim certificate is revoked: the broker refuses it from then on.
+        out = fleet.edgectl("revoke", "claim:batch-1")
+        assert out.returncode == 0 and "claim:batch-1: revoked (1 certificate)" in out.stdout, out.stderr
+        params = BrokerParams("127.0.0.1", fleet.broker.port, wire.new_client_id(), None, None,
+                              claim_tls(fleet), 30)  # type: ignore[arg-type]
+
+        async def refused() -> bool:
+            try:
+                async with make_client(params, timeout=3):
+                    return False
+            except aiomqtt.MqttError:
+                return True
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await refused():
+            assert asyncio.get_running_loop().time() < deadline, "the revoked claim certificate still connects"
+        assert device.identity()["state"] == "valid"  # enrolled devices are not affected
     finally:
         device.agent.stop()
         fleet.stop()
