@@ -26,7 +26,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -35,19 +34,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from edge_agent.broker_endpoints import MAX_ENDPOINTS, Endpoint, endpoint_list, parse_endpoint
-from edge_agent.validation import message as validation_message
+from edge_shared.mqtt_config import FsPath, MqttSection, SecretRef, Section, _existing_file, _parse_secret
+from edge_shared.names import DEVICE_ID_PATTERN, MODULE_NAME_PATTERN, STREAM_NAME_PATTERN
+from edge_shared.validation import message as validation_message
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 # Limits every value of the file obeys (checked in one place, `value_problems`, before the model):
 MAX_STRING = 4096  # characters of any string
 MAX_LIST = 256  # items of any list, entries of any table
 MAX_PATH_BYTES = 4095  # PATH_MAX minus the NUL
 MAX_NAME_BYTES = 255  # NAME_MAX: one path component
-MAX_TOPIC_PREFIX = 128  # characters; topics are <prefix>/<device>/... and MQTT allows 65535 bytes
 UNIX_SOCKET_MAX = 107  # bytes of an AF_UNIX path (sun_path is 108 with the NUL)
+# Arrays and inline tables nested deeper than this are refused before parsing: the TOML parser
+# recurses once per level, and ~500 levels exhaust Python's stack. No key here needs more than 4.
+MAX_NESTING = 32
 # Keys the device cannot run safely without: a file that does not write them (empty, truncated,
 # the wrong file) is refused instead of running as the host name against localhost.
 REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
@@ -56,72 +57,12 @@ REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
 # --------------------------------------------------------------------------- secrets
 
 
-class SecretRef(str):
-    """Where a secret lives: ``file:/path``, ``credential:NAME`` (systemd LoadCredential=) or
-    ``env:NAME``. The config never holds the secret itself, and this object's repr shows only the
-    reference, so printing a config cannot leak a password."""
-
-    __slots__ = ()
-    SCHEMES = ("file", "credential", "env")
-
-    @property
-    def scheme(self) -> str:
-        return self.split(":", 1)[0]
-
-    @property
-    def target(self) -> str:
-        return self.split(":", 1)[1]
-
-    def resolve(self) -> str:
-        """Read the secret. Raises OSError/KeyError with a message that names the reference only."""
-        scheme, target = self.scheme, self.target
-        if scheme == "file":
-            return Path(target).read_text(encoding="utf-8").rstrip("\r\n")
-        if scheme == "credential":
-            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not cred_dir:
-                raise KeyError(f"secret {self}: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
-            return (Path(cred_dir) / target).read_text(encoding="utf-8").rstrip("\r\n")
-        value = os.environ.get(target)
-        if value is None:
-            raise KeyError(f"secret {self}: environment variable {target} is not set")
-        return value
-
-    def __repr__(self) -> str:
-        return f"SecretRef({str(self)!r})"
-
-
-def _parse_secret(value: object) -> SecretRef:
-    if not isinstance(value, str):
-        raise PydanticCustomError("secret_ref", "expected a string like file:/path or credential:NAME")
-    scheme, sep, target = value.partition(":")
-    if not sep or scheme not in SecretRef.SCHEMES or not target:
-        # Deliberately do not echo the value: it may be the secret itself.
-        raise PydanticCustomError(
-            "secret_ref",
-            "secrets are not written in the config; expected file:/path, credential:NAME or env:NAME",
-        )
-    if scheme == "file" and not Path(target).is_file():
-        raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})
-    return SecretRef(value)
-
-
 # --------------------------------------------------------------------------- models
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def default_device_id() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
     return name
-
-
-def _existing_file(value: Path | None) -> Path | None:
-    if value is not None and not value.is_file():
-        raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
-    return value
 
 
 class DeviceSection(Section):
@@ -156,7 +97,7 @@ class DeviceSection(Section):
     def _platform(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from edge_agent.trust.platforms import parse_platform
+        from edge_shared.trust.platforms import parse_platform
 
         try:
             return str(parse_platform(value))
@@ -166,27 +107,12 @@ class DeviceSection(Section):
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        from edge_agent.labels import LabelError, check_labels
+        from edge_shared.labels import LabelError, check_labels
 
         try:
             return check_labels(value)
         except LabelError as exc:
             raise PydanticCustomError("label", "{problem}", {"problem": str(exc)}) from None
-
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def _is_host(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value.strip("[]"))
-        return True
-    except ValueError:
-        pass
-    name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
 
 
 def _socket_fits(directory: Path, rest: str) -> None:
@@ -201,7 +127,7 @@ def _socket_fits(directory: Path, rest: str) -> None:
 
 
 class StateSection(Section):
-    dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
+    dir: FsPath = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
     min_free_mb: int = Field(
         64, ge=1, le=1_000_000, description="free megabytes to keep on the state filesystem, 1-1000000"
     )
@@ -222,78 +148,6 @@ class LoggingSection(Section):
     format: Literal["auto", "text", "json", "journal"] = Field(
         "auto", description="one of auto (journal under systemd, text on a terminal), text, json, journal"
     )
-
-
-class MqttSection(Section):
-    host: str = Field(
-        "localhost", min_length=1, max_length=253, description="broker host name or IP address (at most 253 characters)"
-    )
-    port: int = Field(1883, ge=1, le=65535, description="TCP port of the broker, 1-65535")
-    endpoints: list[str] = Field(
-        default_factory=list,
-        max_length=MAX_ENDPOINTS,
-        description=f"more brokers to move to when one is gone, in order, like [\"mqtt-b.example:8883\"] "
-        f"(host:port, host, or [IPv6]:port; at most {MAX_ENDPOINTS})",
-    )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds, 5-3600")
-    topic_prefix: str = Field(
-        "edge",
-        max_length=MAX_TOPIC_PREFIX,
-        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
-        description=f"topic prefix like edge or acme/edge, at most {MAX_TOPIC_PREFIX} characters",
-    )
-    client_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="MQTT client id (default: device id)")
-    username: str | None = Field(None, min_length=1, max_length=256, description="broker user name, 1-256 characters")
-    password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
-    tls: bool = Field(False, description="true or false")
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
-    cert_file: Path | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
-    key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
-    reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
-    session_expiry_s: int = Field(
-        604800, ge=0, le=4294967295, description="seconds the broker keeps the session while offline, 0-4294967295"
-    )
-
-    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
-
-    @field_validator("host")
-    @classmethod
-    def _host_name(cls, value: str) -> str:
-        if not _is_host(value):
-            raise PydanticCustomError(
-                "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
-            )
-        return value
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        default_port = info.data.get("port", 1883)
-        for number, text in enumerate(value, start=1):
-            try:
-                endpoint = parse_endpoint(text, default_port)
-            except ValueError as exc:
-                raise PydanticCustomError(
-                    "endpoint", "entry {number}: {problem}", {"number": number, "problem": str(exc)}
-                ) from None
-            if not _is_host(endpoint.host):
-                raise PydanticCustomError(
-                    "endpoint",
-                    "entry {number} ({text}): {host} is not a host name (labels of letters, digits and '-', "
-                    "at most 63 each) or an IP address",
-                    {"number": number, "text": repr(text), "host": repr(endpoint.host)},
-                )
-        return value
-
-    def broker_endpoints(self) -> tuple[Endpoint, ...]:
-        """Every broker in the order the agent tries them: host:port, then `endpoints`."""
-        return endpoint_list(Endpoint(self.host, self.port), [parse_endpoint(e, self.port) for e in self.endpoints])
-
-    @field_validator("password", "key_password", mode="plain")
-    @classmethod
-    def _secret(cls, value: object) -> SecretRef | None:
-        return None if value is None else _parse_secret(value)
 
 
 class TwinSection(Section):
@@ -331,6 +185,8 @@ class PodmanSection(Section):
             address = parse_api_url(value)
         except ValueError as exc:
             raise PydanticCustomError("api_url", "{problem}", {"problem": str(exc)}) from None
+        if address.port is not None and not 1 <= address.port <= 65535:
+            raise PydanticCustomError("api_url", "port {port} is not 1-65535", {"port": address.port})
         if address.unix_path is not None and len(os.fsencode(address.unix_path)) > UNIX_SOCKET_MAX:
             raise PydanticCustomError(
                 "too_long", "socket path is longer than {n} bytes (AF_UNIX limit)", {"n": UNIX_SOCKET_MAX}
@@ -342,7 +198,7 @@ class DeploymentSection(Section):
     local_deploy: bool = Field(
         False, description="true or false (accept unsigned deployments on the local control socket)"
     )
-    allowed_mount_roots: list[Path] = Field(
+    allowed_mount_roots: list[FsPath] = Field(
         default_factory=list,
         description="absolute host directories modules may bind-mount from, like /srv/edge-data",
     )
@@ -352,10 +208,13 @@ class DeploymentSection(Section):
     apply_timeout_s: float = Field(
         900.0, ge=10, le=86400, description="seconds a new deployment may take to become good, 10-86400"
     )
-    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first restart delay in seconds, up to 3600")
-    backoff_max_s: float = Field(300.0, gt=0, le=86400, description="restart delay cap in seconds, up to 86400")
+    # Lower bounds keep a crashing module from being restarted in a tight loop (5e-324 s is > 0).
+    backoff_initial_s: float = Field(1.0, ge=0.1, le=3600, description="first restart delay in seconds, 0.1-3600")
+    backoff_max_s: float = Field(
+        300.0, ge=0.1, le=86400, description="restart delay cap in seconds, 0.1-86400, at least backoff_initial_s"
+    )
     backoff_reset_s: float = Field(
-        600.0, gt=0, le=86400, description="seconds up after which a module's restart backoff resets"
+        600.0, ge=1, le=86400, description="seconds up after which a module's restart backoff resets, 1-86400"
     )
     image_gc: bool = Field(True, description="true or false: remove images no deployment uses any more")
     container_prefix: str = Field(
@@ -364,6 +223,17 @@ class DeploymentSection(Section):
     poll_interval_s: float = Field(
         30.0, ge=1, le=3600, description="seconds between full re-checks besides live podman events, 1-3600"
     )
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_s")
+        if isinstance(initial, float | int) and value < initial:
+            raise PydanticCustomError(
+                "backoff", "below backoff_initial_s ({initial}); expected at least the first delay",
+                {"initial": initial},
+            )
+        return value
 
     @field_validator("allowed_mount_roots")
     @classmethod
@@ -397,11 +267,11 @@ class AttestationSection(Section):
     worker_idle_s: float = Field(
         30.0, ge=1, le=3600, description="seconds the TPM worker process stays after its last operation, 1-3600"
     )
-    ima_log: Path = Field(
+    ima_log: FsPath = Field(
         Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
         description="path of the kernel's IMA ASCII measurement list",
     )
-    boot_log: Path = Field(
+    boot_log: FsPath = Field(
         Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
         description="path of the firmware's TPM boot event log",
     )
@@ -411,12 +281,12 @@ class IdentitySection(Section):
     """The device's broker identity made and renewed by the agent (edge_agent/identity/)."""
 
     enabled: bool = Field(False, description="true or false (false: mqtt.cert_file/key_file are used as they are)")
-    dir: Path | None = Field(
+    dir: FsPath | None = Field(
         None, description="folder of the device's key and certificate (default: STATE_DIR/identity)"
     )
-    claim_cert: Path | None = Field(None, description="an existing PEM claim certificate shared by a batch of devices")
-    claim_key: Path | None = Field(None, description="an existing PEM private key for claim_cert")
-    fleet_ca: Path | None = Field(
+    claim_cert: FsPath | None = Field(None, description="an existing PEM claim certificate shared by a device batch")
+    claim_key: FsPath | None = Field(None, description="an existing PEM private key for claim_cert")
+    fleet_ca: FsPath | None = Field(
         None, description="an existing PEM bundle of the fleet CAs signing device certificates (default: mqtt.ca_file)"
     )
     key_storage: Literal["auto", "tpm", "file"] = Field(
@@ -439,7 +309,7 @@ TRUST_SCOPE_PATTERN = r"^(\*|[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)$"
 
 
 def _public_key_file(value: Path) -> Path:
-    from edge_agent.trust.keys import KeyFileError, load_public_key
+    from edge_shared.trust.keys import KeyFileError, load_public_key
 
     if not value.is_file():
         raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
@@ -459,7 +329,7 @@ class TrustScopeSection(Section):
         "enforce",
         description="enforce (refuse unverified images), warn (run them, log a warning) or off (written out)",
     )
-    keys: list[Path] = Field(
+    keys: list[FsPath] = Field(
         default_factory=list, description="a list of cosign.pub files (PEM public keys) trusted for this scope"
     )
     required_annotations: dict[str, str] = Field(
@@ -503,7 +373,7 @@ class TrustSection(Section):
     insecure_registries: list[str] = Field(
         default_factory=list, description="loopback registries (127.0.0.1:5000, localhost:5000) reached over plain HTTP"
     )
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
+    ca_file: FsPath | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
     registry_auth: list[RegistryAuthSection] = Field(
         default_factory=list, description="a list of [[trust.registry_auth]] tables (registry, username, password)"
     )
@@ -512,7 +382,7 @@ class TrustSection(Section):
     document_mode: Literal["enforce", "off"] = Field(
         "enforce", description="enforce (only signed desired documents) or off (written out)"
     )
-    document_keys: list[Path] = Field(
+    document_keys: list[FsPath] = Field(
         default_factory=list, description="a list of PEM public keys trusted to sign desired documents"
     )
     require_document_expiry: bool = Field(False, description="true or false")
@@ -527,7 +397,7 @@ class TrustSection(Section):
     @field_validator("insecure_registries")
     @classmethod
     def _loopback_only(cls, value: list[str]) -> list[str]:
-        from edge_agent.trust.registry import is_loopback_host
+        from edge_shared.trust.registry import is_loopback_host
 
         for reg in value:
             if not is_loopback_host(reg):
@@ -538,10 +408,6 @@ class TrustSection(Section):
         return value
 
 
-
-
-STREAM_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 AtCapPolicy = Literal["drop-oldest", "refuse-new"]
 
 
@@ -570,7 +436,7 @@ class TelemetrySection(Section):
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
     )
-    runtime_dir: Path = Field(
+    runtime_dir: FsPath = Field(
         Path("/run/edge-agent"),
         description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
     )
@@ -669,8 +535,15 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     """Read, parse and validate a config file. Raises ConfigError with one line per problem.
 
     The file is opened by its name each time (a symlink is followed anew: config management tools
-    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS)."""
+    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS).
+    What `run` then does with the values (directories, secrets, TLS files) is checked by
+    edge_agent.config_check."""
     path = Path(path)
+    return parse_config(read_config_text(path), str(path), base_dir=path.parent, require=REQUIRED_KEYS)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; ConfigError saying why it cannot be read or is not UTF-8."""
     shown = str(path)
     try:
         raw = path.read_bytes()
@@ -681,9 +554,9 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     except PermissionError:
         raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: permission denied")]) from None
     except OSError as exc:
-        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror}")]) from None
+        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror or exc}")]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         line_text = raw.split(b"\n")[line - 1].decode("utf-8", "backslashreplace")
@@ -692,7 +565,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         raise ConfigError(
             [ConfigProblem(shown, line, key, f"byte {bad} is not valid UTF-8; expected a UTF-8 TOML file")]
         ) from None
-    return parse_config(text, shown, base_dir=path.parent, require=REQUIRED_KEYS)
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -707,10 +579,15 @@ def parse_config(
 ) -> AgentConfig:
     """Validate config text. `require` lists (table, key) pairs the text must write itself
     (load_config requires REQUIRED_KEYS; code building a config from a fragment need not)."""
+    depth, deepest_line = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(file, text, str(exc))]) from None
+    except RecursionError:  # not reached below MAX_NESTING; a clear refusal all the same
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)]) from None
     locator = toml_locate(text)
     problems = value_problems(file, locator, data)
     if problems:  # nothing past this point sees a value that breaks the common rules
@@ -726,6 +603,57 @@ def parse_config(
     if missing:
         raise ConfigError(missing)
     return config
+
+
+def nesting_depth(text: str) -> tuple[int, int]:
+    """How deep arrays and inline tables nest in TOML text, and the line where it is deepest.
+    A small scanner (strings and comments skipped, table headers count as a level) that never
+    recurses, so it answers for any input, valid TOML or not."""
+    depth = deepest = 0
+    deepest_line = line = 1
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\n":
+                    line += 1
+                    if len(quote) == 1:  # a one-line string ends at the line's end (a syntax error)
+                        break
+                if c == '"' and text[i] == "\\":
+                    i += 1
+                    if i < n and text[i] == "\n":
+                        line += 1
+                i += 1
+            if i < n and text[i] == "\n":
+                continue
+            i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest, deepest_line
+
+
+def _nesting_problem(file: str, text: str, depth: int, line: int) -> ConfigProblem:
+    lines = text.splitlines()
+    key = _key_at(lines, line, lines[line - 1] if 0 < line <= len(lines) else "")
+    return ConfigProblem(
+        file, line, key,
+        f"arrays/tables nested {depth} deep; expected at most {MAX_NESTING} levels (no setting needs more than 4)",
+    )
 
 
 def _syntax_problem(file: str, text: str, message: str) -> ConfigProblem:
@@ -949,6 +877,12 @@ def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
         return "got a secret value (hidden)"
     text = repr(value)
     return f"got {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def key_line(locator: Mapping[str, int], key: str) -> int | None:
+    """The line of a dotted key (``mqtt.ca_file``, ``trust.registry_auth.0.password``), else of
+    its nearest parent: for problems found after parsing (edge_agent.config_check)."""
+    return _line_for(locator, tuple(key.split(".")))
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:

@@ -8,7 +8,7 @@ The loop (imperative shell around the pure planner, restart policy and rollback 
         observe containers ─► settle restart counters ─► judge probation (good / rollback)
         ─► plan ─► execute ─► report modules; tell the desired-state room each version's outcome
 
-Failures back off per cause (edge_agent/retry.py): a podman that does not answer, a module whose
+Failures back off per cause (shared/edge_shared/retry.py): a podman that does not answer, a module whose
 action failed. Whatever wakes the loop, a failing cause is not tried again before its time, and
 a persistent failure is logged once per change, not once per attempt.
 
@@ -38,13 +38,14 @@ from edge_agent.deployment.planner import PlannerSettings, plan
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, settle
 from edge_agent.deployment.rollback import Failed, Good, Probation, ProbationSettings, Verdict, judge
 from edge_agent.deployment.store import DeploymentStore, StoredDeployment
-from edge_agent.desired.status import State, StatusSink
+from edge_agent.desired.status import StatusSink
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
-from edge_agent.retry import Retries
 from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
 from edge_agent.trust.origins import ImageOrigins
 from edge_agent.trust.passthrough import PassthroughVerifier
+from edge_shared.outcome import State
+from edge_shared.retry import Retries
 
 log = get_logger(__name__)
 HEALTH_TICK_S = 0.25

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from edge_agent.identity import wire
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_client import make_client
-from edge_agent.mqtt_params import BrokerParams
+from edge_shared import enrollment as wire
+from edge_shared.mqtt_client import make_client
+from edge_shared.mqtt_params import BrokerParams
 
 log = get_logger(__name__)
 

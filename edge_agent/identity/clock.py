@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.identity.files import atomic_write
+from edge_shared.atomic_file import atomic_write
 
 TIMESYNC_DIR = Path("/run/systemd/timesync")
 # The agent's source can not have been built before this day: a clock before it is certainly wrong.

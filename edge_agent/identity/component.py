@@ -33,16 +33,18 @@ from cryptography.x509.oid import NameOID
 from edge_agent.attestation.tpm import TpmBackend, TpmError
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
-from edge_agent.identity import evidence, wire
+from edge_agent.identity import evidence
 from edge_agent.identity.certs import CertFacts, Decision, decide, issued_problem
 from edge_agent.identity.client import EnrollmentRefused, exchange
 from edge_agent.identity.clock import ClockState, ClockWatch, env_build_date
-from edge_agent.identity.files import atomic_rename, atomic_write, remove
 from edge_agent.identity.keystore import FileKeys, KeyStore, TpmSealedKeys, client_tls_context
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_client import PublishRefused, make_client
-from edge_agent.mqtt_params import BrokerParams, broker_params
 from edge_agent.reported import ReportedState
+from edge_shared import enrollment as wire
+from edge_shared.atomic_file import atomic_rename, atomic_write, remove
+from edge_shared.attestation import unb64
+from edge_shared.mqtt_client import PublishRefused, make_client
+from edge_shared.mqtt_params import BrokerParams, broker_params
 
 log = get_logger(__name__)
 TpmOp = Callable[..., Awaitable[Any]]  # AttestationService.tpm_op(what, fn, *args)
@@ -331,7 +333,7 @@ class IdentityComponent(BaseComponent):
             endorsement = await self.tpm.op("read the endorsement key", _call("endorsement"))
             ak_public = await self.tpm.op("read the attestation key", _call("ak_public"))
             quote = await self.tpm.op("quote the CSR", _call("quote"), list(evidence.QUOTE_PCRS),
-                                      evidence.csr_digest(csr_der))
+                                      wire.csr_digest(csr_der))
             tpm_evidence = evidence.tpm_evidence(endorsement, ak_public, quote)
         renew = evidence.renew_proof(proof[0], proof[1], csr_der) if proof else None
         return wire.EnrollRequest(kind=kind, device_id=device_id,  # type: ignore[arg-type]
@@ -343,8 +345,8 @@ class IdentityComponent(BaseComponent):
             if self.tpm is None or not self.tpm.available():
                 raise ValueError("the certificate came sealed to a TPM, and this device has none")
             secret = await self.tpm.op("activate the enrollment credential", _call("activate_credential"),
-                                       evidence.unb64(answer.sealed.credential_blob, "credential_blob"),
-                                       evidence.unb64(answer.sealed.secret, "secret"))
+                                       unb64(answer.sealed.credential_blob, "credential_blob"),
+                                       unb64(answer.sealed.secret, "secret"))
             return evidence.open_sealed(answer.sealed, secret)
         if answer.certificate is None:
             raise ValueError("the enrollment answer carries no certificate")

@@ -25,7 +25,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_agent.identity.files import atomic_rename, atomic_write, remove
+from edge_shared.atomic_file import atomic_rename, atomic_write, remove
 
 
 class KeyStore(Protocol):

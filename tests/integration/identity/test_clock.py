@@ -10,9 +10,9 @@ from typing import Any
 
 from cryptography import x509
 
-from tests.infra.procs import require_binary
-from tests.infra.swtpm import Swtpm
-from tests.integration.identity.fleet import Device, Fleet
+from devinfra.procs import require_binary
+from devinfra.swtpm import Swtpm
+from tests.integration.identity.fleet_env import Device, Fleet
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 

@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge_agent.identity import wire
+from devinfra.swtpm import Swtpm
 from edge_agent.identity.client import EnrollmentRefused, exchange
 from edge_agent.identity.keystore import client_tls_context
-from edge_agent.mqtt_client import PublishRefused, make_client
-from edge_agent.mqtt_params import BrokerParams
-from tests.infra.swtpm import Swtpm
-from tests.integration.identity.fleet import PREFIX, Device, Fleet, edgectl, ek_hash_of
+from edge_shared import enrollment as wire
+from edge_shared.mqtt_client import PublishRefused, make_client
+from edge_shared.mqtt_params import BrokerParams
+from tests.integration.identity.fleet_env import PREFIX, Device, Fleet, edgectl, ek_hash_of
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,11 +13,11 @@ import aiomqtt
 import pytest
 from cryptography import x509
 
-from edge_agent.mqtt_client import PublishRefused, make_client
-from edge_agent.mqtt_params import BrokerParams
-from tests.infra.procs import wait_until
-from tests.infra.swtpm import Swtpm
-from tests.integration.identity.fleet import Device, Fleet
+from devinfra.procs import wait_until
+from devinfra.swtpm import Swtpm
+from edge_shared.mqtt_client import PublishRefused, make_client
+from edge_shared.mqtt_params import BrokerParams
+from tests.integration.identity.fleet_env import Device, Fleet
 
 CERT_S = 15
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.procs import wait_until
-from tests.infra.swtpm import Swtpm
-from tests.integration.identity.fleet import Device, Fleet
-from tests.integration.telemetry.helpers import Follower
+from devinfra.procs import wait_until
+from devinfra.swtpm import Swtpm
+from devinfra.telemetry import Follower
+from tests.integration.identity.fleet_env import Device, Fleet
 
 CERT_S = int(os.environ.get("EDGE_RENEWAL_CERT_S", "30"))
 RUN_S = float(os.environ.get("EDGE_RENEWAL_RUN_S", "180"))

@@ -17,22 +17,21 @@ from hypothesis import strategies as st
 from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired import admission
 from edge_agent.desired.admission import (
-    DOCUMENT_PAYLOAD_TYPE,
     MAX_VERSION,
     Admitted,
     Decision,
     DocumentTrust,
     Duplicate,
     History,
-    Limits,
     Refused,
     admit,
     digest_of,
-    nesting_depth,
 )
-from edge_agent.trust import keys
-from edge_agent.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
-from edge_agent.trust.documents import sign_document
+from edge_shared import document
+from edge_shared.document import DOCUMENT_PAYLOAD_TYPE, Limits, nesting_depth
+from edge_shared.trust import keys
+from edge_shared.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
+from edgectl.documents import sign_document
 
 OLD = keys.generate_private_key()
 NEW = keys.generate_private_key()
@@ -260,8 +259,8 @@ def test_too_large_is_decided_without_parsing(monkeypatch: pytest.MonkeyPatch) -
     def forbidden(*args: Any) -> Any:
         raise AssertionError("parsed an oversized document")
 
-    monkeypatch.setattr(admission, "loads_strict", forbidden)
-    monkeypatch.setattr(admission, "nesting_depth", forbidden)
+    monkeypatch.setattr(document, "loads_strict", forbidden)
+    monkeypatch.setattr(document, "nesting_depth", forbidden)
     raw = b'{"pad":"' + b"x" * 2_000_000 + b'"}'
     assert refused(raw).code == "too_large"
     assert refused(b"\xff" + DEEP, limits=Limits(max_bytes=1024)).code == "too_large"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_agent.fleet.enrollment.ca import FleetCa
 from edge_agent.identity.certs import CertFacts, decide, issued_problem
 from edge_agent.identity.clock import ClockState, ClockWatch, clock_state
+from edgectl.enrollment.ca import FleetCa
 
 BUILD = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.tpm import FakeTpm, TpmError
+from edge_agent.attestation.tpm import TpmError
 from edge_agent.config import AgentConfig
 from edge_agent.identity.component import IdentityComponent, TpmAccess
 from edge_agent.reported import ReportedState
+from tests.fakes.tpm import FakeTpm
 
 
 def component(tmp_path: Path, tpm: FakeTpm | None, storage: str = "auto") -> IdentityComponent:

@@ -1,10 +1,10 @@
-"""The enrollment policy, rule by rule (edge_agent/fleet/enrollment/policy.py)."""
+"""The enrollment policy, rule by rule (edgectl/enrollment/policy.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_agent.fleet.enrollment.policy import Facts, Record, decide
+from edgectl.enrollment.policy import Facts, Record, decide
 
 EK, OTHER_EK, KEY, OTHER_KEY = "ek1", "ek2", "key1", "key2"
 

@@ -12,12 +12,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge_agent.fleet.enrollment.ca import FleetCa, cert_pem
-from edge_agent.fleet.enrollment.policy import Record
-from edge_agent.fleet.enrollment.service import Trust, handle
-from edge_agent.fleet.enrollment.store import EnrollmentStore
-from edge_agent.identity import evidence, wire
+from edge_agent.identity import evidence
 from edge_agent.identity.keystore import FileKeys
+from edge_shared import enrollment as wire
+from edgectl.enrollment.ca import FleetCa, cert_pem
+from edgectl.enrollment.policy import Record
+from edgectl.enrollment.service import Trust, handle
+from edgectl.enrollment.store import EnrollmentStore
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -8,9 +8,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_agent.config import AgentConfig
-from edge_agent.fleet.enrollment.ca import FleetCa, cert_pem
 from edge_agent.identity.check import check_identity
-from edge_agent.identity.view import expiry_cell, identity_lines
+from edge_shared.identity_view import expiry_cell, identity_lines
+from edgectl.enrollment.ca import FleetCa, cert_pem
 
 NOW = dt.datetime.now(dt.UTC)
 

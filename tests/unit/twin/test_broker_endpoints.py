@@ -9,18 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.broker_endpoints import (
-    MAX_ENDPOINTS,
-    Choice,
-    Endpoint,
-    choose_endpoint,
-    endpoint_list,
-    parse_endpoint,
-)
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.mqtt_params import broker_params
-from edge_agent.retry import Failure, Retries
-from edge_agent.status_view import render_status
+from edge_shared.broker_endpoints import MAX_ENDPOINTS, Choice, Endpoint, choose_endpoint, endpoint_list, parse_endpoint
+from edge_shared.mqtt_params import broker_params
+from edge_shared.retry import Failure, Retries
+from edge_shared.status_view import render_status
 
 # ----------------------------------------------------------------- parsing
 
@@ -30,7 +23,7 @@ from edge_agent.status_view import render_status
     [
         ("mqtt-a.example:8883", Endpoint("mqtt-a.example", 8883)),
         ("mqtt-a.example", Endpoint("mqtt-a.example", 1883)),
-        (" 10.0.0.7:1 ", Endpoint("10.0.0.7", 1)),
+        ("10.0.0.7:1", Endpoint("10.0.0.7", 1)),
         ("[::1]:8883", Endpoint("::1", 8883)),
         ("[fe80::1]", Endpoint("fe80::1", 1883)),
         ("::1", Endpoint("::1", 1883)),
@@ -53,6 +46,10 @@ def test_parse_endpoint(text: str, expected: Endpoint) -> None:
         ("[::1", "'[' without ']'"),
         ("[::1]8883", "expected [IPv6 address]:port"),
         ("[]:1", "no host"),
+        (" 10.0.0.7:1", "contains white space"),
+        ("h:1883 ", "contains white space"),
+        ("h:\u0663", "not a number 1-65535"),  # an Arabic-Indic digit three: no silent conversion
+        ("h:\uff11883", "not a number 1-65535"),  # a fullwidth digit one
     ],
 )
 def test_parse_endpoint_refuses(text: str, problem: str) -> None:
@@ -118,7 +115,7 @@ def test_config_example_documents_endpoints(repo_root: Path) -> None:
 
 
 def _failed(previous: Failure | None, now: float, initial: float = 1.0, cap: float = 60.0) -> Failure:
-    from edge_agent.retry import next_failure
+    from edge_shared.retry import next_failure
 
     return next_failure(previous, "refused", now, initial, cap)
 
@@ -230,8 +227,8 @@ def test_status_shows_the_connected_endpoint() -> None:
 def test_edgectl_endpoint_flags(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_agent.fleet.cli import build_parser, main
-    from edge_agent.fleet.config import load_fleet_config
+    from edgectl.cli import build_parser, main
+    from edgectl.config import load_fleet_config
 
     monkeypatch.setenv("EDGECTL_CONFIG", str(tmp_path / "none.toml"))  # no operator file is read
     args = build_parser().parse_args(["devices", "--broker", "a", "--endpoint", "b:2", "--endpoint", "[::1]:3"])
