@@ -23,10 +23,10 @@ from devinfra.mosquitto import Mosquitto
 from devinfra.procs import ManagedProcess, wait_until
 from devinfra.swtpm import Swtpm
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
-from edge_agent.config import MqttSection
-from edge_agent.identity import evidence
+from edge_shared.mqtt_config import MqttSection
 from edge_shared.mqtt_params import broker_params
 from edgectl.client import FleetClient
+from edgectl.enrollment import evidence
 from edgectl.enrollment.ca import FleetCa, cert_pem, key_pem, new_key
 
 REPO = Path(__file__).resolve().parents[3]
@@ -128,9 +128,9 @@ class Fleet:
         with self.allowlist.open("a") as f:
             f.write(ek_hash + "\n")
 
-    def mqtt(self, cert: str, **extra: object) -> MqttSection:
+    def mqtt(self, cert: str) -> MqttSection:
         return MqttSection(host="127.0.0.1", port=self.broker.port, tls=True, ca_file=self.ca_cert,
-                           cert_file=self.dir / f"{cert}.crt", key_file=self.dir / f"{cert}.key", **extra)
+                           cert_file=self.dir / f"{cert}.crt", key_file=self.dir / f"{cert}.key")
 
     def fleet_client(self) -> FleetClient:
         return FleetClient(broker_params(self.mqtt("fleet-ops"), f"fleet-ops-{time.monotonic_ns()}"), PREFIX)
