@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devinfra.swtpm import Swtpm
+from edge_agent.attestation.subprocess_tpm import SubprocessTpm
+from edge_agent.identity import evidence
 from edge_agent.identity.client import EnrollmentRefused, exchange
 from edge_agent.identity.keystore import client_tls_context
 from edge_shared import enrollment as wire
@@ -124,6 +126,19 @@ async def test_claim_certificate_and_tpm_enroll_by_ek_policy_then_signed_deploym
         forged = wire.EnrollRequest(kind="enroll", device_id="rover-01", csr=csr)
         with pytest.raises(EnrollmentRefused, match="already claimed by another TPM"):
             await exchange("127.0.0.1", fleet.broker.port, claim_tls(fleet), PREFIX, forged, retry_s=5)  # type: ignore[arg-type]
+        # ...and from a real TPM of its own, with valid evidence (the EK differs from rover-01's).
+        forger_tpm = new_tpm(tmp_path, "forger", tpms)
+        _, forged_csr = csr_for("rover-01")
+        der = x509.load_pem_x509_csr(forged_csr.encode()).public_bytes(serialization.Encoding.DER)
+        forger = SubprocessTpm(forger_tpm.tcti, "rsa", None, call_timeout=60, idle_timeout=5)
+        try:
+            proof = evidence.tpm_evidence(forger.endorsement(), forger.ak_public(),
+                                          forger.quote(list(evidence.QUOTE_PCRS), wire.csr_digest(der)))
+        finally:
+            forger.close()
+        with_tpm = wire.EnrollRequest(kind="enroll", device_id="rover-01", csr=forged_csr, tpm=proof)
+        with pytest.raises(EnrollmentRefused, match="already claimed by another TPM"):
+            await exchange("127.0.0.1", fleet.broker.port, claim_tls(fleet), PREFIX, with_tpm, retry_s=5)  # type: ignore[arg-type]
         # The claim certificate reaches nothing but enrollment: not a device's topics, not
         # another request's answer.
         params = BrokerParams("127.0.0.1", fleet.broker.port, wire.new_client_id(), None, None,
