@@ -122,6 +122,10 @@ def check_broker(config: AgentConfig) -> CheckResult:
     """Every configured broker endpoint is tried: all reachable passes, some reachable warns (the
     agent runs, on fewer brokers than configured), none fails."""
     name = "broker reachable" + (" with TLS" if config.mqtt.tls else "")
+    if config.identity.enabled:
+        from edge_agent.identity.check import check_broker_tcp
+
+        return check_broker_tcp(config)
     try:
         params = broker_params(config.mqtt, config.device.id)
     except (OSError, KeyError, ssl.SSLError) as exc:
@@ -383,10 +387,13 @@ CHECKS: list[CheckFn] = [
 
 
 def run_checks(config: AgentConfig) -> list[CheckResult]:
+    from edge_agent.identity.check import check_identity
     from edge_agent.telemetry.check import check_telemetry_queue
 
     if check_telemetry_queue not in CHECKS:
         CHECKS.insert(CHECKS.index(check_agent_running), check_telemetry_queue)
+    if check_identity not in CHECKS:
+        CHECKS.insert(CHECKS.index(check_broker), check_identity)
     results = []
     for fn in CHECKS:
         try:

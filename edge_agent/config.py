@@ -277,6 +277,34 @@ class AttestationSection(Section):
     )
 
 
+class IdentitySection(Section):
+    """The device's broker identity made and renewed by the agent (edge_agent/identity/)."""
+
+    enabled: bool = Field(False, description="true or false (false: mqtt.cert_file/key_file are used as they are)")
+    dir: FsPath | None = Field(
+        None, description="folder of the device's key and certificate (default: STATE_DIR/identity)"
+    )
+    claim_cert: FsPath | None = Field(None, description="an existing PEM claim certificate shared by a device batch")
+    claim_key: FsPath | None = Field(None, description="an existing PEM private key for claim_cert")
+    fleet_ca: FsPath | None = Field(
+        None, description="an existing PEM bundle of the fleet CAs signing device certificates (default: mqtt.ca_file)"
+    )
+    key_storage: Literal["auto", "tpm", "file"] = Field(
+        "auto", description="one of auto (sealed to the TPM when there is one, else a 0600 file), tpm, file"
+    )
+    renew_at: float = Field(
+        2 / 3, ge=0.1, le=0.95, description="renew when this fraction of the certificate's lifetime passed, 0.1-0.95"
+    )
+    retry_s: float = Field(
+        30.0, ge=0.5, le=3600, description="seconds between enrollment requests while waiting, 0.5-3600"
+    )
+    switch_timeout_s: float = Field(
+        30.0, ge=1, le=600, description="seconds a renewed certificate has to connect before the old one is used again"
+    )
+
+    _files = field_validator("claim_cert", "claim_key", "fleet_ca")(_existing_file)
+
+
 TRUST_SCOPE_PATTERN = r"^(\*|[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)$"
 
 
@@ -471,9 +499,18 @@ class AgentConfig(Section):
     podman: PodmanSection = PodmanSection()
     deployment: DeploymentSection = DeploymentSection()
     attestation: AttestationSection = AttestationSection()
+    identity: IdentitySection = IdentitySection()
     trust: TrustSection = TrustSection()
     telemetry: TelemetrySection = TelemetrySection()
     diagnostics: DiagnosticsSection = DiagnosticsSection()
+
+    @model_validator(mode="after")
+    def _identity_needs_tls(self) -> AgentConfig:
+        if self.identity.enabled and (not self.mqtt.tls or self.mqtt.cert_file or self.mqtt.key_file):
+            raise PydanticCustomError(
+                "identity", "identity.enabled = true needs mqtt.tls = true and no mqtt.cert_file/key_file "
+                "(the agent makes and renews the device certificate itself)")
+        return self
 
 
 # --------------------------------------------------------------------------- errors
@@ -776,6 +813,10 @@ _PATH_KEYS = {
     ("mqtt", "key_file"),
     ("attestation", "ima_log"),
     ("attestation", "boot_log"),
+    ("identity", "dir"),
+    ("identity", "claim_cert"),
+    ("identity", "claim_key"),
+    ("identity", "fleet_ca"),
 }
 
 

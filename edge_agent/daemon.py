@@ -84,7 +84,19 @@ def build_components(ctx: AgentContext) -> list[Component]:
     desired = DesiredStateManager(
         ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control, artifacts=artifact_dirs
     )
-    twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic)
+    identity = None
+    if ctx.config.identity.enabled:
+        from edge_agent.identity.component import IdentityComponent, TpmAccess
+
+        identity = IdentityComponent(
+            ctx.config, ctx.reported, TpmAccess(attestation.tpm_op, lambda: attestation.tpm is not None),
+            lambda params: twin.session.switch_params(params, ctx.config.identity.switch_timeout_s),
+            lambda: twin.session.connected,
+            lambda: twin.session.refusals,
+        )
+        ctx.control.register("identity", identity.status)
+    twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic,
+                         identity=identity.broker_params if identity is not None else None)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
@@ -126,6 +138,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     # start); containers are only started by deployment.run(), after every start(), so they are
     # measured.
     components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
+    if identity is not None:
+        components.append(identity)
     if telemetry is not None:
         components.append(telemetry)
     components.extend(diagnostics_components(ctx, twin, telemetry))

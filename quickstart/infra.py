@@ -39,18 +39,43 @@ class Broker:
     @staticmethod
     def write_conf(work: Path, certs: Path, port: int) -> Path:
         """config/mosquitto/mosquitto.conf (mutual TLS, identity = certificate CN, per-device ACL),
-        with the paths of this run and a loopback listener."""
+        with the paths of this run and a loopback listener. The ACL and the CRL are the ones the
+        enrollment service writes (enrollment_conf), which reloads the broker through its pid file."""
         data = work / "broker"
         data.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "config" / "mosquitto" / "edge-agent.acl", data / "edge-agent.acl")
+        shutil.copy(REPO / "config" / "mosquitto" / "edge-agent.acl", data / "edge-agent.acl.base")
+        if not (data / "edge-agent.acl").exists():
+            shutil.copy(data / "edge-agent.acl.base", data / "edge-agent.acl")
         conf = data / "mosquitto.conf"
         conf.write_text(mosquitto_conf(data, port, anonymous=False, extra=(
             "autosave_interval 60\npersistent_client_expiration 14d\nmax_queued_messages 1000\n"
             "max_packet_size 4194304\n"
             f"cafile {certs}/ca.crt\ncertfile {certs}/broker.crt\nkeyfile {certs}/broker.key\n"
             "tls_version tlsv1.2\nrequire_certificate true\nuse_identity_as_username true\n"
-            f"acl_file {data}/edge-agent.acl"
+            f"acl_file {data}/edge-agent.acl\ncrlfile {data}/edge-agent.crl\npid_file {data}/mosquitto.pid"
         )))
+        return conf
+
+    @staticmethod
+    def enrollment_conf(work: Path, certs: Path, port: int, tpm_makers: Path | None) -> Path:
+        """The fleet's enrollment service (edgectl enroll-service) for this run: the fleet CA of
+        scripts/make-certs.sh, devices approved by policy when their EK certificate comes from the
+        swtpm's maker, and the broker's CRL/ACL in the broker's folder."""
+        data, fleet = work / "broker", work / "fleet"
+        fleet.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "config" / "mosquitto" / "edge-agent.acl", data / "edge-agent.acl.base")
+        conf = fleet / "enrollment.toml"
+        conf.write_text(
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\ntopic_prefix = "edge"\ntls = true\n'
+            f'ca_file = "{certs}/ca.crt"\ncert_file = "{certs}/enrollment-service.crt"\n'
+            f'key_file = "{certs}/enrollment-service.key"\nclient_id = "enrollment-service"\n'
+            f'[enrollment]\nca_cert = "{certs}/ca.crt"\nca_key = "{certs}/ca.key"\n'
+            f'database = "{fleet}/enrollment.db"\n'
+            + (f'tpm_maker_cas = "{tpm_makers}"\n' if tpm_makers else "")
+            + f'crl_file = "{data}/edge-agent.crl"\nacl_base = "{data}/edge-agent.acl.base"\n'
+            f'acl_file = "{data}/edge-agent.acl"\nbroker_pid_file = "{data}/mosquitto.pid"\n'
+        )
         return conf
 
     def start(self) -> None:

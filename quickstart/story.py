@@ -67,12 +67,14 @@ class Run:
     image: dict[str, str] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # pushed model artifacts, by tag
     model_update: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)  # the device's enrolled certificate
 
 
 class Story:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.work = opts.root / "run"
+        self.enrollment_conf = self.work / "fleet" / "enrollment.toml"
         self.run_state = Run()
         self.procs: Processes | None = None
         self.broker: infra.Broker | None = None
@@ -191,20 +193,29 @@ class Story:
     def step_infrastructure(self) -> None:
         assert self.procs is not None
         certs = self.work / "certs"
-        for args in (["ca"], ["server", "broker"]):
+        for args in (["ca"], ["server", "broker"], ["client", "enrollment-service"]):
             self.cmd(str(REPO / "scripts" / "make-certs.sh"), str(certs), *args)
-        port = infra.free_port()
-        self.broker = infra.Broker(port, infra.Broker.write_conf(self.work, certs, port), self.procs)
-        self.broker.start()
-        self.say(f"broker    mqtts://127.0.0.1:{port}  mosquitto, mutual TLS, per-device ACL "
-                 "(config/mosquitto/, certificates by scripts/make-certs.sh)")
-        self.registry_port = infra.start_registry(self.procs, self.work)
-        self.say(f"registry  http://127.0.0.1:{self.registry_port}  docker-registry (distribution), loopback only")
         self.tcti = infra.start_swtpm(self.procs, self.work)
         if self.tcti:
             self.say(f"TPM       {self.tcti}  swtpm, manufactured with EK certificates")
         else:
             self.say("TPM       swtpm is not installed: attestation is skipped in this run")
+        port = infra.free_port()
+        makers = self.work / "tpm" / "localca" / "issuercert.pem" if self.tcti else None
+        self.enrollment_conf = infra.Broker.enrollment_conf(self.work, certs, port, makers)
+        # The service writes the broker's CRL first (mosquitto does not start without it), then
+        # connects to the broker as soon as it is up.
+        self.procs.start("enroll-service", [_tool("edgectl"), "enroll-service", "--enrollment-config",
+                                            str(self.enrollment_conf)])
+        self.procs.wait_ready("enroll-service", (self.work / "broker" / "edge-agent.crl").exists, 30)
+        self.broker = infra.Broker(port, infra.Broker.write_conf(self.work, certs, port), self.procs)
+        self.broker.start()
+        self.say(f"broker    mqtts://127.0.0.1:{port}  mosquitto, mutual TLS, per-device ACL, CRL "
+                 "(config/mosquitto/, broker certificate by scripts/make-certs.sh)")
+        self.say("enroll    edgectl enroll-service: signs device certificates with the fleet CA "
+                 + ("(policy: EK certificates from the swtpm's maker)" if self.tcti else "(by hand: no TPM)"))
+        self.registry_port = infra.start_registry(self.procs, self.work)
+        self.say(f"registry  http://127.0.0.1:{self.registry_port}  docker-registry (distribution), loopback only")
         self.podman_url = infra.start_podman_service(self.procs, self.work)
         self.say(f"podman    {self.podman_url}  the API the agent runs module containers through")
 
@@ -213,9 +224,11 @@ class Story:
         certs = self.work / "certs"
         keys = self.work / "fleet" / "keys"
         keys.mkdir(parents=True)
-        for cn in (DEVICE, FLEET_USER):
-            self.cmd(str(REPO / "scripts" / "make-certs.sh"), str(certs), "client", cn)
-        self.say(f"device identity: {certs / (DEVICE + '.crt')} (CN={DEVICE}, signed by the fleet CA)")
+        self.cmd(str(REPO / "scripts" / "make-certs.sh"), str(certs), "client", FLEET_USER)
+        self.edgectl("enrollments", "claim", "quickstart", "--out", str(certs / "claim"), "--enrollment-config",
+                     str(self.enrollment_conf), show=True)
+        self.say("device identity: only a claim certificate (shared by a batch); the device makes its own key "
+                 "and enrolls for CN=" + DEVICE)
         (self.work / "edgectl.toml").write_text(
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port if self.broker else 0}\n'
             f'topic_prefix = "{PREFIX}"\ntls = true\n'
@@ -236,11 +249,34 @@ class Story:
         self.cmd(_tool("edge-agent"), "config", "check", str(self.work / "agent.toml"))
         self.say(f"agent config: {self.work / 'agent.toml'} (edge-agent config check: ok)")
 
+    def enroll_device(self) -> None:
+        """The device enrolls by itself (TPM evidence approved by policy) or, without a TPM, waits
+        for an operator: the story approves it the way an operator would."""
+        deadline = time.monotonic() + 120
+        approved = False
+        while time.monotonic() < deadline:
+            identity = (self.status().get("reported") or {}).get("identity") or {}
+            if identity.get("state") == "valid":
+                key = identity.get("keyStorage")
+                self.say(f"  enrolled: {identity.get('subject')} until {identity.get('notAfter')}, key {key}")
+                self.run_state.identity = identity
+                return
+            if identity.get("state") == "pending" and not approved:
+                self.say(f"  waiting for approval: {identity.get('detail')}")
+                self.edgectl("enrollments", "approve", DEVICE, "--enrollment-config", str(self.enrollment_conf),
+                             show=True)
+                approved = True
+            time.sleep(0.5)
+        raise StoryError(f"the device did not enroll within 120 s: {self.status().get('reported', {}).get('identity')}")
+
     def write_agent_config(self) -> None:
         certs, device = self.work / "certs", self.work / "device"
         registry = f"127.0.0.1:{self.registry_port}"
         port = self.broker.port if self.broker else 0
-        attestation = (f'enabled = true\ntcti = "{self.tcti}"\n' if self.tcti else "enabled = false\n")
+        # RSA: swtpm_setup certifies an RSA 2048 EK (NV 0x01c00002) and an ECC P-384 one, not the
+        # ECC P-256 EK that ek_type = "ecc" reads, which would have no EK certificate.
+        attestation = (f'enabled = true\ntcti = "{self.tcti}"\nek_type = "rsa"\n' if self.tcti
+                       else "enabled = false\n")
         (self.work / "agent.toml").write_text(f"""\
 # written by the quickstart (scripts/run); annotated reference: config/config.toml
 [device]
@@ -259,9 +295,13 @@ port = {port}
 topic_prefix = "{PREFIX}"
 tls = true
 ca_file = "{certs}/ca.crt"
-cert_file = "{certs}/{DEVICE}.crt"
-key_file = "{certs}/{DEVICE}.key"
 reconnect_max_delay_s = 2
+
+[identity]
+enabled = true
+claim_cert = "{certs}/claim/claim.crt"
+claim_key = "{certs}/claim/claim.key"
+retry_s = 2
 
 [twin]
 report_min_interval_s = 0.5
@@ -345,6 +385,7 @@ runtime_dir = "{self.runtime_dir}"
         self.say("$ edge-agent run --config .quickstart/run/agent.toml   (in the background; log: "
                  f"{self.procs.started['edge-agent'].log})")
         self.procs.wait_ready("edge-agent", lambda: bool(self.status()), 60)
+        self.enroll_device()
         self._wait(lambda: self.online(), 30, "the agent to come online on the broker")
         self.say(f"agent running, {DEVICE} online")
         # the fleet side follows the telemetry with a persistent session from now on
@@ -635,6 +676,7 @@ runtime_dir = "{self.runtime_dir}"
             "refusals": self.run_state.refusals,
             "model_update": self.run_state.model_update,
             "attestation": self.run_state.attestation,
+            "identity": {k: self.run_state.identity.get(k) for k in ("subject", "notAfter", "keyStorage", "state")},
             "image": self.run_state.image,
             "pictures": ["track.png", "latency.png", "queue.png"],
         }

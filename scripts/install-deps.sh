@@ -10,7 +10,8 @@ APT_PACKAGES=(
   podman runc uidmap slirp4netns fuse-overlayfs   # module containers (runc: crun fails on these machines)
   mosquitto mosquitto-clients                      # MQTT broker for tests and the quickstart
   docker-registry                                  # local OCI registry
-  swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config  # software TPM; libtss2-dev builds tpm2-pytss
+  swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config  # software TPM (swtpm_setup + swtpm_localca make EK certificates); libtss2-dev builds tpm2-pytss
+  faketime                                         # clock tests: the agent started in 1970 or a year ahead
   busybox-static debootstrap                       # tiny test images and the local Debian base image
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
   systemd openssl iproute2 ca-certificates gcc python3-dev

@@ -168,6 +168,14 @@ class AttestationService(BaseComponent):
         finally:
             self._busy = None
 
+    async def tpm_op(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(tpm, *args)` on the TPM, one operation at a time, for other components (the
+        device identity seals its key and proves its TPM with it). TpmError when there is none."""
+        if self.tpm is None:
+            raise TpmError(f"no TPM: {self.unavailable}")
+        async with self.lock:
+            return await self._tpm_call(what, fn, self.tpm, *args)
+
     def stalled(self) -> str | None:
         """A TPM command far past any sane duration means the TPM (or its bus) hangs."""
         if self._busy is not None and time.monotonic() - self._busy[1] > TPM_STALL_S:

@@ -109,6 +109,14 @@ class SubprocessTpm:
     def pcr_extend(self, pcr: int, digest: bytes) -> None:
         self._call("pcr_extend", pcr, digest)
 
+    def seal(self, secret: bytes) -> bytes:
+        result: bytes = self._call("seal", secret)
+        return result
+
+    def unseal(self, sealed: bytes) -> bytes:
+        result: bytes = self._call("unseal", sealed)
+        return result
+
     def close(self) -> None:
         """Stop the worker (stdin EOF lets it close the TPM cleanly). Idempotent. A call still
         running in another thread is cut short: its worker is killed."""

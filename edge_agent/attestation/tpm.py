@@ -31,6 +31,13 @@ AK_ATTRIBUTES = "userwithauth|restricted|sign|fixedtpm|fixedparent|sensitivedata
 # certificate the manufacturer stored in NV.
 EK_TEMPLATES: dict[str, str] = {"ecc": "EK-ECC256", "rsa": "EK-RSA2048"}
 PERSISTENT_RANGE = (0x81000000, 0x81FFFFFF)
+# Sealing (the device's TLS key, edge_agent/identity/keystore.py): a keyed-hash data object under
+# a storage primary key re-created from the owner hierarchy's seed (the same key after every
+# restart, nothing stored for it). The sealed blob (public + TPM-encrypted private part) is
+# useless outside this TPM.
+SRK_TEMPLATE = "ecc256:aes128cfb"
+SRK_ATTRIBUTES = "userwithauth|restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|noda"
+MAX_SEALED_BYTES = 128  # TPM2B_SENSITIVE_DATA on common TPMs
 
 
 class TpmError(Exception):
@@ -65,6 +72,10 @@ class TpmBackend(Protocol):
     def pcr_extend(self, pcr: int, digest: bytes) -> None: ...
 
     def describe(self) -> str: ...
+
+    def seal(self, secret: bytes) -> bytes: ...
+
+    def unseal(self, sealed: bytes) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -263,6 +274,51 @@ class PytssTpm:
                 if bytes(parsed.attested.quote.pcrDigest) == pcr_digest(before, pcrs):
                     return RawQuote(bytes(attest), bytes(signature.marshal()), before)
             raise TpmError("PCR values kept changing while quoting; try again")
+
+    # ----------------------------------------------------------------- sealing
+
+    @contextmanager
+    def _srk(self) -> Iterator[Any]:
+        from tpm2_pytss.constants import ESYS_TR
+        from tpm2_pytss.types import TPM2B_PUBLIC
+
+        template = TPM2B_PUBLIC.parse(SRK_TEMPLATE, objectAttributes=SRK_ATTRIBUTES)
+        handle, *_ = self._esys.create_primary(None, template, ESYS_TR.OWNER)
+        with self._transient(handle):
+            yield handle
+
+    def seal(self, secret: bytes) -> bytes:
+        """`secret` sealed to this TPM: marshalled TPM2B_PRIVATE then TPM2B_PUBLIC."""
+        from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
+        from tpm2_pytss.types import (
+            TPM2B_PUBLIC,
+            TPM2B_SENSITIVE_CREATE,
+            TPM2B_SENSITIVE_DATA,
+            TPMS_SENSITIVE_CREATE,
+            TPMT_PUBLIC,
+        )
+
+        if not 0 < len(secret) <= MAX_SEALED_BYTES:
+            raise TpmError(f"can seal 1-{MAX_SEALED_BYTES} bytes, got {len(secret)}")
+        public = TPMT_PUBLIC(type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256,
+                             objectAttributes=TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.FIXEDTPM
+                             | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.NODA)
+        public.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG.NULL
+        sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
+        with self._lock, self._op("seal data to the TPM"), self._srk() as srk:
+            private, created, *_ = self._esys.create(srk, sensitive, TPM2B_PUBLIC(public))
+            return bytes(private.marshal()) + bytes(created.marshal())
+
+    def unseal(self, sealed: bytes) -> bytes:
+        from tpm2_pytss.types import TPM2B_PRIVATE, TPM2B_PUBLIC
+
+        with self._lock, self._op("unseal data (sealed by another TPM, or damaged)"):
+            private, used = TPM2B_PRIVATE.unmarshal(sealed)
+            public, _ = TPM2B_PUBLIC.unmarshal(sealed[used:])
+            with self._srk() as srk:
+                handle = self._esys.load(srk, private, public)
+                with self._transient(handle):
+                    return bytes(self._esys.unseal(handle))
 
     def close(self) -> None:
         with self._lock:

@@ -25,7 +25,8 @@ from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmBackend, TpmErr
 from edge_shared import attestation
 from edge_shared.attestation import b64
 
-OPS = ("describe", "endorsement", "ak_public", "activate_credential", "quote", "pcr_read", "pcr_extend")
+OPS = ("describe", "endorsement", "ak_public", "activate_credential", "quote", "pcr_read", "pcr_extend",
+       "seal", "unseal")
 HELLO_ID = 0
 MAX_LINE = 1 << 20  # answers are a few KB (an EK certificate is the biggest); more is garbage
 
@@ -144,6 +145,9 @@ def args_for(op: str, *params: Any) -> dict[str, Any]:
     if op == "pcr_extend":
         pcr, digest = params
         return {"pcr": pcr, "digest": b64(digest)}
+    if op in ("seal", "unseal"):
+        (data,) = params
+        return {"data": b64(data)}
     if params:
         raise ValueError(f"{op} takes no parameters")
     return {}
@@ -203,7 +207,7 @@ def result_from_wire(op: str, result: object) -> Any:
         return result
     if op == "endorsement":
         return endorsement_from_wire(result)
-    if op in ("ak_public", "activate_credential"):
+    if op in ("ak_public", "activate_credential", "seal", "unseal"):
         return unb64(result, op)
     if op == "quote":
         return quote_from_wire(result)
@@ -252,6 +256,10 @@ def _run(tpm: TpmBackend, request: Request) -> Any:
     if op == "pcr_extend":
         tpm.pcr_extend(_int(args.get("pcr"), "pcr"), unb64(args.get("digest"), "digest"))
         return None
+    if op == "seal":
+        return b64(tpm.seal(unb64(args.get("data"), "data")))
+    if op == "unseal":
+        return b64(tpm.unseal(unb64(args.get("data"), "data")))
     raise WireError(f"op: {op!r} is not one of {', '.join(OPS)}")  # pragma: no cover - parse_request checks
 
 

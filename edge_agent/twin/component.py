@@ -10,7 +10,7 @@ CONNECT), so an oversized document is dropped by the broker and never reaches me
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from edge_agent.reported import ReportedState
 from edge_agent.twin.reporter import Reporter
 from edge_agent.twin.session import MAX_COMMAND_BYTES, TwinSession
 from edge_shared.broker_endpoints import Endpoint
-from edge_shared.mqtt_params import broker_params
+from edge_shared.mqtt_params import BrokerParams, broker_params
 from edge_shared.protocol import DeviceTopics
 
 log = get_logger(__name__)
@@ -46,8 +46,11 @@ class TwinComponent(BaseComponent):
         on_desired: DesiredSink,
         *,
         started_monotonic: float | None = None,
+        identity: Callable[[], Awaitable[BrokerParams]] | None = None,
     ) -> None:
         self.config = config
+        # With the identity component, the session connects once it has a device certificate.
+        self.identity = identity
         self.reported = reported
         self.on_desired = on_desired
         self.topics = DeviceTopics(config.mqtt.topic_prefix, config.device.id)
@@ -77,6 +80,8 @@ class TwinComponent(BaseComponent):
     # ----------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
+        if self.identity is not None:
+            self.session.set_params(await self.identity())
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.session.run(), name="twin-session")
             tg.create_task(self.reporter.run(), name="twin-reporter")

@@ -152,6 +152,29 @@ class TwinSession:
         self._new_connection = asyncio.Event()
         self._down: asyncio.Future[None] | None = None  # resolved when the current connection is lost
         self._tasks: set[asyncio.Task[None]] = set()
+        self._switching = False  # the current connection is being ended for new parameters
+        self.refusals = 0  # publishes the broker refused (its ACL): a revoked device sees them all refused
+
+    def set_params(self, params: BrokerParams) -> None:
+        """Connect with `params` from now on (a renewed device certificate): the current
+        connection, if any, is closed and the next one uses them at once. The client id and the
+        persistent session are the same, so subscriptions and queued messages carry over."""
+        self._params = params
+        client = self._client
+        if client is not None:
+            self._switching = True
+            client._client.disconnect()  # ends the message stream; the loop reconnects
+
+    async def switch_params(self, params: BrokerParams, timeout: float) -> bool:
+        """set_params, then True once a connection with them is up (False after `timeout`)."""
+        generation = self.generation
+        self.set_params(params)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.wait_generation_after(generation)
+        except TimeoutError:
+            return False
+        return self._params is params
 
     @property
     def params(self) -> BrokerParams:
@@ -191,6 +214,7 @@ class TwinSession:
                     log.debug("publish to %s interrupted (%s); waiting for the broker", topic, exc)
                     await asyncio.sleep(0.05)
                 except PublishRefused as exc:
+                    self.refusals += 1
                     log.error("%s; not sent again", exc, extra={"EVENT": "mqtt.publish_refused"})
                     return
 
@@ -269,6 +293,11 @@ class TwinSession:
                 await self._connect_and_serve(endpoint, functools.partial(retries.succeeded, str(index)))
             except ConnectionLost as exc:
                 attempts, move_logged = 0, False
+                if self._switching:
+                    self._switching = False
+                    log.info("reconnecting to broker %s with new credentials", endpoint,
+                             extra={"EVENT": "mqtt.switch", "BROKER": str(endpoint)})
+                    continue
                 retries.failed(str(index), str(exc), time.monotonic())
                 log.warning("lost the broker %s (%s); reconnecting", endpoint, exc,
                             extra={"EVENT": "mqtt.disconnected", "BROKER": str(endpoint)})

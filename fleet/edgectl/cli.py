@@ -12,6 +12,7 @@ from pathlib import Path
 from edgectl import __version__, attest_cmds, diagnostics_cmds
 from edgectl.connect import broker_flags, fleet_client
 from edgectl.document_input import document_signer, load_document
+from edgectl.enrollment import commands as enrollment_commands
 from edgectl.trust_cmds import COMMANDS as TRUST_COMMANDS
 from edgectl.trust_cmds import add_trust_commands, run_trust_command
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_cmd.add_parser(sub, common)
     attest_cmds.add_parsers(sub, common)
     diagnostics_cmds.add_parsers(sub, common)
+    enrollment_commands.add_parsers(sub)
     add_trust_commands(sub)
 
     from edgectl import telemetry_cmd
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return diagnostics_cmds.COMMANDS[args.command](args)
     if args.command in TRUST_COMMANDS:
         return run_trust_command(args)
+    if args.command in enrollment_commands.COMMANDS:
+        return enrollment_commands.run(args)
     if args.command == "rollout":
         from edgectl import rollout_cmd
 

@@ -141,6 +141,7 @@ def deployment_state(section: Any) -> str:
 
 
 def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]:
+    from edge_shared.identity_view import expiry_cell
     from edge_shared.labels import reported_labels
 
     rows = []
@@ -164,6 +165,7 @@ def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]
                 "agentVersion": (reported.get("agent") or {}).get("version"),
                 "agentWanted": (reported.get("agentUpdate") or {}).get("wanted"),
                 "agentUpdateState": (reported.get("agentUpdate") or {}).get("state"),
+                "certExpires": expiry_cell(reported.get("identity"), now),
             }
         )
     return rows
@@ -173,13 +175,14 @@ def render_devices(views: Iterable[DeviceView], now: float, *, selector: str | N
     rows = device_rows(views, now)
     if not rows:
         return f"no device matches {selector}" if selector else "no devices on this broker/prefix"
-    lines = [f"{'DEVICE':<24} {'STATUS':<8} {'LAST SEEN':<14} {'VERSION':<8} {'STATE':<22} {'AGENT':<8} LABELS"]
+    lines = [f"{'DEVICE':<24} {'STATUS':<8} {'LAST SEEN':<14} {'VERSION':<8} {'STATE':<22} {'AGENT':<8} "
+             f"{'CERT':<10} LABELS"]
     for r in rows:
         seen = "now" if r["presence"] == "online" else _ago(r["lastSeen"], now)
         labels = ",".join(f"{k}={v}" for k, v in sorted((r["labels"] or {}).items()))
         lines.append(
             f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} "
-            f"{r['deploymentState']:<22} {_agent_cell(r):<8} {labels}".rstrip()
+            f"{r['deploymentState']:<22} {_agent_cell(r):<8} {r['certExpires']:<10} {labels}".rstrip()
         )
     return "\n".join(lines)
 

@@ -10,8 +10,20 @@ from typing import Any
 
 from edge_shared.artifacts.view import artifact_lines
 from edge_shared.health_view import health_lines
+from edge_shared.identity_view import identity_lines
 
-KNOWN = {"agent", "agentUpdate", "attestation", "broker", "config", "deployment", "health", "modules", "telemetry"}
+KNOWN = {
+    "agent",
+    "agentUpdate",
+    "attestation",
+    "broker",
+    "config",
+    "deployment",
+    "health",
+    "identity",
+    "modules",
+    "telemetry",
+}
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -23,6 +35,7 @@ def render_status(status: Mapping[str, Any]) -> str:
     ]
     lines.append(_components(status.get("components") or {}))
     lines.extend(_broker(reported.get("broker")))
+    lines.extend(identity_lines(reported.get("identity")))
     lines.extend(_config(reported.get("config")))
     lines.extend(_deployment(reported.get("deployment")))
     lines.extend(_modules(reported.get("modules")))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
-from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmError, pcr_digest, selection_string
+from edge_agent.attestation.tpm import MAX_SEALED_BYTES, Endorsement, RawQuote, TpmError, pcr_digest, selection_string
 from edge_shared.attestation import DIGEST_SIZE, ZERO_PCR
 
 
@@ -83,6 +84,21 @@ class FakeTpm:
             hash=TPM2_ALG.SHA256, signatureR=r.to_bytes(32, "big"), signatureS=s.to_bytes(32, "big")
         )
         return RawQuote(message, bytes(signature.marshal()), values)
+
+    def seal(self, secret: bytes) -> bytes:
+        """Not secret at all (the fake has no TPM): XOR with a per-instance pad, so a blob from
+        another fake instance does not unseal, like a blob from another TPM."""
+        self._pad = getattr(self, "_pad", os.urandom(MAX_SEALED_BYTES))
+        if not 0 < len(secret) <= MAX_SEALED_BYTES:
+            raise TpmError(f"can seal 1-{MAX_SEALED_BYTES} bytes, got {len(secret)}")
+        body = bytes(a ^ b for a, b in zip(secret, self._pad, strict=False))
+        return hashlib.sha256(self._pad + body).digest()[:8] + body
+
+    def unseal(self, sealed: bytes) -> bytes:
+        pad = getattr(self, "_pad", None)
+        if pad is None or hashlib.sha256(pad + sealed[8:]).digest()[:8] != sealed[:8]:
+            raise TpmError("cannot unseal: sealed by another TPM")
+        return bytes(a ^ b for a, b in zip(sealed[8:], pad, strict=False))
 
     def close(self) -> None:
         return None
