@@ -44,6 +44,7 @@ from edge_shared.image_ref import parse_image_reference
 from edge_shared.outcome import State
 from edge_shared.protocol import desired_document
 from edge_shared.retry import Retries
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edge_shared.threads import run_blocking
 from edge_shared.trust.api import ImageRejected, ImageVerifier
 from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key
@@ -196,7 +197,15 @@ class DesiredStateManager(BaseComponent):
         if not self.statuses:
             return History()
         newest = self.statuses[max(self.statuses)]
-        return History(newest.version, newest.digest)
+        return History(newest.version, newest.digest, self._rollout_holder())
+
+    def _rollout_holder(self) -> RolloutClaim | None:
+        """The rollout claim of the last admitted document: the one still verifying, else the
+        accepted one (its stored bytes passed the gate, so their claim is read without a check)."""
+        if self._pending is not None:
+            return self._pending[0].rollout
+        accepted = self.store.accepted()
+        return claim_of_envelope(accepted[2]) if accepted else None
 
     def _refuse(self, refused: Refused) -> None:
         self.last_refused = Refusal(refused.digest, refused.code, refused.description, self.clock(), refused.version)
