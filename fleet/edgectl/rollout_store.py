@@ -267,11 +267,12 @@ class RolloutStore:
             "SELECT at, text FROM rollout_events WHERE rollout=? ORDER BY seq", (rollout_id,)
         ))
 
-    def list(self) -> list[tuple[str, str, int, int, float, float, str, int]]:
-        """(id, status, batch, batches, created, updated, manifest path, devices), newest first."""
+    def list(self) -> list[tuple[str, str, int, int, float, float, str, int, str | None, float | None]]:
+        """(id, status, batch, batches, created, updated, manifest path, devices, owner, heartbeat),
+        newest first."""
         return list(self.db.execute(
             "SELECT r.id, r.status, r.batch, r.batches, r.created, r.updated, r.manifest_path, "
-            "(SELECT COUNT(*) FROM rollout_devices d WHERE d.rollout = r.id) "
+            "(SELECT COUNT(*) FROM rollout_devices d WHERE d.rollout = r.id), r.owner, r.heartbeat "
             "FROM rollouts r ORDER BY r.created DESC"
         ))
 
