@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge_shared.rollout_claim import RolloutClaim
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edgectl import __version__, attest_cmds
 from edgectl.connect import broker_flags, fleet_client
 from edgectl.document_input import document_signer, load_document
@@ -187,6 +187,12 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
         await fleet.watch(None if len(devices) > 50 else list(dict.fromkeys(devices)))
         prepared: dict[str, tuple[Published, bytes]] = {}
         for device in dict.fromkeys(devices):
+            holder = claim_of_envelope(fleet.cached_view(device).desired_raw)
+            if holder is not None and holder.holds(time.time()) and not args.force:
+                print(f"edgectl: {device}: rollout {holder.id} holds it until {holder.until_text()}; only one "
+                      "rollout at a time may change a device: wait for it, or give --force", file=sys.stderr)
+                failed += 1
+                continue
             try:
                 prepared[device] = fleet.prepare(
                     fleet.cached_view(device), deployment, properties, version=args.set_version, sign=sign,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_shared.rollout_claim import RolloutClaim
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edgectl import rollout_policy as rp
 from edgectl.client import DeviceView, FleetClient, FleetError, Published, Signer, agent_release, next_version
 from edgectl.rollout_store import Previous, RolloutStore, owner_id
@@ -146,8 +146,12 @@ class RolloutRunner:
             elif isinstance(decision, rp.FailBatch):
                 rollout = rp.fail_batch(rollout, decision.gate, now)
                 skipped = [r for r in rollout.in_batch(rollout.batch) if r.phase == rp.Phase.SKIPPED]
-                what = ("returning its devices to their previous deployment"
-                        if rollout.status == rp.Status.REVERTING else "halting (--on-failure halt)")
+                if rollout.status != rp.Status.REVERTING:
+                    what = "halting (--on-failure halt)"
+                elif isinstance(rp.decide(rollout), rp.Revert):
+                    what = "returning its devices to their previous deployment"
+                else:
+                    what = "none of its devices left its deployment: nothing to return"
                 self._save(rollout, skipped, [f"{rollout.reason}; {what}"])
             elif isinstance(decision, rp.Halt):
                 rollout = rp.halt(rollout)
@@ -160,9 +164,15 @@ class RolloutRunner:
 
     # ---- steps
 
-    def claim(self, lease: float) -> dict[str, Any]:
-        """meta of this rollout's documents: the claim the device holds it to (rollout_guard)."""
+    def claim(self, lease: float, view: DeviceView | None = None) -> dict[str, Any]:
+        """meta of this rollout's documents: the claim the device holds it to (rollout_guard).
+        Forced with --force, or when the device is held by a rollout of this same state file that
+        has finished (it publishes nothing more, so taking its lease over excludes nobody)."""
         forced = self._forced
+        if not forced and view is not None:
+            holder = claim_of_envelope(view.desired_raw)
+            forced = holder is not None and holder.id != self.id and holder.holds(self.clock()) and \
+                self.store.finished(holder.id)
         return {"rollout": RolloutClaim(self.id, int(self.clock() + lease) + 1.0, forced).to_json()}
 
     async def _clear_refused(self, rollout: rp.Rollout) -> None:
@@ -274,7 +284,7 @@ class RolloutRunner:
             try:
                 published, payload = self.fleet.prepare(
                     view, self.manifest, self.properties, sign=self.signing.sign,
-                    verify_key=self.signing.verify_key, meta=self.claim(lease),
+                    verify_key=self.signing.verify_key, meta=self.claim(lease, view),
                 )
             except FleetError as exc:
                 failed = rp.mark_publish_failed(record, str(exc), now)

@@ -251,7 +251,8 @@ async def _run(args: argparse.Namespace, state_path: Path, plan: dict[str, Any] 
                     return EXIT_FAILED
                 batches = rp.plan_batches(chosen, plan["steps"])
                 offline = [d for d in chosen if fleet.cached_view(d).presence != "online"]
-                held = _held(fleet, chosen, time.time())
+                # (devices held by a finished rollout of this state file are taken over: it is done)
+                held = {d: h for d, h in _held(fleet, chosen, time.time()).items() if not store.finished(h[0])}
                 if args.dry_run:
                     print(_plan_text("(dry run)", chosen, batches, plan["policy"]))
                     print(_offline_text(offline, plan["policy"]))
@@ -454,6 +455,7 @@ def status_json(store: Any, rollout_id: str) -> dict[str, Any]:
                    "onFailure": rollout.policy.on_failure},
         "created": meta.created,
         "updated": meta.updated,
+        "counts": rp.outcome_counts(rollout),
         "devices": [
             {"device": r.device, "batch": r.batch + 1, "phase": str(r.phase), "reason": r.reason,
              "version": r.version, "digest": r.digest, "previous": r.previous, "revertVersion": r.revert_version,

@@ -276,6 +276,11 @@ class RolloutStore:
             "FROM rollouts r ORDER BY r.created DESC"
         ))
 
+    def finished(self, rollout_id: str) -> bool:
+        """Whether this file holds `rollout_id` and it completed or halted (it publishes no more)."""
+        row = self.db.execute("SELECT status FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+        return row is not None and row[0] in (Status.COMPLETED, Status.HALTED)
+
     def latest(self) -> str | None:
         row = self.db.execute("SELECT id FROM rollouts ORDER BY created DESC LIMIT 1").fetchone()
         return row[0] if row else None
