@@ -436,6 +436,7 @@ def render_status(store: Any, rollout_id: str, now: float) -> str:
                                                rp.Phase.REVERT_FAILED, rp.Phase.NO_PREVIOUS):
                 text += f"  [in the rollout: {r.failed_reason}]"
             lines.append(text.rstrip())
+    lines.append(rp.final_line(rollout))  # last: how many devices ended how
     return "\n".join(lines)
 
 
