@@ -148,10 +148,8 @@ class RolloutRunner:
                 skipped = [r for r in rollout.in_batch(rollout.batch) if r.phase == rp.Phase.SKIPPED]
                 if rollout.status != rp.Status.REVERTING:
                     what = "halting (--on-failure halt)"
-                elif isinstance(rp.decide(rollout), rp.Revert):
-                    what = "returning its devices to their previous deployment"
                 else:
-                    what = "none of its devices left its deployment: nothing to return"
+                    what = "returning to their previous deployment the devices that took it"
                 self._save(rollout, skipped, [f"{rollout.reason}; {what}"])
             elif isinstance(decision, rp.Halt):
                 rollout = rp.halt(rollout)

@@ -347,6 +347,10 @@ def observe(
         if now - record.since > policy.timeout_s:
             reason = _timeout_reason(record.version, policy, detail, online)
             return replace(record, phase=Phase.FAILED, since=now, reason=reason, failed_reason=reason)
+        if not detail.startswith(NOT_HEARD):
+            # The device reports the version (verifying, activating, probation): it passed its gate.
+            reason = f"version {record.version} {detail}"
+            return record if reason == record.reason else replace(record, reason=reason)
         return record
     if record.phase == Phase.REVERTING:
         if outcome == "reached":
@@ -366,6 +370,16 @@ def observe(
                            reason=_timeout_reason(record.revert_version, policy, detail, online))
         return record
     return record
+
+
+# What wait_outcome says while the device has not reported the version at all.
+NOT_HEARD = ("not received yet", "not reported yet", "the device's version")
+
+
+def unheard(record: DeviceRecord) -> bool:
+    """Published, and the device has said nothing of it yet: it may still refuse it at its gate
+    (a document it refuses changes nothing, so there is nothing to return)."""
+    return record.phase == Phase.UPDATING and record.reason == f"version {record.version} published"
 
 
 def _timeout_reason(version: int | None, policy: Policy, detail: str, online: bool | None) -> str:
@@ -499,12 +513,14 @@ def decide(rollout: Rollout) -> Decision:
         if again:
             return Publish(tuple(again))
         return Wait() if any(r.phase in IN_FLIGHT for r in batch) else Halt()
-    # reverting: every device of the failed batch that may have the rollout's document goes back
-    todo = [r.device for r in batch
-            if (r.phase in PUBLISHED and r.version is not None) or r.phase == Phase.REVERT_PUBLISHING]
+    # reverting: every device of the failed batch that may have the rollout's document goes back;
+    # one that has not answered yet is asked first (it answers at once, or times out): a device
+    # that refuses the document never left what it ran, and a return would only be refused too
+    todo = [r.device for r in batch if r.phase == Phase.REVERT_PUBLISHING
+            or (r.phase in PUBLISHED and r.version is not None and not unheard(r))]
     if todo:
         return Revert(tuple(todo))
-    if any(r.phase in REVERT_IN_FLIGHT for r in batch):
+    if any(r.phase in REVERT_IN_FLIGHT or unheard(r) for r in batch):
         return Wait()
     return Halt()
 

@@ -144,3 +144,21 @@ def test_a_sigkilled_rollout_is_listed_as_interrupted(tmp_path: Path) -> None:
     assert "running" in rows["live"] and "interrupted" not in rows["live"]
     assert "completed" in rows["done"] and "interrupted" not in rows["done"]
     assert store.finished("done") and not store.finished("live") and not store.finished("nope")
+
+
+def test_a_device_that_has_not_answered_is_asked_before_it_is_returned() -> None:
+    silent = updating()
+    assert rp.unheard(silent)
+    answered = rp.observe(silent, "pending", "verifying (registry unreachable)", 101, POLICY)
+    assert not rp.unheard(answered) and answered.reason == "version 7 verifying (registry unreachable)"
+    failed = rec("f", P.FAILED, version=7, digest="x")
+    r = rp.Rollout("r1", Status.REVERTING, 0, 1, POLICY, (failed, replace(silent, device="s")))
+    assert rp.decide(r) == rp.Revert(("f",))  # the silent one is not returned yet
+    r = replace(r, devices=(rec("f", P.REVERTED), replace(silent, device="s")))
+    assert rp.decide(r) == rp.Wait()  # ... and the rollout waits for its answer (or its timeout)
+    refused = rp.observe(replace(silent, device="s"), "failed", "refused: untrusted_key: x", 102, POLICY)
+    assert refused.phase == P.REFUSED
+    r = replace(r, devices=(rec("f", P.REVERTED), refused))
+    assert rp.decide(r) == rp.Halt()  # never returned: it never took the document
+    r = replace(r, devices=(rec("f", P.REVERTED), replace(answered, device="s")))
+    assert rp.decide(r) == rp.Revert(("s",))  # it answered: it passed its gate, it goes back
