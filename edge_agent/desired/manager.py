@@ -208,6 +208,12 @@ class DesiredStateManager(BaseComponent):
         return claim_of_envelope(accepted[2]) if accepted else None
 
     def _refuse(self, refused: Refused) -> None:
+        if refused.code == "cleared":
+            # The fleet removed the retained document (edgectl does, after the device refused it):
+            # nothing to report, and the refusal the fleet is reading must stay.
+            log.info("the retained desired document was removed; keeping version %s",
+                     self.current if self.current is not None else "none", extra={"EVENT": "desired.cleared"})
+            return
         self.last_refused = Refusal(refused.digest, refused.code, refused.description, self.clock(), refused.version)
         log.warning(
             "desired document%s refused: %s: %s (keeping version %s)",

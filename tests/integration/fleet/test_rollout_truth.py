@@ -204,6 +204,8 @@ def test_rollouts_count_honestly_and_exclude_each_other(fleet: Fleet, tmp_path: 
     wait_until(cleared, 30, "the refused documents removed from the broker", interval=0.5)
     after_d = _views(fleet)
     assert {d: _section(after_d[d])["current"] for d in devices[:2]} == versions_before  # nothing changed
+    for d in devices[:2]:  # the removal is not news to the device: the refusal the fleet reads stays
+        assert _section(after_d[d])["lastRefused"]["code"] == "untrusted_key", _section(after_d[d])
     status_d = json.loads(rollout("status", rid_d, "--json").stdout)
     assert {r["phase"] for r in status_d["devices"]} == {"refused"}
     assert all(r["revertVersion"] is None for r in status_d["devices"])
