@@ -213,7 +213,10 @@ class RolloutRunner:
             if doc is not None:
                 outcome, detail = self._outcome(record, doc, rollout.policy.target)
                 online = None
-                if outcome == "pending":
+                # (presence matters for a return at once, not waited on when offline; for the
+                # rollout's document only at its timeout, to name it in the reason)
+                if outcome == "pending" and (record.phase == rp.Phase.REVERTING
+                                             or now - record.since > rollout.policy.timeout_s):
                     online = self.fleet.cached_view(record.device).presence == "online"
                 new = rp.observe(new, outcome, detail, now, rollout.policy, online)  # type: ignore[arg-type]
             if new != record:
