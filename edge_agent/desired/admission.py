@@ -15,6 +15,8 @@ Checks, in the order of cost, each before the next one reads anything:
  8. envelope schema and field types                              invalid_document, unsupported_schema
  9. replay: the version must be newer than every version that
     passed this gate before (the same bytes again are a duplicate) replayed
+9b. one rollout at a time: another rollout's lease holds the
+    device (rollout_guard.py; the claim is payload.meta.rollout)  rollout_in_flight, invalid_rollout
 10. the deployment itself (module specs, mount roots)            invalid_deployment
 
 Only after 6 is a document authenticated: a refusal before that carries no version (an attacker's
@@ -35,8 +37,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from edge_agent.deployment.manifest import Deployment
+from edge_agent.desired import rollout_guard
 from edge_shared.document import DesiredRejected, Limits, load_json, open_envelope
 from edge_shared.protocol import SCHEMA_VERSION
+from edge_shared.rollout_claim import RolloutClaim, claim_of
 from edge_shared.trust.keys import KeyFileError, TrustedKey, parse_public_key
 from edge_shared.validation import summary
 
@@ -62,6 +66,7 @@ class History:
 
     highest_version: int | None = None
     highest_digest: str | None = None
+    rollout: RolloutClaim | None = None  # the claim of the last admitted document (who holds the device)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Admitted:
     signer: str | None = None  # short id of the key whose signature verified (None: document_mode off)
     expires: datetime | None = None
     new_keys: tuple[TrustedKey, ...] | None = None  # a key rotation, committed with the document
+    rollout: RolloutClaim | None = None  # the rollout it belongs to (payload.meta.rollout), with its lease
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,8 @@ def admit(
                 f"version {envelope.version} is not newer than version {last}, the newest this device has "
                 "seen; a new deployment needs a higher version",
             )
+        claim = claim_of(envelope.meta)
+        rollout_guard.check(claim, history.rollout, now)
         deployment = validate(envelope.deployment)
     except DesiredRejected as exc:
         return Refused(exc.code, exc.description, digest, authenticated_version)
@@ -222,4 +230,5 @@ def admit(
         signer=signer.short_id if signer else None,
         expires=expires,
         new_keys=new_keys,
+        rollout=claim,
     )

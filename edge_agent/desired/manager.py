@@ -44,6 +44,7 @@ from edge_shared.image_ref import parse_image_reference
 from edge_shared.outcome import State
 from edge_shared.protocol import desired_document
 from edge_shared.retry import Retries
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edge_shared.threads import run_blocking
 from edge_shared.trust.api import ImageRejected, ImageVerifier
 from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key
@@ -196,9 +197,23 @@ class DesiredStateManager(BaseComponent):
         if not self.statuses:
             return History()
         newest = self.statuses[max(self.statuses)]
-        return History(newest.version, newest.digest)
+        return History(newest.version, newest.digest, self._rollout_holder())
+
+    def _rollout_holder(self) -> RolloutClaim | None:
+        """The rollout claim of the last admitted document: the one still verifying, else the
+        accepted one (its stored bytes passed the gate, so their claim is read without a check)."""
+        if self._pending is not None:
+            return self._pending[0].rollout
+        accepted = self.store.accepted()
+        return claim_of_envelope(accepted[2]) if accepted else None
 
     def _refuse(self, refused: Refused) -> None:
+        if refused.code == "cleared":
+            # The fleet removed the retained document (edgectl does, after the device refused it):
+            # nothing to report, and the refusal the fleet is reading must stay.
+            log.info("the retained desired document was removed; keeping version %s",
+                     self.current if self.current is not None else "none", extra={"EVENT": "desired.cleared"})
+            return
         self.last_refused = Refusal(refused.digest, refused.code, refused.description, self.clock(), refused.version)
         log.warning(
             "desired document%s refused: %s: %s (keeping version %s)",

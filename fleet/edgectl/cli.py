@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
 
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edgectl import __version__, attest_cmds, diagnostics_cmds
 from edgectl.connect import broker_flags, fleet_client
 from edgectl.document_input import document_signer, load_document
@@ -64,10 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "device's reason if it refuses, rejects, supersedes or rolls it back, or says nothing in time",
     )
     deploy.add_argument(
-        "--until", choices=("admitted", "accepted", "running", "good"), default="accepted",
+        "--until", choices=("admitted", "accepted", "running", "good"), default="good",
         help="the state --wait waits for: admitted (passed the signature, replay and validation checks), "
-        "accepted (images verified and pinned, committed as the device's deployment; the default), "
-        "running (every module runs), good (ran through the stabilisation window)",
+        "accepted (images verified and pinned, committed as the device's deployment), "
+        "running (every module runs), good (ran through the stabilisation window: the default, so a "
+        "version the device refuses, rejects or rolls back after it was accepted is a failure)",
+    )
+    deploy.add_argument(
+        "--force", action="store_true",
+        help="publish even to a device a rollout holds (its lease has not run out): the device then refuses "
+        "that rollout's documents; without it such a device refuses this one (rollout_in_flight)",
     )
     deploy.add_argument(
         "--key", type=Path, help="sign the document with this cosign private key (passphrase from "
@@ -182,6 +190,9 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sign, verify_key = document_signer(args.key, args.expires_in, args.rotate_to) if args.key else (None, None)
     failed = 0
+    # A forced plain deploy takes the device from a rollout and holds it no longer than now.
+    forced = {"rollout": RolloutClaim(f"deploy-{secrets.token_hex(4)}", time.time(), True).to_json()} \
+        if args.force else None
     async with fleet_client(args) as fleet:
         from edgectl.client import FleetError, Published
 
@@ -190,10 +201,16 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
         await fleet.watch(None if len(devices) > 50 else list(dict.fromkeys(devices)))
         prepared: dict[str, tuple[Published, bytes]] = {}
         for device in dict.fromkeys(devices):
+            holder = claim_of_envelope(fleet.cached_view(device).desired_raw)
+            if holder is not None and holder.holds(time.time()) and not args.force:
+                print(f"edgectl: {device}: rollout {holder.id} holds it until {holder.until_text()}; only one "
+                      "rollout at a time may change a device: wait for it, or give --force", file=sys.stderr)
+                failed += 1
+                continue
             try:
                 prepared[device] = fleet.prepare(
                     fleet.cached_view(device), deployment, properties, version=args.set_version, sign=sign,
-                    verify_key=verify_key,
+                    verify_key=verify_key, meta=forced,
                 )
             except FleetError as exc:
                 print(f"edgectl: {exc}", file=sys.stderr)
@@ -215,6 +232,9 @@ async def cmd_deploy(args: argparse.Namespace) -> int:
                     state = await fleet.wait_for(done, args.until, args.wait)
                 except FleetError as exc:
                     print(f"edgectl: {exc}", file=sys.stderr)
+                    if await fleet.remove_if_refused(done):
+                        print(f"{done.device}: the refused version {done.version} was removed from the broker "
+                              "(the device keeps what it ran)")
                     return False
                 print(f"{done.device}: version {done.version} {state}")
                 return True

@@ -252,18 +252,26 @@ class FleetClient:
 
     async def devices(self) -> list[DeviceView]:
         found = await self.retained(
-            [protocol.all_devices_filter(self.prefix, "presence"), protocol.all_devices_filter(self.prefix, "reported")]
+            [protocol.all_devices_filter(self.prefix, "presence"), protocol.all_devices_filter(self.prefix, "reported"),
+             protocol.all_devices_filter(self.prefix, "desired")]
         )
         views: dict[str, DeviceView] = {}
+        desired: dict[str, bytes] = {}
         for topic, payload in found.items():
             device = protocol.device_of(self.prefix, topic)
             if device is None:
+                continue
+            if topic.endswith("/desired"):
+                desired[device] = payload  # (a device is listed by its presence or report, not by this)
                 continue
             view = views.setdefault(device, DeviceView(device))
             if topic.endswith("/presence"):
                 view.presence, view.presence_ts = protocol.parse_presence(payload)
             else:
                 view.reported, _ = _json(payload)
+        for device, payload in desired.items():
+            if device in views:
+                views[device].desired_raw = payload
         return [views[d] for d in sorted(views)]
 
     async def next_version(self, device: str, verify_key: TrustedKey | None = None) -> int:
@@ -346,6 +354,24 @@ class FleetClient:
             for device, payload in items:
                 tg.create_task(one(device, payload))
         return results
+
+    async def remove_if_refused(self, published: Published) -> bool:
+        """Remove a document the device refused (or whose images it rejected) from the broker, when
+        it is still the one retained there: the device never took it, and a retained document it
+        refused only misleads whoever reads the broker next. True when it was removed."""
+        import hashlib
+
+        from edge_shared.outcome import wait_outcome
+
+        doc, _ = _json(self._messages.get(DeviceTopics(self.prefix, published.device).reported, b"null"))
+        outcome, detail = wait_outcome((doc or {}).get("deployment"), published.version, published.digest, "good")
+        if outcome != "failed" or not detail.startswith(("refused:", "rejected")):
+            return False
+        view = await self.view(published.device)
+        if not view.desired_raw or hashlib.sha256(view.desired_raw).hexdigest() != published.digest:
+            return False
+        await self.publish_desired_raw(published.device, b"")
+        return True
 
     async def publish_desired_raw(self, device: str, payload: bytes) -> None:
         await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edgectl import rollout_policy as rp
 from edgectl.client import DeviceView, FleetClient, FleetError, Published, Signer, agent_release, next_version
 from edgectl.rollout_store import Previous, RolloutStore, owner_id
@@ -34,16 +35,24 @@ class Signing:
 
 
 def previous_of(view: DeviceView) -> tuple[int | None, Previous]:
-    """The deployment the device runs now, as the document a return to it would carry: the
+    """The last deployment the device ran good, as the document a return to it would carry: the
     retained desired document, when its bytes are the ones the device reports for its current
-    version (the device authenticated and runs exactly them). A device that ran nothing returns to
-    the empty deployment."""
+    version and that version is its last-known-good one (the device authenticated and runs
+    exactly them). A device that runs an unsettled or failed version (another rollout's build,
+    perhaps a crashing one) is never "returned" to it: it is left as it is. A device that ran
+    nothing returns to the empty deployment."""
     section = (view.reported or {}).get("deployment")
     if not isinstance(section, Mapping):
         return None, Previous(None, "it reports no deployment section (not an agent of this version?)")
     current = section.get("current")
     if current is None:
         return None, Previous({"deployment": {"modules": {}}}, "it ran no deployment before: the empty one")
+    good = section.get("lastKnownGood")
+    if good != current:
+        state = ((section.get("versions") or {}).get(str(current)) or {}).get("state", "?")
+        return good if isinstance(good, int) else None, Previous(
+            None, f"it ran version {current} ({state}), not a good one, and the document of its last good "
+            f"version ({good if good is not None else 'none'}) is not on the broker")
     entry = (section.get("versions") or {}).get(str(current))
     digest = entry.get("digest") if isinstance(entry, Mapping) else None
     retained = hashlib.sha256(view.desired_raw).hexdigest() if view.desired_raw else None
@@ -65,6 +74,10 @@ def transition_line(old: rp.DeviceRecord, new: rp.DeviceRecord) -> str | None:
         return None
     if new.phase == rp.Phase.FAILED:
         return f"{new.device}: FAILED: {new.reason}"
+    if new.phase == rp.Phase.REFUSED:
+        return f"{new.device}: REFUSED: {new.reason}"
+    if new.phase == rp.Phase.OFFLINE:
+        return f"{new.device}: OFFLINE: {new.reason}"
     if new.phase == rp.Phase.REVERT_FAILED:
         return f"{new.device}: NOT RETURNED: {new.reason}"
     if new.phase == rp.Phase.NO_PREVIOUS:
@@ -95,6 +108,8 @@ class RolloutRunner:
         self.poll_s = poll_s
         self._read: dict[str, tuple[int, tuple[str, str]]] = {}  # device -> (reports seen, outcome)
         self._heartbeat = 0.0
+        self._cleared: set[str] = set()  # devices whose refused document this process removed
+        self._forced = False
 
     async def run(self) -> rp.Rollout:
         rollout, meta = self.store.load(self.id)
@@ -102,6 +117,7 @@ class RolloutRunner:
             raise FleetError(f"rollout {self.id} was started under the prefix {meta.prefix!r}, not "
                              f"{self.fleet.prefix!r}: use --prefix {meta.prefix}")
         self.manifest, self.properties = meta.manifest, meta.properties
+        self._forced = rollout.policy.forced
         if rollout.status in rp.FINISHED:
             return rollout
         owner = owner_id()
@@ -116,6 +132,7 @@ class RolloutRunner:
     async def _loop(self, rollout: rp.Rollout) -> rp.Rollout:
         while True:
             rollout = self._observe(rollout)
+            await self._clear_refused(rollout)
             decision = rp.decide(rollout)
             now = self.clock()
             if isinstance(decision, rp.Done):
@@ -129,12 +146,14 @@ class RolloutRunner:
             elif isinstance(decision, rp.FailBatch):
                 rollout = rp.fail_batch(rollout, decision.gate, now)
                 skipped = [r for r in rollout.in_batch(rollout.batch) if r.phase == rp.Phase.SKIPPED]
-                what = ("returning its devices to their previous deployment"
-                        if rollout.status == rp.Status.REVERTING else "halting (--on-failure halt)")
+                if rollout.status != rp.Status.REVERTING:
+                    what = "halting (--on-failure halt)"
+                else:
+                    what = "returning to their previous deployment the devices that took it"
                 self._save(rollout, skipped, [f"{rollout.reason}; {what}"])
             elif isinstance(decision, rp.Halt):
                 rollout = rp.halt(rollout)
-                self._save(rollout, [], [f"rollout {rollout.id} HALTED: {rollout.reason}"])
+                self._save(rollout, [], [rollout.reason, rp.final_line(rollout)])
             else:
                 if now - self._heartbeat > HEARTBEAT_S:
                     self.store.heartbeat(self.id, now)
@@ -142,6 +161,35 @@ class RolloutRunner:
                 await self.fleet.news(self.poll_s)
 
     # ---- steps
+
+    def claim(self, lease: float, view: DeviceView | None = None) -> dict[str, Any]:
+        """meta of this rollout's documents: the claim the device holds it to (rollout_guard).
+        Forced with --force, or when the device is held by a rollout of this same state file that
+        has finished (it publishes nothing more, so taking its lease over excludes nobody)."""
+        forced = self._forced
+        if not forced and view is not None:
+            holder = claim_of_envelope(view.desired_raw)
+            forced = holder is not None and holder.id != self.id and holder.holds(self.clock()) and \
+                self.store.finished(holder.id)
+        return {"rollout": RolloutClaim(self.id, int(self.clock() + lease) + 1.0, forced).to_json()}
+
+    async def _clear_refused(self, rollout: rp.Rollout) -> None:
+        """A document the device refused stays retained on the broker until removed: remove it
+        (an empty retained message), unless something else was published there since. Checked on
+        every pass, so a resumed rollout finishes what an interrupted one began."""
+        for record in rollout.devices:
+            if record.phase != rp.Phase.REFUSED or record.device in self._cleared or not record.digest:
+                continue
+            raw = self.fleet.cached_view(record.device).desired_raw
+            if raw and hashlib.sha256(raw).hexdigest() == record.digest:
+                try:
+                    await self.fleet.publish_desired_raw(record.device, b"")
+                except FleetError as exc:
+                    self.out(f"{record.device}: could not remove the refused document from the broker: {exc}")
+                    continue
+                self._save(rollout, [], [f"{record.device}: its refused version {record.version} was removed from "
+                                         "the broker (it keeps what it ran)"])
+            self._cleared.add(record.device)
 
     def _save(
         self, rollout: rp.Rollout, changed: Sequence[rp.DeviceRecord], events: Sequence[str], **extra: Any
@@ -165,7 +213,10 @@ class RolloutRunner:
             if doc is not None:
                 outcome, detail = self._outcome(record, doc, rollout.policy.target)
                 online = None
-                if outcome == "pending" and now - record.since > rollout.policy.timeout_s:
+                # (presence matters for a return at once, not waited on when offline; for the
+                # rollout's document only at its timeout, to name it in the reason)
+                if outcome == "pending" and (record.phase == rp.Phase.REVERTING
+                                             or now - record.since > rollout.policy.timeout_s):
                     online = self.fleet.cached_view(record.device).presence == "online"
                 new = rp.observe(new, outcome, detail, now, rollout.policy, online)  # type: ignore[arg-type]
             if new != record:
@@ -198,8 +249,7 @@ class RolloutRunner:
         rollout = rp.pass_batch(rollout)
         lines = [f"batch {number}/{rollout.batches} passed its gate: {verdict.describe(rollout.policy)}"]
         if rollout.status == rp.Status.COMPLETED:
-            lines.append(f"rollout {rollout.id} COMPLETED: {len(rollout.devices)} devices "
-                         f"{rollout.policy.target}")
+            lines.append(rp.final_line(rollout))
         else:
             lines.append(self.batch_start_line(rollout))
         self._save(rollout, [], lines)
@@ -218,6 +268,7 @@ class RolloutRunner:
         previous: dict[str, Previous] = {}
         items: list[tuple[str, bytes]] = []
         lines: list[str] = []
+        lease = rp.lease_s(rollout.policy, len(rollout.in_batch(rollout.batch)))
         for device in devices:
             record = rollout.record(device)
             if record.phase == rp.Phase.PUBLISHING:
@@ -226,10 +277,15 @@ class RolloutRunner:
                     items.append((device, stored))
                     continue
             view = self.fleet.cached_view(device)
+            if rollout.policy.offline == "skip" and view.presence != "online":
+                new = rp.mark_offline(record, _last_seen(view, now), now)
+                made.append(new)
+                lines.append(transition_line(record, new) or "")
+                continue
             try:
                 published, payload = self.fleet.prepare(
                     view, self.manifest, self.properties, sign=self.signing.sign,
-                    verify_key=self.signing.verify_key, meta={"rollout": self.id},
+                    verify_key=self.signing.verify_key, meta=self.claim(lease, view),
                 )
             except FleetError as exc:
                 failed = rp.mark_publish_failed(record, str(exc), now)
@@ -270,7 +326,7 @@ class RolloutRunner:
                 published, payload = self.fleet.prepare(
                     view, prev.document["deployment"], prev.document.get("properties"), version=version,
                     sign=self.signing.sign, verify_key=self.signing.verify_key,
-                    meta={"rollout": self.id, "returnTo": record.previous},
+                    meta={**self.claim(2 * rollout.policy.timeout_s + 60.0), "returnTo": record.previous},
                 )
             except FleetError as exc:
                 new = rp.mark_publish_failed(rp.mark_reverting(record, version, "", now), str(exc), now)
@@ -300,3 +356,15 @@ class RolloutRunner:
         rollout = rp.with_records(rollout, done)
         self._save(rollout, done, [line for line in lines if line])
         return rollout
+
+
+def _last_seen(view: DeviceView, now: float) -> str:
+    """When the device was last heard of, in words (its presence or its last report)."""
+    ts = view.presence_ts
+    reported = (view.reported or {}).get("ts")
+    if isinstance(reported, int | float) and not isinstance(reported, bool):
+        ts = max(ts or 0.0, float(reported))
+    if not ts:
+        return "never"
+    ago = max(0.0, now - ts)
+    return f"{ago:.0f} s ago" if ago < 120 else f"{ago / 60:.0f} min ago" if ago < 7200 else f"{ago / 3600:.1f} h ago"

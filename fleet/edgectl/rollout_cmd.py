@@ -35,7 +35,18 @@ get there. The device's own report decides (the state machine of docs/protocol.m
 `edgectl deploy --wait` reads it). When a gate fails the rollout halts: no further batch is
 touched, and (unless --on-failure halt) every device of the failed batch is returned to the
 deployment it ran before, as a NEW signed version (versions only go up), with the reason per
-device. Earlier batches, which passed, keep the new deployment.
+device. Earlier batches, which passed, keep the new deployment. A device that refused the
+document (or rejected its images) never left what it ran: it is not returned, and the refused
+document is removed from the broker.
+
+One rollout at a time per device: each document names its rollout and a lease (meta.rollout),
+and the device refuses another rollout's document, or a plain deploy, while the lease runs
+(code rollout_in_flight, naming the holder). A rollout is refused before it publishes anything
+when a selected device is held by another one; --force takes the devices over.
+
+A device offline when its turn comes is, under --offline skip (the default), not published to
+and counted as offline; under --offline wait it is published to (the document stays retained
+for it) and waited for up to --timeout. The plan names the devices offline at the start.
 
 The rollout's state lives in a SQLite file (--state); every step is stored before it is
 taken, so after Ctrl-C, a crash or SIGKILL `edgectl rollout --resume ID` continues where it
@@ -46,9 +57,13 @@ stopped (a document already made is published again byte for byte, never as a se
   edgectl rollout status ID           batch by batch, device by device, with the devices' reasons
   edgectl rollout --resume ID         continue an interrupted rollout
 
-Exit status: 0 the rollout completed; 1 it halted (a gate failed), or an error (unknown id,
-unreachable broker, no device selected); 2 a malformed flag (selector, batches, threshold);
-130 interrupted (resume it). `rollout status ID`: 0 completed, 1 halted, 3 not finished.
+The last line counts what happened: good (the --until state), failed, refused, offline,
+skipped, returned. Exit status: 0 the rollout completed: every batch passed its gate, so at
+least --success-threshold of each batch reached the --until state (the others are counted on
+the last line and in --json); 1 it halted (a gate failed), another rollout holds a selected
+device, or an error (unknown id, unreachable broker, no device selected); 2 a malformed flag
+(selector, batches, threshold); 130 interrupted (resume it). `rollout status ID`: 0 completed,
+1 halted, 3 not finished.
 """
 
 
@@ -86,6 +101,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--on-failure", choices=("rollback", "halt"), default=None,
                    help="when a gate fails: rollback (the default) returns the failed batch's devices to the "
                    "deployment each ran before, as a new signed version; halt leaves them as they are")
+    p.add_argument("--offline", choices=("skip", "wait"), default=None,
+                   help="a device offline when its turn comes: skip (the default) does not publish to it and counts "
+                   "it as offline; wait publishes (retained) and waits for it up to --timeout")
+    p.add_argument("--force", action="store_true", default=None,
+                   help="take the selected devices over from another rollout that holds them (its lease has not "
+                   "run out): its documents are then refused by those devices")
     p.add_argument("--expires-in", default=None, metavar="DURATION",
                    help="signed documents expire after this long (e.g. 12h, 30d; 'never'); default 30d")
     p.add_argument("--state", type=Path, metavar="FILE",
@@ -97,7 +118,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 START_ONLY = ("selector", "properties", "batches", "until", "timeout", "success_threshold", "max_parallel",
-              "on_failure", "expires_in")
+              "on_failure", "expires_in", "offline", "force")
 
 
 def _usage(text: str) -> int:
@@ -183,7 +204,8 @@ def _start_plan(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(manifest.get("modules"), dict):
         raise ValueError(f"{manifest_path}: modules: expected a table/object of module specs")
     policy = rp.Policy(target=args.until or "good", timeout_s=timeout, threshold=threshold,
-                       max_parallel=max_parallel, on_failure=args.on_failure or "rollback")
+                       max_parallel=max_parallel, on_failure=args.on_failure or "rollback",
+                       offline=args.offline or "skip", forced=bool(args.force))
     return {"selector": selector, "steps": steps, "policy": policy, "manifest": manifest, "properties": properties,
             "manifest_path": manifest_path, "expires_in": expires_in, "key_path": str(Path(args.key).resolve())}
 
@@ -228,11 +250,20 @@ async def _run(args: argparse.Namespace, state_path: Path, plan: dict[str, Any] 
                           f"the prefix {fleet.prefix!r})", file=sys.stderr)
                     return EXIT_FAILED
                 batches = rp.plan_batches(chosen, plan["steps"])
+                offline = [d for d in chosen if fleet.cached_view(d).presence != "online"]
+                # (devices held by a finished rollout of this state file are taken over: it is done)
+                held = {d: h for d, h in _held(fleet, chosen, time.time()).items() if not store.finished(h[0])}
                 if args.dry_run:
                     print(_plan_text("(dry run)", chosen, batches, plan["policy"]))
+                    print(_offline_text(offline, plan["policy"]))
                     for i, batch in enumerate(batches):
                         print(f"batch {i + 1}: {' '.join(batch)}")
+                    if held:
+                        print(_held_text(held, plan["policy"]))
                     return EXIT_OK
+                if held and not plan["policy"].forced:
+                    print(f"edgectl: {_held_text(held, plan['policy'])}", file=sys.stderr)
+                    return EXIT_FAILED
                 rollout_id = secrets.token_hex(4)
                 rollout = rp.new_rollout(rollout_id, batches, plan["policy"])
                 now = time.time()
@@ -244,6 +275,9 @@ async def _run(args: argparse.Namespace, state_path: Path, plan: dict[str, Any] 
                     expires_in=plan["expires_in"],
                 ))
                 _out(_plan_text(rollout_id, chosen, batches, plan["policy"]))
+                _out(_offline_text(offline, plan["policy"]))
+                if held:
+                    _out(_held_text(held, plan["policy"]))
                 _out(f"state in {state_path}; after an interruption: edgectl rollout --resume {rollout_id}")
                 _out(RolloutRunner.batch_start_line(rollout))
             else:
@@ -270,6 +304,42 @@ def _plan_text(rollout_id: str, chosen: list[str], batches: list[list[str]], pol
             f"at most {policy.max_parallel} at once, on failure {policy.on_failure}")
 
 
+def _offline_text(offline: list[str], policy: rp.Policy) -> str:
+    """The offline policy, and the devices it applies to now (shown before anything is published)."""
+    if not offline:
+        return f"offline devices: none now (--offline {policy.offline})"
+    names = " ".join(offline[:20]) + (f" and {len(offline) - 20} more" if len(offline) > 20 else "")
+    what = ("not published to when their turn comes while still offline, counted as offline"
+            if policy.offline == "skip" else "published to (retained for them) and waited for up to the timeout")
+    return f"offline now: {len(offline)} device{'s' if len(offline) != 1 else ''} ({names}): {what} (--offline " \
+           f"{policy.offline})"
+
+
+def _held(fleet: Any, devices: list[str], now: float) -> dict[str, tuple[str, str]]:
+    """Selected devices another rollout holds: the claim of the document retained for them (what
+    they were last sent), while its lease runs. device -> (rollout id, lease end)."""
+    from edge_shared.rollout_claim import claim_of_envelope
+
+    held: dict[str, tuple[str, str]] = {}
+    for device in devices:
+        claim = claim_of_envelope(fleet.cached_view(device).desired_raw)
+        if claim is not None and claim.holds(now):
+            held[device] = (claim.id, claim.until_text())
+    return held
+
+
+def _held_text(held: dict[str, tuple[str, str]], policy: rp.Policy) -> str:
+    by_rollout: dict[tuple[str, str], list[str]] = {}
+    for device, holder in sorted(held.items()):
+        by_rollout.setdefault(holder, []).append(device)
+    parts = [f"rollout {rid} holds {len(ds)} of the selected devices ({' '.join(ds[:10])}"
+             f"{' ...' if len(ds) > 10 else ''}) until {until}" for (rid, until), ds in by_rollout.items()]
+    if policy.forced:
+        return "; ".join(parts) + ": --force: this rollout takes them over"
+    return ("; ".join(parts) + ": only one rollout at a time may change a device; wait for it to finish (edgectl "
+            "rollout status), or give --force to take the devices over")
+
+
 def _signing(key: Path, expires_in: str) -> Any:
     from edgectl.document_input import document_signer
     from edgectl.rollout import Signing
@@ -286,8 +356,10 @@ def cmd_status(store: Any, rollout_id: str | None, *, as_json: bool) -> int:
     if rollout_id is None:
         rows = store.list()
         if as_json:
-            print(json.dumps([dict(zip(("id", "status", "batch", "batches", "created", "updated", "manifest",
-                                        "devices"), r, strict=True)) for r in rows], indent=2))
+            print(json.dumps([{**dict(zip(("id", "status", "batch", "batches", "created", "updated", "manifest",
+                                           "devices"), r[:8], strict=True)),
+                               "interrupted": r[1] not in rp.FINISHED and _stale(r[8], r[9], now)}
+                              for r in rows], indent=2))
             return EXIT_OK
         print(render_list(rows, now, store.path))
         return EXIT_OK
@@ -308,19 +380,28 @@ def _when(ts: float | None) -> str:
 def render_list(rows: list[tuple[Any, ...]], now: float, path: Path) -> str:
     if not rows:
         return f"no rollouts in {path}"
-    lines = [f"{'ID':<10} {'STATUS':<10} {'BATCH':<7} {'DEVICES':<8} {'STARTED':<24} MANIFEST"]
-    for rid, status, batch, batches, created, _updated, manifest, devices in rows:
-        lines.append(f"{rid:<10} {status:<10} {f'{batch + 1}/{batches}':<7} {devices:<8} {_when(created):<24} "
+    lines = [f"{'ID':<10} {'STATUS':<22} {'BATCH':<7} {'DEVICES':<8} {'STARTED':<24} MANIFEST"]
+    for rid, status, batch, batches, created, _updated, manifest, devices, owner, heartbeat in rows:
+        shown = status
+        if status not in rp.FINISHED and _stale(owner, heartbeat, now):
+            shown = f"{status} (interrupted)"
+        lines.append(f"{rid:<10} {shown:<22} {f'{batch + 1}/{batches}':<7} {devices:<8} {_when(created):<24} "
                      f"{manifest}")
     return "\n".join(lines)
 
 
 def _interrupted(meta: Any, rollout: rp.Rollout, now: float) -> bool:
-    from edgectl.rollout_store import LEASE_S, owner_alive
-
     if rollout.status in rp.FINISHED:
         return False
-    return not meta.owner or meta.heartbeat is None or now - meta.heartbeat > LEASE_S or not owner_alive(meta.owner)
+    return _stale(meta.owner, meta.heartbeat, now)
+
+
+def _stale(owner: str | None, heartbeat: float | None, now: float) -> bool:
+    """No edgectl runs the rollout: none claimed it, or its owner stopped updating it or is gone
+    (SIGKILL leaves the owner recorded: its process is checked)."""
+    from edgectl.rollout_store import LEASE_S, owner_alive
+
+    return not owner or heartbeat is None or now - heartbeat > LEASE_S or not owner_alive(owner)
 
 
 def render_status(store: Any, rollout_id: str, now: float) -> str:
@@ -355,6 +436,7 @@ def render_status(store: Any, rollout_id: str, now: float) -> str:
                                                rp.Phase.REVERT_FAILED, rp.Phase.NO_PREVIOUS):
                 text += f"  [in the rollout: {r.failed_reason}]"
             lines.append(text.rstrip())
+    lines.append(rp.final_line(rollout))  # last: how many devices ended how
     return "\n".join(lines)
 
 
@@ -374,6 +456,7 @@ def status_json(store: Any, rollout_id: str) -> dict[str, Any]:
                    "onFailure": rollout.policy.on_failure},
         "created": meta.created,
         "updated": meta.updated,
+        "counts": rp.outcome_counts(rollout),
         "devices": [
             {"device": r.device, "batch": r.batch + 1, "phase": str(r.phase), "reason": r.reason,
              "version": r.version, "digest": r.digest, "previous": r.previous, "revertVersion": r.revert_version,

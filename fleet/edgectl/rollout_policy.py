@@ -6,14 +6,21 @@ A rollout publishes one signed deployment to the devices a selector picked, batc
 device moves through:
 
     waiting ─► publishing ─► updating ─► reached           (the device reports the target state)
-       │                         └────► failed(reason)     (refused, rejected, rolled back, ... or
-       └─► skipped                                           silent past the timeout)
-    (its batch failed before it was published)
+       │                         ├────► failed(reason)     (rolled back, failed, ... or silent past
+       │                         │                          the timeout)
+       │                         └────► refused(reason)    (the device refused or rejected the
+       │                                                    document: it never left what it ran)
+       ├─► skipped  (its batch failed before it was published)
+       └─► offline  (offline when its turn came, under --offline skip: not published)
 
 and, when its batch failed and the rollout returns it to the previous deployment:
 
     revert_publishing ─► reverting ─► reverted | revert_failed(reason)
+                                  └─► revert_queued   (the device is offline: the return is retained
+                                                       on the broker and applies when it reconnects)
     no_previous                       (the previous deployment's document is unknown: left as is)
+
+A refused, offline or skipped device never left the deployment it ran: it is not returned.
 
 The rollout itself:
 
@@ -21,9 +28,9 @@ The rollout itself:
        └─► (a batch's gate failed) ─► reverting (--on-failure rollback) ─► halted
                                     └─► halting   (--on-failure halt)    ─► halted
 
-A batch's gate passes when every device in it has settled (reached or failed) and at least the
-success threshold of them reached the target state; it fails as soon as more devices failed than
-the threshold allows. Within a batch at most `max_parallel` devices are updating at once.
+A batch's gate passes when every device in it has settled (reached, failed, refused or offline)
+and at least the success threshold of them reached the target state; it fails as soon as more
+devices did not reach it than the threshold allows. Within a batch at most `max_parallel` devices are updating at once.
 """
 
 from __future__ import annotations
@@ -136,7 +143,10 @@ class Phase(StrEnum):
     REVERTING = "reverting"
     REVERTED = "reverted"
     REVERT_FAILED = "revert_failed"
+    REVERT_QUEUED = "revert_queued"
     NO_PREVIOUS = "no_previous"
+    REFUSED = "refused"
+    OFFLINE = "offline"
 
 
 class Status(StrEnum):
@@ -151,7 +161,10 @@ IN_FLIGHT = frozenset({Phase.PUBLISHING, Phase.UPDATING})
 PUBLISHED = frozenset({Phase.PUBLISHING, Phase.UPDATING, Phase.REACHED, Phase.FAILED})
 REVERT_IN_FLIGHT = frozenset({Phase.REVERT_PUBLISHING, Phase.REVERTING})
 FINISHED = frozenset({Status.HALTED, Status.COMPLETED})
+# Settled without reaching the target: what the gate counts against the threshold.
+NOT_REACHED = frozenset({Phase.FAILED, Phase.REFUSED, Phase.OFFLINE})
 OnFailure = Literal["rollback", "halt"]
+OfflinePolicy = Literal["skip", "wait"]
 Outcome = Literal["reached", "failed", "pending"]
 
 
@@ -162,6 +175,18 @@ class Policy:
     threshold: float = 100.0  # percent of a batch that must reach the target
     max_parallel: int = 10  # devices updating at once
     on_failure: OnFailure = "rollback"
+    # A device offline when its turn comes: "skip" does not publish to it (counted as offline,
+    # against the threshold); "wait" publishes (retained) and waits for it up to the timeout.
+    offline: OfflinePolicy = "skip"
+    forced: bool = False  # the documents take devices from another rollout's lease (--force)
+
+
+def lease_s(policy: Policy, batch_size: int) -> float:
+    """How long a device published to stays held by the rollout (the `until` of its claim): its
+    batch's publishing rounds, each up to the timeout, and one more timeout for the return of a
+    failed batch. Past it the claim lapses, so a rollout whose edgectl died holds nothing."""
+    rounds = max(1, math.ceil(batch_size / policy.max_parallel))
+    return (rounds + 1) * policy.timeout_s + 60.0
 
 
 @dataclass(frozen=True)
@@ -259,7 +284,20 @@ def mark_no_previous(record: DeviceRecord, why: str, now: float) -> DeviceRecord
 
 
 NOT_SETTLED = "had not settled when its batch failed"
-RETURNED = frozenset({Phase.REVERT_PUBLISHING, Phase.REVERTING, Phase.REVERTED, Phase.REVERT_FAILED, Phase.NO_PREVIOUS})
+RETURNED = frozenset({Phase.REVERT_PUBLISHING, Phase.REVERTING, Phase.REVERTED, Phase.REVERT_FAILED,
+                      Phase.REVERT_QUEUED, Phase.NO_PREVIOUS})
+
+
+def mark_offline(record: DeviceRecord, last_seen: str, now: float) -> DeviceRecord:
+    """Offline when its turn came, under --offline skip: not published, settled as not reached."""
+    reason = f"offline (last seen {last_seen}): not published (--offline skip)"
+    return replace(record, phase=Phase.OFFLINE, since=now, reason=reason, failed_reason=reason)
+
+
+def refused_outcome(detail: str) -> bool:
+    """Whether a failed verdict means the device never took the document (refused at its gate,
+    or its images rejected before the commit): it still runs what it ran before."""
+    return detail.startswith(("refused:", "rejected"))
 
 
 def _reason_before_revert(record: DeviceRecord) -> str:
@@ -304,10 +342,15 @@ def observe(
             return replace(record, phase=Phase.REACHED, since=now, reason=f"version {record.version} {detail}")
         if outcome == "failed":
             reason = f"version {record.version} {detail}"
-            return replace(record, phase=Phase.FAILED, since=now, reason=reason, failed_reason=reason)
+            phase = Phase.REFUSED if refused_outcome(detail) else Phase.FAILED
+            return replace(record, phase=phase, since=now, reason=reason, failed_reason=reason)
         if now - record.since > policy.timeout_s:
             reason = _timeout_reason(record.version, policy, detail, online)
             return replace(record, phase=Phase.FAILED, since=now, reason=reason, failed_reason=reason)
+        if not detail.startswith(NOT_HEARD):
+            # The device reports the version (verifying, activating, probation): it passed its gate.
+            reason = f"version {record.version} {detail}"
+            return record if reason == record.reason else replace(record, reason=reason)
         return record
     if record.phase == Phase.REVERTING:
         if outcome == "reached":
@@ -316,11 +359,27 @@ def observe(
         if outcome == "failed":
             return replace(record, phase=Phase.REVERT_FAILED, since=now,
                            reason=f"version {record.revert_version} {detail}")
+        if online is False:
+            # Waiting for an offline device again would only repeat its timeout: the return is
+            # retained on the broker and is what it gets when it reconnects.
+            return replace(record, phase=Phase.REVERT_QUEUED, since=now,
+                           reason=f"version {record.revert_version} ({previous_name(record)}) published; the "
+                           "device is offline and gets it when it reconnects")
         if now - record.since > policy.timeout_s:
             return replace(record, phase=Phase.REVERT_FAILED, since=now,
                            reason=_timeout_reason(record.revert_version, policy, detail, online))
         return record
     return record
+
+
+# What wait_outcome says while the device has not reported the version at all.
+NOT_HEARD = ("not received yet", "not reported yet", "the device's version")
+
+
+def unheard(record: DeviceRecord) -> bool:
+    """Published, and the device has said nothing of it yet: it may still refuse it at its gate
+    (a document it refuses changes nothing, so there is nothing to return)."""
+    return record.phase == Phase.UPDATING and record.reason == f"version {record.version} published"
 
 
 def _timeout_reason(version: int | None, policy: Policy, detail: str, online: bool | None) -> str:
@@ -348,12 +407,16 @@ class Gate:
     failed: int
     pending: int
     needed: int
+    refused: int = 0  # of `failed`: refused the document (never left what it ran)
+    offline: int = 0  # of `failed`: offline when their turn came (not published)
 
     def describe(self, policy: Policy) -> str:
         allowed = self.size - self.needed
         text = f"{self.reached}/{self.size} {policy.target}"
-        if self.failed:
-            text += f", {self.failed} failed"
+        for count, word in ((self.failed - self.refused - self.offline, "failed"), (self.refused, "refused"),
+                            (self.offline, "offline")):
+            if count:
+                text += f", {count} {word}"
         if self.pending:
             text += f", {self.pending} pending"
         if self.verdict == "failed":
@@ -365,7 +428,7 @@ class Gate:
 def gate(records: Sequence[DeviceRecord], policy: Policy) -> Gate:
     size = len(records)
     reached = sum(r.phase == Phase.REACHED for r in records)
-    failed = sum(r.phase == Phase.FAILED for r in records)
+    failed = sum(r.phase in NOT_REACHED for r in records)
     pending = size - reached - failed
     need = needed(size, policy.threshold)
     if failed > size - need:
@@ -374,7 +437,8 @@ def gate(records: Sequence[DeviceRecord], policy: Policy) -> Gate:
         verdict = "passed"
     else:
         verdict = "open"
-    return Gate(verdict, size, reached, failed, pending, need)
+    return Gate(verdict, size, reached, failed, pending, need, sum(r.phase == Phase.REFUSED for r in records),
+                sum(r.phase == Phase.OFFLINE for r in records))
 
 
 # --------------------------------------------------------------------------- what next
@@ -449,12 +513,14 @@ def decide(rollout: Rollout) -> Decision:
         if again:
             return Publish(tuple(again))
         return Wait() if any(r.phase in IN_FLIGHT for r in batch) else Halt()
-    # reverting: every device of the failed batch that may have the rollout's document goes back
-    todo = [r.device for r in batch
-            if (r.phase in PUBLISHED and r.version is not None) or r.phase == Phase.REVERT_PUBLISHING]
+    # reverting: every device of the failed batch that may have the rollout's document goes back;
+    # one that has not answered yet is asked first (it answers at once, or times out): a device
+    # that refuses the document never left what it ran, and a return would only be refused too
+    todo = [r.device for r in batch if r.phase == Phase.REVERT_PUBLISHING
+            or (r.phase in PUBLISHED and r.version is not None and not unheard(r))]
     if todo:
         return Revert(tuple(todo))
-    if any(r.phase in REVERT_IN_FLIGHT for r in batch):
+    if any(r.phase in REVERT_IN_FLIGHT or unheard(r) for r in batch):
         return Wait()
     return Halt()
 
@@ -478,8 +544,15 @@ def halt(rollout: Rollout) -> Rollout:
     batch = rollout.in_batch(rollout.batch)
     if rollout.status == Status.REVERTING:
         back = sum(r.phase == Phase.REVERTED for r in batch)
-        tried = sum(r.phase in (Phase.REVERTED, Phase.REVERT_FAILED, Phase.NO_PREVIOUS) for r in batch)
-        suffix = f"; {back} of {tried} devices of batch {rollout.batch + 1} returned to their previous deployment"
+        queued = sum(r.phase == Phase.REVERT_QUEUED for r in batch)
+        tried = sum(r.phase in (Phase.REVERTED, Phase.REVERT_FAILED, Phase.REVERT_QUEUED, Phase.NO_PREVIOUS)
+                    for r in batch)
+        if tried:
+            suffix = f"; {back} of {tried} devices of batch {rollout.batch + 1} returned to their previous deployment"
+            if queued:
+                suffix += f" ({queued} offline: the return waits for them on the broker)"
+        else:
+            suffix = "; no device of it left its deployment: nothing to return"
     else:
         suffix = "; --on-failure halt: its devices were left as they are"
     return replace(rollout, status=Status.HALTED, reason=rollout.reason + suffix)
@@ -503,6 +576,30 @@ def batch_summary(rollout: Rollout, batch: int) -> str:
     else:
         head = "in progress"
     return head + ": " + ", ".join(f"{n} {phase}" for phase, n in sorted(counts.items()))
+
+
+def outcome_counts(rollout: Rollout) -> dict[str, int]:
+    """What happened to each device, in the words of the final line: good (the target state;
+    `reached`), failed, refused, offline, skipped (never published), returned, not returned,
+    untouched (a batch never started)."""
+    out = {"good": 0, "failed": 0, "refused": 0, "offline": 0, "skipped": 0, "returned": 0,
+           "return queued": 0, "not returned": 0, "untouched": 0, "in progress": 0}
+    for r in rollout.devices:
+        key = {
+            Phase.REACHED: "good", Phase.FAILED: "failed", Phase.REFUSED: "refused", Phase.OFFLINE: "offline",
+            Phase.SKIPPED: "skipped", Phase.REVERTED: "returned", Phase.REVERT_QUEUED: "return queued",
+            Phase.REVERT_FAILED: "not returned", Phase.NO_PREVIOUS: "not returned", Phase.WAITING: "untouched",
+        }.get(r.phase, "in progress")
+        out[key] += 1
+    return out
+
+
+def final_line(rollout: Rollout) -> str:
+    """The last progress line: the rollout's end and how many devices ended how (good is the
+    --until state; a count that is 0 is left out)."""
+    counts = outcome_counts(rollout)
+    words = [f"{n} {rollout.policy.target if k == 'good' else k}" for k, n in counts.items() if n]
+    return f"rollout {rollout.id} {str(rollout.status).upper()}: {', '.join(words)}"
 
 
 def phase_counts(records: Iterable[DeviceRecord]) -> Mapping[Phase, int]:

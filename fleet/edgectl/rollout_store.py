@@ -267,13 +267,19 @@ class RolloutStore:
             "SELECT at, text FROM rollout_events WHERE rollout=? ORDER BY seq", (rollout_id,)
         ))
 
-    def list(self) -> list[tuple[str, str, int, int, float, float, str, int]]:
-        """(id, status, batch, batches, created, updated, manifest path, devices), newest first."""
+    def list(self) -> list[tuple[str, str, int, int, float, float, str, int, str | None, float | None]]:
+        """(id, status, batch, batches, created, updated, manifest path, devices, owner, heartbeat),
+        newest first."""
         return list(self.db.execute(
             "SELECT r.id, r.status, r.batch, r.batches, r.created, r.updated, r.manifest_path, "
-            "(SELECT COUNT(*) FROM rollout_devices d WHERE d.rollout = r.id) "
+            "(SELECT COUNT(*) FROM rollout_devices d WHERE d.rollout = r.id), r.owner, r.heartbeat "
             "FROM rollouts r ORDER BY r.created DESC"
         ))
+
+    def finished(self, rollout_id: str) -> bool:
+        """Whether this file holds `rollout_id` and it completed or halted (it publishes no more)."""
+        row = self.db.execute("SELECT status FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+        return row is not None and row[0] in (Status.COMPLETED, Status.HALTED)
 
     def latest(self) -> str | None:
         row = self.db.execute("SELECT id FROM rollouts ORDER BY created DESC LIMIT 1").fetchone()

@@ -151,6 +151,11 @@ def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]
         seen = now if v.presence == "online" else last_report
         section = reported.get("deployment")
         current = section.get("current") if isinstance(section, dict) else None
+        refused = section.get("lastRefused") if isinstance(section, dict) else None
+        retained_refused = None
+        if isinstance(refused, dict) and v.desired_raw and refused.get("digest") == hashlib.sha256(
+                v.desired_raw).hexdigest():
+            retained_refused = f"{refused.get('code')}: {refused.get('description')}"
         rows.append(
             {
                 "device": v.device,
@@ -161,6 +166,8 @@ def device_rows(views: Iterable[DeviceView], now: float) -> list[dict[str, Any]]
                 "currentState": _version_state(section, current),
                 "newestVersion": section.get("highestVersion") if isinstance(section, dict) else None,
                 "deploymentState": deployment_state(section),
+                # the document retained for it on the broker is one it refused (it runs what it ran)
+                "retainedRefused": retained_refused,
                 "labels": reported_labels(reported.get("device")),
                 "agentVersion": (reported.get("agent") or {}).get("version"),
                 "agentWanted": (reported.get("agentUpdate") or {}).get("wanted"),
@@ -181,10 +188,21 @@ def render_devices(views: Iterable[DeviceView], now: float, *, selector: str | N
         seen = "now" if r["presence"] == "online" else _ago(r["lastSeen"], now)
         labels = ",".join(f"{k}={v}" for k, v in sorted((r["labels"] or {}).items()))
         lines.append(
-            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {r['currentVersion']!s:<8} "
-            f"{r['deploymentState']:<22} {_agent_cell(r):<8} {r['certExpires']:<10} {labels}".rstrip()
+            f"{r['device']:<24} {r['presence']:<8} {seen:<14} {_version_cell(r['currentVersion']):<8} "
+            f"{_state_cell(r):<22} {_agent_cell(r):<8} {r['certExpires']:<10} {labels}".rstrip()
         )
     return "\n".join(lines)
+
+
+def _version_cell(version: Any) -> str:
+    """The version it runs; `-` before its first deployment."""
+    return "-" if version is None else str(version)
+
+
+def _state_cell(row: dict[str, Any]) -> str:
+    if row.get("retainedRefused"):
+        return f"{row['deploymentState']}; ! refused the retained document ({row['retainedRefused'][:60]})"
+    return str(row["deploymentState"])
 
 
 def _agent_cell(row: dict[str, Any]) -> str:

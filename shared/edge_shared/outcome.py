@@ -78,7 +78,7 @@ def _deployment_outcome(
     versions = section.get("versions") or {}
     entry = versions.get(str(version)) if isinstance(versions, Mapping) else None
     if not isinstance(entry, Mapping):
-        return "pending", "not reported yet"
+        return "pending", _not_received(section)
     if entry.get("digest") != digest:
         # Another document holds this version (ours may be refused as a replay any moment).
         return "pending", f"the device's version {version} is another document"
@@ -96,3 +96,17 @@ def _deployment_outcome(
     if state in WAIT_TARGETS[target]:
         return "reached", str(state)
     return "pending", str(state) + (f" ({entry['description']})" if entry.get("description") else "")
+
+
+def _not_received(section: Mapping[str, Any]) -> str:
+    """The device has not reported this version: say what it did report, when it reported at all
+    (an offline device's last report is still the truth about what it ran)."""
+    if not section:
+        return "not reported yet"
+    current = section.get("current")
+    if current is None:
+        return "not received yet (its last report: no deployment)"
+    versions = section.get("versions")
+    entry = versions.get(str(current)) if isinstance(versions, Mapping) else None
+    state = entry.get("state") if isinstance(entry, Mapping) else None
+    return f"not received yet (its last report: version {current}{f' {state}' if state else ''})"

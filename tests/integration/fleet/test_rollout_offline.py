@@ -1,8 +1,9 @@
 """`edgectl rollout` against devices that are offline (their retained reported state and an offline
-presence on a real mosquitto, as a car that went away leaves them): Ctrl-C stops it with exit 130
-and a resume hint, status says INTERRUPTED, and the resumed rollout fails the gate on the timeout
-(naming the last report and the offline presence), returns the batch (to the empty deployment:
-they ran none) and halts with exit 1."""
+presence on a real mosquitto, as a car that went away leaves them), under --offline wait: Ctrl-C
+stops it with exit 130 and a resume hint, status says INTERRUPTED, and the resumed rollout fails
+the gate on the timeout (naming the last report and the offline presence), publishes the return
+of the batch (to the empty deployment: they ran none) without waiting for the offline car a
+second time, and halts with exit 1."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ async def test_ctrl_c_then_resume_times_out_offline_devices_and_returns_them(
              "--state", str(tmp_path / "rollouts.db")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgectl.cli", "rollout", *flags, str(manifest), "--selector", "site=x",
-         "--key", str(keys / "fleet.key"), "--batches", "2", "--max-parallel", "1", "--timeout", "3"],
+         "--key", str(keys / "fleet.key"), "--batches", "2", "--max-parallel", "1", "--timeout", "3",
+         "--offline", "wait"],
         cwd=REPO, env={**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -81,10 +83,13 @@ async def test_ctrl_c_then_resume_times_out_offline_devices_and_returns_them(
     resumed = edgectl("rollout", *flags, "--resume", rid, timeout=60)
     assert resumed.returncode == 1, resumed.stdout + resumed.stderr
     out = resumed.stdout
-    assert ("car-0: FAILED: version 1 not good within 3 s (last reported: not reported yet); "
-            "the device is offline") in out
+    assert ("car-0: FAILED: version 1 not good within 3 s (last reported: not received yet (its last report: "
+            "no deployment)); the device is offline") in out
     assert "batch 1 of 2 failed its gate: 0/2 good, 1 failed, 1 pending" in out
-    assert "car-0: NOT RETURNED: version 2 not good within 3 s" in out  # offline: cannot confirm the return
+    # offline: its return is published (retained) but not waited on a second time
+    assert ("car-0: version 2 (the empty deployment (it ran none before)) published; the device is offline and "
+            "gets it when it reconnects") in out
+    assert "0 of 1 devices of batch 1 returned to their previous deployment (1 offline: the return waits" in out
     assert f"rollout {rid} HALTED" in out
     assert "car-1  skipped           not published: its batch failed first" in out
     assert "car-2  waiting" in out

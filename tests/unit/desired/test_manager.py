@@ -276,7 +276,6 @@ async def test_unauthenticated_refusals_change_nothing_but_last_refused(rig: Rig
         "invalid_utf8": b'{"version":9007199254740991,"x":"\xff"}',
         "too_large": b'{"version":9007199254740991,"pad":"' + b"x" * 2_000_000 + b'"}',
         "invalid_json": b'{"version":9007199254740991',
-        "cleared": b"",
     }
     for code, raw in hostile.items():
         decision = rig.manager.submit(raw)
@@ -289,6 +288,12 @@ async def test_unauthenticated_refusals_change_nothing_but_last_refused(rig: Rig
         assert "version" not in refused
         assert section == {k: v for k, v in before_section.items() if k != "lastRefused"}
         assert rig.manager.trust.keys == before_keys
+    # A removed retained document (edgectl removes one the device refused) changes nothing, not
+    # even lastRefused: the refusal the fleet reads stays.
+    last = rig.section()["lastRefused"]
+    cleared = rig.manager.submit(b"")
+    assert isinstance(cleared, Refused) and cleared.code == "cleared"
+    assert rig.dump() == before_db and rig.section()["lastRefused"] == last
     assert len(rig.reconciler.activated) == 1
     # The fleet's next version is computed from what the device authenticated: 3 is taken.
     assert isinstance(rig.manager.submit(signed(3)), Admitted)

@@ -170,7 +170,8 @@ def test_refused_by_digest_wins() -> None:
     section = {"versions": {}, "lastRefused": {"digest": DIGEST, "code": "expired", "description": "too late"}}
     assert wait_outcome(section, 5, DIGEST, "admitted") == ("failed", "refused: expired: too late")
     # Someone else's refused document is not ours.
-    assert wait_outcome(section, 5, "e" * 64, "admitted") == ("pending", "not reported yet")
+    assert wait_outcome(section, 5, "e" * 64, "admitted") == (
+        "pending", "not received yet (its last report: no deployment)")
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -184,10 +185,18 @@ def test_a_different_digest_under_the_same_version_is_not_ours(state: State) -> 
     assert wait_outcome(refused, 5, "e" * 64, "admitted") == ("failed", "refused: replayed: old")
 
 
-@pytest.mark.parametrize("section", [None, {}, {"versions": {"4": {"state": "good", "digest": DIGEST}}},
-                                     {"versions": None, "lastRefused": None}])
-def test_not_reported_yet(section: Any) -> None:
-    assert wait_outcome(section, 5, DIGEST, "good") == ("pending", "not reported yet")
+@pytest.mark.parametrize(("section", "words"), [
+    (None, "not reported yet"),
+    ({}, "not reported yet"),
+    ({"versions": {"4": {"state": "good", "digest": DIGEST}}}, "not received yet (its last report: no deployment)"),
+    ({"versions": None, "lastRefused": None}, "not received yet (its last report: no deployment)"),
+    # a device that reported before it went offline: its last report is what it ran
+    ({"current": 4, "versions": {"4": {"state": "good", "digest": DIGEST}}},
+     "not received yet (its last report: version 4 good)"),
+    ({"current": 4, "versions": {}}, "not received yet (its last report: version 4)"),
+])
+def test_a_version_not_reported_says_what_was(section: Any, words: str) -> None:
+    assert wait_outcome(section, 5, DIGEST, "good") == ("pending", words)
 
 
 def test_unknown_state_from_a_newer_agent_is_pending() -> None:

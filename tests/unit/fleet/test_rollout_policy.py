@@ -187,7 +187,9 @@ def updating(since: float = 100.0) -> rp.DeviceRecord:
 
 def test_observe_updating() -> None:
     r = updating()
-    assert rp.observe(r, "pending", "probation", 150, POLICY) == r
+    assert rp.observe(r, "pending", "not received yet (its last report: version 6 good)", 150, POLICY) == r
+    # what the device says of it while pending is kept: it answered (passed its gate)
+    assert rp.observe(r, "pending", "probation", 150, POLICY) == replace(r, reason="version 7 probation")
     reached = rp.observe(r, "reached", "good", 150, POLICY)
     assert reached.phase == P.REACHED and reached.reason == "version 7 good" and reached.since == 150
     failed = rp.observe(r, "failed", "rolled_back: module_failed: module app: exited with code 3", 150, POLICY)
@@ -213,7 +215,7 @@ def test_observe_timeout_names_the_last_report_and_presence() -> None:
 def test_observe_changes_only_waiting_records(phase: Phase) -> None:
     r = rec("d", phase, version=7, digest="abc", since=0)
     for outcome in ("reached", "failed", "pending"):
-        assert rp.observe(r, outcome, "x", 10_000, POLICY) == r  # type: ignore[arg-type]
+        assert rp.observe(r, outcome, "x", 10_000, POLICY) == r
 
 
 def test_revert_transitions() -> None:
