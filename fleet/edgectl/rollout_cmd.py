@@ -397,11 +397,9 @@ def _interrupted(meta: Any, rollout: rp.Rollout, now: float) -> bool:
 
 
 def _stale(owner: str | None, heartbeat: float | None, now: float) -> bool:
-    """No edgectl runs the rollout: none claimed it, or its owner stopped updating it or is gone
-    (SIGKILL leaves the owner recorded: its process is checked)."""
-    from edgectl.rollout_store import LEASE_S, owner_alive
+    from edgectl.rollout_store import not_running
 
-    return not owner or heartbeat is None or now - heartbeat > LEASE_S or not owner_alive(owner)
+    return not_running(owner, heartbeat, now)
 
 
 def render_status(store: Any, rollout_id: str, now: float) -> str:

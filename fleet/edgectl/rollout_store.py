@@ -308,6 +308,12 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def not_running(owner: str | None, heartbeat: float | None, now: float) -> bool:
+    """No edgectl runs the rollout: none claimed it, or its owner stopped updating it or is gone
+    (SIGKILL leaves the owner recorded: its process is checked)."""
+    return not owner or heartbeat is None or now - heartbeat > LEASE_S or not owner_alive(owner)
+
+
 def owner_alive(owner: str) -> bool:
     """Whether the owning process still exists (when it ran on this host; else assume it does)."""
     import socket

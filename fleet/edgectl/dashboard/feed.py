@@ -197,13 +197,13 @@ class FleetFeed:
 
     # ---- the rollout file and enrollment records (blocking: called through asyncio.to_thread)
 
-    def read_rollouts(self) -> list[tuple[str, str, int, int, float, float, str, int]] | str:
+    def read_rollouts(self) -> list[tuple[str, str, int, int, float, float, str, int, str | None, float | None]] | str:
         """The stored rollouts, newest first, or why there are none to show."""
         store = self._store()
         if isinstance(store, str):
             return store
         try:
-            rows: list[tuple[str, str, int, int, float, float, str, int]] = store.list()
+            rows: list[tuple[str, str, int, int, float, float, str, int, str | None, float | None]] = store.list()
             return rows
         finally:
             store.close()

@@ -21,7 +21,7 @@ from edgectl import rollout_policy as rp
 from edgectl.client import DeviceView
 from edgectl.dashboard import charts
 from edgectl.dashboard.telemetry_buffer import Sample
-from edgectl.rollout_store import LEASE_S  # a rollout nobody updated for longer is not being run
+from edgectl.rollout_store import LEASE_S, not_running  # a rollout nobody updated for longer is not being run
 from edgectl.show import FAILED_STATES, HEALTHY, deployment_state
 
 SORT_KEYS = ("device", "presence", "last_report", "version", "state", "agent", "queue", "cert")
@@ -488,9 +488,14 @@ class RolloutSummary:
     manifest: str
 
 
-def rollout_list(rows: Sequence[tuple[str, str, int, int, float, float, str, int]]) -> list[RolloutSummary]:
-    return [RolloutSummary(rid, status, batch + 1, batches, devices, when(created), manifest)
-            for rid, status, batch, batches, created, _updated, manifest, devices in rows]
+def rollout_list(rows: Sequence[tuple[str, str, int, int, float, float, str, int, str | None, float | None]],
+                 at: float | None = None) -> list[RolloutSummary]:
+    """The rollout store's list; a rollout no edgectl runs any more (SIGKILL, crash) is shown as
+    interrupted, as `edgectl rollout status` shows it."""
+    at = now() if at is None else at
+    return [RolloutSummary(rid, status if status in rp.FINISHED or not not_running(owner, beat, at)
+                           else "interrupted", batch + 1, batches, devices, when(created), manifest)
+            for rid, status, batch, batches, created, _updated, manifest, devices, owner, beat in rows]
 
 
 def now() -> float:

@@ -5,6 +5,7 @@ charts (axes that hold every value, escaped text), the telemetry buffer, and the
 from __future__ import annotations
 
 import base64
+import os
 import time
 from typing import Any
 
@@ -191,3 +192,20 @@ def test_rollout_page_marks_interrupted_halted_and_reverted() -> None:
     assert page.halted and page.reverted and not page.interrupted
     assert [(r.number, r.failed, r.settled, r.reached) for r in page.rows] == [(1, False, 1, 1), (2, True, 2, 0)]
     assert [d.failed_reason for d in page.rows[1].devices] == ["rolled_back", "rolled_back"]
+
+
+def test_rollout_list_shows_a_rollout_no_edgectl_runs_as_interrupted() -> None:
+    import socket
+
+    from edgectl.dashboard.views import rollout_list
+
+    now = 1_000_000.0
+    dead = f"{socket.gethostname()}:999999999"  # no such pid on this host
+    rows = [
+        ("r1", "running", 0, 2, now - 10, now - 1, "a.json", 3, dead, now - 1),
+        ("r2", "running", 0, 2, now - 10, now - 1, "b.json", 3, None, None),
+        ("r3", "completed", 1, 2, now - 10, now - 1, "c.json", 3, dead, now - 1),
+        ("r4", "running", 0, 2, now - 10, now - 1, "d.json", 3, f"{socket.gethostname()}:{os.getpid()}", now - 1),
+    ]
+    shown = {r.id: r.status for r in rollout_list(rows, at=now)}
+    assert shown == {"r1": "interrupted", "r2": "interrupted", "r3": "completed", "r4": "running"}
