@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config import parse_config  # noqa: E402
-from edge_agent.deployment.store import DeploymentStore, StoredDeployment  # noqa: E402
+from edge_agent.deployment.store import CommittedDeployment, DeploymentStore  # noqa: E402
 from edge_agent.desired.manager import DesiredStateManager  # noqa: E402
 from edge_agent.mqtt_client import make_client  # noqa: E402
 from edge_agent.mqtt_params import broker_params  # noqa: E402
@@ -69,7 +69,7 @@ class AgentThread(threading.Thread):
         self.connected = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def activate(self, deployment: StoredDeployment) -> None:
+    def activate(self, deployment: CommittedDeployment) -> None:
         """The reconciler's end of the hand-over: the moment the document is accepted."""
         self.accepted.put((deployment.version, time.perf_counter()))
 

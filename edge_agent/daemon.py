@@ -66,8 +66,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.artifacts.modules import ModuleArtifacts
     from edge_agent.artifacts.placement import ArtifactDirs
     from edge_agent.attestation.service import AttestationService
-    from edge_agent.deployment.component import DeploymentComponent
-    from edge_agent.deployment.store import DeploymentStore
+    from edge_agent.deployment.reconciler import Reconciler
+    from edge_agent.deployment.store import ReconcilerStore
     from edge_agent.desired.manager import DesiredStateManager
     from edge_agent.runtime.podman import PodmanRuntime
     from edge_agent.selfupdate.component import SelfUpdateComponent
@@ -81,18 +81,13 @@ def build_components(ctx: AgentContext) -> list[Component]:
     trust = TrustComponent(ctx.config, ctx.db)
     runtime = PodmanRuntime(ctx.config.podman.socket)
     attestation = AttestationService(ctx.config, ctx.reported)
-    deployments = DeploymentStore(ctx.db)
-    # The desired-state room: the twin hands it the bytes of every desired document; it checks,
-    # pins (images verified through the trust component), commits, and hands the pinned
-    # deployment to the reconciler, which tells it back what became of each version.
-    # Module artifacts (models): verified and downloaded by the room, placed by the reconciler.
+    # Module artifacts (models): verified and downloaded by the desired-state owner, placed by the
+    # reconciler.
     registry = RegistryClient(registry_settings(ctx.config.trust))
     artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry)
     artifacts = ModuleArtifacts(artifact_dirs)
-    desired = DesiredStateManager(
-        ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control, artifacts=artifact_dirs
-    )
-    twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic)
+    twin = TwinComponent(ctx.config, ctx.reported, lambda raw: desired.submit(raw),
+                         started_monotonic=ctx.started_monotonic)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():
         twin.session.commands.register(name, handler)
@@ -106,34 +101,37 @@ def build_components(ctx: AgentContext) -> list[Component]:
         telemetry.observers.append(artifacts.observe)
     # Containers are created only from the repository@digest the room pinned. Around each
     # container, telemetry mounts the module's ingest socket and attestation measures the image.
-    deployment = DeploymentComponent(
+    reconciler = Reconciler(
         ctx.config,
-        deployments,
-        ctx.reported,
+        ReconcilerStore(ctx.db),
         runtime,
-        desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
         artifacts=artifacts,
         origins=ImageOrigins(ctx.db),
     )
-    desired.attach(deployment)
+    # The desired-state owner: the twin hands it the bytes of every desired document; it checks,
+    # pins (images verified through the trust component) and commits them, runs the reconciler's
+    # passes over the committed deployment and records what they return. It alone writes the
+    # deployment state.
+    desired = DesiredStateManager(
+        ctx.config, ctx.db, ctx.reported, trust, reconciler, control=ctx.control, artifacts=artifact_dirs
+    )
     selfupdate = SelfUpdateComponent(
         ctx.config,
         ctx.reported,
         runtime,
-        lambda: deployment.lkg,
+        lambda: desired.last_known_good,
         twin.session.wait_connected,
-        deployment.first_pass_done,
+        desired.first_pass_done,
         ctx.restart,
-        is_insecure=deployment.passthrough.is_insecure,
+        is_insecure=reconciler.passthrough.is_insecure,
     )
-    # The room starts first (it reports the stored statuses), then the reconciler loads the stored
-    # pinned deployment, so the modules are known (and adopted) before any document arrives.
-    # Attestation starts after them (TPM key creation can be slow and must not delay the offline
-    # start); containers are only started by deployment.run(), after every start(), so they are
-    # measured.
-    components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
+    # The owner starts first: it loads (and recovers) the stored state, so the modules are known
+    # (and adopted) before any document arrives. Attestation starts after it (TPM key creation
+    # can be slow and must not delay the offline start); containers are only started by
+    # desired.run(), after every start(), so they are measured.
+    components: list[Component] = [trust, desired, twin, attestation, selfupdate]
     if telemetry is not None:
         components.append(telemetry)
     return components

@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop
 from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.restart_policy import RestartState, record_restart
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import ContainerRuntime, RuntimeFailure
 
@@ -42,7 +42,7 @@ class Executor:
     def __init__(
         self,
         runtime: ContainerRuntime,
-        store: DeploymentStore,
+        store: ReconcilerStore,
         settings: ExecutorSettings,
         is_insecure: Callable[[str], bool],
         clock: Callable[[], float] = time.time,

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop, Wait
-from edge_agent.deployment.desired import DesiredDeployment, DesiredModule, NamingSettings, container_request
+from edge_agent.deployment.pinned import NamingSettings, PinnedDeployment, PinnedModule, container_request
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, restart_due_at, restart_reason
 from edge_agent.runtime.api import ObservedContainer
 
@@ -46,7 +46,7 @@ def _retire(container: ObservedContainer, module: str, reason: str, grace_s: flo
 
 
 def plan(
-    desired: DesiredDeployment | None,
+    desired: PinnedDeployment | None,
     observed: Sequence[ObservedContainer],
     local_images: Collection[str],
     restarts: Mapping[str, RestartState],
@@ -90,7 +90,7 @@ def plan(
 
 
 def _bring_up(
-    module: DesiredModule, version: int, local_images: Collection[str], pulled: set[str], naming: NamingSettings
+    module: PinnedModule, version: int, local_images: Collection[str], pulled: set[str], naming: NamingSettings
 ) -> list[Action]:
     actions: list[Action] = []
     if module.image not in local_images and module.image not in pulled:
@@ -104,7 +104,7 @@ def _bring_up(
 
 
 def _keep_in_state(
-    module: DesiredModule,
+    module: PinnedModule,
     container: ObservedContainer,
     restart: RestartState,
     now: float,

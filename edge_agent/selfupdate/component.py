@@ -31,7 +31,7 @@ from edge_agent import __version__
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.deployment.manifest import AGENT_RELEASE
-from edge_agent.deployment.store import StoredDeployment
+from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.retry import Retries
@@ -57,7 +57,7 @@ class SelfUpdateComponent(BaseComponent):
         config: AgentConfig,
         reported: ReportedState,
         runtime: PodmanRuntime,
-        last_known_good: Callable[[], StoredDeployment | None],
+        last_known_good: Callable[[], CommittedDeployment | None],
         connected: Callable[[], Awaitable[None]],
         first_pass: Callable[[], Awaitable[tuple[str, ...]]],
         restart: Callable[[str], None],

@@ -86,7 +86,7 @@ def doc(model: str) -> dict[str, object]:
 
 async def settle(pipe: Pipeline, passes: int = 4) -> None:
     for _ in range(passes):
-        await pipe.component.reconcile()
+        await pipe.reconcile()
 
 
 def say(pipe: Pipeline, using: str, refused: dict[str, str] | None = None) -> None:
@@ -115,7 +115,7 @@ async def test_models_switch_under_the_container_and_refusals_roll_back(tmp_path
     say(pipe, "v1")
     await settle(pipe)
     assert pipe.state(1) == "good"
-    stored = pipe.deployments.get("current")
+    stored = pipe.manager.store.current()
     assert stored is not None and stored.document["modules"]["pilot"]["artifacts"][0]["ref"] == (
         "reg.local:5000/m:v1@" + tags["reg.local:5000/m:v1"]
     )
@@ -160,7 +160,7 @@ async def test_a_corrupted_layer_rejects_the_version(tmp_path: Path) -> None:
     await pipe.deploy(1, doc("v1"))
     v1 = pipe.section()["versions"]["1"]
     assert (v1["state"], v1["code"], v1["module"]) == ("rejected", "artifact_digest_mismatch", "pilot")
-    assert pipe.deployments.get("current") is None
+    assert pipe.manager.store.current() is None
     assert not (tmp_path / "artifacts" / "pilot" / "models" / "current").exists()
 
 
