@@ -58,17 +58,25 @@ class Executor:
         self.device_id = device_id
         self._images: dict[str, str] = {}  # container name -> repository@digest it was created from
 
-    async def execute(self, plan: Plan, deployment: int | None) -> ExecutionResult:
+    async def execute(
+        self, plan: Plan, deployment: int | None, proceed: Callable[[], bool] = lambda: True
+    ) -> ExecutionResult:
+        """Run the plan's actions in order. `proceed()` is asked before each one: when it says no
+        (the deployment was replaced meanwhile), the rest is left to the next pass."""
         result = ExecutionResult()
         # A module removed and created again in one plan (a changed spec) keeps its hooks' state.
         recreated = {a.module for a in plan.actions if isinstance(a, Create)}
         for action in plan.actions:
+            if not proceed():
+                break
             if action.module in result.failed:
                 continue
             extra = {"EVENT": f"module.{type(action).__name__.lower()}", "MODULE": action.module,
                      "DEPLOYMENT": str(deployment)}
             try:
-                await self._do(action, deployment, recreated)
+                await self._do(action, deployment, recreated, proceed)
+            except _Replaced:
+                break
             except RuntimeFailure as exc:
                 # Logged by the caller, once per change (a persistent failure is not one line per retry).
                 result.failed[action.module] = f"{action.describe()} failed: {exc}"
@@ -77,7 +85,9 @@ class Executor:
             result.done.append(action)
         return result
 
-    async def _do(self, action: Action, deployment: int | None, recreated: set[str]) -> None:
+    async def _do(
+        self, action: Action, deployment: int | None, recreated: set[str], proceed: Callable[[], bool]
+    ) -> None:
         rt = self.runtime
         if isinstance(action, Pull):
             await self._pull(action.image)
@@ -89,12 +99,16 @@ class Executor:
                     request = await hook.before_create(action.module, request)
                 except (OSError, ValueError) as exc:
                     raise RuntimeFailure(f"preparing {request.name}: {exc}") from exc
+            if not proceed():  # asked again after the hooks' awaits, right before the container exists
+                raise _Replaced
             await rt.create(request)
             self._images[request.name] = request.image
         elif isinstance(action, Start):
             image = self._images.get(action.container) or await self._observed_image(action.container)
             for hook in self.hooks:
                 await hook.before_start(action.module, image, deployment)
+            if not proceed():  # asked again after the awaits above, right before the start
+                raise _Replaced
             await rt.start(action.container)
             if action.is_restart:
                 state = self.store.restarts().get(action.module, RestartState())
@@ -130,3 +144,7 @@ class Executor:
                         await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
                 except TimeoutError:
                     raise RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s") from None
+
+
+class _Replaced(Exception):
+    """The deployment was replaced while the plan ran: the rest is left to the next pass."""

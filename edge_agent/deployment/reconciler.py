@@ -131,8 +131,13 @@ class Reconciler:
 
     # ------------------------------------------------------------------ one pass
 
-    async def run_pass(self, committed: CommittedDeployment | None, last_known_good: int | None) -> PassResult:
-        """One observe-judge-plan-execute pass over `committed`; writes no deployment state."""
+    async def run_pass(
+        self, committed: CommittedDeployment | None, last_known_good: int | None,
+        still_current: Callable[[], bool] = lambda: True,
+    ) -> PassResult:
+        """One observe-judge-plan-execute pass over `committed`; writes no deployment state.
+        `still_current()` is asked before each container action: a deployment replaced while the
+        pass ran is not acted on further (the owner's next pass takes the new one)."""
         async with self.lock:
             now = self.clock()
             version = committed.version if committed is not None else None
@@ -142,7 +147,7 @@ class Reconciler:
                 return PassResult(version, None, runtime_error=_runtime_error(failure), wake_at=failure.next_at)
             self.busy_since = now
             try:
-                result = await self._pass(committed, last_known_good)
+                result = await self._pass(committed, last_known_good, still_current)
             except RuntimeFailure as exc:
                 failure, news = self.retries.failed(RUNTIME, str(exc), self.clock())
                 (log.error if news else log.debug)(
@@ -159,7 +164,9 @@ class Reconciler:
                          self.clock() - recovered.since, extra={"EVENT": "deployment.runtime_back"})
             return result
 
-    async def _pass(self, committed: CommittedDeployment | None, last_known_good: int | None) -> PassResult:
+    async def _pass(
+        self, committed: CommittedDeployment | None, last_known_good: int | None, still_current: Callable[[], bool]
+    ) -> PassResult:
         if committed is None:
             # Nothing committed yet (a fresh device): leave every container alone rather than
             # "converge" to nothing.
@@ -201,7 +208,7 @@ class Reconciler:
                         current_plan.waits)
         again = False
         if not runnable.empty:
-            result = await self.executor.execute(runnable, pinned.version)
+            result = await self.executor.execute(runnable, pinned.version, still_current)
             for module in {a.module for a in result.done} - set(result.failed):
                 self.module_errors.pop(module, None)
                 recovered = self.retries.succeeded(f"module:{module}")

@@ -32,7 +32,7 @@ import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from edge_agent.artifacts.pinning import pin_artifact_refs
@@ -139,6 +139,7 @@ class DesiredStateManager(BaseComponent):
         self.error: str | None = None
         self.retries = Retries(*PIN_RETRY)
         self.wake = asyncio.Event()  # look again: a commit, a podman event, a healthcheck
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # between retries (a simulation's own)
         self.monitor = Monitor(reconciler.runtime, lambda: reconciler.device_id,
                                lambda: (reconciler.pinned, reconciler.observed), self.wake.set, clock)
         self._pending: tuple[Admitted, bytes] | None = None
@@ -241,8 +242,9 @@ class DesiredStateManager(BaseComponent):
 
     async def reconcile(self) -> PassResult:
         """One pass over the current deployment, and what it means for the state."""
+        committed = self.current
         lkg = self.last_known_good.version if self.last_known_good else None
-        result = await self.reconciler.run_pass(self.current, lkg)
+        result = await self.reconciler.run_pass(committed, lkg, lambda: self.current is committed)
         self.settle(result)
         return result
 
@@ -524,7 +526,7 @@ class DesiredStateManager(BaseComponent):
             extra={"EVENT": "desired.retry", "DEPLOYMENT": str(admitted.version), "MODULE": exc.module or "",
                    "CODE": exc.code},
         )
-        await asyncio.sleep(failure.delay)
+        await self.sleep(failure.delay)
 
     def _reject(self, admitted: Admitted, module: str | None, code: str, description: str) -> None:
         self._pending = None

@@ -90,11 +90,12 @@ class StateStore:
     # ------------------------------------------------------------------ reading
 
     def slot(self, slot: str) -> CommittedDeployment | None:
-        for row in self._slots.rows_where("slot = ?", [slot]):
-            return CommittedDeployment(
-                int(row["version"]), json.loads(row["document"]), json.loads(row["images"]), float(row["activated_at"])
-            )
-        return None
+        row = self.db.execute(
+            "SELECT version, document, images, activated_at FROM deployment_slots WHERE slot = ?", (slot,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CommittedDeployment(int(row[0]), json.loads(row[1]), json.loads(row[2]), float(row[3]))
 
     def current(self) -> CommittedDeployment | None:
         return self.slot(CURRENT)
@@ -104,13 +105,14 @@ class StateStore:
 
     def versions(self) -> list[VersionStatus]:
         out = []
-        for r in self._versions.rows_where(order_by="version"):
+        for version, digest, state, at, code, module, description in self.db.execute(
+            "SELECT version, digest, state, at, code, module, description FROM desired_versions ORDER BY version"
+        ):
             try:
-                state = State(r["state"])
+                known = State(state)
             except ValueError:
                 continue  # written by a newer release; not ours to interpret
-            out.append(VersionStatus(int(r["version"]), str(r["digest"]), state, float(r["at"]), r["code"],
-                                     r["module"], str(r["description"] or "")))
+            out.append(VersionStatus(int(version), str(digest), known, float(at), code, module, str(description or "")))
         return out
 
     def accepted(self) -> tuple[int, str, bytes] | None:
