@@ -15,9 +15,12 @@ from tests.explorer.run import DEFAULT_SCHEDULES, explore, summary
 
 # seed -> what its schedule goes through (a feature counted by sim.py)
 REGRESSION_SEEDS = {
-    # A pass judged a version failed while a newer one was committed: the verdict about the
-    # replaced version must not roll `current` back over the newer one (issue 24's first race).
-    "rollback_during_newer_commit": (13, "verdict_about_a_replaced_version"),
+    # A pass judged a version failed while a newer one was committed (with a last-known-good
+    # version to return to): the verdict about the replaced version must not roll `current` back
+    # over the newer one (issue 24's first race). With the blind rollback write planted back, this
+    # seed breaks current-moves-back-only-by-rollback ("current went 5 -> 1; version 5 is
+    # activating, lkg 1").
+    "rollback_during_newer_commit": (328, "verdict_about_a_replaced_version"),
     # Power cut while a version is on probation: after the restart it must still end good or
     # rolled back, never stay "probation" with nothing left to do.
     "stuck_probation": (4, "restart_during_probation"),
