@@ -18,6 +18,7 @@ the seed, the step and the invariant. The same seed replays the same schedule ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import shutil
@@ -49,7 +50,7 @@ WINDOW_S = 30.0
 APPLY_TIMEOUT_S = 120.0
 
 
-class Crash(BaseException):  # noqa: N818 - not an error: the simulated power cut
+class Crash(BaseException):
     """The device loses power here (BaseException: no agent code may catch it)."""
 
 
@@ -330,10 +331,8 @@ class Schedule:
         for t in tasks:
             t.cancel()
         for t in tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Crash):
                 await t
-            except (asyncio.CancelledError, Crash):
-                pass
         for t in list(self.manager._tasks if self.manager else ()):
             t.cancel()
         self.conn.dead = False
@@ -628,9 +627,9 @@ class Schedule:
             doc = self.docs.get(v)
             if s.state == State.REJECTED and (s.code in TRANSIENT_CODES or (doc is not None and doc.transient)):
                 raise Violation(self.describe(f"transient-never-final: version {v} rejected with {s.code}"))
-            if doc is not None and doc.transient and s.state not in (State.VERIFYING, State.REJECTED):
-                if any(ref.endswith(f":v{v}") for ref in self.registry.failed_transiently):
-                    self._feature("transient_failure_then_committed")
+            if (doc is not None and doc.transient and s.state not in (State.VERIFYING, State.REJECTED)
+                    and any(ref.endswith(f":v{v}") for ref in self.registry.failed_transiently)):
+                self._feature("transient_failure_then_committed")
         if final:
             self._check_final(store, current, rows)
 

@@ -26,11 +26,11 @@ from edge_agent.checks import check_state_schema
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.deployment.reconciler import Reconciler
 from edge_agent.deployment.store import ReconcilerStore
-from edge_agent.desired.store import StateStore
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.desired.admission import Admitted, DocumentTrust, Duplicate, Refused, digest_of
 from edge_agent.desired.manager import DesiredStateManager
+from edge_agent.desired.store import StateStore
 from edge_agent.reported import ReportedState
+from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.state_schema import SCHEMA_VERSION, StateSchemaError, backup_path, migrate, schema_version
 from edge_agent.store import STATE_DB_NAME, get_meta, open_state_db
 from edge_agent.trust.api import VerifiedImage
