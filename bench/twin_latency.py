@@ -30,11 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_agent.config import parse_config  # noqa: E402
-from edge_agent.deployment.store import CommittedDeployment, DeploymentStore  # noqa: E402
+from edge_agent.deployment.pinned import CommittedDeployment  # noqa: E402
+from edge_agent.deployment.reconciler import Reconciler  # noqa: E402
+from edge_agent.deployment.store import ReconcilerStore  # noqa: E402
 from edge_agent.desired.manager import DesiredStateManager  # noqa: E402
+from edge_agent.desired.store import Transition  # noqa: E402
 from edge_agent.mqtt_client import make_client  # noqa: E402
 from edge_agent.mqtt_params import broker_params  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
+from edge_agent.runtime.fake import FakeRuntime  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
 from edge_agent.trust.api import VerifiedImage  # noqa: E402
 from edge_agent.twin import protocol  # noqa: E402
@@ -70,7 +74,7 @@ class AgentThread(threading.Thread):
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def activate(self, deployment: CommittedDeployment) -> None:
-        """The reconciler's end of the hand-over: the moment the document is accepted."""
+        """The moment the document is accepted (committed)."""
         self.accepted.put((deployment.version, time.perf_counter()))
 
     async def verify(self, reference: str) -> VerifiedImage:
@@ -87,8 +91,16 @@ class AgentThread(threading.Thread):
         self.loop = asyncio.get_running_loop()
         db = open_state_db(self.config.state.dir)
         reported = ReportedState()
-        room = DesiredStateManager(self.config, db, DeploymentStore(db), reported, self)
-        room.attach(self)
+        reconciler = Reconciler(self.config, ReconcilerStore(db), FakeRuntime())
+        room = DesiredStateManager(self.config, db, reported, self, reconciler)
+        apply = room.store.apply
+
+        def committing(transition: Transition) -> None:  # the moment a document is accepted
+            apply(transition)
+            if transition.accepted is not None and transition.current is not None:
+                self.activate(transition.current)
+
+        room.store.apply = committing  # type: ignore[method-assign]
         await room.start()
         twin = TwinComponent(self.config, reported, room.submit)
         tasks = [asyncio.create_task(room.run()), asyncio.create_task(twin.run())]

@@ -34,6 +34,7 @@ from edge_agent.config import (
 from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
+from edge_agent.retry import Backoff
 from edge_agent.signals import take_early_signals
 from edge_agent.state_schema import StateSchemaError
 from edge_agent.store import get_meta, open_state_db, set_meta
@@ -287,7 +288,7 @@ class Agent:
             pass
 
     async def _supervise(self, component: Component) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, SUPERVISOR_BACKOFF_MAX_S)
         while True:
             started = time.monotonic()
             try:
@@ -299,7 +300,8 @@ class Agent:
                 reason = describe_exception(exc)
                 self.component_errors[component.name] = reason
                 if time.monotonic() - started > 10 * SUPERVISOR_BACKOFF_MAX_S:
-                    delay = 1.0  # it ran fine for a long time; this is a new failure
+                    backoff.reset()  # it ran fine for a long time; this is a new failure
+                delay = backoff.next()
                 # The traceback is logged once per cause, not at every restart of a crash loop.
                 repeated = self._last_failure.get(component.name) == reason
                 self._last_failure[component.name] = reason
@@ -313,7 +315,6 @@ class Agent:
                     extra={"EVENT": "component.failed", "COMPONENT": component.name},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, SUPERVISOR_BACKOFF_MAX_S)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

@@ -2,7 +2,7 @@
 
 A failed action skips the rest of that module's actions (the next reconcile plans again, after
 that module's backoff) and is returned as the module's error, for the reported state and the log.
-Pulls have a timeout and retries with exponential backoff (tenacity); starts that are restarts
+Pulls have a timeout and retries with backoff (edge_agent/retry.py); starts that are restarts
 are counted for the restart backoff.
 """
 
@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop
 from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.restart_policy import RestartState, record_restart
 from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.logs import get_logger
+from edge_agent.retry import Backoff
 from edge_agent.runtime.api import ContainerRuntime, RuntimeFailure
 
 log = get_logger(__name__)
@@ -132,19 +131,19 @@ class Executor:
 
     async def _pull(self, image: str) -> None:
         s = self.settings
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(1 + s.pull_retries),
-            wait=wait_exponential(multiplier=1, min=1, max=s.pull_retry_max_wait_s),
-            retry=retry_if_exception_type(RuntimeFailure),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    async with asyncio.timeout(s.pull_timeout_s + 5):
-                        await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
-                except TimeoutError:
-                    raise RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s") from None
-
+        backoff = Backoff(1.0, s.pull_retry_max_wait_s)
+        for attempt in range(1 + s.pull_retries):
+            try:
+                async with asyncio.timeout(s.pull_timeout_s + 5):
+                    await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
+                return
+            except TimeoutError:
+                failure = RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s")
+            except RuntimeFailure as exc:
+                failure = exc
+            if attempt == s.pull_retries:
+                raise failure
+            await asyncio.sleep(backoff.next())
 
 class _Replaced(Exception):
     """The deployment was replaced while the plan ran: the rest is left to the next pass."""

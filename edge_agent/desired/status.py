@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 
 class State(StrEnum):
@@ -213,18 +213,3 @@ def _deployment_outcome(
     if state in WAIT_TARGETS[target]:
         return "reached", str(state)
     return "pending", str(state) + (f" ({entry['description']})" if entry.get("description") else "")
-
-
-class StatusSink(Protocol):
-    """What the reconciler (deployment/component.py) tells the desired-state room: which version it
-    runs, what became of a version, and whether the container runtime answers."""
-
-    def running(self, current: int | None, last_known_good: int | None) -> None: ...
-
-    def outcome(
-        self, version: int, state: State, *, code: str | None = None, module: str | None = None,
-        description: str = "",
-    ) -> None: ...
-
-    def runtime_error(self, error: str | None) -> None: ...
-
