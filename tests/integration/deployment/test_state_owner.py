@@ -4,6 +4,7 @@ over on the control socket. Every wait is for a condition the device reports or 
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from tests.infra.agent import AgentProcess
 from tests.infra.fault_proxy import FaultProxy
-from tests.infra.podman import PodmanService
+from tests.infra.podman import PodmanService, podman
 from tests.infra.procs import wait_until
 from tests.infra.registry import Registry
 
@@ -42,6 +43,16 @@ def state(agent: AgentProcess, version: int) -> str | None:
     return version_entry(agent, version).get("state")
 
 
+def listed(run_id: str) -> list[dict[str, Any]]:
+    """The run's containers as `podman ps` lists them (one call: no race with a removal)."""
+    out = podman("ps", "-a", "--format", "json", "--filter", f"label=edge-agent.device={run_id}").stdout
+    return list(json.loads(out or "[]"))
+
+
+def deployment_of(c: dict[str, Any]) -> str:
+    return str((c.get("Labels") or {}).get("edge-agent.deployment"))
+
+
 def running_containers(run_id: str) -> list[dict[str, Any]]:
     return [c for c in owned(run_id) if c["State"]["Status"] == "running"]
 
@@ -66,8 +77,8 @@ def test_a_crash_looping_version_replaced_then_an_agent_kill_ends_with_the_newes
     agent.call("deploy", {"version": 2, "deployment": {"modules": {"app": {"image": image, **CRASH_LOOP}}}})
     # Version 2 is committed and its module has crashed at least once (podman shows it exited).
     wait_until(
-        lambda: any(c["Config"]["Labels"]["edge-agent.deployment"] == "2" and c["State"]["Status"] == "exited"
-                    for c in owned(run_id)) or state(agent, 2) == "rolled_back",
+        lambda: any(deployment_of(c) == "2" and c["State"] == "exited" for c in listed(run_id))
+        or state(agent, 2) == "rolled_back",
         60, f"version 2's module crashed\n{agent.log()[-3000:]}", interval=0.1,
     )
     three = {"modules": {"app": {"image": image, "env": {"VERSION": "3"}, **SLEEP}}}
@@ -94,7 +105,7 @@ def test_a_crash_looping_version_replaced_then_an_agent_kill_ends_with_the_newes
     wait_until(lambda: section(agent, "modules").get("app", {}).get("runtimeStatus") == "running", 30, "app reported")
     running = running_containers(run_id)
     assert len(running) == 1 and "VERSION=3" in running[0]["Config"]["Env"], running
-    assert {c["Config"]["Labels"]["edge-agent.deployment"] for c in owned(run_id)} == {"3"}
+    assert {deployment_of(c) for c in listed(run_id)} == {"3"}
 
 
 def test_429_then_truncated_manifests_for_30_s_end_good_without_a_new_version(
