@@ -37,7 +37,7 @@ log = get_logger(__name__)
 
 def pinned_digest(artifact: Artifact) -> str:
     digest = parse_image_reference(artifact.ref)[2]
-    if digest is None:  # the desired-state room pins every artifact before it commits
+    if digest is None:  # the desired-state owner pins every artifact before it commits
         raise ArtifactFailed("artifact_invalid", f"{artifact.ref}: not pinned to a digest")
     return digest
 
@@ -46,18 +46,18 @@ class ModuleArtifacts:
     def __init__(self, dirs: ArtifactDirs, clock: Callable[[], float] = time.time) -> None:
         self.dirs = dirs
         self.clock = clock
-        self.desired: PinnedDeployment | None = None
+        self.pinned: PinnedDeployment | None = None
         self.reports: dict[str, ModuleReport] = {}
         self.on_report: Callable[[], None] = lambda: None  # the reconciler's wake-up
 
     # ------------------------------------------------------------------ placing
 
-    async def place(self, desired: PinnedDeployment | None) -> dict[str, str]:
+    async def place(self, pinned: PinnedDeployment | None) -> dict[str, str]:
         """Make every module's `current` the pinned version. Returns module -> error for the
         modules whose artifacts could not be placed (their containers are not created or started)."""
-        self.desired = desired
+        self.pinned = pinned
         errors: dict[str, str] = {}
-        for module in desired.ordered() if desired is not None else []:
+        for module in pinned.ordered() if pinned is not None else []:
             for artifact in module.spec.artifacts:
                 slot = artifact_slot(artifact.path)
                 try:
@@ -96,7 +96,7 @@ class ModuleArtifacts:
     # ------------------------------------------------------------------ ModuleHooks
 
     async def before_create(self, module: str, request: ContainerRequest) -> ContainerRequest:
-        spec = self.desired.modules.get(module) if self.desired is not None else None
+        spec = self.pinned.modules.get(module) if self.pinned is not None else None
         if spec is None or not spec.spec.artifacts:
             return request
         mounts = [
@@ -154,10 +154,10 @@ class ModuleArtifacts:
             out.append((artifact, confirmation(what, layers, self.reports.get(module.name))))
         return out
 
-    def verdict(self, desired: PinnedDeployment) -> ArtifactRefusal | ArtifactWait | None:
+    def verdict(self, pinned: PinnedDeployment) -> ArtifactRefusal | ArtifactWait | None:
         """A module's refusal, or the first module not confirmed yet; None when all confirmed."""
         waiting: ArtifactWait | None = None
-        for module in desired.ordered():
+        for module in pinned.ordered():
             if module.spec.status != "running":
                 continue
             for artifact, c in self.confirmations(module):

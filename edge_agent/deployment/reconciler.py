@@ -337,7 +337,8 @@ class Reconciler:
 
 
 def _runtime_error(failure: Failure) -> str:
-    return f"{failure.error} (since {iso(failure.since)}, {failure.attempts} attempts)"
+    return (f"{failure.error} (since {iso(failure.since)}, {failure.attempts} attempts; "
+            f"next at {iso(failure.next_at)})")
 
 
 __all__ = ["Failed", "Good", "PassResult", "Probation", "Reconciler", "Settled", "Verdict"]
