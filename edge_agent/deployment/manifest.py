@@ -21,11 +21,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_agent.desired.errors import DesiredRejected
-from edge_agent.image_ref import parse_image_reference
-from edge_agent.validation import describe
+from edge_shared.document import DesiredRejected
+from edge_shared.image_ref import parse_image_reference
+from edge_shared.names import MODULE_NAME_PATTERN
+from edge_shared.validation import describe
 
-MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 RESERVED_LABEL_PREFIX = "edge-agent."
 # Where a stored deployment keeps the pinned agent release image among its module images: not a
 # valid module name, so it never collides with one.

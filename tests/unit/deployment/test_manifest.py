@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from edge_agent.deployment.manifest import validate_deployment
-from edge_agent.desired.errors import DesiredRejected
+from edge_shared.document import DesiredRejected
 
 IMG = "registry.example.com/edge/pilot:1.2"
 
