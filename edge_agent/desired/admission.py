@@ -36,9 +36,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from edge_agent.deployment.manifest import Deployment
 from edge_shared.document import DesiredRejected, Limits, load_json, open_envelope
 from edge_shared.protocol import SCHEMA_VERSION
+from edge_shared.spec import Deployment
 from edge_shared.trust.keys import KeyFileError, TrustedKey, parse_public_key
 from edge_shared.validation import summary
 

@@ -41,7 +41,6 @@ from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
 from edge_agent.deployment.images_gc import collect_images
-from edge_agent.deployment.manifest import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_agent.deployment.modules_report import iso
 from edge_agent.deployment.monitor import Monitor
 from edge_agent.deployment.pinned import CommittedDeployment
@@ -59,6 +58,7 @@ from edge_shared.image_ref import parse_image_reference
 from edge_shared.outcome import State
 from edge_shared.protocol import desired_document
 from edge_shared.retry import Retries
+from edge_shared.spec import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_shared.threads import run_blocking
 from edge_shared.trust.api import ImageRejected, ImageVerifier
 from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired import admission
 from edge_agent.desired.admission import (
     MAX_VERSION,
@@ -29,6 +28,7 @@ from edge_agent.desired.admission import (
 )
 from edge_shared import document
 from edge_shared.document import DOCUMENT_PAYLOAD_TYPE, Limits, nesting_depth
+from edge_shared.spec import validate_deployment
 from edge_shared.trust import keys
 from edge_shared.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
 from edgectl.documents import sign_document
