@@ -248,7 +248,9 @@ class DesiredStateManager(BaseComponent):
             self._log_verdict(result)
             if isinstance(result.verdict, Good | Failed):
                 self._schedule_gc()
-        if not self._first_pass.is_set() and (result.modules is not None or result.version is None):
+        # The first pass that planned (podman answered, nothing to roll back first): what it acted on.
+        completed = result.runtime_error is None and (result.version is None or result.modules is not None)
+        if not self._first_pass.is_set() and completed:
             self._first_pass_acted = result.acted
             self._first_pass.set()
         if self.artifacts is not None and result.modules is not None:
