@@ -4,7 +4,7 @@
 2. The TPM worker (SubprocessTpm): the first call after the worker left on its idle timeout
    (spawn + TPM open + call) against a warm call. Baseline: the warm call.
 3. Agent-process RSS after starting the attestation service and using it (enroll, measure,
-   attest) in a fresh interpreter (tests/infra/attestation_probe.py): TPM opened in process,
+   attest) in a fresh interpreter (devinfra/attestation_probe.py): TPM opened in process,
    as before the worker (baseline), against the worker; optionally the service of another
    checkout (--baseline-tree /path/to/main) too. The worker's own RSS is shown while it lives.
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.attestation.ima import make_entry, parse_ima_list
-from edge_agent.attestation.quote import DEFAULT_PCRS
+from devinfra.swtpm import Swtpm
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import PytssTpm
-from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
-from tests.infra.swtpm import Swtpm
+from edge_shared.attestation import DEFAULT_PCRS, Evidence
+from edgectl.attestation.ima import make_entry, parse_ima_list
+from edgectl.attestation.verify import Expectations, verify_quote
 
 
 def timed(fn: Callable[[], object], rounds: int) -> float:

@@ -27,17 +27,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from devinfra.agent import AgentProcess  # noqa: E402
+from devinfra.pipeline import Pipeline  # noqa: E402
+from devinfra.podman import PodmanService, ensure_busybox_image, podman, use_dev_containers_conf  # noqa: E402
+from devinfra.procs import free_port, wait_until  # noqa: E402
+from devinfra.registry import Registry  # noqa: E402
 from edge_agent.config import parse_config  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
 from edge_agent.runtime.podman import PodmanRuntime  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
 from edge_agent.trust.factory import build_verifier  # noqa: E402
 from edge_agent.trust.passthrough import PassthroughVerifier  # noqa: E402
-from tests.infra.agent import AgentProcess  # noqa: E402
-from tests.infra.pipeline import Pipeline  # noqa: E402
-from tests.infra.podman import PodmanService, ensure_busybox_image, podman, use_dev_containers_conf  # noqa: E402
-from tests.infra.procs import free_port, wait_until  # noqa: E402
-from tests.infra.registry import Registry  # noqa: E402
 
 CMD = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 

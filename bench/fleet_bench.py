@@ -74,7 +74,7 @@ class LightDevice:
         sys.stdout.flush()
 
     async def verify(self, reference: str) -> Any:
-        from edge_agent.trust.api import VerifiedImage
+        from edge_shared.trust.api import VerifiedImage
 
         return VerifiedImage(reference, reference.rsplit(":", 1)[0], "sha256:" + "0" * 64, "off", None)
 
@@ -84,9 +84,9 @@ class LightDevice:
         from edge_agent.desired.manager import DesiredStateManager
         from edge_agent.desired.store import Transition
         from edge_agent.reported import ReportedState
-        from edge_agent.runtime.fake import FakeRuntime
         from edge_agent.store import open_state_db
         from edge_agent.twin.component import TwinComponent
+        from tests.fakes.runtime import FakeRuntime
 
         db = open_state_db(self.config.state.dir)
         reported = ReportedState()
@@ -235,11 +235,11 @@ def main() -> int:
             asyncio.run(host_main(names.split(","), int(port), prefix, Path(workdir)))
         return 0
 
-    from edge_agent.config import MqttSection
-    from edge_agent.fleet.client import FleetClient
-    from edge_agent.mqtt_params import broker_params
-    from edge_agent.twin import protocol
-    from tests.infra.mosquitto import Mosquitto
+    from devinfra.mosquitto import Mosquitto
+    from edge_shared import protocol
+    from edge_shared.mqtt_config import MqttSection
+    from edge_shared.mqtt_params import broker_params
+    from edgectl.client import FleetClient
 
     sizes = sorted({int(x) for x in args.devices.split(",")})
     total = sizes[-1]

@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from tests.infra.registry import Registry
+from devinfra.registry import Registry
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "localhost/bench-size-"

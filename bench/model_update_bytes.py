@@ -31,11 +31,11 @@ from typing import Any, BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.artifacts.format import build_model_artifact, validate_metadata
+from devinfra.registry import Registry
 from edge_agent.artifacts.placement import ArtifactDirs
-from edge_agent.artifacts.push import push_artifact
-from edge_agent.trust.registry import ImageRef, Manifest, RegistryClient, RegistrySettings, parse_reference
-from tests.infra.registry import Registry
+from edge_shared.artifacts.format import build_model_artifact, validate_metadata
+from edge_shared.trust.registry import ImageRef, Manifest, RegistryClient, RegistrySettings, parse_reference
+from edgectl.push import push_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 PILOT = REPO / "modules" / "pilot"

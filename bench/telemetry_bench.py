@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.procs import wait_until
+from devinfra.telemetry import BROKER_CONF, IngestClient, agent_config
 from edge_agent.telemetry.policy import Rules, StreamRules
 from edge_agent.telemetry.queue import NewRecord, TelemetryQueue
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.procs import wait_until
-from tests.integration.telemetry.helpers import BROKER_CONF, IngestClient, agent_config
 
 PAYLOAD = {"speed": 1.234, "steer": -0.5, "throttle": 0.31, "note": "x" * 40}
 

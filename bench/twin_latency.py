@@ -29,22 +29,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devinfra.pki import Pki, tls_broker, unique  # noqa: E402
+from devinfra.twin_env import TwinEnv  # noqa: E402
 from edge_agent.config import parse_config  # noqa: E402
 from edge_agent.deployment.pinned import CommittedDeployment  # noqa: E402
 from edge_agent.deployment.reconciler import Reconciler  # noqa: E402
 from edge_agent.deployment.store import ReconcilerStore  # noqa: E402
 from edge_agent.desired.manager import DesiredStateManager  # noqa: E402
 from edge_agent.desired.store import Transition  # noqa: E402
-from edge_agent.mqtt_client import make_client  # noqa: E402
-from edge_agent.mqtt_params import broker_params  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
-from edge_agent.runtime.fake import FakeRuntime  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
-from edge_agent.trust.api import VerifiedImage  # noqa: E402
-from edge_agent.twin import protocol  # noqa: E402
 from edge_agent.twin.component import TwinComponent  # noqa: E402
-from tests.integration.twin.conftest import TwinEnv  # noqa: E402
-from tests.integration.twin.pki import Pki, tls_broker, unique  # noqa: E402
+from edge_shared import protocol  # noqa: E402
+from edge_shared.mqtt_client import make_client  # noqa: E402
+from edge_shared.mqtt_params import broker_params  # noqa: E402
+from edge_shared.trust.api import VerifiedImage  # noqa: E402
+from tests.fakes.runtime import FakeRuntime  # noqa: E402
 
 MANIFEST = {"modules": {f"m{i}": {"image": f"registry.local/m{i}:1.0", "env": {"A": "1"}} for i in range(5)}}
 

@@ -23,15 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devinfra.podman import ensure_busybox_image, podman, use_dev_containers_conf
+from devinfra.registry import Registry
 from edge_agent.store import open_state_db
-from edge_agent.trust import keys
 from edge_agent.trust.cache import VerifyCache
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
-from edge_agent.trust.verify import CosignVerifier
-from tests.infra.podman import ensure_busybox_image, podman, use_dev_containers_conf
-from tests.infra.registry import Registry
+from edge_shared.trust import keys
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edge_shared.trust.verify import CosignVerifier
+from edgectl.signing import sign_image_bundle, sign_image_legacy
 
 
 def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from typing import Literal
 from edge_agent.api_url import podman_ping, transport_reason
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
-from edge_agent.mqtt_params import broker_params
+from edge_shared.mqtt_params import broker_params
 
 Outcome = Literal["pass", "warn", "fail"]
 
@@ -148,7 +148,7 @@ def check_broker(config: AgentConfig) -> CheckResult:
 async def _mqtt_connect(params: object) -> None:
     import aiomqtt
 
-    from edge_agent.mqtt_params import BrokerParams
+    from edge_shared.mqtt_params import BrokerParams
 
     assert isinstance(params, BrokerParams)
     async with aiomqtt.Client(
@@ -226,7 +226,7 @@ def _probe_tpm(config: AgentConfig) -> str:
     import threading
 
     from edge_agent.attestation.tpm import open_tpm
-    from edge_agent.attestation.verify import ak_name
+    from edge_shared.attestation import ak_name
 
     result: list[str] = []
     error: list[BaseException] = []
@@ -256,7 +256,7 @@ def check_trust(config: AgentConfig) -> CheckResult:
     every desired document would be refused (secure default of an unprovisioned device); fails
     only when a key file cannot be used."""
     from edge_agent.trust.factory import scope_policies
-    from edge_agent.trust.keys import KeyFileError, load_public_key
+    from edge_shared.trust.keys import KeyFileError, load_public_key
 
     trust = config.trust
     try:
@@ -299,7 +299,7 @@ def check_platform(config: AgentConfig) -> CheckResult:
     import platform as py_platform
 
     from edge_agent.trust.factory import device_platform
-    from edge_agent.trust.platforms import compatible, host_platform
+    from edge_shared.trust.platforms import compatible, host_platform
 
     chosen = device_platform(config)
     host = host_platform(py_platform.machine(), py_platform.system()).normalized()

@@ -220,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
-    from edge_agent.status_view import render_status
+    from edge_shared.status_view import render_status
 
     print(render_status(status))
     return EXIT_OK

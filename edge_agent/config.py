@@ -26,7 +26,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -35,18 +34,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from edge_agent.broker_endpoints import MAX_ENDPOINTS, Endpoint, endpoint_list, parse_endpoint
-from edge_agent.validation import message as validation_message
+from edge_shared.mqtt_config import MqttSection, SecretRef, Section, _existing_file, _parse_secret
+from edge_shared.names import DEVICE_ID_PATTERN, MODULE_NAME_PATTERN, STREAM_NAME_PATTERN
+from edge_shared.validation import message as validation_message
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 # Limits every value of the file obeys (checked in one place, `value_problems`, before the model):
 MAX_STRING = 4096  # characters of any string
 MAX_LIST = 256  # items of any list, entries of any table
 MAX_PATH_BYTES = 4095  # PATH_MAX minus the NUL
 MAX_NAME_BYTES = 255  # NAME_MAX: one path component
-MAX_TOPIC_PREFIX = 128  # characters; topics are <prefix>/<device>/... and MQTT allows 65535 bytes
 UNIX_SOCKET_MAX = 107  # bytes of an AF_UNIX path (sun_path is 108 with the NUL)
 # Keys the device cannot run safely without: a file that does not write them (empty, truncated,
 # the wrong file) is refused instead of running as the host name against localhost.
@@ -56,72 +54,12 @@ REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
 # --------------------------------------------------------------------------- secrets
 
 
-class SecretRef(str):
-    """Where a secret lives: ``file:/path``, ``credential:NAME`` (systemd LoadCredential=) or
-    ``env:NAME``. The config never holds the secret itself, and this object's repr shows only the
-    reference, so printing a config cannot leak a password."""
-
-    __slots__ = ()
-    SCHEMES = ("file", "credential", "env")
-
-    @property
-    def scheme(self) -> str:
-        return self.split(":", 1)[0]
-
-    @property
-    def target(self) -> str:
-        return self.split(":", 1)[1]
-
-    def resolve(self) -> str:
-        """Read the secret. Raises OSError/KeyError with a message that names the reference only."""
-        scheme, target = self.scheme, self.target
-        if scheme == "file":
-            return Path(target).read_text(encoding="utf-8").rstrip("\r\n")
-        if scheme == "credential":
-            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not cred_dir:
-                raise KeyError(f"secret {self}: CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
-            return (Path(cred_dir) / target).read_text(encoding="utf-8").rstrip("\r\n")
-        value = os.environ.get(target)
-        if value is None:
-            raise KeyError(f"secret {self}: environment variable {target} is not set")
-        return value
-
-    def __repr__(self) -> str:
-        return f"SecretRef({str(self)!r})"
-
-
-def _parse_secret(value: object) -> SecretRef:
-    if not isinstance(value, str):
-        raise PydanticCustomError("secret_ref", "expected a string like file:/path or credential:NAME")
-    scheme, sep, target = value.partition(":")
-    if not sep or scheme not in SecretRef.SCHEMES or not target:
-        # Deliberately do not echo the value: it may be the secret itself.
-        raise PydanticCustomError(
-            "secret_ref",
-            "secrets are not written in the config; expected file:/path, credential:NAME or env:NAME",
-        )
-    if scheme == "file" and not Path(target).is_file():
-        raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})
-    return SecretRef(value)
-
-
 # --------------------------------------------------------------------------- models
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def default_device_id() -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.") or "device"
     return name
-
-
-def _existing_file(value: Path | None) -> Path | None:
-    if value is not None and not value.is_file():
-        raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
-    return value
 
 
 class DeviceSection(Section):
@@ -156,7 +94,7 @@ class DeviceSection(Section):
     def _platform(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from edge_agent.trust.platforms import parse_platform
+        from edge_shared.trust.platforms import parse_platform
 
         try:
             return str(parse_platform(value))
@@ -166,27 +104,12 @@ class DeviceSection(Section):
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        from edge_agent.labels import LabelError, check_labels
+        from edge_shared.labels import LabelError, check_labels
 
         try:
             return check_labels(value)
         except LabelError as exc:
             raise PydanticCustomError("label", "{problem}", {"problem": str(exc)}) from None
-
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def _is_host(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value.strip("[]"))
-        return True
-    except ValueError:
-        pass
-    name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
 
 
 def _socket_fits(directory: Path, rest: str) -> None:
@@ -222,78 +145,6 @@ class LoggingSection(Section):
     format: Literal["auto", "text", "json", "journal"] = Field(
         "auto", description="one of auto (journal under systemd, text on a terminal), text, json, journal"
     )
-
-
-class MqttSection(Section):
-    host: str = Field(
-        "localhost", min_length=1, max_length=253, description="broker host name or IP address (at most 253 characters)"
-    )
-    port: int = Field(1883, ge=1, le=65535, description="TCP port of the broker, 1-65535")
-    endpoints: list[str] = Field(
-        default_factory=list,
-        max_length=MAX_ENDPOINTS,
-        description=f"more brokers to move to when one is gone, in order, like [\"mqtt-b.example:8883\"] "
-        f"(host:port, host, or [IPv6]:port; at most {MAX_ENDPOINTS})",
-    )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds, 5-3600")
-    topic_prefix: str = Field(
-        "edge",
-        max_length=MAX_TOPIC_PREFIX,
-        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
-        description=f"topic prefix like edge or acme/edge, at most {MAX_TOPIC_PREFIX} characters",
-    )
-    client_id: str | None = Field(None, pattern=DEVICE_ID_PATTERN, description="MQTT client id (default: device id)")
-    username: str | None = Field(None, min_length=1, max_length=256, description="broker user name, 1-256 characters")
-    password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
-    tls: bool = Field(False, description="true or false")
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
-    cert_file: Path | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
-    key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
-    reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
-    session_expiry_s: int = Field(
-        604800, ge=0, le=4294967295, description="seconds the broker keeps the session while offline, 0-4294967295"
-    )
-
-    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
-
-    @field_validator("host")
-    @classmethod
-    def _host_name(cls, value: str) -> str:
-        if not _is_host(value):
-            raise PydanticCustomError(
-                "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
-            )
-        return value
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        default_port = info.data.get("port", 1883)
-        for number, text in enumerate(value, start=1):
-            try:
-                endpoint = parse_endpoint(text, default_port)
-            except ValueError as exc:
-                raise PydanticCustomError(
-                    "endpoint", "entry {number}: {problem}", {"number": number, "problem": str(exc)}
-                ) from None
-            if not _is_host(endpoint.host):
-                raise PydanticCustomError(
-                    "endpoint",
-                    "entry {number} ({text}): {host} is not a host name (labels of letters, digits and '-', "
-                    "at most 63 each) or an IP address",
-                    {"number": number, "text": repr(text), "host": repr(endpoint.host)},
-                )
-        return value
-
-    def broker_endpoints(self) -> tuple[Endpoint, ...]:
-        """Every broker in the order the agent tries them: host:port, then `endpoints`."""
-        return endpoint_list(Endpoint(self.host, self.port), [parse_endpoint(e, self.port) for e in self.endpoints])
-
-    @field_validator("password", "key_password", mode="plain")
-    @classmethod
-    def _secret(cls, value: object) -> SecretRef | None:
-        return None if value is None else _parse_secret(value)
 
 
 class TwinSection(Section):
@@ -415,7 +266,7 @@ TRUST_SCOPE_PATTERN = r"^(\*|[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?)$"
 
 
 def _public_key_file(value: Path) -> Path:
-    from edge_agent.trust.keys import KeyFileError, load_public_key
+    from edge_shared.trust.keys import KeyFileError, load_public_key
 
     if not value.is_file():
         raise PydanticCustomError("file_missing", "file {path} does not exist", {"path": str(value)})
@@ -503,7 +354,7 @@ class TrustSection(Section):
     @field_validator("insecure_registries")
     @classmethod
     def _loopback_only(cls, value: list[str]) -> list[str]:
-        from edge_agent.trust.registry import is_loopback_host
+        from edge_shared.trust.registry import is_loopback_host
 
         for reg in value:
             if not is_loopback_host(reg):
@@ -514,10 +365,6 @@ class TrustSection(Section):
         return value
 
 
-
-
-STREAM_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MODULE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 AtCapPolicy = Literal["drop-oldest", "refuse-new"]
 
 

@@ -34,11 +34,11 @@ from edge_agent.config import (
 from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
-from edge_agent.retry import Backoff
 from edge_agent.signals import take_early_signals
 from edge_agent.state_schema import StateSchemaError
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 
@@ -76,8 +76,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.trust.component import TrustComponent
     from edge_agent.trust.factory import registry_settings
     from edge_agent.trust.origins import ImageOrigins
-    from edge_agent.trust.registry import RegistryClient
     from edge_agent.twin.component import TwinComponent
+    from edge_shared.trust.registry import RegistryClient
 
     trust = TrustComponent(ctx.config, ctx.db)
     runtime = PodmanRuntime(ctx.config.podman.socket)

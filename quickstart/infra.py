@@ -2,7 +2,7 @@
 a podman API service, each on free loopback ports / a private socket in the run's work folder.
 
 What each one is (its config file, command line, readiness check) is defined once, in
-tests/infra/, and shared with the test suite; this module only starts them under the
+devinfra/, and shared with the test suite; this module only starts them under the
 quickstart's own process bookkeeping (quickstart/procs.py: pid files, process groups, clean-up
 after a killed run), which the tests do not need.
 """
@@ -13,12 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from devinfra.mosquitto import mosquitto_argv, mosquitto_conf
+from devinfra.podman import podman_answers, podman_service_argv
+from devinfra.procs import free_port, port_open, require_binary
+from devinfra.registry import registry_argv, registry_config, registry_reachable
+from devinfra.swtpm import free_port_pair, manufacture, swtpm_argv, swtpm_tcti
 from quickstart.procs import Processes
-from tests.infra.mosquitto import mosquitto_argv, mosquitto_conf
-from tests.infra.podman import podman_answers, podman_service_argv
-from tests.infra.procs import free_port, port_open, require_binary
-from tests.infra.registry import registry_argv, registry_config, registry_reachable
-from tests.infra.swtpm import free_port_pair, manufacture, swtpm_argv, swtpm_tcti
 
 REPO = Path(__file__).resolve().parents[1]
 

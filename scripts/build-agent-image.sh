@@ -46,8 +46,8 @@ base_arch=$(podman image inspect --format '{{.Architecture}}' "$base")
 
 content=$(
   cd "$repo" && {
-    find edge_agent -type f -name '*.py' -print0; find edge_agent -type f -name 'py.typed' -print0
-    printf '%s\0' pyproject.toml README.md Containerfile config/config.toml
+    find edge_agent shared/edge_shared -type f \( -name '*.py' -o -name 'py.typed' \) -print0
+    printf '%s\0' pyproject.toml shared/pyproject.toml README.md Containerfile config/config.toml
   } | sort -z | xargs -0 sha256sum
   echo "$arch $(podman image inspect --format '{{.Id}}' "$base")"
 )

@@ -48,6 +48,10 @@ for dir in "${wheelhouses[@]}"; do
   case "$name" in *-cp[0-9]*) ;; *) name=$this_platform ;; esac
   mkdir -p "$work/wheelhouse/$name"
   # Only this version's agent wheel: a wheelhouse reused across releases may hold older ones.
+  # The shared leaf the agent depends on (edge-shared, pinned to one version by the agent's wheel)
+  # comes with the other dependencies.
+  ls "$dir"/edge_shared-*.whl > /dev/null 2>&1 \
+    || { echo "build-release.sh: $dir has no edge_shared wheel (scripts/build-wheel.sh makes it with the agent's)" >&2; exit 1; }
   find "$dir" -maxdepth 1 -name '*.whl' ! -name 'edge_agent-*' -exec cp {} "$work/wheelhouse/$name/" \;
   cp "$dir"/edge_agent-"$version"-*.whl "$work/wheelhouse/$name/"
   echo "COPY wheelhouse/$name /wheelhouse/$name" >> "$work/Containerfile"

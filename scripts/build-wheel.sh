@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the edge-agent wheel, and optionally a wheelhouse with all its runtime dependencies,
-# for an offline install (on a Pi: copy the folder over and
+# Build the device's wheels (edge-agent and the shared leaf edge-shared it depends on, both from
+# this checkout), and optionally a wheelhouse with all their runtime dependencies, for an offline
+# install (on a Pi: copy the folder over and
 #   python3 -m venv /opt/edge-agent && /opt/edge-agent/bin/pip install --no-index --find-links DIR edge-agent).
 #
 # Usage: scripts/build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]
@@ -12,9 +13,12 @@
 #                           downloaded from the package index, never compiled: no compiler and no
 #                           emulation needed. A dependency that has no such wheel is an error
 #                           naming it (build that wheelhouse on the target machine instead).
-#   --agent-wheel WHEEL     with --platform: that edge-agent wheel (copied to OUTDIR) instead of one
-#                           built from this checkout (scripts/build-release.sh --platform uses it)
-# The edge-agent wheel itself is pure Python (py3-none-any) and fits every machine.
+#   --agent-wheel WHEEL     with --platform: that edge-agent wheel (copied to OUTDIR, with the
+#                           edge_shared wheels beside it when there are any)
+#                           instead of one built from this checkout (scripts/build-release.sh
+#                           --platform uses it)
+# Both wheels are pure Python (py3-none-any) and fit every machine. No fleet code (edgectl) and none
+# of the fleet's dependencies go into a device wheelhouse.
 set -euo pipefail
 usage="usage: build-wheel.sh OUTDIR [--with-deps] [--platform aarch64|x86_64 [--agent-wheel WHEEL]]"
 out=${1:?$usage}
@@ -47,15 +51,27 @@ python=${PYTHON:-python3}
 mkdir -p "$out"
 # pip builds in the source tree; a stale build/ could smuggle deleted modules into the wheel.
 rm -rf "$repo/build"
+# The shared leaf (shared/) first: the agent's wheel names it as a dependency, found in OUTDIR.
+build_shared() {
+  rm -rf "$repo/shared/build"
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo/shared"
+  rm -rf "$repo/shared/build"
+}
 if [ -z "$with_deps" ]; then
+  build_shared
   "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
 elif [ -z "$machine" ]; then
-  "$python" -m pip wheel --quiet --wheel-dir "$out" "$repo"
+  build_shared
+  "$python" -m pip wheel --quiet --find-links "$out" --wheel-dir "$out" "$repo"
 else
   if [ -n "$agent_wheel" ]; then
     cp "$agent_wheel" "$out/"
     wheel=$out/$(basename "$agent_wheel")
+    # The shared leaf beside it (the one the agent's wheel pins), else this checkout's.
+    shared_wheels=$(ls "$(dirname "$agent_wheel")"/edge_shared-*-py3-none-any.whl 2>/dev/null || true)
+    if [ -n "$shared_wheels" ]; then cp $shared_wheels "$out/"; else build_shared; fi
   else
+    build_shared
     "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
     rm -rf "$repo/build"
     version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)

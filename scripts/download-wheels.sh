@@ -6,6 +6,8 @@
 # (scripts/build-wheel.sh --platform, modules/pilot/build-image.sh).
 #
 # Usage: scripts/download-wheels.sh OUTDIR MACHINE REQUIREMENT...   (MACHINE: x86_64 or aarch64)
+# Wheels already in OUTDIR count (--find-links): the project's own, e.g. edge-shared, are not on the
+# package index.
 # A requirement without such a wheel on the package index fails naming it:
 #   download-wheels.sh: tpm2-pytss<4,>=2.3 has no wheel for aarch64 (CPython 3.11, glibc <= 2.36)
 set -euo pipefail
@@ -27,7 +29,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! "$python" -m pip download --quiet --only-binary=:all: "${platforms[@]}" \
     --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-    --dest "$out" "$@" > "$log" 2>&1; then
+    --find-links "$out" --dest "$out" "$@" > "$log" 2>&1; then
   missing=$(sed -n 's/^ERROR: No matching distribution found for \(.*\)$/\1/p' "$log" | head -n1)
   grep -v '^WARNING: Location' "$log" >&2 || true
   echo "download-wheels.sh: ${missing:-a requirement} has no wheel for $machine (CPython 3.11, glibc <= 2.36)" >&2

@@ -36,7 +36,7 @@ fi
 
 # linux/arm64 under emulation: qemu-user-static's aarch64 handler registered with binfmt_misc
 # (mounted first where it is not), and an arm64 busybox for the arm64 test images, from
-# Debian's busybox-static:arm64 (tests/infra/multiarch.py).
+# Debian's busybox-static:arm64 (devinfra/multiarch.py).
 binfmt=/proc/sys/fs/binfmt_misc
 if [ ! -e "$binfmt/qemu-aarch64" ]; then
   echo "registering the qemu-aarch64 binfmt handler"
@@ -66,7 +66,10 @@ stamp="$venv/.edge-deps"
 shopt -s nullglob
 module_projects=("$repo"/modules/*/pyproject.toml)
 shopt -u nullglob
-want=$(cat "$repo/pyproject.toml" "${module_projects[@]}" | sha256sum | cut -d' ' -f1)
+# The three distributions: the device agent (pyproject.toml), the shared leaf (shared/) and the
+# fleet side (fleet/), each installed editable.
+side_projects=("$repo/shared/pyproject.toml" "$repo/fleet/pyproject.toml")
+want=$(cat "$repo/pyproject.toml" "${side_projects[@]}" "${module_projects[@]}" | sha256sum | cut -d' ' -f1)
 installed_here() {
   # The console scripts exist and run this checkout's code (editable install of $repo).
   local tool
@@ -78,10 +81,12 @@ installed_here() {
     script=$(sed -n 's/^\([A-Za-z0-9_-]*\) *= *"[A-Za-z0-9_.]*:[A-Za-z0-9_]*"$/\1/p' "$mod" | head -n1)
     if [ -n "$script" ] && [ ! -x "$venv/bin/$script" ]; then echo "$venv/bin/$script is missing"; return 1; fi
   done
-  local where
-  where=$("$venv/bin/python" -c 'import edge_agent.cli, edge_agent.fleet.cli; print(edge_agent.__file__)' 2>/dev/null) \
-    || { echo "edge_agent does not import in $venv"; return 1; }
-  [ "$where" = "$repo/edge_agent/__init__.py" ] || { echo "edge_agent in $venv is $where, not this checkout's"; return 1; }
+  local where expected
+  where=$("$venv/bin/python" -c 'import edge_agent.cli, edgectl.cli, edge_shared
+print(edge_agent.__file__, edgectl.__file__, edge_shared.__file__)' 2>/dev/null) \
+    || { echo "edge_agent, edgectl or edge_shared does not import in $venv"; return 1; }
+  expected="$repo/edge_agent/__init__.py $repo/fleet/edgectl/__init__.py $repo/shared/edge_shared/__init__.py"
+  [ "$where" = "$expected" ] || { echo "the packages in $venv are $where, not this checkout's"; return 1; }
 }
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && ! why=$(installed_here); then
   echo "the agent is not installed in $venv ($why): reinstalling"
@@ -90,7 +95,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing Python packages into $venv"
   "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  extras=(-e "$repo[dev,tpm]")
+  extras=(-e "$repo/shared" -e "$repo/fleet[attest]" -e "$repo[dev,tpm]")
   for mod in "${module_projects[@]}"; do
     extras+=(-e "$(dirname "$mod")[train]")
   done

@@ -80,7 +80,7 @@ def say(stage: str, ok: bool, **fields: Any) -> None:
 
 def edgectl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args], capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, timeout=1800
     )
 
 

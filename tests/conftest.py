@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService, ensure_busybox_image, use_dev_containers_conf
-from tests.infra.registry import Registry
+from devinfra.mosquitto import Mosquitto
+from devinfra.podman import PodmanService, ensure_busybox_image, use_dev_containers_conf
+from devinfra.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,12 +25,12 @@ from edge_agent.artifacts.confirm import (
 )
 from edge_agent.artifacts.placement import PREVIOUS, ArtifactDirs, ArtifactFailed
 from edge_agent.deployment.hooks import ArtifactRefusal, ArtifactWait
-from edge_agent.deployment.manifest import Artifact, artifact_slot
 from edge_agent.deployment.pinned import PinnedDeployment, PinnedModule
-from edge_agent.image_ref import parse_image_reference
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import ContainerRequest, MountRequest
-from edge_agent.threads import run_blocking
+from edge_shared.image_ref import parse_image_reference
+from edge_shared.spec import Artifact, artifact_slot
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 

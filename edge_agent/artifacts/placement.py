@@ -12,7 +12,7 @@ downloaded and its digest checked, so its existence means it is complete. `curre
 with a rename of a new symlink over the old one: the module sees the old set or the new set,
 never a mix. The layout on disk is the state: nothing about artifacts is kept in the database.
 
-Blocking file and network I/O; the callers run it with edge_agent.threads.run_blocking.
+Blocking file and network I/O; the callers run it with edge_shared.threads.run_blocking.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.artifacts.format import ArtifactContents, ArtifactFormatError, artifact_contents
 from edge_agent.logs import get_logger
-from edge_agent.trust.registry import RegistryClient, RegistryError, parse_reference
+from edge_shared.artifacts.format import ArtifactContents, ArtifactFormatError, artifact_contents
+from edge_shared.trust.registry import RegistryClient, RegistryError, parse_reference
 
 log = get_logger(__name__)
 

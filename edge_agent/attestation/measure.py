@@ -14,39 +14,19 @@ which a verifier sees only as a mismatch against the log; see docs/attestation.m
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_agent.attestation.tpm import ZERO_PCR, TpmBackend
+from edge_agent.attestation.tpm import TpmBackend
 from edge_agent.logs import get_logger
-from edge_agent.threads import run_blocking
+from edge_shared.attestation import ZERO_PCR, canonical_event, event_digest, replay_image_log
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 LOG_NAME = "image-measurements.jsonl"
-EVENT_KEYS = ("seq", "module", "digest", "deployment", "time")
-
-
-def canonical_event(event: Mapping[str, Any]) -> bytes:
-    unknown = set(event) - set(EVENT_KEYS)
-    if unknown:
-        raise ValueError(f"image event has unknown fields: {', '.join(sorted(unknown))}")
-    return json.dumps(dict(event), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def event_digest(event: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(canonical_event(event)).digest()
-
-
-def replay_image_log(events: Iterable[Mapping[str, Any]]) -> bytes:
-    value = ZERO_PCR
-    for event in events:
-        value = hashlib.sha256(value + event_digest(event)).digest()
-    return value
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -147,5 +127,3 @@ class ImageMeasurer:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self.events]
-
-

@@ -13,8 +13,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge_agent.twin.protocol import CommandFailed
 from edge_agent.twin.session import CommandRegistry, run_command
+from edge_shared.protocol import CommandFailed
 
 __all__ = ["CommandFailed", "Handler", "dispatch"]
 

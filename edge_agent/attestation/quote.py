@@ -9,16 +9,14 @@ Response ``{"quote": {"attest": B64, "signature": B64, "bank": "sha256", "pcrs":
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.attestation.tpm import BANK, DIGEST_SIZE, RawQuote
-from edge_agent.attestation.verify import Evidence
+from edge_agent.attestation.tpm import RawQuote
+from edge_shared.attestation import BANK, DEFAULT_PCRS, b64
 
 MIN_NONCE, MAX_NONCE = 16, 64  # TPM2B_DATA holds up to 64 bytes; fewer than 16 is guessable
-DEFAULT_PCRS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 10, 23)
 
 
 class AttestRequestError(ValueError):
@@ -48,19 +46,6 @@ def parse_attest_request(request: Mapping[str, Any], image_pcr: int) -> AttestRe
     return AttestRequest(nonce, tuple(sorted(set(pcrs))))
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def unb64(text: object, name: str) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError(f"{name}: expected base64 text, got {type(text).__name__}")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise ValueError(f"{name}: not valid base64") from None
-
-
 def encode_quote(raw: RawQuote) -> dict[str, Any]:
     return {
         "attest": b64(raw.attest),
@@ -68,42 +53,6 @@ def encode_quote(raw: RawQuote) -> dict[str, Any]:
         "bank": BANK,
         "pcrs": {str(i): v.hex() for i, v in sorted(raw.pcrs.items())},
     }
-
-
-def decode_evidence(response: Mapping[str, Any]) -> Evidence:
-    """Fleet side: the device's answer as verifier evidence. Raises ValueError naming the field."""
-    quote = response.get("quote")
-    if not isinstance(quote, dict):
-        raise ValueError("quote: expected an object")
-    if quote.get("bank") != BANK:
-        raise ValueError(f"quote.bank: got {quote.get('bank')!r}; expected {BANK}")
-    raw_pcrs = quote.get("pcrs")
-    if not isinstance(raw_pcrs, dict):
-        raise ValueError("quote.pcrs: expected an object of index -> hex")
-    pcrs: dict[int, bytes] = {}
-    for key, value in raw_pcrs.items():
-        try:
-            index, digest = int(key), bytes.fromhex(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"quote.pcrs.{key}: expected a PCR index and a hex digest") from None
-        if len(digest) != DIGEST_SIZE:
-            raise ValueError(f"quote.pcrs.{key}: {len(digest)} bytes; expected {DIGEST_SIZE}")
-        pcrs[index] = digest
-    ima = response.get("ima_log")
-    if ima is not None and not isinstance(ima, str):
-        raise ValueError("ima_log: expected text or null")
-    image_log = response.get("image_log")
-    if image_log is not None and (not isinstance(image_log, list) or not all(isinstance(e, dict) for e in image_log)):
-        raise ValueError("image_log: expected a list of event objects")
-    boot = response.get("boot_log")
-    return Evidence(
-        boot_log=unb64(boot, "boot_log") if boot is not None else None,
-        attest=unb64(quote.get("attest"), "quote.attest"),
-        signature=unb64(quote.get("signature"), "quote.signature"),
-        pcrs=pcrs,
-        ima_log=ima,
-        image_log=image_log,
-    )
 
 
 def pcr_list(pcrs: Sequence[int]) -> str:

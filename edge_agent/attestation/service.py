@@ -15,17 +15,18 @@ from typing import Any, TypeVar
 
 from edge_agent.attestation.keys import activate, read_identity
 from edge_agent.attestation.measure import ImageMeasurer
-from edge_agent.attestation.mqtt_command import CommandFailed, Handler
-from edge_agent.attestation.quote import AttestRequestError, b64, encode_quote, parse_attest_request
+from edge_agent.attestation.mqtt_command import Handler
+from edge_agent.attestation.quote import AttestRequestError, encode_quote, parse_attest_request
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import TpmBackend, TpmError
-from edge_agent.attestation.verify import ak_name
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig, AttestationSection
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRequest
-from edge_agent.threads import run_blocking
+from edge_shared.attestation import ak_name, b64
+from edge_shared.protocol import CommandFailed
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 TpmFactory = Callable[[AttestationSection], TpmBackend]

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.attestation import quote
-from edge_agent.attestation.quote import b64
 from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmBackend, TpmError
+from edge_shared import attestation
+from edge_shared.attestation import b64
 
 OPS = ("describe", "endorsement", "ak_public", "activate_credential", "quote", "pcr_read", "pcr_extend")
 HELLO_ID = 0
@@ -59,7 +59,7 @@ def _line(obj: Mapping[str, Any]) -> bytes:
 
 def unb64(value: object, name: str) -> bytes:
     try:
-        return quote.unb64(value, name)
+        return attestation.unb64(value, name)
     except ValueError as exc:
         raise WireError(str(exc)) from None
 

@@ -18,8 +18,8 @@ from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.restart_policy import RestartState, record_restart
 from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.logs import get_logger
-from edge_agent.retry import Backoff
 from edge_agent.runtime.api import ContainerRuntime, RuntimeFailure
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from edge_agent.deployment.pinned import PinnedDeployment
 from edge_agent.logs import get_logger
-from edge_agent.retry import Retries
 from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
+from edge_shared.retry import Retries
 
 log = get_logger(__name__)
 HEALTH_TICK_S = 0.25

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.deployment.manifest import Deployment, ModuleSpec
 from edge_agent.runtime.api import (
     LABEL_DEPLOYMENT,
     LABEL_DEVICE,
@@ -23,6 +22,7 @@ from edge_agent.runtime.api import (
     MountRequest,
     PortRequest,
 )
+from edge_shared.spec import Deployment, ModuleSpec
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,10 @@ from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, 
 from edge_agent.deployment.rollback import Failed, Good, Probation, ProbationSettings, Settled, Verdict, judge
 from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.logs import get_logger
-from edge_agent.retry import Failure, Retries
 from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeFailure
 from edge_agent.trust.origins import ImageOrigins
 from edge_agent.trust.passthrough import PassthroughVerifier
+from edge_shared.retry import Failure, Retries
 
 log = get_logger(__name__)
 FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to (per cause)

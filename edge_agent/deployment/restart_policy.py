@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edge_agent.retry import delay_after
 from edge_agent.runtime.api import ObservedContainer
+from edge_shared.retry import delay_after
 
 
 @dataclass(frozen=True)

@@ -41,40 +41,27 @@ from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
 from edge_agent.deployment.images_gc import collect_images
-from edge_agent.deployment.manifest import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_agent.deployment.modules_report import iso
 from edge_agent.deployment.monitor import Monitor
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.rollback import Failed, Good
 from edge_agent.desired import transitions
-from edge_agent.desired.admission import (
-    Admitted,
-    Decision,
-    DocumentTrust,
-    Duplicate,
-    History,
-    Limits,
-    Refused,
-    admit,
-)
-from edge_agent.desired.status import (
-    Refusal,
-    State,
-    VersionStatus,
-    advance,
-    deployment_section,
-)
+from edge_agent.desired.admission import Admitted, Decision, DocumentTrust, Duplicate, History, Refused, admit
+from edge_agent.desired.status import Refusal, VersionStatus, advance, deployment_section
 from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
-from edge_agent.image_ref import parse_image_reference
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
-from edge_agent.retry import Retries
-from edge_agent.threads import run_blocking
-from edge_agent.trust.api import ImageRejected, ImageVerifier
-from edge_agent.trust.keys import KeyFileError, TrustedKey, load_public_key
 from edge_agent.trust.passthrough import RegistryUnreachable
-from edge_agent.twin.protocol import desired_document
+from edge_shared.document import Limits
+from edge_shared.image_ref import parse_image_reference
+from edge_shared.outcome import State
+from edge_shared.protocol import desired_document
+from edge_shared.retry import Retries
+from edge_shared.spec import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
+from edge_shared.threads import run_blocking
+from edge_shared.trust.api import ImageRejected, ImageVerifier
+from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key
 
 log = get_logger(__name__)
 PIN_RETRY = (2.0, 60.0)  # reaching or storing a document failed: first retry after, doubling up to (s)

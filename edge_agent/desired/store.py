@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.deployment.pinned import CommittedDeployment
-from edge_agent.desired.status import KEEP_VERSIONS, State, VersionStatus
+from edge_agent.desired.status import KEEP_VERSIONS, VersionStatus
 from edge_agent.store import delete_meta, get_meta, set_meta, tables, transaction
-from edge_agent.trust.keys import TrustedKey, parse_public_key
+from edge_shared.outcome import State
+from edge_shared.trust.keys import TrustedKey, parse_public_key
 
 if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.py (without numpy)
     from sqlite_utils.db import Table

@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult
 from edge_agent.deployment.rollback import Failed, Good, Probation
-from edge_agent.desired.status import State, VersionStatus, advance
+from edge_agent.desired.status import VersionStatus, advance
 from edge_agent.desired.store import Accepted, Transition
+from edge_shared.outcome import State
 
 ACTIVE = frozenset({State.ACTIVATING, State.PROBATION})
 

@@ -1,7 +1,7 @@
 """What the deployment layer needs from a container engine, as plain values and a Protocol.
 
-The podman adapter (runtime/podman.py) and the in-memory fake (runtime/fake.py) both implement
-`ContainerRuntime`; nothing outside runtime/ knows about Podman's API.
+The podman adapter (runtime/podman.py) and the tests' in-memory fake (tests/fakes/runtime.py)
+both implement `ContainerRuntime`; nothing outside runtime/ knows about Podman's API.
 """
 
 from __future__ import annotations

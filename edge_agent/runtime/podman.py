@@ -4,7 +4,7 @@ Why the API and not the CLI: no fork+exec of a Go binary per call (matters on a 
 modules), structured JSON errors, and a streamed events endpoint.
 
 podman-py is blocking (requests). The bridge to asyncio is in one place: `PodmanRuntime._call`
-runs one blocking podman-py function in a daemon thread (edge_agent.threads.run_blocking, the
+runs one blocking podman-py function in a daemon thread (edge_shared.threads.run_blocking, the
 agent's one way to run blocking work off the loop) and turns podman-py's exceptions into
 RuntimeFailure with an operator-readable message. The events stream is read by a thread of its
 own (`events`), which hands each event to the loop with call_soon_threadsafe and is shut down
@@ -61,7 +61,7 @@ from edge_agent.runtime.api import (
     RuntimeEvent,
     RuntimeFailure,
 )
-from edge_agent.threads import call_soon_from_thread, run_blocking
+from edge_shared.threads import call_soon_from_thread, run_blocking
 
 log = get_logger(__name__)
 NS = 1_000_000_000

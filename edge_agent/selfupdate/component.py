@@ -30,17 +30,17 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
-from edge_agent.deployment.manifest import AGENT_RELEASE
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
-from edge_agent.retry import Retries
 from edge_agent.runtime.api import RuntimeFailure
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.selfupdate import install as installer
 from edge_agent.selfupdate.files import UpdateFiles
 from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, decide
-from edge_agent.threads import run_blocking
+from edge_shared.retry import Retries
+from edge_shared.spec import AGENT_RELEASE
+from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 

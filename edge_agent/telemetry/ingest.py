@@ -34,13 +34,12 @@ from typing import Any
 from edge_agent.logs import get_logger
 from edge_agent.telemetry.policy import DEFAULT_PRIORITY
 from edge_agent.telemetry.queue import Accepted, NewRecord, Outcome, Refused
+from edge_shared.names import MODULE_NAME_RE, STREAM_NAME_RE, is_module_name, is_stream_name
 
 log = get_logger(__name__)
 
 MAX_LINE = 256 * 1024
 MAX_PENDING = 256
-STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-MODULE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ALLOWED_KEYS = {"stream", "priority", "payload", "ts", "key"}
 # A module's idempotency key: printable ASCII without spaces, 1-128 characters (a UUID, a counter).
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -52,8 +51,8 @@ Submit = Callable[[NewRecord], Awaitable[Outcome]]
 
 def ingest_mount_dir(runtime_dir: Path, module: str) -> Path:
     """The host directory to bind-mount at /run/edge-agent in `module`'s container."""
-    if not MODULE_RE.match(module):
-        raise ValueError(f"module name {module!r} cannot have an ingest socket; expected {MODULE_RE.pattern}")
+    if not is_module_name(module):
+        raise ValueError(f"module name {module!r} cannot have an ingest socket; expected {MODULE_NAME_RE.pattern}")
     return runtime_dir / "ingest" / module
 
 
@@ -80,8 +79,8 @@ def parse_request(line: bytes, module: str) -> NewRecord | Refused:
         hint = "; the module is known from the socket" if "module" in unknown else ""
         return Refused("invalid", f"unknown field {unknown[0]!r}; expected stream, priority, payload, ts, key{hint}")
     stream = doc.get("stream")
-    if not isinstance(stream, str) or not STREAM_RE.match(stream):
-        return Refused("invalid", f"stream: got {stream!r}; expected a name matching {STREAM_RE.pattern}")
+    if not isinstance(stream, str) or not is_stream_name(stream):
+        return Refused("invalid", f"stream: got {stream!r}; expected a name matching {STREAM_NAME_RE.pattern}")
     priority = doc.get("priority", DEFAULT_PRIORITY)
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         return Refused("invalid", f"priority: got {priority!r}; expected an integer 0 (most urgent) to 9 (bulk)")

@@ -25,27 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_client import PublishRefused
-from edge_agent.retry import Backoff
 from edge_agent.telemetry.policy import choose_stream
-from edge_agent.telemetry.queue import StoredRecord, TelemetryQueue
+from edge_agent.telemetry.queue import TelemetryQueue
+from edge_shared.batch import encode_batch
+from edge_shared.mqtt_client import PublishRefused
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-CONTENT_TYPE_JSON = "application/json"
-CONTENT_TYPE_ZLIB = "application/json+zlib"
-COMPRESS_MIN_BYTES = 1024
-SCHEMA = 1
 REFUSED_FIRST_RETRY_S = 2.0
 REFUSED_MAX_RETRY_S = 300.0
 
@@ -61,39 +56,6 @@ class Publisher(Protocol):
 
 
 DbCall = Callable[..., Awaitable[Any]]
-
-
-def encode_batch(device: str, stream: str, records: Sequence[StoredRecord], compress: bool) -> tuple[bytes, str]:
-    """The MQTT payload and content type for records of one stream (payloads are JSON already)."""
-    head = json.dumps({"schema": SCHEMA, "device": device, "stream": stream}, separators=(",", ":"))[:-1]
-    parts = [
-        b'{"id":"%s","seq":%d,"ts":%s,"received":%s,"priority":%d,"module":%s,%s"payload":%s}'
-        % (
-            r.id.encode(),
-            r.seq,
-            repr(round(r.ts, 6)).encode(),
-            repr(round(r.received, 6)).encode(),
-            r.priority,
-            json.dumps(r.module).encode(),
-            b"" if r.deployment is None else b'"deployment":%d,' % r.deployment,
-            r.payload,
-        )
-        for r in records
-    ]
-    body = head.encode() + b',"records":[' + b",".join(parts) + b"]}"
-    if compress and len(body) >= COMPRESS_MIN_BYTES:
-        return zlib.compress(body, 6), CONTENT_TYPE_ZLIB
-    return body, CONTENT_TYPE_JSON
-
-
-def decode_batch(payload: bytes, content_type: str | None = None) -> dict[str, Any]:
-    """Inverse of encode_batch (fleet side). Without a content type, a zlib stream is recognised."""
-    if content_type == CONTENT_TYPE_ZLIB or (content_type is None and payload[:1] == b"\x78"):
-        payload = zlib.decompress(payload)
-    doc = json.loads(payload)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("records"), list):
-        raise ValueError("not a telemetry batch (schema 1)")
-    return doc
 
 
 class RateMeter:

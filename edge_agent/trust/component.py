@@ -9,9 +9,9 @@ import sqlite3
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.logs import get_logger
-from edge_agent.trust.api import VerifiedImage
 from edge_agent.trust.factory import build_verifier
-from edge_agent.trust.keys import KeyFileError
+from edge_shared.trust.api import VerifiedImage
+from edge_shared.trust.keys import KeyFileError
 
 log = get_logger(__name__)
 

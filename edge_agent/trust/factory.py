@@ -7,12 +7,13 @@ import sqlite3
 
 from edge_agent.config import AgentConfig, TrustSection
 from edge_agent.trust.cache import VerifyCache
-from edge_agent.trust.keys import load_public_key
+from edge_agent.trust.local_images import PodmanLocalImages
 from edge_agent.trust.origins import ImageOrigins
-from edge_agent.trust.platforms import Platform, host_platform, parse_platform
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings
-from edge_agent.trust.verify import CosignVerifier, LocalImages, PodmanLocalImages
+from edge_shared.trust.keys import load_public_key
+from edge_shared.trust.platforms import Platform, host_platform, parse_platform
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings
+from edge_shared.trust.verify import CosignVerifier, LocalImages
 
 
 def scope_policies(trust: TrustSection) -> list[ScopePolicy]:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from edge_agent.image_ref import is_loopback_host
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings
-from edge_agent.trust.verify import CosignVerifier
+from edge_shared.image_ref import is_loopback_host
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings
+from edge_shared.trust.verify import CosignVerifier
 
 
 class RegistryUnreachable(Exception):

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.broker_endpoints import Endpoint
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_params import broker_params
 from edge_agent.reported import ReportedState
-from edge_agent.twin.protocol import DeviceTopics
 from edge_agent.twin.reporter import Reporter
 from edge_agent.twin.session import MAX_COMMAND_BYTES, TwinSession
+from edge_shared.broker_endpoints import Endpoint
+from edge_shared.mqtt_params import broker_params
+from edge_shared.protocol import DeviceTopics
 
 log = get_logger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from edge_agent import __version__
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
-from edge_agent.twin import protocol
 from edge_agent.twin.session import Publisher
+from edge_shared import protocol
 
 log = get_logger(__name__)
 

@@ -5,8 +5,8 @@ the desired document and commands, keep presence, and let other components publi
   and queues QoS 1 commands while the device is away; they arrive after the reconnect.
 - Last will: presence "offline" (retained), published by the broker when the link dies.
 - Reconnect: to one of several broker endpoints (`[mqtt] host`/`port`, then `endpoints`), chosen
-  by edge_agent/broker_endpoints.py: each endpoint has its own capped exponential backoff
-  (edge_agent/retry.py, equal jitter); a lost broker moves the session to the next endpoint that
+  by shared/edge_shared/broker_endpoints.py: each endpoint has its own capped exponential backoff
+  (shared/edge_shared/retry.py, equal jitter); a lost broker moves the session to the next endpoint that
   is due. The client id, clean_start=False and session expiry are the same on every endpoint, so a
   clustered broker (or bridged brokers) keeps one session per device. A connection that was up and
   then dropped starts a fresh backoff, so one long outage does not slow the next reconnect.
@@ -25,17 +25,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_agent.broker_endpoints import Choice, Endpoint, choose_endpoint
 from edge_agent.logs import get_logger
-from edge_agent.mqtt_params import BrokerParams
-from edge_agent.retry import Retries
-from edge_agent.twin import protocol
-from edge_agent.twin.protocol import DeviceTopics
+from edge_shared import protocol
+from edge_shared.broker_endpoints import Choice, Endpoint, choose_endpoint
+from edge_shared.mqtt_params import BrokerParams
+from edge_shared.protocol import DeviceTopics
+from edge_shared.retry import Retries
 
 if TYPE_CHECKING:
     import aiomqtt
 
-    from edge_agent.mqtt_client import CheckedClient
+    from edge_shared.mqtt_client import CheckedClient
 
 log = get_logger(__name__)
 
@@ -179,7 +179,7 @@ class TwinSession:
         this waits for the next connection; a publish cut off by a disconnect is sent again. One
         the broker refuses (a PUBACK with a failure reason: its ACL does not allow the topic) is
         logged as an error and not sent again, since the broker would refuse it again."""
-        from edge_agent.mqtt_client import PublishRefused
+        from edge_shared.mqtt_client import PublishRefused
 
         async with asyncio.timeout(timeout):
             while True:
@@ -201,7 +201,7 @@ class TwinSession:
         self, topic: str, payload: bytes, qos: int = 1, content_type: str | None = None, *, retain: bool = False
     ) -> None:
         """One attempt on the current connection: returns after the PUBACK, raises ConnectionLost
-        when there is no connection or it drops first, PublishRefused (edge_agent.mqtt_client)
+        when there is no connection or it drops first, PublishRefused (edge_shared.mqtt_client)
         when the broker answers with a failure reason. For callers that keep their own order and
         retry (the telemetry uplink and its in-flight window); `publish` is the retrying form.
         paho never fails a publish whose connection died, hence the race with `_down`."""
@@ -313,7 +313,7 @@ class TwinSession:
     async def _connect_and_serve(self, endpoint: Endpoint, on_connected: Callable[[], object]) -> None:
         import aiomqtt
 
-        from edge_agent.mqtt_client import make_client
+        from edge_shared.mqtt_client import make_client
 
         will = aiomqtt.Will(
             self.topics.presence, protocol.presence_payload(protocol.PRESENCE_OFFLINE), qos=1, retain=True
@@ -416,7 +416,7 @@ class TwinSession:
         response_topic: str | None,
         correlation: bytes | None,
     ) -> None:
-        from edge_agent.mqtt_client import PublishRefused, publish_properties
+        from edge_shared.mqtt_client import PublishRefused, publish_properties
 
         log.info("command %s received", name, extra={"EVENT": "command.received", "COMMAND": name})
         answer = await run_command(self.commands, name, payload)

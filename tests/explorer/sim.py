@@ -34,15 +34,15 @@ from edge_agent.deployment.rollback import Failed
 from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired.admission import Admitted
 from edge_agent.desired.manager import TRANSIENT_CODES, DesiredStateManager
-from edge_agent.desired.status import FAILURE_STATES, State
 from edge_agent.desired.store import StateStore
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import LABEL_DEPLOYMENT, LABEL_MODULE, LABEL_SPEC_HASH, ContainerRequest, ObservedContainer
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.state_schema import migrate
-from edge_agent.trust import keys
-from edge_agent.trust.api import ImageRejected, VerifiedImage
-from edge_agent.trust.documents import sign_document
+from edge_shared.outcome import FAILURE_STATES, State
+from edge_shared.trust import keys
+from edge_shared.trust.api import ImageRejected, VerifiedImage
+from edgectl.documents import sign_document
+from tests.fakes.runtime import FakeRuntime
 
 TERMINAL = frozenset({State.GOOD, *FAILURE_STATES})
 KINDS = ("good", "good", "good", "unsigned", "crashing", "refused_model", "transient", "transient_artifact")

@@ -5,7 +5,7 @@ through the mounted models folder, the way the amd64 image does in test_pilot_co
 Emulation infers at about 3 frames per second, so the pilot runs at 3 Hz and the simulated world
 at 0.3x (actuator.sim_time_scale): the car is steered about 10 times per simulated second. On a
 Pi 4 the image runs at the shipped 20 Hz; nothing in the image differs for emulation but the
-mounted /proc/cpuinfo (tests/infra/multiarch.py says why)."""
+mounted /proc/cpuinfo (devinfra/multiarch.py says why)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.infra.multiarch import EMULATED_PILOT_CONFIG, emulated_arm64_cpuinfo, require_arm64_emulation
-from tests.infra.pilot_image import ensure_pilot_image
-from tests.infra.podman import podman
+from devinfra.multiarch import EMULATED_PILOT_CONFIG, emulated_arm64_cpuinfo, require_arm64_emulation
+from devinfra.pilot_image import ensure_pilot_image
+from devinfra.podman import podman
 
 from .conftest import SHIPPED_MODEL, container_models
 

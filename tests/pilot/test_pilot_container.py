@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.infra.pilot_image import ensure_pilot_image
+from devinfra.pilot_image import ensure_pilot_image
 
 from .conftest import REPO, SHIPPED_MODEL, container_models
 from .test_telemetry import IngestServer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from edge_pilot.telemetry import TelemetryClient
 
-STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+from edge_shared.names import is_stream_name
 
 
 class IngestServer:
@@ -50,7 +50,7 @@ class IngestServer:
                         rec = json.loads(line)
                         ok = (
                             isinstance(rec, dict)
-                            and STREAM_RE.match(rec.get("stream", "")) is not None
+                            and is_stream_name(rec.get("stream", ""))
                             and rec.get("priority", 5) in range(10)
                             and "payload" in rec
                             and len(line) <= 256 * 1024

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.podman import PodmanService
+from devinfra.podman import PodmanService
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts"

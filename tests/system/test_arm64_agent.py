@@ -33,11 +33,11 @@ from typing import Any
 
 import pytest
 
-from tests.infra.agent_image import agent_image_name, ensure_agent_image
-from tests.infra.base_image import ensure_base_image
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.multiarch import MultiArch, arm64_busybox, build_multiarch
-from tests.infra.registry import Registry
+from devinfra.agent_image import agent_image_name, ensure_agent_image
+from devinfra.base_image import ensure_base_image
+from devinfra.mosquitto import Mosquitto
+from devinfra.multiarch import MultiArch, arm64_busybox, build_multiarch
+from devinfra.registry import Registry
 from tests.system import test_systemd_service as systemd_tests
 from tests.system.conftest import (
     REPO_ROOT,
@@ -60,7 +60,7 @@ SLOW = 600  # seconds: anything the emulated agent does
 def edgectl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env,
     )  # fmt: skip
 

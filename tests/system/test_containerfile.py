@@ -46,10 +46,13 @@ def test_runtime_stage_holds_only_what_runs(agent_image: str) -> None:
     listing = run_in(
         agent_image, "-c",
         "ls /opt/edge-agent/bin; test -e /wheels && echo HAS_WHEELS; test -d /src && echo HAS_SRC;"
+        " ls /opt/edge-agent/lib/python3*/site-packages | sed -n 's/^\\(edgectl\\|nacl\\)$/FLEET:&/p';"
         " command -v gcc || true; id -gn; stat -c '%U %a' /var/lib/edge-agent",
         entrypoint="sh",
     ).split()  # fmt: skip
-    assert "edge-agent" in listing and "edgectl" in listing
+    # The device's image: the agent and the shared leaf, no fleet code (edgectl) or fleet dependency.
+    assert "edge-agent" in listing and "edgectl" not in listing
+    assert not [item for item in listing if item.startswith("FLEET:")], listing
     assert "pip" not in listing and "HAS_WHEELS" not in listing and "HAS_SRC" not in listing
     assert not any(item.endswith("/gcc") for item in listing)
     assert listing[-3:] == ["edge-agent", "edge-agent", "700"], listing

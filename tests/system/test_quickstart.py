@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.infra.procs import wait_until
+from devinfra.procs import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = REPO / ".quickstart" / "run"

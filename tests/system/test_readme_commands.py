@@ -72,12 +72,12 @@ def test_scripts_test_install_then_scripts_run_then_again_after_damage(tmp_path:
 
     # 3. the install damaged as the old unit-file test did: agent uninstalled, stamp left in place
     subprocess.run([str(venv / "bin" / "pip"), "uninstall", "-y", "-q", "edge-agent"], check=True, env=clean_env())
-    assert not (venv / "bin" / "edgectl").exists() and (venv / ".edge-deps").exists()
+    assert not (venv / "bin" / "edge-agent").exists() and (venv / ".edge-deps").exists()
 
     # 4. scripts/run again notices and repairs it, and works
     out = quickstart_first_steps(repo)
     assert "the agent is not installed in" in out and "reinstalling" in out, out
-    assert (venv / "bin" / "edgectl").is_file()
+    assert (venv / "bin" / "edge-agent").is_file() and (venv / "bin" / "edgectl").is_file()
 
     # 5. and scripts/test's install a second time is a no-op that finds everything in place
     again = sh(repo, ". scripts/install-deps.sh && edge-agent version && edgectl --help >/dev/null", timeout=600)

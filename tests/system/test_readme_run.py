@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.infra.procs import port_open, wait_until
+from devinfra.procs import port_open, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

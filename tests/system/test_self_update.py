@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.registry import Registry
+from devinfra.mosquitto import Mosquitto
+from devinfra.registry import Registry
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.system.conftest import (
     REPO_ROOT,
     SCRIPTS,
@@ -54,7 +54,7 @@ SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do s
 def edgectl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -110,7 +110,11 @@ def crashes_at_start(pkg: Path) -> None:
 
 
 def cannot_reach_the_broker(pkg: Path) -> None:
-    replace_once(pkg / "mqtt_params.py", "port=endpoint.port)", "port=1)  # dials a port nobody listens on")
+    replace_once(
+        pkg / "twin" / "session.py",
+        "params = self.params.at(endpoint)",
+        "params = self.params.at(type(endpoint)(endpoint.host, 1))  # dials a port nobody listens on",
+    )
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.pilot_image import ensure_pilot_image
-from tests.infra.podman import podman
+from devinfra.pilot_image import ensure_pilot_image
+from devinfra.podman import podman
 from tests.integration.desired.conftest import Device, device
 
 __all__ = ["device", "pilot_image", "push_pilot_image", "runtime_dir", "start_agent_with_telemetry"]

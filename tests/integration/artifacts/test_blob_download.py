@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.artifacts.format import build_model_artifact, validate_metadata
+from devinfra.registry import Registry
 from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
-from edge_agent.artifacts.push import push_artifact
-from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
-from tests.infra.registry import Registry
+from edge_shared.artifacts.format import build_model_artifact, validate_metadata
+from edge_shared.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
+from edgectl.push import push_artifact
 from tests.unit.artifacts.test_format import META
 
 

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.bootlog import build_boot_log
-from edge_agent.attestation.ima import make_entry
-from edge_agent.attestation.mqtt_command import CommandFailed, dispatch
+from devinfra.swtpm import Swtpm
+from edge_agent.attestation.mqtt_command import dispatch
 from edge_agent.attestation.service import AttestationService
 from edge_agent.config import parse_config
 from edge_agent.reported import ReportedState
-from tests.infra.swtpm import Swtpm
+from edge_shared.protocol import CommandFailed
+from edgectl.attestation.bootlog import build_boot_log
+from edgectl.attestation.ima import make_entry
 
 
 @pytest.fixture

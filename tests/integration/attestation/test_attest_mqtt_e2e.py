@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.swtpm import Swtpm
 from edge_agent.attestation.tpm import PytssTpm
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.swtpm import Swtpm
 from tests.integration.attestation.conftest import synthetic_files, write_boot_log, write_ima_list
 
 
@@ -25,7 +25,7 @@ def agent_config(mosquitto: Mosquitto, device: str, tcti: str, ima_log: Path, bo
 
 
 def edgectl(mosquitto: Mosquitto, records: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "edge_agent.fleet.cli", *args, "--broker", "127.0.0.1",
+    argv = [sys.executable, "-m", "edgectl.cli", *args, "--broker", "127.0.0.1",
             "--port", str(mosquitto.port), "--prefix", "e2e", "--records", str(records), "--timeout", "20"]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.ima import Allowlist
-from edge_agent.attestation.keys import DeviceIdentity
-from edge_agent.attestation.mqtt_command import CommandFailed
+from devinfra.swtpm import Swtpm
 from edge_agent.attestation.service import AttestationService
-from edge_agent.fleet.attest_cmds import AttestationFailure, EnrollmentRecord, attest_device, enroll_device
-from tests.infra.swtpm import Swtpm
+from edge_shared.attestation import DeviceIdentity
+from edge_shared.protocol import CommandFailed
+from edgectl.attest_cmds import AttestationFailure, EnrollmentRecord, attest_device, enroll_device
+from edgectl.attestation.ima import Allowlist
 from tests.integration.attestation.conftest import (
     local_transport,
     synthetic_files,

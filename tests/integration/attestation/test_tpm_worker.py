@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.keys import DeviceIdentity, make_challenge
-from edge_agent.attestation.quote import decode_evidence, encode_quote
+from devinfra.procs import wait_until
+from devinfra.swtpm import Swtpm
+from edge_agent.attestation.quote import encode_quote
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
-from edge_agent.attestation.tpm import ZERO_PCR, PytssTpm, TpmError
-from edge_agent.attestation.verify import Expectations, verify_quote
-from tests.infra.procs import wait_until
-from tests.infra.swtpm import Swtpm
+from edge_agent.attestation.tpm import PytssTpm, TpmError
+from edge_shared.attestation import ZERO_PCR, DeviceIdentity, decode_evidence
+from edgectl.attestation.challenge import make_challenge
+from edgectl.attestation.verify import Expectations, verify_quote
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROBE = REPO_ROOT / "tests" / "infra" / "attestation_probe.py"

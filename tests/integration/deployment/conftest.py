@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 
+from devinfra.agent import AgentProcess
+from devinfra.pipeline import Pipeline
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import free_port
+from devinfra.registry import Registry
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.desired.admission import Decision, DocumentTrust
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.store import open_state_db
 from edge_agent.trust.factory import build_verifier
-from edge_agent.twin.protocol import desired_document
-from tests.infra.agent import AgentProcess
-from tests.infra.pipeline import Pipeline
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import free_port
-from tests.infra.registry import Registry
+from edge_shared.protocol import desired_document
 
 
 class RunImages:

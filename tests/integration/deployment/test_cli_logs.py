@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 

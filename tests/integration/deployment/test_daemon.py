@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.infra.agent import AgentProcess
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
 
 from .conftest import RunImages, agent_config_text, owned
 

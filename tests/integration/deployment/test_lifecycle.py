@@ -101,7 +101,7 @@ async def test_least_privilege_defaults_and_explicit_grants(
     assert granted["NetworkMode"] == "none"
     assert c["granted"]["Config"]["User"] == "65534:65534"
     # What the process really has: no capabilities at all, or exactly the one granted.
-    from tests.infra.podman import podman
+    from devinfra.podman import podman
 
     def status(name: str) -> str:
         return podman("exec", c[name]["Id"], "cat", "/proc/1/status").stdout
@@ -215,7 +215,7 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(
 async def test_images_of_old_deployments_are_garbage_collected(
     harness_factory: Any, images: RunImages, run_id: str
 ) -> None:
-    from tests.infra.podman import podman
+    from devinfra.podman import podman
 
     def present(ref: str) -> bool:
         return podman("image", "exists", ref, check=False).returncode == 0

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from devinfra.agent import AgentProcess
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
+from devinfra.swtpm import Swtpm
 from edge_agent.control import exchange_line
-from tests.infra.agent import AgentProcess
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
-from tests.infra.swtpm import Swtpm
 
 from .conftest import RunImages, agent_config_text, owned
 from .test_daemon import SLEEP, new_agent, wait_running

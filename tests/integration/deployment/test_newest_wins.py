@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.infra.fault_proxy import FaultProxy
+from devinfra.fault_proxy import FaultProxy
 
 from .conftest import RunImages, owned
 

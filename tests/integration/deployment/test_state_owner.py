@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.infra.agent import AgentProcess
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.fault_proxy import FaultProxy
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
 
 from .conftest import RunImages, agent_config_text, owned
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService, podman
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import ClientCert, Pki, tls_broker, unique
+from devinfra.podman import PodmanService, podman
+from devinfra.registry import Registry
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.integration.twin.helpers import stored_state
-from tests.integration.twin.pki import ClientCert, Pki, tls_broker, unique
 
 REPO = Path(__file__).resolve().parents[3]
 PASSPHRASE = "fleet passphrase"
@@ -36,7 +36,7 @@ SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do s
 def edgectl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env,
     )
 

@@ -15,10 +15,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from edge_agent.trust.documents import sign_document
-from edge_agent.trust.keys import load_private_key
-from tests.infra.podman import podman
-from tests.infra.procs import wait_until
+from devinfra.podman import podman
+from devinfra.procs import wait_until
+from edge_shared.trust.keys import load_private_key
+from edgectl.documents import sign_document
 
 from .conftest import PASSPHRASE, Device
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.infra.multiarch import arm64_busybox, build_multiarch, forge_index
-from tests.infra.podman import podman
+from devinfra.multiarch import arm64_busybox, build_multiarch, forge_index
+from devinfra.podman import podman
 
 from .conftest import Device
 

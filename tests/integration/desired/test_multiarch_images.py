@@ -8,7 +8,7 @@ by the arm64 agent, whose pilot runs on untouched, and taken by the amd64 agent,
 still the signed one.
 
 Emulation only: the arm64 pilot gets a Pi 4's /proc/cpuinfo and a slower simulator through
-mounts in its deployment document (tests/infra/multiarch.py, tests/pilot/test_pilot_arm64.py)."""
+mounts in its deployment document (devinfra/multiarch.py, tests/pilot/test_pilot_arm64.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.infra.agent import AgentProcess
-from tests.infra.multiarch import (
+from devinfra.agent import AgentProcess
+from devinfra.multiarch import (
     EMULATED_PILOT_CONFIG,
     MultiArch,
     build_multiarch,
@@ -29,7 +29,7 @@ from tests.infra.multiarch import (
     forge_index,
     push_multiarch,
 )
-from tests.infra.podman import podman
+from devinfra.podman import podman
 
 from .conftest import REPO, Device
 

@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+from devinfra.agent import AgentProcess
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import free_port, wait_until
 from edge_agent.checks import check_state_schema
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.deployment.reconciler import Reconciler
@@ -30,16 +33,13 @@ from edge_agent.desired.admission import Admitted, DocumentTrust, Duplicate, Ref
 from edge_agent.desired.manager import DesiredStateManager
 from edge_agent.desired.store import StateStore
 from edge_agent.reported import ReportedState
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.state_schema import SCHEMA_VERSION, StateSchemaError, backup_path, migrate, schema_version
 from edge_agent.store import STATE_DB_NAME, get_meta, open_state_db
-from edge_agent.trust.api import VerifiedImage
 from edge_agent.trust.cache import VerifyCache
 from edge_agent.trust.passthrough import RegistryUnreachable
-from edge_agent.twin.protocol import desired_document
-from tests.infra.agent import AgentProcess
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import free_port, wait_until
+from edge_shared.protocol import desired_document
+from edge_shared.trust.api import VerifiedImage
+from tests.fakes.runtime import FakeRuntime
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "state_db" / "f034da0"
 FACTS: dict[str, Any] = json.loads((FIXTURE / "facts.json").read_text())

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.podman import PodmanService, podman
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.pki import Pki, tls_broker, unique
+from devinfra.podman import PodmanService, podman
+from devinfra.registry import Registry
 from tests.integration.desired.conftest import REPO, Device
-from tests.integration.twin.pki import Pki, tls_broker, unique
 
 
 class Fleet:

@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService, podman
-from tests.infra.procs import wait_until
-from tests.infra.registry import Registry
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import Pki, tls_broker, unique
+from devinfra.podman import PodmanService, podman
+from devinfra.procs import wait_until
+from devinfra.registry import Registry
+from devinfra.telemetry import Follower, IngestClient, assert_in_order
 from tests.integration.desired.conftest import REPO, Device
-from tests.integration.telemetry.helpers import Follower, IngestClient, assert_in_order
-from tests.integration.twin.pki import Pki, tls_broker, unique
 
 
 class TwoBrokers:
@@ -233,9 +233,9 @@ def test_agents_move_to_the_second_broker_without_losing_telemetry(
         assert out.returncode == 0, out.stdout + out.stderr
 
         async def reported_on_two() -> dict[str, dict[str, Any]]:
-            from edge_agent.config import MqttSection
-            from edge_agent.fleet.client import FleetClient
-            from edge_agent.mqtt_params import broker_params
+            from edge_shared.mqtt_config import MqttSection
+            from edge_shared.mqtt_params import broker_params
+            from edgectl.client import FleetClient
 
             section = MqttSection(
                 host="127.0.0.1",

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.pilot_image import ensure_pilot_image
-from tests.infra.podman import podman
+from devinfra.agent import AgentProcess
+from devinfra.pilot_image import ensure_pilot_image
+from devinfra.pki import unique
+from devinfra.podman import podman
+from devinfra.telemetry import Follower
 from tests.integration.desired.conftest import REPO
 from tests.integration.fleet.conftest import Fleet
-from tests.integration.telemetry.helpers import Follower
-from tests.integration.twin.pki import unique
 
 RECORDS_PER_GROUP = 16
 
@@ -209,8 +209,8 @@ def test_compare_two_label_groups_running_two_pilot_settings(tmp_path: Path, fle
         # The picture.
         import cv2
 
-        from edge_agent.fleet.compare import Column, Comparison, Row
-        from edge_agent.fleet.compare_chart import PALETTE, chart_size
+        from edgectl.compare import Column, Comparison, Row
+        from edgectl.compare_chart import PALETTE, chart_size
 
         img = cv2.imread(str(png))
         assert img is not None, png

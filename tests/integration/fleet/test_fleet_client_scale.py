@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
-from tests.infra.mosquitto import Mosquitto
-from tests.integration.twin.pki import unique
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import unique
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 
 DEVICES = 1500
 

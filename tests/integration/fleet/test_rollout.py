@@ -63,7 +63,7 @@ def _pinned(ref: str) -> str:
 
 def _image(fleet: Fleet, device: str) -> str:
     """The image of the device's app container, from podman itself."""
-    from tests.infra.podman import podman
+    from devinfra.podman import podman
 
     out = podman("inspect", "--format", "{{.ImageName}}", f"{device}-app", check=False)
     return out.stdout.strip()
@@ -180,7 +180,7 @@ def test_staged_rollout_halts_returns_the_failed_batch_and_resumes_after_sigkill
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
     before_c = {d: _section(after_b[d])["highestVersion"] for d in devices}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.fleet.cli", "rollout", *kit.flags(), "--state", str(state),
+        [sys.executable, "-m", "edgectl.cli", "rollout", *kit.flags(), "--state", str(state),
          str(manifests["v3"]), "--selector", select, "--key", key, "--batches", "1,50%,100%",
          "--max-parallel", "4", "--timeout", "90"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

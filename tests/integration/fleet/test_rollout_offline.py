@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
-from tests.infra.mosquitto import Mosquitto
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import unique
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.integration.desired.conftest import PASSPHRASE, REPO, edgectl
-from tests.integration.twin.pki import unique
 
 
 async def _publish_offline_devices(section: MqttSection, prefix: str, devices: list[str]) -> None:
@@ -54,7 +54,7 @@ async def test_ctrl_c_then_resume_times_out_offline_devices_and_returns_them(
     flags = ["--broker", "127.0.0.1", "--port", str(mosquitto.port), "--prefix", prefix,
              "--state", str(tmp_path / "rollouts.db")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.fleet.cli", "rollout", *flags, str(manifest), "--selector", "site=x",
+        [sys.executable, "-m", "edgectl.cli", "rollout", *flags, str(manifest), "--selector", "site=x",
          "--key", str(keys / "fleet.key"), "--batches", "2", "--max-parallel", "1", "--timeout", "3"],
         cwd=REPO, env={**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -22,9 +22,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.config import DEVICE_ID_PATTERN, MODULE_NAME_PATTERN, STREAM_NAME_PATTERN, ConfigError, load_config
+from devinfra.procs import free_port
+from edge_agent.config import ConfigError, load_config
 from edge_agent.daemon import Agent
-from tests.infra.procs import free_port
+from edge_shared.names import DEVICE_ID_PATTERN, MODULE_NAME_PATTERN, STREAM_NAME_PATTERN
 
 # Text that includes what breaks things: NUL and control characters, non-ASCII, long runs.
 hostile_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)

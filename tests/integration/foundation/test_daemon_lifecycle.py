@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.podman import PodmanService
-from tests.infra.procs import free_port, wait_until
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.podman import PodmanService
+from devinfra.procs import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.procs import free_port, wait_until
+from devinfra.agent import AgentProcess
+from devinfra.procs import free_port, wait_until
 
 from .test_daemon_lifecycle import NotifySocket, agent_config
 

@@ -16,10 +16,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.procs import require_binary, wait_until
-from tests.integration.telemetry.helpers import BROKER_CONF, agent_config
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.procs import require_binary, wait_until
+from devinfra.telemetry import BROKER_CONF, agent_config
 
 KILLS = 20
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.integration.telemetry.helpers import BROKER_CONF, Follower, IngestClient, agent_config
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.telemetry import BROKER_CONF, Follower, IngestClient, agent_config
 
 
 def test_a_module_cannot_send_as_another(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from devinfra.agent import AgentProcess
+from devinfra.procs import free_port, wait_until
+from devinfra.telemetry import IngestClient, agent_config
 from edge_agent.telemetry.queue import WAL_BOUND, file_limit
-from tests.infra.agent import AgentProcess
-from tests.infra.procs import free_port, wait_until
-from tests.integration.telemetry.helpers import IngestClient, agent_config
 
 CAP = 256 * 1024
 

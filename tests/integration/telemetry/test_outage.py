@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.procs import wait_until
-from tests.integration.telemetry.helpers import (
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.procs import wait_until
+from devinfra.telemetry import (
     BROKER_CONF,
     Follower,
     IngestClient,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.procs import wait_until
-from tests.integration.telemetry.helpers import Follower, IngestClient, agent_config
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.procs import wait_until
+from devinfra.telemetry import Follower, IngestClient, agent_config
 
 DENY_TELEMETRY = "topic readwrite edge/#\ntopic deny edge/dev1/telemetry/#\n"
 ALLOW_ALL = "topic readwrite edge/#\n"

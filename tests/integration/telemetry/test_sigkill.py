@@ -14,10 +14,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
-from tests.infra.procs import wait_until
-from tests.integration.telemetry.helpers import BROKER_CONF, Follower, agent_config, assert_in_order
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.procs import wait_until
+from devinfra.telemetry import BROKER_CONF, Follower, agent_config, assert_in_order
 
 KILLS = 22
 BATCH, WINDOW = 50, 4

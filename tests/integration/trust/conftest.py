@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from devinfra.podman import PodmanService, podman
+from devinfra.registry import Registry
 from edge_agent.store import open_state_db
-from edge_agent.trust import keys
 from edge_agent.trust.cache import VerifyCache
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from edge_agent.trust.verify import CosignVerifier, LocalImages, PodmanLocalImages
-from tests.infra.podman import PodmanService, podman
-from tests.infra.registry import Registry
+from edge_agent.trust.local_images import PodmanLocalImages
+from edge_shared.trust import keys
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edge_shared.trust.verify import CosignVerifier, LocalImages
 
 _counter = itertools.count()
 

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.deployment.manifest import validate_deployment
-from edge_agent.desired.admission import Admitted, DocumentTrust, History, Limits, admit
-from edge_agent.trust import keys
+from edge_agent.desired.admission import Admitted, DocumentTrust, History, admit
+from edge_shared.document import Limits
+from edge_shared.spec import validate_deployment
+from edge_shared.trust import keys
 from tests.integration.trust.conftest import ImageFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -20,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def edgectl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "EDGECTL_KEY_PASSWORD": "s3cret-passphrase", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         cwd=REPO_ROOT,
         env=full_env,
         capture_output=True,

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge_agent.trust import cosign
-from edge_agent.trust.api import ImageRejected, ImageVerifier
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from edge_agent.trust.signing import sign_image_bundle, sign_image_legacy
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.podman import podman
+from devinfra.fault_proxy import FaultProxy
+from devinfra.podman import podman
+from edge_shared.trust import cosign
+from edge_shared.trust.api import ImageRejected, ImageVerifier
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edgectl.signing import sign_image_bundle, sign_image_legacy
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 
@@ -249,8 +249,8 @@ async def test_required_annotation_and_warn_mode(
 
 
 async def test_no_policy_means_refused(images: ImageFactory, signer: KeyPair) -> None:
-    from edge_agent.trust.policy import ScopePolicy
-    from edge_agent.trust.verify import CosignVerifier
+    from edge_shared.trust.policy import ScopePolicy
+    from edge_shared.trust.verify import CosignVerifier
 
     reference = images.push(images.unique("nopolicy"))
     verifier = CosignVerifier(

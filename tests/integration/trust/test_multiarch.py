@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.trust import keys as trust_keys
-from edge_agent.trust.api import ImageRejected
-from edge_agent.trust.platforms import DOCKER_LIST, parse_platform
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from edge_agent.trust.signing import sign_image_legacy
-from edge_agent.trust.verify import CosignVerifier
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.multiarch import MultiArch, build_multiarch, forge_index
-from tests.infra.podman import podman
+from devinfra.fault_proxy import FaultProxy
+from devinfra.multiarch import MultiArch, build_multiarch, forge_index
+from devinfra.podman import podman
+from edge_shared.trust import keys as trust_keys
+from edge_shared.trust.api import ImageRejected
+from edge_shared.trust.platforms import DOCKER_LIST, parse_platform
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edge_shared.trust.verify import CosignVerifier
+from edgectl.signing import sign_image_legacy
 from tests.integration.trust.conftest import ImageFactory, KeyPair, verifier_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -31,7 +31,7 @@ PASSPHRASE = "multiarch test"
 
 def edgectl(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGECTL_KEY_PASSWORD": PASSPHRASE}
-    return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True,
                           timeout=120, cwd=REPO, env=env)
 
 

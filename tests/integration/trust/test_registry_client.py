@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge_agent.trust import cosign
-from edge_agent.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
-from tests.infra.fault_proxy import FaultProxy
-from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
-from tests.infra.registry import Registry
+from devinfra.fault_proxy import FaultProxy
+from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
+from devinfra.registry import Registry
+from edge_shared.trust import cosign
+from edge_shared.trust.registry import RegistryClient, RegistryError, RegistrySettings, parse_reference
 
 
 def make_ca_and_cert(workdir: Path) -> tuple[Path, Path, Path]:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from devinfra.podman import podman
+from devinfra.registry import Registry
 from edge_agent.store import open_state_db
-from edge_agent.trust import cosign
-from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.cache import VerifyCache
-from edge_agent.trust.registry import RegistryClient, RegistrySettings, parse_reference
-from edge_agent.trust.signing import sign_image_legacy
-from edge_agent.trust.verify import PodmanLocalImages
-from tests.infra.podman import podman
-from tests.infra.registry import Registry
+from edge_agent.trust.local_images import PodmanLocalImages
+from edge_shared.trust import cosign
+from edge_shared.trust.api import ImageRejected
+from edge_shared.trust.registry import RegistryClient, RegistrySettings, parse_reference
+from edgectl.signing import sign_image_legacy
 from tests.integration.trust.conftest import ImageFactory, KeyPair, build_variant, verifier_for
 
 

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet.client import FleetClient
-from tests.infra.agent import AgentProcess
+from devinfra.agent import AgentProcess
+from edgectl.client import FleetClient
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def edgectl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.fleet.cli", *args],
+        [sys.executable, "-m", "edgectl.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -10,12 +10,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_client import make_client
-from edge_agent.mqtt_params import BrokerParams, broker_params
-from tests.infra.procs import ManagedProcess, free_port, port_open, require_binary
-from tests.integration.twin.pki import REPO, Pki, unique
+from devinfra.pki import REPO, Pki, unique
+from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
+from edge_shared.mqtt_client import make_client
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import BrokerParams, broker_params
+from edgectl.client import FleetClient
 
 
 async def test_example_mosquitto_config(pki: Pki, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import aiomqtt
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.fleet.client import FleetError
-from edge_agent.mqtt_client import PublishRefused, make_client
-from edge_agent.mqtt_params import broker_params
-from tests.integration.twin.conftest import TwinEnv
-from tests.integration.twin.pki import unique
+from devinfra.pki import unique
+from devinfra.twin_env import TwinEnv
+from edge_shared.mqtt_client import PublishRefused, make_client
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetError
 
 
 async def _next_message(client: aiomqtt.Client, timeout: float = 10) -> aiomqtt.Message:

@@ -8,10 +8,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.integration.twin.conftest import TwinEnv
+from devinfra.agent import AgentProcess
+from devinfra.pki import unique
+from devinfra.twin_env import TwinEnv
 from tests.integration.twin.helpers import deployment_section, edgectl, stored_state, version_state, wait_reported
-from tests.integration.twin.pki import unique
 
 MANIFEST = {"modules": {"pilot": {"image": "registry.local/pilot:1.0"}, "camera": {"image": "registry.local/cam:2"}}}
 

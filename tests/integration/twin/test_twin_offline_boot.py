@@ -8,10 +8,10 @@ import re
 import time
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.procs import wait_until
-from tests.integration.twin.conftest import TwinEnv
-from tests.integration.twin.pki import unique
+from devinfra.agent import AgentProcess
+from devinfra.pki import unique
+from devinfra.procs import wait_until
+from devinfra.twin_env import TwinEnv
 
 MANIFEST: dict[str, dict[str, object]] = {"modules": {}}  # nothing to pin: accepted without a registry
 

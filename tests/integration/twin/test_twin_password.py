@@ -8,13 +8,13 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from edge_agent.config import MqttSection
-from edge_agent.fleet.client import FleetClient
-from edge_agent.mqtt_params import broker_params
-from tests.infra.agent import AgentProcess
-from tests.infra.mosquitto import Mosquitto
+from devinfra.agent import AgentProcess
+from devinfra.mosquitto import Mosquitto
+from devinfra.pki import acl_text, unique
+from edge_shared.mqtt_config import MqttSection
+from edge_shared.mqtt_params import broker_params
+from edgectl.client import FleetClient
 from tests.integration.twin.helpers import version_state, wait_reported
-from tests.integration.twin.pki import acl_text, unique
 
 
 async def test_username_password_and_no_secret_leaks(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ import os
 import signal
 from pathlib import Path
 
-from tests.infra.agent import AgentProcess
-from tests.infra.procs import wait_until
-from tests.integration.twin.conftest import TwinEnv
+from devinfra.agent import AgentProcess
+from devinfra.pki import unique
+from devinfra.procs import wait_until
+from devinfra.twin_env import TwinEnv
 from tests.integration.twin.helpers import edgectl, refused_code, stored_state, version_state, wait_reported
-from tests.integration.twin.pki import unique
 
 MANIFEST = {"modules": {"pilot": {"image": "registry.local/pilot:1.0"}}}
 

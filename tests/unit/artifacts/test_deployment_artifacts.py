@@ -16,8 +16,8 @@ from edge_agent.artifacts.confirm import (
     confirmation,
     parse_report,
 )
-from edge_agent.deployment.manifest import CONTAINER_SPEC_VERSION, ModuleSpec, validate_deployment
-from edge_agent.desired.errors import DesiredRejected
+from edge_shared.document import DesiredRejected
+from edge_shared.spec import CONTAINER_SPEC_VERSION, ModuleSpec, validate_deployment
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -100,7 +100,7 @@ def test_confirmation_refusal_wins_then_use_then_waiting() -> None:
 
 
 def test_status_lines_show_placed_and_driving_digests_and_flag_refusals() -> None:
-    from edge_agent.artifacts.view import artifact_lines
+    from edge_shared.artifacts.view import artifact_lines
 
     state = {
         "artifacts": {

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.artifacts.format import (
+from edge_agent.artifacts.pinning import pin_artifact_refs
+from edge_shared.artifacts.format import (
     METADATA_FILE,
     MODEL_ARTIFACT_TYPE,
     MODEL_CONFIG_TYPE,
@@ -18,7 +19,6 @@ from edge_agent.artifacts.format import (
     build_model_artifact,
     validate_metadata,
 )
-from edge_agent.artifacts.pinning import pin_artifact_refs
 
 META: dict[str, Any] = {
     "input": {

@@ -11,9 +11,9 @@ from typing import BinaryIO
 
 import pytest
 
-from edge_agent.artifacts.format import build_model_artifact, validate_metadata
 from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
-from edge_agent.trust.registry import ImageRef, Manifest, RegistryError
+from edge_shared.artifacts.format import build_model_artifact, validate_metadata
+from edge_shared.trust.registry import ImageRef, Manifest, RegistryError
 from tests.unit.artifacts.test_format import META
 
 

@@ -10,15 +10,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from devinfra.pipeline import Pipeline
 from edge_agent.artifacts.placement import ArtifactDirs
 from edge_agent.config import parse_config
 from edge_agent.desired.admission import DocumentTrust
 from edge_agent.reported import ReportedState
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.store import open_state_db
-from edge_agent.trust.api import ImageRejected, VerifiedImage
-from edge_agent.twin.protocol import desired_document
-from tests.infra.pipeline import Pipeline
+from edge_shared.protocol import desired_document
+from edge_shared.trust.api import ImageRejected, VerifiedImage
+from tests.fakes.runtime import FakeRuntime
 from tests.unit.artifacts.test_placement import FakeRegistry
 
 IMAGE = "reg.local:5000/pilot:1"

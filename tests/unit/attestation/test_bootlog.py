@@ -5,15 +5,10 @@ import os
 
 import pytest
 
-from edge_agent.attestation.bootlog import (
-    BootLogError,
-    boot_log_problems,
-    build_boot_log,
-    parse_boot_log,
-    replay_boot_log,
-)
-from edge_agent.attestation.tpm import FakeTpm
-from edge_agent.attestation.verify import Evidence, Expectations, verify_quote
+from edge_shared.attestation import Evidence
+from edgectl.attestation.bootlog import BootLogError, boot_log_problems, build_boot_log, parse_boot_log, replay_boot_log
+from edgectl.attestation.verify import Expectations, verify_quote
+from tests.fakes.tpm import FakeTpm
 
 EVENTS = [
     (0, 0x80000008, hashlib.sha256(b"firmware").digest(), b"fw"),

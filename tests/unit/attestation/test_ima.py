@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.attestation.ima import Allowlist, ImaParseError, make_entry, parse_ima_list, replay
+from edgectl.attestation.ima import Allowlist, ImaParseError, make_entry, parse_ima_list, replay
 
 paths = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40).map(
     lambda s: "/" + s

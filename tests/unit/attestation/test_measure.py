@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.attestation.measure import ImageMeasurer, canonical_event, event_digest, read_log, replay_image_log
-from edge_agent.attestation.tpm import ZERO_PCR, FakeTpm
+from edge_agent.attestation.measure import ImageMeasurer, read_log
+from edge_shared.attestation import ZERO_PCR, canonical_event, event_digest, replay_image_log
+from tests.fakes.tpm import FakeTpm
 
 D1 = "sha256:" + "11" * 32
 D2 = "sha256:" + "22" * 32

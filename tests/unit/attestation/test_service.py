@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.attestation.mqtt_command import CommandFailed
-from edge_agent.attestation.quote import decode_evidence
 from edge_agent.attestation.service import AttestationService
-from edge_agent.attestation.tpm import FakeTpm, TpmError
-from edge_agent.attestation.verify import Expectations, verify_quote
+from edge_agent.attestation.tpm import TpmError
 from edge_agent.config import ConfigError, parse_config
 from edge_agent.reported import ReportedState
+from edge_shared.attestation import decode_evidence
+from edge_shared.protocol import CommandFailed
+from edgectl.attestation.verify import Expectations, verify_quote
+from tests.fakes.tpm import FakeTpm
 
 
 def config(tmp_path: Path, extra: str = "") -> object:

@@ -17,8 +17,9 @@ import pytest
 
 from edge_agent.attestation.service import tpm_from_config
 from edge_agent.attestation.subprocess_tpm import SubprocessTpm
-from edge_agent.attestation.tpm import ZERO_PCR, TpmError
+from edge_agent.attestation.tpm import TpmError
 from edge_agent.config import parse_config
+from edge_shared.attestation import ZERO_PCR
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 FAKE_WORKER = f"""#!{sys.executable}
 import os, sys, time
 sys.path.insert(0, {str(REPO_ROOT)!r})
-from edge_agent.attestation.tpm import FakeTpm
+from tests.fakes.tpm import FakeTpm
 from edge_agent.attestation.tpm_wire import bye_line, execute, result_line
 
 counter = os.environ["FAKE_WORKER_COUNTER"]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.attestation.tpm import Endorsement, FakeTpm, RawQuote, TpmBackend, TpmError
+from edge_agent.attestation.tpm import Endorsement, RawQuote, TpmBackend, TpmError
 from edge_agent.attestation.tpm_wire import (
     BYE,
     Answer,
@@ -27,7 +27,8 @@ from edge_agent.attestation.tpm_wire import (
     request_line,
     result_from_wire,
 )
-from edge_agent.attestation.verify import ak_name
+from edge_shared.attestation import ak_name
+from tests.fakes.tpm import FakeTpm
 
 pcr_values = st.dictionaries(st.integers(0, 23), st.binary(min_size=32, max_size=32))
 

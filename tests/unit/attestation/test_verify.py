@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.ima import make_entry
-from edge_agent.attestation.measure import event_digest
-from edge_agent.attestation.tpm import FakeTpm
-from edge_agent.attestation.verify import CHECKS, Counters, Evidence, Expectations, verify_quote
+from edge_shared.attestation import Evidence, event_digest
+from edgectl.attestation.ima import make_entry
+from edgectl.attestation.verify import CHECKS, Counters, Expectations, verify_quote
+from tests.fakes.tpm import FakeTpm
 
 PCRS = (0, 1, 7, 10, 23)
 IMG = "sha256:" + "ab" * 32
@@ -140,7 +140,7 @@ def test_image_log_edits_and_foreign_images() -> None:
 
 
 def test_logs_not_covered_by_the_quote_never_pass_policy_checks() -> None:
-    from edge_agent.attestation.ima import Allowlist
+    from edgectl.attestation.ima import Allowlist
 
     tpm, ima, log = device()
     allow = Allowlist.from_json({"digests": {f"/bin/f{i}": [hashlib.sha256(bytes([i])).hexdigest()]

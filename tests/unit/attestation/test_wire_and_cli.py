@@ -6,15 +6,12 @@ from typing import Any
 
 import pytest
 
-from edge_agent.attestation.mqtt_command import CommandFailed, dispatch
-from edge_agent.attestation.quote import (
-    AttestRequestError,
-    decode_evidence,
-    encode_quote,
-    parse_attest_request,
-)
-from edge_agent.attestation.tpm import FakeTpm
-from edge_agent.fleet.attest_cmds import AttestationFailure, deployment_images, parse_pcr_list, tools_pcr_file
+from edge_agent.attestation.mqtt_command import dispatch
+from edge_agent.attestation.quote import AttestRequestError, encode_quote, parse_attest_request
+from edge_shared.attestation import decode_evidence
+from edge_shared.protocol import CommandFailed
+from edgectl.attest_cmds import AttestationFailure, deployment_images, parse_pcr_list, tools_pcr_file
+from tests.fakes.tpm import FakeTpm
 
 
 def test_request_defaults_and_validation() -> None:
@@ -84,9 +81,9 @@ def test_tools_pcr_file_layout() -> None:
 
 
 async def test_enrollment_refuses_an_unrestricted_ak() -> None:
-    from edge_agent.attestation.keys import ak_attributes_problem
-    from edge_agent.attestation.quote import b64
-    from edge_agent.fleet.attest_cmds import enroll_device
+    from edge_shared.attestation import b64
+    from edgectl.attest_cmds import enroll_device
+    from edgectl.attestation.challenge import ak_attributes_problem
 
     fake_ak = FakeTpm().ak_public()  # a plain software key: not restricted, not fixedTPM
     assert "restricted" in (ak_attributes_problem(fake_ak) or "")

@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 from edge_agent.deployment.actions import Create, Plan, Pull, Remove, Start, Stop
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.deployment.pinned import NamingSettings, PinnedDeployment, pin
 from edge_agent.deployment.planner import PlannerSettings
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, record_restart
 from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE, LABEL_SPEC_HASH, ObservedContainer
+from edge_shared.spec import validate_deployment
 
 DEVICE = "dev-1"
 SETTINGS = PlannerSettings(NamingSettings(DEVICE, "edge-", 5.0), BackoffSettings(1.0, 16.0, 60.0))

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from devinfra.pipeline import Pipeline
 from edge_agent.config import parse_config
 from edge_agent.desired.admission import Admitted, Duplicate, Refused
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import ContainerRequest, MountRequest
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.store import open_state_db
-from edge_agent.trust.api import ImageRejected, VerifiedImage
-from tests.infra.pipeline import Pipeline
+from edge_shared.trust.api import ImageRejected, VerifiedImage
+from tests.fakes.runtime import FakeRuntime
 
 
 class Clock:

@@ -14,25 +14,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired import admission
 from edge_agent.desired.admission import (
-    DOCUMENT_PAYLOAD_TYPE,
     MAX_VERSION,
     Admitted,
     Decision,
     DocumentTrust,
     Duplicate,
     History,
-    Limits,
     Refused,
     admit,
     digest_of,
-    nesting_depth,
 )
-from edge_agent.trust import keys
-from edge_agent.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
-from edge_agent.trust.documents import sign_document
+from edge_shared import document
+from edge_shared.document import DOCUMENT_PAYLOAD_TYPE, Limits, nesting_depth
+from edge_shared.spec import validate_deployment
+from edge_shared.trust import keys
+from edge_shared.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
+from edgectl.documents import sign_document
 
 OLD = keys.generate_private_key()
 NEW = keys.generate_private_key()
@@ -270,8 +269,8 @@ def test_ten_thousand_signatures_are_refused_before_any_is_checked(monkeypatch: 
     good = json.loads(signed(doc(1)))
     many = {**good, "signatures": good["signatures"] * 10_000}
     keyless = {**good, "signatures": [{"sig": good["signatures"][0]["sig"]}] * 9_500}  # fits in 1 MiB
-    monkeypatch.setattr(admission, "parse_dsse_envelope", forbidden("parse_dsse_envelope"))
-    monkeypatch.setattr(admission, "dsse_pae", forbidden("dsse_pae"))
+    monkeypatch.setattr(document, "parse_dsse_envelope", forbidden("parse_dsse_envelope"))
+    monkeypatch.setattr(document, "dsse_pae", forbidden("dsse_pae"))
     monkeypatch.setattr(keys.TrustedKey, "verify", forbidden("TrustedKey.verify"))
     # 10,000 signatures make some 1.8 MB: a device configured for larger documents (up to 64 MiB).
     decision = refused(json.dumps(many).encode(), limits=Limits(max_bytes=8 * 1024 * 1024))
@@ -295,8 +294,8 @@ def test_too_large_is_decided_without_parsing(monkeypatch: pytest.MonkeyPatch) -
     def forbidden(*args: Any) -> Any:
         raise AssertionError("parsed an oversized document")
 
-    monkeypatch.setattr(admission, "loads_strict", forbidden)
-    monkeypatch.setattr(admission, "nesting_depth", forbidden)
+    monkeypatch.setattr(document, "loads_strict", forbidden)
+    monkeypatch.setattr(document, "nesting_depth", forbidden)
     raw = b'{"pad":"' + b"x" * 2_000_000 + b'"}'
     assert refused(raw).code == "too_large"
     assert refused(b"\xff" + DEEP, limits=Limits(max_bytes=1024)).code == "too_large"

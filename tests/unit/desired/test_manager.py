@@ -28,12 +28,12 @@ from edge_agent.desired.admission import Admitted, Duplicate, Refused, digest_of
 from edge_agent.desired.manager import DesiredStateManager
 from edge_agent.desired.store import StateStore, Transition
 from edge_agent.reported import ReportedState
-from edge_agent.runtime.fake import FakeRuntime
 from edge_agent.store import open_state_db
-from edge_agent.trust import keys
-from edge_agent.trust.api import ImageRejected, VerifiedImage
-from edge_agent.trust.documents import sign_document
 from edge_agent.trust.passthrough import RegistryUnreachable
+from edge_shared.trust import keys
+from edge_shared.trust.api import ImageRejected, VerifiedImage
+from edgectl.documents import sign_document
+from tests.fakes.runtime import FakeRuntime
 
 OLD = keys.generate_private_key()
 NEW = keys.generate_private_key()

@@ -1,10 +1,10 @@
-"""Capped exponential backoff per cause (edge_agent/retry.py)."""
+"""Capped exponential backoff per cause (shared/edge_shared/retry.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_agent.retry import Failure, Retries, next_failure
+from edge_shared.retry import Failure, Retries, next_failure
 
 
 def test_delays_double_up_to_the_cap() -> None:

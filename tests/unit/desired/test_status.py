@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.desired.status import (
-    KEEP_VERSIONS,
-    NEXT_STATES,
-    Refusal,
-    State,
-    VersionStatus,
-    advance,
-    deployment_section,
-    wait_outcome,
-)
+from edge_agent.desired.status import KEEP_VERSIONS, NEXT_STATES, Refusal, VersionStatus, advance, deployment_section
+from edge_shared.outcome import State, wait_outcome
 
 S = State
 # Written out rather than read from NEXT_STATES, so a change of the machine shows up here.

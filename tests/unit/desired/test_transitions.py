@@ -12,9 +12,10 @@ from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult
 from edge_agent.deployment.rollback import Failed, Good, Probation, Settled
 from edge_agent.desired import transitions
-from edge_agent.desired.status import State, VersionStatus
+from edge_agent.desired.status import VersionStatus
 from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
 from edge_agent.store import open_state_db
+from edge_shared.outcome import State
 
 WINDOW = 30.0
 

@@ -11,17 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.fleet.compare import (
-    DEFAULT_METRICS,
-    METRICS,
-    Column,
-    as_json,
-    compare,
-    percentile,
-    render_table,
-)
-from edge_agent.fleet.compare_cmd import assign_groups, parse_groups
-from edge_agent.labels import parse_selector
+from edge_shared.labels import parse_selector
+from edgectl.compare import DEFAULT_METRICS, METRICS, Column, as_json, compare, percentile, render_table
+from edgectl.compare_cmd import assign_groups, parse_groups
 
 
 def rec(device: str, seq: int, version: int | None = 1, rid: str | None = None, **payload: Any) -> dict[str, Any]:
@@ -172,7 +164,7 @@ def test_table_side_by_side() -> None:
 def test_png_has_the_computed_size_and_a_bar_per_column(tmp_path: Path) -> None:
     import cv2
 
-    from edge_agent.fleet.compare_chart import PALETTE, chart_size, draw_chart
+    from edgectl.compare_chart import PALETTE, chart_size, draw_chart
 
     records = [rec("a1", 1, 3, fps=20.0, total_ms=[10.0, 11.0]), rec("b1", 1, 4, fps=10.0, total_ms=[30.0])]
     c = compare(records, {"a1": "A", "b1": "B"}, ["fps", "latency"], groups=["A", "B"])
@@ -222,7 +214,7 @@ def test_groups_must_not_overlap() -> None:
 
 
 def test_compare_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from edge_agent.fleet.cli import main
+    from edgectl.cli import main
 
     assert main(["compare", "--group", "A=ring=canary"]) == 2
     assert "at least two --group" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Device labels in the agent config, and label selectors (edge_agent/labels.py)."""
+"""Device labels in the agent config, and label selectors (shared/edge_shared/labels.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import ConfigError, load_config
-from edge_agent.fleet.client import DeviceView
-from edge_agent.fleet.show import device_rows, render_devices
-from edge_agent.labels import MAX_LABELS, LabelError, check_labels, parse_selector, reported_labels
+from edge_shared.labels import MAX_LABELS, LabelError, check_labels, parse_selector, reported_labels
+from edgectl.client import DeviceView
+from edgectl.show import device_rows, render_devices
 
 
 @pytest.mark.parametrize("key", ["a", "site", "hw.rev", "a_b-c.d", "x" * 63, "0"])

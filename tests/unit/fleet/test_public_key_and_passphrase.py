@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.fleet.trust_cmds import PASSWORD_ENVS, passphrase_source
+from edgectl.trust_cmds import PASSWORD_ENVS, passphrase_source
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "cosign"
 PASSPHRASE = "edge-agent-fixture"  # tests/fixtures/cosign/README.md
@@ -18,7 +18,7 @@ PASSPHRASE = "edge-agent-fixture"  # tests/fixtures/cosign/README.md
 
 def edgectl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in PASSWORD_ENVS}
-    return subprocess.run([sys.executable, "-m", "edge_agent.fleet.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True,
                           env={**clean, **env}, stdin=subprocess.DEVNULL, timeout=60)
 
 

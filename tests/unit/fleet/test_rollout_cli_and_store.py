@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.fleet import rollout_policy as rp
-from edge_agent.fleet.cli import main
-from edge_agent.fleet.rollout_cmd import render_status
-from edge_agent.fleet.rollout_store import Previous, RolloutMeta, RolloutStore, StoreError, owner_id
+from edgectl import rollout_policy as rp
+from edgectl.cli import main
+from edgectl.rollout_cmd import render_status
+from edgectl.rollout_store import Previous, RolloutMeta, RolloutStore, StoreError, owner_id
 
 
 @pytest.fixture

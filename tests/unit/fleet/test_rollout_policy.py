@@ -1,4 +1,4 @@
-"""The pure decisions of `edgectl rollout` (edge_agent/fleet/rollout_policy.py): batch specs and
+"""The pure decisions of `edgectl rollout` (fleet/edgectl/rollout_policy.py): batch specs and
 sizes, thresholds, gate verdicts, device transitions, what to do next, and a whole rollout driven
 through decide() against simulated device verdicts."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.fleet import rollout_policy as rp
-from edge_agent.fleet.rollout_policy import Phase, Policy, SpecError, Status
+from edgectl import rollout_policy as rp
+from edgectl.rollout_policy import Phase, Policy, SpecError, Status
 
 # --------------------------------------------------------------------------- --batches
 

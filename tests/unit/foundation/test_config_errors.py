@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, ConfigError, SecretRef, load_config, parse_config, toml_locate
+from edge_agent.config import AgentConfig, ConfigError, load_config, parse_config, toml_locate
+from edge_shared.mqtt_config import SecretRef
 
 from .identity import with_identity
 

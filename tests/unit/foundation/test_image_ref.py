@@ -1,12 +1,12 @@
-"""The one image-reference grammar and loopback check (edge_agent/image_ref.py), shared by the
+"""The one image-reference grammar and loopback check (shared/edge_shared/image_ref.py), shared by the
 deployment document's validation, the registry client and the verifiers."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_agent.deployment.manifest import DesiredRejected, validate_deployment
-from edge_agent.image_ref import ImageRef, is_loopback_host, parse_image_reference, parse_reference
+from edge_shared.image_ref import ImageRef, is_loopback_host, parse_image_reference, parse_reference
+from edge_shared.spec import DesiredRejected, validate_deployment
 
 DIGEST = "sha256:" + "0f" * 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from edge_agent.status_view import render_status
+from edge_shared.status_view import render_status
 
 FIRST_BOOT: dict[str, Any] = {
     "device": "rover-01", "version": "0.1.0", "pid": 42, "uptime_s": 4.0, "config": "/etc/edge-agent/config.toml",

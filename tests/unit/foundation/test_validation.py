@@ -1,4 +1,4 @@
-"""The one formatter of pydantic errors (edge_agent/validation.py): each phrasing, each kind."""
+"""The one formatter of pydantic errors (shared/edge_shared/validation.py): each phrasing, each kind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.validation import describe, summary
+from edge_shared.validation import describe, summary
 
 
 class Doc(BaseModel):

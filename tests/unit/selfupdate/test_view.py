@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge_agent.fleet.client import DeviceView
-from edge_agent.fleet.show import device_rows, render_devices
-from edge_agent.status_view import agent_update_line, render_status
+from edge_shared.status_view import agent_update_line, render_status
+from edgectl.client import DeviceView
+from edgectl.show import device_rows, render_devices
 
 
 def test_nothing_to_say() -> None:

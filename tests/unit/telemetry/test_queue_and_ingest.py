@@ -214,7 +214,7 @@ async def test_closing_the_socket_with_a_client_connected_logs_no_asyncio_error(
 
 
 def test_deployment_version_is_stored_and_uploaded(tmp_path: Path) -> None:
-    from edge_agent.telemetry.uplink import decode_batch, encode_batch
+    from edge_shared.batch import decode_batch, encode_batch
 
     q = make_queue(tmp_path)
     base = rec("s", {"i": 0})

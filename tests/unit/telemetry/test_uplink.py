@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from edge_agent.fleet.telemetry_cmd import Deduplicator, format_record, records_of
 from edge_agent.telemetry.policy import Rules, StreamRules
 from edge_agent.telemetry.queue import NewRecord, StoredRecord, TelemetryQueue
-from edge_agent.telemetry.uplink import CONTENT_TYPE_ZLIB, Uplink, decode_batch, encode_batch
+from edge_agent.telemetry.uplink import Uplink
+from edge_shared.batch import CONTENT_TYPE_ZLIB, decode_batch, encode_batch
+from edgectl.telemetry_cmd import Deduplicator, format_record, records_of
 
 
 class FakePublisher:

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from edge_agent.trust import cosign, keys
-from edge_agent.trust.policy import Accepted, ScopePolicy, check_simplesigning
+from edge_shared.trust import cosign, keys
+from edge_shared.trust.policy import Accepted, ScopePolicy, check_simplesigning
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cosign"
 PASS = b"edge-agent-fixture"

@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.passthrough import PassthroughVerifier
-from edge_agent.trust.verify import CosignVerifier
+from edge_shared.trust.api import ImageRejected
+from edge_shared.trust.verify import CosignVerifier
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -10,9 +10,9 @@ import pytest
 
 from edge_agent.checks import check_platform
 from edge_agent.config import AgentConfig, ConfigError, parse_config
-from edge_agent.trust.cosign import FormatError
 from edge_agent.trust.factory import device_platform
-from edge_agent.trust.platforms import (
+from edge_shared.trust.cosign import FormatError
+from edge_shared.trust.platforms import (
     DOCKER_LIST,
     OCI_INDEX,
     IndexEntry,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.trust import cosign, keys
-from edge_agent.trust.policy import (
+from edge_shared.trust import cosign, keys
+from edge_shared.trust.policy import (
     Accepted,
     Refused,
     ScopePolicy,

@@ -9,8 +9,8 @@ import pytest
 from edge_agent.checks import check_trust
 from edge_agent.config import ConfigError, parse_config
 from edge_agent.desired.manager import document_trust
-from edge_agent.trust import keys
 from edge_agent.trust.factory import scope_policies
+from edge_shared.trust import keys
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "cosign"
 

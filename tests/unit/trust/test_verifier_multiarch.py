@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import open_state_db
-from edge_agent.trust import cosign, keys
-from edge_agent.trust.api import ImageRejected
 from edge_agent.trust.cache import VerifyCache
 from edge_agent.trust.origins import ImageOrigins
-from edge_agent.trust.platforms import OCI_INDEX, parse_platform
-from edge_agent.trust.policy import ScopePolicy
-from edge_agent.trust.registry import ImageRef, Manifest, RegistryError
-from edge_agent.trust.verify import CosignVerifier
+from edge_shared.trust import cosign, keys
+from edge_shared.trust.api import ImageRejected
+from edge_shared.trust.platforms import OCI_INDEX, parse_platform
+from edge_shared.trust.policy import ScopePolicy
+from edge_shared.trust.registry import ImageRef, Manifest, RegistryError
+from edge_shared.trust.verify import CosignVerifier
 
 REG = "reg.example"
 REPO = f"{REG}/fleet/pilot"

@@ -9,18 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.broker_endpoints import (
-    MAX_ENDPOINTS,
-    Choice,
-    Endpoint,
-    choose_endpoint,
-    endpoint_list,
-    parse_endpoint,
-)
 from edge_agent.config import ConfigError, parse_config
-from edge_agent.mqtt_params import broker_params
-from edge_agent.retry import Failure, Retries
-from edge_agent.status_view import render_status
+from edge_shared.broker_endpoints import MAX_ENDPOINTS, Choice, Endpoint, choose_endpoint, endpoint_list, parse_endpoint
+from edge_shared.mqtt_params import broker_params
+from edge_shared.retry import Failure, Retries
+from edge_shared.status_view import render_status
 
 # ----------------------------------------------------------------- parsing
 
@@ -118,7 +111,7 @@ def test_config_example_documents_endpoints(repo_root: Path) -> None:
 
 
 def _failed(previous: Failure | None, now: float, initial: float = 1.0, cap: float = 60.0) -> Failure:
-    from edge_agent.retry import next_failure
+    from edge_shared.retry import next_failure
 
     return next_failure(previous, "refused", now, initial, cap)
 
@@ -230,8 +223,8 @@ def test_status_shows_the_connected_endpoint() -> None:
 def test_edgectl_endpoint_flags(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_agent.fleet.cli import build_parser, main
-    from edge_agent.fleet.config import load_fleet_config
+    from edgectl.cli import build_parser, main
+    from edgectl.config import load_fleet_config
 
     monkeypatch.setenv("EDGECTL_CONFIG", str(tmp_path / "none.toml"))  # no operator file is read
     args = build_parser().parse_args(["devices", "--broker", "a", "--endpoint", "b:2", "--endpoint", "[::1]:3"])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.fleet.cli import main
-from edge_agent.fleet.config import FleetConfigError, fleet_client_id, load_fleet_config
+from edgectl.cli import main
+from edgectl.config import FleetConfigError, fleet_client_id, load_fleet_config
 
 
 def test_file_relative_paths_and_flag_overrides(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from edge_agent.fleet.cli import build_parser
-from edge_agent.fleet.client import _desired_json
-from edge_agent.fleet.telemetry_cmd import _tls_context
-from edge_agent.trust.documents import sign_document
-from edge_agent.trust.keys import generate_private_key
+from edge_shared.trust.keys import generate_private_key
+from edgectl.cli import build_parser
+from edgectl.client import _desired_json
+from edgectl.documents import sign_document
+from edgectl.telemetry_cmd import _tls_context
 
 
 def test_signed_desired_document_is_shown_by_its_payload() -> None:

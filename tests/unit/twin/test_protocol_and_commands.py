@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge_agent.fleet.client import DeviceView
-from edge_agent.fleet.show import render_devices, render_view
-from edge_agent.twin import protocol
-from edge_agent.twin.protocol import DeviceTopics
 from edge_agent.twin.session import CommandRegistry, run_command
+from edge_shared import protocol
+from edge_shared.protocol import DeviceTopics
+from edgectl.client import DeviceView
+from edgectl.show import render_devices, render_view
 
 
 def test_topics() -> None:

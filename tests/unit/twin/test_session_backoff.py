@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from devinfra.procs import free_port
 from edge_agent.config import AgentConfig, parse_config
-from edge_agent.mqtt_client import make_client
-from edge_agent.mqtt_params import BrokerParams
 from edge_agent.reported import ReportedState
 from edge_agent.twin.component import PACKET_OVERHEAD_BYTES, TwinComponent, max_packet_bytes
-from edge_agent.twin.protocol import DeviceTopics
 from edge_agent.twin.session import MAX_COMMAND_BYTES, TwinSession
-from tests.infra.procs import free_port
+from edge_shared.mqtt_client import make_client
+from edge_shared.mqtt_params import BrokerParams
+from edge_shared.protocol import DeviceTopics
 
 
 async def _nothing(raw: bytes) -> None:

@@ -1,0 +1,102 @@
+"""Real podman for tests: the dev containers.conf (runc, lowered ulimits; see MACHINE-NOTES),
+the REST API service on a private socket, and tiny local images (no registry is reachable)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from devinfra.procs import ManagedProcess, require_binary, wait_until
+from edge_agent.api_url import podman_ping
+
+DEV_CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
+[engine]
+runtime = "runc"
+"""
+BUSYBOX_IMAGE = "localhost/edge-test-busybox:1"
+
+
+def use_dev_containers_conf(workdir: Path) -> Path:
+    """Point podman (CLI and service) at the dev containers.conf for this process and children."""
+    conf = workdir / "containers.conf"
+    conf.write_text(DEV_CONTAINERS_CONF)
+    os.environ["CONTAINERS_CONF"] = str(conf)
+    return conf
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def podman_answers(url: str) -> bool:
+    """The podman API at `url` answers its ping (podman-py, as `edge-agent check` asks it)."""
+    try:
+        podman_ping(url, timeout=2)
+    except OSError:
+        return False
+    return True
+
+
+def podman_service_argv(url: str) -> list[str]:
+    """`podman system service` on `url` with no idle timeout: the API the agent talks to."""
+    return [require_binary("podman"), "system", "service", "--time=0", url]
+
+
+class PodmanService:
+    """`podman system service` on a private socket: the API the agent talks to."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket_path = workdir / "podman.sock"
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> PodmanService:
+        self.proc = ManagedProcess("podman-service", podman_service_argv(self.url), self.workdir / "podman-service.log")
+        self.proc.start()
+        self.proc.wait_ready(lambda: podman_answers(self.url), timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def ensure_busybox_image(name: str = BUSYBOX_IMAGE) -> str:
+    """A tiny image made from busybox-static (instant, no registry needed)."""
+    if podman("image", "exists", name, check=False).returncode == 0:
+        return name
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise RuntimeError("busybox-static is not installed: run scripts/install-deps.sh")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "rootfs"
+        (root / "bin").mkdir(parents=True)
+        for d in ("tmp", "etc", "proc", "sys", "dev", "run", "var"):
+            (root / d).mkdir()
+        shutil.copy2(busybox, root / "bin/busybox")
+        applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
+        for applet in applets:
+            link = root / "bin" / applet
+            if not link.exists():
+                link.symlink_to("busybox")
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+        archive = Path(tmp) / "rootfs.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(root, arcname=".")
+        podman("import", "--change", 'CMD ["/bin/sh"]', str(archive), name)
+    return name
+
+
+def wait_podman_gone(name: str, timeout: float = 30) -> None:
+    wait_until(lambda: podman("container", "exists", name, check=False).returncode != 0, timeout, f"{name} removed")

@@ -1,0 +1,1 @@
+"""The model artifact format and its reported view."""

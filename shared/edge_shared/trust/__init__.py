@@ -1,0 +1,1 @@
+"""Signature, key, registry and platform formats both sides read and write."""
