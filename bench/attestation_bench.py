@@ -68,7 +68,7 @@ def worker_rows(tcti: str, rounds: int) -> list[tuple[str, float]]:
 
 
 def probe(tree: Path, tcti: str, state: Path, *extra: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "infra" / "attestation_probe.py"),
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "devinfra" / "attestation_probe.py"),
                           "--tree", str(tree), "--tcti", tcti, "--state", str(state), *extra],
                          capture_output=True, text=True, timeout=120, check=True)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, args.tree)
+    if (Path(args.tree) / "shared" / "edge_shared").is_dir():  # the tree's own shared leaf
+        sys.path.insert(0, str(Path(args.tree) / "shared"))
     result = asyncio.run(probe(args))
     result["edge_agent"] = str(Path(sys.modules["edge_agent"].__file__ or "").parent)
     print(json.dumps(result, default=lambda b: base64.b64encode(b).decode()))

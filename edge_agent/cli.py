@@ -113,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     config_check = config_sub.add_parser(
         "check",
-        help="validate a config file (default: --config)",
-        description="Validate a config file and print every problem as FILE:LINE: KEY: PROBLEM; expected ...",
+        help="check a config file the way `run` uses it (default: --config)",
+        description="Check a config file the way `run` uses it, short of the network: strict types, "
+        "directories created and written to, secrets read, TLS files loaded, the log sink opened. "
+        "Prints every problem as FILE:LINE: KEY: PROBLEM; expected ... and exits 2; warnings (the "
+        "agent runs, but not as written) are printed and exit 0. A file that passes starts.",
     )
     config_check.add_argument("file", nargs="?", type=Path, help="file to check (default: the --config file)")
     config_check.add_argument("--json", action="store_true", help="print the problems as JSON")
@@ -154,7 +157,7 @@ def _load(path: Path, state_dir: Path | None = None) -> AgentConfig | None:
         print(exc, file=sys.stderr)
         return None
     if state_dir is not None:
-        from edge_agent.daemon import apply_overrides
+        from edge_agent.config_check import apply_overrides
 
         try:
             config = apply_overrides(config, {"state_dir": state_dir.resolve()})
@@ -165,33 +168,39 @@ def _load(path: Path, state_dir: Path | None = None) -> AgentConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config, args.state_dir)
-    if config is None:
+    from edge_agent.config_check import check_config
+
+    overrides: dict[str, Any] = {"state_dir": args.state_dir.resolve()} if args.state_dir else {}
+    try:
+        # What `config check` checks, so a file that passes it starts; its warnings (a missing
+        # journald) are logged by the agent itself once logging is set up.
+        config = check_config(args.config, overrides, for_run=True).config
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_USAGE
     from edge_agent.daemon import run_agent
 
-    overrides: dict[str, Any] = {"state_dir": args.state_dir.resolve()} if args.state_dir else {}
     # Not resolved: a reload opens the path again, so a swapped symlink is followed to its new file.
     return run_agent(config, args.config.absolute(), overrides)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from edge_agent.checks import CheckResult, run_checks
+    from edge_agent.config_check import check_config
 
+    overrides = {"state_dir": args.state_dir.resolve()} if args.state_dir is not None else {}
     try:
-        config = load_config(args.config)
+        checked = check_config(args.config, overrides)
     except ConfigError as exc:
+        if any(p.file == "--state-dir" for p in exc.problems):  # the command line, not the file
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
         results = [CheckResult("config valid", "fail", str(exc), "edge-agent config check shows every problem")]
     else:
-        if args.state_dir is not None:
-            from edge_agent.daemon import apply_overrides
-
-            try:
-                config = apply_overrides(config, {"state_dir": args.state_dir.resolve()})
-            except ConfigError as exc:
-                print(exc, file=sys.stderr)
-                return EXIT_USAGE
-        results = [CheckResult("config valid", "pass", str(args.config)), *run_checks(config)]
+        valid = CheckResult("config valid", "pass", str(args.config))
+        if checked.warnings:
+            valid = CheckResult("config valid", "warn", "; ".join(str(w) for w in checked.warnings))
+        results = [valid, *run_checks(checked.config)]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
@@ -288,19 +297,24 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command != "check":
         print("usage: edge-agent config check [FILE]", file=sys.stderr)
         return EXIT_USAGE
+    from edge_agent.config_check import check_config
+
     path = args.file or args.config
     try:
-        load_config(path)
+        checked = check_config(path)
     except ConfigError as exc:
         if args.json:
-            print(json.dumps([p.__dict__ for p in exc.problems], indent=2))
+            print(json.dumps([{**p.__dict__, "severity": "error"} for p in exc.problems], indent=2))
         else:
             print(exc, file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print("[]")
-    else:
-        print(f"{path}: OK")
+        print(json.dumps([{**w.__dict__, "severity": "warning"} for w in checked.warnings], indent=2))
+        return EXIT_OK
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    count = len(checked.warnings)
+    print(f"{path}: OK" + (f" ({count} warning{'s' if count > 1 else ''})" if count else ""))
     return EXIT_OK
 
 

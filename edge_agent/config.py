@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from edge_shared.mqtt_config import MqttSection, SecretRef, Section, _existing_file, _parse_secret
+from edge_shared.mqtt_config import FsPath, MqttSection, SecretRef, Section, _existing_file, _parse_secret
 from edge_shared.names import DEVICE_ID_PATTERN, MODULE_NAME_PATTERN, STREAM_NAME_PATTERN
 from edge_shared.validation import message as validation_message
 
@@ -46,6 +46,9 @@ MAX_LIST = 256  # items of any list, entries of any table
 MAX_PATH_BYTES = 4095  # PATH_MAX minus the NUL
 MAX_NAME_BYTES = 255  # NAME_MAX: one path component
 UNIX_SOCKET_MAX = 107  # bytes of an AF_UNIX path (sun_path is 108 with the NUL)
+# Arrays and inline tables nested deeper than this are refused before parsing: the TOML parser
+# recurses once per level, and ~500 levels exhaust Python's stack. No key here needs more than 4.
+MAX_NESTING = 32
 # Keys the device cannot run safely without: a file that does not write them (empty, truncated,
 # the wrong file) is refused instead of running as the host name against localhost.
 REQUIRED_KEYS = (("device", "id"), ("mqtt", "host"))
@@ -124,7 +127,7 @@ def _socket_fits(directory: Path, rest: str) -> None:
 
 
 class StateSection(Section):
-    dir: Path = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
+    dir: FsPath = Field(Path("/var/lib/edge-agent"), description="a directory path for the agent's database and caches")
     min_free_mb: int = Field(
         64, ge=1, le=1_000_000, description="free megabytes to keep on the state filesystem, 1-1000000"
     )
@@ -186,6 +189,8 @@ class PodmanSection(Section):
             address = parse_api_url(value)
         except ValueError as exc:
             raise PydanticCustomError("api_url", "{problem}", {"problem": str(exc)}) from None
+        if address.port is not None and not 1 <= address.port <= 65535:
+            raise PydanticCustomError("api_url", "port {port} is not 1-65535", {"port": address.port})
         if address.unix_path is not None and len(os.fsencode(address.unix_path)) > UNIX_SOCKET_MAX:
             raise PydanticCustomError(
                 "too_long", "socket path is longer than {n} bytes (AF_UNIX limit)", {"n": UNIX_SOCKET_MAX}
@@ -197,7 +202,7 @@ class DeploymentSection(Section):
     local_deploy: bool = Field(
         False, description="true or false (accept unsigned deployments on the local control socket)"
     )
-    allowed_mount_roots: list[Path] = Field(
+    allowed_mount_roots: list[FsPath] = Field(
         default_factory=list,
         description="absolute host directories modules may bind-mount from, like /srv/edge-data",
     )
@@ -207,10 +212,13 @@ class DeploymentSection(Section):
     apply_timeout_s: float = Field(
         900.0, ge=10, le=86400, description="seconds a new deployment may take to become good, 10-86400"
     )
-    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first restart delay in seconds, up to 3600")
-    backoff_max_s: float = Field(300.0, gt=0, le=86400, description="restart delay cap in seconds, up to 86400")
+    # Lower bounds keep a crashing module from being restarted in a tight loop (5e-324 s is > 0).
+    backoff_initial_s: float = Field(1.0, ge=0.1, le=3600, description="first restart delay in seconds, 0.1-3600")
+    backoff_max_s: float = Field(
+        300.0, ge=0.1, le=86400, description="restart delay cap in seconds, 0.1-86400, at least backoff_initial_s"
+    )
     backoff_reset_s: float = Field(
-        600.0, gt=0, le=86400, description="seconds up after which a module's restart backoff resets"
+        600.0, ge=1, le=86400, description="seconds up after which a module's restart backoff resets, 1-86400"
     )
     image_gc: bool = Field(True, description="true or false: remove images no deployment uses any more")
     container_prefix: str = Field(
@@ -219,6 +227,17 @@ class DeploymentSection(Section):
     poll_interval_s: float = Field(
         30.0, ge=1, le=3600, description="seconds between full re-checks besides live podman events, 1-3600"
     )
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_s")
+        if isinstance(initial, float | int) and value < initial:
+            raise PydanticCustomError(
+                "backoff", "below backoff_initial_s ({initial}); expected at least the first delay",
+                {"initial": initial},
+            )
+        return value
 
     @field_validator("allowed_mount_roots")
     @classmethod
@@ -252,11 +271,11 @@ class AttestationSection(Section):
     worker_idle_s: float = Field(
         30.0, ge=1, le=3600, description="seconds the TPM worker process stays after its last operation, 1-3600"
     )
-    ima_log: Path = Field(
+    ima_log: FsPath = Field(
         Path("/sys/kernel/security/ima/ascii_runtime_measurements"),
         description="path of the kernel's IMA ASCII measurement list",
     )
-    boot_log: Path = Field(
+    boot_log: FsPath = Field(
         Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
         description="path of the firmware's TPM boot event log",
     )
@@ -286,7 +305,7 @@ class TrustScopeSection(Section):
         "enforce",
         description="enforce (refuse unverified images), warn (run them, log a warning) or off (written out)",
     )
-    keys: list[Path] = Field(
+    keys: list[FsPath] = Field(
         default_factory=list, description="a list of cosign.pub files (PEM public keys) trusted for this scope"
     )
     required_annotations: dict[str, str] = Field(
@@ -330,7 +349,7 @@ class TrustSection(Section):
     insecure_registries: list[str] = Field(
         default_factory=list, description="loopback registries (127.0.0.1:5000, localhost:5000) reached over plain HTTP"
     )
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
+    ca_file: FsPath | None = Field(None, description="an existing PEM file with the CA(s) that signed the registries")
     registry_auth: list[RegistryAuthSection] = Field(
         default_factory=list, description="a list of [[trust.registry_auth]] tables (registry, username, password)"
     )
@@ -339,7 +358,7 @@ class TrustSection(Section):
     document_mode: Literal["enforce", "off"] = Field(
         "enforce", description="enforce (only signed desired documents) or off (written out)"
     )
-    document_keys: list[Path] = Field(
+    document_keys: list[FsPath] = Field(
         default_factory=list, description="a list of PEM public keys trusted to sign desired documents"
     )
     require_document_expiry: bool = Field(False, description="true or false")
@@ -393,7 +412,7 @@ class TelemetrySection(Section):
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full (an acknowledged record survives a power cut) or normal (it survives a crash)"
     )
-    runtime_dir: Path = Field(
+    runtime_dir: FsPath = Field(
         Path("/run/edge-agent"),
         description="a directory for the per-module ingest sockets (ingest/<module>/telemetry.sock)",
     )
@@ -483,8 +502,15 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     """Read, parse and validate a config file. Raises ConfigError with one line per problem.
 
     The file is opened by its name each time (a symlink is followed anew: config management tools
-    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS)."""
+    deploy by swapping a symlink), and it must write the device's identity (REQUIRED_KEYS).
+    What `run` then does with the values (directories, secrets, TLS files) is checked by
+    edge_agent.config_check."""
     path = Path(path)
+    return parse_config(read_config_text(path), str(path), base_dir=path.parent, require=REQUIRED_KEYS)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; ConfigError saying why it cannot be read or is not UTF-8."""
     shown = str(path)
     try:
         raw = path.read_bytes()
@@ -495,9 +521,9 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
     except PermissionError:
         raise ConfigError([ConfigProblem(shown, None, "", "cannot read config: permission denied")]) from None
     except OSError as exc:
-        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror}")]) from None
+        raise ConfigError([ConfigProblem(shown, None, "", f"cannot read config: {exc.strerror or exc}")]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         line_text = raw.split(b"\n")[line - 1].decode("utf-8", "backslashreplace")
@@ -506,7 +532,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         raise ConfigError(
             [ConfigProblem(shown, line, key, f"byte {bad} is not valid UTF-8; expected a UTF-8 TOML file")]
         ) from None
-    return parse_config(text, shown, base_dir=path.parent, require=REQUIRED_KEYS)
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -521,10 +546,15 @@ def parse_config(
 ) -> AgentConfig:
     """Validate config text. `require` lists (table, key) pairs the text must write itself
     (load_config requires REQUIRED_KEYS; code building a config from a fragment need not)."""
+    depth, deepest_line = nesting_depth(text)
+    if depth > MAX_NESTING:
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_syntax_problem(file, text, str(exc))]) from None
+    except RecursionError:  # not reached below MAX_NESTING; a clear refusal all the same
+        raise ConfigError([_nesting_problem(file, text, depth, deepest_line)]) from None
     locator = toml_locate(text)
     problems = value_problems(file, locator, data)
     if problems:  # nothing past this point sees a value that breaks the common rules
@@ -540,6 +570,57 @@ def parse_config(
     if missing:
         raise ConfigError(missing)
     return config
+
+
+def nesting_depth(text: str) -> tuple[int, int]:
+    """How deep arrays and inline tables nest in TOML text, and the line where it is deepest.
+    A small scanner (strings and comments skipped, table headers count as a level) that never
+    recurses, so it answers for any input, valid TOML or not."""
+    depth = deepest = 0
+    deepest_line = line = 1
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote)
+            while i < n and not text.startswith(quote, i):
+                if text[i] == "\n":
+                    line += 1
+                    if len(quote) == 1:  # a one-line string ends at the line's end (a syntax error)
+                        break
+                if c == '"' and text[i] == "\\":
+                    i += 1
+                    if i < n and text[i] == "\n":
+                        line += 1
+                i += 1
+            if i < n and text[i] == "\n":
+                continue
+            i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest, deepest_line
+
+
+def _nesting_problem(file: str, text: str, depth: int, line: int) -> ConfigProblem:
+    lines = text.splitlines()
+    key = _key_at(lines, line, lines[line - 1] if 0 < line <= len(lines) else "")
+    return ConfigProblem(
+        file, line, key,
+        f"arrays/tables nested {depth} deep; expected at most {MAX_NESTING} levels (no setting needs more than 4)",
+    )
 
 
 def _syntax_problem(file: str, text: str, message: str) -> ConfigProblem:
@@ -759,6 +840,12 @@ def _shown_value(loc: tuple[Any, ...], value: Any) -> str:
         return "got a secret value (hidden)"
     text = repr(value)
     return f"got {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def key_line(locator: Mapping[str, int], key: str) -> int | None:
+    """The line of a dotted key (``mqtt.ca_file``, ``trust.registry_auth.0.password``), else of
+    its nearest parent: for problems found after parsing (edge_agent.config_check)."""
+    return _line_for(locator, tuple(key.split(".")))
 
 
 def _line_for(locator: Mapping[str, int], loc: tuple[Any, ...]) -> int | None:

@@ -19,18 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from edge_agent import __version__
 from edge_agent.component import Component
-from edge_agent.config import (
-    AgentConfig,
-    ConfigError,
-    ConfigProblem,
-    StateSection,
-    load_config,
-    value_problems,
-)
+from edge_agent.config import AgentConfig, ConfigError
+from edge_agent.config_check import check_config
 from edge_agent.control import CONTROL_SOCKET_NAME, ControlServer
 from edge_agent.logs import describe_exception, get_logger, setup_logging
 from edge_agent.reported import ReportedState
@@ -136,24 +128,6 @@ def build_components(ctx: AgentContext) -> list[Component]:
     if telemetry is not None:
         components.append(telemetry)
     return components
-
-
-def apply_overrides(config: AgentConfig, overrides: dict[str, Any]) -> AgentConfig:
-    """Command-line overrides (e.g. --state-dir) win over the file, also after a reload. They obey
-    the file's rules (a ConfigError naming the option otherwise)."""
-    if "state_dir" in overrides:
-        config = config.model_copy(update={"state": override_state_dir(config, Path(overrides["state_dir"]))})
-    return config
-
-
-def override_state_dir(config: AgentConfig, state_dir: Path) -> StateSection:
-    problems = value_problems("--state-dir", {}, {"state": {"dir": str(state_dir)}})
-    if not problems:
-        try:
-            return StateSection.model_validate({**config.state.model_dump(), "dir": state_dir})
-        except ValidationError as exc:
-            problems = [ConfigProblem("--state-dir", None, "state.dir", str(e["msg"])) for e in exc.errors()]
-    raise ConfigError(problems)
 
 
 class Agent:
@@ -339,35 +313,54 @@ class Agent:
                 last_ping = loop.time()
 
     async def reload(self) -> bool:
-        """Re-read the config file. A broken file is refused and the running config stays."""
+        """Re-read the config file, checked as `config check` does (edge_agent.config_check). A file
+        that fails is refused and the running config stays. systemd always hears READY=1 after
+        RELOADING=1, whatever happens in between."""
         self.notifier.reloading()
+        outcome = "config reload refused; running with the previous config"
         try:
-            new = apply_overrides(load_config(self.config_path), self.overrides)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("config reload refused: %s", problem, extra={"EVENT": "config.rejected"})
-            self.reported.set(
-                "config",
-                {
-                    "status": "rejected",
-                    "description": str(exc).splitlines()[0],
-                    "problems": [str(p) for p in exc.problems],
-                },
+            try:
+                new = check_config(self.config_path, self.overrides, for_run=True).config
+            except ConfigError as exc:
+                self._refuse_reload(exc)
+                return False
+            changed = _changed_keys(self.config.model_dump(), new.model_dump())
+            if new.state.dir != self.config.state.dir:
+                log.warning("state.dir changed: takes effect after a restart", extra={"EVENT": "config.restart_needed"})
+            setup_logging(new.logging.level, new.logging.format)
+            for component in self.components:
+                await component.apply_config(new)
+            self.config = new
+            self.reported.set("config", {"status": "applied", "changed": changed})
+            self._report_device()
+            log.info(
+                "config reloaded; changed: %s", ", ".join(changed) or "nothing", extra={"EVENT": "config.reloaded"}
             )
-            self.notifier.reloaded("config reload refused; running with the previous config")
+            outcome = f"running {len(self.components)} components"
+            return True
+        except Exception as exc:
+            # A component that could not take the new config: said once, with the file; the
+            # components that did take it keep it (each applies its own part atomically).
+            log.error("config reload of %s failed: %s", self.config_path, describe_exception(exc), exc_info=exc,
+                      extra={"EVENT": "config.reload_failed"})
+            self.reported.set("config", {"status": "failed", "description": f"{self.config_path}: "
+                                                                            f"{describe_exception(exc)}"})
+            outcome = "config reload failed; see the log"
             return False
-        changed = _changed_keys(self.config.model_dump(), new.model_dump())
-        if new.state.dir != self.config.state.dir:
-            log.warning("state.dir changed: takes effect after a restart", extra={"EVENT": "config.restart_needed"})
-        setup_logging(new.logging.level, new.logging.format)
-        for component in self.components:
-            await component.apply_config(new)
-        self.config = new
-        self.reported.set("config", {"status": "applied", "changed": changed})
-        self._report_device()
-        log.info("config reloaded; changed: %s", ", ".join(changed) or "nothing", extra={"EVENT": "config.reloaded"})
-        self.notifier.reloaded(f"running {len(self.components)} components")
-        return True
+        finally:
+            self.notifier.reloaded(outcome)
+
+    def _refuse_reload(self, exc: ConfigError) -> None:
+        for problem in exc.problems:
+            log.error("config reload refused: %s", problem, extra={"EVENT": "config.rejected"})
+        self.reported.set(
+            "config",
+            {
+                "status": "rejected",
+                "description": str(exc).splitlines()[0],
+                "problems": [str(p) for p in exc.problems],
+            },
+        )
 
     def _report_device(self) -> None:
         """The `device` section: the labels `edgectl --selector` picks devices by."""

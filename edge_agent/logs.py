@@ -100,14 +100,31 @@ def format_traceback(record: logging.LogRecord) -> str | None:
     return record.exc_text
 
 
+def journal_problem(path: str = JOURNAL_SOCKET) -> str | None:
+    """Why journald cannot take entries at `path` (None when it can): the socket is connected to
+    once, as the handler would send to it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        return f"no journald socket at {path} ({exc.strerror or exc})"
+    finally:
+        sock.close()
+    return None
+
+
 class JournalHandler(logging.Handler):
-    """Sends each record to journald as one entry with native fields."""
+    """Sends each record to journald as one entry with native fields. A record journald does not
+    take (its socket gone, a restart of systemd-journald) is written to stderr instead, as a text
+    line: a message is never lost to a "Logging error"."""
 
     def __init__(self, identifier: str = "edge-agent", path: str = JOURNAL_SOCKET) -> None:
         super().__init__()
         self.identifier = identifier
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(TextFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -129,12 +146,18 @@ class JournalHandler(logging.Handler):
                 fields["TRACEBACK"] = trace
                 fields["EXCEPTION"] = describe_exception(exc)
             fields.update(journal_fields(record))
-            self.sock.sendto(encode_journal_entry(fields), self.path)
+            entry = encode_journal_entry(fields)
         except Exception:  # logging must never take the agent down
             self.handleError(record)
+            return
+        try:
+            self.sock.sendto(entry, self.path)
+        except OSError:
+            self.fallback.handle(record)
 
     def close(self) -> None:
         self.sock.close()
+        self.fallback.close()
         super().close()
 
 
@@ -194,13 +217,21 @@ def under_journald() -> bool:
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
-def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+def setup_logging(level: str = "info", fmt: LogFormat = "auto", journal_socket: str = JOURNAL_SOCKET) -> str | None:
+    """Install the one log handler. With format "journal" and no journald to take entries, the
+    agent logs text to stderr instead, says so once (a warning, also returned), and goes on."""
     chosen = fmt
     if fmt == "auto":
         chosen = "journal" if under_journald() else "text"
+    fallback = None
+    if chosen == "journal":
+        problem = journal_problem(journal_socket)
+        if problem is not None:
+            fallback = f"logging.format = \"journal\" but {problem}: logging text to stderr instead"
+            chosen = "text"
     handler: logging.Handler
     if chosen == "journal":
-        handler = JournalHandler()
+        handler = JournalHandler(path=journal_socket)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
@@ -213,3 +244,6 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     # Libraries are chatty at debug; keep them one notch quieter than ours.
     for noisy in ("urllib3", "asyncio", "paho", "aiomqtt"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    if fallback is not None:
+        get_logger(__name__).warning("%s", fallback, extra={"EVENT": "logging.journal_unavailable"})
+    return fallback

@@ -17,12 +17,15 @@ due first; among those already due, the first in the configured order. So:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from edge_shared.retry import Failure
 
 MAX_ENDPOINTS = 16
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits ("٣" is 3).
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True, order=True)
@@ -37,10 +40,12 @@ class Endpoint:
 
 def parse_endpoint(text: str, default_port: int) -> Endpoint:
     """`host`, `host:port`, `1.2.3.4:port`, `[::1]:port` or `::1`. Raises ValueError saying what
-    is expected. The host name itself is checked by the caller (config has the one host rule)."""
-    text = text.strip()
+    is expected. The host name itself is checked by the caller (config has the one host rule).
+    Nothing is trimmed or converted: "h:1883 " and "h:٣" are refused, not read as h:1883 and h:3."""
     if not text:
         raise ValueError("empty endpoint; expected host:port")
+    if text != text.strip() or any(c.isspace() for c in text):
+        raise ValueError(f"{text!r}: contains white space; expected host:port")
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
@@ -59,7 +64,7 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint:
         if text.endswith(":"):
             raise ValueError(f"{text!r}: no port after ':'; expected host:port")
         return Endpoint(host, default_port)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: port {port_text!r} is not a number 1-65535")
     return Endpoint(host, int(port_text))
 

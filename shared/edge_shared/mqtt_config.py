@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from edge_shared.broker_endpoints import MAX_ENDPOINTS, Endpoint, endpoint_list, parse_endpoint
@@ -51,6 +52,10 @@ class SecretRef(str):
         return f"SecretRef({str(self)!r})"
 
 
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,255}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+
+
 def _parse_secret(value: object) -> SecretRef:
     if not isinstance(value, str):
         raise PydanticCustomError("secret_ref", "expected a string like file:/path or credential:NAME")
@@ -61,13 +66,32 @@ def _parse_secret(value: object) -> SecretRef:
             "secret_ref",
             "secrets are not written in the config; expected file:/path, credential:NAME or env:NAME",
         )
+    if scheme == "credential" and (not _CREDENTIAL_NAME.fullmatch(target) or target in (".", "..")):
+        # systemd credential names are file names in $CREDENTIALS_DIRECTORY: no '/', no '..'.
+        # The name is not echoed: it may be a secret written in the wrong place.
+        raise PydanticCustomError(
+            "secret_ref", "the credential name is not a file name; expected letters, digits, '_', '.', '-'"
+        )
+    if scheme == "env" and not _ENV_NAME.fullmatch(target):
+        raise PydanticCustomError(
+            "secret_ref",
+            "not an environment variable name; expected letters, digits and '_', not starting with a digit",
+        )
     if scheme == "file" and not Path(target).is_file():
         raise PydanticCustomError("secret_ref", "secret file {path} does not exist", {"path": target})
     return SecretRef(value)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Strict: a value of the wrong TOML type is refused, never converted (port = "1883",
+    port = true, tls = 1, min_free_mb = 1.0 are errors); an integer is a valid float; inf and nan
+    are refused. Paths are the one exception: TOML has no path type, so they are written as strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
+
+
+# A file system path, written as a TOML string (the only lax type in the file).
+FsPath = Annotated[Path, Strict(False)]
 
 
 def _existing_file(value: Path | None) -> Path | None:
@@ -79,16 +103,31 @@ def _existing_file(value: Path | None) -> Path | None:
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def _is_host(value: str) -> bool:
+def broker_host(value: str) -> str | None:
+    """The host as the MQTT client is given it, or None when `value` is no host: a DNS name
+    (ASCII labels), an IPv4 address, an IPv6 address, or an IPv6 address in brackets ([::1], as
+    URLs write it; the brackets are notation, so ::1 is what is connected to and shown as [::1])."""
     import ipaddress
 
+    if value.startswith("[") and value.endswith("]"):
+        inner = value[1:-1]
+        try:
+            return inner if ipaddress.ip_address(inner).version == 6 else None
+        except ValueError:
+            return None
     try:
-        ipaddress.ip_address(value.strip("[]"))
-        return True
+        ipaddress.ip_address(value)
+        return value
     except ValueError:
         pass
     name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+    if 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split(".")):
+        return value
+    return None
+
+
+def _is_host(value: str) -> bool:
+    return broker_host(value) is not None
 
 
 class MqttSection(Section):
@@ -113,9 +152,9 @@ class MqttSection(Section):
     username: str | None = Field(None, min_length=1, max_length=256, description="broker user name, 1-256 characters")
     password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     tls: bool = Field(False, description="true or false")
-    ca_file: Path | None = Field(None, description="an existing PEM file with the CA that signed the broker")
-    cert_file: Path | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
-    key_file: Path | None = Field(None, description="an existing PEM private key for cert_file")
+    ca_file: FsPath | None = Field(None, description="an existing PEM file with the CA that signed the broker")
+    cert_file: FsPath | None = Field(None, description="an existing PEM client certificate (mutual TLS)")
+    key_file: FsPath | None = Field(None, description="an existing PEM private key for cert_file")
     key_password: SecretRef | None = Field(None, description="file:/path, credential:NAME or env:NAME")
     reconnect_max_delay_s: float = Field(60.0, ge=1, le=3600, description="seconds, 1-3600")
     session_expiry_s: int = Field(
@@ -127,10 +166,30 @@ class MqttSection(Section):
     @field_validator("host")
     @classmethod
     def _host_name(cls, value: str) -> str:
-        if not _is_host(value):
+        host = broker_host(value)
+        if host is None:
             raise PydanticCustomError(
-                "host", "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address"
+                "host",
+                "not a host name (labels of letters, digits and '-', at most 63 each) or an IP address "
+                "(IPv6 with or without [brackets])",
             )
+        return host
+
+    @field_validator("ca_file", "cert_file", "key_file", "key_password")
+    @classmethod
+    def _tls_on(cls, value: object, info: ValidationInfo) -> object:
+        # A file that would be ignored is a mistake in the file, not a choice: say so.
+        if value is not None and info.data.get("tls") is False:
+            raise PydanticCustomError(
+                "tls_off", "given but tls = false, so it would be ignored; write tls = true or remove it"
+            )
+        return value
+
+    @field_validator("key_file", "key_password")
+    @classmethod
+    def _with_cert(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and "cert_file" in info.data and info.data["cert_file"] is None:
+            raise PydanticCustomError("tls_key", "given without cert_file; expected a cert_file it is the key of")
         return value
 
     @field_validator("endpoints")

@@ -27,7 +27,7 @@ from edgectl.attestation.challenge import make_challenge
 from edgectl.attestation.verify import Expectations, verify_quote
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-PROBE = REPO_ROOT / "tests" / "infra" / "attestation_probe.py"
+PROBE = REPO_ROOT / "devinfra" / "attestation_probe.py"
 
 
 def extended(value: bytes, digest: bytes) -> bytes:

@@ -23,7 +23,7 @@ from edge_shared.status_view import render_status
     [
         ("mqtt-a.example:8883", Endpoint("mqtt-a.example", 8883)),
         ("mqtt-a.example", Endpoint("mqtt-a.example", 1883)),
-        (" 10.0.0.7:1 ", Endpoint("10.0.0.7", 1)),
+        ("10.0.0.7:1", Endpoint("10.0.0.7", 1)),
         ("[::1]:8883", Endpoint("::1", 8883)),
         ("[fe80::1]", Endpoint("fe80::1", 1883)),
         ("::1", Endpoint("::1", 1883)),
@@ -46,6 +46,10 @@ def test_parse_endpoint(text: str, expected: Endpoint) -> None:
         ("[::1", "'[' without ']'"),
         ("[::1]8883", "expected [IPv6 address]:port"),
         ("[]:1", "no host"),
+        (" 10.0.0.7:1", "contains white space"),
+        ("h:1883 ", "contains white space"),
+        ("h:\u0663", "not a number 1-65535"),  # an Arabic-Indic digit three: no silent conversion
+        ("h:\uff11883", "not a number 1-65535"),  # a fullwidth digit one
     ],
 )
 def test_parse_endpoint_refuses(text: str, problem: str) -> None:
