@@ -2,7 +2,7 @@
 
 A failed action skips the rest of that module's actions (the next reconcile plans again, after
 that module's backoff) and is returned as the module's error, for the reported state and the log.
-Pulls have a timeout and retries with backoff (edge_agent/retry.py); starts that are restarts
+Pulls have a timeout and retries with backoff (edge_shared/retry.py); starts that are restarts
 are counted for the restart backoff.
 """
 

@@ -10,7 +10,7 @@ It never writes the device's deployment state and never calls the desired-state 
 report, the runtime error) as one checked transition. It keeps only operational memory (failure
 backoff per cause, what it last observed) and the restart counters (deployment/store.py).
 
-Failures back off per cause (edge_agent/retry.py): a podman that does not answer, a module whose
+Failures back off per cause (edge_shared/retry.py): a podman that does not answer, a module whose
 action failed. A failing cause is not tried again before its time, whatever wakes the loop, and a
 persistent failure is logged once per change, not once per attempt.
 
