@@ -134,6 +134,7 @@ class DesiredStateManager(BaseComponent):
         self._arrived = asyncio.Event()
         self._pin_task: asyncio.Task[None] | None = None
         self._first_pass = asyncio.Event()
+        self.report_held = False  # a rollback waits for the pass that acts on it to be reported
         self._first_pass_acted: tuple[str, ...] = ()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._configure(config)
@@ -236,18 +237,31 @@ class DesiredStateManager(BaseComponent):
         return result
 
     def settle(self, result: PassResult) -> None:
-        """Record a pass: its verdict as a checked transition, its reports."""
-        if result.modules is not None:
-            self.reported.set("modules", result.modules)
-        if result.runtime_error != self.error:
-            self.error = result.runtime_error
-            self._report()
+        """Record a pass: its verdict as a checked transition, its reports. A rollback is reported
+        together with the pass that acts on it (containers and artifacts of the version returned
+        to), so the fleet never reads "rolled back" while the failed version's modules are what
+        the device still reports running."""
         transition = transitions.after_pass(self.statuses, self.current, self.last_known_good, result,
                                             self.clock(), self.reconciler.probation.window_s)
-        if transition is not None and self._apply(transition):
-            self._log_verdict(result)
-            if isinstance(result.verdict, Good | Failed):
-                self._schedule_gc()
+        moves_current = transition is not None and transition.current is not None
+        if moves_current:
+            self.report_held = True
+        if transition is not None:
+            if self._apply(transition):
+                self._log_verdict(result)
+                if isinstance(result.verdict, Good | Failed):
+                    self._schedule_gc()
+            elif moves_current:
+                self.report_held = False
+        acted_on_current = self.current is not None and result.version == self.current.version and (
+            result.modules is not None or result.runtime_error is not None)
+        if self.report_held and not moves_current and acted_on_current:
+            self.report_held = False
+        if not self.report_held:
+            if result.modules is not None:
+                self.reported.set("modules", result.modules)
+            self.error = result.runtime_error
+            self._report()
         # The first pass that planned (podman answered, nothing to roll back first): what it acted on.
         completed = result.runtime_error is None and (result.version is None or result.modules is not None)
         if not self._first_pass.is_set() and completed:
@@ -589,6 +603,8 @@ class DesiredStateManager(BaseComponent):
         self._report()
 
     def _report(self) -> None:
+        if self.report_held:
+            return  # published with the pass that acts on the rollback (settle)
         self.reported.set(
             "deployment",
             deployment_section(

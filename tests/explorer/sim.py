@@ -554,7 +554,7 @@ class Schedule:
         rows = {s.version: s.state for s in store.versions()}
         last = self.last_result  # the last pass ran over the current version and found nothing to do
         return (rows.get(current.version) in TERMINAL and last is not None and not last.again
-                and last.version == current.version)
+                and last.version == current.version and not self.manager.report_held)
 
     # ------------------------------------------------------------------ invariants
 
@@ -586,9 +586,11 @@ class Schedule:
         lkg_v = lkg.version if lkg else None
         self.stats.checks += 6
 
-        # 1. The device reports what is durable (also right after a restart).
+        # 1. The device reports what is durable (also right after a restart); a rollback only once
+        #    the pass that acts on it has run (the report is held until then, never for longer:
+        #    see _check_final).
         section = self.manager.reported.get("deployment") or {}
-        if (section.get("current"), section.get("lastKnownGood")) != (cur, lkg_v):
+        if not self.manager.report_held and (section.get("current"), section.get("lastKnownGood")) != (cur, lkg_v):
             raise Violation(self.describe(
                 f"reports-durable-current: reported current/lkg {section.get('current')}/"
                 f"{section.get('lastKnownGood')}, durable {cur}/{lkg_v}"))
@@ -634,9 +636,11 @@ class Schedule:
             self._check_final(store, current, rows)
 
     def _check_final(self, store: StateStore, current: Any, rows: dict[int, Any]) -> None:
-        self.stats.checks += 3
+        self.stats.checks += 4
         for s in rows.values():
             self._feature(f"ended_{s.state}")
+        if self.manager is not None and self.manager.report_held:
+            raise Violation(self.describe("reports-durable-current: a rollback's report is still held after healing"))
         for v, s in rows.items():
             if s.state not in TERMINAL:
                 raise Violation(self.describe(f"every-version-ends: version {v} is still {s.state} after healing"))

@@ -21,7 +21,7 @@ from edge_agent.control import CommandError
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.restart_policy import RestartState
-from edge_agent.deployment.rollback import Failed, Good, Probation
+from edge_agent.deployment.rollback import Failed, Good, Probation, Settled
 from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired import manager as manager_module
 from edge_agent.desired.admission import Admitted, Duplicate, Refused, digest_of
@@ -509,6 +509,11 @@ async def test_status_sink_outcomes_appear_in_the_reported_section(rig: Rig, con
 
     await accept(rig, signed(2, "reg.local/pilot:2"), 2)
     rig.manager.settle(PassResult(2, Failed("pilot", "exited 5 times", code="crashloop")))
+    # Durable at once; reported with the pass that acts on the return to version 1.
+    assert rig.current().version == 1 and rig.manager.report_held  # type: ignore[union-attr]
+    assert rig.section()["current"] == 2 and rig.state(2) == "activating"
+    rig.manager.settle(PassResult(1, Settled(), modules={}))
+    assert not rig.manager.report_held
     entry = rig.entry(2)
     assert entry is not None
     assert (entry["state"], entry["code"], entry["module"]) == ("rolled_back", "crashloop", "pilot")
