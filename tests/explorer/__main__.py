@@ -18,11 +18,11 @@ def main() -> int:
     args = parser.parse_args()
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.schedules)
     try:
-        stats, wall = explore(seeds, args.steps)
+        stats, wall, cpu = explore(seeds, args.steps)
     except Violation as exc:
         print(f"explorer: invariant broken: {exc}", file=sys.stderr)
         return 1
-    print(summary(stats, wall))
+    print(summary(stats, wall, cpu))
     return 0
 
 

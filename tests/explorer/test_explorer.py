@@ -33,14 +33,14 @@ REGRESSION_SEEDS = {
 def test_explorer_schedules(capsys: pytest.CaptureFixture[str]) -> None:
     seed = os.environ.get("EXPLORER_SEED")
     seeds = [int(seed)] if seed else range(int(os.environ.get("EXPLORER_SCHEDULES", DEFAULT_SCHEDULES)))
-    stats, wall = explore(seeds)
+    stats, wall, cpu = explore(seeds)
     with capsys.disabled():
-        print("\n" + summary(stats, wall))
+        print("\n" + summary(stats, wall, cpu))
     assert stats.schedules == len(seeds) and stats.crashes > 0 and stats.checks > stats.steps
 
 
 @pytest.mark.parametrize("name", sorted(REGRESSION_SEEDS))
 def test_regression_seed(name: str) -> None:
     seed, feature = REGRESSION_SEEDS[name]
-    stats, _ = explore([seed])
+    stats, _, _ = explore([seed])
     assert stats.features.get(feature, 0) > 0, f"seed {seed} no longer reaches {feature}: pick a new one"
