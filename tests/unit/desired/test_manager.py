@@ -496,7 +496,7 @@ async def test_after_an_upgrade_the_retained_current_document_is_a_duplicate(con
 # --------------------------------------------------------------------------- what the reconciler reports
 
 
-async def test_status_sink_outcomes_appear_in_the_reported_section(rig: Rig, config: AgentConfig) -> None:
+async def test_pass_results_appear_in_the_reported_section(rig: Rig, config: AgentConfig) -> None:
     await accept(rig, signed(1), 1)
     rig.manager.settle(PassResult(1, Probation(0.0, "stabilisation window")))
     assert rig.entry(1)["state"] == "probation" and "good at 1970" in rig.entry(1)["description"]  # type: ignore[index]
