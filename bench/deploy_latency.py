@@ -2,7 +2,7 @@
 
     python bench/deploy_latency.py [--runs 20]
 
-1. Handover -> running: a deployment is handed to the DeploymentComponent (as the twin does)
+1. Handover -> running: a deployment is handed to the desired-state owner (as the twin does)
    and we time until the module is reported running. Each run deploys a fresh module (a new
    spec), with the previous one removed beforehand, so each run is: resolve the tag in the
    registry, plan, create by digest, start, observe. Baseline, measured in the same run and
@@ -66,7 +66,7 @@ async def agent_latency(device: str, url: str, registry: Registry, image: str, d
     config = parse_config(config_text(device, url, registry))
     pipe = Pipeline(config, db, reported, PodmanRuntime(url), build_verifier(config, db))
     await pipe.start()
-    tasks = [asyncio.create_task(pipe.manager.run()), asyncio.create_task(pipe.component.run())]
+    tasks = [asyncio.create_task(pipe.manager.run())]
     agent_s: list[float] = []
     raw_s: list[float] = []
     version = 0

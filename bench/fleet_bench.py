@@ -69,7 +69,7 @@ class LightDevice:
         )
 
     def activate(self, deployment: Any) -> None:
-        """The reconciler's end of the hand-over: the moment the document is accepted."""
+        """The moment the document is accepted (committed)."""
         sys.stdout.write(f"ACCEPT {self.device} {deployment.version} {time.time():.6f}\n")
         sys.stdout.flush()
 
@@ -79,16 +79,27 @@ class LightDevice:
         return VerifiedImage(reference, reference.rsplit(":", 1)[0], "sha256:" + "0" * 64, "off", None)
 
     async def run(self, connected: asyncio.Event) -> None:
-        from edge_agent.deployment.store import DeploymentStore
+        from edge_agent.deployment.reconciler import Reconciler
+        from edge_agent.deployment.store import ReconcilerStore
         from edge_agent.desired.manager import DesiredStateManager
+        from edge_agent.desired.store import Transition
         from edge_agent.reported import ReportedState
         from edge_agent.store import open_state_db
         from edge_agent.twin.component import TwinComponent
+        from tests.fakes.runtime import FakeRuntime
 
         db = open_state_db(self.config.state.dir)
         reported = ReportedState()
-        room = DesiredStateManager(self.config, db, DeploymentStore(db), reported, self)
-        room.attach(self)
+        reconciler = Reconciler(self.config, ReconcilerStore(db), FakeRuntime())
+        room = DesiredStateManager(self.config, db, reported, self, reconciler)
+        apply = room.store.apply
+
+        def committing(transition: Transition) -> None:  # the moment a document is accepted
+            apply(transition)
+            if transition.accepted is not None and transition.current is not None:
+                self.activate(transition.current)
+
+        room.store.apply = committing  # type: ignore[method-assign]
         await room.start()
         twin = TwinComponent(self.config, reported, room.submit)
         tasks = [asyncio.create_task(room.run()), asyncio.create_task(twin.run())]

@@ -32,8 +32,11 @@ sys.path.insert(0, str(REPO))
 from devinfra.pki import Pki, tls_broker, unique  # noqa: E402
 from devinfra.twin_env import TwinEnv  # noqa: E402
 from edge_agent.config import parse_config  # noqa: E402
-from edge_agent.deployment.store import DeploymentStore, StoredDeployment  # noqa: E402
+from edge_agent.deployment.pinned import CommittedDeployment  # noqa: E402
+from edge_agent.deployment.reconciler import Reconciler  # noqa: E402
+from edge_agent.deployment.store import ReconcilerStore  # noqa: E402
 from edge_agent.desired.manager import DesiredStateManager  # noqa: E402
+from edge_agent.desired.store import Transition  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
 from edge_agent.twin.component import TwinComponent  # noqa: E402
@@ -41,6 +44,7 @@ from edge_shared import protocol  # noqa: E402
 from edge_shared.mqtt_client import make_client  # noqa: E402
 from edge_shared.mqtt_params import broker_params  # noqa: E402
 from edge_shared.trust.api import VerifiedImage  # noqa: E402
+from tests.fakes.runtime import FakeRuntime  # noqa: E402
 
 MANIFEST = {"modules": {f"m{i}": {"image": f"registry.local/m{i}:1.0", "env": {"A": "1"}} for i in range(5)}}
 
@@ -69,8 +73,8 @@ class AgentThread(threading.Thread):
         self.connected = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def activate(self, deployment: StoredDeployment) -> None:
-        """The reconciler's end of the hand-over: the moment the document is accepted."""
+    def activate(self, deployment: CommittedDeployment) -> None:
+        """The moment the document is accepted (committed)."""
         self.accepted.put((deployment.version, time.perf_counter()))
 
     async def verify(self, reference: str) -> VerifiedImage:
@@ -87,8 +91,16 @@ class AgentThread(threading.Thread):
         self.loop = asyncio.get_running_loop()
         db = open_state_db(self.config.state.dir)
         reported = ReportedState()
-        room = DesiredStateManager(self.config, db, DeploymentStore(db), reported, self)
-        room.attach(self)
+        reconciler = Reconciler(self.config, ReconcilerStore(db), FakeRuntime())
+        room = DesiredStateManager(self.config, db, reported, self, reconciler)
+        apply = room.store.apply
+
+        def committing(transition: Transition) -> None:  # the moment a document is accepted
+            apply(transition)
+            if transition.accepted is not None and transition.current is not None:
+                self.activate(transition.current)
+
+        room.store.apply = committing  # type: ignore[method-assign]
         await room.start()
         twin = TwinComponent(self.config, reported, room.submit)
         tasks = [asyncio.create_task(room.run()), asyncio.create_task(twin.run())]

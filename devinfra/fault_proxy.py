@@ -4,7 +4,9 @@
   truncated manifest);
 - `mutate(path, body)`: rewrite a body (e.g. a flipped byte in a blob);
 - `slow_path` / `delay_s`: requests whose path contains `slow_path` wait `delay_s` first (a slow
-  registry); `delayed` counts them.
+  registry); `delayed` counts them;
+- `refuse(path)`: an HTTP status to answer instead of forwarding (e.g. 429 Too Many Requests, with
+  Retry-After), or None; `refused` counts them.
 
 GET and HEAD are forwarded with every header as sent (podman sends several Accept headers), the
 body as received (no content decoding)."""
@@ -26,10 +28,14 @@ class FaultProxy:
         upstream: str,
         truncate: Callable[[str], bool] | None = None,
         mutate: Callable[[str, bytes], bytes] | None = None,
+        refuse: Callable[[str], int | None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.truncate = truncate
         self.mutate = mutate
+        self.refuse = refuse
+        self.refused = 0
+        self.truncated = 0
         self.slow_path: str | None = None
         self.delay_s = 0.0
         self.delayed = 0
@@ -40,6 +46,14 @@ class FaultProxy:
             protocol_version = "HTTP/1.1"
 
             def _forward(self, method: str) -> None:
+                status = proxy.refuse(self.path) if proxy.refuse is not None else None
+                if status is not None:
+                    proxy.refused += 1
+                    self.send_response(status)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if proxy.slow_path and proxy.slow_path in self.path:
                     proxy.delayed += 1
                     time.sleep(proxy.delay_s)
@@ -68,6 +82,7 @@ class FaultProxy:
                 if method == "HEAD":
                     return
                 if truncated:
+                    proxy.truncated += 1
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True

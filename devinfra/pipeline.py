@@ -1,4 +1,4 @@
-"""The desired-state room and the reconciler wired as daemon.py wires them, for tests that hand
+"""The desired-state owner and the reconciler wired as daemon.py wires them, for tests that hand
 deployments over directly (no broker): documents go through the same gate (signatures off)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 from edge_agent.artifacts.modules import ModuleArtifacts
 from edge_agent.artifacts.placement import ArtifactDirs
 from edge_agent.config import AgentConfig
-from edge_agent.deployment.component import DeploymentComponent
 from edge_agent.deployment.hooks import ModuleHooks
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.deployment.reconciler import PassResult, Reconciler
+from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired.admission import Decision, DocumentTrust
 from edge_agent.desired.manager import DesiredStateManager
 from edge_agent.reported import ReportedState
@@ -36,19 +36,18 @@ class Pipeline:
         artifacts: ArtifactDirs | None = None,
     ) -> None:
         self.reported = reported
-        self.deployments = DeploymentStore(db)
-        self.manager = DesiredStateManager(config, db, self.deployments, reported, verifier, clock=clock,
-                                           artifacts=artifacts)
         self.artifacts = ModuleArtifacts(artifacts, clock) if artifacts is not None else None
-        self.component = DeploymentComponent(
-            config, self.deployments, reported, runtime, self.manager, clock=clock, hooks=hooks,
-            artifacts=self.artifacts,
-        )
-        self.manager.attach(self.component)
+        self.reconciler = Reconciler(config, ReconcilerStore(db), runtime, clock=clock, hooks=hooks,
+                                     artifacts=self.artifacts)
+        self.manager = DesiredStateManager(config, db, reported, verifier, self.reconciler, clock=clock,
+                                           artifacts=artifacts)
 
     async def start(self) -> None:
         await self.manager.start()
-        await self.component.start()
+
+    async def reconcile(self) -> PassResult:
+        """One pass, recorded by the owner (as its loop does)."""
+        return await self.manager.reconcile()
 
     async def deploy(self, version: int, deployment: Mapping[str, Any]) -> Decision:
         """Submit and pin at once (in this task); the reconciler takes it at its next pass."""

@@ -9,31 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from edge_agent.api_url import podman_ping, transport_reason
+from edge_agent.check_result import CheckFn, CheckResult, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.control import CONTROL_SOCKET_NAME, AgentNotRunning, CommandError, call
 from edge_shared.mqtt_params import broker_params
-
-Outcome = Literal["pass", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    outcome: Outcome
-    detail: str
-    hint: str = ""
-
-
-CheckFn = Callable[[AgentConfig], CheckResult]
 
 # Earliest plausible wall-clock time: a device whose clock is before this has no RTC sync yet.
 CLOCK_FLOOR = time.mktime((2025, 1, 1, 0, 0, 0, 0, 0, -1))
@@ -386,9 +372,29 @@ CHECKS: list[CheckFn] = [
 ]
 
 
+def check_telemetry_queue(config: AgentConfig) -> CheckResult:
+    """The telemetry queue file is a sound SQLite database."""
+    from edge_agent.telemetry.queue import QUEUE_DB_NAME  # here: `check` without the queue's imports
+
+    name = "telemetry queue"
+    if not config.telemetry.enabled:
+        return CheckResult(name, "pass", "telemetry disabled")
+    path = config.state.dir / QUEUE_DB_NAME
+    if not path.exists():
+        return CheckResult(name, "pass", f"{path} not created yet (made on first start)")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            depth = db.execute("SELECT count(*) FROM records").fetchone()[0]
+    except sqlite3.Error as exc:
+        return CheckResult(name, "fail", f"{path}: {exc}", "the agent moves a damaged queue aside on start")
+    if verdict != "ok":
+        return CheckResult(name, "fail", f"{path}: {verdict}", "the agent moves a damaged queue aside on start")
+    return CheckResult(name, "pass", f"{path}: ok, {depth} records queued")
+
+
 def run_checks(config: AgentConfig) -> list[CheckResult]:
     from edge_agent.identity.check import check_identity
-    from edge_agent.telemetry.check import check_telemetry_queue
 
     if check_telemetry_queue not in CHECKS:
         CHECKS.insert(CHECKS.index(check_agent_running), check_telemetry_queue)

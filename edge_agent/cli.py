@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge_agent.checks import CheckResult
+    from edge_agent.check_result import CheckResult
     from edge_agent.config_check import check_config
     from edge_agent.diagnostics.health_check import run_all_checks
 

@@ -161,6 +161,10 @@ class TwinSection(Section):
         1048576, ge=1024, le=64 * 1048576, description="largest desired document in bytes, 1024-67108864"
     )
     max_desired_depth: int = Field(32, ge=4, le=256, description="deepest JSON nesting of a desired document, 4-256")
+    max_document_signatures: int = Field(
+        8, ge=1, le=64, description="most signatures one desired document envelope may carry, 1-64 (checked "
+        "before any signature is verified)"
+    )
 
 
 class PodmanSection(Section):

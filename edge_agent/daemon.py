@@ -30,6 +30,7 @@ from edge_agent.signals import take_early_signals
 from edge_agent.state_schema import StateSchemaError
 from edge_agent.store import get_meta, open_state_db, set_meta
 from edge_agent.systemd import Notifier, watchdog_interval
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 
@@ -58,8 +59,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     from edge_agent.artifacts.modules import ModuleArtifacts
     from edge_agent.artifacts.placement import ArtifactDirs
     from edge_agent.attestation.service import AttestationService
-    from edge_agent.deployment.component import DeploymentComponent
-    from edge_agent.deployment.store import DeploymentStore
+    from edge_agent.deployment.reconciler import Reconciler
+    from edge_agent.deployment.store import ReconcilerStore
     from edge_agent.desired.manager import DesiredStateManager
     from edge_agent.runtime.podman import PodmanRuntime
     from edge_agent.selfupdate.component import SelfUpdateComponent
@@ -73,17 +74,11 @@ def build_components(ctx: AgentContext) -> list[Component]:
     trust = TrustComponent(ctx.config, ctx.db)
     runtime = PodmanRuntime(ctx.config.podman.socket)
     attestation = AttestationService(ctx.config, ctx.reported)
-    deployments = DeploymentStore(ctx.db)
-    # The desired-state room: the twin hands it the bytes of every desired document; it checks,
-    # pins (images verified through the trust component), commits, and hands the pinned
-    # deployment to the reconciler, which tells it back what became of each version.
-    # Module artifacts (models): verified and downloaded by the room, placed by the reconciler.
+    # Module artifacts (models): verified and downloaded by the desired-state owner, placed by the
+    # reconciler.
     registry = RegistryClient(registry_settings(ctx.config.trust))
     artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry)
     artifacts = ModuleArtifacts(artifact_dirs)
-    desired = DesiredStateManager(
-        ctx.config, ctx.db, deployments, ctx.reported, trust, control=ctx.control, artifacts=artifact_dirs
-    )
     identity = None
     if ctx.config.identity.enabled:
         from edge_agent.identity.component import IdentityComponent, TpmAccess
@@ -95,7 +90,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
             lambda: twin.session.refusals,
         )
         ctx.control.register("identity", identity.status)
-    twin = TwinComponent(ctx.config, ctx.reported, desired.submit, started_monotonic=ctx.started_monotonic,
+    twin = TwinComponent(ctx.config, ctx.reported, lambda raw: desired.submit(raw),
+                         started_monotonic=ctx.started_monotonic,
                          identity=identity.broker_params if identity is not None else None)
     # One MQTT connection per device: attestation commands and telemetry uploads use the twin's.
     for name, handler in attestation.handlers().items():
@@ -110,34 +106,37 @@ def build_components(ctx: AgentContext) -> list[Component]:
         telemetry.observers.append(artifacts.observe)
     # Containers are created only from the repository@digest the room pinned. Around each
     # container, telemetry mounts the module's ingest socket and attestation measures the image.
-    deployment = DeploymentComponent(
+    reconciler = Reconciler(
         ctx.config,
-        deployments,
-        ctx.reported,
+        ReconcilerStore(ctx.db),
         runtime,
-        desired,
         control=ctx.control,
         hooks=[h for h in (telemetry, attestation) if h is not None],
         artifacts=artifacts,
         origins=ImageOrigins(ctx.db),
     )
-    desired.attach(deployment)
+    # The desired-state owner: the twin hands it the bytes of every desired document; it checks,
+    # pins (images verified through the trust component) and commits them, runs the reconciler's
+    # passes over the committed deployment and records what they return. It alone writes the
+    # deployment state.
+    desired = DesiredStateManager(
+        ctx.config, ctx.db, ctx.reported, trust, reconciler, control=ctx.control, artifacts=artifact_dirs
+    )
     selfupdate = SelfUpdateComponent(
         ctx.config,
         ctx.reported,
         runtime,
-        lambda: deployment.lkg,
+        lambda: desired.last_known_good,
         twin.session.wait_connected,
-        deployment.first_pass_done,
+        desired.first_pass_done,
         ctx.restart,
-        is_insecure=deployment.passthrough.is_insecure,
+        is_insecure=reconciler.passthrough.is_insecure,
     )
-    # The room starts first (it reports the stored statuses), then the reconciler loads the stored
-    # pinned deployment, so the modules are known (and adopted) before any document arrives.
-    # Attestation starts after them (TPM key creation can be slow and must not delay the offline
-    # start); containers are only started by deployment.run(), after every start(), so they are
-    # measured.
-    components: list[Component] = [trust, desired, deployment, twin, attestation, selfupdate]
+    # The owner starts first: it loads (and recovers) the stored state, so the modules are known
+    # (and adopted) before any document arrives. Attestation starts after it (TPM key creation
+    # can be slow and must not delay the offline start); containers are only started by
+    # desired.run(), after every start(), so they are measured.
+    components: list[Component] = [trust, desired, twin, attestation, selfupdate]
     if identity is not None:
         components.append(identity)
     if telemetry is not None:
@@ -296,7 +295,7 @@ class Agent:
             pass
 
     async def _supervise(self, component: Component) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, SUPERVISOR_BACKOFF_MAX_S)
         while True:
             started = time.monotonic()
             try:
@@ -308,7 +307,8 @@ class Agent:
                 reason = describe_exception(exc)
                 self.component_errors[component.name] = reason
                 if time.monotonic() - started > 10 * SUPERVISOR_BACKOFF_MAX_S:
-                    delay = 1.0  # it ran fine for a long time; this is a new failure
+                    backoff.reset()  # it ran fine for a long time; this is a new failure
+                delay = backoff.next()
                 # The traceback is logged once per cause, not at every restart of a crash loop.
                 repeated = self._last_failure.get(component.name) == reason
                 self._last_failure[component.name] = reason
@@ -322,7 +322,6 @@ class Agent:
                     extra={"EVENT": "component.failed", "COMPONENT": component.name},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, SUPERVISOR_BACKOFF_MAX_S)
 
     async def _watchdog(self) -> None:
         interval = watchdog_interval()

@@ -138,9 +138,19 @@ def fold_twin_desired(db: Database) -> None:
     legacy.drop()
 
 
+def drop_deployment_bad_versions(db: Database) -> None:
+    """`deployment_bad_versions` was written on every rollback and never read: what became of a
+    version is its row in desired_versions (rolled_back, with code, module and reason), which the
+    rollback writes in the same transaction. One record of it, not two."""
+    table = db.table("deployment_bad_versions")
+    if table.exists():
+        table.drop()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_baseline_f034da0", baseline_f034da0),
     Migration("0002_fold_twin_desired", fold_twin_desired, rewrites_data=True),
+    Migration("0003_drop_deployment_bad_versions", drop_deployment_bad_versions, rewrites_data=True),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent.artifacts.confirm import (
@@ -25,31 +24,20 @@ from edge_agent.artifacts.confirm import (
     parse_report,
 )
 from edge_agent.artifacts.placement import PREVIOUS, ArtifactDirs, ArtifactFailed
-from edge_agent.deployment.desired import DesiredDeployment, DesiredModule
-from edge_agent.deployment.manifest import Artifact, artifact_slot
+from edge_agent.deployment.hooks import ArtifactRefusal, ArtifactWait
+from edge_agent.deployment.pinned import PinnedDeployment, PinnedModule
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import ContainerRequest, MountRequest
 from edge_shared.image_ref import parse_image_reference
+from edge_shared.spec import Artifact, artifact_slot
 from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class ArtifactWait:
-    module: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ArtifactRefusal:
-    module: str
-    reason: str
-
-
 def pinned_digest(artifact: Artifact) -> str:
     digest = parse_image_reference(artifact.ref)[2]
-    if digest is None:  # the desired-state room pins every artifact before it commits
+    if digest is None:  # the desired-state owner pins every artifact before it commits
         raise ArtifactFailed("artifact_invalid", f"{artifact.ref}: not pinned to a digest")
     return digest
 
@@ -58,18 +46,18 @@ class ModuleArtifacts:
     def __init__(self, dirs: ArtifactDirs, clock: Callable[[], float] = time.time) -> None:
         self.dirs = dirs
         self.clock = clock
-        self.desired: DesiredDeployment | None = None
+        self.pinned: PinnedDeployment | None = None
         self.reports: dict[str, ModuleReport] = {}
         self.on_report: Callable[[], None] = lambda: None  # the reconciler's wake-up
 
     # ------------------------------------------------------------------ placing
 
-    async def place(self, desired: DesiredDeployment | None) -> dict[str, str]:
+    async def place(self, pinned: PinnedDeployment | None) -> dict[str, str]:
         """Make every module's `current` the pinned version. Returns module -> error for the
         modules whose artifacts could not be placed (their containers are not created or started)."""
-        self.desired = desired
+        self.pinned = pinned
         errors: dict[str, str] = {}
-        for module in desired.ordered() if desired is not None else []:
+        for module in pinned.ordered() if pinned is not None else []:
             for artifact in module.spec.artifacts:
                 slot = artifact_slot(artifact.path)
                 try:
@@ -86,10 +74,17 @@ class ModuleArtifacts:
                     break
         return errors
 
-    def collect(self, keep_from: list[DesiredDeployment]) -> None:
-        """Remove artifact versions neither of these deployments (current, last-known-good) pins,
-        other than each slot's current and previous."""
+    async def collect(self, keep_from: Sequence[PinnedDeployment], fetched: set[tuple[str, str, str]]) -> None:
+        """Remove artifact versions that none of these deployments (current, last-known-good)
+        pins and that the version being verified did not download (`fetched`: module, slot,
+        digest), other than each slot's current and previous. Off the event loop: a model can be
+        hundreds of MiB."""
+        await run_blocking(self._collect, keep_from, fetched, name="artifact collection")
+
+    def _collect(self, keep_from: Sequence[PinnedDeployment], fetched: set[tuple[str, str, str]]) -> None:
         keep: dict[tuple[str, str], set[str]] = {}
+        for module_name, slot, digest in fetched:
+            keep.setdefault((module_name, slot), set()).add(digest)
         for deployment in keep_from:
             for module in deployment.modules.values():
                 for artifact in module.spec.artifacts:
@@ -101,7 +96,7 @@ class ModuleArtifacts:
     # ------------------------------------------------------------------ ModuleHooks
 
     async def before_create(self, module: str, request: ContainerRequest) -> ContainerRequest:
-        spec = self.desired.modules.get(module) if self.desired is not None else None
+        spec = self.pinned.modules.get(module) if self.pinned is not None else None
         if spec is None or not spec.spec.artifacts:
             return request
         mounts = [
@@ -147,7 +142,7 @@ class ModuleArtifacts:
             )
             self.on_report()
 
-    def confirmations(self, module: DesiredModule) -> list[tuple[Artifact, Confirmation]]:
+    def confirmations(self, module: PinnedModule) -> list[tuple[Artifact, Confirmation]]:
         out = []
         for artifact in module.spec.artifacts:
             if not artifact.confirm:
@@ -159,10 +154,10 @@ class ModuleArtifacts:
             out.append((artifact, confirmation(what, layers, self.reports.get(module.name))))
         return out
 
-    def verdict(self, desired: DesiredDeployment) -> ArtifactRefusal | ArtifactWait | None:
+    def verdict(self, pinned: PinnedDeployment) -> ArtifactRefusal | ArtifactWait | None:
         """A module's refusal, or the first module not confirmed yet; None when all confirmed."""
         waiting: ArtifactWait | None = None
-        for module in desired.ordered():
+        for module in pinned.ordered():
             if module.spec.status != "running":
                 continue
             for artifact, c in self.confirmations(module):
@@ -176,7 +171,7 @@ class ModuleArtifacts:
 
     # ------------------------------------------------------------------ reported state
 
-    def report(self, module: DesiredModule) -> dict[str, Any]:
+    def report(self, module: PinnedModule) -> dict[str, Any]:
         """modules.<name>.artifacts in the reported state."""
         entries: dict[str, Any] = {}
         for artifact in module.spec.artifacts:

@@ -21,6 +21,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def version_name(digest: str) -> str:
     return "sha256-" + digest.removeprefix("sha256:")
 
 
+STAGING_PREFIX = ".staging-"
+
+
 def digest_of_name(name: str) -> str | None:
     return "sha256:" + name.removeprefix("sha256-") if name.startswith("sha256-") else None
 
@@ -78,6 +82,8 @@ class ArtifactDirs:
         self.root = root
         self.registry = registry
         self.max_bytes = max_bytes
+        self._staging: set[Path] = set()  # staging folders of downloads in progress (in threads)
+        self._lock = threading.Lock()
 
     def slot_dir(self, module: str, slot: str) -> Path:
         return self.root / module / slot
@@ -126,7 +132,9 @@ class ArtifactDirs:
         if self.registry is None:
             raise ArtifactFailed("artifact_unreachable", f"{reference}: not on the device and no registry client")
         slot_dir = self.ensure_slot(module, slot)
-        staging = slot_dir / f".staging-{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(4)}"
+        staging = slot_dir / f"{STAGING_PREFIX}{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(4)}"
+        with self._lock:
+            self._staging.add(staging)
         try:
             manifest = self.registry.get_manifest(ref, digest)
             try:
@@ -165,6 +173,8 @@ class ArtifactDirs:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            with self._lock:
+                self._staging.discard(staging)
         log.info(
             "artifact %s downloaded for module %s (%d bytes)",
             reference,
@@ -200,7 +210,7 @@ class ArtifactDirs:
         return Placed(digest, old, contents)
 
     def collect(self, module: str, slot: str, keep: set[str]) -> list[str]:
-        """Remove versions other than `keep`, `current` and `previous`, and stale staging dirs."""
+        """Remove versions other than `keep`, `current` and `previous` (staging folders: collect_staging)."""
         slot_dir = self.slot_dir(module, slot)
         keep = keep | {d for d in (self.link(module, slot), self.link(module, slot, PREVIOUS)) if d}
         removed = []
@@ -219,6 +229,21 @@ class ArtifactDirs:
                 digest[:19],
                 extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest},
             )
+        return removed
+
+    def collect_staging(self) -> list[Path]:
+        """Remove staging folders no download of this process is writing: what a crash or a
+        power cut left behind (a download in progress keeps its folder). Blocking: run it in a
+        thread."""
+        removed = []
+        for staging in self.root.glob(f"*/*/{STAGING_PREFIX}*"):
+            with self._lock:
+                if staging in self._staging:
+                    continue
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+            log.info("removed an interrupted artifact download %s", staging,
+                     extra={"EVENT": "artifact.staging_removed", "MODULE": staging.parent.parent.name})
         return removed
 
     def forget_module(self, module: str) -> None:

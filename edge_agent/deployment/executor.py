@@ -2,7 +2,7 @@
 
 A failed action skips the rest of that module's actions (the next reconcile plans again, after
 that module's backoff) and is returned as the module's error, for the reported state and the log.
-Pulls have a timeout and retries with exponential backoff (tenacity); starts that are restarts
+Pulls have a timeout and retries with backoff (edge_shared/retry.py); starts that are restarts
 are counted for the restart backoff.
 """
 
@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop
 from edge_agent.deployment.hooks import ModuleHooks
 from edge_agent.deployment.restart_policy import RestartState, record_restart
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import ContainerRuntime, RuntimeFailure
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 
@@ -42,7 +41,7 @@ class Executor:
     def __init__(
         self,
         runtime: ContainerRuntime,
-        store: DeploymentStore,
+        store: ReconcilerStore,
         settings: ExecutorSettings,
         is_insecure: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
@@ -58,17 +57,25 @@ class Executor:
         self.device_id = device_id
         self._images: dict[str, str] = {}  # container name -> repository@digest it was created from
 
-    async def execute(self, plan: Plan, deployment: int | None) -> ExecutionResult:
+    async def execute(
+        self, plan: Plan, deployment: int | None, proceed: Callable[[], bool] = lambda: True
+    ) -> ExecutionResult:
+        """Run the plan's actions in order. `proceed()` is asked before each one: when it says no
+        (the deployment was replaced meanwhile), the rest is left to the next pass."""
         result = ExecutionResult()
         # A module removed and created again in one plan (a changed spec) keeps its hooks' state.
         recreated = {a.module for a in plan.actions if isinstance(a, Create)}
         for action in plan.actions:
+            if not proceed():
+                break
             if action.module in result.failed:
                 continue
             extra = {"EVENT": f"module.{type(action).__name__.lower()}", "MODULE": action.module,
                      "DEPLOYMENT": str(deployment)}
             try:
-                await self._do(action, deployment, recreated)
+                await self._do(action, deployment, recreated, proceed)
+            except _Replaced:
+                break
             except RuntimeFailure as exc:
                 # Logged by the caller, once per change (a persistent failure is not one line per retry).
                 result.failed[action.module] = f"{action.describe()} failed: {exc}"
@@ -77,7 +84,9 @@ class Executor:
             result.done.append(action)
         return result
 
-    async def _do(self, action: Action, deployment: int | None, recreated: set[str]) -> None:
+    async def _do(
+        self, action: Action, deployment: int | None, recreated: set[str], proceed: Callable[[], bool]
+    ) -> None:
         rt = self.runtime
         if isinstance(action, Pull):
             await self._pull(action.image)
@@ -89,12 +98,16 @@ class Executor:
                     request = await hook.before_create(action.module, request)
                 except (OSError, ValueError) as exc:
                     raise RuntimeFailure(f"preparing {request.name}: {exc}") from exc
+            if not proceed():  # asked again after the hooks' awaits, right before the container exists
+                raise _Replaced
             await rt.create(request)
             self._images[request.name] = request.image
         elif isinstance(action, Start):
             image = self._images.get(action.container) or await self._observed_image(action.container)
             for hook in self.hooks:
                 await hook.before_start(action.module, image, deployment)
+            if not proceed():  # asked again after the awaits above, right before the start
+                raise _Replaced
             await rt.start(action.container)
             if action.is_restart:
                 state = self.store.restarts().get(action.module, RestartState())
@@ -118,15 +131,19 @@ class Executor:
 
     async def _pull(self, image: str) -> None:
         s = self.settings
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(1 + s.pull_retries),
-            wait=wait_exponential(multiplier=1, min=1, max=s.pull_retry_max_wait_s),
-            retry=retry_if_exception_type(RuntimeFailure),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    async with asyncio.timeout(s.pull_timeout_s + 5):
-                        await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
-                except TimeoutError:
-                    raise RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s") from None
+        backoff = Backoff(1.0, s.pull_retry_max_wait_s)
+        for attempt in range(1 + s.pull_retries):
+            try:
+                async with asyncio.timeout(s.pull_timeout_s + 5):
+                    await self.runtime.pull(image, insecure=self.is_insecure(image), timeout_s=s.pull_timeout_s)
+                return
+            except TimeoutError:
+                failure = RuntimeFailure(f"pull {image}: no result within {s.pull_timeout_s:g} s")
+            except RuntimeFailure as exc:
+                failure = exc
+            if attempt == s.pull_retries:
+                raise failure
+            await asyncio.sleep(backoff.next())
+
+class _Replaced(Exception):
+    """The deployment was replaced while the plan ran: the rest is left to the next pass."""

@@ -1,4 +1,4 @@
-"""The planner (pure: no asyncio, no I/O): desired deployment + observed containers + restart
+"""The planner (pure: no asyncio, no I/O): pinned deployment + observed containers + restart
 state + now -> Plan.
 
 Rules:
@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edge_agent.deployment.actions import Action, Create, Plan, Pull, Remove, Start, Stop, Wait
-from edge_agent.deployment.desired import DesiredDeployment, DesiredModule, NamingSettings, container_request
+from edge_agent.deployment.pinned import NamingSettings, PinnedDeployment, PinnedModule, container_request
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, restart_due_at, restart_reason
 from edge_agent.runtime.api import ObservedContainer
 
@@ -46,7 +46,7 @@ def _retire(container: ObservedContainer, module: str, reason: str, grace_s: flo
 
 
 def plan(
-    desired: DesiredDeployment | None,
+    pinned: PinnedDeployment | None,
     observed: Sequence[ObservedContainer],
     local_images: Collection[str],
     restarts: Mapping[str, RestartState],
@@ -59,7 +59,7 @@ def plan(
     for c in observed:
         if c.owned_by(naming.device_id) and c.module:
             owned[c.module].append(c)
-    modules = desired.modules if desired is not None else {}
+    modules = pinned.modules if pinned is not None else {}
 
     actions: list[Action] = []
     waits: list[Wait] = []
@@ -71,8 +71,8 @@ def plan(
 
     # 2. Modules in the deployment, in startup order.
     pulled: set[str] = set()
-    assert desired is not None or not modules
-    for module in desired.ordered() if desired is not None else []:
+    assert pinned is not None or not modules
+    for module in pinned.ordered() if pinned is not None else []:
         current = [c for c in owned.get(module.name, []) if c.spec_hash == module.spec_hash]
         stale = [c for c in owned.get(module.name, []) if c.spec_hash != module.spec_hash]
         module_grace = module.spec.stop_grace if module.spec.stop_grace is not None else grace
@@ -83,14 +83,14 @@ def plan(
             actions += _retire(c, module.name, "duplicate container", module_grace)
         container = kept[0] if kept else None
         if container is None:
-            actions += _bring_up(module, desired.version if desired else 0, local_images, pulled, naming)
+            actions += _bring_up(module, pinned.version if pinned else 0, local_images, pulled, naming)
             continue
         actions += _keep_in_state(module, container, restarts.get(module.name, RestartState()), now, settings, waits)
     return Plan(tuple(actions), tuple(waits))
 
 
 def _bring_up(
-    module: DesiredModule, version: int, local_images: Collection[str], pulled: set[str], naming: NamingSettings
+    module: PinnedModule, version: int, local_images: Collection[str], pulled: set[str], naming: NamingSettings
 ) -> list[Action]:
     actions: list[Action] = []
     if module.image not in local_images and module.image not in pulled:
@@ -104,7 +104,7 @@ def _bring_up(
 
 
 def _keep_in_state(
-    module: DesiredModule,
+    module: PinnedModule,
     container: ObservedContainer,
     restart: RestartState,
     now: float,

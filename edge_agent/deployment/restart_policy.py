@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from edge_agent.runtime.api import ObservedContainer
+from edge_shared.retry import delay_after
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class RestartState:
 
 def backoff_delay(count: int, settings: BackoffSettings) -> float:
     """Delay before restart number count+1."""
-    return float(min(settings.initial_s * 2 ** min(count, 40), settings.max_s))
+    return delay_after(count + 1, settings.initial_s, settings.max_s)
 
 
 def restart_reason(policy: str, container: ObservedContainer) -> str | None:

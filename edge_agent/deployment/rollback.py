@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edge_agent.deployment.desired import DesiredDeployment
+from edge_agent.deployment.pinned import PinnedDeployment
 from edge_agent.deployment.restart_policy import RestartState
 from edge_agent.runtime.api import ObservedContainer
 
@@ -53,7 +53,7 @@ class ProbationSettings:
 
 
 def judge(
-    candidate: DesiredDeployment,
+    candidate: PinnedDeployment,
     last_known_good_version: int | None,
     activated_at: float,
     observed: Sequence[ObservedContainer],

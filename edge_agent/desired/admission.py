@@ -9,7 +9,9 @@ Checks, in the order of cost, each before the next one reads anything:
  3. UTF-8                                                        invalid_utf8
  4. nesting depth, by a bracket scan that never recurses         too_deep
  5. strict JSON (duplicate keys, NaN refused)                    invalid_json
- 6. signed envelope (DSSE) and its signature, when enforced      unsigned, bad_signature, untrusted_key
+ 6. signed envelope (DSSE): at most Limits.max_signatures        too_many_signatures
+    signatures, counted before any is decoded or verified; then
+    the signature, when enforced                                 unsigned, bad_signature, untrusted_key
     the payload then goes through 2-5 again
  7. gate-owned fields: expiry, key rotation                      expired, invalid_expires, invalid_trust
  8. envelope schema and field types                              invalid_document, unsupported_schema
@@ -36,11 +38,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from edge_agent.deployment.manifest import Deployment
 from edge_agent.desired import rollout_guard
 from edge_shared.document import DesiredRejected, Limits, load_json, open_envelope
 from edge_shared.protocol import SCHEMA_VERSION
 from edge_shared.rollout_claim import RolloutClaim, claim_of
+from edge_shared.spec import Deployment
 from edge_shared.trust.keys import KeyFileError, TrustedKey, parse_public_key
 from edge_shared.validation import summary
 

@@ -1,16 +1,24 @@
-"""DesiredStateManager: the room that owns a desired document from bytes to pinned deployment.
+"""DesiredStateManager: the one owner of the device's deployment state, from the bytes of a
+desired document to what runs and what became of each version.
 
     twin (transport) ─ bytes ─► submit(): admission.admit()  ──refused──► lastRefused (memory only)
-                                   │ admitted: status row "verifying"; a newer document supersedes
+                                   │ admitted: status "verifying"; a newer document supersedes
                                    ▼           (cancels) the one still verifying
-                               run(): pin every module image (the image verifier, retried with
-                                   │   backoff while the registry is unreachable) ──► rejected(code, module)
+                               pin every image and artifact (trust; transient failures retried
+                                   │   with backoff, reported as verifying + cause + next attempt)
+                                   │   ──final verdict──► rejected(code, module)
                                    ▼
-                               DesiredStore.commit(): ONE transaction: accepted document, current
-                                   │   deployment, key rotation, status "activating"
+                               commit: ONE transition (accepted document, `current`, key rotation,
+                                   │   status activating; earlier active versions superseded)
                                    ▼
-                               reconciler.activate(pinned deployment) ─► probation ─► good | failed | rolled_back
-                                                                          (reported back through StatusSink)
+    pass loop: result = reconciler.run_pass(current, last-known-good)  (deployment/reconciler.py)
+               transitions.after_pass(result) ─► probation | good | failed | rolled_back
+               reported `modules` and `deployment` sections
+
+Every change of the durable state is a store.Transition computed by transitions.py and written by
+StateStore.apply() in one transaction that checks the slots it replaces. The reconciler writes
+none of it and calls nothing back: it returns a PassResult. At boot transitions.recover() finishes
+or undoes what a crash interrupted.
 
 It reports the `deployment` section of the reported state (status.py), the one place the device
 says which version runs and what became of each. Refused input (unsigned, replayed, too large,
@@ -21,21 +29,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from edge_agent.artifacts.pinning import pin_artifact_refs
 from edge_agent.artifacts.placement import ArtifactDirs, ArtifactFailed
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
 from edge_agent.control import CommandError, ControlServer
-from edge_agent.deployment.manifest import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
-from edge_agent.deployment.store import DeploymentStore, StoredDeployment
+from edge_agent.deployment.images_gc import collect_images
+from edge_agent.deployment.modules_report import iso
+from edge_agent.deployment.monitor import Monitor
+from edge_agent.deployment.pinned import CommittedDeployment
+from edge_agent.deployment.reconciler import PassResult, Reconciler
+from edge_agent.deployment.rollback import Failed, Good
+from edge_agent.desired import transitions
 from edge_agent.desired.admission import Admitted, Decision, DocumentTrust, Duplicate, History, Refused, admit
 from edge_agent.desired.status import Refusal, VersionStatus, advance, deployment_section
-from edge_agent.desired.store import DesiredStore
+from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.trust.passthrough import RegistryUnreachable
@@ -45,16 +59,21 @@ from edge_shared.outcome import State
 from edge_shared.protocol import desired_document
 from edge_shared.retry import Retries
 from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
+from edge_shared.spec import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_shared.threads import run_blocking
 from edge_shared.trust.api import ImageRejected, ImageVerifier
 from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key
 
 log = get_logger(__name__)
-PIN_RETRY = (2.0, 60.0)  # registry unreachable: first retry after, doubling up to (seconds)
-
-
-class Reconciler(Protocol):
-    def activate(self, deployment: StoredDeployment) -> None: ...
+PIN_RETRY = (2.0, 60.0)  # reaching or storing a document failed: first retry after, doubling up to (s)
+# Causes that say nothing about the signed content, only about reaching or storing it: retried with
+# backoff (the version stays `verifying` with the cause and the next attempt), never final.
+TRANSIENT_CODES = frozenset({
+    "registry_unreachable",  # network down, HTTP 429 and 5xx
+    "manifest_truncated",  # the connection broke mid-body
+    "artifact_unreachable",
+    "artifact_io",  # disk full or read-only while downloading
+})
 
 
 def document_trust(config: AgentConfig, rotated: tuple[TrustedKey, ...]) -> DocumentTrust:
@@ -64,6 +83,22 @@ def document_trust(config: AgentConfig, rotated: tuple[TrustedKey, ...]) -> Docu
     return DocumentTrust(trust.document_mode, keys, trust.require_document_expiry)
 
 
+class PinFailure(Exception):
+    def __init__(self, module: str | None, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.module = module
+        self.code = code
+        self.description = description
+
+
+class TransientFailure(PinFailure):
+    """Reaching or storing what a document names failed; tried again with backoff."""
+
+
+class FinalVerdict(PinFailure):
+    """The signed content itself is refused (signature, digest, policy, ...): the version is rejected."""
+
+
 class DesiredStateManager(BaseComponent):
     name = "desired"
 
@@ -71,9 +106,9 @@ class DesiredStateManager(BaseComponent):
         self,
         config: AgentConfig,
         db: sqlite3.Connection,
-        deployments: DeploymentStore,
         reported: ReportedState,
         verifier: ImageVerifier,
+        reconciler: Reconciler,
         *,
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
@@ -81,21 +116,31 @@ class DesiredStateManager(BaseComponent):
     ) -> None:
         self.reported = reported
         self.verifier = verifier
+        self.reconciler = reconciler
         self.artifacts = artifacts
         self.clock = clock
-        self.store = DesiredStore(db, deployments)
-        self.deployments = deployments
-        self.reconciler: Reconciler | None = None
+        self.store = StateStore(db)
         self.statuses: dict[int, VersionStatus] = {}
+        self.current: CommittedDeployment | None = None
+        self.last_known_good: CommittedDeployment | None = None
         self.last_refused: Refusal | None = None
-        self.current: int | None = None
-        self.last_known_good: int | None = None
         self.error: str | None = None
         self.retries = Retries(*PIN_RETRY)
+        self.wake = asyncio.Event()  # look again: a commit, a podman event, a healthcheck
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # between retries (a simulation's own)
+        self.monitor = Monitor(reconciler.runtime, lambda: reconciler.device_id,
+                               lambda: (reconciler.pinned, reconciler.observed), self.wake.set, clock)
         self._pending: tuple[Admitted, bytes] | None = None
+        self._fetching: set[tuple[str, str, str]] = set()  # (module, slot, digest) the pending version downloaded
         self._arrived = asyncio.Event()
         self._pin_task: asyncio.Task[None] | None = None
+        self._first_pass = asyncio.Event()
+        self.report_held = False  # a rollback waits for the pass that acts on it to be reported
+        self._first_pass_acted: tuple[str, ...] = ()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._configure(config)
+        if reconciler.artifacts is not None:
+            reconciler.artifacts.on_report = self.wake.set  # a module confirmed or refused an artifact
         if control is not None:
             control.register("deploy", self._cmd_deploy)
 
@@ -105,36 +150,41 @@ class DesiredStateManager(BaseComponent):
         if self.store.reset_keys_if_config_changed(config_keys):
             log.info("document keys from the config are in force", extra={"EVENT": "trust.document_keys_config"})
         self.config = config
-        self.limits = Limits(config.twin.max_desired_bytes, config.twin.max_desired_depth)
+        self.limits = Limits(config.twin.max_desired_bytes, config.twin.max_desired_depth,
+                             config.twin.max_document_signatures)
         self.trust = document_trust(config, self.store.rotated_keys())
-
-    def attach(self, reconciler: Reconciler) -> None:
-        self.reconciler = reconciler
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        for status in self.store.versions():
-            if status.state == State.VERIFYING:
-                continue  # (written by an older release) a verification cut short: verified again
-            self.statuses[status.version] = status
-        self._adopt_older_state()
-        current, lkg = self.deployments.get("current"), self.deployments.get("last_known_good")
-        self.running(current.version if current else None, lkg.version if lkg else None)
+        self._load()
+        accepted = self.store.accepted()
+        digest = accepted[1] if accepted and self.current and accepted[0] == self.current.version else ""
+        recovery = transitions.recover(self.statuses, self.current, self.last_known_good, digest, self.clock())
+        if recovery is not None:
+            for row in recovery.statuses:
+                log.warning("version %d: %s at boot (%s)", row.version, row.state, row.description,
+                            extra={"EVENT": "deployment.recovered", "DEPLOYMENT": str(row.version)})
+            self._apply(recovery)
+        if self.artifacts is not None:
+            await run_blocking(self.artifacts.collect_staging, name="artifact staging collection")
+        if self.current is not None:
+            log.info(
+                "stored deployment %d will be run (last known good: %s)", self.current.version,
+                self.last_known_good.version if self.last_known_good else "none",
+                extra={"EVENT": "deployment.loaded", "DEPLOYMENT": str(self.current.version)},
+            )
+        self._report()
 
-    def _adopt_older_state(self) -> None:
-        """A state.db from before per-version status: give the current deployment its row, so the
-        replay check knows its version."""
-        current = self.deployments.get("current")
-        if current is None or current.version in self.statuses:
-            return
-        lkg = self.deployments.get("last_known_good")
-        accepted = self.store.accepted()  # (state_schema.py moved an older twin_desired row here)
-        digest = accepted[1] if accepted and accepted[0] == current.version else ""
-        state = State.GOOD if lkg is not None and lkg.version == current.version else State.ACTIVATING
-        self._put(VersionStatus(current.version, digest, state, current.activated_at))
+    def _load(self) -> None:
+        """Memory from the store (at start, and after a transition found the disk elsewhere)."""
+        self.statuses = {s.version: s for s in self.store.versions() if s.state != State.VERIFYING}
+        self.current = self.store.current()
+        self.last_known_good = self.store.last_known_good()
 
     async def apply_config(self, config: AgentConfig) -> None:
+        self.reconciler.configure(config)
+        self.wake.set()
         try:
             self._configure(config)
         except (KeyFileError, OSError) as exc:
@@ -143,30 +193,143 @@ class DesiredStateManager(BaseComponent):
             return
         self._report()
 
+    def stalled(self) -> str | None:
+        return self.reconciler.stalled()
+
     async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pin_forever(), name="desired-pin")
+                tg.create_task(self._reconcile_forever(), name="deployment-reconcile")
+                tg.create_task(self.monitor.watch_events(), name="deployment-events")
+                tg.create_task(self.monitor.watch_health(), name="deployment-health")
+        finally:
+            await self.reconciler.runtime.close()
+
+    async def first_pass_done(self) -> tuple[str, ...]:
+        """Wait for the first completed pass; the modules it acted on (an agent update on trial
+        confirms only if it adopted every module as it found it)."""
+        await self._first_pass.wait()
+        return self._first_pass_acted
+
+    # ------------------------------------------------------------------ the pass loop
+
+    async def _reconcile_forever(self) -> None:
         while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            pending = self._pending
-            if pending is None:
+            self.wake.clear()
+            result = await self.reconcile()
+            if result.again:
                 continue
-            task = asyncio.create_task(self._pin_and_commit(*pending), name=f"pin-{pending[0].version}")
-            self._pin_task = task
-            try:
-                await asyncio.wait({task})  # submit() cancels it when a newer document arrives
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                self._pin_task = None
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                log.error("pinning version %d failed unexpectedly: %s", pending[0].version, exc, exc_info=exc,
-                          extra={"EVENT": "desired.internal_error", "DEPLOYMENT": str(pending[0].version)})
-                self._drop_pending(pending[0])
-                self._transition(pending[0].version, State.REJECTED, code="internal_error",
-                                 description=f"{type(exc).__name__}: {exc}")
+            timeout = self.config.deployment.poll_interval_s
+            if result.wake_at is not None:
+                timeout = max(0.05, min(timeout, result.wake_at - self.clock()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives just as the event is set, and then the component never stops.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    async def reconcile(self) -> PassResult:
+        """One pass over the current deployment, and what it means for the state."""
+        committed = self.current
+        lkg = self.last_known_good.version if self.last_known_good else None
+        result = await self.reconciler.run_pass(committed, lkg, lambda: self.current is committed)
+        self.settle(result)
+        return result
+
+    def settle(self, result: PassResult) -> None:
+        """Record a pass: its verdict as a checked transition, its reports. A rollback is reported
+        together with the pass that acts on it (containers and artifacts of the version returned
+        to), so the fleet never reads "rolled back" while the failed version's modules are what
+        the device still reports running."""
+        transition = transitions.after_pass(self.statuses, self.current, self.last_known_good, result,
+                                            self.clock(), self.reconciler.probation.window_s)
+        moves_current = transition is not None and transition.current is not None
+        if moves_current:
+            self.report_held = True
+        if transition is not None:
+            if self._apply(transition):
+                self._log_verdict(result)
+                if isinstance(result.verdict, Good | Failed):
+                    self._schedule_gc()
+            elif moves_current:
+                self.report_held = False
+        acted_on_current = self.current is not None and result.version == self.current.version and (
+            result.modules is not None or result.runtime_error is not None)
+        if self.report_held and not moves_current and acted_on_current:
+            self.report_held = False
+        if not self.report_held:
+            if result.modules is not None:
+                self.reported.set("modules", result.modules)
+            self.error = result.runtime_error
+            self._report()
+        # The first pass that planned (podman answered, nothing to roll back first): what it acted on.
+        completed = result.runtime_error is None and (result.version is None or result.modules is not None)
+        if not self._first_pass.is_set() and completed:
+            self._first_pass_acted = result.acted
+            self._first_pass.set()
+        if self.artifacts is not None and result.modules is not None:
+            self._spawn(run_blocking(self.artifacts.collect_staging, name="artifact staging collection"))
+
+    def _log_verdict(self, result: PassResult) -> None:
+        version, verdict = result.version, result.verdict
+        if isinstance(verdict, Good):
+            log.info("deployment %s is good: every module ran for %g s", version,
+                     self.reconciler.probation.window_s,
+                     extra={"EVENT": "deployment.good", "DEPLOYMENT": str(version)})
+        elif isinstance(verdict, Failed) and self.current is not None and self.current.version != version:
+            log.error("deployment %s failed (module %s: %s): rolled back to %d", version, verdict.module,
+                      verdict.reason, self.current.version,
+                      extra={"EVENT": "deployment.rollback", "DEPLOYMENT": str(version), "MODULE": verdict.module})
+
+    def _apply(self, transition: Transition) -> bool:
+        """Write a transition and take it into memory; False when it was not written."""
+        try:
+            self.store.apply(transition)
+        except StaleTransition as exc:  # memory and disk disagree: the disk is the truth
+            log.error("state transition refused: %s", exc, extra={"EVENT": "deployment.stale_transition"})
+            self._load()
+            self.wake.set()
+            return False
+        except sqlite3.Error as exc:  # disk full, read-only: nothing changed; the next pass tries again
+            log.error("cannot store the state (%s): %s", transition.why, exc,
+                      extra={"EVENT": "desired.status_store_failed"})
+            return False
+        if transition.current is not None:
+            self.current = transition.current
+            self.wake.set()
+        if transition.last_known_good is not None:
+            self.last_known_good = transition.last_known_good
+        for row in transition.statuses:
+            self.statuses[row.version] = row
+        self._report()
+        return True
+
+    # ------------------------------------------------------------------ garbage collection
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def keep_pinned(self) -> list[CommittedDeployment]:
+        return [d for d in (self.current, self.last_known_good) if d is not None]
+
+    def _schedule_gc(self) -> None:
+        self._spawn(self.collect_garbage())
+
+    async def collect_garbage(self) -> list[str]:
+        """Remove images and artifact versions that neither `current`, last-known-good nor the
+        version being verified names (downloads of the pending version are kept)."""
+        keep = self.keep_pinned()
+        removed: list[str] = []
+        if self.config.deployment.image_gc:
+            images = {i for d in keep for i in d.images.values()}
+            removed = await collect_images(self.reconciler.runtime, self.reconciler.store, images)
+            self.reconciler.forget_images(removed)
+        if self.reconciler.artifacts is not None:
+            await self.reconciler.artifacts.collect([d.pinned() for d in keep], set(self._fetching))
+        return removed
 
     # ------------------------------------------------------------------ documents in
 
@@ -220,7 +383,7 @@ class DesiredStateManager(BaseComponent):
             f" version {refused.version}" if refused.version is not None else " (not authenticated)",
             refused.code,
             refused.description,
-            self.current if self.current is not None else "none",
+            self.current.version if self.current is not None else "none",
             extra={"EVENT": "desired.refused", "CODE": refused.code, "DIGEST": refused.digest[:16]},
         )
         self._report()
@@ -248,10 +411,35 @@ class DesiredStateManager(BaseComponent):
             self._pending = None
             if self._pin_task is not None and not self._pin_task.done():
                 self._pin_task.cancel()
+        self._fetching.clear()
         self.retries.forget("pin")
-        self.retries.forget("store")
 
     # ------------------------------------------------------------------ pinning and the commit
+
+    async def _pin_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            pending = self._pending
+            if pending is None:
+                continue
+            task = asyncio.create_task(self._pin_and_commit(*pending), name=f"pin-{pending[0].version}")
+            self._pin_task = task
+            try:
+                await asyncio.wait({task})  # submit() cancels it when a newer document arrives
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._pin_task = None
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.error("pinning version %d failed unexpectedly: %s", pending[0].version, exc, exc_info=exc,
+                          extra={"EVENT": "desired.internal_error", "DEPLOYMENT": str(pending[0].version)})
+                self._drop_pending(pending[0])
+                self._transition(pending[0].version, State.REJECTED, code="internal_error",
+                                 description=f"{type(exc).__name__}: {exc}")
 
     async def pin_pending(self) -> None:
         """Pin and commit the pending document in the caller's task, without run() (tests that
@@ -260,148 +448,135 @@ class DesiredStateManager(BaseComponent):
             await self._pin_and_commit(*self._pending)
 
     async def _pin_and_commit(self, admitted: Admitted, raw: bytes) -> None:
-        version = admitted.version
+        """Every step is tried again, with backoff, until it succeeds, a final verdict rejects the
+        version, or a newer document supersedes it (cancels this task)."""
         images: dict[str, str] = {}
         # The agent release is verified like a module image, under the same trust policy.
         targets = [(name, spec.image) for name, spec in sorted(admitted.deployment.modules.items())]
         if admitted.deployment.agent is not None:
             targets.append((AGENT_RELEASE, admitted.deployment.agent.image))
         for name, image in targets:
-            while True:
-                try:
-                    verified = await self.verifier.verify(image)
-                except (RegistryUnreachable, ImageRejected) as exc:
-                    if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
-                        self._reject(admitted, name, exc)
-                        return
-                    await self._wait_for_registry(admitted, name, exc)
-                    continue
-                break
-            recovered = self.retries.succeeded("pin")
-            if recovered is not None:
-                log.info("registry reachable again after %d failed attempts", recovered.attempts,
-                         extra={"EVENT": "desired.registry_back", "DEPLOYMENT": str(version)})
-            images[name] = f"{verified.repository}@{verified.digest}"
+            pinned = await self._retrying(admitted, functools.partial(self._pin_image, name, image))
+            if pinned is None:
+                return
+            images[name] = pinned
         pins: dict[tuple[str, int], str] = {}
         for name, spec in sorted(admitted.deployment.modules.items()):
             for index, artifact in enumerate(spec.artifacts):
-                pinned = await self._pin_artifact(admitted, name, artifact)
-                if pinned is None:
+                if artifact.confirm and not self.config.telemetry.enabled:
+                    self._reject(admitted, name, "artifact_confirm_unavailable",
+                                 f"artifact {artifact.ref} (at {artifact.path}): confirm = true needs [telemetry] "
+                                 "enabled (the module confirms on its telemetry socket); turn telemetry on or "
+                                 "drop confirm")
                     return
-                pins[(name, index)] = pinned
+                ref = await self._retrying(admitted, functools.partial(self._pin_artifact, name, artifact))
+                if ref is None:
+                    return
+                pins[(name, index)] = ref
         document = pin_artifact_refs(admitted.document, pins)
-        while True:
-            try:
-                self._commit(admitted, raw, images, document)
-                break
-            except sqlite3.Error as exc:  # disk full, read-only filesystem: run nothing that is not stored
-                await self._wait_for_store(admitted, exc)
-        recovered = self.retries.succeeded("store")
-        if recovered is not None:
-            log.info("deployment %d stored after %d failed attempts", version, recovered.attempts,
-                     extra={"EVENT": "desired.store_back", "DEPLOYMENT": str(version)})
+        await self._retrying(admitted, functools.partial(self._commit, admitted, raw, images, document))
 
-    async def _pin_artifact(self, admitted: Admitted, module: str, artifact: Artifact) -> str | None:
-        """Verify an artifact under [[trust.policy]] like an image, then download it (every digest
-        checked) into its version directory, before anything is committed. The pinned reference,
-        or None when the version was rejected."""
-        what = f"artifact {artifact.ref} (at {artifact.path})"
-        if artifact.confirm and not self.config.telemetry.enabled:
-            self._reject_artifact(admitted, module, what, "artifact_confirm_unavailable",
-                                  "confirm = true needs [telemetry] enabled (the module confirms on its telemetry "
-                                  "socket); turn telemetry on or drop confirm")
-            return None
+    async def _retrying(self, admitted: Admitted, step: Callable[[], Any]) -> Any:
+        """Run one pinning step: its result; None after a final verdict (the version is rejected)."""
         while True:
             try:
-                verified = await self.verifier.verify(artifact.ref)
-            except (RegistryUnreachable, ImageRejected) as exc:
-                if isinstance(exc, ImageRejected) and exc.code != "registry_unreachable":
-                    self._reject_artifact(admitted, module, what, f"artifact_{exc.code}", exc.description)
-                    return None
-                await self._wait_for_registry(admitted, module, exc)
+                result = await step()
+            except FinalVerdict as exc:
+                self._reject(admitted, exc.module, exc.code, exc.description)
+                return None
+            except TransientFailure as exc:
+                await self._wait_and_retry(admitted, exc)
                 continue
-            break
-        self.retries.succeeded("pin")
+            recovered = self.retries.succeeded("pin")
+            if recovered is not None:
+                log.info("deployment %d: %s cleared after %d failed attempts", admitted.version, recovered.error,
+                         recovered.attempts,
+                         extra={"EVENT": "desired.retry_cleared", "DEPLOYMENT": str(admitted.version)})
+            return result
+
+    async def _pin_image(self, module: str, image: str) -> str:
+        try:
+            verified = await self.verifier.verify(image)
+        except ImageRejected as exc:
+            failure = TransientFailure if exc.code in TRANSIENT_CODES else FinalVerdict
+            raise failure(module, exc.code, f"image {exc.reference}: {exc.description}") from None
+        except RegistryUnreachable as exc:
+            raise TransientFailure(module, "registry_unreachable", f"image {image}: {exc}") from None
+        return f"{verified.repository}@{verified.digest}"
+
+    async def _pin_artifact(self, module: str, artifact: Artifact) -> str:
+        """Verify an artifact under [[trust.policy]] like an image, then download it (every digest
+        checked) into its version directory, before anything is committed. The pinned reference."""
+        what = f"artifact {artifact.ref} (at {artifact.path})"
+        try:
+            verified = await self.verifier.verify(artifact.ref)
+        except RegistryUnreachable as exc:
+            raise TransientFailure(module, "registry_unreachable", f"{what}: {exc}") from None
+        except ImageRejected as exc:
+            code = exc.code if exc.code in TRANSIENT_CODES else f"artifact_{exc.code}"
+            if code in TRANSIENT_CODES:
+                raise TransientFailure(module, code, f"{what}: {exc.description}") from None
+            raise FinalVerdict(module, code, f"{what}: {exc.description}") from None
         _, tag, _ = parse_image_reference(artifact.ref)
         pinned = f"{verified.repository}{':' + tag if tag else ''}@{verified.digest}"
         if self.artifacts is None:
             return pinned
-        while True:
-            try:
-                await run_blocking(self.artifacts.fetch, module, artifact_slot(artifact.path),
-                                   f"{verified.repository}@{verified.digest}", name="artifact fetch")
-            except ArtifactFailed as exc:
-                if exc.code != "artifact_unreachable":
-                    self._reject_artifact(admitted, module, what, exc.code, exc.description)
-                    return None
-                await self._wait_for_registry(admitted, module, exc)
-                continue
-            return pinned
+        slot = artifact_slot(artifact.path)
+        self._fetching.add((module, slot, verified.digest))
+        try:
+            await run_blocking(self.artifacts.fetch, module, slot, f"{verified.repository}@{verified.digest}",
+                               name="artifact fetch")
+        except ArtifactFailed as exc:
+            if exc.code in TRANSIENT_CODES:
+                raise TransientFailure(module, exc.code, f"{what}: {exc.description}") from None
+            raise FinalVerdict(module, exc.code, f"{what}: {exc.description}") from None
+        return pinned
 
-    def _reject_artifact(self, admitted: Admitted, module: str, what: str, code: str, description: str) -> None:
-        self._pending = None
-        self.retries.forget("pin")
-        self._transition(admitted.version, State.REJECTED, code=code, module=module,
-                         description=f"{what}: {description}")
-        log.error("deployment %d rejected: module %s: %s: %s: %s (keeping version %s)", admitted.version,
-                  module, what, code, description, self.current,
-                  extra={"EVENT": "deployment.artifact_rejected", "DEPLOYMENT": str(admitted.version),
-                         "MODULE": module, "CODE": code})
-
-    async def _wait_for_registry(self, admitted: Admitted, module: str, exc: Exception) -> None:
+    async def _wait_and_retry(self, admitted: Admitted, exc: TransientFailure) -> None:
         failure, news = self.retries.failed("pin", str(exc), self.clock())
-        description = (f"module {module}: cannot resolve its image yet ({exc}); "
-                       f"attempt {failure.attempts}, next in {failure.delay:.0f} s")
-        self._transition(admitted.version, State.VERIFYING, module=module, description=description)
+        where = f"module {exc.module}: " if exc.module else ""
+        description = (f"{where}not verified yet, trying again ({exc.description}); attempt {failure.attempts}, "
+                       f"next at {iso(failure.next_at)} (in {failure.delay:.1f} s)")
+        self._transition(admitted.version, State.VERIFYING, code=exc.code, module=exc.module,
+                         description=description)
         (log.warning if news else log.debug)(
-            "deployment %d: %s", admitted.version, description,
-            extra={"EVENT": "desired.registry_retry", "DEPLOYMENT": str(admitted.version), "MODULE": module},
+            "deployment %d: %s: %s", admitted.version, exc.code, description,
+            extra={"EVENT": "desired.retry", "DEPLOYMENT": str(admitted.version), "MODULE": exc.module or "",
+                   "CODE": exc.code},
         )
-        await asyncio.sleep(failure.delay)
+        await self.sleep(failure.delay)
 
-    async def _wait_for_store(self, admitted: Admitted, exc: sqlite3.Error) -> None:
-        """The document cannot be stored: it is not applied, and the commit is tried again (with
-        backoff) until it succeeds or a newer document supersedes this one; it is never lost."""
-        failure, news = self.retries.failed("store", str(exc), self.clock())
-        description = (f"images verified; cannot store the document ({exc}); "
-                       f"attempt {failure.attempts}, next in {failure.delay:.0f} s")
-        self._transition(admitted.version, State.VERIFYING, code="store_failed", description=description)
-        (log.error if news else log.debug)(
-            "deployment %d not applied: %s", admitted.version, description,
-            extra={"EVENT": "desired.store_failed", "DEPLOYMENT": str(admitted.version)},
-        )
-        await asyncio.sleep(failure.delay)
-
-    def _reject(self, admitted: Admitted, module: str, exc: ImageRejected) -> None:
+    def _reject(self, admitted: Admitted, module: str | None, code: str, description: str) -> None:
         self._pending = None
+        self._fetching.clear()
         self.retries.forget("pin")
-        self._transition(admitted.version, State.REJECTED, code=exc.code, module=module,
-                         description=f"image {exc.reference}: {exc.description}")
-        log.error("deployment %d rejected: module %s: image %s: %s: %s (keeping version %s)", admitted.version,
-                  module, exc.reference, exc.code, exc.description, self.current,
-                  extra={"EVENT": "deployment.image_rejected", "DEPLOYMENT": str(admitted.version),
-                         "MODULE": module, "CODE": exc.code})
+        self._transition(admitted.version, State.REJECTED, code=code, module=module, description=description)
+        log.error("deployment %d rejected: module %s: %s: %s (keeping version %s)", admitted.version,
+                  module, code, description, self.current.version if self.current else "none",
+                  extra={"EVENT": "deployment.rejected", "DEPLOYMENT": str(admitted.version),
+                         "MODULE": module or "", "CODE": code})
 
-    def _commit(
-        self, admitted: Admitted, raw: bytes, images: dict[str, str], document: Mapping[str, Any] | None = None
+    async def _commit(
+        self, admitted: Admitted, raw: bytes, images: dict[str, str], document: Mapping[str, Any]
     ) -> None:
-        now = self.clock()
         version = admitted.version
-        stored = StoredDeployment(version, dict(document if document is not None else admitted.document), images, now)
-        rows = []
-        activating = advance(self.statuses[version], State.ACTIVATING, now, description="starting its modules")
-        if activating is not None:
-            rows.append(activating)
-        # Every earlier version not yet good (the current one on probation, or one committed but
-        # never taken by the reconciler) is replaced by this one.
-        for other in list(self.statuses.values()):
-            if other.version != version and other.state in (State.ACTIVATING, State.PROBATION):
-                replaced = advance(other, State.SUPERSEDED, now, description=f"replaced by version {version}")
-                if replaced is not None:
-                    rows.append(replaced)
-        self.store.commit(raw, stored, admitted.digest, rows, admitted.new_keys)  # raises sqlite3.Error
+        committed = CommittedDeployment(version, dict(document), images, self.clock())
+        transition = transitions.commit(
+            self.statuses, self.current, self.last_known_good, committed,
+            Accepted(raw, admitted.digest, tuple(admitted.new_keys or ())), self.statuses[version],
+        )
+        try:
+            self.store.apply(transition)
+        except StaleTransition:
+            self._load()
+            raise TransientFailure(None, "store_conflict", "the state changed while committing") from None
+        except sqlite3.Error as exc:  # disk full, read-only filesystem: run nothing that is not stored
+            raise TransientFailure(None, "store_failed",
+                                   f"images verified; cannot store the document ({exc})") from None
         self._pending = None
-        for row in rows:
+        self._fetching.clear()
+        self.current = committed
+        for row in transition.statuses:
             self.statuses[row.version] = row
         if admitted.new_keys:
             self.trust = document_trust(self.config, self.store.rotated_keys())
@@ -412,25 +587,9 @@ class DesiredStateManager(BaseComponent):
                  ", ".join(f"{m}={i}" for m, i in sorted(images.items())) or "no modules",
                  extra={"EVENT": "deployment.accepted", "DEPLOYMENT": str(version)})
         self._report()
-        if self.reconciler is not None:
-            self.reconciler.activate(stored)
+        self.wake.set()
 
-    # ------------------------------------------------------------------ status (StatusSink)
-
-    def running(self, current: int | None, last_known_good: int | None) -> None:
-        self.current, self.last_known_good = current, last_known_good
-        self._report()
-
-    def outcome(
-        self, version: int, state: State, *, code: str | None = None, module: str | None = None,
-        description: str = "",
-    ) -> None:
-        self._transition(version, state, code=code, module=module, description=description)
-
-    def runtime_error(self, error: str | None) -> None:
-        if error != self.error:
-            self.error = error
-            self._report()
+    # ------------------------------------------------------------------ status rows outside the slots
 
     def _transition(
         self, version: int, state: State, *, code: str | None = None, module: str | None = None,
@@ -444,6 +603,7 @@ class DesiredStateManager(BaseComponent):
             self._put(moved)
 
     def _put(self, status: VersionStatus) -> None:
+        """A row of a version that is not committed (verifying, rejected, superseded before commit)."""
         self.statuses[status.version] = status
         if status.state == State.VERIFYING:
             # Not stored: a restart forgets a verification in progress anyway (the broker delivers
@@ -458,11 +618,13 @@ class DesiredStateManager(BaseComponent):
         self._report()
 
     def _report(self) -> None:
+        if self.report_held:
+            return  # published with the pass that acts on the rollback (settle)
         self.reported.set(
             "deployment",
             deployment_section(
-                current=self.current,
-                last_known_good=self.last_known_good,
+                current=self.current.version if self.current else None,
+                last_known_good=self.last_known_good.version if self.last_known_good else None,
                 versions=self.statuses.values(),
                 last_refused=self.last_refused,
                 max_document_bytes=self.limits.max_bytes,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from edge_shared.outcome import State
 
@@ -128,17 +128,3 @@ def deployment_section(
     if error:
         section["error"] = error
     return section
-
-
-class StatusSink(Protocol):
-    """What the reconciler (deployment/component.py) tells the desired-state room: which version it
-    runs, what became of a version, and whether the container runtime answers."""
-
-    def running(self, current: int | None, last_known_good: int | None) -> None: ...
-
-    def outcome(
-        self, version: int, state: State, *, code: str | None = None, module: str | None = None,
-        description: str = "",
-    ) -> None: ...
-
-    def runtime_error(self, error: str | None) -> None: ...

@@ -1,27 +1,32 @@
-"""The desired-state room's tables in state.db, and its one commit transaction.
+"""The device's durable deployment state in state.db, and the one way to change it.
 
+    deployment_slots     'current' | 'last_known_good' -> version, document, pinned images (JSON)
     desired_versions     one status row per version that passed the document gate (status.py)
     desired_accepted     the last committed document, as the exact bytes received (its signature
                          stays checkable)
     trust_document_keys  the document keys a signed rotation installed (with meta rows for the
                          version that installed them and the config keys they replaced)
+    deployment_restarts  cleared here when `current` changes (the reconciler counts restarts)
 
-The tables are created and migrated by state_schema.py, and read and written with sqlite-utils.
-`commit()` writes, in ONE transaction, everything accepting a document changes: the accepted
-document, the deployment's `current` slot (deployment/store.py, restart counters cleared), any key
-rotation, and the version's status rows. Before it, nothing of the document is stored but its
-status row; a power cut leaves either all of it or none.
+Everything that changes this state is a Transition (transitions.py computes them, purely), and
+`apply()` writes one in ONE transaction after checking that `current` and `last_known_good` are
+still what the transition was computed from: a rollback is a compare-and-swap on `current`, so it
+can never overwrite a newer deployment committed meanwhile. A power cut leaves all of a
+transition or none of it. The tables are created and migrated by state_schema.py, and read and
+written with sqlite-utils.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_agent.deployment.store import DeploymentStore, StoredDeployment
+from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.desired.status import KEEP_VERSIONS, VersionStatus
 from edge_agent.store import delete_meta, get_meta, set_meta, tables, transaction
 from edge_shared.outcome import State
@@ -32,6 +37,8 @@ if TYPE_CHECKING:  # at run time sqlite-utils is imported once, by state_schema.
 
 META_CONFIG_FP = "trust.document_keys.config"
 META_VERSION = "trust.document_keys.version"
+CURRENT = "current"
+LAST_KNOWN_GOOD = "last_known_good"
 # Rows kept beyond the reported ones, so the newest version is never pruned by an old one.
 _PRUNE_KEEP = KEEP_VERSIONS * 2
 
@@ -40,40 +47,127 @@ def keys_fingerprint(keys: Sequence[TrustedKey]) -> str:
     return hashlib.sha256("|".join(sorted(k.key_id for k in keys)).encode()).hexdigest()
 
 
-class DesiredStore:
-    def __init__(self, db: sqlite3.Connection, deployments: DeploymentStore) -> None:
+class StaleTransition(Exception):
+    """The state on disk is not what the transition was computed from; nothing was written."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The document bytes a commit stores (with any key rotation it carries)."""
+
+    raw: bytes
+    digest: str
+    new_keys: tuple[TrustedKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of the durable state. `expect_*`: the versions in the slots it replaces (None:
+    empty). `current`/`last_known_good`: the new slot contents (None: unchanged)."""
+
+    why: str
+    expect_current: int | None
+    expect_last_known_good: int | None
+    current: CommittedDeployment | None = None
+    last_known_good: CommittedDeployment | None = None
+    statuses: tuple[VersionStatus, ...] = ()
+    accepted: Accepted | None = None
+
+    @property
+    def changes_current(self) -> bool:
+        return self.current is not None
+
+
+class StateStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        self.deployments = deployments
         t = tables(db)
+        self._slots: Table = t.table("deployment_slots")
+        self._restarts: Table = t.table("deployment_restarts")
         self._versions: Table = t.table("desired_versions")
         self._accepted: Table = t.table("desired_accepted")
         self._keys: Table = t.table("trust_document_keys")
 
-    # ------------------------------------------------------------------ version status
+    # ------------------------------------------------------------------ reading
+
+    def slot(self, slot: str) -> CommittedDeployment | None:
+        row = self.db.execute(
+            "SELECT version, document, images, activated_at FROM deployment_slots WHERE slot = ?", (slot,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CommittedDeployment(int(row[0]), json.loads(row[1]), json.loads(row[2]), float(row[3]))
+
+    def current(self) -> CommittedDeployment | None:
+        return self.slot(CURRENT)
+
+    def last_known_good(self) -> CommittedDeployment | None:
+        return self.slot(LAST_KNOWN_GOOD)
 
     def versions(self) -> list[VersionStatus]:
         out = []
-        for r in self._versions.rows_where(order_by="version"):
+        for version, digest, state, at, code, module, description in self.db.execute(
+            "SELECT version, digest, state, at, code, module, description FROM desired_versions ORDER BY version"
+        ):
             try:
-                state = State(r["state"])
+                known = State(state)
             except ValueError:
                 continue  # written by a newer release; not ours to interpret
-            out.append(
-                VersionStatus(
-                    int(r["version"]),
-                    str(r["digest"]),
-                    state,
-                    float(r["at"]),
-                    r["code"],
-                    r["module"],
-                    str(r["description"] or ""),
-                )
-            )
+            out.append(VersionStatus(int(version), str(digest), known, float(at), code, module, str(description or "")))
         return out
 
+    def accepted(self) -> tuple[int, str, bytes] | None:
+        for row in self._accepted.rows_where("id = 1", select="version, digest, payload"):
+            return int(row["version"]), str(row["digest"]), bytes(row["payload"])
+        return None
+
+    # ------------------------------------------------------------------ the one way to write
+
+    def apply(self, transition: Transition) -> None:
+        """Write the transition in one transaction, or nothing: raises StaleTransition when a slot
+        holds another version than expected, sqlite3.Error when the disk refuses."""
+        with transaction(self.db):
+            found = (self._version_in(CURRENT), self._version_in(LAST_KNOWN_GOOD))
+            expected = (transition.expect_current, transition.expect_last_known_good)
+            if found != expected:
+                raise StaleTransition(
+                    f"{transition.why}: expected current/last-known-good {expected}, found {found}")
+            if transition.accepted is not None and transition.current is not None:
+                a = transition.accepted
+                self._accepted.upsert({"id": 1, "version": transition.current.version, "digest": a.digest,
+                                       "payload": a.raw, "accepted_at": time.time()}, pk="id")
+                if a.new_keys:
+                    self._install_keys(a.new_keys, transition.current.version)
+            if transition.current is not None:
+                self._put_slot(CURRENT, transition.current)
+                self._restarts.delete_where()  # counters belong to the deployment that was current
+            if transition.last_known_good is not None:
+                self._put_slot(LAST_KNOWN_GOOD, transition.last_known_good)
+            for status in transition.statuses:
+                self._put_status(status)
+            self._prune()
+
     def put_status(self, status: VersionStatus) -> None:
-        self._put_status(status)
-        self._prune()
+        """A status row that changes no slot (probation, a description update, a rejection)."""
+        with transaction(self.db):
+            self._put_status(status)
+            self._prune()
+
+    def _version_in(self, slot: str) -> int | None:
+        row = self.db.execute("SELECT version FROM deployment_slots WHERE slot = ?", (slot,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _put_slot(self, slot: str, dep: CommittedDeployment) -> None:
+        self._slots.upsert(
+            {
+                "slot": slot,
+                "version": dep.version,
+                "document": json.dumps(dep.document, sort_keys=True),
+                "images": json.dumps(dep.images, sort_keys=True),
+                "activated_at": dep.activated_at,
+            },
+            pk="slot",
+        )
 
     def _put_status(self, status: VersionStatus) -> None:
         self._versions.upsert(
@@ -90,42 +184,12 @@ class DesiredStore:
         )
 
     def _prune(self) -> None:
-        current = self.deployments.get("current")
-        lkg = self.deployments.get("last_known_good")
-        keep = [v.version if v is not None else -1 for v in (current, lkg)]
+        keep = [v if v is not None else -1 for v in (self._version_in(CURRENT), self._version_in(LAST_KNOWN_GOOD))]
         self._versions.delete_where(
             "version NOT IN (SELECT version FROM desired_versions ORDER BY version DESC LIMIT ?) "
             "AND version NOT IN (?, ?)",
             [_PRUNE_KEEP, *keep],
         )
-
-    # ------------------------------------------------------------------ the accepted document
-
-    def accepted(self) -> tuple[int, str, bytes] | None:
-        for row in self._accepted.rows_where("id = 1", select="version, digest, payload"):
-            return int(row["version"]), str(row["digest"]), bytes(row["payload"])
-        return None
-
-    def commit(
-        self,
-        raw: bytes,
-        deployment: StoredDeployment,
-        digest: str,
-        statuses: Iterable[VersionStatus],
-        new_keys: Sequence[TrustedKey] | None = None,
-    ) -> None:
-        """Accept a document: all of it lands together or nothing does (raises sqlite3.Error)."""
-        with transaction(self.db):
-            self._accepted.upsert(
-                {"id": 1, "version": deployment.version, "digest": digest, "payload": raw, "accepted_at": time.time()},
-                pk="id",
-            )
-            self.deployments.make_current(deployment)
-            if new_keys:
-                self._install_keys(new_keys, deployment.version)
-            for status in statuses:
-                self._put_status(status)
-            self._prune()
 
     # ------------------------------------------------------------------ document keys
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_agent.checks import CheckResult
+from edge_agent.check_result import CheckResult
 from edge_agent.config import AgentConfig
 
 DISK_NEARLY_FULL_PERCENT = 90.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from edge_agent.checks import CheckResult
+from edge_agent.check_result import CheckResult
 from edge_agent.config import AgentConfig
 from edge_agent.identity.clock import ClockWatch, env_build_date
 

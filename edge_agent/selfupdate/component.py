@@ -30,8 +30,7 @@ from typing import Any
 from edge_agent import __version__
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
-from edge_agent.deployment.manifest import AGENT_RELEASE
-from edge_agent.deployment.store import StoredDeployment
+from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.runtime.api import RuntimeFailure
@@ -40,6 +39,7 @@ from edge_agent.selfupdate import install as installer
 from edge_agent.selfupdate.files import UpdateFiles
 from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, decide
 from edge_shared.retry import Retries
+from edge_shared.spec import AGENT_RELEASE
 from edge_shared.threads import run_blocking
 
 log = get_logger(__name__)
@@ -57,7 +57,7 @@ class SelfUpdateComponent(BaseComponent):
         config: AgentConfig,
         reported: ReportedState,
         runtime: PodmanRuntime,
-        last_known_good: Callable[[], StoredDeployment | None],
+        last_known_good: Callable[[], CommittedDeployment | None],
         connected: Callable[[], Awaitable[None]],
         first_pass: Callable[[], Awaitable[tuple[str, ...]]],
         restart: Callable[[str], None],

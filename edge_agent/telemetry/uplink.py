@@ -36,6 +36,7 @@ from edge_agent.telemetry.policy import choose_stream
 from edge_agent.telemetry.queue import TelemetryQueue
 from edge_shared.batch import encode_batch
 from edge_shared.mqtt_client import PublishRefused
+from edge_shared.retry import Backoff
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -118,7 +119,7 @@ class Uplink:
         self.connected = False
         self.last_error: str | None = None
         self.refused_batches = 0
-        self._refused_retry_s = REFUSED_FIRST_RETRY_S
+        self._refused_retry = Backoff(REFUSED_FIRST_RETRY_S, REFUSED_MAX_RETRY_S)
         self._refused_logged: str | None = None
 
     def topic(self, stream: str) -> str:
@@ -144,8 +145,7 @@ class Uplink:
                         REFUSED_MAX_RETRY_S,
                         extra={"EVENT": "telemetry.refused"},
                     )
-                await asyncio.sleep(self._refused_retry_s)
-                self._refused_retry_s = min(self._refused_retry_s * 2, REFUSED_MAX_RETRY_S)
+                await asyncio.sleep(self._refused_retry.next())
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
@@ -201,7 +201,7 @@ class Uplink:
                     await item.task
 
     async def _delete(self, done: _InFlight) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 await self.db(self.queue.delete_sent, done.stream, done.first_n, done.last_n)
@@ -214,12 +214,11 @@ class Uplink:
                     exc,
                     extra={"EVENT": "telemetry.delete_failed"},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
         self.sent_records += done.count
         self.rate.add(done.count)
         if self._refused_logged is not None:
             log.info("the broker takes telemetry again", extra={"EVENT": "telemetry.accepted_again"})
             self._refused_logged = None
         self.last_error = None  # the last error since an upload last went through
-        self._refused_retry_s = REFUSED_FIRST_RETRY_S
+        self._refused_retry.reset()

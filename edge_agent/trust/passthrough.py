@@ -20,7 +20,7 @@ from edge_shared.trust.verify import CosignVerifier
 
 
 class RegistryUnreachable(Exception):
-    """Kept for callers that catch it (deployment/component.py). The verifier reports an
+    """Kept for callers that catch it (desired/manager.py). The verifier reports an
     unreachable registry as ImageRejected(code="registry_unreachable"), which they retry alike."""
 
 

@@ -30,6 +30,10 @@ class DesiredRejected(Exception):
 DOCUMENT_PAYLOAD_TYPE = "application/vnd.edge-agent.desired+json"
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_DEPTH = 32
+# Signatures per envelope: each one may cost a public-key verification per trusted key before the
+# document is authenticated, so anyone who can publish could otherwise buy seconds of event-loop
+# CPU with one message (a fleet signs with one key, two during a rotation).
+DEFAULT_MAX_SIGNATURES = 8
 
 
 # A string literal, or an unterminated one running to the end (possessive: never backtracks, so
@@ -42,6 +46,7 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 class Limits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+    max_signatures: int = DEFAULT_MAX_SIGNATURES
 
 
 def nesting_depth(data: bytes) -> int:
@@ -85,6 +90,14 @@ def open_envelope(outer: Any, limits: Limits, keys: Sequence[TrustedKey]) -> tup
             "unsigned",
             "document is not a signed envelope (expected payloadType, payload, signatures; "
             "sign it with edgectl sign-document or edgectl deploy --key)",
+        )
+    signatures = outer.get("signatures")
+    if isinstance(signatures, list) and len(signatures) > limits.max_signatures:
+        # Checked before anything is decoded or verified: the work per unauthenticated message is bounded.
+        raise DesiredRejected(
+            "too_many_signatures",
+            f"envelope.signatures has {len(signatures)} entries; the limit is {limits.max_signatures} "
+            "(twin.max_document_signatures)",
         )
     try:
         envelope = parse_dsse_envelope(outer, "envelope")

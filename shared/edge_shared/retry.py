@@ -1,14 +1,15 @@
-"""Retrying failed actions: capped exponential backoff per cause, and a log line per change of state.
+"""The agent's one backoff: capped exponential delays (initial, 2x, 4x ... up to the cap).
 
-A cause is a name for one thing that can fail on its own ("runtime", "module:pilot",
-"pin:7"). Each failing cause waits initial, 2x, 4x ... up to the cap before its next attempt,
-whatever wakes the loop in between (a podman event, the poll timer); a success forgets it.
-`failed()` says whether the failure is news (first failure, or a different error than last time),
-so a persistent failure is logged once, not once per attempt; `succeeded()` returns the cleared
-failure so the recovery can be logged once too.
-
-The delays are computed here and not by tenacity because the retried work is a whole reconcile
-pass driven by an event loop, not one call that tenacity could wrap.
+- `delay_after(attempts, initial, cap)`: pure, the delay after that many consecutive failures;
+  module restarts (deployment/restart_policy.py) use it too.
+- `Backoff`: one retry loop's sequence (`next()` the delay to wait now, `reset()` after success):
+  a pull, an upload, a component restarted by the supervisor.
+- `Retries`: per cause, with a log line per change of state. A cause is a name for one thing that
+  can fail on its own ("runtime", "module:pilot", "pin"). Each failing cause waits its delay
+  before its next attempt, whatever wakes the loop in between (a podman event, the poll timer); a
+  success forgets it. `failed()` says whether the failure is news (first failure, or a different
+  error than last time), so a persistent failure is logged once, not once per attempt;
+  `succeeded()` returns the cleared failure so the recovery can be logged once too.
 """
 
 from __future__ import annotations
@@ -28,10 +29,32 @@ class Failure:
     delay: float  # the gap before next_at
 
 
+def delay_after(attempts: int, initial_s: float, cap_s: float) -> float:
+    """Pure: the delay after `attempts` consecutive failures (1: initial_s)."""
+    return float(min(cap_s, initial_s * 2 ** min(max(attempts, 1) - 1, 60)))
+
+
+class Backoff:
+    """The delays of one retry loop: initial, 2x, 4x ... up to the cap; reset() after a success."""
+
+    def __init__(self, initial_s: float = DEFAULT_INITIAL_S, cap_s: float = DEFAULT_CAP_S) -> None:
+        self.initial_s = initial_s
+        self.cap_s = cap_s
+        self.attempts = 0
+
+    def next(self) -> float:
+        """Record one more failure; the delay to wait before the next attempt."""
+        self.attempts += 1
+        return delay_after(self.attempts, self.initial_s, self.cap_s)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
 def next_failure(previous: Failure | None, error: str, now: float, initial_s: float, cap_s: float) -> Failure:
     """Pure: the failure state after one more failed attempt."""
     attempts = 1 if previous is None else previous.attempts + 1
-    delay = min(cap_s, initial_s * 2 ** (attempts - 1))
+    delay = delay_after(attempts, initial_s, cap_s)
     since = now if previous is None else previous.since
     return Failure(error, attempts, since, now + delay, delay)
 

@@ -1,6 +1,6 @@
 """The one formatter of pydantic validation errors, for every model parsed at a boundary: the
 agent's config file (config.py), the fleet config (fleet/config.py), the desired-document
-envelope (its `_describe`) and the deployment document (deployment/manifest.py).
+envelope (its `_describe`) and the deployment document (edge_shared/spec.py).
 
 Each surface keeps its own location prefix (file:line, `module 'pilot':`) and its own noun
 ("key" in TOML files, "field" in JSON documents); what a problem says is made here:

@@ -250,7 +250,7 @@ class RegistryClient:
             raise RegistryError("not_found", f"{ref.repository}: {what} not found")
         if resp.status in (401, 403):
             raise RegistryError("unauthorized", f"{ref.repository}: {what}: access denied (HTTP {resp.status})")
-        if resp.status >= 500:
+        if resp.status >= 500 or resp.status == 429:  # overloaded or throttled: try again later
             raise RegistryError("unreachable", f"{ref.repository}: {what}: registry error HTTP {resp.status}")
         detail = resp.body[:200].decode("utf-8", "replace")
         raise RegistryError("protocol", f"{ref.repository}: {what}: unexpected HTTP {resp.status}: {detail}")

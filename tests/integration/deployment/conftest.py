@@ -114,7 +114,7 @@ def agent_config_text(
 
 
 class Harness:
-    """The desired-state room and the reconciler (wired as daemon.py wires them) running in this
+    """The desired-state owner and the reconciler (wired as daemon.py wires them) running in this
     process against the real podman service and registry; deployments handed over unsigned."""
 
     def __init__(self, config: AgentConfig, state_dir: Path) -> None:
@@ -124,12 +124,12 @@ class Harness:
         self.pipeline = Pipeline(
             config, self.db, self.reported, PodmanRuntime(config.podman.socket), build_verifier(config, self.db)
         )
-        self.component = self.pipeline.component
+        self.reconciler = self.pipeline.reconciler
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> Harness:
         await self.pipeline.start()
-        self.tasks = [asyncio.create_task(self.pipeline.manager.run()), asyncio.create_task(self.component.run())]
+        self.tasks = [asyncio.create_task(self.pipeline.manager.run())]
         return self
 
     async def deploy(self, version: int, deployment: dict[str, Any]) -> Decision:

@@ -198,6 +198,8 @@ async def test_bad_deployment_is_rolled_back_to_the_last_good_one(
     v2 = dep["versions"]["2"]
     assert v2["module"] == "app" and v2["code"] == "module_failed"
     assert "exited with code 4" in v2["description"] and "version 1 runs again" in v2["description"]
+    # The modules report follows with the next pass, which runs version 1 again.
+    await h.wait_for(lambda: h.modules().get("app", {}).get("image") == good_img, 30, "version 1's app reported")
     await h.wait_running(["app", "side"])
     now = by_module(run_id)
     assert now["side"]["Id"] == good_ids["side"]  # untouched throughout

@@ -21,7 +21,7 @@ from .conftest import RunImages, agent_config_text, owned
 REPO = Path(__file__).resolve().parents[3]
 SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
 OUTAGE_S = 135  # long enough for the gaps 2, 4, 8, 16, 32 and then the 60 s cap
-ATTEMPT = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \S+\s+deployment\.component\s+reconcile failed: .*\(attempt (\d+);",
+ATTEMPT = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \S+\s+deployment\.reconciler\s+reconcile failed: .*\(attempt (\d+);",
                      re.MULTILINE)
 
 

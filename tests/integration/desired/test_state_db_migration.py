@@ -27,9 +27,11 @@ from devinfra.podman import PodmanService, podman
 from devinfra.procs import free_port, wait_until
 from edge_agent.checks import check_state_schema
 from edge_agent.config import AgentConfig, parse_config
-from edge_agent.deployment.store import DeploymentStore
+from edge_agent.deployment.reconciler import Reconciler
+from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired.admission import Admitted, DocumentTrust, Duplicate, Refused, digest_of
 from edge_agent.desired.manager import DesiredStateManager
+from edge_agent.desired.store import StateStore
 from edge_agent.reported import ReportedState
 from edge_agent.state_schema import SCHEMA_VERSION, StateSchemaError, backup_path, migrate, schema_version
 from edge_agent.store import STATE_DB_NAME, get_meta, open_state_db
@@ -37,6 +39,7 @@ from edge_agent.trust.cache import VerifyCache
 from edge_agent.trust.passthrough import RegistryUnreachable
 from edge_shared.protocol import desired_document
 from edge_shared.trust.api import VerifiedImage
+from tests.fakes.runtime import FakeRuntime
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "state_db" / "f034da0"
 FACTS: dict[str, Any] = json.loads((FIXTURE / "facts.json").read_text())
@@ -89,23 +92,31 @@ def test_the_fixture_was_written_before_schema_versions() -> None:
     assert "twin_desired" in names and "_sqlite_migrations" not in names
 
 
+def owner(state: Path, db: sqlite3.Connection) -> DesiredStateManager:
+    config = config_for(state)
+    return DesiredStateManager(config, db, ReportedState(), NoRegistry(),
+                               Reconciler(config, ReconcilerStore(db), FakeRuntime()))
+
+
 def test_every_fact_of_the_previous_release_survives(state: Path) -> None:
     original = sha256(state / STATE_DB_NAME)
     with opened(state) as db:
         assert schema_version(db) == SCHEMA_VERSION
-        deployments = DeploymentStore(db)
-        current, lkg = deployments.get("current"), deployments.get("last_known_good")
+        slots, deployments = StateStore(db), ReconcilerStore(db)
+        current, lkg = slots.current(), slots.last_known_good()
         assert current is not None and lkg is not None
         assert (current.version, lkg.version) == (FACTS["current"], FACTS["last_known_good"])
         assert current.images == FACTS["current_images"]
-        assert current.desired().version == FACTS["current"]  # the pinned deployment still loads
-        assert {str(v): r for v, r in deployments.bad_versions().items()} == FACTS["bad_versions"]
-        assert deployments.highest_bad() == 3
+        assert current.pinned().version == FACTS["current"]  # the pinned deployment still loads
+        # deployment_bad_versions (written, never read) is gone; what became of version 3 is its
+        # status row, which says the same.
+        assert FACTS["bad_versions"] == {"3": "crashloop: pilot exited 5 times"}
+        assert FACTS["states"]["3"] == "rolled_back"
         restarts = {m: [r.count, r.last_restart_at, r.total] for m, r in deployments.restarts().items()}
         assert restarts == FACTS["restarts"]
         assert sorted(deployments.pulled_images()) == FACTS["pulled"]
 
-        manager = DesiredStateManager(config_for(state), db, deployments, ReportedState(), NoRegistry())
+        manager = owner(state, db)
         store = manager.store
         assert {str(s.version): str(s.state) for s in store.versions()} == FACTS["states"]
         accepted = store.accepted()
@@ -126,7 +137,7 @@ def test_every_fact_of_the_previous_release_survives(state: Path) -> None:
 
         # twin_desired (the release before per-version status) was folded in and is gone.
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "twin_desired" not in names
+        assert "twin_desired" not in names and "deployment_bad_versions" not in names
     # The migration rewrote data, so the file as it was is kept next to it.
     kept = backup_path(state / STATE_DB_NAME, SCHEMA_VERSION)
     assert kept.exists()
@@ -141,8 +152,7 @@ async def test_the_migrated_device_knows_the_highest_version_it_saw(state: Path)
     """Replay protection survives: older and equal versions are refused, the accepted document
     delivered again (the broker's retained copy) changes nothing, a newer one is admitted."""
     with opened(state) as db:
-        deployments = DeploymentStore(db)
-        manager = DesiredStateManager(config_for(state), db, deployments, ReportedState(), NoRegistry())
+        manager = owner(state, db)
         await manager.start()
         accepted = manager.store.accepted()
         assert accepted is not None
@@ -168,7 +178,7 @@ def test_a_legacy_twin_desired_row_becomes_the_accepted_document(state: Path) ->
     with contextlib.closing(sqlite3.connect(state / STATE_DB_NAME)) as old, old:
         old.execute("DELETE FROM desired_accepted")
     with opened(state) as db:
-        manager = DesiredStateManager(config_for(state), db, DeploymentStore(db), ReportedState(), NoRegistry())
+        manager = owner(state, db)
         accepted = manager.store.accepted()
         assert accepted is not None and list(accepted[:2]) == FACTS["legacy_accepted"]
         assert digest_of(accepted[2]) == FACTS["legacy_accepted"][1]
@@ -192,7 +202,7 @@ def test_opening_twice_is_idempotent(state: Path) -> None:
 def test_a_new_state_db_is_created_at_the_current_version_without_a_copy(tmp_path: Path) -> None:
     with opened(tmp_path / "fresh") as db:
         assert schema_version(db) == SCHEMA_VERSION
-        assert DeploymentStore(db).get("current") is None
+        assert StateStore(db).current() is None
     assert not backup_path(tmp_path / "fresh" / STATE_DB_NAME, SCHEMA_VERSION).exists()
 
 
@@ -256,7 +266,7 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
     tries to run its pinned images, which only the (gone) registry has: it says so, and every
     fact of the old file is still there, plus the new ones."""
     with opened(state) as db:
-        activated = DeploymentStore(db).get("current")
+        activated = StateStore(db).current()
     assert activated is not None and time.time() - activated.activated_at > APPLY_TIMEOUT_S  # the premise
     run_id = f"mig-{uuid.uuid4().hex[:8]}"
     config = (
@@ -278,13 +288,12 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
         first_mqtt = min((m.start() for m in re.finditer(r"EVENT=mqtt\.", log)), default=len(log))
         assert log.index("EVENT=deployment.loaded") < first_mqtt
         agent.wait_log(f"deployment {FACTS['current']} failed", timeout=30)
-        assert f"rolling back to {FACTS['last_known_good']}" in agent.log()
+        assert f"rolled back to {FACTS['last_known_good']}" in agent.log()
 
         # Version 1's pinned image is tried; podman retries a pull a few times before it gives up.
         agent.wait_log(f"pilot: pull {LKG_PILOT} failed", timeout=180)
 
-        # What a reconcile pass decided is reported when the pass ends (deployment/component.py,
-        # PassReports), i.e. after those pulls.
+        # What a reconcile pass decided is recorded by the owner when the pass returns.
         def reported() -> dict[str, Any]:
             status = agent.call("status")
             assert isinstance(status, dict)
@@ -304,10 +313,10 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
         if ids:
             podman("rm", "-f", "-t", "0", *ids, check=False)
     with opened(state) as db:
-        deployments = DeploymentStore(db)
-        current = deployments.get("current")
+        slots = StateStore(db)
+        current = slots.current()
         assert current is not None and current.version == FACTS["last_known_good"]
         assert current.images["pilot"] == LKG_PILOT
-        bad = {str(v): r for v, r in deployments.bad_versions().items()}
-        assert bad["3"] == FACTS["bad_versions"]["3"] and "4" in bad
+        rows = {s.version: s for s in slots.versions()}
+        assert (rows[3].state, rows[4].state) == ("rolled_back", "rolled_back")
         assert get_meta(db, "boot_count") == str(FACTS["boot_count"] + 1)

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired.admission import Admitted, DocumentTrust, History, admit
 from edge_shared.document import Limits
+from edge_shared.spec import validate_deployment
 from edge_shared.trust import keys
 from tests.integration.trust.conftest import ImageFactory
 

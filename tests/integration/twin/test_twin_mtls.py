@@ -48,7 +48,7 @@ async def test_deploy_receive_report_with_edgectl(twin_env: TwinEnv, tmp_path: P
             edgectl, "deploy", *flags, device, str(manifest), "--wait", "3", "--until", "accepted"
         )
         assert out.returncode == 1 and "version 3 not accepted within 3 s" in out.stderr, out.stderr
-        assert "cannot resolve its image yet" in out.stderr
+        assert "not verified yet, trying again" in out.stderr
 
         # Reported state: agent figures and per-version status, and no secrets or key material.
         async with twin_env.fleet_client() as fleet:

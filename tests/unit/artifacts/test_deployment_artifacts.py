@@ -16,8 +16,8 @@ from edge_agent.artifacts.confirm import (
     confirmation,
     parse_report,
 )
-from edge_agent.deployment.manifest import CONTAINER_SPEC_VERSION, ModuleSpec, validate_deployment
 from edge_shared.document import DesiredRejected
+from edge_shared.spec import CONTAINER_SPEC_VERSION, ModuleSpec, validate_deployment
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 

@@ -5,6 +5,7 @@ artifact rejects the version before anything changes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -12,8 +13,10 @@ from pathlib import Path
 from devinfra.pipeline import Pipeline
 from edge_agent.artifacts.placement import ArtifactDirs
 from edge_agent.config import parse_config
+from edge_agent.desired.admission import DocumentTrust
 from edge_agent.reported import ReportedState
 from edge_agent.store import open_state_db
+from edge_shared.protocol import desired_document
 from edge_shared.trust.api import ImageRejected, VerifiedImage
 from tests.fakes.runtime import FakeRuntime
 from tests.unit.artifacts.test_placement import FakeRegistry
@@ -86,7 +89,7 @@ def doc(model: str) -> dict[str, object]:
 
 async def settle(pipe: Pipeline, passes: int = 4) -> None:
     for _ in range(passes):
-        await pipe.component.reconcile()
+        await pipe.reconcile()
 
 
 def say(pipe: Pipeline, using: str, refused: dict[str, str] | None = None) -> None:
@@ -115,7 +118,7 @@ async def test_models_switch_under_the_container_and_refusals_roll_back(tmp_path
     say(pipe, "v1")
     await settle(pipe)
     assert pipe.state(1) == "good"
-    stored = pipe.deployments.get("current")
+    stored = pipe.manager.store.current()
     assert stored is not None and stored.document["modules"]["pilot"]["artifacts"][0]["ref"] == (
         "reg.local:5000/m:v1@" + tags["reg.local:5000/m:v1"]
     )
@@ -160,7 +163,7 @@ async def test_a_corrupted_layer_rejects_the_version(tmp_path: Path) -> None:
     await pipe.deploy(1, doc("v1"))
     v1 = pipe.section()["versions"]["1"]
     assert (v1["state"], v1["code"], v1["module"]) == ("rejected", "artifact_digest_mismatch", "pilot")
-    assert pipe.deployments.get("current") is None
+    assert pipe.manager.store.current() is None
     assert not (tmp_path / "artifacts" / "pilot" / "models" / "current").exists()
 
 
@@ -194,3 +197,66 @@ async def test_confirm_without_telemetry_is_rejected_up_front(tmp_path: Path) ->
     v1 = pipe.section()["versions"]["1"]
     assert (v1["state"], v1["code"], v1["module"]) == ("rejected", "artifact_confirm_unavailable", "pilot")
     assert "[telemetry] enabled" in v1["description"]
+
+
+async def test_interrupted_downloads_are_collected_at_boot_and_after_a_pass(tmp_path: Path) -> None:
+    pipe, _, _, _, _ = setup(tmp_path)
+    slot = tmp_path / "artifacts" / "pilot" / "models"
+    left = slot / ".staging-0123456789ab-dead"  # a download a power cut interrupted
+    left.mkdir(parents=True)
+    (left / "model.onnx").write_bytes(b"half a model")
+    await pipe.start()
+    assert not left.exists()
+
+    await pipe.deploy(1, doc("v1"))
+    assert pipe.artifacts is not None
+    dirs = pipe.artifacts.dirs
+    again, busy = slot / ".staging-0123456789ab-beef", slot / ".staging-0123456789ab-f00d"
+    again.mkdir()
+    busy.mkdir()
+    dirs._staging.add(busy)  # a download in progress (its thread owns it)
+    await settle(pipe, 1)
+    await asyncio.gather(*pipe.manager._tasks)  # the collection runs in a thread, after the pass
+    assert not again.exists() and busy.exists()
+    assert (slot / "current" / "model.onnx").read_bytes() == b"v1" * 100
+
+
+async def test_collection_keeps_what_the_version_being_verified_downloaded(tmp_path: Path) -> None:
+    """Garbage collection when a version becomes good must not remove the download of a newer
+    version still being verified (it would be downloaded again, or be missing offline)."""
+    pipe, _, clock, registry, tags = setup(tmp_path)
+    tags["reg.local:5000/gated:v9"] = registry.add(b"gated" * 100)
+    verifier = pipe.manager.verifier
+    gate = asyncio.Event()
+
+    class Gated:
+        async def verify(self, reference: str) -> VerifiedImage:
+            if "gated" in reference:
+                await gate.wait()
+            return await verifier.verify(reference)
+
+    pipe.manager.verifier = Gated()
+    slot = tmp_path / "artifacts" / "pilot" / "models"
+    await pipe.start()
+    await pipe.deploy(1, doc("v1"))
+    await settle(pipe)
+    clock.now += 31
+    say(pipe, "v1")
+    await settle(pipe)
+    assert pipe.state(1) == "good"
+
+    two = doc("v2")
+    two["modules"]["pilot"]["artifacts"].append({"ref": "reg.local:5000/gated:v9", "path": "/extra"})  # type: ignore[index]
+    pipe.manager.submit(desired_document(2, two), trust=DocumentTrust(mode="off"))
+    pinning = asyncio.create_task(pipe.manager.pin_pending())
+    v2 = slot / ("sha256-" + tags["reg.local:5000/m:v2"].removeprefix("sha256:"))
+    for _ in range(200):  # until v2's model is downloaded and the pinning waits at the gate
+        if v2.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert v2.exists() and pipe.state(2) == "verifying"
+    await pipe.manager.collect_garbage()
+    assert v2.exists(), "the download of the version being verified was collected"
+    gate.set()
+    await pinning
+    assert pipe.state(2) == "activating"

@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any
 
 from edge_agent.deployment.actions import Create, Plan, Pull, Remove, Start, Stop
-from edge_agent.deployment.desired import DesiredDeployment, NamingSettings, pin
-from edge_agent.deployment.manifest import validate_deployment
+from edge_agent.deployment.pinned import NamingSettings, PinnedDeployment, pin
 from edge_agent.deployment.planner import PlannerSettings
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, record_restart
 from edge_agent.runtime.api import LABEL_DEVICE, LABEL_MODULE, LABEL_SPEC_HASH, ObservedContainer
+from edge_shared.spec import validate_deployment
 
 DEVICE = "dev-1"
 SETTINGS = PlannerSettings(NamingSettings(DEVICE, "edge-", 5.0), BackoffSettings(1.0, 16.0, 60.0))
@@ -21,7 +21,7 @@ def digest(n: int) -> str:
     return f"sha256:{n:064x}"
 
 
-def deployment(version: int, modules: Mapping[str, Mapping[str, Any]]) -> DesiredDeployment:
+def deployment(version: int, modules: Mapping[str, Mapping[str, Any]]) -> PinnedDeployment:
     raw = {"modules": {name: {"image": f"reg.local:5000/{name}:1", **spec} for name, spec in modules.items()}}
     parsed = validate_deployment(raw)
     pins = {name: f"reg.local:5000/{name}@{digest(abs(hash(spec.get('_img', name))) % 1000)}"
@@ -35,7 +35,7 @@ def container(cid: str, module: str, spec_hash: str, state: str = "running", dev
     return ObservedContainer(cid, f"edge-{module}", labels, state, **kw)  # type: ignore[arg-type]
 
 
-def observed_for(d: DesiredDeployment, now: float = 0.0) -> list[ObservedContainer]:
+def observed_for(d: PinnedDeployment, now: float = 0.0) -> list[ObservedContainer]:
     return [container(f"id-{m.name}", m.name, m.spec_hash, "running" if m.spec.status == "running" else "created",
                       started_at=now if m.spec.status == "running" else None)
             for m in d.modules.values()]

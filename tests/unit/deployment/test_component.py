@@ -1,4 +1,4 @@
-"""The reconciler (DeploymentComponent, fed by the desired-state room as the daemon wires them) over
+"""The reconciler (fed by the desired-state owner as the daemon wires them) over
 the in-memory runtime, with a hand-driven clock: probation, rollback, per-version status, restart
 counting, retry backoff, reported state, adoption, image GC."""
 
@@ -71,7 +71,7 @@ def doc(**modules: dict[str, Any]) -> dict[str, Any]:
 
 async def settle(pipe: Pipeline, passes: int = 4) -> None:
     for _ in range(passes):
-        await pipe.component.reconcile()
+        await pipe.reconcile()
 
 
 async def test_deploy_converges_reports_and_becomes_good(tmp_path: Path) -> None:
@@ -95,9 +95,9 @@ async def test_a_committed_deployment_is_activating_until_its_modules_run(tmp_pa
     assert pipe.section()["current"] is None
     decision = await pipe.deploy(1, doc(a={}))
     assert isinstance(decision, Admitted)
-    # Committed, not yet taken by the reconciler: the device does not claim it runs it.
-    assert pipe.state(1) == "activating" and pipe.section()["current"] is None
-    assert pipe.deployments.get("current") is not None and not rt.containers
+    # Committed (current on disk) but no container yet: its state says it is only activating.
+    assert pipe.state(1) == "activating" and pipe.section()["current"] == 1
+    assert pipe.manager.store.current() is not None and not rt.containers
     await settle(pipe)
     assert pipe.state(1) == "probation" and pipe.section()["current"] == 1
 
@@ -140,19 +140,19 @@ async def test_crash_loop_backs_off_and_never_gives_up(tmp_path: Path) -> None:
     for _ in range(8):
         rt.exit("crash", 1)
         exited = clock.now
-        await pipe.component.reconcile()
+        await pipe.reconcile()
         while reported.get("modules")["crash"]["runtimeStatus"] == "backoff":
             clock.now += 0.5
-            await pipe.component.reconcile()
+            await pipe.reconcile()
         delays.append(clock.now - exited)
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
     assert reported.get("modules")["crash"]["restartCount"] == 8
     # Up for the reset period: backoff starts over.
     clock.now += 61
-    await pipe.component.reconcile()
+    await pipe.reconcile()
     rt.exit("crash", 1)
-    await pipe.component.reconcile()
-    assert pipe.component.last_plan.waits[0].until == pytest.approx(clock.now + 1.0)
+    await pipe.reconcile()
+    assert pipe.reconciler.last_plan.waits[0].until == pytest.approx(clock.now + 1.0)
 
 
 async def test_agent_restart_adopts_running_containers(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ async def test_invalid_and_rejected_deployments_keep_the_current_one(tmp_path: P
     dep = pipe.section()
     v3 = dep["versions"]["3"]
     assert dep["current"] == 1 and v3["state"] == "rejected" and v3["code"] == "unsigned" and v3["module"] == "a"
-    assert pipe.deployments.get("current").version == 1  # type: ignore[union-attr]
+    assert pipe.manager.store.current().version == 1  # type: ignore[union-attr]
     assert reported.get("modules")["a"]["runtimeStatus"] == "running"
 
 
@@ -196,13 +196,13 @@ async def test_image_gc_keeps_current_and_last_known_good(tmp_path: Path) -> Non
         if version < 3:
             clock.now += 31
             await settle(pipe)
-    await pipe.component.collect_images()
+    await pipe.manager.collect_garbage()
     # 3 is on probation, 2 is last-known-good: only a:1 goes.
     a1, _a2, b1 = (hashlib.sha256(f"reg.local:5000/{i}".encode()).hexdigest() for i in ("a:1", "a:2", "b:1"))
     assert [c[1] for c in rt.calls if c[0] == "rmi"] == [f"reg.local:5000/a@sha256:{a1}"]
     clock.now += 31
     await settle(pipe)
-    await pipe.component.collect_images()
+    await pipe.manager.collect_garbage()
     assert rt.images == {f"reg.local:5000/b@sha256:{b1}"}
 
 
@@ -210,10 +210,10 @@ async def test_plan_control_command_is_a_dry_run(tmp_path: Path) -> None:
     pipe, rt, _, _ = make(tmp_path)
     await pipe.start()
     await pipe.deploy(1, doc(a={}))
-    await pipe.component.reconcile()
+    await pipe.reconcile()
     rt.exit("a", 1)
     calls = list(rt.calls)
-    result = await pipe.component._cmd_plan({})
+    result = await pipe.reconciler._cmd_plan({})
     assert rt.calls == calls
     assert result["waits"] and result["waits"][0]["module"] == "a"
 
@@ -223,9 +223,9 @@ async def test_failed_pull_is_retried_then_reported_and_others_proceed(tmp_path:
     await pipe.start()
     # "a:9" resolves but is not in the registry: every pull attempt fails.
     await pipe.deploy(1, doc(a={"img": "a:9"}, b={}))
-    await pipe.component.reconcile()
+    await pipe.reconcile()
     pulls = [c for c in rt.calls if c[0] == "pull" and "/a@" in c[1]]
-    assert len(pulls) == 1 + pipe.component.config.podman.pull_retries
+    assert len(pulls) == 1 + pipe.reconciler.config.podman.pull_retries
     mods = reported.get("modules")
     assert mods["a"]["runtimeStatus"] == "failed" and "not found" in mods["a"]["statusDescription"]
     assert mods["b"]["runtimeStatus"] == "running"
@@ -331,15 +331,15 @@ async def test_podman_down_backs_off_to_the_cap_and_logs_once(tmp_path: Path, ca
     attempts: list[float] = []
     caplog.set_level(logging.INFO)
     caplog.clear()
-    wake = await pipe.component.reconcile()
+    wake = (await pipe.reconcile()).wake_at
     for _ in range(40):  # every wake-up (events, the poll) in between must not try again
         assert wake is not None
         calls = rt.list_calls
         clock.now = (clock.now + wake) / 2
-        assert await pipe.component.reconcile() == wake and rt.list_calls == calls
+        assert (await pipe.reconcile()).wake_at == wake and rt.list_calls == calls
         clock.now = wake
         attempts.append(clock.now)
-        wake = await pipe.component.reconcile()
+        wake = (await pipe.reconcile()).wake_at
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
     assert gaps[:5] == [4.0, 8.0, 16.0, 32.0, 60.0] and set(gaps[5:]) == {60.0}
     failed = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_shared.document import DesiredRejected
+from edge_shared.spec import validate_deployment
 
 IMG = "registry.example.com/edge/pilot:1.2"
 

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired import admission
 from edge_agent.desired.admission import (
     MAX_VERSION,
@@ -29,6 +28,7 @@ from edge_agent.desired.admission import (
 )
 from edge_shared import document
 from edge_shared.document import DOCUMENT_PAYLOAD_TYPE, Limits, nesting_depth
+from edge_shared.spec import validate_deployment
 from edge_shared.trust import keys
 from edge_shared.trust.cosign import DsseEnvelope, DsseSignature, dsse_pae
 from edgectl.documents import sign_document
@@ -248,11 +248,46 @@ def test_every_documented_code_is_in_the_table() -> None:
     doc_codes = {
         "cleared", "too_large", "invalid_utf8", "too_deep", "invalid_json", "unsigned", "bad_signature",
         "untrusted_key", "expired", "invalid_expires", "invalid_trust", "invalid_document", "unsupported_schema",
-        "replayed", "invalid_deployment",
+        "replayed", "invalid_deployment", "too_many_signatures",
     }
     for code in doc_codes:
         assert code in (admission.__doc__ or ""), code
-    assert {row[5] for row in TABLE} == doc_codes
+    assert {row[5] for row in TABLE} | {"too_many_signatures"} == doc_codes  # (its own test below)
+
+
+def test_ten_thousand_signatures_are_refused_before_any_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who can publish on the desired topic could otherwise buy seconds of event-loop CPU
+    with one message: the count is checked before any signature is decoded or verified."""
+    calls: list[str] = []
+
+    def forbidden(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise AssertionError(f"{name} called for an envelope with too many signatures")
+        return call
+
+    good = json.loads(signed(doc(1)))
+    many = {**good, "signatures": good["signatures"] * 10_000}
+    keyless = {**good, "signatures": [{"sig": good["signatures"][0]["sig"]}] * 9_500}  # fits in 1 MiB
+    monkeypatch.setattr(document, "parse_dsse_envelope", forbidden("parse_dsse_envelope"))
+    monkeypatch.setattr(document, "dsse_pae", forbidden("dsse_pae"))
+    monkeypatch.setattr(keys.TrustedKey, "verify", forbidden("TrustedKey.verify"))
+    # 10,000 signatures make some 1.8 MB: a device configured for larger documents (up to 64 MiB).
+    decision = refused(json.dumps(many).encode(), limits=Limits(max_bytes=8 * 1024 * 1024))
+    assert decision.code == "too_many_signatures" and decision.version is None  # not authenticated
+    assert "10000" in decision.description and "twin.max_document_signatures" in decision.description
+    raw = json.dumps(keyless).encode()
+    assert len(raw) <= DEFAULT_LIMITS.max_bytes
+    assert refused(raw).code == "too_many_signatures"
+    assert calls == []
+
+
+def test_the_signature_cap_is_exact() -> None:
+    good = json.loads(signed(doc(1)))
+    at_cap = {**good, "signatures": good["signatures"] * 3}
+    assert isinstance(run(json.dumps(at_cap).encode(), limits=Limits(max_signatures=3)), Admitted)
+    over = {**good, "signatures": good["signatures"] * 4}
+    assert refused(json.dumps(over).encode(), limits=Limits(max_signatures=3)).code == "too_many_signatures"
 
 
 def test_too_large_is_decided_without_parsing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
-"""DesiredStateManager against a real state.db, a fake image verifier and a recording reconciler:
-newest wins, pinning, the one commit, rotation only on acceptance, refusals that change nothing,
-registry retries, restart, and the StatusSink (edge_agent/desired/manager.py)."""
+"""DesiredStateManager against a real state.db and a fake image verifier, its pinning loop running
+and the reconciler's passes handed over by hand (PassResult): newest wins, pinning, the one commit,
+rotation only on acceptance, refusals that change nothing, registry retries, restart, and what
+pass results do to the state (edge_agent/desired/manager.py)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,22 @@ import pytest
 
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.control import CommandError
+from edge_agent.deployment.pinned import CommittedDeployment
+from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.restart_policy import RestartState
-from edge_agent.deployment.store import DeploymentStore, StoredDeployment
+from edge_agent.deployment.rollback import Failed, Good, Probation, Settled
+from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired import manager as manager_module
 from edge_agent.desired.admission import Admitted, Duplicate, Refused, digest_of
 from edge_agent.desired.manager import DesiredStateManager
+from edge_agent.desired.store import StateStore, Transition
 from edge_agent.reported import ReportedState
 from edge_agent.store import open_state_db
 from edge_agent.trust.passthrough import RegistryUnreachable
-from edge_shared.outcome import State
 from edge_shared.trust import keys
 from edge_shared.trust.api import ImageRejected, VerifiedImage
 from edgectl.documents import sign_document
+from tests.fakes.runtime import FakeRuntime
 
 OLD = keys.generate_private_key()
 NEW = keys.generate_private_key()
@@ -81,30 +86,33 @@ class FakeVerifier:
         return VerifiedImage(reference, repository, digest, "enforce", "cosign-key")
 
 
-class Reconciler:
-    def __init__(self) -> None:
-        self.activated: list[StoredDeployment] = []
-
-    def activate(self, deployment: StoredDeployment) -> None:
-        self.activated.append(deployment)
-
-
 class Rig:
     def __init__(self, config: AgentConfig, db: sqlite3.Connection) -> None:
         self.config = config
         self.db = db
-        self.deployments = DeploymentStore(db)
         self.reported = ReportedState()
         self.verifier = FakeVerifier()
-        self.reconciler = Reconciler()
-        self.manager = DesiredStateManager(config, db, self.deployments, self.reported, self.verifier)
-        self.manager.attach(self.reconciler)
+        self.reconciler = Reconciler(config, ReconcilerStore(db), FakeRuntime())
+        self.manager = DesiredStateManager(config, db, self.reported, self.verifier, self.reconciler)
+        self.activated: list[CommittedDeployment] = []  # what each commit made current
+        apply = self.manager.store.apply
+
+        def recording(transition: Transition) -> None:
+            apply(transition)
+            if transition.accepted is not None and transition.current is not None:
+                self.activated.append(transition.current)
+
+        self.manager.store.apply = recording  # type: ignore[method-assign]
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> Rig:
         await self.manager.start()
-        self.task = asyncio.create_task(self.manager.run())
+        # Only the pinning loop: the reconciler's passes are handed over by the test (PassResult).
+        self.task = asyncio.create_task(self.manager._pin_forever())
         return self
+
+    def current(self) -> CommittedDeployment | None:
+        return self.manager.store.current()
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -173,29 +181,28 @@ async def test_signed_document_is_verified_pinned_committed_and_handed_over(rig:
     await rig.until(lambda: "reg.local/pilot:1" in rig.verifier.calls, "verification")
     await asyncio.sleep(0.05)
     assert rig.state(1) == "verifying"  # held by the slow registry: nothing stored yet
-    assert rig.deployments.get("current") is None and rig.manager.store.accepted() is None
-    assert rig.reconciler.activated == []
+    assert rig.current() is None and rig.manager.store.accepted() is None
+    assert rig.activated == []
 
     gate.set()
     await rig.until_state(1, "activating")
-    current = rig.deployments.get("current")
+    current = rig.current()
     assert current is not None and current.version == 1
     assert current.images == {"pilot": pinned("reg.local/pilot:1"), "camera": pinned("reg.local/camera:2.0")}
     assert all("@sha256:" in ref for ref in current.images.values())
     assert current.document == doc(1, "reg.local/pilot:1", "reg.local/camera:2.0")["deployment"]
     assert rig.manager.store.accepted() == (1, digest_of(raw), raw)  # the exact bytes: signature checkable
-    assert rig.reconciler.activated == [current]
+    assert rig.activated == [current]
     assert rig.entry(1)["digest"] == digest_of(raw)  # type: ignore[index]
     # The retained copy arriving again changes nothing.
     assert rig.manager.submit(raw) == Duplicate(1)
     await asyncio.sleep(0.05)
-    assert len(rig.reconciler.activated) == 1
+    assert len(rig.activated) == 1
 
 
 async def test_refused_image_rejects_the_version_and_commits_nothing(rig: Rig) -> None:
     await accept(rig, signed(1, "reg.local/pilot:1"), 1)
-    rig.manager.running(1, None)
-    accepted_before, current_before = rig.manager.store.accepted(), rig.deployments.get("current")
+    accepted_before, current_before = rig.manager.store.accepted(), rig.current()
     rig.verifier.rejections["reg.local/miner:1"] = ImageRejected("reg.local/miner:1", "unsigned", "no signature")
     rig.manager.submit(signed(2, "reg.local/pilot:1", "reg.local/miner:1"))
     await rig.until_state(2, "rejected")
@@ -203,9 +210,9 @@ async def test_refused_image_rejects_the_version_and_commits_nothing(rig: Rig) -
     assert entry is not None
     assert (entry["code"], entry["module"]) == ("unsigned", "miner")
     assert "reg.local/miner:1" in entry["description"] and "no signature" in entry["description"]
-    assert rig.deployments.get("current") == current_before
+    assert rig.current() == current_before
     assert rig.manager.store.accepted() == accepted_before
-    assert len(rig.reconciler.activated) == 1
+    assert len(rig.activated) == 1
     assert rig.section()["current"] == 1 and rig.state(1) == "activating"
 
 
@@ -219,8 +226,8 @@ async def test_a_document_arriving_during_verification_supersedes_it(rig: Rig) -
     await rig.until_state(2, "activating")
     slow.set()  # the registry answers for v1 after all: too late, it is not applied
     await asyncio.sleep(0.05)
-    assert [d.version for d in rig.reconciler.activated] == [2]
-    current = rig.deployments.get("current")
+    assert [d.version for d in rig.activated] == [2]
+    current = rig.current()
     assert current is not None and current.version == 2 and rig.manager.store.accepted()[0] == 2  # type: ignore[index]
     assert rig.state(1) == "superseded"
 
@@ -238,13 +245,12 @@ async def test_three_quick_documents_the_newest_wins(rig: Rig) -> None:
         gate.set()
     await asyncio.sleep(0.05)
     assert (rig.state(1), rig.state(2)) == ("superseded", "superseded")
-    assert [d.version for d in rig.reconciler.activated] == [3]
+    assert [d.version for d in rig.activated] == [3]
 
 
 async def test_committing_a_new_version_supersedes_the_one_in_probation(rig: Rig) -> None:
     await accept(rig, signed(1), 1)
-    rig.manager.running(1, None)
-    rig.manager.outcome(1, State.PROBATION)
+    rig.manager.settle(PassResult(1, Probation(2000.0, "stabilisation window")))
     await accept(rig, signed(2, "reg.local/pilot:2"), 2)
     assert rig.state(1) == "superseded" and "version 2" in rig.entry(1)["description"]  # type: ignore[index]
 
@@ -263,7 +269,6 @@ async def test_a_committed_version_never_taken_by_the_reconciler_is_superseded(r
 async def test_unauthenticated_refusals_change_nothing_but_last_refused(rig: Rig) -> None:
     good = signed(1)
     await accept(rig, good, 1)
-    rig.manager.running(1, None)
     rig.verifier.rejections["reg.local/miner:1"] = ImageRejected("reg.local/miner:1", "unsigned", "no signature")
     rig.manager.submit(signed(2, "reg.local/miner:1"))
     await rig.until_state(2, "rejected")
@@ -294,7 +299,7 @@ async def test_unauthenticated_refusals_change_nothing_but_last_refused(rig: Rig
     cleared = rig.manager.submit(b"")
     assert isinstance(cleared, Refused) and cleared.code == "cleared"
     assert rig.dump() == before_db and rig.section()["lastRefused"] == last
-    assert len(rig.reconciler.activated) == 1
+    assert len(rig.activated) == 1
     # The fleet's next version is computed from what the device authenticated: 3 is taken.
     assert isinstance(rig.manager.submit(signed(3)), Admitted)
     await rig.until_state(3, "activating")
@@ -389,16 +394,17 @@ async def test_unreachable_registry_keeps_verifying_then_commits(
         await rig.until(lambda: rig.verifier.calls.count(ref) >= 6, "retries")
         entry = rig.entry(1)
         assert entry is not None and entry["state"] == "verifying" and entry["module"] == "pilot"
-        assert "cannot resolve its image yet" in entry["description"]
+        assert "not verified yet, trying again" in entry["description"] and "next at" in entry["description"]
+        assert entry["code"] == "registry_unreachable"
         pin_failure = rig.manager.retries.get("pin")
         assert pin_failure is not None and pin_failure.attempts >= 5 and pin_failure.delay == 0.04  # capped
-        assert rig.deployments.get("current") is None and rig.reconciler.activated == []
+        assert rig.current() is None and rig.activated == []
         # the registry is back
         rig.verifier.unreachable[ref] = 0
         rig.verifier.rejections.clear()
         await rig.until_state(1, "activating")
-        assert rig.deployments.get("current").images == {"pilot": pinned(ref)}  # type: ignore[union-attr]
-        assert [d.version for d in rig.reconciler.activated] == [1]
+        assert rig.current().images == {"pilot": pinned(ref)}  # type: ignore[union-attr]
+        assert [d.version for d in rig.activated] == [1]
         assert rig.manager.retries.get("pin") is None
     finally:
         await rig.stop()
@@ -425,10 +431,7 @@ async def test_restart_keeps_statuses_drops_verifying_and_still_refuses_replays(
     first = await Rig(config, db).start()
     v1 = signed(1)
     await accept(first, v1, 1)
-    first.manager.running(1, None)
-    first.manager.outcome(1, State.GOOD)
-    first.deployments.put("last_known_good", first.deployments.get("current"))  # the reconciler's part  # type: ignore[arg-type]
-    first.manager.running(1, 1)
+    first.manager.settle(PassResult(1, Good()))
     first.verifier.rejections["reg.local/miner:1"] = ImageRejected("reg.local/miner:1", "unsigned", "no signature")
     v2 = signed(2, "reg.local/miner:1")
     first.manager.submit(v2)
@@ -452,15 +455,15 @@ async def test_restart_keeps_statuses_drops_verifying_and_still_refuses_replays(
         # The retained v3 is delivered again and verified from the start.
         assert isinstance(second.manager.submit(v3), Admitted)
         await second.until_state(3, "activating")
-        assert [d.version for d in second.reconciler.activated] == [3]
+        assert [d.version for d in second.activated] == [3]
     finally:
         await second.stop()
 
 
 async def test_a_state_db_from_before_per_version_status_is_adopted(config: AgentConfig) -> None:
     db = open_state_db(config.state.dir)
-    DeploymentStore(db).put("current", StoredDeployment(3, doc(3)["deployment"], {"pilot": pinned("reg.local/pilot:1")},
-                                                        100.0))
+    StateStore(db)._put_slot("current", CommittedDeployment(3, doc(3)["deployment"],
+                                                            {"pilot": pinned("reg.local/pilot:1")}, 100.0))
     rig = await Rig(config, db).start()
     try:
         assert rig.section()["current"] == 3 and rig.state(3) == "activating"
@@ -483,8 +486,8 @@ async def test_after_an_upgrade_the_retained_current_document_is_a_duplicate(con
                     "digest TEXT NOT NULL, payload BLOB NOT NULL, accepted_at REAL NOT NULL)")
         old.execute("INSERT INTO twin_desired VALUES (1, 3, ?, ?, 100.0)", (digest_of(raw), raw))
     db = open_state_db(config.state.dir)
-    DeploymentStore(db).put("current", StoredDeployment(3, doc(3)["deployment"], {"pilot": pinned("reg.local/pilot:1")},
-                                                        100.0))
+    StateStore(db)._put_slot("current", CommittedDeployment(3, doc(3)["deployment"],
+                                                            {"pilot": pinned("reg.local/pilot:1")}, 100.0))
     rig = await Rig(config, db).start()
     try:
         assert isinstance(rig.manager.submit(raw), Duplicate)
@@ -498,31 +501,32 @@ async def test_after_an_upgrade_the_retained_current_document_is_a_duplicate(con
 # --------------------------------------------------------------------------- what the reconciler reports
 
 
-async def test_status_sink_outcomes_appear_in_the_reported_section(rig: Rig, config: AgentConfig) -> None:
+async def test_pass_results_appear_in_the_reported_section(rig: Rig, config: AgentConfig) -> None:
     await accept(rig, signed(1), 1)
-    rig.manager.running(1, None)
-    rig.manager.outcome(1, State.PROBATION, description="stable for 30 s")
-    assert rig.entry(1)["state"] == "probation" and rig.entry(1)["description"] == "stable for 30 s"  # type: ignore[index]
-    rig.manager.outcome(1, State.GOOD)
-    rig.manager.running(1, 1)
+    rig.manager.settle(PassResult(1, Probation(0.0, "stabilisation window")))
+    assert rig.entry(1)["state"] == "probation" and "good at 1970" in rig.entry(1)["description"]  # type: ignore[index]
+    rig.manager.settle(PassResult(1, Good()))
     assert (rig.section()["current"], rig.section()["lastKnownGood"], rig.state(1)) == (1, 1, "good")
-    rig.manager.outcome(1, State.FAILED, code="crashloop")  # a good version never goes back
-    assert rig.state(1) == "good"
-    rig.manager.outcome(42, State.GOOD)  # not a version it knows
-    assert rig.entry(42) is None
+    rig.manager.settle(PassResult(1, Failed("pilot", "exited", code="crashloop")))  # a good version never goes back
+    assert rig.state(1) == "good" and rig.current().version == 1  # type: ignore[union-attr]
+    rig.manager.settle(PassResult(42, Good()))  # not the current version: dropped
+    assert rig.entry(42) is None and rig.section()["lastKnownGood"] == 1
 
     await accept(rig, signed(2, "reg.local/pilot:2"), 2)
-    rig.manager.running(2, 1)
-    rig.manager.outcome(2, State.ROLLED_BACK, code="crashloop", module="pilot", description="exited 5 times")
-    rig.manager.running(1, 1)
+    rig.manager.settle(PassResult(2, Failed("pilot", "exited 5 times", code="crashloop")))
+    # Durable at once; reported with the pass that acts on the return to version 1.
+    assert rig.current().version == 1 and rig.manager.report_held  # type: ignore[union-attr]
+    assert rig.section()["current"] == 2 and rig.state(2) == "activating"
+    rig.manager.settle(PassResult(1, Settled(), modules={}))
+    assert not rig.manager.report_held
     entry = rig.entry(2)
     assert entry is not None
     assert (entry["state"], entry["code"], entry["module"]) == ("rolled_back", "crashloop", "pilot")
-    assert rig.section()["current"] == 1
+    assert rig.section()["current"] == 1 and rig.current().version == 1  # type: ignore[union-attr]
 
-    rig.manager.runtime_error("podman: connection refused")
+    rig.manager.settle(PassResult(1, None, runtime_error="podman: connection refused"))
     assert rig.section()["error"] == "podman: connection refused"
-    rig.manager.runtime_error(None)
+    rig.manager.settle(PassResult(1, None))
     assert "error" not in rig.section()
 
     # Persisted: a restarted manager reports the same.
@@ -547,14 +551,14 @@ async def test_a_document_that_cannot_be_stored_is_not_applied_and_is_stored_lat
         rig.manager.submit(signed(2, "reg.local/pilot:2"))
         await rig.until(lambda: (rig.entry(2) or {}).get("code") == "store_failed", "store_failed reported")
         assert rig.state(2) == "verifying" and "cannot store the document" in rig.entry(2)["description"]  # type: ignore[index]
-        assert rig.deployments.get("current").version == 1  # type: ignore[union-attr]
-        assert [d.version for d in rig.reconciler.activated] == [1]
+        assert rig.current().version == 1  # type: ignore[union-attr]
+        assert [d.version for d in rig.activated] == [1]
     finally:
         rig.db.execute("PRAGMA query_only = OFF")
     # The disk recovers: the document was kept and is committed now, not lost.
     await rig.until_state(2, "activating")
-    assert rig.deployments.get("current").version == 2  # type: ignore[union-attr]
-    assert [d.version for d in rig.reconciler.activated] == [1, 2]
+    assert rig.current().version == 2  # type: ignore[union-attr]
+    assert [d.version for d in rig.activated] == [1, 2]
 
 
 async def test_an_unexpected_verifier_error_rejects_the_version_and_keeps_running(rig: Rig) -> None:
@@ -569,14 +573,14 @@ async def test_an_unexpected_verifier_error_rejects_the_version_and_keeps_runnin
     await rig.until_state(1, "rejected")
     entry = rig.entry(1)
     assert entry is not None and entry["code"] == "internal_error" and "KeyError" in entry["description"]
-    assert rig.deployments.get("current") is None
+    assert rig.current() is None
     await accept(rig, signed(2), 2)  # the room still works
-    assert [d.version for d in rig.reconciler.activated] == [2]
+    assert [d.version for d in rig.activated] == [2]
 
 
 async def test_the_commit_is_one_transaction(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     await accept(rig, signed(1), 1)
-    rig.deployments.set_restart("pilot", RestartState(2, 5.0, 2))
+    rig.reconciler.store.set_restart("pilot", RestartState(2, 5.0, 2))
 
     def tables() -> list[list[Any]]:
         return [rig.db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
@@ -596,14 +600,14 @@ async def test_the_commit_is_one_transaction(rig: Rig, monkeypatch: pytest.Monke
     assert rig.state(2) == "verifying"
     assert tables() == before
     assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
-    assert [d.version for d in rig.reconciler.activated] == [1]
+    assert [d.version for d in rig.activated] == [1]
 
 
 async def test_the_commit_is_one_transaction_up_to_its_last_write(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stores write through sqlite-utils: its writes join the commit's transaction (as
     savepoints), so a failure after the key rotation and the status rows undoes them too."""
     await accept(rig, signed(1), 1)
-    rig.deployments.set_restart("pilot", RestartState(2, 5.0, 2))
+    rig.reconciler.store.set_restart("pilot", RestartState(2, 5.0, 2))
     before = list(rig.db.iterdump())
 
     def disk_error(*args: Any) -> None:
@@ -615,7 +619,7 @@ async def test_the_commit_is_one_transaction_up_to_its_last_write(rig: Rig, monk
     assert list(rig.db.iterdump()) == before
     assert not rig.db.in_transaction
     assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
-    assert [d.version for d in rig.reconciler.activated] == [1]
+    assert [d.version for d in rig.activated] == [1]
 
 
 # --------------------------------------------------------------------------- local deploy (control socket)

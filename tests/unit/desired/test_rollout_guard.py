@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired import rollout_guard
 from edge_agent.desired.admission import Admitted, DocumentTrust, History, Refused, admit
 from edge_shared.document import DesiredRejected, Limits
@@ -23,6 +22,7 @@ from edge_shared.rollout_claim import (
     claim_of_envelope,
     format_time,
 )
+from edge_shared.spec import validate_deployment
 from edge_shared.trust import keys
 from edgectl.documents import sign_document
 

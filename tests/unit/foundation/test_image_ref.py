@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.deployment.manifest import DesiredRejected, validate_deployment
 from edge_shared.image_ref import ImageRef, is_loopback_host, parse_image_reference, parse_reference
+from edge_shared.spec import DesiredRejected, validate_deployment
 
 DIGEST = "sha256:" + "0f" * 32
 

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.config import TelemetrySection
-from edge_agent.deployment.manifest import Deployment
 from edge_agent.telemetry.ingest import ingest_mount_dir
 from edge_shared.names import is_device_id, is_module_name, is_stream_name
+from edge_shared.spec import Deployment
 
 MODULE_NAMES = {
     "pilot": True,

@@ -170,8 +170,8 @@ def test_damaged_file_is_moved_aside_and_a_new_queue_starts(tmp_path: Path) -> N
 
 
 def test_check_line(tmp_path: Path) -> None:
+    from edge_agent.checks import check_telemetry_queue
     from edge_agent.config import parse_config
-    from edge_agent.telemetry.check import check_telemetry_queue
 
     config = parse_config(f'[state]\ndir = "{tmp_path}"\n')
     assert "not created yet" in check_telemetry_queue(config).detail

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.deployment.manifest import validate_deployment
 from edge_agent.desired.admission import Admitted, DocumentTrust, History, admit
 from edge_shared.document import Limits
+from edge_shared.spec import validate_deployment
 from edge_shared.trust import cosign, keys
 from edge_shared.trust.policy import Refused, ScopePolicy, check_bundle
 from edgectl.documents import DOCUMENT_PAYLOAD_TYPE, envelope_signer_ids, sign_document

@@ -1,12 +1,17 @@
-"""A deployment as the planner sees it: modules with images pinned to digests, and the pure
-mapping from a module spec to the container request (least privilege by default)."""
+"""A deployment as the reconciler sees it: the committed record (document and pinned images, as
+state.db keeps it), the pinned modules the planner works on, and the pure mapping from a module
+spec to the container request (least privilege by default).
+
+"desired" names the document pipeline (edge_agent/desired/); what the reconciler runs is the
+committed, pinned deployment named here."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from edge_agent.deployment.manifest import Deployment, ModuleSpec
 from edge_agent.runtime.api import (
     LABEL_DEPLOYMENT,
     LABEL_DEVICE,
@@ -17,10 +22,11 @@ from edge_agent.runtime.api import (
     MountRequest,
     PortRequest,
 )
+from edge_shared.spec import Deployment, ModuleSpec
 
 
 @dataclass(frozen=True)
-class DesiredModule:
+class PinnedModule:
     name: str
     spec: ModuleSpec
     image: str  # repository@sha256:digest
@@ -28,11 +34,11 @@ class DesiredModule:
 
 
 @dataclass(frozen=True)
-class DesiredDeployment:
+class PinnedDeployment:
     version: int
-    modules: Mapping[str, DesiredModule] = field(default_factory=dict)
+    modules: Mapping[str, PinnedModule] = field(default_factory=dict)
 
-    def ordered(self) -> list[DesiredModule]:
+    def ordered(self) -> list[PinnedModule]:
         return sorted(self.modules.values(), key=lambda m: (m.spec.startup_order, m.name))
 
     @property
@@ -40,13 +46,33 @@ class DesiredDeployment:
         return frozenset(m.image for m in self.modules.values())
 
 
-def pin(version: int, deployment: Deployment, pinned_images: Mapping[str, str]) -> DesiredDeployment:
+@dataclass(frozen=True)
+class CommittedDeployment:
+    """A deployment the desired-state owner committed: the document (artifact refs pinned) and its
+    module images pinned to digests, and when it became current."""
+
+    version: int
+    document: dict[str, Any]
+    images: dict[str, str]
+    activated_at: float
+
+    def pinned(self) -> PinnedDeployment:
+        """The pinned deployment. The document was validated once, by the document gate, before
+        it was committed; here it is only loaded into its model (once per record)."""
+        return self._pinned
+
+    @functools.cached_property
+    def _pinned(self) -> PinnedDeployment:
+        return pin(self.version, Deployment.model_validate(self.document), self.images)
+
+
+def pin(version: int, deployment: Deployment, pinned_images: Mapping[str, str]) -> PinnedDeployment:
     """Combine a validated deployment with its resolved images (module name -> repo@digest)."""
     modules = {}
     for name, spec in deployment.modules.items():
         image = pinned_images[name]
-        modules[name] = DesiredModule(name, spec, image, spec.spec_hash(image))
-    return DesiredDeployment(version, modules)
+        modules[name] = PinnedModule(name, spec, image, spec.spec_hash(image))
+    return PinnedDeployment(version, modules)
 
 
 @dataclass(frozen=True)
@@ -60,7 +86,7 @@ def container_name(module: str, naming: NamingSettings) -> str:
     return f"{naming.container_prefix}{module}"
 
 
-def container_request(module: DesiredModule, version: int, naming: NamingSettings) -> ContainerRequest:
+def container_request(module: PinnedModule, version: int, naming: NamingSettings) -> ContainerRequest:
     spec = module.spec
     labels = dict(spec.labels)
     labels.update(

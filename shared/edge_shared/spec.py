@@ -1,4 +1,7 @@
 """The deployment document: which modules to run and how (docs/deployment.md is the reference).
+Its model, its validation and its refusal (DesiredRejected("invalid_deployment"), with the other
+codes in edge_shared/document.py): the one definition the device's document gate and the fleet's
+tools agree on.
 
 Parsed strictly at the boundary (pydantic v2, unknown keys refused). Every error becomes one
 line naming the module and the field, e.g.
