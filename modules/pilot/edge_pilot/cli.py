@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .actuation import FaultPolicy
 from .actuator import Actuator, Calibration, PCA9685Actuator, SimActuator
 from .camera import CameraError, FrameSource, ImageFolderCamera, SimCamera, TubCamera, V4L2Camera, VideoFileCamera
 from .config import ConfigError, PilotConfig, load_config
@@ -19,6 +20,7 @@ from .hotswap import MODEL_FILE, ModelSlot, ModelWatcher, load_verified
 from .logs import fields, get_logger, setup_logging
 from .model import ModelError, OrtOptions, PilotModel
 from .signing import SignatureError, load_public_key
+from .sim.lockstep import LockStepSim
 from .sim.world import SimWorld
 from .telemetry import TelemetryClient
 
@@ -110,11 +112,12 @@ def cmd_drive(a: argparse.Namespace) -> int:
     world = SimWorld(seed=a.seed) if cfg.source.kind == "sim" or cfg.actuator.kind == "sim" else None
     estop = EmergencyStop(Path(cfg.control_dir) if cfg.control_dir else None)
     estop.install_signals()
-    actuator = make_actuator(cfg, world)
+    lock_step = LockStepSim(world, cfg.actuator.sim_step_s) if world is not None and cfg.actuator.sim_clock == "lock_step" else None
+    actuator: Actuator = lock_step if lock_step is not None else make_actuator(cfg, world)
     refused: list[tuple[str, str]] = []
     slot = ModelSlot(initial_model(cfg, opts, key, refused))
     slot.refused = refused[-1] if refused else None
-    source = make_source(cfg, world)
+    source: FrameSource = lock_step if lock_step is not None else make_source(cfg, world)
     try:
         source.start()
     except CameraError as e:
@@ -125,13 +128,16 @@ def cmd_drive(a: argparse.Namespace) -> int:
         def latest_image() -> Any:
             f = source.latest()
             return f.image if f else None
-        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, latest_image)
+        # (in lock step a frame taken moves the world: the watcher tests models on its own frames)
+        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s,
+                               latest_image if lock_step is None else None)
         watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None else None
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
                     cfg.telemetry.interval_s, frame_wait_s=cfg.loop.frame_wait_s,
                     # a camera at the loop's rate: tick right after its frames (not for replayed files)
-                    phase_lock=cfg.source.kind in ("v4l2", "sim") and cfg.source.fps == cfg.loop.hz)
+                    phase_lock=lock_step is None and cfg.source.kind in ("v4l2", "sim") and cfg.source.fps == cfg.loop.hz,
+                    faults=FaultPolicy(cfg.loop.fault_trip_consecutive, cfg.loop.fault_trip_in_window, cfg.loop.fault_window))
     sim_stats = (lambda: {"sim": world.telemetry()}) if world is not None and cfg.source.kind == "sim" else None
     loop = DriveLoop(source, actuator, slot, estop, telemetry, lc, extra_stats=sim_stats)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
@@ -149,7 +155,7 @@ def cmd_drive(a: argparse.Namespace) -> int:
         source.close()
         actuator.close()
         telemetry.close()
-    out: dict[str, Any] = {"totals": totals, "stop_reasons": loop.reasons, "swaps": slot.swaps,
+    out: dict[str, Any] = {"totals": totals, "stop_reasons": loop.reasons, "safety_stop": loop.faults.tripped, "swaps": slot.swaps,
                            "model": slot.current.sha256 if slot.current else None, "last_stats": loop.last_summary,
                            "telemetry": vars(telemetry.counters),
                            "final_throttle": getattr(actuator, "throttle", None),
@@ -157,7 +163,10 @@ def cmd_drive(a: argparse.Namespace) -> int:
     if world is not None:
         st = world.stats
         out["sim"] = {"laps": round(world.laps, 3), "mean_abs_cte_m": round(st.mean_abs_cte, 4),
-                      "max_abs_cte_m": round(st.max_abs_cte, 4), "off_road_steps": st.off_road}
+                      "max_abs_cte_m": round(st.max_abs_cte, 4), "off_road_steps": st.off_road,
+                      "clock": cfg.actuator.sim_clock}
+        if lock_step is not None:
+            out["sim"]["simulated_s"] = round(lock_step.frames * lock_step.step_s, 3)
     print(json.dumps(out), flush=True)
     return 0
 
