@@ -66,6 +66,10 @@ class Ticks:
         self.loop._publish(self.loop.clock())
 
 
+def stop_state(loop: DriveLoop) -> tuple[str | None, str | None]:
+    return loop.faults.tripped, loop.stopped_reason
+
+
 @pytest.fixture(scope="module")
 def nan_on_a_fifth(tmp_path_factory: pytest.TempPathFactory) -> PilotModel:
     world = SimWorld(seed=3)
@@ -120,7 +124,7 @@ def test_a_hot_swapped_model_with_bad_outputs_stops_the_car_and_a_good_one_clear
     frames = t.loop.totals["frames"]
     t.slot.offer(good)
     t.run(20)
-    assert not t.loop.faults.tripped and not t.loop.stopped_reason  # type: ignore[unreachable]  # cleared by the swap
+    assert stop_state(t.loop) == (None, None)  # cleared by the swap
     assert t.loop.totals["frames"] == frames + 20
     assert t.world.stats.off_road == 0
     t.publish()
