@@ -81,7 +81,7 @@ def test_hot_swap_while_driving(
     slot = ModelSlot(PilotModel.from_file(models / "model.onnx"))
     first = slot.current.sha256  # type: ignore[union-attr]
     key = load_public_key(public_key_pem)
-    watcher = ModelWatcher(models, slot, key, poll_s=0.1, test_frame=lambda: f.image if (f := src.latest()) else None)
+    watcher = ModelWatcher(models, slot, key, poll_s=0.1)
     watcher.last_fingerprint = watcher.fingerprint()
     watcher.start()
     loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig())
@@ -135,8 +135,7 @@ def test_hot_swap_while_driving(
 
 
 def test_models_that_fail_their_test_inference_are_refused(short_model: Path) -> None:
-    m = PilotModel.from_file(short_model)
-    a, t = m.self_test()
-    assert -5 < a < 5 and -5 < t < 5
+    verdict = PilotModel.from_file(short_model).self_test()
+    assert verdict.failure is None and verdict.frames == 48
     with pytest.raises(ModelError, match="not a loadable"):
         PilotModel(b"garbage", "x.onnx")

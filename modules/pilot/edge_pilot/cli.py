@@ -16,7 +16,7 @@ from .camera import CameraError, FrameSource, ImageFolderCamera, SimCamera, TubC
 from .config import ConfigError, PilotConfig, load_config
 from .drive import DriveLoop, LoopConfig
 from .estop import EmergencyStop
-from .hotswap import MODEL_FILE, ModelSlot, ModelWatcher, load_verified
+from .hotswap import MODEL_FILE, CheckSettings, ModelSlot, ModelWatcher, check_and_load, model_digest
 from .logs import fields, get_logger, setup_logging
 from .model import ModelError, OrtOptions, PilotModel
 from .signing import SignatureError, load_public_key
@@ -51,6 +51,10 @@ def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
     return PCA9685Actuator(Calibration(**cfg.actuator.calibration.model_dump()))
 
 
+def check_settings(cfg: PilotConfig) -> CheckSettings:
+    return CheckSettings(max_model_bytes=int(cfg.models.max_model_mb * 1024 * 1024), timeout_s=cfg.models.check_timeout_s)
+
+
 def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
                   refused: list[tuple[str, str]] | None = None) -> PilotModel | None:
     """The folder's model if it verifies, else the fallback; a refused folder model is appended to
@@ -58,12 +62,12 @@ def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
     m = cfg.models
     if m.dir and (Path(m.dir) / MODEL_FILE).exists() and (key is not None or m.allow_unsigned):
         try:
-            return load_verified(Path(m.dir), key, opts)
+            return check_and_load(Path(m.dir), key, opts, check_settings(cfg))
         except ModelError as e:
             log.error("model in %s refused: %s", m.dir, e, extra=fields("model_refused", reason=str(e)))
             if refused is not None:
                 try:
-                    refused.append((hashlib.sha256((Path(m.dir) / MODEL_FILE).read_bytes()).hexdigest(), str(e)))
+                    refused.append((model_digest(Path(m.dir), check_settings(cfg).max_model_bytes), str(e)))
                 except OSError:
                     pass
     if m.fallback:
@@ -125,12 +129,7 @@ def cmd_drive(a: argparse.Namespace) -> int:
     telemetry = TelemetryClient(stream=cfg.telemetry.stream, priority=cfg.telemetry.priority)
     watcher = None
     if cfg.models.dir and (key is not None or cfg.models.allow_unsigned):
-        def latest_image() -> Any:
-            f = source.latest()
-            return f.image if f else None
-        # (in lock step a frame taken moves the world: the watcher tests models on its own frames)
-        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s,
-                               latest_image if lock_step is None else None)
+        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, check_settings(cfg))
         watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None else None
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
@@ -190,9 +189,14 @@ def cmd_record(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sign(a: argparse.Namespace) -> int:
-    import hashlib
+def cmd_reference(a: argparse.Namespace) -> int:
+    from .reference import record
 
+    print(json.dumps({"tub": a.out, "hash": record(Path(a.out))}))
+    return 0
+
+
+def cmd_sign(a: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from .signing import sign_model_bytes
@@ -248,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--frames", type=int, default=2000)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=cmd_record)
+    rf = sub.add_parser("reference", help="record the reference frames every model is self-tested on (a tub v2)")
+    rf.add_argument("--out", required=True)
+    rf.set_defaults(fn=cmd_reference)
     s = sub.add_parser("sign", help="write FILE.sha256 and FILE.sig (cosign sign-blob format)")
     s.add_argument("--key", required=True)
     s.add_argument("file")

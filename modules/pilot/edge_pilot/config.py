@@ -77,6 +77,10 @@ class ModelsConfig(_Strict):
     allow_unsigned: bool = False  # development only
     poll_s: float = Field(1.0, gt=0)
     fallback: str | None = None  # model used at start when the folder has none (e.g. the image's own)
+    # a delivered model larger than this is refused before it is read (the shipped one is 3.3 MB);
+    # below it, what the module's memory can hold decides (edge_pilot.memory)
+    max_model_mb: float = Field(64.0, gt=0, le=4096)
+    check_timeout_s: float = Field(120.0, gt=0)  # the separate check process (edge_pilot.model_check)
 
 
 class TelemetryConfig(_Strict):

@@ -23,11 +23,19 @@ class SignatureError(Exception):
 
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as e:
+        pem = Path(path).read_bytes()
+    except OSError as e:
         raise SignatureError(f"{path}: cannot load PEM public key ({e})") from e
+    return load_public_key_pem(pem, str(path))
+
+
+def load_public_key_pem(pem: bytes, source: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise SignatureError(f"{source}: cannot load PEM public key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise SignatureError(f"{path}: trusted key must be ECDSA P-256")
+        raise SignatureError(f"{source}: trusted key must be ECDSA P-256")
     return key
 
 
