@@ -83,3 +83,23 @@ def padded(extra_mb: int, src: Path = SHIPPED_MODEL) -> bytes:
         helper.make_node("Add", ["raw_angle", "nothing"], ["angle"]),
     ])
     return bytes(m.SerializeToString())
+
+
+def expands_at_load(gigabytes: float, src: Path = SHIPPED_MODEL) -> bytes:
+    """A file of a few MB whose graph makes a `gigabytes` GB tensor (ConstantOfShape, folded
+    when ONNX Runtime loads the model, else made at the first inference)."""
+    m = onnx.load(str(src))
+    g = m.graph
+    for node in g.node:
+        node.output[:] = [{"angle": "raw_angle"}.get(o, o) for o in node.output]
+    count = int(gigabytes * (1 << 30) / 4)
+    g.initializer.append(numpy_helper.from_array(np.array([count], np.int64), "huge_shape"))
+    g.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    g.node.extend([
+        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"],
+                         value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceMax", ["huge"], ["huge_max"], keepdims=0),
+        helper.make_node("Mul", ["huge_max", "zero"], ["nothing"]),
+        helper.make_node("Add", ["raw_angle", "nothing"], ["angle"]),
+    ])
+    return bytes(m.SerializeToString())

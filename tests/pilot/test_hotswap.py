@@ -74,7 +74,7 @@ def test_hot_swap_while_driving(
     models = tmp_path / "models"
     deliver(models, short_model.read_bytes(), signing_key)
     world = SimWorld()
-    src = SimCamera(world, 20)
+    src = SimCamera(world, 5)
     src.start()
     act = SimActuator(world)
     act.start_physics()
@@ -84,15 +84,18 @@ def test_hot_swap_while_driving(
     watcher = ModelWatcher(models, slot, key, poll_s=0.1)
     watcher.last_fingerprint = watcher.fingerprint()
     watcher.start()
-    loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig())
+    # 5 Hz: a missed tick means the swap held the loop up for a 200 ms period, not that the shared
+    # machine was busy (tests/pilot/test_model_switch.py)
+    loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig(hz=5, stale_after_s=0.5))
     try:
         with LoopThread(loop):
-            assert wait_for(lambda: loop.totals["frames"] > 20)
+            assert wait_for(lambda: loop.totals["frames"] > 5)
             late_before = loop.totals["late"]
             good = SHIPPED_MODEL.read_bytes()
             deliver(models, good, signing_key)
-            assert wait_for(lambda: slot.swaps == 1, 15)
-            time.sleep(0.5)
+            assert wait_for(lambda: slot.swaps == 1, 30)
+            ticks_at_swap = loop.totals["ticks"]
+            assert wait_for(lambda: loop.totals["ticks"] > ticks_at_swap + 2)
             swapped_late = loop.totals["late"] - late_before
             good_sha = slot.current.sha256  # type: ignore[union-attr]
             assert good_sha != first
@@ -117,10 +120,9 @@ def test_hot_swap_while_driving(
             for i, (name, put) in enumerate(bad, 1):
                 time.sleep(0.02)  # distinct mtimes
                 put()
-                assert wait_for(lambda n=i: len(watcher.refusals) >= n, 10), name  # type: ignore[misc]
+                assert wait_for(lambda n=i: len(watcher.refusals) >= n, 30), name  # type: ignore[misc]
             frames_before = loop.totals["frames"]
-            time.sleep(0.5)
-            assert loop.totals["frames"] > frames_before  # still driving on the good model
+            assert wait_for(lambda: loop.totals["frames"] > frames_before + 2)  # still driving on the good model
             assert slot.current.sha256 == good_sha and slot.swaps == 1  # type: ignore[union-attr]
             assert loop.stopped_reason is None
     finally:
@@ -131,7 +133,7 @@ def test_hot_swap_while_driving(
     assert "does not verify" in reasons[0] and "sha256 mismatch" in reasons[1]
     assert "not a loadable ONNX model" in reasons[2] and "input shape" in reasons[3]
     assert "metadata" in reasons[4] and "does not verify" in reasons[5]
-    assert swapped_late <= 1, f"hot-swap missed {swapped_late} deadlines"
+    assert swapped_late == 0, f"hot-swap missed {swapped_late} deadlines"
 
 
 def test_models_that_fail_their_test_inference_are_refused(short_model: Path) -> None:

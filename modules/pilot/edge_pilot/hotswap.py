@@ -1,20 +1,18 @@
 """Model hot-swap: verify a delivered model, load it beside the running one, test it, swap between frames.
 
 Delivery is a mounted models folder holding ``model.onnx``, ``model.onnx.sha256`` and
-``model.onnx.sig`` (cosign sign-blob format). A watcher thread (at a lower CPU priority than the
-drive loop) polls the folder. A changed model is first admitted by size against the module's
-memory (edge_pilot.memory; refused before anything is read when it cannot fit), then checked in
-a separate process under a memory budget (edge_pilot.model_check: signature, load, reference
-self-test), then loaded and self-tested again in this process (which also warms it up), and only
-then offered to the loop, which swaps it in at the start of its next tick. Meanwhile the loop
-keeps driving the old model. A bad model is refused (logged, and reported to the agent with the
-reason) and the old one keeps driving; the same bad file set is not retried until one of its
-files changes."""
+``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder. A changed
+model is first admitted by size against the module's memory (edge_pilot.memory; refused before
+anything is read when it cannot fit), then checked in a separate process under a memory budget
+(edge_pilot.model_check: signature, load, reference self-test), then loaded and self-tested
+again in this process (which also warms it up), and only then offered to the loop, which swaps
+it in at the start of its next tick. Meanwhile the loop keeps driving the old model. A bad
+model is refused (logged, and reported to the agent with the reason) and the old one keeps
+driving; the same bad file set is not retried until one of its files changes."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,10 +207,8 @@ class ModelWatcher:
         self._thread.start()
 
     def _run(self) -> None:
-        try:  # Linux: a thread's nice value is its own; checking and loading must not delay a tick
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            pass
+        # Not niced, unlike the check process: a niced thread that holds the GIL on a busy CPU would
+        # hold up the drive loop (priority inversion); what it does here is short and mostly in C++.
         while not self._stop.wait(self.poll_s):
             try:
                 self.check_once()

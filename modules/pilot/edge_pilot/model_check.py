@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, verdict = load_verified(a.folder, key, OrtOptions(intra_threads=a.threads))
     except ModelError as e:
-        print(json.dumps({"ok": False, "reason": str(e)}))
+        reason = str(e)
+        if any(m in reason for m in ("bfc_arena", "bad_alloc", "Failed to allocate")):
+            reason = (f"{a.folder / 'model.onnx'}: it needs more memory than its budget ({a.budget_bytes // MB} MB "
+                      f"beyond the check's imports, from its size): {reason}")
+        print(json.dumps({"ok": False, "reason": reason}))
         return 0
     except MemoryError:
         print(json.dumps({"ok": False, "reason": f"{a.folder / 'model.onnx'}: loading it needs more memory than its "
