@@ -81,7 +81,6 @@ def test_control_ticks_are_not_missed_while_a_big_model_is_checked_and_loaded(
     assert during["ticks"] >= 3, during  # the loop kept ticking through the check and load...
     assert during["late"] == 0 and during["stale"] == 0 and during["errors"] == 0, during  # ...and missed none
     assert during["frames"] + during["repeats"] == during["ticks"], during  # every tick drove
-    assert loop.reasons == ["drive loop ended"], loop.reasons  # never stopped while driving
 
 
 def test_the_tick_count_shows_a_load_on_the_loop_thread() -> None:
