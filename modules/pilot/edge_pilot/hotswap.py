@@ -4,11 +4,11 @@ Delivery is a mounted models folder holding ``model.onnx``, ``model.onnx.sha256`
 ``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder. A changed
 model is first admitted by size against the module's memory (edge_pilot.memory; refused before
 anything is read when it cannot fit), then checked in a separate process under a memory budget
-(edge_pilot.model_check: signature, load, reference self-test), then loaded and self-tested
-again in this process (which also warms it up), and only then offered to the loop, which swaps
-it in at the start of its next tick. Meanwhile the loop keeps driving the old model. A bad
-model is refused (logged, and reported to the agent with the reason) and the old one keeps
-driving; the same bad file set is not retried until one of its files changes."""
+(edge_pilot.model_check: signature, load, reference self-test), then loaded and warmed up in
+this process (the check process self-tested these very bytes), and only then offered to the
+loop, which swaps it in at the start of its next tick. Meanwhile the loop keeps driving the old
+model. A bad model is refused (logged, and reported to the agent with the reason) and the old
+one keeps driving; the same bad file set is not retried until one of its files changes."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ class Refusal:
 def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None,
                   opts: OrtOptions | None) -> tuple[PilotModel, Verdict]:
     """Read, verify (when a key is given), load and self-test the model in ``folder``."""
+    model = read_verified(folder, key, opts)
+    return model, model.self_test()
+
+
+def read_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None) -> PilotModel:
+    """Read, verify (when a key is given) and load the model in ``folder``."""
     path = folder / MODEL_FILE
     try:
         data = path.read_bytes()
@@ -103,7 +109,7 @@ def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None,
             raise ModelError(str(e)) from e
     model = PilotModel(data, str(path), opts)
     del data  # the session holds the weights now
-    return model, model.self_test()
+    return model
 
 
 @dataclass(frozen=True)
@@ -141,11 +147,13 @@ def check_and_load(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Or
     result: CheckResult = check_in_subprocess(folder, key, decision.check_budget, checks.timeout_s, checks.check_threads)
     if not result.ok:
         raise ModelError(result.reason)
-    model, verdict = load_verified(folder, key, opts)
+    model = read_verified(folder, key, opts)
     if model.sha256 != result.sha256:
         raise ModelError(f"{path}: changed while it was checked")
-    log.info("model passed its checks: %s, reference MAE steering %.4f throttle %.4f", model.sha256[:12],
-             verdict.mae["angle"], verdict.mae["throttle"], extra=fields("model_checked", sha256=model.sha256))
+    model.warm_up()  # the check process self-tested these very bytes; here the first inferences are paid
+    mae = result.mae or {}
+    log.info("model passed its checks: %s, reference MAE steering %s throttle %s", model.sha256[:12],
+             mae.get("angle"), mae.get("throttle"), extra=fields("model_checked", sha256=model.sha256))
     return model
 
 

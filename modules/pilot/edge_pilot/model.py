@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import FRAME_HEIGHT, FRAME_WIDTH
+from .actuation import output_fault
 from .reference import ReferenceFrame
 from .reference import load as load_reference
 from .selftest import Verdict, judge
@@ -137,6 +138,18 @@ class PilotModel:
         if verdict.failure is not None:
             raise ModelError(f"{self.source}: self-test failed: {verdict.failure}")
         return verdict
+
+
+    def warm_up(self, frames: int = 3) -> None:
+        """The first inferences (slow: memory planning), on reference frames; outputs must be sound."""
+        for f in reference_frames()[:frames]:
+            try:
+                a, t = self.predict(preprocess(f.image))
+            except Exception as e:
+                raise ModelError(f"{self.source}: warm-up inference failed ({type(e).__name__}: {str(e)[:200]})") from e
+            fault = output_fault(a, t)
+            if fault is not None:
+                raise ModelError(f"{self.source}: warm-up: {fault}")
 
 
 @functools.cache
