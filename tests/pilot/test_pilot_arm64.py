@@ -28,7 +28,6 @@ from tests.infra.podman import podman
 
 from .conftest import SHIPPED_MODEL, container_models
 
-
 # The emulated settings with the simulator in lock step: the loop runs as fast as emulated
 # inference allows (its 20 Hz schedule only counts the ticks it could not keep), and the model
 # check (a separate process: import, 48 reference inferences) gets the time emulation needs.
@@ -89,7 +88,8 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
     assert out["model"] == hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
     assert out["sim"]["clock"] == "lock_step"
     assert out["sim"]["laps"] >= 1.0 and out["sim"]["off_road_steps"] == 0, out["sim"]
-    assert out["totals"]["frames"] > 100 and out["totals"]["errors"] == 0 and out["totals"]["faults"] == 0, out["totals"]
+    totals = out["totals"]
+    assert totals["frames"] > 100 and totals["errors"] == 0 and totals["faults"] == 0, totals
     assert out["safety_stop"] is None
 
 
