@@ -82,21 +82,20 @@ def read_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Ort
         raise ModelError(f"{path}: cannot read ({e.strerror})") from e
     if key is None:
         # Unsigned delivery (the agent verified the signed artifact): the sidecar it wrote from the
-        # signed layer digest, when present, still proves these are the bytes that were verified.
+        # signed layer digest proves these are the bytes that were verified. Without it nothing
+        # does, so a missing sidecar is a refusal, never a skipped check.
         try:
             sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            sha_text = None
         except OSError as e:
-            raise ModelError(f"{path}: cannot read the sha256 sidecar ({e.strerror})") from e
-        if sha_text is not None:
-            try:
-                want = parse_sha256_file(sha_text, str(path) + ".sha256")
-            except SignatureError as e:
-                raise ModelError(str(e)) from e
-            got = hashlib.sha256(data).hexdigest()
-            if got != want:
-                raise ModelError(f"{path}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
+            raise ModelError(f"{path}.sha256: missing or unreadable ({e.strerror}): an unsigned delivery must name "
+                             "the digest of the bytes the agent verified") from e
+        try:
+            want = parse_sha256_file(sha_text, str(path) + ".sha256")
+        except SignatureError as e:
+            raise ModelError(str(e)) from e
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise ModelError(f"{path}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
     else:
         try:
             sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
