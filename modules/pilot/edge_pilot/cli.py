@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
     m = cfg.models
     if m.dir and (Path(m.dir) / MODEL_FILE).exists() and (key is not None or m.allow_unsigned):
         try:
-            return check_and_load(Path(m.dir), key, opts, check_settings(cfg))
+            return check_and_load(Path(m.dir), key, opts, replace(check_settings(cfg), nice=0))  # nothing drives yet
         except ModelError as e:
             log.error("model in %s refused: %s", m.dir, e, extra=fields("model_refused", reason=str(e)))
             if refused is not None:

@@ -116,6 +116,7 @@ class CheckSettings:
     max_model_bytes: int = 64 * MB
     timeout_s: float = 120.0
     check_threads: int = 1
+    nice: int = 10  # of the check process (0 at start: nothing drives yet)
     memory: Callable[[], MemoryState] = read_state
 
 
@@ -143,7 +144,8 @@ def check_and_load(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Or
     decision = admit(str(path), size, checks.max_model_bytes, checks.memory())
     if not isinstance(decision, Admit):
         raise ModelError(decision.reason)
-    result: CheckResult = check_in_subprocess(folder, key, decision.check_budget, checks.timeout_s, checks.check_threads)
+    result: CheckResult = check_in_subprocess(folder, key, decision.check_budget, checks.timeout_s, checks.check_threads,
+                                                    checks.nice)
     if not result.ok:
         raise ModelError(result.reason)
     model = read_verified(folder, key, opts)
