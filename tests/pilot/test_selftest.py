@@ -152,5 +152,5 @@ def test_a_fallback_model_failing_its_self_test_never_drives(tmp_path: Path) -> 
     out, err = run_cli(["--source", "sim", "--actuator", "sim", "--models", "", "--fallback-model", str(fallback),
                         "--duration", "1.0"])
     assert "fallback model refused" in err and "self-test failed" in err and "non-finite" in err
-    assert out["stop_reasons"] == ["no model loaded", "drive loop ended"] and out["model"] is None
+    assert "no model loaded" in out["stop_reasons"] and out["model"] is None
     assert out["totals"]["frames"] == 0 and out["final_throttle"] == 0.0
