@@ -4,11 +4,11 @@ through the mounted models folder, the way the amd64 image does in test_pilot_co
 
 Emulation infers at 0.4-3 frames per second depending on how busy the machine is, so the
 simulator runs in lock step with the pilot (actuator.sim_clock lock_step): each frame the pilot
-takes advances the simulated world by 0.1 s, never the wall clock, and the car is steered 10
-times per simulated second however slowly the emulated CPU infers. The lap therefore proves that
-the arm64 image steers correctly, at any emulation speed. On a Pi 4 the image runs at the
-shipped 20 Hz in real time; nothing in the image differs for emulation but the mounted
-/proc/cpuinfo (tests/infra/multiarch.py says why)."""
+takes advances the simulated world by 0.15 s, never the wall clock, and the car is steered about
+7 times per simulated second however slowly the emulated CPU infers (a lap is about 110 frames).
+The lap therefore proves that the arm64 image steers correctly, at any emulation speed. On a
+Pi 4 the image runs at the shipped 20 Hz in real time; nothing in the image differs for
+emulation but the mounted /proc/cpuinfo (tests/infra/multiarch.py says why)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .conftest import SHIPPED_MODEL, container_models
 # check (a separate process: import, 48 reference inferences) gets the time emulation needs.
 LOCK_STEP_CONFIG = {
     "source": {"kind": "sim", "fps": 20},
-    "actuator": {"kind": "sim", "sim_clock": "lock_step", "sim_step_s": 0.1},
+    "actuator": {"kind": "sim", "sim_clock": "lock_step", "sim_step_s": 0.15},
     "loop": {"hz": 20, "stale_after_s": 1.5, "error_hold_s": 0.5, "max_throttle": 1.0},
     "ort": {"intra_threads": 1, "inter_threads": 1, "spinning": False, "graph_optimization": "all"},
     "models": {"dir": "/models", "public_key": "/etc/edge-pilot/trust/pilot.pub", "poll_s": 1.0,
@@ -64,6 +64,7 @@ def test_the_arm64_image_is_arm64_and_runs_non_root_read_only(arm64_image: str, 
     assert out.stdout.split() == ["aarch64", "10001", "readonly", "2"], out.stdout
 
 
+@pytest.mark.timeout(3600)  # no deadline of its own (any emulation speed); only a net for a hung emulator
 def test_the_arm64_pilot_drives_a_lap_under_emulation(
     arm64_image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey,
     public_key_pem: Path,
@@ -79,7 +80,7 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
         "-v", f"{models}:/models:ro", "-v", f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
         "-v", f"{config}:/etc/edge-pilot/emulated.json:ro", "-v", f"{cpuinfo}:/proc/cpuinfo:ro",
         arm64_image, "drive", "--config", "/etc/edge-pilot/emulated.json", "--laps", "1", "--duration", "3000",
-        check=False, timeout=3600,  # no deadline of its own: a safety net against a hung emulator only
+        check=False, timeout=3500,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -89,7 +90,7 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
     assert out["sim"]["clock"] == "lock_step"
     assert out["sim"]["laps"] >= 1.0 and out["sim"]["off_road_steps"] == 0, out["sim"]
     totals = out["totals"]
-    assert totals["frames"] > 100 and totals["errors"] == 0 and totals["faults"] == 0, totals
+    assert totals["frames"] > 80 and totals["errors"] == 0 and totals["faults"] == 0, totals
     assert out["safety_stop"] is None
 
 

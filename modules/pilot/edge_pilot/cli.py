@@ -131,7 +131,8 @@ def cmd_drive(a: argparse.Namespace) -> int:
     watcher = None
     if cfg.models.dir and (key is not None or cfg.models.allow_unsigned):
         watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, check_settings(cfg))
-        watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None else None
+        # the folder as checked at start (driving, or refused): checked again only when it changes
+        watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None or refused else None
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
                     cfg.telemetry.interval_s, frame_wait_s=cfg.loop.frame_wait_s,
