@@ -14,6 +14,7 @@ APT_PACKAGES=(
   busybox-static debootstrap                       # tiny test images and the local Debian base image
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
   systemd openssl iproute2 ca-certificates gcc python3-dev
+  stress-ng                                        # keeps cores busy to show a test does not depend on speed
 )
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
