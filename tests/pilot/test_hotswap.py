@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -41,13 +42,13 @@ def wrong_shape_model() -> bytes:
         META_KEY,
         '{"input": {"shape": [1, 3, 120, 160], "layout": "NCHW", "color": "RGB", "scale": 0.00392156862745098}}',
     )
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def without_metadata(path: Path) -> bytes:
     m = onnx.load(str(path))
     del m.metadata_props[:]
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def test_signature_checks(signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path) -> None:
@@ -101,7 +102,7 @@ def test_hot_swap_while_driving(
             assert good_sha != first
             # now a series of bad deliveries: none may replace the good model
             other = ec.generate_private_key(ec.SECP256R1())
-            bad = [
+            bad: list[tuple[str, Callable[[], None]]] = [
                 ("signed by an untrusted key", lambda: deliver(models, short_model.read_bytes(), other)),
                 (
                     "sha256 sidecar mismatch",
