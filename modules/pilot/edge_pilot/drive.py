@@ -50,7 +50,8 @@ class LoopConfig:
 class DriveLoop:
     def __init__(self, source: FrameSource, actuator: Actuator, slot: ModelSlot, estop: EmergencyStop,
                  telemetry: TelemetryClient | None = None, cfg: LoopConfig = LoopConfig(),
-                 clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None):
+                 clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None,
+                 sleep: Callable[[float], object] | None = None):
         self.source, self.actuator, self.slot, self.estop = source, actuator, slot, estop
         self.extra_stats = extra_stats  # e.g. the simulator's pose trail
         self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
@@ -65,6 +66,7 @@ class DriveLoop:
         self._last_seq = -1
         self._hold_until = 0.0
         self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait  # until the next tick (or stop); tests pass a simulated clock's
         self.window = StatsWindow(self.clock())
         self.last_summary: dict[str, Any] = {}
         self._phase_error: float | None = None
@@ -238,7 +240,7 @@ class DriveLoop:
                 scheduled = start + k * self.period + self.phase
                 now = self.clock()
                 if now < scheduled:
-                    self._stop.wait(scheduled - now)
+                    self._sleep(scheduled - now)
                     now = self.clock()
                 behind = int((now - scheduled) / self.period)
                 if behind >= 1:  # woke after the next deadline: skip, never queue
