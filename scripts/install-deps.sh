@@ -16,6 +16,7 @@ APT_PACKAGES=(
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
   systemd openssl iproute2 ca-certificates gcc python3-dev
   chromium chromium-driver                         # headless browser for the dashboard's browser tests
+  stress-ng                                        # keeps cores busy to show a test does not depend on speed
 )
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

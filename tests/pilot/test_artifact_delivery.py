@@ -34,7 +34,14 @@ def test_unsigned_folder_checks_the_sidecar_and_reports_refusals(tmp_path: Path)
     assert slot.swap_if_pending() is not None and slot.current is not None and slot.current.sha256 == sha
 
     truncated = tmp_path / "truncated"
-    _place(truncated, b"not onnx", None)  # no sidecar: loaded and checked as a model, refused as one
+    _place(truncated, b"not onnx", hashlib.sha256(b"not onnx").hexdigest() + "\n")  # right digest, not a model
     assert not ModelWatcher(truncated, slot, None, poll_s=60).check_once()
     assert slot.refused is not None and slot.refused[0] == hashlib.sha256(b"not onnx").hexdigest()
     assert "not a loadable ONNX model" in slot.refused[1]
+
+    bare = tmp_path / "bare"
+    _place(bare, data, None)  # a good model, but nothing says these are the bytes the agent verified
+    bare_slot = ModelSlot()
+    assert not ModelWatcher(bare, bare_slot, None, poll_s=60).check_once()
+    assert bare_slot.refused is not None and bare_slot.refused[0] == sha
+    assert "model.onnx.sha256: missing or unreadable" in bare_slot.refused[1]

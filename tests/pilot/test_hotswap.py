@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -41,13 +42,13 @@ def wrong_shape_model() -> bytes:
         META_KEY,
         '{"input": {"shape": [1, 3, 120, 160], "layout": "NCHW", "color": "RGB", "scale": 0.00392156862745098}}',
     )
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def without_metadata(path: Path) -> bytes:
     m = onnx.load(str(path))
     del m.metadata_props[:]
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def test_signature_checks(signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path) -> None:
@@ -74,31 +75,34 @@ def test_hot_swap_while_driving(
     models = tmp_path / "models"
     deliver(models, short_model.read_bytes(), signing_key)
     world = SimWorld()
-    src = SimCamera(world, 20)
+    src = SimCamera(world, 5)
     src.start()
     act = SimActuator(world)
     act.start_physics()
     slot = ModelSlot(PilotModel.from_file(models / "model.onnx"))
     first = slot.current.sha256  # type: ignore[union-attr]
     key = load_public_key(public_key_pem)
-    watcher = ModelWatcher(models, slot, key, poll_s=0.1, test_frame=lambda: f.image if (f := src.latest()) else None)
+    watcher = ModelWatcher(models, slot, key, poll_s=0.1)
     watcher.last_fingerprint = watcher.fingerprint()
     watcher.start()
-    loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig())
+    # 5 Hz: a missed tick means the swap held the loop up for a 200 ms period, not that the shared
+    # machine was busy (tests/pilot/test_model_switch.py)
+    loop = DriveLoop(src, act, slot, EmergencyStop(), None, LoopConfig(hz=5, stale_after_s=0.5))
     try:
         with LoopThread(loop):
-            assert wait_for(lambda: loop.totals["frames"] > 20)
+            assert wait_for(lambda: loop.totals["frames"] > 5)
             late_before = loop.totals["late"]
             good = SHIPPED_MODEL.read_bytes()
             deliver(models, good, signing_key)
-            assert wait_for(lambda: slot.swaps == 1, 15)
-            time.sleep(0.5)
+            assert wait_for(lambda: slot.swaps == 1, 30)
+            ticks_at_swap = loop.totals["ticks"]
+            assert wait_for(lambda: loop.totals["ticks"] > ticks_at_swap + 2)
             swapped_late = loop.totals["late"] - late_before
             good_sha = slot.current.sha256  # type: ignore[union-attr]
             assert good_sha != first
             # now a series of bad deliveries: none may replace the good model
             other = ec.generate_private_key(ec.SECP256R1())
-            bad = [
+            bad: list[tuple[str, Callable[[], None]]] = [
                 ("signed by an untrusted key", lambda: deliver(models, short_model.read_bytes(), other)),
                 (
                     "sha256 sidecar mismatch",
@@ -117,10 +121,9 @@ def test_hot_swap_while_driving(
             for i, (name, put) in enumerate(bad, 1):
                 time.sleep(0.02)  # distinct mtimes
                 put()
-                assert wait_for(lambda n=i: len(watcher.refusals) >= n, 10), name  # type: ignore[misc]
+                assert wait_for(lambda n=i: len(watcher.refusals) >= n, 30), name  # type: ignore[misc]
             frames_before = loop.totals["frames"]
-            time.sleep(0.5)
-            assert loop.totals["frames"] > frames_before  # still driving on the good model
+            assert wait_for(lambda: loop.totals["frames"] > frames_before + 2)  # still driving on the good model
             assert slot.current.sha256 == good_sha and slot.swaps == 1  # type: ignore[union-attr]
             assert loop.stopped_reason is None
     finally:
@@ -131,12 +134,11 @@ def test_hot_swap_while_driving(
     assert "does not verify" in reasons[0] and "sha256 mismatch" in reasons[1]
     assert "not a loadable ONNX model" in reasons[2] and "input shape" in reasons[3]
     assert "metadata" in reasons[4] and "does not verify" in reasons[5]
-    assert swapped_late <= 1, f"hot-swap missed {swapped_late} deadlines"
+    assert swapped_late == 0, f"hot-swap missed {swapped_late} deadlines"
 
 
 def test_models_that_fail_their_test_inference_are_refused(short_model: Path) -> None:
-    m = PilotModel.from_file(short_model)
-    a, t = m.self_test()
-    assert -5 < a < 5 and -5 < t < 5
+    verdict = PilotModel.from_file(short_model).self_test()
+    assert verdict.failure is None and verdict.frames == 48
     with pytest.raises(ModelError, match="not a loadable"):
         PilotModel(b"garbage", "x.onnx")

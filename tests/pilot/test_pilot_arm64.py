@@ -2,10 +2,13 @@
 base) drives the simulator for a lap under qemu-user emulation, with a signed model delivered
 through the mounted models folder, the way the amd64 image does in test_pilot_container.py.
 
-Emulation infers at about 3 frames per second, so the pilot runs at 3 Hz and the simulated world
-at 0.3x (actuator.sim_time_scale): the car is steered about 10 times per simulated second. On a
-Pi 4 the image runs at the shipped 20 Hz; nothing in the image differs for emulation but the
-mounted /proc/cpuinfo (devinfra/multiarch.py says why)."""
+Emulation infers at 0.4-3 frames per second depending on how busy the machine is, so the
+simulator runs in lock step with the pilot (actuator.sim_clock lock_step): each frame the pilot
+takes advances the simulated world by 0.15 s, never the wall clock, and the car is steered about
+7 times per simulated second however slowly the emulated CPU infers (a lap is about 110 frames).
+The lap therefore proves that the arm64 image steers correctly, at any emulation speed. On a
+Pi 4 the image runs at the shipped 20 Hz in real time; nothing in the image differs for
+emulation but the mounted /proc/cpuinfo (devinfra/multiarch.py says why)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ def test_the_arm64_image_is_arm64_and_runs_non_root_read_only(arm64_image: str, 
     assert out.stdout.split() == ["aarch64", "10001", "readonly", "2"], out.stdout
 
 
+@pytest.mark.timeout(3600)  # no deadline of its own (any emulation speed); only a net for a hung emulator
 def test_the_arm64_pilot_drives_a_lap_under_emulation(
     arm64_image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey,
     public_key_pem: Path,
@@ -62,16 +66,19 @@ def test_the_arm64_pilot_drives_a_lap_under_emulation(
         "--security-opt", "no-new-privileges", "--network=none", "--user", "10001:10001",
         "-v", f"{models}:/models:ro", "-v", f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
         "-v", f"{config}:/etc/edge-pilot/emulated.json:ro", "-v", f"{cpuinfo}:/proc/cpuinfo:ro",
-        arm64_image, "drive", "--config", "/etc/edge-pilot/emulated.json", "--laps", "1", "--duration", "400",
-        check=False, timeout=600,
+        arm64_image, "drive", "--config", "/etc/edge-pilot/emulated.json", "--laps", "1", "--duration", "3000",
+        check=False, timeout=3500,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    print(json.dumps({"totals": out["totals"], "sim": out["sim"], "fps": out["last_stats"]["fps"],
-                      "inference_ms": out["last_stats"]["latency_ms"]["inference"]}))
+    print(json.dumps({"totals": out["totals"], "sim": out["sim"], "fps": out["last_stats"].get("fps"),
+                      "inference_ms": out["last_stats"].get("latency_ms", {}).get("inference")}))
     assert out["model"] == hashlib.sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
+    assert out["sim"]["clock"] == "lock_step"
     assert out["sim"]["laps"] >= 1.0 and out["sim"]["off_road_steps"] == 0, out["sim"]
-    assert out["totals"]["frames"] > 50 and out["totals"]["errors"] == 0, out["totals"]
+    totals = out["totals"]
+    assert totals["frames"] > 80 and totals["errors"] == 0 and totals["faults"] == 0, totals
+    assert out["safety_stop"] is None
 
 
 def test_without_a_cpuinfo_of_its_own_onnx_runtime_fails_under_emulation(arm64_image: str, container_name: str) -> None:

@@ -167,3 +167,17 @@ def test_emergency_stop_from_outside_the_container(image: str, container_name: s
     assert out["last_stats"]["stopped"] == "emergency stop (SIGUSR1)" and out["last_stats"]["frames"] == 0
     assert out["final_throttle"] == 0.0
     assert "throttle stopped: emergency stop (SIGUSR1)" in logs.stderr
+
+
+def test_the_pilot_reads_its_memory_limit_inside_its_container(image: str, container_name: str) -> None:
+    """What a model is admitted against (edge_pilot.memory) is the container's own limit."""
+    r = subprocess.run(
+        ["podman", "run", "--rm", "--name", container_name, "--read-only", "--cap-drop=all", "--network=none",
+         "--memory", "256m", "--entrypoint", "/opt/edge-pilot/bin/python3", image, "-c",
+         "from edge_pilot.memory import read_state; s = read_state(); print(s.limit, s.used, s.available)"],
+        env=podman_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    limit, used, available = r.stdout.split()
+    assert int(limit) == 256 * 1024 * 1024, r.stdout
+    assert 0 < int(used) < int(limit) and int(available) > 0, r.stdout

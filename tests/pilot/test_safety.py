@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,21 +97,49 @@ def test_missing_camera_keeps_throttle_stopped(short_model: Path) -> None:
     assert out["totals"]["frames"] == 0 and out["final_throttle"] == 0.0
 
 
+def run_cli_until(args: list[str], steps: list[tuple[Callable[[str], bool], int]],
+                  timeout: float = 300) -> tuple[dict[str, Any], str]:
+    """Run `edge-pilot drive` and send each signal once a log line satisfies its condition (no fixed
+    sleeps: a busy machine only makes it slower)."""
+    env = {**os.environ}
+    env.pop("EDGE_TELEMETRY_SOCKET", None)
+    p = subprocess.Popen([*EDGE_PILOT, "drive", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    killer = threading.Timer(timeout, p.kill)
+    killer.start()
+    lines: list[str] = []
+    try:
+        assert p.stderr is not None and p.stdout is not None
+        pending = list(steps)
+        for line in p.stderr:
+            lines.append(line)
+            if pending and pending[0][0](line):
+                p.send_signal(pending.pop(0)[1])
+        out = p.stdout.read()
+        p.wait()
+    finally:
+        killer.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = "".join(lines)
+    assert p.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
 def test_emergency_stop_signal_stops_a_driving_car(short_model: Path) -> None:
-    out, err = run_cli(
-        [
-            "--source",
-            "sim",
-            "--actuator",
-            "sim",
-            "--models",
-            "",
-            "--fallback-model",
-            str(short_model),
-            "--duration",
-            "3.5",
+    def stats_line(line: str, *, stopped: str | None, frames: int) -> bool:
+        if "stats pilot.stats " not in line:
+            return False
+        st = json.loads(line.split("stats pilot.stats ", 1)[1].rsplit(" event=", 1)[0])
+        return bool(st["stopped"] == stopped and (st["frames"] == 0 if frames == 0 else st["frames"] >= frames))
+
+    out, err = run_cli_until(
+        ["--source", "sim", "--actuator", "sim", "--models", "", "--fallback-model", str(short_model)],
+        [  # a second of driving, then the stop, then a whole second stopped, then the end
+            (lambda line: stats_line(line, stopped=None, frames=5), signal.SIGUSR1),
+            (lambda line: stats_line(line, stopped="emergency stop (SIGUSR1)", frames=0), signal.SIGTERM),
         ],
-        signals=[(2.0, signal.SIGUSR1)],
     )
     assert out["totals"]["frames"] > 10  # it was driving before the stop
     assert "emergency stop (SIGUSR1)" in out["stop_reasons"]

@@ -5,6 +5,7 @@ CircuitPython + Blinka) drag in a board-detection stack; the chip needs five reg
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ class Calibration:
     bus: int = 1
 
     def steering_pwm(self, angle: float) -> int:
-        a = max(-1.0, min(1.0, angle))
+        """Non-finite: centre (never clamp a NaN: max(-1, min(1, nan)) is full lock)."""
+        a = max(-1.0, min(1.0, angle)) if math.isfinite(angle) else 0.0
         return round(self.steering_left_pwm + (a + 1.0) / 2.0 * (self.steering_right_pwm - self.steering_left_pwm))
 
     def throttle_pwm(self, throttle: float) -> int:
-        t = max(-1.0, min(1.0, throttle))
+        """Non-finite: stopped."""
+        t = max(-1.0, min(1.0, throttle)) if math.isfinite(throttle) else 0.0
         if t >= 0:
             return round(self.throttle_stopped_pwm + t * (self.throttle_forward_pwm - self.throttle_stopped_pwm))
         return round(self.throttle_stopped_pwm + t * (self.throttle_stopped_pwm - self.throttle_reverse_pwm))
@@ -103,6 +106,7 @@ class PCA9685Actuator:
         pwm = self.cal.throttle_pwm(throttle)
         self._set_pwm(self.cal.throttle_channel, pwm)
         self.last_throttle_pwm = pwm
+        check_finite(angle, throttle)  # after commanding centre and stopped: the caller learns of its bug
 
     def stop(self) -> None:
         self._set_pwm(self.cal.throttle_channel, self.cal.throttle_stopped_pwm)
@@ -113,6 +117,11 @@ class PCA9685Actuator:
             self.stop()
         finally:
             self.bus.close()
+
+
+def check_finite(angle: float, throttle: float) -> None:
+    if not (math.isfinite(angle) and math.isfinite(throttle)):
+        raise ActuatorError(f"non-finite command angle={angle!r} throttle={throttle!r}: centred and stopped instead")
 
 
 class SimActuator:
@@ -130,10 +139,12 @@ class SimActuator:
         self._sim_dt = self._dt * time_scale  # simulated time per physics step
 
     def drive(self, angle: float, throttle: float) -> None:
+        finite = math.isfinite(angle) and math.isfinite(throttle)
         with self._lock:
-            self.angle, self.throttle = float(angle), float(throttle)
+            self.angle, self.throttle = (float(angle), float(throttle)) if finite else (0.0, 0.0)
             self.history.append((time.monotonic(), self.angle, self.throttle))
             del self.history[:-2000]
+        check_finite(angle, throttle)
 
     def stop(self) -> None:
         with self._lock:

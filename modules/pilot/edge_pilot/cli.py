@@ -7,18 +7,21 @@ import hashlib
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .actuation import FaultPolicy
 from .actuator import Actuator, Calibration, PCA9685Actuator, SimActuator
 from .camera import CameraError, FrameSource, ImageFolderCamera, SimCamera, TubCamera, V4L2Camera, VideoFileCamera
 from .config import ConfigError, PilotConfig, load_config
 from .drive import DriveLoop, LoopConfig
 from .estop import EmergencyStop
-from .hotswap import MODEL_FILE, ModelSlot, ModelWatcher, load_verified
+from .hotswap import MODEL_FILE, CheckSettings, ModelSlot, ModelWatcher, check_and_load, model_digest
 from .logs import fields, get_logger, setup_logging
 from .model import ModelError, OrtOptions, PilotModel
 from .signing import SignatureError, load_public_key
+from .sim.lockstep import LockStepSim
 from .sim.world import SimWorld
 from .telemetry import TelemetryClient
 
@@ -49,6 +52,10 @@ def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
     return PCA9685Actuator(Calibration(**cfg.actuator.calibration.model_dump()))
 
 
+def check_settings(cfg: PilotConfig) -> CheckSettings:
+    return CheckSettings(max_model_bytes=int(cfg.models.max_model_mb * 1024 * 1024), timeout_s=cfg.models.check_timeout_s)
+
+
 def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
                   refused: list[tuple[str, str]] | None = None) -> PilotModel | None:
     """The folder's model if it verifies, else the fallback; a refused folder model is appended to
@@ -56,12 +63,12 @@ def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,
     m = cfg.models
     if m.dir and (Path(m.dir) / MODEL_FILE).exists() and (key is not None or m.allow_unsigned):
         try:
-            return load_verified(Path(m.dir), key, opts)
+            return check_and_load(Path(m.dir), key, opts, replace(check_settings(cfg), nice=0))  # nothing drives yet
         except ModelError as e:
             log.error("model in %s refused: %s", m.dir, e, extra=fields("model_refused", reason=str(e)))
             if refused is not None:
                 try:
-                    refused.append((hashlib.sha256((Path(m.dir) / MODEL_FILE).read_bytes()).hexdigest(), str(e)))
+                    refused.append((model_digest(Path(m.dir), check_settings(cfg).max_model_bytes), str(e)))
                 except OSError:
                     pass
     if m.fallback:
@@ -110,11 +117,12 @@ def cmd_drive(a: argparse.Namespace) -> int:
     world = SimWorld(seed=a.seed) if cfg.source.kind == "sim" or cfg.actuator.kind == "sim" else None
     estop = EmergencyStop(Path(cfg.control_dir) if cfg.control_dir else None)
     estop.install_signals()
-    actuator = make_actuator(cfg, world)
+    lock_step = LockStepSim(world, cfg.actuator.sim_step_s) if world is not None and cfg.actuator.sim_clock == "lock_step" else None
+    actuator: Actuator = lock_step if lock_step is not None else make_actuator(cfg, world)
     refused: list[tuple[str, str]] = []
     slot = ModelSlot(initial_model(cfg, opts, key, refused))
     slot.refused = refused[-1] if refused else None
-    source = make_source(cfg, world)
+    source: FrameSource = lock_step if lock_step is not None else make_source(cfg, world)
     try:
         source.start()
     except CameraError as e:
@@ -122,16 +130,15 @@ def cmd_drive(a: argparse.Namespace) -> int:
     telemetry = TelemetryClient(stream=cfg.telemetry.stream, priority=cfg.telemetry.priority)
     watcher = None
     if cfg.models.dir and (key is not None or cfg.models.allow_unsigned):
-        def latest_image() -> Any:
-            f = source.latest()
-            return f.image if f else None
-        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, latest_image)
-        watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None else None
+        watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, check_settings(cfg))
+        # the folder as checked at start (driving, or refused): checked again only when it changes
+        watcher.last_fingerprint = watcher.fingerprint() if slot.current is not None or refused else None
         watcher.start()
     lc = LoopConfig(cfg.loop.hz, cfg.loop.stale_after_s, cfg.loop.error_hold_s, cfg.loop.max_throttle, cfg.loop.constant_throttle,
                     cfg.telemetry.interval_s, frame_wait_s=cfg.loop.frame_wait_s,
                     # a camera at the loop's rate: tick right after its frames (not for replayed files)
-                    phase_lock=cfg.source.kind in ("v4l2", "sim") and cfg.source.fps == cfg.loop.hz)
+                    phase_lock=lock_step is None and cfg.source.kind in ("v4l2", "sim") and cfg.source.fps == cfg.loop.hz,
+                    faults=FaultPolicy(cfg.loop.fault_trip_consecutive, cfg.loop.fault_trip_in_window, cfg.loop.fault_window))
     sim_stats = (lambda: {"sim": world.telemetry()}) if world is not None and cfg.source.kind == "sim" else None
     loop = DriveLoop(source, actuator, slot, estop, telemetry, lc, extra_stats=sim_stats)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
@@ -149,7 +156,7 @@ def cmd_drive(a: argparse.Namespace) -> int:
         source.close()
         actuator.close()
         telemetry.close()
-    out: dict[str, Any] = {"totals": totals, "stop_reasons": loop.reasons, "swaps": slot.swaps,
+    out: dict[str, Any] = {"totals": totals, "stop_reasons": loop.reasons, "safety_stop": loop.faults.tripped, "swaps": slot.swaps,
                            "model": slot.current.sha256 if slot.current else None, "last_stats": loop.last_summary,
                            "telemetry": vars(telemetry.counters),
                            "final_throttle": getattr(actuator, "throttle", None),
@@ -157,7 +164,10 @@ def cmd_drive(a: argparse.Namespace) -> int:
     if world is not None:
         st = world.stats
         out["sim"] = {"laps": round(world.laps, 3), "mean_abs_cte_m": round(st.mean_abs_cte, 4),
-                      "max_abs_cte_m": round(st.max_abs_cte, 4), "off_road_steps": st.off_road}
+                      "max_abs_cte_m": round(st.max_abs_cte, 4), "off_road_steps": st.off_road,
+                      "clock": cfg.actuator.sim_clock}
+        if lock_step is not None:
+            out["sim"]["simulated_s"] = round(lock_step.frames * lock_step.step_s, 3)
     print(json.dumps(out), flush=True)
     return 0
 
@@ -181,9 +191,14 @@ def cmd_record(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sign(a: argparse.Namespace) -> int:
-    import hashlib
+def cmd_reference(a: argparse.Namespace) -> int:
+    from .reference import record
 
+    print(json.dumps({"tub": a.out, "hash": record(Path(a.out))}))
+    return 0
+
+
+def cmd_sign(a: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from .signing import sign_model_bytes
@@ -239,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--frames", type=int, default=2000)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=cmd_record)
+    rf = sub.add_parser("reference", help="record the reference frames every model is self-tested on (a tub v2)")
+    rf.add_argument("--out", required=True)
+    rf.set_defaults(fn=cmd_reference)
     s = sub.add_parser("sign", help="write FILE.sha256 and FILE.sig (cosign sign-blob format)")
     s.add_argument("--key", required=True)
     s.add_argument("file")

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -43,6 +43,10 @@ class ActuatorConfig(_Strict):
     # simulator only: simulated seconds per wall-clock second. Below 1 the world slows down, so a
     # machine that infers slowly (arm64 under qemu emulation: ~3 frames/s) still steers often enough.
     sim_time_scale: float = Field(1.0, gt=0, le=1)
+    # simulator only: "lock_step" advances the simulated world by sim_step_s per frame the pilot
+    # takes (never by the wall clock), so a lap proves steering at any inference speed
+    sim_clock: Literal["wall", "lock_step"] = "wall"
+    sim_step_s: float = Field(0.05, gt=0, le=0.5)
 
 
 class LoopSettings(_Strict):
@@ -53,6 +57,11 @@ class LoopSettings(_Strict):
     constant_throttle: float | None = Field(None, ge=-1, le=1)
     # wait up to this long for a new camera frame instead of driving on the one already used
     frame_wait_s: float = Field(0.03, ge=0, le=0.2)
+    # a faulty model output (non-finite or beyond +-1.25) stops that tick; this many in a row, or
+    # fault_trip_in_window among the last fault_window outputs, trip the safety stop
+    fault_trip_consecutive: int = Field(3, ge=1, le=1000)
+    fault_trip_in_window: int = Field(5, ge=1, le=1000)
+    fault_window: int = Field(100, ge=1, le=10000)
 
 
 class OrtConfig(_Strict):
@@ -68,6 +77,10 @@ class ModelsConfig(_Strict):
     allow_unsigned: bool = False  # development only
     poll_s: float = Field(1.0, gt=0)
     fallback: str | None = None  # model used at start when the folder has none (e.g. the image's own)
+    # a delivered model larger than this is refused before it is read (the shipped one is 3.3 MB);
+    # below it, what the module's memory can hold decides (edge_pilot.memory)
+    max_model_mb: float = Field(64.0, gt=0, le=4096)
+    check_timeout_s: float = Field(120.0, gt=0)  # the separate check process (edge_pilot.model_check)
 
 
 class TelemetryConfig(_Strict):
@@ -85,6 +98,12 @@ class PilotConfig(_Strict):
     control_dir: str | None = None  # folder watched for the 'estop' file
     telemetry: TelemetryConfig = TelemetryConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _lock_step_needs_the_simulator(self) -> PilotConfig:
+        if self.actuator.sim_clock == "lock_step" and (self.source.kind != "sim" or self.actuator.kind != "sim"):
+            raise ValueError("actuator.sim_clock lock_step needs source.kind sim and actuator.kind sim")
+        return self
 
 
 class ConfigError(Exception):

@@ -1,7 +1,9 @@
 """The drive loop: fixed rate with deadlines, newest frame only, safe stop on every failure.
 
 Each tick: swap in a pending model, check emergency stop, take the newest frame (stale ->
-stop), preprocess, infer, actuate. Ticks run on a fixed schedule ``t0 + k * period``; a tick
+stop), preprocess, infer, decide (edge_pilot.actuation: a non-finite or out-of-range output is
+a fault and that tick commands neutral steering and zero throttle; repeated faults trip the
+safety stop until another model is swapped in), actuate. Ticks run on a fixed schedule ``t0 + k * period``; a tick
 that starts after the next one was due is skipped and counted as late (never queued), so the
 loop never drives on old frames to catch up. Any error puts the throttle to stopped, logs the
 reason once per change, and holds the stop for ``error_hold_s``."""
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .actuation import NEUTRAL_ANGLE, ZERO_THROTTLE, Command, Fault, FaultCounter, FaultPolicy, decide
 from .actuator import Actuator
 from .camera import FrameSource
 from .estop import EmergencyStop
@@ -41,12 +44,14 @@ class LoopConfig:
     phase_lock: bool = False
     phase_target_s: float = 0.002
     phase_step_max_s: float = 0.002
+    faults: FaultPolicy = FaultPolicy()
 
 
 class DriveLoop:
     def __init__(self, source: FrameSource, actuator: Actuator, slot: ModelSlot, estop: EmergencyStop,
                  telemetry: TelemetryClient | None = None, cfg: LoopConfig = LoopConfig(),
-                 clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None):
+                 clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None,
+                 sleep: Callable[[float], object] | None = None):
         self.source, self.actuator, self.slot, self.estop = source, actuator, slot, estop
         self.extra_stats = extra_stats  # e.g. the simulator's pose trail
         self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
@@ -54,10 +59,14 @@ class DriveLoop:
         self.phase = 0.0  # seconds the tick schedule was moved to follow the camera (phase_lock)
         self.stopped_reason: str | None = "starting"
         self.reasons: list[str] = []  # every distinct stop reason, in order (also logged)
-        self.totals = {"frames": 0, "late": 0, "stale": 0, "errors": 0, "repeats": 0, "ticks": 0, "waited": 0}
+        self.totals = {"frames": 0, "late": 0, "stale": 0, "errors": 0, "repeats": 0, "ticks": 0, "waited": 0,
+                       "faults": 0}
+        self.faults = FaultCounter(cfg.faults)  # of the model driving now (`_fault_model`)
+        self._fault_model: str | None = None
         self._last_seq = -1
         self._hold_until = 0.0
         self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait  # until the next tick (or stop); tests pass a simulated clock's
         self.window = StatsWindow(self.clock())
         self.last_summary: dict[str, Any] = {}
         self._phase_error: float | None = None
@@ -74,6 +83,14 @@ class DriveLoop:
             self.stopped_reason = reason
             self.reasons.append(reason)
             log.warning("throttle stopped: %s", reason, extra=fields("throttle_stopped", reason=reason))
+
+    def _neutral_stop(self, reason: str) -> None:
+        """Neutral steering and zero throttle (a faulty output must not leave the wheels at full lock)."""
+        try:
+            self.actuator.drive(NEUTRAL_ANGLE, ZERO_THROTTLE)
+        except Exception as e:
+            log.critical("could not command neutral (%s) after: %s", e, reason, extra=fields("stop_failed", reason=reason))
+        self._safe_stop(reason)
 
     def _resume(self) -> None:
         if self.stopped_reason is not None:
@@ -113,6 +130,12 @@ class DriveLoop:
         if model is None:
             self._safe_stop("no model loaded")
             return
+        if model.sha256 != self._fault_model:
+            self._fault_model = model.sha256
+            self.faults.reset()
+        if self.faults.tripped:
+            self._neutral_stop(self.faults.tripped)
+            return
         if frame.seq == self._last_seq:
             self.totals["repeats"] += 1  # camera slower than the loop: keep the last command
             return
@@ -120,19 +143,26 @@ class DriveLoop:
         try:
             x = preprocess(frame.image)
             t_pre = self.clock()
-            angle, throttle = model.predict(x)
-            t_inf = self.clock()
-            if self.cfg.constant_throttle is not None:
-                throttle = self.cfg.constant_throttle
-            throttle = max(-self.cfg.max_throttle, min(self.cfg.max_throttle, throttle))
-            angle = max(-1.0, min(1.0, angle))
+        except Exception as e:
+            self._tick_error(f"error in drive tick: {type(e).__name__}: {e}")
+            return
+        try:
+            raw_angle, raw_throttle = model.predict(x)
+        except Exception as e:  # the model could not give an output: a fault like a NaN
+            decision: Command | Fault = Fault(f"model inference failed: {type(e).__name__}: {str(e)[:200]}")
+        else:
+            decision = decide(raw_angle, raw_throttle, self.cfg.max_throttle, self.cfg.constant_throttle)
+        t_inf = self.clock()
+        if isinstance(decision, Fault):
+            self._fault(model.sha256, decision)
+            return
+        self.faults.record(None)
+        angle, throttle = decision.angle, decision.throttle
+        try:
             self.actuator.drive(angle, throttle)
             t_act = self.clock()
         except Exception as e:
-            self.totals["errors"] += 1
-            self.window.errors += 1
-            self._hold_until = self.clock() + self.cfg.error_hold_s
-            self._safe_stop(f"error in drive tick: {type(e).__name__}: {e}")
+            self._tick_error(f"error in drive tick: {type(e).__name__}: {e}")
             return
         self._resume()
         self.totals["frames"] += 1
@@ -146,10 +176,35 @@ class DriveLoop:
                   "capture_to_actuate": frame.capture_ms + max(0.0, t_act - frame.t_capture) * 1000.0}
         self.window.add(stages, (now - scheduled) * 1000.0, angle, throttle)
 
+    def _tick_error(self, reason: str) -> None:
+        self.totals["errors"] += 1
+        self.window.errors += 1
+        self._hold_until = self.clock() + self.cfg.error_hold_s
+        self._safe_stop(reason)
+
+    def _fault(self, sha256: str, fault: Fault) -> None:
+        """This tick's output may not drive: neutral and zero throttle now; trip the stop when repeated."""
+        self.totals["faults"] += 1
+        self.window.faults += 1
+        tripped = self.faults.record(fault.reason)
+        try:
+            self.actuator.drive(fault.command.angle, fault.command.throttle)
+        except Exception as e:
+            log.critical("could not command neutral (%s) after: %s", e, fault.reason,
+                         extra=fields("stop_failed", reason=fault.reason))
+            self._safe_stop(fault.reason)
+        if tripped:
+            log.critical("%s; model %s stays stopped until another model is swapped in", tripped, sha256[:12],
+                         extra=fields("safety_stop", reason=tripped, sha256=sha256))
+            self._neutral_stop(tripped)
+        else:
+            self._safe_stop(fault.reason)
+
     # --- the loop -------------------------------------------------------------------------------
     def _publish(self, now: float) -> None:
         m = self.slot.current
-        extra: dict[str, Any] = {"model": m.sha256[:16] if m else None, "stopped": self.stopped_reason, "swaps": self.slot.swaps}
+        extra: dict[str, Any] = {"model": m.sha256[:16] if m else None, "stopped": self.stopped_reason, "swaps": self.slot.swaps,
+                                 "faults_total": self.totals["faults"], "safety_stop": self.faults.tripped}
         if self.telemetry:
             extra["telemetry_dropped"] = self.telemetry.counters.dropped
         if self.extra_stats:
@@ -164,9 +219,13 @@ class DriveLoop:
         """Tell the agent which model this module drives with, and which it refused (stream
         module.artifacts): on every change and every `model_report_s` otherwise."""
         m, refused = self.slot.current, self.slot.refused
+        entries = [refused] if refused else []
+        if m is not None and self.faults.tripped and self._fault_model == m.sha256:
+            # the safety stop tripped on this model: the car does not drive with it, and says why
+            entries = [(m.sha256, self.faults.tripped), *(e for e in entries if e[0] != m.sha256)]
+            m = None
         report: dict[str, Any] = {"using": [f"sha256:{m.sha256}"] if m else [],
-                                  "refused": [{"digest": f"sha256:{refused[0]}", "reason": refused[1][:400]}]
-                                  if refused else []}
+                                  "refused": [{"digest": f"sha256:{d}", "reason": r[:400]} for d, r in entries]}
         if report != self._last_model_report or now - self._model_reported_at >= self.cfg.model_report_s:
             assert self.telemetry is not None
             if self.telemetry.publish(report, stream="module.artifacts", priority=2):
@@ -181,7 +240,7 @@ class DriveLoop:
                 scheduled = start + k * self.period + self.phase
                 now = self.clock()
                 if now < scheduled:
-                    self._stop.wait(scheduled - now)
+                    self._sleep(scheduled - now)
                     now = self.clock()
                 behind = int((now - scheduled) / self.period)
                 if behind >= 1:  # woke after the next deadline: skip, never queue

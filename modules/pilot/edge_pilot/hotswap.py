@@ -1,11 +1,14 @@
 """Model hot-swap: verify a delivered model, load it beside the running one, test it, swap between frames.
 
 Delivery is a mounted models folder holding ``model.onnx``, ``model.onnx.sha256`` and
-``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder; a changed
-file set is verified and loaded off the drive loop's thread, and only a model that passed
-every check is offered to the loop, which swaps it in at the start of its next tick. A bad
-model is refused (logged with the reason) and the old one keeps driving; the same bad file
-set is not retried until one of its files changes."""
+``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder. A changed
+model is first admitted by size against the module's memory (edge_pilot.memory; refused before
+anything is read when it cannot fit), then checked in a separate process under a memory budget
+(edge_pilot.model_check: signature, load, reference self-test), then loaded and warmed up in
+this process (the check process self-tested these very bytes), and only then offered to the
+loop, which swaps it in at the start of its next tick. Meanwhile the loop keeps driving the old
+model. A bad model is refused (logged, and reported to the agent with the reason) and the old
+one keeps driving; the same bad file set is not retried until one of its files changes."""
 
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .logs import fields, get_logger
+from .memory import MB, Admit, MemoryState, admit, read_state
 from .model import ModelError, OrtOptions, PilotModel
+from .model_check import CheckResult, check_in_subprocess
+from .selftest import Verdict
 from .signing import SignatureError, parse_sha256_file, verify_model_bytes
 
 log = get_logger(__name__)
@@ -61,9 +66,15 @@ class Refusal:
     reason: str
 
 
-def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None,
-                  test_frame: np.ndarray | None = None) -> PilotModel:
+def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None,
+                  opts: OrtOptions | None) -> tuple[PilotModel, Verdict]:
     """Read, verify (when a key is given), load and self-test the model in ``folder``."""
+    model = read_verified(folder, key, opts)
+    return model, model.self_test()
+
+
+def read_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None) -> PilotModel:
+    """Read, verify (when a key is given) and load the model in ``folder``."""
     path = folder / MODEL_FILE
     try:
         data = path.read_bytes()
@@ -71,21 +82,20 @@ def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Ort
         raise ModelError(f"{path}: cannot read ({e.strerror})") from e
     if key is None:
         # Unsigned delivery (the agent verified the signed artifact): the sidecar it wrote from the
-        # signed layer digest, when present, still proves these are the bytes that were verified.
+        # signed layer digest proves these are the bytes that were verified. Without it nothing
+        # does, so a missing sidecar is a refusal, never a skipped check.
         try:
             sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            sha_text = None
         except OSError as e:
-            raise ModelError(f"{path}: cannot read the sha256 sidecar ({e.strerror})") from e
-        if sha_text is not None:
-            try:
-                want = parse_sha256_file(sha_text, str(path) + ".sha256")
-            except SignatureError as e:
-                raise ModelError(str(e)) from e
-            got = hashlib.sha256(data).hexdigest()
-            if got != want:
-                raise ModelError(f"{path}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
+            raise ModelError(f"{path}.sha256: missing or unreadable ({e.strerror}): an unsigned delivery must name "
+                             "the digest of the bytes the agent verified") from e
+        try:
+            want = parse_sha256_file(sha_text, str(path) + ".sha256")
+        except SignatureError as e:
+            raise ModelError(str(e)) from e
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise ModelError(f"{path}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
     else:
         try:
             sha_text = (folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8")
@@ -97,16 +107,64 @@ def load_verified(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Ort
         except SignatureError as e:
             raise ModelError(str(e)) from e
     model = PilotModel(data, str(path), opts)
-    model.self_test(test_frame)
+    del data  # the session holds the weights now
+    return model
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    max_model_bytes: int = 64 * MB
+    timeout_s: float = 120.0
+    check_threads: int = 1
+    nice: int = 10  # of the check process (0 at start: nothing drives yet)
+    memory: Callable[[], MemoryState] = read_state
+
+
+def model_digest(folder: Path, max_model_bytes: int) -> str:
+    """sha256 hex of the model's bytes, hashed in chunks; for a file over ``max_model_bytes`` (refused
+    unread) the digest its sidecar declares, which the agent wrote from the artifact's layer."""
+    path = folder / MODEL_FILE
+    if path.stat().st_size > max_model_bytes:
+        try:
+            return parse_sha256_file((folder / (MODEL_FILE + ".sha256")).read_text(encoding="utf-8"), "sidecar")
+        except (OSError, SignatureError):
+            pass
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_and_load(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None,
+                   checks: CheckSettings) -> PilotModel:
+    """Admit by size, check in a separate process under a memory budget, then load here."""
+    path = folder / MODEL_FILE
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from e
+    decision = admit(str(path), size, checks.max_model_bytes, checks.memory())
+    if not isinstance(decision, Admit):
+        raise ModelError(decision.reason)
+    result: CheckResult = check_in_subprocess(folder, key, decision.check_budget, checks.timeout_s, checks.check_threads,
+                                                    checks.nice)
+    if not result.ok:
+        raise ModelError(result.reason)
+    model = read_verified(folder, key, opts)
+    if model.sha256 != result.sha256:
+        raise ModelError(f"{path}: changed while it was checked")
+    model.warm_up()  # the check process self-tested these very bytes; here the first inferences are paid
+    mae = result.mae or {}
+    log.info("model passed its checks: %s, reference MAE steering %s throttle %s", model.sha256[:12],
+             mae.get("angle"), mae.get("throttle"), extra=fields("model_checked", sha256=model.sha256))
     return model
 
 
 class ModelWatcher:
     def __init__(self, folder: Path, slot: ModelSlot, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None = None,
-                 poll_s: float = 1.0, test_frame: Callable[[], np.ndarray | None] | None = None):
+                 poll_s: float = 1.0, checks: CheckSettings | None = None):
         self.folder = Path(folder)
         self.slot, self.key, self.opts, self.poll_s = slot, key, opts, poll_s
-        self.test_frame = test_frame or (lambda: None)
+        self.checks = checks or CheckSettings()
+        self.checking = threading.Event()  # set while a delivered model is being checked and loaded
         self.last_fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self.refusals: list[Refusal] = []
         self.accepted: list[str] = []
@@ -131,19 +189,22 @@ class ModelWatcher:
         self.last_fingerprint = fp
         current = self.slot.current
         try:
-            data_sha = hashlib.sha256((self.folder / MODEL_FILE).read_bytes()).hexdigest()
+            data_sha = model_digest(self.folder, self.checks.max_model_bytes)
         except OSError:
             return False
         if current is not None and current.sha256 == data_sha:
             return False
+        self.checking.set()
         try:
-            model = load_verified(self.folder, self.key, self.opts, self.test_frame())
+            model = check_and_load(self.folder, self.key, self.opts, self.checks)
         except ModelError as e:
             self.refusals.append(Refusal(fp, str(e)))
             self.slot.refused = (data_sha, str(e))
             log.error("model refused, keeping %s: %s", current.sha256[:12] if current else "none (stopped)", e,
                       extra=fields("model_refused", reason=str(e)))
             return False
+        finally:
+            self.checking.clear()
         self.accepted.append(model.sha256)
         log.info("model verified and loaded beside the running one: %s", model.sha256[:12],
                  extra=fields("model_ready", sha256=model.sha256))
@@ -155,6 +216,8 @@ class ModelWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        # Not niced, unlike the check process: a niced thread that holds the GIL on a busy CPU would
+        # hold up the drive loop (priority inversion); what it does here is short and mostly in C++.
         while not self._stop.wait(self.poll_s):
             try:
                 self.check_once()

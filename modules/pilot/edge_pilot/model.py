@@ -1,11 +1,12 @@
 """Loading and running the pilot model with ONNX Runtime (no torch on the device).
 
 A model is usable only if its ONNX metadata (key ``edge_pilot.meta``) describes the input we
-feed (shape, layout, colour, scale) and the outputs we read, and a test inference on a real
-frame returns finite values of the right shape."""
+feed (shape, layout, colour, scale) and the outputs we read, and it passes the self-test on the
+reference frames (edge_pilot.selftest)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -18,6 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from . import FRAME_HEIGHT, FRAME_WIDTH
+from .actuation import output_fault
+from .reference import ReferenceFrame
+from .reference import load as load_reference
+from .selftest import Verdict, judge
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("angle", "throttle")
@@ -122,14 +127,31 @@ class PilotModel:
         angle, throttle = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return float(angle.reshape(-1)[0]), float(throttle.reshape(-1)[0])
 
-    def self_test(self, frame_bgr: np.ndarray | None = None) -> tuple[float, float]:
-        """One inference on a frame (a grey frame if none): outputs must be finite and in range."""
-        if frame_bgr is None:
-            frame_bgr = np.full((FRAME_HEIGHT, FRAME_WIDTH, 3), 110, np.uint8)
+    def self_test(self) -> Verdict:
+        """The reference self-test (edge_pilot.selftest): raises ModelError unless fit to drive."""
+        frames = reference_frames()
         try:
-            a, t = self.predict(preprocess(frame_bgr))
+            outputs = [self.predict(preprocess(f.image)) for f in frames]
         except Exception as e:
             raise ModelError(f"{self.source}: test inference failed ({type(e).__name__}: {str(e)[:200]})") from e
-        if not (math.isfinite(a) and math.isfinite(t)) or abs(a) > 5 or abs(t) > 5:
-            raise ModelError(f"{self.source}: test inference gave angle={a}, throttle={t}")
-        return a, t
+        verdict = judge(outputs, [(f.angle, f.throttle) for f in frames], self.meta)
+        if verdict.failure is not None:
+            raise ModelError(f"{self.source}: self-test failed: {verdict.failure}")
+        return verdict
+
+
+    def warm_up(self, frames: int = 3) -> None:
+        """The first inferences (slow: memory planning), on reference frames; outputs must be sound."""
+        for f in reference_frames()[:frames]:
+            try:
+                a, t = self.predict(preprocess(f.image))
+            except Exception as e:
+                raise ModelError(f"{self.source}: warm-up inference failed ({type(e).__name__}: {str(e)[:200]})") from e
+            fault = output_fault(a, t)
+            if fault is not None:
+                raise ModelError(f"{self.source}: warm-up: {fault}")
+
+
+@functools.cache
+def reference_frames() -> tuple[ReferenceFrame, ...]:
+    return tuple(load_reference())

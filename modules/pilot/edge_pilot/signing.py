@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 
 class SignatureError(Exception):
@@ -23,11 +24,19 @@ class SignatureError(Exception):
 
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as e:
+        pem = Path(path).read_bytes()
+    except OSError as e:
         raise SignatureError(f"{path}: cannot load PEM public key ({e})") from e
+    return load_public_key_pem(pem, str(path))
+
+
+def load_public_key_pem(pem: bytes, source: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as e:
+        raise SignatureError(f"{source}: cannot load PEM public key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise SignatureError(f"{path}: trusted key must be ECDSA P-256")
+        raise SignatureError(f"{source}: trusted key must be ECDSA P-256")
     return key
 
 
@@ -43,7 +52,8 @@ def parse_sha256_file(text: str, source: str) -> str:
 def verify_model_bytes(data: bytes, sha256_text: str, signature_b64: str, key: ec.EllipticCurvePublicKey, source: str = "model") -> str:
     """Check digest and signature; returns the hex digest. Raises SignatureError naming the problem."""
     want = parse_sha256_file(sha256_text, f"{source}.sha256")
-    got = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data)  # hashlib lets other threads run meanwhile (the drive loop)
+    got = digest.hexdigest()
     if not hmac.compare_digest(want, got):
         raise SignatureError(f"{source}: sha256 mismatch (file {got[:12]}..., expected {want[:12]}...)")
     try:
@@ -51,7 +61,8 @@ def verify_model_bytes(data: bytes, sha256_text: str, signature_b64: str, key: e
     except (binascii.Error, ValueError) as e:
         raise SignatureError(f"{source}.sig: not base64 ({e})") from e
     try:
-        key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+        # over the digest, not the data: the same signature, without hashing it again holding the GIL
+        key.verify(sig, digest.digest(), ec.ECDSA(Prehashed(hashes.SHA256())))
     except InvalidSignature as e:
         raise SignatureError(f"{source}.sig: signature does not verify with the trusted key") from e
     return got

@@ -17,6 +17,7 @@ class StatsWindow:
     late: int = 0  # ticks skipped because the loop was behind its deadline
     stale: int = 0  # ticks without a fresh frame
     errors: int = 0
+    faults: int = 0  # model outputs that could not drive (non-finite, out of range, inference failed)
     stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
     jitter_ms: list[float] = field(default_factory=list)
     angle: float = 0.0
@@ -37,7 +38,7 @@ class StatsWindow:
                 a = np.asarray(v)
                 lat[k] = {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
         out = {"fps": round(self.frames / span, 2), "frames": self.frames, "late": self.late, "stale": self.stale,
-               "errors": self.errors, "latency_ms": lat,
+               "errors": self.errors, "faults": self.faults, "latency_ms": lat,
                "jitter_ms_p99": round(float(np.percentile(np.abs(self.jitter_ms), 99)), 3) if self.jitter_ms else None,
                "angle": round(self.angle, 4), "throttle": round(self.throttle, 4),
                # every frame's end-to-end latency, so the fleet can draw a real histogram

@@ -66,8 +66,10 @@ def document(path: Path, image: str, emulation: Path | None = None) -> Path:
     return path
 
 
-def drives(container_id: str, timeout: float = 180) -> str:
-    """Waits for the pilot's first stats line (it loaded its model and ran inference); returns it."""
+def drives(container_id: str, timeout: float = 1800) -> str:
+    """Waits for the pilot's first stats line (it checked its model on the reference frames, loaded
+    it and ran inference); returns it. The timeout is only a net for a hung emulator: under qemu on
+    a busy machine the check alone can take minutes."""
     deadline = time.monotonic() + timeout
     logs = ""
     while time.monotonic() < deadline:
