@@ -13,6 +13,7 @@ APT_PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config  # software TPM; libtss2-dev builds tpm2-pytss
   busybox-static debootstrap                       # tiny test images and the local Debian base image
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
+  fuse3                                            # tests: the power-cut filesystem (libfuse3, fusermount3)
   systemd openssl iproute2 ca-certificates gcc python3-dev
 )
 
