@@ -463,6 +463,9 @@ def _serve(backing: Path, mountpoint: Path) -> None:
             elif name == "changes":
                 with lock:
                     reply({"changes": State.changes, "log": list(State.log)})
+            elif name == "powered_off":
+                with lock:
+                    reply({"off": State.dead})
             elif name == "power_off_at":
                 with lock:
                     State.limit = int(cmd["n"])
@@ -572,6 +575,10 @@ class PowerCutFS:
         """Let n changes since the mount happen; the next one fails with EIO, and so does every
         operation after it."""
         self._ask({"cmd": "power_off_at", "n": n})
+
+    def powered_off(self) -> bool:
+        """A change past the power_off_at limit was refused."""
+        return bool(self._ask({"cmd": "powered_off"})["off"])
 
     def cut(self, keep_names: bool = False) -> dict[str, int]:
         """The power cut and the reboot: drop what was not durable, then mount again. Processes

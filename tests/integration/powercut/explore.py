@@ -39,9 +39,11 @@ def reset(fs: PowerCutFS, template: Path) -> None:
         shutil.copytree(template, fs.backing, symlinks=True, dirs_exist_ok=True)
 
 
-def run_steps(steps: Sequence[Step]) -> None:
+def run_steps(fs: PowerCutFS, steps: Sequence[Step]) -> None:
     for step in steps:
-        with contextlib.suppress(Exception):  # past the cut point the steps see EIO; the power is off
+        if fs.powered_off():
+            return  # nothing runs once the power is off
+        with contextlib.suppress(Exception):  # past the cut point the steps see EIO
             step()
 
 
@@ -58,7 +60,7 @@ def explore(fs: PowerCutFS, template: Path, steps: Sequence[Step],
         for keep_names in (False, True):
             reset(fs, template)
             fs.power_off_at(k)
-            run_steps(steps)
+            run_steps(fs, steps)
             fs.cut(keep_names=keep_names)
             found.cuts += 1
             where = found.dry_run_log[k - 1] if k else "before the first change"
