@@ -26,6 +26,16 @@ class Trial:
     previous: str
     starts: int
     started: float
+    rolling_back: str = ""  # the guard began to switch back (a power cut interrupted it): why
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory: a name created, renamed or removed in it survives a power cut only then."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -35,6 +45,7 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    sync_dir(path.parent)
 
 
 class UpdateFiles:
@@ -83,6 +94,7 @@ class UpdateFiles:
                 fields.get("previous", ""),
                 int(fields.get("starts", "0")),
                 float(fields.get("started", "0")),
+                fields.get("rollback", ""),
             )
         except (KeyError, ValueError):
             return None
@@ -105,7 +117,7 @@ class UpdateFiles:
         guard rolled it back meanwhile)."""
         with self.locked():
             trial = self.trial()
-            if trial is None or trial.version != version:
+            if trial is None or trial.version != version or trial.rolling_back:
                 return False
             outcome = {
                 "result": "succeeded",
@@ -117,6 +129,7 @@ class UpdateFiles:
             write_atomic(self.outcome_file, json.dumps(outcome) + "\n")
             self.trial_file.unlink(missing_ok=True)
             self.note_file.unlink(missing_ok=True)
+            sync_dir(self.dir)
             return True
 
     def note(self, text: str) -> None:

@@ -488,6 +488,12 @@ def _serve(backing: Path, mountpoint: Path) -> None:
                 reply({"ok": True, "dropped": dropped})
             elif name == "quit":
                 break
+        if os.path.ismount(mountpoint):  # the test process went away without unmounting
+            with lock:
+                State.dead = True
+            if unmount() is not None:
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+            unmounted.wait(20)
         with go:
             mounts.append(False)
             go.notify()
