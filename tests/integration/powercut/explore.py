@@ -48,7 +48,9 @@ def run_steps(fs: PowerCutFS, steps: Sequence[Step]) -> None:
 
 
 def explore(fs: PowerCutFS, template: Path, steps: Sequence[Step],
-            after_cut: Callable[[int, bool], list[str]], dry_run_check: Callable[[], list[str]]) -> Exploration:
+            after_cut: Callable[[int, bool], list[str]], dry_run_check: Callable[[], list[str]],
+            kill: Callable[[], object] = lambda: None) -> Exploration:
+    """`kill` ends what the steps left open on the filesystem (the processes die with the power)."""
     found = Exploration()
     reset(fs, template)
     for step in steps:
@@ -61,6 +63,8 @@ def explore(fs: PowerCutFS, template: Path, steps: Sequence[Step],
             reset(fs, template)
             fs.power_off_at(k)
             run_steps(fs, steps)
+            with contextlib.suppress(Exception):
+                kill()
             fs.cut(keep_names=keep_names)
             found.cuts += 1
             where = found.dry_run_log[k - 1] if k else "before the first change"
