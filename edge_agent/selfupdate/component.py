@@ -7,9 +7,10 @@ only on a deployment whose modules proved healthy), and:
   and stops so that systemd starts the new version (modules keep running: the agent leaves
   containers alone when it stops and adopts them when it starts);
 - in the new version, confirms the trial once it proved itself: started with its state loaded,
-  connected to the broker, and its first reconcile pass adopted every module without creating,
-  re-creating or restarting one. If it cannot, it says why (trial-note) and the guard, not this
-  code, switches back at the deadline or after a crash loop;
+  connected to the broker, its first reconcile pass adopted every module without creating,
+  re-creating or restarting one, and then it kept running for the soak (soak.py) and is still
+  connected. If it cannot, it says why (trial-note) and the guard, not this code, switches back at
+  the deadline or after a crash loop (a watchdog or OOM kill during the soak is such a start);
 - reports the "agentUpdate" section: what runs, what is wanted, what is under way, how the last
   update ended.
 
@@ -40,6 +41,7 @@ from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.selfupdate import install as installer
 from edge_agent.selfupdate.files import UpdateFiles
 from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, decide
+from edge_agent.selfupdate.soak import Soak, soak_from_env
 from edge_agent.threads import run_blocking
 
 log = get_logger(__name__)
@@ -64,6 +66,8 @@ class SelfUpdateComponent(BaseComponent):
         *,
         is_insecure: Callable[[str], bool],
         under_guard: bool | None = None,
+        soak: Soak | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.files = UpdateFiles(config.state.dir)
         self.reported = reported
@@ -79,12 +83,16 @@ class SelfUpdateComponent(BaseComponent):
             if under_guard is not None
             else bool(os.environ.get("INVOCATION_ID")) and self.files.pointer.is_symlink()
         )
+        self.soak = soak if soak is not None else soak_from_env(os.environ)
+        self.sleep = sleep
         self.retries = Retries(10.0, 600.0)
         self.state = "idle"
         self.detail = ""
         self.wanted: str | None = None
 
     async def start(self) -> None:
+        if self.soak.problem is not None:
+            log.error("agent update settings: %s", self.soak.problem, extra={"EVENT": "agent.update_settings"})
         self._report()
 
     async def run(self) -> None:
@@ -193,6 +201,12 @@ class SelfUpdateComponent(BaseComponent):
                 extra={"EVENT": "agent.update_unconfirmed"},
             )
             return
+        if self.soak.seconds > 0:
+            # Running well for a while, not only starting well: a hang or a leak shows later (the
+            # watchdog or the OOM killer then ends this process before it confirms).
+            self._set("trial", f"agent {__version__} running its soak: confirms in {self.soak.seconds} s")
+            await self.sleep(self.soak.seconds)
+            await self.connected()
         trial = self.files.trial()
         previous = self.files.previous_version(trial) if trial is not None else "?"
         if self.files.confirm(__version__, previous):

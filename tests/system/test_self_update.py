@@ -47,6 +47,7 @@ UNIT = "edge-agent.service"
 STATE = "/var/lib/edge-agent"
 PASSPHRASE = "release test passphrase"
 WINDOW_S = 45
+SOAK_S = 5  # the release on trial confirms after running this long
 MAX_STARTS = 2
 SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
 
@@ -258,6 +259,7 @@ install -D -m 0644 /work/fleet.pub /etc/edge-agent/keys/fleet.pub
 install -D -m 0644 /work/image.pub /etc/edge-agent/keys/image.pub
 printf 'EDGE_AGENT_UPDATE_WINDOW_S={WINDOW_S}\\nEDGE_AGENT_UPDATE_MAX_STARTS={MAX_STARTS}\\n' \\
     > /etc/edge-agent/update.env
+printf 'EDGE_AGENT_UPDATE_SOAK_S={SOAK_S}\\n' >> /etc/edge-agent/update.env
 systemctl daemon-reload
 systemctl enable edge-agent.service
 """

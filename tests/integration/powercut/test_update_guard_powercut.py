@@ -181,7 +181,7 @@ def run(device: Device, tmp_path: Path, steps: list[Step], finish: Callable[[], 
         return found
 
     found = explore(device.fs, template, steps, after_cut, lambda: device.violations() + finish())
-    print(f"{found.changes} cut points, {found.cuts} cuts checked, {len(found.violations)} violations")
+    print(f"guard: {found.changes} cut points, {found.cuts} cuts checked, {len(found.violations)} violations")
     return found
 
 
@@ -226,8 +226,9 @@ def test_update_trial_and_confirmation(device: Device, tmp_path: Path) -> None:
         lambda: device.files.request("1.1"),
         device.start,
         device.agent_runs,
+        device.check,  # inside the window: records the trial's device time so far
         lambda: device.files.confirm("1.1", "factory"),
-        device.check,
+        device.check,  # the trial is over: stops its timer
         device.start,
     ]
     assert_clean(run(device, tmp_path, steps, healthy_finish(device)))
