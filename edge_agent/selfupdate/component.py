@@ -96,6 +96,7 @@ class SelfUpdateComponent(BaseComponent):
         self._report()
 
     async def run(self) -> None:
+        await self._collect_leftovers()  # of an unpack a kill or a power cut interrupted
         trial = self.files.trial()
         if trial is not None and trial.version == __version__:
             await self._confirm()
@@ -141,6 +142,8 @@ class SelfUpdateComponent(BaseComponent):
 
     async def _install(self, action: Install) -> None:
         if self.files.installed(action.version):  # kept from before (going back to the previous one)
+            await self._collect_leftovers()
+            self._collect_releases(action.version)
             self._switch(action.version)
             return
         self._set("installing", f"agent {action.version} from {action.image}")
@@ -160,6 +163,7 @@ class SelfUpdateComponent(BaseComponent):
                 await run_blocking(installer.install, self.files, action.version, wheels, name="agent install")
             await self.runtime.remove_image(action.image)  # its wheels are installed; the image is not needed
         except (RuntimeFailure, installer.InstallFailed, OSError) as exc:
+            await self._collect_leftovers(keep_image=action.image)  # the retry reuses the pulled image
             failure, news = self.retries.failed("install", str(exc), time.time())
             self._set(
                 "failed", f"agent {action.version}: {exc} (attempt {failure.attempts}, next in {failure.delay:.0f} s)"
@@ -169,10 +173,25 @@ class SelfUpdateComponent(BaseComponent):
             )
             return
         self.retries.succeeded("install")
-        removed = installer.collect(self.files, {action.version, __version__})
+        await self._collect_leftovers()
+        self._collect_releases(action.version)
+        self._switch(action.version)
+
+    def _collect_releases(self, version: str) -> None:
+        removed = installer.collect(self.files, {version, __version__})
         if removed:
             log.info("removed old agent releases: %s", ", ".join(removed), extra={"EVENT": "agent.update_gc"})
-        self._switch(action.version)
+
+    async def _collect_leftovers(self, keep_image: str | None = None) -> None:
+        """Helper containers and release images an interrupted or finished install left."""
+        try:
+            containers, images = await self.runtime.collect_release_leftovers(keep_image)
+        except RuntimeFailure as exc:
+            log.warning("cannot collect agent release leftovers: %s", exc, extra={"EVENT": "agent.update_gc"})
+            return
+        if containers or images:
+            log.info("removed %d helper container(s) and %d agent release image(s) left by earlier installs",
+                     len(containers), len(images), extra={"EVENT": "agent.update_gc"})
 
     def _switch(self, version: str) -> None:
         self.files.request(version)
