@@ -31,7 +31,9 @@ from edge_agent.selfupdate.files import RELEASE_MARKER, UpdateFiles
 from tests.infra.powercut_fs import PowerCutFS
 from tests.integration.powercut.explore import Exploration, Step, explore, reset
 
-GUARD = Path(__file__).resolve().parents[3] / "systemd" / "edge-agent-update-guard"
+# EDGE_AGENT_GUARD_UNDER_TEST: run these scenarios against another guard script (e.g. an older one).
+GUARD = Path(os.environ.get("EDGE_AGENT_GUARD_UNDER_TEST")
+             or Path(__file__).resolve().parents[3] / "systemd" / "edge-agent-update-guard")
 MAX_STARTS = 2
 
 # The agent killed right after a commit (no checkpoint on close): its WAL stays beside state.db.
