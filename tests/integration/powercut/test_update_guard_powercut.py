@@ -22,6 +22,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -220,7 +221,10 @@ def broken_finish(device: Device) -> Callable[[], list[str]]:
 
 def assert_clean(found: Exploration) -> None:
     assert found.changes > 0
-    assert not found.violations, f"{len(found.violations)} violations:\n" + "\n".join(found.violations[:15])
+    kinds = Counter(v.split(": ", 1)[1] for v in found.violations)
+    summary = "\n".join(f"{n:4d} x {kind}" for kind, n in kinds.most_common())
+    assert not found.violations, (f"{len(found.violations)} violations of {found.cuts} cuts, by kind:\n{summary}\n"
+                                  "first ones:\n" + "\n".join(found.violations[:10]))
 
 
 def test_update_trial_and_confirmation(device: Device, tmp_path: Path) -> None:

@@ -31,11 +31,12 @@ class Box:
         recorder.chmod(0o755)
         self.systemctl = recorder
         self.files = UpdateFiles(self.state)
+        self.env: dict[str, str] = {}  # more environment for the guard (tests' replacements)
 
     def guard(self, mode: str, window: int = 300, max_starts: int = 3) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "EDGE_AGENT_STATE_DIR": str(self.state), "EDGE_AGENT_FACTORY_DIR": str(self.factory),
                "EDGE_AGENT_SYSTEMCTL": str(self.systemctl), "EDGE_AGENT_UPDATE_WINDOW_S": str(window),
-               "EDGE_AGENT_UPDATE_MAX_STARTS": str(max_starts)}
+               "EDGE_AGENT_UPDATE_MAX_STARTS": str(max_starts), **self.env}
         proc = subprocess.run(["sh", str(GUARD), mode], env=env, capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0, proc.stderr
         return proc

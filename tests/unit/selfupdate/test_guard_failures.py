@@ -48,13 +48,7 @@ class FailingBox(Box):
                 f'exec {real} "$@"\n'
             )
             wrapper.chmod(0o755)
-
-    def guard(self, mode: str, window: int = 300, max_starts: int = 3):  # type: ignore[no-untyped-def]
-        os.environ["PATH"] = f"{self.bin}:{os.environ['PATH']}"
-        try:
-            return super().guard(mode, window, max_starts)  # asserts exit status 0
-        finally:
-            os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+        self.env["PATH"] = f"{self.bin}:{os.environ['PATH']}"
 
     def failing_at(self, n: int) -> None:
         self.calls.write_text("0")
@@ -155,31 +149,28 @@ def test_a_failure_during_a_roll_back_starts_the_agent_and_the_next_start_finish
 def test_the_window_counts_device_up_time_across_power_cuts(plain_box: Box, tmp_path: Path) -> None:
     box = plain_box
     uptime, boot = tmp_path / "uptime", tmp_path / "boot_id"
-    os.environ["EDGE_AGENT_UPTIME_FILE"], os.environ["EDGE_AGENT_BOOT_ID_FILE"] = str(uptime), str(boot)
-    try:
-        boot.write_text("boot-a\n")
-        uptime.write_text("100.5 90.0\n")
-        box.guard("start")
-        fake_release(box.files, "1.1", "1.1")
-        box.files.request("1.1")
-        box.guard("start")
-        uptime.write_text("250.0 1.0\n")
-        box.guard("check", window=300)  # 150 s up
-        assert box.files.trial() is not None
-        # A power cut: hours pass; the device boots again, its uptime starts over.
-        boot.write_text("boot-b\n")
-        uptime.write_text("10.0 1.0\n")
-        box.guard("start")
-        uptime.write_text("150.0 1.0\n")
-        box.guard("check", window=300)  # 150 + 140 s up
-        assert box.files.trial() is not None and box.points_to().endswith("/1.1")
-        uptime.write_text("162.0 1.0\n")
-        box.guard("check", window=300)  # 302 s
-        assert box.points_to() == str(box.factory)
-        outcome = box.files.outcome()
-        assert outcome is not None and "not confirmed within 300s" in outcome["reason"]
-    finally:
-        del os.environ["EDGE_AGENT_UPTIME_FILE"], os.environ["EDGE_AGENT_BOOT_ID_FILE"]
+    box.env.update(EDGE_AGENT_UPTIME_FILE=str(uptime), EDGE_AGENT_BOOT_ID_FILE=str(boot))
+    boot.write_text("boot-a\n")
+    uptime.write_text("100.5 90.0\n")
+    box.guard("start")
+    fake_release(box.files, "1.1", "1.1")
+    box.files.request("1.1")
+    box.guard("start")
+    uptime.write_text("250.0 1.0\n")
+    box.guard("check", window=300)  # 150 s up
+    assert box.files.trial() is not None
+    # A power cut: hours pass; the device boots again, its uptime starts over.
+    boot.write_text("boot-b\n")
+    uptime.write_text("10.0 1.0\n")
+    box.guard("start")
+    uptime.write_text("150.0 1.0\n")
+    box.guard("check", window=300)  # 150 + 140 s up
+    assert box.files.trial() is not None and box.points_to().endswith("/1.1")
+    uptime.write_text("162.0 1.0\n")
+    box.guard("check", window=300)  # 302 s
+    assert box.points_to() == str(box.factory)
+    outcome = box.files.outcome()
+    assert outcome is not None and "not confirmed within 300s" in outcome["reason"]
 
 
 # ---------------------------------------------------------------------------------------------------
