@@ -23,7 +23,7 @@ mount happen and fails everything after them with EIO, so a scenario can be stop
 of its steps; `changes()` counts them. `syncfs`/`sync -f` never reach a FUSE filesystem (the kernel
 does not forward them), so here only fsync of a file or a directory makes anything durable.
 
-The server is a separate process (`python -m tests.infra.powercut_fs BACKING MOUNTPOINT`) driven by
+The server is a separate process (`python powercut_fs.py BACKING MOUNTPOINT`, this file) driven by
 JSON lines on its stdin: a test process must never serve a mount it also uses.
 """
 
@@ -525,10 +525,10 @@ class PowerCutFS:
     def __enter__(self) -> PowerCutFS:
         if shutil.which("fusermount3") is None:
             raise RuntimeError("fusermount3 is not installed: run scripts/install-deps.sh (Debian package fuse3)")
-        root = Path(__file__).resolve().parents[2]
+        # This file itself (self-contained: the standard library and mfusepy), wherever it lives.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.infra.powercut_fs", str(self.backing), str(self.mountpoint)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
+            [sys.executable, str(Path(__file__).resolve()), str(self.backing), str(self.mountpoint)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         self._mount()
         return self
