@@ -55,6 +55,10 @@ class UpdateFiles:
         self.pointer = self.dir / "current"
         self.request_file = self.dir / "request"
         self.trial_file = self.dir / "trial"
+        self.watch_file = self.dir / "watch"
+        # The device-time clock the guard uses (tests replace these files).
+        self.uptime_file = Path("/proc/uptime")
+        self.boot_id_file = Path("/proc/sys/kernel/random/boot_id")
         self.note_file = self.dir / "trial-note"
         self.outcome_file = self.dir / "outcome.json"
         self.bad_dir = self.dir / "bad"
@@ -127,6 +131,15 @@ class UpdateFiles:
                 "at": int(time.time()),
             }
             write_atomic(self.outcome_file, json.dumps(outcome) + "\n")
+            # Still watched for a while: the guard switches back a release that then crashes or is
+            # killed again and again (the guard stamps the watch's start time and counts restarts).
+            boot = self.boot_id_file.read_text(encoding="utf-8").strip()
+            up = int(float(self.uptime_file.read_text(encoding="utf-8").split()[0]))
+            write_atomic(
+                self.watch_file,
+                f"version={version}\nprevious={trial.previous}\nstarts=0\nstarted={int(time.time())}\n"
+                f"boot={boot}\nbase={up}\nused=0\n",
+            )
             self.trial_file.unlink(missing_ok=True)
             self.note_file.unlink(missing_ok=True)
             sync_dir(self.dir)

@@ -36,6 +36,7 @@ from tests.integration.powercut.explore import Exploration, Step, explore, reset
 GUARD = Path(os.environ.get("EDGE_AGENT_GUARD_UNDER_TEST")
              or Path(__file__).resolve().parents[3] / "systemd" / "edge-agent-update-guard")
 MAX_STARTS = 2
+WATCH_RESTARTS = 3  # the guard's default
 
 # The agent killed right after a commit (no checkpoint on close): its WAL stays beside state.db.
 AGENT_WRITES_STATE = """
@@ -219,6 +220,26 @@ def broken_finish(device: Device) -> Callable[[], list[str]]:
     return finish
 
 
+def crashing_finish(device: Device) -> Callable[[], list[str]]:
+    """A release that confirms, then crashes again and again: back to the factory install, with the
+    state of before, whether the guard catches it on trial or in its watch after the confirmation."""
+
+    def finish() -> list[str]:
+        trial = device.files.trial()
+        if trial is not None:
+            device.files.confirm(trial.version, "factory")
+        for _ in range(WATCH_RESTARTS + 1):
+            device.start()
+        found = device.violations()
+        if device.running() != "factory":
+            found.append(f"{device.running()} still runs after {WATCH_RESTARTS + 1} restarts after its confirmation")
+        elif device.files.trial_file.exists() or device.files.watch_file.exists():
+            found.append("a trial or a watch is left after the roll-back")
+        return found
+
+    return finish
+
+
 def assert_clean(found: Exploration) -> None:
     assert found.changes > 0
     kinds = Counter(v.split(": ", 1)[1] for v in found.violations)
@@ -255,6 +276,17 @@ def test_window_roll_back(device: Device, tmp_path: Path) -> None:
         lambda: device.check(window=0),
     ]
     assert_clean(run(device, tmp_path, steps, broken_finish(device)))
+
+
+def test_restarts_after_the_confirmation_roll_back(device: Device, tmp_path: Path) -> None:
+    steps: list[Step] = [
+        lambda: device.files.request("1.1"),
+        device.start,
+        device.agent_runs,
+        lambda: device.files.confirm("1.1", "factory"),
+    ]
+    steps += [device.start] * WATCH_RESTARTS  # crash, crash, crash: the last one switches back
+    assert_clean(run(device, tmp_path, steps, crashing_finish(device)))
 
 
 def test_the_reviews_empty_trial(device: Device, tmp_path: Path) -> None:
