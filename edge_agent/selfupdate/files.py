@@ -56,9 +56,6 @@ class UpdateFiles:
         self.request_file = self.dir / "request"
         self.trial_file = self.dir / "trial"
         self.watch_file = self.dir / "watch"
-        # The device-time clock the guard uses (tests replace these files).
-        self.uptime_file = Path("/proc/uptime")
-        self.boot_id_file = Path("/proc/sys/kernel/random/boot_id")
         self.note_file = self.dir / "trial-note"
         self.outcome_file = self.dir / "outcome.json"
         self.bad_dir = self.dir / "bad"
@@ -132,13 +129,10 @@ class UpdateFiles:
             }
             write_atomic(self.outcome_file, json.dumps(outcome) + "\n")
             # Still watched for a while: the guard switches back a release that then crashes or is
-            # killed again and again (the guard stamps the watch's start time and counts restarts).
-            boot = self.boot_id_file.read_text(encoding="utf-8").strip()
-            up = int(float(self.uptime_file.read_text(encoding="utf-8").split()[0]))
+            # killed again and again. The guard stamps the watch's device time (its next check, within
+            # 15 s): the agent cannot read the clock it uses (/proc/uptime is hidden by ProcSubset=pid).
             write_atomic(
-                self.watch_file,
-                f"version={version}\nprevious={trial.previous}\nstarts=0\nstarted={int(time.time())}\n"
-                f"boot={boot}\nbase={up}\nused=0\n",
+                self.watch_file, f"version={version}\nprevious={trial.previous}\nstarts=0\nstarted={int(time.time())}\n"
             )
             self.trial_file.unlink(missing_ok=True)
             self.note_file.unlink(missing_ok=True)

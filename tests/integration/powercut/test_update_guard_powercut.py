@@ -284,6 +284,7 @@ def test_restarts_after_the_confirmation_roll_back(device: Device, tmp_path: Pat
         device.start,
         device.agent_runs,
         lambda: device.files.confirm("1.1", "factory"),
+        device.check,  # the timer's next check starts the watch's time
     ]
     steps += [device.start] * WATCH_RESTARTS  # crash, crash, crash: the last one switches back
     assert_clean(run(device, tmp_path, steps, crashing_finish(device)))

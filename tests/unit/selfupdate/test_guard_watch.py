@@ -16,7 +16,6 @@ class Clock:
     def __init__(self, tmp: Path, box: Box) -> None:
         self.uptime, self.boot = tmp / "uptime", tmp / "boot_id"
         box.env.update(EDGE_AGENT_UPTIME_FILE=str(self.uptime), EDGE_AGENT_BOOT_ID_FILE=str(self.boot))
-        box.files.uptime_file, box.files.boot_id_file = self.uptime, self.boot
         self.set("boot-a", 100)
 
     def set(self, boot: str, up: float) -> None:
@@ -48,7 +47,8 @@ def confirmed(tmp_path: Path) -> tuple[Box, Clock]:
     box.guard("start")
     db(box.state / "state.db", "1.1")
     assert box.files.confirm("1.1", "1.0")
-    assert box.files.watch_file.exists()
+    box.guard("check")  # the timer's next check (within 15 s) starts the watch's time
+    assert "boot=boot-a" in box.files.watch_file.read_text()
     return box, clock
 
 
