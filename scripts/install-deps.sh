@@ -14,6 +14,7 @@ APT_PACKAGES=(
   faketime                                         # clock tests: the agent started in 1970 or a year ahead
   busybox-static debootstrap                       # tiny test images and the local Debian base image
   qemu-user-static binfmt-support                  # linux/arm64 images run here under emulation
+  fuse3                                            # tests: the power-cut filesystem (libfuse3, fusermount3)
   systemd openssl iproute2 ca-certificates gcc python3-dev
   chromium chromium-driver                         # headless browser for the dashboard's browser tests
   stress-ng                                        # keeps cores busy to show a test does not depend on speed

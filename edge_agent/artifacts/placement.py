@@ -101,7 +101,7 @@ class ArtifactDirs:
     def ensure_slot(self, module: str, slot: str) -> Path:
         """The directory to mount (made if missing, readable by the module's user)."""
         path = self.slot_dir(module, slot)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path)
         path.chmod(0o755)
         return path
 
@@ -154,8 +154,8 @@ class ArtifactDirs:
                             f"{reference}: {f.name} is {written} bytes, the manifest says {f.size}",
                         )
                     fh.flush()
+                    os.fchmod(fh.fileno(), 0o644)  # before the fsync: the mode must survive a power cut too
                     os.fsync(fh.fileno())
-                (staging / f.name).chmod(0o644)
                 if f.sidecar:
                     _write(staging / (f.name + ".sha256"), f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())
             _write(staging / MANIFEST_FILE, manifest.body)
@@ -254,8 +254,21 @@ def _write(path: Path, data: bytes) -> None:
     with open(path, "xb") as fh:
         fh.write(data)
         fh.flush()
+        os.fchmod(fh.fileno(), 0o644)
         os.fsync(fh.fileno())
-    path.chmod(0o644)
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, each new directory's name synced into its parent: a power cut after the version
+    was placed in it must not take the whole slot away."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            new.mkdir()
+        _fsync_dir(new.parent)
 
 
 def _relink(directory: Path, name: str, target: str) -> None:

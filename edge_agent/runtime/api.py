@@ -18,6 +18,11 @@ LABEL_DEVICE = "edge-agent.device"
 LABEL_MODULE = "edge-agent.module"
 LABEL_DEPLOYMENT = "edge-agent.deployment"
 LABEL_SPEC_HASH = "edge-agent.spec-hash"
+# Short-lived containers the agent makes for itself (never a module), e.g. to unpack a release.
+LABEL_HELPER = "edge-agent.helper"
+HELPER_RELEASE_UNPACK = "agent-release-unpack"
+# What scripts/build-release.sh puts on every agent release image.
+RELEASE_IMAGE_LABEL = "org.opencontainers.image.title=edge-agent-release"
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,11 @@ from podman.errors import APIError, NotFound
 from edge_agent.api_url import podman_client, transport_problem
 from edge_agent.logs import get_logger
 from edge_agent.runtime.api import (
+    HELPER_RELEASE_UNPACK,
     LABEL_DEVICE,
+    LABEL_HELPER,
     LABEL_MODULE,
+    RELEASE_IMAGE_LABEL,
     ContainerRequest,
     ContainerState,
     Health,
@@ -370,7 +373,10 @@ class PodmanRuntime:
         what = f"copy {path} from {image}"
 
         def copy() -> None:
-            container = self._client.containers.create(image, command=["/nonexistent"], network_mode="none")
+            # Labelled: a kill or power cut while it exists leaves it to collect_release_leftovers().
+            container = self._client.containers.create(
+                image, command=["/nonexistent"], network_mode="none", labels={LABEL_HELPER: HELPER_RELEASE_UNPACK}
+            )
             try:
                 stream, _ = container.get_archive(path)
                 with tempfile.TemporaryFile(dir=dest.parent) as tar:
@@ -387,6 +393,41 @@ class PodmanRuntime:
                 container.remove(force=True)
 
         await self._call(what, copy)
+
+    async def collect_release_leftovers(self, keep_image: str | None = None) -> tuple[list[str], list[str]]:
+        """Remove what unpacking agent releases can leave behind when the agent is killed or the power
+        goes: its helper containers (LABEL_HELPER), and agent release images (the release label that
+        scripts/build-release.sh sets) other than `keep_image`, unless someone tagged them. Returns
+        the container ids and image ids removed."""
+
+        def collect() -> tuple[list[str], list[str]]:
+            containers: list[str] = []
+            for helper in self._client.containers.list(
+                all=True, sparse=True, filters=[f"label={LABEL_HELPER}={HELPER_RELEASE_UNPACK}"]
+            ):
+                with contextlib.suppress(NotFound):
+                    helper.remove(force=True)
+                    containers.append(str(helper.id))
+            keep_id = None
+            if keep_image is not None:
+                with contextlib.suppress(NotFound):
+                    keep_id = self._client.images.get(keep_image).id
+            images: list[str] = []
+            for found in self._client.images.list(filters={"label": RELEASE_IMAGE_LABEL}):
+                if found.id == keep_id or found.attrs.get("RepoTags"):
+                    continue
+                try:
+                    self._client.images.remove(found.id)
+                except NotFound:
+                    continue
+                except APIError as exc:
+                    if exc.response is not None and exc.response.status_code == 409:
+                        continue  # still used by a container
+                    raise
+                images.append(str(found.id))
+            return containers, images
+
+        return await self._call("collect agent release leftovers", collect)
 
     # ------------------------------------------------------------------ events
 

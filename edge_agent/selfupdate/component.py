@@ -7,9 +7,10 @@ only on a deployment whose modules proved healthy), and:
   and stops so that systemd starts the new version (modules keep running: the agent leaves
   containers alone when it stops and adopts them when it starts);
 - in the new version, confirms the trial once it proved itself: started with its state loaded,
-  connected to the broker, and its first reconcile pass adopted every module without creating,
-  re-creating or restarting one. If it cannot, it says why (trial-note) and the guard, not this
-  code, switches back at the deadline or after a crash loop;
+  connected to the broker, its first reconcile pass adopted every module without creating,
+  re-creating or restarting one, and then it kept running for the soak (soak.py) and is still
+  connected. If it cannot, it says why (trial-note) and the guard, not this code, switches back at
+  the deadline or after a crash loop (a watchdog or OOM kill during the soak is such a start);
 - reports the "agentUpdate" section: what runs, what is wanted, what is under way, how the last
   update ended.
 
@@ -38,6 +39,7 @@ from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.selfupdate import install as installer
 from edge_agent.selfupdate.files import UpdateFiles
 from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, decide
+from edge_agent.selfupdate.soak import Soak, soak_from_env
 from edge_shared.retry import Retries
 from edge_shared.spec import AGENT_RELEASE
 from edge_shared.threads import run_blocking
@@ -64,6 +66,8 @@ class SelfUpdateComponent(BaseComponent):
         *,
         is_insecure: Callable[[str], bool],
         under_guard: bool | None = None,
+        soak: Soak | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.files = UpdateFiles(config.state.dir)
         self.reported = reported
@@ -79,15 +83,20 @@ class SelfUpdateComponent(BaseComponent):
             if under_guard is not None
             else bool(os.environ.get("INVOCATION_ID")) and self.files.pointer.is_symlink()
         )
+        self.soak = soak if soak is not None else soak_from_env(os.environ)
+        self.sleep = sleep
         self.retries = Retries(10.0, 600.0)
         self.state = "idle"
         self.detail = ""
         self.wanted: str | None = None
 
     async def start(self) -> None:
+        if self.soak.problem is not None:
+            log.error("agent update settings: %s", self.soak.problem, extra={"EVENT": "agent.update_settings"})
         self._report()
 
     async def run(self) -> None:
+        await self._collect_leftovers()  # of an unpack a kill or a power cut interrupted
         trial = self.files.trial()
         if trial is not None and trial.version == __version__:
             await self._confirm()
@@ -133,6 +142,8 @@ class SelfUpdateComponent(BaseComponent):
 
     async def _install(self, action: Install) -> None:
         if self.files.installed(action.version):  # kept from before (going back to the previous one)
+            await self._collect_leftovers()
+            self._collect_releases(action.version)
             self._switch(action.version)
             return
         self._set("installing", f"agent {action.version} from {action.image}")
@@ -152,6 +163,7 @@ class SelfUpdateComponent(BaseComponent):
                 await run_blocking(installer.install, self.files, action.version, wheels, name="agent install")
             await self.runtime.remove_image(action.image)  # its wheels are installed; the image is not needed
         except (RuntimeFailure, installer.InstallFailed, OSError) as exc:
+            await self._collect_leftovers(keep_image=action.image)  # the retry reuses the pulled image
             failure, news = self.retries.failed("install", str(exc), time.time())
             self._set(
                 "failed", f"agent {action.version}: {exc} (attempt {failure.attempts}, next in {failure.delay:.0f} s)"
@@ -161,10 +173,25 @@ class SelfUpdateComponent(BaseComponent):
             )
             return
         self.retries.succeeded("install")
-        removed = installer.collect(self.files, {action.version, __version__})
+        await self._collect_leftovers()
+        self._collect_releases(action.version)
+        self._switch(action.version)
+
+    def _collect_releases(self, version: str) -> None:
+        removed = installer.collect(self.files, {version, __version__})
         if removed:
             log.info("removed old agent releases: %s", ", ".join(removed), extra={"EVENT": "agent.update_gc"})
-        self._switch(action.version)
+
+    async def _collect_leftovers(self, keep_image: str | None = None) -> None:
+        """Helper containers and release images an interrupted or finished install left."""
+        try:
+            containers, images = await self.runtime.collect_release_leftovers(keep_image)
+        except RuntimeFailure as exc:
+            log.warning("cannot collect agent release leftovers: %s", exc, extra={"EVENT": "agent.update_gc"})
+            return
+        if containers or images:
+            log.info("removed %d helper container(s) and %d agent release image(s) left by earlier installs",
+                     len(containers), len(images), extra={"EVENT": "agent.update_gc"})
 
     def _switch(self, version: str) -> None:
         self.files.request(version)
@@ -193,6 +220,12 @@ class SelfUpdateComponent(BaseComponent):
                 extra={"EVENT": "agent.update_unconfirmed"},
             )
             return
+        if self.soak.seconds > 0:
+            # Running well for a while, not only starting well: a hang or a leak shows later (the
+            # watchdog or the OOM killer then ends this process before it confirms).
+            self._set("trial", f"agent {__version__} running its soak: confirms in {self.soak.seconds} s")
+            await self.sleep(self.soak.seconds)
+            await self.connected()
         trial = self.files.trial()
         previous = self.files.previous_version(trial) if trial is not None else "?"
         if self.files.confirm(__version__, previous):

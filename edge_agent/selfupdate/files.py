@@ -26,6 +26,16 @@ class Trial:
     previous: str
     starts: int
     started: float
+    rolling_back: str = ""  # the guard began to switch back (a power cut interrupted it): why
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory: a name created, renamed or removed in it survives a power cut only then."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -35,6 +45,7 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    sync_dir(path.parent)
 
 
 class UpdateFiles:
@@ -44,6 +55,7 @@ class UpdateFiles:
         self.pointer = self.dir / "current"
         self.request_file = self.dir / "request"
         self.trial_file = self.dir / "trial"
+        self.watch_file = self.dir / "watch"
         self.note_file = self.dir / "trial-note"
         self.outcome_file = self.dir / "outcome.json"
         self.bad_dir = self.dir / "bad"
@@ -83,6 +95,7 @@ class UpdateFiles:
                 fields.get("previous", ""),
                 int(fields.get("starts", "0")),
                 float(fields.get("started", "0")),
+                fields.get("rollback", ""),
             )
         except (KeyError, ValueError):
             return None
@@ -105,7 +118,7 @@ class UpdateFiles:
         guard rolled it back meanwhile)."""
         with self.locked():
             trial = self.trial()
-            if trial is None or trial.version != version:
+            if trial is None or trial.version != version or trial.rolling_back:
                 return False
             outcome = {
                 "result": "succeeded",
@@ -115,8 +128,15 @@ class UpdateFiles:
                 "at": int(time.time()),
             }
             write_atomic(self.outcome_file, json.dumps(outcome) + "\n")
+            # Still watched for a while: the guard switches back a release that then crashes or is
+            # killed again and again. The guard stamps the watch's device time (its next check, within
+            # 15 s): the agent cannot read the clock it uses (/proc/uptime is hidden by ProcSubset=pid).
+            write_atomic(
+                self.watch_file, f"version={version}\nprevious={trial.previous}\nstarts=0\nstarted={int(time.time())}\n"
+            )
             self.trial_file.unlink(missing_ok=True)
             self.note_file.unlink(missing_ok=True)
+            sync_dir(self.dir)
             return True
 
     def note(self, text: str) -> None:

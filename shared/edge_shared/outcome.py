@@ -57,7 +57,9 @@ def wait_outcome(
 
 def _agent_outcome(update: Mapping[str, Any], agent: str, words: str) -> tuple[Outcome, str]:
     last = update.get("last")
-    if update.get("running") == agent:
+    trial = update.get("trial")
+    on_trial = isinstance(trial, Mapping) and trial.get("version") == agent
+    if update.get("running") == agent and not on_trial:  # on trial it may still hang and go back
         return "reached", f"{words}; agent {agent} runs"
     if isinstance(last, Mapping) and last.get("version") == agent and last.get("result") in ("rolled_back", "refused"):
         return "failed", f"agent {agent} {last.get('result')}: {last.get('reason')}"

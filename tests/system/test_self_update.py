@@ -47,6 +47,7 @@ UNIT = "edge-agent.service"
 STATE = "/var/lib/edge-agent"
 PASSPHRASE = "release test passphrase"
 WINDOW_S = 45
+SOAK_S = 5  # the release on trial confirms after running this long
 MAX_STARTS = 2
 SLEEP = {"command": ["sh", "-c"], "args": ["trap 'exit 0' TERM; while true; do sleep 1; done"]}
 
@@ -109,6 +110,16 @@ def crashes_at_start(pkg: Path) -> None:
     )
 
 
+def hangs_after_its_first_pass(pkg: Path) -> None:
+    """Starts, connects, adopts the modules, then its event loop stops (a deadlock, a blocking call):
+    the watchdog pings stop with it."""
+    replace_once(
+        pkg / "selfupdate" / "component.py",
+        "            await self.sleep(self.soak.seconds)\n",
+        "            __import__('time').sleep(3600)  # the fault: the loop, and its watchdog pings, stop\n",
+    )
+
+
 def cannot_reach_the_broker(pkg: Path) -> None:
     replace_once(
         pkg / "twin" / "session.py",
@@ -146,6 +157,7 @@ def releases(
         "0.1.3": cannot_reach_the_broker,
         "0.1.4": None,
         "0.1.5": None,
+        "0.1.6": hangs_after_its_first_pass,
     }
     refs = {}
     run = uuid.uuid4().hex[:6]
@@ -262,6 +274,7 @@ install -D -m 0644 /work/fleet.pub /etc/edge-agent/keys/fleet.pub
 install -D -m 0644 /work/image.pub /etc/edge-agent/keys/image.pub
 printf 'EDGE_AGENT_UPDATE_WINDOW_S={WINDOW_S}\\nEDGE_AGENT_UPDATE_MAX_STARTS={MAX_STARTS}\\n' \\
     > /etc/edge-agent/update.env
+printf 'EDGE_AGENT_UPDATE_SOAK_S={SOAK_S}\\n' >> /etc/edge-agent/update.env
 systemctl daemon-reload
 systemctl enable edge-agent.service
 """
@@ -431,6 +444,25 @@ def test_a_release_that_cannot_reach_the_broker_is_rolled_back(
 ) -> None:
     last = update_rolled_back(device, releases, module_image, keys, tmp_path, "0.1.3", timeout=420 + WINDOW_S)
     assert f"not confirmed within {WINDOW_S}s" in last["reason"], last
+    assert device.pointer() == f"{STATE}/agent/releases/0.1.1"
+    assert device.modules() == {"app": running_module}
+
+
+def test_a_release_that_hangs_after_its_first_seconds_is_rolled_back(
+    device: Device,
+    releases: dict[str, str],
+    running_module: tuple[str, str],
+    module_image: str,
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """It passes its start and first pass, then hangs during the soak: systemd's watchdog kills it,
+    it never confirms, and the guard takes the device back (at the window or after max starts)."""
+    last = update_rolled_back(device, releases, module_image, keys, tmp_path, "0.1.6", timeout=420 + WINDOW_S)
+    assert last["previous"] == "0.1.1", last
+    assert f"not confirmed within {WINDOW_S}s" in last["reason"] or "without confirming" in last["reason"], last
+    journal = device.journal(600)
+    assert "Watchdog timeout" in journal, journal[-3000:]
     assert device.pointer() == f"{STATE}/agent/releases/0.1.1"
     assert device.modules() == {"app": running_module}
 

@@ -211,6 +211,10 @@ def test_unknown_state_from_a_newer_agent_is_pending() -> None:
     ("update", "expected"),
     [
         ({"running": "1.1", "wanted": "1.1", "state": "idle"}, ("reached", "good; agent 1.1 runs")),
+        # Runs, but is still on trial (its soak): it may yet hang and be rolled back.
+        ({"running": "1.1", "wanted": "1.1", "state": "trial", "detail": "agent 1.1 running its soak",
+          "trial": {"version": "1.1", "starts": 1}},
+         ("pending", "good; agent update to 1.1: trial (agent 1.1 running its soak)")),
         ({"running": "1.0", "wanted": "1.1", "state": "installing", "detail": "agent 1.1 from x"},
          ("pending", "good; agent update to 1.1: installing (agent 1.1 from x)")),
         ({}, ("pending", "good; agent update to 1.1: not reported")),
