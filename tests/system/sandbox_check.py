@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import aiomqtt  # noqa: F401  (import only: pulls in paho and ssl)
-import nacl.signing
 import pydantic  # noqa: F401
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -16,9 +15,6 @@ from edge_agent.attestation.subprocess_tpm import SubprocessTpm
 from edge_agent.attestation.tpm import TpmError
 from edge_agent.runtime.podman import PodmanRuntime
 
-key = nacl.signing.SigningKey.generate()
-key.verify_key.verify(key.sign(b"payload"))
-print("pynacl ed25519 ok")
 private = ed25519.Ed25519PrivateKey.generate()
 private.public_key().verify(private.sign(b"payload"), b"payload")
 print("cryptography ed25519 ok")

@@ -207,7 +207,7 @@ def test_arm64_image_holds_the_agent_installed_offline_and_check_passes(device: 
     # The compiled dependencies are aarch64 wheels, and they load.
     loaded = device.run(
         "-c",
-        "import importlib.util, platform, cryptography.hazmat.bindings._rust, pydantic_core, nacl.bindings;"
+        "import importlib.util, platform, cryptography.hazmat.bindings._rust, pydantic_core;"
         " print(platform.machine(), importlib.util.find_spec('pip') is None)",
         entrypoint="/opt/edge-agent/bin/python",
     ).stdout.split()

@@ -45,7 +45,10 @@ def agent(systemd_container: SystemdContainer) -> Iterator[SystemdContainer]:
     box = systemd_container
     box.sh(INSTALL, timeout=300)
     # Type=notify: `systemctl start` returns only once the agent sent READY=1 (or fails).
-    box.sh(f"systemctl start {UNIT}", timeout=150)
+    started = box.sh(f"systemctl start {UNIT}", check=False, timeout=150)
+    if started.returncode != 0:
+        shown = box.sh(f"journalctl -u {UNIT} --no-pager -n 60", check=False).stdout
+        raise AssertionError(f"systemctl start {UNIT} failed:\n{started.stderr}\n{shown}")
     yield box
 
 
