@@ -136,7 +136,8 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
                 if codes:
                     break
             assert codes and set(codes) == {"disk_full"}, codes
-            refusal = client.send("data", {"while": "full", "pad": "f" * 4000})
+            # Larger than the failed group: no slack left in the WAL file can take it.
+            refusal = client.send("data", {"while": "full", "pad": "f" * 100_000})
             assert refusal["ok"] is False and refusal["code"] == "disk_full"
             assert "disk is full" in refusal["error"]
             st = status(agent)

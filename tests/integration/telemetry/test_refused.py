@@ -38,8 +38,9 @@ def test_refused_telemetry_stays_queued_is_reported_and_goes_up_once_allowed(tmp
 
         wait_until(lambda: telemetry(agent)["refusedBatches"] >= 2, 30, "the broker to refuse twice (one retry)")
         status = telemetry(agent)
-        assert "Not authorized" in status["lastError"] and "edge/dev1/telemetry/s" in status["lastError"]
-        assert status["depth"] == 50 and status["sentRecords"] == 0  # nothing deleted
+        # The agent's own health records are refused the same way (edge/dev1/telemetry/health).
+        assert "Not authorized" in status["lastError"] and "edge/dev1/telemetry/" in status["lastError"]
+        assert status["streams"]["s"]["depth"] == 50 and status["sentRecords"] == 0  # nothing deleted
         # The same figures reach the reported state (the twin's reported topic is allowed).
         reported = agent.call("status")["reported"]["telemetry"]  # type: ignore[index]
         assert reported["refusedBatches"] >= 1
