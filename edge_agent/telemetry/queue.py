@@ -53,7 +53,7 @@ log = get_logger(__name__)
 
 QUEUE_DB_NAME = "telemetry.db"
 PAGE_SIZE = 1024
-WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint once the WAL holds 1 MiB
+WAL_AUTOCHECKPOINT_BYTES = 1024 * 1024  # checkpoint once the WAL holds 1 MiB (in pages of the file's size)
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
 # One group commit writes at most ~1 MiB of records (component.GROUP_MAX_BYTES) plus index and
 # eviction pages; the WAL then holds at most the checkpoint threshold plus one such transaction.
@@ -226,7 +226,8 @@ class TelemetryQueue:
         if str(mode).lower() != "wal":
             raise QueueError(f"{self.path}: cannot use WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // page_size}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._set_page_limit(conn)
 
@@ -249,7 +250,7 @@ class TelemetryQueue:
             BEGIN;
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS records (
-                n INTEGER PRIMARY KEY,
+                n INTEGER PRIMARY KEY AUTOINCREMENT,
                 stream TEXT NOT NULL,
                 seq INTEGER NOT NULL,
                 module TEXT NOT NULL,
