@@ -95,6 +95,9 @@ class Result:
 def run(label: str, work: Path, port: int, warmup: float, seconds: float, rate: float,
         pythonpath: str | None) -> Result:
     env = {"PYTHONPATH": pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")} if pythonpath else {}
+    # `python -m` puts the working directory first on sys.path: not the repository, or an older
+    # agent would import this tree's edge_agent.
+    os.chdir(work.parent)
     runtime = work / "run"
     agent = AgentProcess(work / "agent", agent_config(port, runtime, ["pilot"], device="storage-bench"), env=env)
     agent.start(timeout=60)
