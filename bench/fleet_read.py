@@ -43,6 +43,11 @@ from fleet_bench import LightDevice  # noqa: E402
 from devinfra.mosquitto import Mosquitto  # noqa: E402
 
 PREFIX = "fleetread"
+# mosquitto queues at most max_queued_messages (default 1000) per client that reads slower than it
+# sends, QoS 0 included, and drops the rest ("Outgoing messages are being dropped"): a client
+# subscribing to the retained reports of more devices than that loses some, and edgectl's read
+# times out (its end marker is dropped too). A broker for a fleet sets it higher or to 0.
+BROKER_CONF = "max_queued_messages 0\n"
 SEED = "seed-device"
 TARGET_S = 5.0
 
@@ -144,17 +149,20 @@ def main() -> int:
                                     "edgectl devices --json (the command)": []}
     with tempfile.TemporaryDirectory(prefix="fleet-read-") as tmp:
         work = Path(tmp)
-        broker = Mosquitto(work / "mosquitto").start()
+        broker = Mosquitto(work / "mosquitto", extra_conf=BROKER_CONF).start()
         try:
             reported, presence = asyncio.run(seed_payloads(broker.port, work))
             t0 = time.monotonic()
             asyncio.run(publish_fleet(broker.port, n, reported, presence))
             loaded = time.monotonic() - t0
+            print(f"loaded {n} devices in {loaded:.1f} s", file=sys.stderr)
             for _ in range(args.runs):
                 floor, fleet_client, command = rows.values()
                 floor.append(asyncio.run(raw_read(broker.port, PREFIX, n)))
                 fleet_client.append(asyncio.run(edgectl_read(broker.port, PREFIX, n)))
                 command.append(cli_read(broker.port, n))
+                print(f"run: floor {floor[-1]:.2f} s, in process {fleet_client[-1]:.2f} s, command {command[-1]:.2f} s",
+                      file=sys.stderr)
             profile = profile_read(broker.port, n) if args.profile else ""
         finally:
             broker.stop()
