@@ -159,7 +159,11 @@ def diagnostics_components(ctx: AgentContext, twin: Any, telemetry: Any) -> list
     for name, handler in service.handlers().items():
         twin.session.commands.register(name, handler)
     ctx.control.register("diagnostics", service.status)
-    health = HealthComponent(ctx.config, ctx.reported, telemetry.submit if telemetry is not None else None)
+    health = HealthComponent(
+        ctx.config, ctx.reported, telemetry.submit if telemetry is not None else None,
+        telemetry_totals=(lambda: (telemetry.acknowledged_records, telemetry.acknowledged_bytes))
+        if telemetry is not None else None,
+    )
     return [service, health]
 
 

@@ -122,33 +122,42 @@ def parse_proc_io(text: str) -> int | None:
 @dataclass
 class WriteRate:
     """Bytes written to storage per hour, over the last hour of samples (SD cards wear out: this
-    is the number to watch). Samples are (monotonic seconds, cumulative write_bytes)."""
+    is the number to watch), and per telemetry record stored in that time against the records' own
+    bytes (what the modules sent). Samples are (monotonic seconds, cumulative write_bytes,
+    cumulative records stored, cumulative bytes of those records)."""
 
     window_s: float = WRITE_RATE_WINDOW_S
-    samples: deque[tuple[float, int]] = field(default_factory=deque)
+    samples: deque[tuple[float, int, int, int]] = field(default_factory=deque)
     first: tuple[float, int] | None = None
 
-    def add(self, now: float, total: int) -> None:
-        if self.samples and total < self.samples[-1][1]:  # a counter that went back: start over
-            self.samples.clear()
+    def add(self, now: float, total: int, records: int = 0, record_bytes: int = 0) -> None:
+        if self.samples and (total < self.samples[-1][1] or records < self.samples[-1][2]):
+            self.samples.clear()  # a counter that went back: start over
             self.first = None
         if self.first is None:
             self.first = (now, total)
-        self.samples.append((now, total))
+        self.samples.append((now, total, records, record_bytes))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
 
     def figures(self) -> dict[str, Any] | None:
         """bytesPerHour over windowS seconds (once the samples span MIN_RATE_WINDOW_S), and bytes
-        since the first sample; None before two samples are apart in time."""
+        since the first sample; with telemetry records stored in the window, bytesPerRecord and
+        timesRecordBytes (bytes written over the records' own bytes). None before two samples are
+        apart in time."""
         if len(self.samples) < 2 or self.first is None:
             return None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        (t0, b0, r0, rb0), (t1, b1, r1, rb1) = self.samples[0], self.samples[-1]
         if t1 <= t0:
             return None
         out: dict[str, Any] = {"windowS": round(t1 - t0), "sinceStartBytes": b1 - self.first[1]}
         if t1 - t0 >= MIN_RATE_WINDOW_S:
             out["bytesPerHour"] = round((b1 - b0) * 3600 / (t1 - t0))
+            if r1 > r0 and rb1 > rb0:
+                out["records"] = r1 - r0
+                out["recordBytesPerHour"] = round((rb1 - rb0) * 3600 / (t1 - t0))
+                out["bytesPerRecord"] = round((b1 - b0) / (r1 - r0))
+                out["timesRecordBytes"] = round((b1 - b0) / (rb1 - rb0), 2)
         return out
 
 
@@ -260,7 +269,9 @@ class HealthSampler:
     writes: WriteRate = field(default_factory=WriteRate)
     _cpu: dict[str, tuple[float, int]] = field(default_factory=dict)
 
-    def sample(self, modules: ModuleStatsResult | None = None, now: float | None = None) -> dict[str, Any]:
+    def sample(self, modules: ModuleStatsResult | None = None, now: float | None = None,
+               records: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+        """`records`: telemetry records stored since the agent started, and their own bytes."""
         now = time.monotonic() if now is None else now
         section: dict[str, Any] = {}
         absent: dict[str, str] = {}
@@ -278,7 +289,7 @@ class HealthSampler:
         if written is None:
             absent["storageWrites"] = "no write_bytes in /proc/self/io (kernel without task I/O accounting)"
         else:
-            self.writes.add(now, written)
+            self.writes.add(now, written, *records)
             figures = self.writes.figures()
             if figures is None:
                 absent["storageWrites"] = "needs a second sample"

@@ -1,9 +1,9 @@
 """The health component: samples the device's health (diagnostics/health.py) every
 `twin.report_stats_interval_s`, puts it in the reported state ("health", also shown by
 `edge-agent status`) and queues it as telemetry (stream "health", module "edge-agent") every
-TELEMETRY_EVERY_S: each queued record costs about 30 KiB of SQLite writes (synchronous = full;
-measured with this component's own storageWrites figure: an idle agent queueing one a minute
-wrote 2.2 MB/h), and an SD card wears out."""
+TELEMETRY_EVERY_S (an SD card wears out: each record stored is at least one fsync'd commit,
+docs/telemetry.md "Storage writes"). Its storageWrites figure sets the agent's writes against the
+telemetry records stored in the same window (`telemetry_totals`)."""
 
 from __future__ import annotations
 
@@ -36,19 +36,22 @@ class HealthComponent(BaseComponent):
     def __init__(self, config: AgentConfig, reported: ReportedState, submit: Submit | None = None,
                  sampler: HealthSampler | None = None,
                  module_stats: Callable[[str, str], ModuleStatsResult] = read_module_stats,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 telemetry_totals: Callable[[], tuple[int, int]] | None = None) -> None:
         self.config = config
         self.reported = reported
         self.submit = submit
         self.sampler = sampler or HealthSampler(state_dir=config.state.dir)
         self.module_stats = module_stats
         self.clock = clock
+        self.telemetry_totals = telemetry_totals
         self.last: dict[str, Any] = {}
         self._queued_at: float | None = None  # monotonic time of the last health record queued
 
     async def sample_once(self) -> dict[str, Any]:
         modules = await run_blocking(self.module_stats, self.config.podman.socket, self.config.device.id)
-        sample = await run_blocking(self.sampler.sample, modules)
+        totals = self.telemetry_totals() if self.telemetry_totals is not None else (0, 0)
+        sample = await run_blocking(self.sampler.sample, modules, None, totals)
         self.last = sample
         self.reported.set("health", sample)
         return sample

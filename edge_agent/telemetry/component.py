@@ -31,7 +31,7 @@ from edge_agent.telemetry.ingest import ModuleIngestServer
 from edge_agent.telemetry.ingest import ingest_mount_dir as _mount_dir
 from edge_agent.telemetry.ingest import ingest_socket_path as _socket_path
 from edge_agent.telemetry.policy import rules_from_config
-from edge_agent.telemetry.queue import QUEUE_DB_NAME, NewRecord, Outcome, Refused, TelemetryQueue
+from edge_agent.telemetry.queue import QUEUE_DB_NAME, Accepted, NewRecord, Outcome, Refused, TelemetryQueue
 from edge_agent.telemetry.uplink import Publisher, Uplink
 
 log = get_logger(__name__)
@@ -76,6 +76,10 @@ class TelemetryComponent(BaseComponent):
         self._running = False
         self._started = False
         self._commit_started: float | None = None
+        # Records stored since the agent started and their own bytes (what the modules sent): the
+        # health component sets the agent's storage writes against them.
+        self.acknowledged_records = 0
+        self.acknowledged_bytes = 0
         # Told of every record a module sends, before it is queued (must not block or raise).
         self.observers: list[Callable[[str, str, bytes], None]] = []
         self.uplink = self._make_uplink()
@@ -269,7 +273,10 @@ class TelemetryComponent(BaseComponent):
                 outcomes = [Refused("unavailable", f"telemetry queue unavailable: {type(exc).__name__}")] * len(live)
             finally:
                 self._commit_started = None
-            for (_, fut), outcome in zip(live, outcomes, strict=True):
+            for (rec, fut), outcome in zip(live, outcomes, strict=True):
+                if isinstance(outcome, Accepted) and not outcome.duplicate:
+                    self.acknowledged_records += 1
+                    self.acknowledged_bytes += rec.own_bytes
                 if not fut.done():
                     fut.set_result(outcome)
             self._new_data.set()

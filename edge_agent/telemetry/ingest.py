@@ -94,7 +94,8 @@ def parse_request(line: bytes, module: str) -> NewRecord | Refused:
         shown = repr(key) if len(repr(key)) <= 60 else repr(key)[:60] + "..."
         return Refused("invalid", f"key: got {shown}; expected 1-128 printable ASCII characters without spaces")
     payload = json.dumps(doc["payload"], separators=(",", ":"), ensure_ascii=False).encode()
-    return NewRecord(module, stream, priority, float(ts) if ts is not None else None, payload, key)
+    return NewRecord(module, stream, priority, float(ts) if ts is not None else None, payload, key,
+                     wire_bytes=len(line) + 1)  # with its newline
 
 
 def answer_line(outcome: Outcome) -> bytes:

@@ -26,6 +26,7 @@ is its own file with its own schema (table meta), not part of state.db's version
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -51,8 +52,8 @@ from edge_agent.telemetry.policy import (
 log = get_logger(__name__)
 
 QUEUE_DB_NAME = "telemetry.db"
-PAGE_SIZE = 4096
-WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint once the WAL holds 1 MiB
+PAGE_SIZE = 1024
+WAL_AUTOCHECKPOINT_BYTES = 1024 * 1024  # checkpoint once the WAL holds 1 MiB (in pages of the file's size)
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
 # One group commit writes at most ~1 MiB of records (component.GROUP_MAX_BYTES) plus index and
 # eviction pages; the WAL then holds at most the checkpoint threshold plus one such transaction.
@@ -63,6 +64,12 @@ SQLITE_FULL = 13
 # Idempotency keys are remembered this long, and at most this many (the newest), whichever ends first.
 DEFAULT_KEY_WINDOW_S = 3600.0
 DEFAULT_KEY_MAX = 100_000
+# Records the broker acknowledged are deleted from the file in bulk, riding along an append's commit
+# (or flush_sent's), once this many are waiting, this many bytes, or the oldest waited this long.
+# A power cut before that sends them again (at-least-once; the fleet drops duplicates by id).
+SENT_FLUSH_RECORDS = 256
+SENT_FLUSH_BYTES = 256 * 1024
+SENT_FLUSH_AGE_S = 60.0
 
 RefusalCode = Literal["invalid", "too_large", "queue_full", "disk_full", "unavailable"]
 
@@ -72,8 +79,8 @@ def file_limit(cap_bytes: int) -> int:
     return _max_pages(cap_bytes) * PAGE_SIZE
 
 
-def _max_pages(cap_bytes: int) -> int:
-    return math.ceil((cap_bytes * (1 + FILE_OVERHEAD_RATIO) + FILE_OVERHEAD_FIXED) / PAGE_SIZE)
+def _max_pages(cap_bytes: int, page_size: int = PAGE_SIZE) -> int:
+    return math.ceil((cap_bytes * (1 + FILE_OVERHEAD_RATIO) + FILE_OVERHEAD_FIXED) / page_size)
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,13 @@ class NewRecord:
     payload: bytes  # compact JSON text
     key: str | None = None  # the module's idempotency key: stored once per module within the window
     deployment: int | None = None  # the deployment version the module's container was started for
+    # The request line as the module sent it (0: not from a socket, e.g. the agent's own); a figure, not data.
+    wire_bytes: int = field(default=0, compare=False)
+
+    @property
+    def own_bytes(self) -> int:
+        """The record's own bytes: what the module sent, else its payload."""
+        return self.wire_bytes or len(self.payload)
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,18 @@ class TelemetryQueue:
         self.refused: dict[str, Counter[str]] = {}
         self.disk_full = False
         self.effective_cap = cap_bytes  # lowered if the file limit is met before the counted cap
+        # Counters kept in memory and written only with the transactions that delete records (see
+        # _save_counters): an append writes nothing but its own row and its index entries.
+        self.next_n = 1
+        self.next_seq: dict[str, int] = {}
+        # Records the broker acknowledged but not yet deleted from the file (see delete_sent):
+        # per stream, every record up to this insert number is sent.
+        self.sent_through: dict[str, int] = {}
+        self._sent_pending = 0  # records marked sent and not yet deleted
+        self._sent_pending_bytes = 0
+        self._sent_since: float | None = None  # monotonic time of the oldest mark not yet deleted
+        self.page_size = PAGE_SIZE
+        self._flushed = False  # a transaction deleted the records marked sent (not yet committed)
 
     # ------------------------------------------------------------------ open / close
 
@@ -200,12 +226,15 @@ class TelemetryQueue:
         if str(mode).lower() != "wal":
             raise QueueError(f"{self.path}: cannot use WAL journal mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // page_size}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._set_page_limit(conn)
 
     def _set_page_limit(self, conn: sqlite3.Connection) -> None:
-        pages = _max_pages(self.cap_bytes)
+        # A queue created by an older agent keeps its page size (it cannot change in WAL mode).
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = _max_pages(self.cap_bytes, self.page_size)
         got = int(conn.execute(f"PRAGMA max_page_count={pages}").fetchone()[0])
         if got != pages:  # the file is already larger (cap lowered): keep it, shrink as records go
             log.warning(
@@ -229,10 +258,11 @@ class TelemetryQueue:
                 ts REAL NOT NULL,
                 received REAL NOT NULL,
                 size INTEGER NOT NULL,
-                payload BLOB NOT NULL
+                payload BLOB NOT NULL,
+                deployment INTEGER,
+                key TEXT
             );
             CREATE INDEX IF NOT EXISTS records_by_stream ON records(stream);
-            CREATE INDEX IF NOT EXISTS records_by_eviction ON records(priority DESC);
             CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS drops (
                 stream TEXT NOT NULL, reason TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (stream, reason)
@@ -251,8 +281,17 @@ class TelemetryQueue:
         )
         # Added after the first release: a queue written by an older agent gets the column (its
         # records have no deployment version: NULL).
-        if "deployment" not in {r[1] for r in conn.execute("PRAGMA table_info(records)")}:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
+        if "deployment" not in columns:
             conn.execute("ALTER TABLE records ADD COLUMN deployment INTEGER")
+        # Added with the write diet (docs/telemetry.md, "Storage writes"): a record's idempotency
+        # key is stored in its row (one index page per append instead of a table and its index)
+        # and moved to the idempotency table when the record leaves; eviction no longer uses an
+        # index of its own (each index is one more page written per append).
+        if "key" not in columns:
+            conn.execute("ALTER TABLE records ADD COLUMN key TEXT")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS records_by_key ON records(module, key) WHERE key IS NOT NULL")
+        conn.execute("DROP INDEX IF EXISTS records_by_eviction")
         row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
             # Record ids are <epoch>-<n>: unique even if this file is ever deleted and recreated.
@@ -260,8 +299,33 @@ class TelemetryQueue:
             row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         self.epoch = str(row[0])
 
-    def _load(self) -> None:
+    def _load(self, keep_sent: bool = False) -> None:
+        """Read the counted figures back from the file. keep_sent (after a rolled-back transaction):
+        the records marked sent stay marked."""
         conn = self._db()
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        if not keep_sent:
+            self.sent_through = {}
+            self._sent_pending = self._sent_pending_bytes = 0
+            self._sent_since = None
+        # The next insert number and each stream's next seq: the largest of what was saved with the
+        # last delete and what the records hold (a queue written by an older agent also has
+        # AUTOINCREMENT's sqlite_sequence). A number is never reused: whichever transaction deletes
+        # the newest record also saves the counters.
+        candidates = [1]
+        row = conn.execute("SELECT value FROM meta WHERE key='next_n'").fetchone()
+        if row is not None:
+            candidates.append(int(row[0]))
+        top = conn.execute("SELECT max(n) FROM records").fetchone()[0]
+        if top is not None:
+            candidates.append(int(top) + 1)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='sqlite_sequence'").fetchone() is not None:
+            for (seq,) in conn.execute("SELECT seq FROM sqlite_sequence WHERE name='records'"):
+                candidates.append(int(seq) + 1)
+        self.next_n = max(candidates)
+        self.next_seq = {str(stream): int(nxt) for stream, nxt in conn.execute("SELECT stream, next_seq FROM streams")}
+        for stream, top_seq in conn.execute("SELECT stream, max(seq) FROM records GROUP BY stream"):
+            self.next_seq[stream] = max(self.next_seq.get(stream, 1), int(top_seq) + 1)
         self.streams = {}
         for stream, priority, count, size in conn.execute(
             "SELECT stream, priority, count(*), sum(size) FROM records GROUP BY stream, priority"
@@ -272,12 +336,19 @@ class TelemetryQueue:
             st.priorities[priority] += count
         for stream, last_n in conn.execute("SELECT stream, max(n) FROM records GROUP BY stream"):
             self.streams[stream].last_n = last_n
+        for stream, through in self.sent_through.items():
+            for priority, size in conn.execute(
+                "SELECT priority, size FROM records WHERE stream=? AND n<=?", (stream, through)
+            ).fetchall():
+                self._untrack(stream, priority, size)
         self.drops = {}
         for stream, reason, n in conn.execute("SELECT stream, reason, n FROM drops"):
             self.drops.setdefault(stream, Counter())[reason] = n
 
     def close(self) -> None:
         if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):  # not deleted now: sent again after the restart
+                self.flush_sent()
             self.conn.close()
             self.conn = None
 
@@ -300,8 +371,17 @@ class TelemetryQueue:
         return f"{self.epoch}-{n}"
 
     def oldest_received(self) -> float | None:
-        row = self._db().execute("SELECT received FROM records ORDER BY n LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        """When the oldest queued record (not yet sent) arrived."""
+        conn = self._db()
+        found = [
+            float(row[0])
+            for stream in self.streams
+            if (row := conn.execute(
+                "SELECT received FROM records WHERE stream=? AND n>? ORDER BY n LIMIT 1",
+                (stream, self.sent_through.get(stream, 0)),
+            ).fetchone()) is not None
+        ]
+        return min(found) if found else None
 
     def file_bytes(self) -> dict[str, int]:
         out = {}
@@ -359,11 +439,25 @@ class TelemetryQueue:
         if not keyed:
             return {}
         conn = self._db()
+        horizon = self.clock() - self.key_window_s
         out = {}
+        stale_sent = False
         for module, key in keyed:
-            row = conn.execute("SELECT n, seq FROM idempotency WHERE module=? AND key=?", (module, key)).fetchone()
+            row = conn.execute(
+                "SELECT n, seq, stream, received FROM records WHERE module=? AND key=? AND key IS NOT NULL",
+                (module, key),
+            ).fetchone()
+            if row is not None and row[0] <= self.sent_through.get(row[2], 0) and row[3] < horizon:
+                stale_sent = True  # sent, waiting to be deleted, and past the window: forgotten
+                continue
+            if row is None:
+                row = conn.execute(
+                    "SELECT n, seq FROM idempotency WHERE module=? AND key=? AND received>=?", (module, key, horizon)
+                ).fetchone()
             if row is not None:
                 out[(module, key)] = Accepted(self.record_id(int(row[0])), int(row[1]), duplicate=True)
+        if stale_sent:
+            self.flush_sent()  # its row (and key) must leave before a new record takes the key
         return out
 
     def _append_fresh(self, batch: Sequence[NewRecord]) -> list[Outcome]:
@@ -396,6 +490,7 @@ class TelemetryQueue:
         drops: Counter[tuple[str, str]] = Counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._flush_sent(conn)  # sent records go first, and are not counted as dropped
             rows = [
                 n
                 for n, stream in conn.execute(
@@ -404,13 +499,16 @@ class TelemetryQueue:
                 if self.rules.evictable(stream)
             ][:want]
             self._delete_rows(conn, rows, drops, "evicted")
+            self._save_counters(conn)
             self._count_drops(conn, drops)
             conn.execute("COMMIT")
         except BaseException:
+            self._flushed = False
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._load()
+            self._load(keep_sent=True)
             raise
+        self._sent_flushed()
         for (stream, reason), n in drops.items():
             self.drops.setdefault(stream, Counter())[reason] += n
         self.effective_cap = max(1, self.used_bytes)
@@ -426,7 +524,7 @@ class TelemetryQueue:
         conn = self._db()
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-        return pages - free + 8 >= _max_pages(self.cap_bytes)
+        return pages - free + 8 >= _max_pages(self.cap_bytes, self.page_size)
 
     def _refuse_all(self, batch: Sequence[NewRecord], code: RefusalCode, error: str) -> list[Outcome]:
         if code == "disk_full" and not self.disk_full:
@@ -453,36 +551,33 @@ class TelemetryQueue:
         need = used + sum(i.cost for i in incoming) - cap
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if need > 0 or self._sent_flush_due():
+                # Sent records leave with this append's commit (no commit of their own); before
+                # choosing what to evict, so none of them is counted as dropped.
+                self._flush_sent(conn)
             candidates = self._candidates(conn, need) if need > 0 else []
             plan = plan_admission(incoming, used, cap, candidates)
             drops: Counter[tuple[str, str]] = Counter()
             if plan.evicted:
                 self._delete_rows(conn, [c.rowid for c in plan.evicted], drops, "evicted")
-            seqs: dict[str, int] = {}
             outcomes: list[Outcome] = []
             inserted: dict[int, int] = {}
             for index, (rec, inc, ok) in enumerate(zip(batch, incoming, plan.accepted, strict=True)):
                 if not ok:
                     outcomes.append(Refused("queue_full", self._full_text(rec.stream, inc.policy)))
                     continue
-                seq = seqs.get(rec.stream)
-                if seq is None:
-                    row = conn.execute("SELECT next_seq FROM streams WHERE stream=?", (rec.stream,)).fetchone()
-                    seq = 1 if row is None else int(row[0])
-                seqs[rec.stream] = seq + 1
-                cur = conn.execute(
-                    "INSERT INTO records(stream, seq, module, priority, ts, received, size, payload, deployment)"
-                    " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.stream, seq, rec.module, inc.priority, rec.ts if rec.ts is not None else now, now,
-                     inc.cost, rec.payload, rec.deployment),
+                seq = self.next_seq.get(rec.stream, 1)
+                n = self.next_n
+                self.next_n += 1
+                # The key is stored in the record's own row: both or neither survive.
+                conn.execute(
+                    "INSERT INTO records(n, stream, seq, module, priority, ts, received, size, payload,"
+                    " deployment, key) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (n, rec.stream, seq, rec.module, inc.priority, rec.ts if rec.ts is not None else now, now,
+                     inc.cost, rec.payload, rec.deployment, rec.key),
                 )
-                n = int(cur.lastrowid or 0)
                 inserted[index] = n
-                if rec.key is not None:  # in the record's own transaction: both or neither survive
-                    conn.execute(
-                        "INSERT INTO idempotency(module, key, n, seq, received) VALUES(?, ?, ?, ?, ?)",
-                        (rec.module, rec.key, n, seq, now),
-                    )
+                self.next_seq[rec.stream] = seq + 1
                 outcomes.append(Accepted(self.record_id(n), seq))
             added = [(batch[i].stream, incoming[i].priority, incoming[i].cost, n) for i, n in inserted.items()]
             if plan.evicted_incoming:
@@ -491,18 +586,17 @@ class TelemetryQueue:
                 added = [a for i, a in zip(inserted, added, strict=True) if inserted[i] not in gone]
                 for i in plan.evicted_incoming:
                     drops[(batch[i].stream, "evicted")] += 1
-            conn.executemany(
-                "INSERT INTO streams(stream, next_seq) VALUES(?, ?)"
-                " ON CONFLICT(stream) DO UPDATE SET next_seq=excluded.next_seq",
-                list(seqs.items()),
-            )
+            if drops or plan.evicted or plan.evicted_incoming:
+                self._save_counters(conn)
             self._count_drops(conn, drops)
             conn.execute("COMMIT")
         except BaseException:
+            self._flushed = False
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._load()  # the rolled-back deletes are back
+            self._load(keep_sent=True)  # the rolled-back deletes are back
             raise
+        self._sent_flushed()
         for stream, priority, cost, n in added:
             st = self.streams.setdefault(stream, _StreamStats())
             st.last_n = max(st.last_n, n)
@@ -528,28 +622,39 @@ class TelemetryQueue:
         )
 
     def _candidates(self, conn: sqlite3.Connection, need: int) -> list[Candidate]:
-        """Evictable queued records in eviction order, enough to free `need` bytes (twice, for slack)."""
+        """Evictable queued records in eviction order (least urgent first, then oldest), enough to
+        free `need` bytes (twice, for slack). Read per priority level and stream through the stream
+        index: the queue keeps no index by priority, which would be one more page written per append."""
+        want = 2 * need
         out: list[Candidate] = []
         freed = 0
-        last: tuple[int, int] | None = None
-        while freed < 2 * need:
-            if last is None:
-                rows = conn.execute(
-                    "SELECT n, stream, priority, size FROM records ORDER BY priority DESC, n LIMIT 512"
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT n, stream, priority, size FROM records WHERE priority < ? OR (priority = ? AND n > ?)"
-                    " ORDER BY priority DESC, n LIMIT 512",
-                    (last[0], last[0], last[1]),
-                ).fetchall()
-            if not rows:
+        levels = sorted(
+            {p for s, st in self.streams.items() if self.rules.evictable(s) for p in st.priorities}, reverse=True
+        )
+        for priority in levels:
+            if freed >= want:
                 break
-            for n, stream, priority, size in rows:
-                if self.rules.evictable(stream):
-                    out.append(Candidate(n, stream, priority, size))
-                    freed += size
-            last = (rows[-1][2], rows[-1][0])
+            level: list[Candidate] = []
+            for stream in sorted(s for s, st in self.streams.items()
+                                 if self.rules.evictable(s) and st.priorities.get(priority)):
+                got, after = 0, self.sent_through.get(stream, 0)
+                while got < want - freed:
+                    rows = conn.execute(
+                        "SELECT n, size FROM records WHERE stream=? AND n>? AND priority=? ORDER BY n LIMIT 512",
+                        (stream, after, priority),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for n, size in rows:
+                        level.append(Candidate(n, stream, priority, size))
+                        got += size
+                    after = rows[-1][0]
+            level.sort(key=lambda c: c.rowid)
+            for candidate in level:
+                if freed >= want:
+                    break
+                out.append(candidate)
+                freed += candidate.cost
         return out
 
     def _delete_rows(
@@ -564,14 +669,85 @@ class TelemetryQueue:
             chunk = rows[start : start + 500]
             marks = ",".join("?" * len(chunk))
             deleted = conn.execute(
-                f"DELETE FROM records WHERE n IN ({marks}) RETURNING stream, priority, size",  # noqa: S608
+                f"DELETE FROM records WHERE n IN ({marks})"  # noqa: S608
+                " RETURNING stream, priority, size, module, key, n, seq, received",
                 chunk,
             ).fetchall()
-            for stream, priority, size in deleted:
+            self._remember_keys(conn, [row[3:] for row in deleted])
+            for stream, priority, size, *_ in deleted:
                 if tracked:
                     self._untrack(stream, priority, size)
                 if drops is not None and tracked:
                     drops[(stream, reason)] += 1
+
+    def _remember_keys(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Keep the idempotency keys of records that leave the queue (module, key, n, seq, received)."""
+        keyed = [tuple(r) for r in rows if r[1] is not None]
+        if keyed:
+            conn.executemany(
+                "INSERT OR REPLACE INTO idempotency(module, key, n, seq, received) VALUES(?, ?, ?, ?, ?)", keyed
+            )
+
+    def _save_counters(self, conn: sqlite3.Connection) -> None:
+        """Write the insert number and the streams' seqs: in every transaction that deletes records."""
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES('next_n', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(self.next_n),),
+        )
+        conn.executemany(
+            "INSERT INTO streams(stream, next_seq) VALUES(?, ?)"
+            " ON CONFLICT(stream) DO UPDATE SET next_seq=excluded.next_seq",
+            list(self.next_seq.items()),
+        )
+
+    def _sent_flush_due(self) -> bool:
+        if not self._sent_pending:
+            return False
+        since = self._sent_since
+        return (
+            self._sent_pending >= SENT_FLUSH_RECORDS
+            or self._sent_pending_bytes >= min(SENT_FLUSH_BYTES, max(1, self.cap_bytes // 8))
+            or (since is not None and time.monotonic() - since >= SENT_FLUSH_AGE_S)
+        )
+
+    def _flush_sent(self, conn: sqlite3.Connection) -> None:
+        """Delete the records marked sent, inside the caller's transaction; the marks are cleared
+        by _sent_flushed once it committed."""
+        if not self._sent_pending:
+            return
+        for stream, through in self.sent_through.items():
+            deleted = conn.execute(
+                "DELETE FROM records WHERE stream=? AND n<=? RETURNING module, key, n, seq, received",
+                (stream, through),
+            ).fetchall()
+            self._remember_keys(conn, deleted)
+        self._save_counters(conn)
+        self._flushed = True
+
+    def _sent_flushed(self) -> None:
+        if self._flushed:
+            self._flushed = False
+            self.sent_through = {}
+            self._sent_pending = self._sent_pending_bytes = 0
+            self._sent_since = None
+
+    def flush_sent(self) -> int:
+        """Delete every record marked sent now (one commit); returns how many were marked."""
+        pending = self._sent_pending
+        if not pending:
+            return 0
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._flush_sent(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._flushed = False
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._sent_flushed()
+        return pending
 
     def _untrack(self, stream: str, priority: int, size: int) -> None:
         st = self.streams.get(stream)
@@ -600,7 +776,9 @@ class TelemetryQueue:
         for stream, st in self.streams.items():
             if st.count <= 0:
                 continue
-            row = conn.execute("SELECT min(n) FROM records WHERE stream=?", (stream,)).fetchone()
+            row = conn.execute(
+                "SELECT min(n) FROM records WHERE stream=? AND n>?", (stream, self.sent_through.get(stream, 0))
+            ).fetchone()
             if row is None or row[0] is None:
                 continue
             out[stream] = StreamHead(min(st.priorities) if st.priorities else 9, int(row[0]))
@@ -615,7 +793,7 @@ class TelemetryQueue:
         rows = self._db().execute(
             "SELECT n, seq, module, priority, ts, received, payload, deployment FROM records"
             " WHERE stream=? AND n>? ORDER BY n LIMIT ?",
-            (stream, after_n, max_records),
+            (stream, max(after_n, self.sent_through.get(stream, 0)), max_records),
         ).fetchall()
         out: list[StoredRecord] = []
         total = 0
@@ -631,20 +809,52 @@ class TelemetryQueue:
         return out
 
     def delete_sent(self, stream: str, first_n: int, last_n: int) -> int:
-        """Delete a stream's records with insert numbers in [first_n, last_n] (the broker has them)."""
+        """The broker has a stream's records with insert numbers in [first_n, last_n]: they leave
+        the queue now (its figures, what is read and sent) and the file with a later commit (the
+        next append's, or flush_sent's), so an acknowledged upload costs no fsync of its own. A
+        power cut before that commit sends them again: at-least-once, the fleet side drops
+        duplicates by record id. Returns how many records left."""
+        conn = self._db()
+        through = self.sent_through.get(stream, 0)
+        rows = conn.execute(
+            "SELECT n, priority, size FROM records WHERE stream=? AND n BETWEEN ? AND ? AND n>?",
+            (stream, first_n, last_n, through),
+        ).fetchall()
+        if not rows:
+            return 0
+        older = conn.execute(
+            "SELECT 1 FROM records WHERE stream=? AND n>? AND n<? LIMIT 1", (stream, through, first_n)
+        ).fetchone()
+        if older is not None:  # not the stream's head (the uplink sends in order): delete now
+            return self._delete_now(stream, first_n, last_n)
+        for _, priority, size in rows:
+            self._untrack(stream, priority, size)
+            self._sent_pending_bytes += size
+        self._sent_pending += len(rows)
+        self.sent_through[stream] = max(n for n, _, _ in rows)
+        if self._sent_since is None:
+            self._sent_since = time.monotonic()
+        if not self.streams:
+            self.effective_cap = self.cap_bytes
+        return len(rows)
+
+    def _delete_now(self, stream: str, first_n: int, last_n: int) -> int:
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
             deleted = conn.execute(
-                "DELETE FROM records WHERE stream=? AND n BETWEEN ? AND ? RETURNING priority, size",
-                (stream, first_n, last_n),
+                "DELETE FROM records WHERE stream=? AND n BETWEEN ? AND ? AND n>?"
+                " RETURNING priority, size, module, key, n, seq, received",
+                (stream, first_n, last_n, self.sent_through.get(stream, 0)),
             ).fetchall()
+            self._remember_keys(conn, [row[2:] for row in deleted])
+            self._save_counters(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        for priority, size in deleted:
+        for priority, size, *_ in deleted:
             self._untrack(stream, priority, size)
         if not self.streams:
             self.effective_cap = self.cap_bytes
@@ -670,6 +880,8 @@ class TelemetryQueue:
     def expire(self, now: float | None = None) -> dict[str, int]:
         """Delete records past their stream's TTL; returns how many per stream (counted as "expired")."""
         now = self.clock() if now is None else now
+        if self._sent_flush_due():
+            self.flush_sent()
         self.forget_keys(now)
         cutoffs = expiry_cutoffs(self.rules, list(self.streams), now)
         if not cutoffs:
@@ -680,11 +892,17 @@ class TelemetryQueue:
         try:
             gone: list[tuple[str, int, int]] = []
             for stream, cutoff in cutoffs.items():
-                for priority, size in conn.execute(
-                    "DELETE FROM records WHERE stream=? AND received < ? RETURNING priority, size", (stream, cutoff)
-                ).fetchall():
+                rows = conn.execute(
+                    "DELETE FROM records WHERE stream=? AND received < ? AND n>?"
+                    " RETURNING priority, size, module, key, n, seq, received",
+                    (stream, cutoff, self.sent_through.get(stream, 0)),
+                ).fetchall()
+                self._remember_keys(conn, [row[2:] for row in rows])
+                for priority, size, *_ in rows:
                     gone.append((stream, priority, size))
                     drops[(stream, "expired")] += 1
+            if gone:
+                self._save_counters(conn)
             self._count_drops(conn, drops)
             conn.execute("COMMIT")
         except BaseException:

@@ -49,7 +49,11 @@ def health_lines(health: Any) -> list[str]:
                      f"({disk.get('usedPercent')}% used)")
     writes = health.get("storageWrites")
     if isinstance(writes, Mapping) and "bytesPerHour" in writes:
-        parts.append(f"agent writes {_size(writes['bytesPerHour'])}/h (over {writes.get('windowS')} s)")
+        text = f"agent writes {_size(writes['bytesPerHour'])}/h (over {writes.get('windowS')} s)"
+        if "bytesPerRecord" in writes:
+            text += (f", {_size(writes['bytesPerRecord'])} per telemetry record stored "
+                     f"({writes.get('timesRecordBytes')}x the records' own bytes, {writes.get('records')} records)")
+        parts.append(text)
     elif isinstance(writes, Mapping):
         parts.append(f"agent wrote {_size(writes.get('sinceStartBytes'))} in {writes.get('windowS')} s "
                      "(a rate after 60 s)")

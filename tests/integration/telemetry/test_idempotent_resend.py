@@ -54,7 +54,9 @@ class Subscriber:
         out: list[dict[str, object]] = []
         for raw in text[: text.rfind("\n") + 1].splitlines():
             if raw.strip():
-                out.extend(json.loads(raw)["records"])
+                batch = json.loads(raw)
+                if batch["stream"] == "keyed":  # not the agent's own health records
+                    out.extend(batch["records"])
         return out
 
 

@@ -136,10 +136,10 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
                 if codes:
                     break
             assert codes and set(codes) == {"disk_full"}, codes
-            # The queue may have given pages back since (a WAL checkpoint): fill what it freed, so
-            # the next record meets a full disk however the two processes interleaved.
+            # The queue may have given pages back since (a WAL checkpoint): fill what it freed, and
+            # send a record larger than the failed group, so no slack left in the WAL file takes it.
             fill(small_fs / "filler-2")
-            refusal = client.send("data", {"while": "full", "pad": "f" * 4000})
+            refusal = client.send("data", {"while": "full", "pad": "f" * 100_000})
             assert refusal["ok"] is False and refusal["code"] == "disk_full"
             assert "disk is full" in refusal["error"]
             st = status(agent)

@@ -231,3 +231,26 @@ def test_edgectl_show_prints_health_escaped() -> None:
                        now=time.time())
     assert "CPU 70.2 °C (cpu-thermal\\x1b[2J)" in text and "\x1b" not in text and "\x07" not in text
     assert "throttling ABSENT" in text and "CPU 12.5%" in text
+
+
+def test_storage_writes_per_telemetry_record_against_the_records_own_bytes(tmp_path: Path) -> None:
+    root = fake_pi(tmp_path)
+    sampler = HealthSampler(root=root, state_dir=tmp_path, vcgencmd=None)
+    (root / "proc/self/io").write_text(PI_IO.format(1_000_000))
+    sampler.sample(now=0.0, records=(10, 7_000))
+    (root / "proc/self/io").write_text(PI_IO.format(1_000_000 + 600_000))
+    second = sampler.sample(now=120.0, records=(130, 7_000 + 120 * 750))  # 120 records of 750 bytes
+    assert second["storageWrites"] == {"bytesPerHour": 18_000_000, "windowS": 120, "sinceStartBytes": 600_000,
+                                       "records": 120, "recordBytesPerHour": 2_700_000, "bytesPerRecord": 5000,
+                                       "timesRecordBytes": 6.67}
+    text = "\n".join(health_lines(second))
+    assert "4.9 KiB per telemetry record stored (6.67x the records' own bytes, 120 records)" in text
+
+
+def test_no_per_record_figure_without_records_in_the_window(tmp_path: Path) -> None:
+    root = fake_pi(tmp_path)
+    sampler = HealthSampler(root=root, state_dir=tmp_path, vcgencmd=None)
+    sampler.sample(now=0.0, records=(5, 500))
+    second = sampler.sample(now=120.0, records=(5, 500))
+    assert "bytesPerRecord" not in second["storageWrites"] and "per telemetry record" not in "\n".join(
+        health_lines(second))

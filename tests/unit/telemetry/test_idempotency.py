@@ -82,9 +82,19 @@ def test_key_survives_upload_and_delete_within_the_window(tmp_path: Path) -> Non
     assert isinstance(late, Accepted) and not late.duplicate and late.id != first.id
 
 
+def test_a_queued_record_keeps_its_key_past_the_key_limit(tmp_path: Path) -> None:
+    # The key lives in the record's row while it is queued: a re-send is never stored twice.
+    q = make_queue(tmp_path, [1000.0], key_max=1000)
+    q.append([keyed(f"k{i}") for i in range(1500)])
+    assert q.forget_keys() == 0
+    assert q.append([keyed("k0")])[0].duplicate  # type: ignore[union-attr]
+
+
 def test_only_the_newest_keys_are_kept(tmp_path: Path) -> None:
     q = make_queue(tmp_path, [1000.0], key_max=1000)
     q.append([keyed(f"k{i}") for i in range(1500)])
+    q.delete_sent("s", 1, 1500)
+    assert q.flush_sent() == 1500  # their keys move to the idempotency table
     assert q.forget_keys() == 500
     assert not q.append([keyed("k0")])[0].duplicate  # type: ignore[union-attr]
     assert q.append([keyed("k1499")])[0].duplicate  # type: ignore[union-attr]
