@@ -196,11 +196,13 @@ def test_telemetry_queue(fs: PowerCutFS, tmp_path: Path) -> None:
     acked: set[bytes] = set()  # payloads whose append returned: acknowledged to the module
     deleting: set[bytes] = set()  # payloads a delete was started for
     deleted: set[bytes] = set()  # payloads whose delete returned
+    sent_as: dict[bytes, int] = {}  # payload -> the record number it was uploaded under
 
     def start() -> None:
         acked.clear()
         deleting.clear()
         deleted.clear()
+        sent_as.clear()
         q = TelemetryQueue(path, 1 << 22, rules)
         queue[:] = [q]
         q.open()
@@ -217,6 +219,7 @@ def test_telemetry_queue(fs: PowerCutFS, tmp_path: Path) -> None:
         q = queue[0]
         batch = q.read_batch("detections", 0, 3, 1 << 20)
         payloads = {r.payload for r in batch}
+        sent_as.update({r.payload: r.n for r in batch})
         deleting.update(payloads)
         q.delete_sent("detections", batch[0].n, batch[-1].n)
         deleted.update(payloads)
@@ -244,16 +247,21 @@ def test_telemetry_queue(fs: PowerCutFS, tmp_path: Path) -> None:
             check = q.integrity_check()
             conn = q.conn
             assert conn is not None
-            stored = {bytes(row[0]) for row in conn.execute("SELECT payload FROM records")}
+            numbered = {bytes(row[0]): row[1] for row in conn.execute("SELECT payload, n FROM records")}
+            stored = set(numbered)
         finally:
             q.close()
         found = [] if check == "ok" else [f"integrity_check: {check}"]
         lost = acked - stored - deleting
         if lost:
             found.append(f"{len(lost)} acknowledged records lost: {sorted(lost)[:3]}")
+        # The queue deletes uploaded records in bulk in a later commit (docs/telemetry.md): after a
+        # cut they may come back, and are uploaded again under the number they had, which the
+        # fleet drops as a duplicate. Under another number they would be a second record.
         back = stored & deleted
-        if back:
-            found.append(f"{len(back)} records whose delete had returned came back")
+        renumbered = sorted(p for p in back if numbered[p] != sent_as[p])
+        if renumbered:
+            found.append(f"{len(renumbered)} uploaded records came back under another number: {renumbered[:3]}")
         return found
 
     found = explore(fs, template, steps, after_cut, lambda: after_cut(0, False), kill)
