@@ -17,6 +17,7 @@ Checks, in the order of cost, each before the next one reads anything:
  8. envelope schema and field types                              invalid_document, unsupported_schema
  9. replay: the version must be newer than every version that
     passed this gate before (the same bytes again are a duplicate) replayed
+    and not older than the floor kept across agent roll-backs    replayed
 9b. one rollout at a time: another rollout's lease holds the
     device (rollout_guard.py; the claim is payload.meta.rollout)  rollout_in_flight, invalid_rollout
 10. the deployment itself (module specs, mount roots)            invalid_deployment
@@ -69,6 +70,10 @@ class History:
     highest_version: int | None = None
     highest_digest: str | None = None
     rollout: RolloutClaim | None = None  # the claim of the last admitted document (who holds the device)
+    # The newest version ever accepted and its digest, kept outside state.db (trust_floor.py): an
+    # agent roll-back that restored an older state.db does not lower it. That very document is
+    # admitted again (the restored state.db has forgotten it); any other at or below it is a replay.
+    floor: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,13 @@ def admit(
                 "replayed",
                 f"version {envelope.version} is not newer than version {last}, the newest this device has "
                 "seen; a new deployment needs a higher version",
+            )
+        floor = history.floor
+        if floor is not None and (envelope.version < floor[0] or (envelope.version == floor[0] and digest != floor[1])):
+            raise DesiredRejected(
+                "replayed",
+                f"version {envelope.version} is not newer than version {floor[0]}, the newest this device "
+                "accepted (kept across agent roll-backs); a new deployment needs a higher version",
             )
         claim = claim_of(envelope.meta)
         rollout_guard.check(claim, history.rollout, now)
