@@ -43,6 +43,7 @@ from edge_agent.control import CommandError, ControlServer
 from edge_agent.deployment.images_gc import collect_images
 from edge_agent.deployment.modules_report import iso
 from edge_agent.deployment.monitor import Monitor
+from edge_agent.deployment.pass_causes import Cause
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.rollback import Failed, Good
@@ -136,7 +137,7 @@ class DesiredStateManager(BaseComponent):
         self._pin_task: asyncio.Task[None] | None = None
         self._first_pass = asyncio.Event()
         self.report_held = False  # a rollback waits for the pass that acts on it to be reported
-        self._first_pass_acted: tuple[str, ...] = ()
+        self._first_pass_why: Mapping[str, Cause] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.floor_file = config.state.dir / trust_floor.FILE_NAME
         self.floor: trust_floor.TrustFloor | None = None
@@ -248,11 +249,12 @@ class DesiredStateManager(BaseComponent):
         finally:
             await self.reconciler.runtime.close()
 
-    async def first_pass_done(self) -> tuple[str, ...]:
-        """Wait for the first completed pass; the modules it acted on (an agent update on trial
-        confirms only if it adopted every module as it found it)."""
+    async def first_pass_done(self) -> Mapping[str, Cause]:
+        """Wait for the first completed pass; the modules it acted on and why (an agent update on
+        trial confirms only if it adopted every module the same deployment made as it found it:
+        deployment/pass_causes.py)."""
         await self._first_pass.wait()
-        return self._first_pass_acted
+        return self._first_pass_why
 
     # ------------------------------------------------------------------ the pass loop
 
@@ -308,7 +310,7 @@ class DesiredStateManager(BaseComponent):
         # The first pass that planned (podman answered, nothing to roll back first): what it acted on.
         completed = result.runtime_error is None and (result.version is None or result.modules is not None)
         if not self._first_pass.is_set() and completed:
-            self._first_pass_acted = result.acted
+            self._first_pass_why = result.why
             self._first_pass.set()
         if self.artifacts is not None and result.modules is not None:
             self._spawn(run_blocking(self.artifacts.collect_staging, name="artifact staging collection"))
