@@ -14,6 +14,9 @@ Checks, in the order of cost, each before the next one reads anything:
     the signature, when enforced                                 unsigned, bad_signature, untrusted_key
     the payload then goes through 2-5 again
  7. gate-owned fields: expiry, key rotation                      expired, invalid_expires, invalid_trust
+    (expiry against `now` on a synchronised clock; on one that is
+    not, against the last time seen on a synchronised clock, or
+    not judged: ExpiryBasis)
  8. envelope schema and field types                              invalid_document, unsupported_schema
  9. replay: the version must be newer than every version that
     passed this gate before (the same bytes again are a duplicate) replayed
@@ -22,9 +25,10 @@ Checks, in the order of cost, each before the next one reads anything:
     device (rollout_guard.py; the claim is payload.meta.rollout)  rollout_in_flight, invalid_rollout
 10. the deployment itself (module specs, mount roots)            invalid_deployment
 
-Only after 6 is a document authenticated: a refusal before that carries no version (an attacker's
-claimed version must not reach the fleet's view). The depth scan is hand-written because the json
-module has no depth limit; it removes string literals with one regular expression (C speed) and
+The gate reads no clock: the caller passes `now` and, for expiry, an ExpiryBasis. Only after 6 is
+a document authenticated: a refusal before that carries no version (an attacker's claimed version
+must not reach the fleet's view). The depth scan is hand-written because the json module has no
+depth limit; it removes string literals with one regular expression (C speed) and
 counts brackets in what remains.
 """
 
@@ -61,6 +65,26 @@ class DocumentTrust:
     mode: Literal["enforce", "off"] = "enforce"
     keys: tuple[TrustedKey, ...] = ()
     require_expires: bool = False
+
+
+@dataclass(frozen=True)
+class ExpiryBasis:
+    """What `expires` is judged against when the wall clock may be wrong (identity/clock.py):
+    `at` is now on a synchronised clock, the last time seen on a synchronised clock otherwise,
+    None when there is none (expiry not judged). `clock` says which, for the refusal."""
+
+    at: float | None
+    clock: str = ""  # empty: a synchronised clock, nothing to say
+
+
+def expiry_basis(synchronised: bool, reason: str, reference: datetime | None) -> ExpiryBasis:
+    """From the clock's state (identity/clock.py: ClockState, expiry_reference)."""
+    if synchronised and reference is not None:
+        return ExpiryBasis(reference.timestamp())
+    if reference is None:
+        return ExpiryBasis(None, f"clock not synchronised ({reason}): expiry not judged")
+    return ExpiryBasis(reference.timestamp(), f"clock not synchronised ({reason}): judged against "
+                       f"{reference:%Y-%m-%dT%H:%M:%S}Z, the last time seen on a synchronised clock")
 
 
 @dataclass(frozen=True)
@@ -130,7 +154,7 @@ def parse_rfc3339(value: str) -> datetime:
     return parsed
 
 
-def _expiry(doc: Mapping[str, Any], required: bool, now: float) -> datetime | None:
+def _expiry(doc: Mapping[str, Any], required: bool, basis: ExpiryBasis) -> datetime | None:
     value = doc.get("expires")
     if value is None:
         if required:
@@ -142,8 +166,8 @@ def _expiry(doc: Mapping[str, Any], required: bool, now: float) -> datetime | No
         expires = parse_rfc3339(value)
     except ValueError as exc:
         raise DesiredRejected("invalid_expires", f"payload.expires: {value!r}: {exc}") from None
-    if expires.timestamp() <= now:
-        raise DesiredRejected("expired", f"document expired at {value}")
+    if basis.at is not None and expires.timestamp() <= basis.at:
+        raise DesiredRejected("expired", f"document expired at {value}" + (f"; {basis.clock}" if basis.clock else ""))
     return expires
 
 
@@ -196,8 +220,11 @@ def admit(
     history: History,
     now: float,
     validate: DeploymentValidator,
+    expiry: ExpiryBasis | None = None,
 ) -> Decision:
-    """The whole decision for one received payload (see the module docstring for the order)."""
+    """The whole decision for one received payload (see the module docstring for the order).
+    `expiry`: what `expires` is judged against (None: `now`, a clock known to be right)."""
+    basis = expiry if expiry is not None else ExpiryBasis(now)
     digest = digest_of(raw)
     authenticated_version: int | None = None
     try:
@@ -210,7 +237,7 @@ def admit(
         authenticated_version = _claimed_version(data)
         expires = new_keys = None
         if isinstance(data, dict):
-            expires = _expiry(data, trust.require_expires and signer is not None, now) if signer else None
+            expires = _expiry(data, trust.require_expires and signer is not None, basis) if signer else None
             new_keys = _rotation(data) if signer else None
             data = {k: v for k, v in data.items() if k not in GATE_FIELDS} if signer else data
         envelope = _envelope(data)

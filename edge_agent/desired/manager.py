@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import sqlite3
 import time
@@ -48,9 +49,19 @@ from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.rollback import Failed, Good
 from edge_agent.desired import transitions, trust_floor
-from edge_agent.desired.admission import Admitted, Decision, DocumentTrust, Duplicate, History, Refused, admit
+from edge_agent.desired.admission import (
+    Admitted,
+    Decision,
+    DocumentTrust,
+    Duplicate,
+    History,
+    Refused,
+    admit,
+    expiry_basis,
+)
 from edge_agent.desired.status import Refusal, VersionStatus, advance, deployment_section
 from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
+from edge_agent.identity.clock import CLOCK_FILE, ClockWatch, env_build_date
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.trust.passthrough import RegistryUnreachable
@@ -114,8 +125,11 @@ class DesiredStateManager(BaseComponent):
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
         artifacts: ArtifactDirs | None = None,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
         self.reported = reported
+        # Is the wall clock right? Expiry is judged by it only when it is (a Pi has no real-time clock).
+        self.clock_watch = clock_watch or ClockWatch(config.state.dir / CLOCK_FILE, build_date=env_build_date())
         self.verifier = verifier
         self.reconciler = reconciler
         self.artifacts = artifacts
@@ -380,14 +394,21 @@ class DesiredStateManager(BaseComponent):
     def submit(self, raw: bytes, *, trust: DocumentTrust | None = None) -> Decision:
         """The twin hands over every payload of the desired topic. Synchronous: documents are
         judged one at a time, in arrival order; only image pinning runs later (in run())."""
+        now = self.clock()
+        clock, reference = self.clock_watch.expiry_reference(dt.datetime.fromtimestamp(now, dt.UTC))
+        expiry = expiry_basis(clock.synchronised, clock.reason, reference)
         decision = admit(
             raw,
             limits=self.limits,
             trust=trust or self.trust,
             history=self._history(),
-            now=self.clock(),
+            now=now,
             validate=self.validate,
+            expiry=expiry,
         )
+        if isinstance(decision, Admitted) and decision.expires is not None and expiry.clock:
+            log.warning("version %d expires %s; %s", decision.version, decision.expires.isoformat(), expiry.clock,
+                        extra={"EVENT": "deployment.expiry_unjudged", "DEPLOYMENT": str(decision.version)})
         if isinstance(decision, Refused):
             self._refuse(decision)
         elif isinstance(decision, Duplicate):

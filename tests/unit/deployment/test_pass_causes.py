@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
 from edge_agent.deployment.pass_causes import Cause, causes, counted_against_release
@@ -20,7 +21,7 @@ def made_by(version: int, containers: list[ObservedContainer]) -> list[ObservedC
     return [replace(c, labels={**c.labels, LABEL_DEPLOYMENT: str(version)}) for c in containers]
 
 
-def why(d: PinnedDeployment, observed: list[ObservedContainer], images: set[str] | None = None,
+def why(d: PinnedDeployment, observed: list[ObservedContainer], images: Collection[str] | None = None,
         restarts: dict[str, RestartState] | None = None) -> dict[str, Cause]:
     p = plan(d, observed, d.images if images is None else images, restarts or {}, 1000.0, SETTINGS)
     return causes(p, observed, d, DEVICE)
