@@ -185,10 +185,15 @@ class DesiredStateManager(BaseComponent):
         restore = trust_floor.keys_to_restore(floor, config=config_fp, db_keys_version=self.store.keys_version())
         if restore is not None:
             version, pems = restore
-            keys = tuple(parse_public_key(p.encode(), str(self.floor_file)) for p in pems)
-            self.store.restore_keys(keys, version)
-            log.warning("document keys rotated by version %d put back (state.db was older: an agent roll-back)",
-                        version, extra={"EVENT": "trust.document_keys_restored", "DEPLOYMENT": str(version)})
+            try:
+                keys = tuple(parse_public_key(p.encode(), str(self.floor_file)) for p in pems)
+            except KeyFileError as exc:  # the file is written whole; only a hand-edit gets here
+                log.error("cannot put back the document keys kept across roll-backs (%s); state.db's are used", exc,
+                          extra={"EVENT": "trust.floor_unreadable"})
+            else:
+                self.store.restore_keys(keys, version)
+                log.warning("document keys rotated by version %d put back (state.db was older: an agent roll-back)",
+                            version, extra={"EVENT": "trust.document_keys_restored", "DEPLOYMENT": str(version)})
         self.floor = floor
         accepted = self.store.accepted()
         if accepted is not None:

@@ -157,3 +157,18 @@ async def test_without_the_file_a_roll_back_goes_back_whole(config: AgentConfig,
         assert isinstance(after.manager.submit(signed(2, "reg.local/other:1")), Admitted)
     finally:
         await after.stop()
+
+
+async def test_an_unreadable_file_is_reported_and_state_db_is_used(config: AgentConfig) -> None:
+    """Bad input loses nothing: the agent starts on state.db's floor and keys, and rewrites the file."""
+    state = config.state.dir
+    state.mkdir(parents=True, exist_ok=True)
+    (state / trust_floor.FILE_NAME).write_text("not json")
+    rig = await Rig(config, open_state_db(state)).start()
+    try:
+        assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
+        await accept(rig, signed(1), 1)
+        floor = trust_floor.read(state / trust_floor.FILE_NAME)
+        assert floor is not None and floor.version == 1
+    finally:
+        await rig.stop()
