@@ -32,6 +32,7 @@ from edge_agent.deployment.actions import Create, Plan, Start, action_to_dict
 from edge_agent.deployment.executor import Executor, ExecutorSettings
 from edge_agent.deployment.hooks import ArtifactHooks, ArtifactRefusal, ArtifactWait, ModuleHooks
 from edge_agent.deployment.modules_report import container_for, iso, modules_report, runtime_unknown
+from edge_agent.deployment.pass_causes import Cause, causes
 from edge_agent.deployment.pinned import CommittedDeployment, NamingSettings, PinnedDeployment
 from edge_agent.deployment.planner import PlannerSettings, plan
 from edge_agent.deployment.restart_policy import BackoffSettings, RestartState, settle
@@ -65,6 +66,7 @@ class PassResult:
     wake_at: float | None = None
     again: bool = False
     acted: tuple[str, ...] = field(default=())
+    why: Mapping[str, Cause] = field(default_factory=dict)  # module -> why it was acted on (pass_causes.py)
 
 
 class Reconciler:
@@ -200,6 +202,7 @@ class Reconciler:
         current_plan = plan(pinned, self.observed, images, restarts, now, self.planner_settings)
         self.last_plan = current_plan
         acted = tuple(sorted({a.module for a in current_plan.actions}))
+        why = causes(current_plan, self.observed, pinned, self.device_id)
         if current_plan.wake_at is not None:
             wake.append(current_plan.wake_at)
         # A module whose last action failed is not tried again before its backoff is over.
@@ -238,7 +241,7 @@ class Reconciler:
             self.clock(), artifacts=self.artifacts, origins=self.origins,
         )
         return PassResult(pinned.version, verdict, modules=self.last_modules, wake_at=min(wake, default=None),
-                          again=again, acted=acted)
+                          again=again, acted=acted, why=why)
 
     def _settle_restarts(self, pinned: PinnedDeployment, now: float) -> dict[str, RestartState]:
         restarts = self.store.restarts()

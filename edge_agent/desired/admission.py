@@ -14,16 +14,21 @@ Checks, in the order of cost, each before the next one reads anything:
     the signature, when enforced                                 unsigned, bad_signature, untrusted_key
     the payload then goes through 2-5 again
  7. gate-owned fields: expiry, key rotation                      expired, invalid_expires, invalid_trust
+    (expiry against `now` on a synchronised clock; on one that is
+    not, against the last time seen on a synchronised clock, or
+    not judged: ExpiryBasis)
  8. envelope schema and field types                              invalid_document, unsupported_schema
  9. replay: the version must be newer than every version that
     passed this gate before (the same bytes again are a duplicate) replayed
+    and not older than the floor kept across agent roll-backs    replayed
 9b. one rollout at a time: another rollout's lease holds the
     device (rollout_guard.py; the claim is payload.meta.rollout)  rollout_in_flight, invalid_rollout
 10. the deployment itself (module specs, mount roots)            invalid_deployment
 
-Only after 6 is a document authenticated: a refusal before that carries no version (an attacker's
-claimed version must not reach the fleet's view). The depth scan is hand-written because the json
-module has no depth limit; it removes string literals with one regular expression (C speed) and
+The gate reads no clock: the caller passes `now` and, for expiry, an ExpiryBasis. Only after 6 is
+a document authenticated: a refusal before that carries no version (an attacker's claimed version
+must not reach the fleet's view). The depth scan is hand-written because the json module has no
+depth limit; it removes string literals with one regular expression (C speed) and
 counts brackets in what remains.
 """
 
@@ -63,12 +68,36 @@ class DocumentTrust:
 
 
 @dataclass(frozen=True)
+class ExpiryBasis:
+    """What `expires` is judged against when the wall clock may be wrong (identity/clock.py):
+    `at` is now on a synchronised clock, the last time seen on a synchronised clock otherwise,
+    None when there is none (expiry not judged). `clock` says which, for the refusal."""
+
+    at: float | None
+    clock: str = ""  # empty: a synchronised clock, nothing to say
+
+
+def expiry_basis(synchronised: bool, reason: str, reference: datetime | None) -> ExpiryBasis:
+    """From the clock's state (identity/clock.py: ClockState, expiry_reference)."""
+    if synchronised and reference is not None:
+        return ExpiryBasis(reference.timestamp())
+    if reference is None:
+        return ExpiryBasis(None, f"clock not synchronised ({reason}): expiry not judged")
+    return ExpiryBasis(reference.timestamp(), f"clock not synchronised ({reason}): judged against "
+                       f"{reference:%Y-%m-%dT%H:%M:%S}Z, the last time seen on a synchronised clock")
+
+
+@dataclass(frozen=True)
 class History:
     """What the gate must know of the past: the newest version that ever passed it, and its digest."""
 
     highest_version: int | None = None
     highest_digest: str | None = None
     rollout: RolloutClaim | None = None  # the claim of the last admitted document (who holds the device)
+    # The newest version ever accepted and its digest, kept outside state.db (trust_floor.py): an
+    # agent roll-back that restored an older state.db does not lower it. That very document is
+    # admitted again (the restored state.db has forgotten it); any other at or below it is a replay.
+    floor: tuple[int, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +154,7 @@ def parse_rfc3339(value: str) -> datetime:
     return parsed
 
 
-def _expiry(doc: Mapping[str, Any], required: bool, now: float) -> datetime | None:
+def _expiry(doc: Mapping[str, Any], required: bool, basis: ExpiryBasis) -> datetime | None:
     value = doc.get("expires")
     if value is None:
         if required:
@@ -137,8 +166,8 @@ def _expiry(doc: Mapping[str, Any], required: bool, now: float) -> datetime | No
         expires = parse_rfc3339(value)
     except ValueError as exc:
         raise DesiredRejected("invalid_expires", f"payload.expires: {value!r}: {exc}") from None
-    if expires.timestamp() <= now:
-        raise DesiredRejected("expired", f"document expired at {value}")
+    if basis.at is not None and expires.timestamp() <= basis.at:
+        raise DesiredRejected("expired", f"document expired at {value}" + (f"; {basis.clock}" if basis.clock else ""))
     return expires
 
 
@@ -191,8 +220,11 @@ def admit(
     history: History,
     now: float,
     validate: DeploymentValidator,
+    expiry: ExpiryBasis | None = None,
 ) -> Decision:
-    """The whole decision for one received payload (see the module docstring for the order)."""
+    """The whole decision for one received payload (see the module docstring for the order).
+    `expiry`: what `expires` is judged against (None: `now`, a clock known to be right)."""
+    basis = expiry if expiry is not None else ExpiryBasis(now)
     digest = digest_of(raw)
     authenticated_version: int | None = None
     try:
@@ -205,7 +237,7 @@ def admit(
         authenticated_version = _claimed_version(data)
         expires = new_keys = None
         if isinstance(data, dict):
-            expires = _expiry(data, trust.require_expires and signer is not None, now) if signer else None
+            expires = _expiry(data, trust.require_expires and signer is not None, basis) if signer else None
             new_keys = _rotation(data) if signer else None
             data = {k: v for k, v in data.items() if k not in GATE_FIELDS} if signer else data
         envelope = _envelope(data)
@@ -217,6 +249,13 @@ def admit(
                 "replayed",
                 f"version {envelope.version} is not newer than version {last}, the newest this device has "
                 "seen; a new deployment needs a higher version",
+            )
+        floor = history.floor
+        if floor is not None and (envelope.version < floor[0] or (envelope.version == floor[0] and digest != floor[1])):
+            raise DesiredRejected(
+                "replayed",
+                f"version {envelope.version} is not newer than version {floor[0]}, the newest this device "
+                "accepted (kept across agent roll-backs); a new deployment needs a higher version",
             )
         claim = claim_of(envelope.meta)
         rollout_guard.check(claim, history.rollout, now)

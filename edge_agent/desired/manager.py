@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import sqlite3
 import time
@@ -43,13 +44,24 @@ from edge_agent.control import CommandError, ControlServer
 from edge_agent.deployment.images_gc import collect_images
 from edge_agent.deployment.modules_report import iso
 from edge_agent.deployment.monitor import Monitor
+from edge_agent.deployment.pass_causes import Cause
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.deployment.reconciler import PassResult, Reconciler
 from edge_agent.deployment.rollback import Failed, Good
-from edge_agent.desired import transitions
-from edge_agent.desired.admission import Admitted, Decision, DocumentTrust, Duplicate, History, Refused, admit
+from edge_agent.desired import transitions, trust_floor
+from edge_agent.desired.admission import (
+    Admitted,
+    Decision,
+    DocumentTrust,
+    Duplicate,
+    History,
+    Refused,
+    admit,
+    expiry_basis,
+)
 from edge_agent.desired.status import Refusal, VersionStatus, advance, deployment_section
 from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
+from edge_agent.identity.clock import CLOCK_FILE, ClockWatch, env_build_date
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
 from edge_agent.trust.passthrough import RegistryUnreachable
@@ -62,7 +74,7 @@ from edge_shared.rollout_claim import RolloutClaim, claim_of_envelope
 from edge_shared.spec import AGENT_RELEASE, Artifact, Deployment, artifact_slot, validate_deployment
 from edge_shared.threads import run_blocking
 from edge_shared.trust.api import ImageRejected, ImageVerifier
-from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key
+from edge_shared.trust.keys import KeyFileError, TrustedKey, load_public_key, parse_public_key
 
 log = get_logger(__name__)
 PIN_RETRY = (2.0, 60.0)  # reaching or storing a document failed: first retry after, doubling up to (s)
@@ -113,8 +125,11 @@ class DesiredStateManager(BaseComponent):
         control: ControlServer | None = None,
         clock: Callable[[], float] = time.time,
         artifacts: ArtifactDirs | None = None,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
         self.reported = reported
+        # Is the wall clock right? Expiry is judged by it only when it is (a Pi has no real-time clock).
+        self.clock_watch = clock_watch or ClockWatch(config.state.dir / CLOCK_FILE, build_date=env_build_date())
         self.verifier = verifier
         self.reconciler = reconciler
         self.artifacts = artifacts
@@ -136,8 +151,10 @@ class DesiredStateManager(BaseComponent):
         self._pin_task: asyncio.Task[None] | None = None
         self._first_pass = asyncio.Event()
         self.report_held = False  # a rollback waits for the pass that acts on it to be reported
-        self._first_pass_acted: tuple[str, ...] = ()
+        self._first_pass_why: Mapping[str, Cause] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.floor_file = config.state.dir / trust_floor.FILE_NAME
+        self.floor: trust_floor.TrustFloor | None = None
         self._configure(config)
         if reconciler.artifacts is not None:
             reconciler.artifacts.on_report = self.wake.set  # a module confirmed or refused an artifact
@@ -149,10 +166,55 @@ class DesiredStateManager(BaseComponent):
         config_keys = tuple(load_public_key(p) for p in config.trust.document_keys)
         if self.store.reset_keys_if_config_changed(config_keys):
             log.info("document keys from the config are in force", extra={"EVENT": "trust.document_keys_config"})
+        self._restore_floor()
         self.config = config
         self.limits = Limits(config.twin.max_desired_bytes, config.twin.max_desired_depth,
                              config.twin.max_document_signatures)
         self.trust = document_trust(config, self.store.rotated_keys())
+
+    def _restore_floor(self) -> None:
+        """The replay floor and rotation an agent roll-back must not undo (trust_floor.py): put back
+        what a restored state.db lost, and bring the file up to what state.db holds."""
+        try:
+            floor = trust_floor.read(self.floor_file)
+        except (OSError, trust_floor.TrustFloorError) as exc:
+            log.error("cannot read the replay floor kept across roll-backs (%s); state.db alone is used", exc,
+                      extra={"EVENT": "trust.floor_unreadable"})
+            floor = None
+        config_fp = self.store.config_fingerprint() or ""
+        restore = trust_floor.keys_to_restore(floor, config=config_fp, db_keys_version=self.store.keys_version())
+        if restore is not None:
+            version, pems = restore
+            try:
+                keys = tuple(parse_public_key(p.encode(), str(self.floor_file)) for p in pems)
+            except KeyFileError as exc:  # the file is written whole; only a hand-edit gets here
+                log.error("cannot put back the document keys kept across roll-backs (%s); state.db's are used", exc,
+                          extra={"EVENT": "trust.floor_unreadable"})
+            else:
+                self.store.restore_keys(keys, version)
+                log.warning("document keys rotated by version %d put back (state.db was older: an agent roll-back)",
+                            version, extra={"EVENT": "trust.document_keys_restored", "DEPLOYMENT": str(version)})
+        self.floor = floor
+        accepted = self.store.accepted()
+        if accepted is not None:
+            self._raise_floor(accepted[0], accepted[1])
+
+    def _raise_floor(self, version: int, digest: str) -> None:
+        """After a commit: the file follows state.db. A failure to write it is logged; state.db
+        holds the commit, only its protection against an agent roll-back is missing."""
+        rotated = self.store.rotated_keys()
+        new = trust_floor.merged(
+            self.floor, version=version, digest=digest, config=self.store.config_fingerprint() or "",
+            keys_version=self.store.keys_version() if rotated else None,
+            keys=tuple(k.pem().decode() for k in rotated),
+        )
+        if new == self.floor:
+            return
+        try:
+            trust_floor.write(self.floor_file, new)
+        except OSError as exc:
+            log.error("cannot keep the replay floor across roll-backs (%s)", exc, extra={"EVENT": "trust.floor_failed"})
+        self.floor = new  # in memory it holds either way
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,11 +268,12 @@ class DesiredStateManager(BaseComponent):
         finally:
             await self.reconciler.runtime.close()
 
-    async def first_pass_done(self) -> tuple[str, ...]:
-        """Wait for the first completed pass; the modules it acted on (an agent update on trial
-        confirms only if it adopted every module as it found it)."""
+    async def first_pass_done(self) -> Mapping[str, Cause]:
+        """Wait for the first completed pass; the modules it acted on and why (an agent update on
+        trial confirms only if it adopted every module the same deployment made as it found it:
+        deployment/pass_causes.py)."""
         await self._first_pass.wait()
-        return self._first_pass_acted
+        return self._first_pass_why
 
     # ------------------------------------------------------------------ the pass loop
 
@@ -266,7 +329,7 @@ class DesiredStateManager(BaseComponent):
         # The first pass that planned (podman answered, nothing to roll back first): what it acted on.
         completed = result.runtime_error is None and (result.version is None or result.modules is not None)
         if not self._first_pass.is_set() and completed:
-            self._first_pass_acted = result.acted
+            self._first_pass_why = result.why
             self._first_pass.set()
         if self.artifacts is not None and result.modules is not None:
             self._spawn(run_blocking(self.artifacts.collect_staging, name="artifact staging collection"))
@@ -336,14 +399,21 @@ class DesiredStateManager(BaseComponent):
     def submit(self, raw: bytes, *, trust: DocumentTrust | None = None) -> Decision:
         """The twin hands over every payload of the desired topic. Synchronous: documents are
         judged one at a time, in arrival order; only image pinning runs later (in run())."""
+        now = self.clock()
+        clock, reference = self.clock_watch.expiry_reference(dt.datetime.fromtimestamp(now, dt.UTC))
+        expiry = expiry_basis(clock.synchronised, clock.reason, reference)
         decision = admit(
             raw,
             limits=self.limits,
             trust=trust or self.trust,
             history=self._history(),
-            now=self.clock(),
+            now=now,
             validate=self.validate,
+            expiry=expiry,
         )
+        if isinstance(decision, Admitted) and decision.expires is not None and expiry.clock:
+            log.warning("version %d expires %s; %s", decision.version, decision.expires.isoformat(), expiry.clock,
+                        extra={"EVENT": "deployment.expiry_unjudged", "DEPLOYMENT": str(decision.version)})
         if isinstance(decision, Refused):
             self._refuse(decision)
         elif isinstance(decision, Duplicate):
@@ -357,10 +427,11 @@ class DesiredStateManager(BaseComponent):
         return validate_deployment(raw, allowed_mount_roots=roots)
 
     def _history(self) -> History:
+        floor = (self.floor.version, self.floor.digest) if self.floor is not None else None
         if not self.statuses:
-            return History()
+            return History(floor=floor)
         newest = self.statuses[max(self.statuses)]
-        return History(newest.version, newest.digest, self._rollout_holder())
+        return History(newest.version, newest.digest, self._rollout_holder(), floor)
 
     def _rollout_holder(self) -> RolloutClaim | None:
         """The rollout claim of the last admitted document: the one still verifying, else the
@@ -576,6 +647,7 @@ class DesiredStateManager(BaseComponent):
         self._pending = None
         self._fetching.clear()
         self.current = committed
+        self._raise_floor(version, admitted.digest)
         for row in transition.statuses:
             self.statuses[row.version] = row
         if admitted.new_keys:

@@ -214,6 +214,14 @@ class StateStore:
         value = get_meta(self.db, META_VERSION)
         return None if value is None else int(value)
 
+    def restore_keys(self, keys: Sequence[TrustedKey], version: int) -> None:
+        """Put back a rotation that an agent roll-back's older state.db lost (trust_floor.py)."""
+        with transaction(self.db):
+            self._install_keys(keys, version)
+
+    def config_fingerprint(self) -> str | None:
+        return get_meta(self.db, META_CONFIG_FP)
+
     def _install_keys(self, keys: Sequence[TrustedKey], version: int) -> None:
         self._keys.delete_where()
         self._keys.upsert_all(

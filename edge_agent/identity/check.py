@@ -11,7 +11,7 @@ from cryptography import x509
 
 from edge_agent.check_result import CheckResult
 from edge_agent.config import AgentConfig
-from edge_agent.identity.clock import ClockWatch, env_build_date
+from edge_agent.identity.clock import CLOCK_FILE, ClockWatch, env_build_date
 
 WARN_BEFORE = dt.timedelta(days=14)
 
@@ -35,7 +35,7 @@ def check_identity(config: AgentConfig) -> CheckResult:
     except (OSError, ValueError) as exc:
         return CheckResult(name, "fail", f"{path}: {exc}")
     now = dt.datetime.now(dt.UTC)
-    clock = ClockWatch(config.state.dir / "clock-last-seen", build_date=env_build_date()).state(now)
+    clock = ClockWatch(config.state.dir / CLOCK_FILE, build_date=env_build_date()).state(now)
     subject, until = cert.subject.rfc4514_string(), cert.not_valid_after_utc
     text = f"{subject}, expires {until:%Y-%m-%d %H:%M}Z"
     if not clock.synchronised:

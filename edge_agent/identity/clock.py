@@ -16,6 +16,7 @@ from pathlib import Path
 from edge_shared.atomic_file import atomic_write
 
 TIMESYNC_DIR = Path("/run/systemd/timesync")
+CLOCK_FILE = "clock-last-seen"  # in the state folder: the last time seen on a synchronised clock
 # The agent's source can not have been built before this day: a clock before it is certainly wrong.
 BUILD_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SAVED_TOLERANCE = dt.timedelta(minutes=5)  # the saved time may be ahead by the save interval
@@ -39,6 +40,14 @@ def clock_state(now: dt.datetime, *, build_date: dt.datetime, last_saved: dt.dat
     if timesyncd is False:
         return ClockState(False, "systemd-timesyncd has not synchronised the clock yet")
     return ClockState(True, "synchronised by systemd-timesyncd" if timesyncd else "no sign of a wrong clock")
+
+
+def expiry_reference(state: ClockState, now: dt.datetime, last_saved: dt.datetime | None) -> dt.datetime | None:
+    """The time a signed document's expiry is judged against. A synchronised clock: now. One that
+    is not: the last time this agent saw on a synchronised clock, a time certainly past (a
+    document that expired before it has expired), or None when there is none (expiry cannot be
+    judged; the replay floor still refuses every older version)."""
+    return now if state.synchronised else last_saved
 
 
 class ClockWatch:
@@ -65,6 +74,12 @@ class ClockWatch:
     def state(self, now: dt.datetime | None = None) -> ClockState:
         now = now or dt.datetime.now(dt.UTC)
         return clock_state(now, build_date=self.build_date, last_saved=self.last_saved(), timesyncd=self.timesyncd())
+
+    def expiry_reference(self, now: dt.datetime | None = None) -> tuple[ClockState, dt.datetime | None]:
+        now = now or dt.datetime.now(dt.UTC)
+        last = self.last_saved()
+        state = clock_state(now, build_date=self.build_date, last_saved=last, timesyncd=self.timesyncd())
+        return state, expiry_reference(state, now, last)
 
     def save(self, now: dt.datetime | None = None) -> None:
         now = now or dt.datetime.now(dt.UTC)

@@ -36,7 +36,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.identity import evidence
 from edge_agent.identity.certs import CertFacts, Decision, decide, issued_problem
 from edge_agent.identity.client import EnrollmentRefused, exchange
-from edge_agent.identity.clock import ClockState, ClockWatch, env_build_date
+from edge_agent.identity.clock import CLOCK_FILE, ClockState, ClockWatch, env_build_date
 from edge_agent.identity.keystore import FileKeys, KeyStore, TpmSealedKeys, client_tls_context
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
@@ -78,7 +78,7 @@ class IdentityComponent(BaseComponent):
         self.folder = self.section.dir or config.state.dir / "identity"
         self.cert_path = self.folder / "device.crt"
         self.next_cert_path = self.folder / "next.crt"
-        self.clock = ClockWatch(config.state.dir / "clock-last-seen", build_date=env_build_date())
+        self.clock = ClockWatch(config.state.dir / CLOCK_FILE, build_date=env_build_date())
         self.keys: KeyStore | None = None
         self.state = "starting"
         self.detail = ""

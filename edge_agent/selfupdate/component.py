@@ -24,13 +24,14 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
 from edge_agent.component import BaseComponent
 from edge_agent.config import AgentConfig
+from edge_agent.deployment.pass_causes import Cause, counted_against_release
 from edge_agent.deployment.pinned import CommittedDeployment
 from edge_agent.logs import get_logger
 from edge_agent.reported import ReportedState
@@ -61,7 +62,7 @@ class SelfUpdateComponent(BaseComponent):
         runtime: PodmanRuntime,
         last_known_good: Callable[[], CommittedDeployment | None],
         connected: Callable[[], Awaitable[None]],
-        first_pass: Callable[[], Awaitable[tuple[str, ...]]],
+        first_pass: Callable[[], Awaitable[Mapping[str, Cause]]],
         restart: Callable[[str], None],
         *,
         is_insecure: Callable[[str], bool],
@@ -208,9 +209,16 @@ class SelfUpdateComponent(BaseComponent):
     async def _confirm(self) -> None:
         self._set("trial", f"agent {__version__} proving itself: waiting for the broker and the first pass")
         await self.connected()
-        recreated = await self.first_pass()
+        why = await self.first_pass()
+        for module, cause in sorted(why.items()):
+            if cause.kind != "release":  # asked for by the deployment or a restart policy: not this release's doing
+                log.info("agent %s trial: first pass acted on %s (%s: %s); not counted against the release",
+                         __version__, module, cause.kind, cause.detail,
+                         extra={"EVENT": "agent.update_first_pass", "MODULE": module})
+        recreated = counted_against_release(why)
         if recreated:
-            reason = f"the first pass had to act on modules {', '.join(recreated)} instead of adopting them"
+            details = "; ".join(f"{m}: {why[m].detail}" for m in recreated)
+            reason = f"the first pass had to replace modules instead of adopting them ({details})"
             self.files.note(reason)
             self._set("trial", f"agent {__version__} cannot confirm: {reason}")
             log.error(

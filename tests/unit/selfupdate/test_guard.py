@@ -194,6 +194,22 @@ def test_a_roll_back_brings_back_the_state_database_of_before_the_trial(box: Box
     assert not (box.state / "state.db-shm").exists()
 
 
+def test_a_roll_back_keeps_the_replay_floor_kept_outside_state_db(box: Box) -> None:
+    """document-trust.json (edge_agent/desired/trust_floor.py) moved forward during the trial and
+    is not part of the copy the guard restores: the roll-back leaves it as the trial wrote it."""
+    box.guard("start")
+    (box.state / "state.db").write_text("schema 1")
+    (box.state / "document-trust.json").write_text('{"version": 1}')
+    fake_release(box.files, "1.1", "1.1")
+    box.files.request("1.1")
+    box.guard("start", max_starts=1)
+    (box.state / "state.db").write_text("schema 2, rotated by version 2")
+    (box.state / "document-trust.json").write_text('{"version": 2}')
+    box.guard("start", max_starts=1)  # crash loop: back
+    assert (box.state / "state.db").read_text() == "schema 1"
+    assert (box.state / "document-trust.json").read_text() == '{"version": 2}'
+
+
 def test_a_confirmed_trial_keeps_its_state(box: Box) -> None:
     box.guard("start")
     (box.state / "state.db").write_text("schema 1")

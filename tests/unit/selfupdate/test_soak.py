@@ -10,6 +10,7 @@ import pytest
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
+from edge_agent.deployment.pass_causes import Cause
 from edge_agent.reported import ReportedState
 from edge_agent.selfupdate.component import SelfUpdateComponent
 from edge_agent.selfupdate.files import UpdateFiles
@@ -51,7 +52,8 @@ class Clock:
         await self.wake.wait()
 
 
-def component(tmp_path: Path, clock: Clock, soak: int) -> tuple[SelfUpdateComponent, UpdateFiles, list[str]]:
+def component(tmp_path: Path, clock: Clock, soak: int, first: dict[str, Cause] | None = None,
+              ) -> tuple[SelfUpdateComponent, UpdateFiles, list[str]]:
     config = AgentConfig.model_validate({"device": {"id": "d"}, "mqtt": {"host": "h"}, "state": {"dir": str(tmp_path)}})
     files = UpdateFiles(tmp_path)
     files.dir.mkdir(parents=True)
@@ -61,8 +63,8 @@ def component(tmp_path: Path, clock: Clock, soak: int) -> tuple[SelfUpdateCompon
     async def connected() -> None:
         connects.append("connected")
 
-    async def first_pass() -> tuple[str, ...]:
-        return ()
+    async def first_pass() -> dict[str, Cause]:
+        return first or {}
 
     update = SelfUpdateComponent(
         config, ReportedState(), None, lambda: None, connected, first_pass, lambda why: None,  # type: ignore[arg-type]
@@ -106,3 +108,25 @@ async def test_no_soak_confirms_at_once(tmp_path: Path) -> None:
     update, files, _ = component(tmp_path, clock, 0)
     await update._confirm()
     assert clock.asked == [] and files.trial() is None
+
+
+async def test_first_pass_actions_a_deployment_or_restart_policy_asked_for_do_not_count(tmp_path: Path) -> None:
+    """A module that crashed in the restart gap, a newer deployment's pull the update interrupted."""
+    clock = Clock()
+    first = {"camera": Cause("restart_policy", "exited with code 1; policy always"),
+             "detector": Cause("deployment", "no container for deployment 7's spec yet")}
+    update, files, _ = component(tmp_path, clock, 0, first)
+    await update._confirm()
+    outcome = files.outcome()
+    assert files.trial() is None and outcome is not None and outcome["result"] == "succeeded"
+
+
+async def test_a_first_pass_that_replaces_the_same_deployments_container_does_not_confirm(tmp_path: Path) -> None:
+    clock = Clock()
+    first = {"camera": Cause("restart_policy", "exited with code 1; policy always"),
+             "detector": Cause("release", "deployment 7's container has another spec under this release")}
+    update, files, _ = component(tmp_path, clock, 0, first)
+    await update._confirm()
+    trial = files.trial()
+    assert trial is not None and trial.version == __version__ and files.outcome() is None
+    assert "detector" in update.detail and "camera" not in update.detail
