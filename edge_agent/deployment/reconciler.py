@@ -97,6 +97,8 @@ class Reconciler:
         self.last_modules: dict[str, Any] = {}
         self.busy_since: float | None = None
         self._known_images: set[str] = set()
+        # Running containers (id, started at) the hooks were told of in this agent run.
+        self._hooked: set[tuple[str, float | None]] = set()
         self._failed_reported: set[str] = set()  # modules whose "deployment failed" was logged
         if control is not None:
             control.register("plan", self._cmd_plan)
@@ -181,6 +183,7 @@ class Reconciler:
         now = self.clock()
         wake: list[float] = []
         self.observed = await self.runtime.list_containers(self.device_id)
+        await self._adopt(pinned)
         restarts = self._settle_restarts(pinned, now)
         verdict = self._judge(committed, pinned, last_known_good, restarts, now)
         if isinstance(verdict, Probation) and verdict.until is not None:
@@ -227,6 +230,10 @@ class Reconciler:
             else:
                 again = True  # look again at once: the next plan should be empty
             self.observed = await self.runtime.list_containers(self.device_id)
+            for module in {a.module for a in result.done if isinstance(a, Start)}:
+                started = container_for(self.observed, pinned, module, self.device_id)
+                if started is not None:  # the executor ran the hooks before this start
+                    self._hooked.add(_run_key(started))
         module_retry = min((f.next_at for c, f in self.retries.causes().items() if c.startswith("module:")),
                            default=None)
         if module_retry is not None:
@@ -239,6 +246,25 @@ class Reconciler:
         )
         return PassResult(pinned.version, verdict, modules=self.last_modules, wake_at=min(wake, default=None),
                           again=again, acted=acted)
+
+    async def _adopt(self, pinned: PinnedDeployment) -> None:
+        """Tell the hooks of every running container of `pinned` they were not told of in this
+        agent run, as if it were being started: a container adopted after an agent restart gets
+        back what a start sets up (its telemetry socket, its image measurement). Hooks are
+        idempotent, so a container this run started is only confirmed again."""
+        for module in sorted(pinned.modules):
+            container = container_for(self.observed, pinned, module, self.device_id)
+            if container is None or container.state != "running" or _run_key(container) in self._hooked:
+                continue
+            for hook in self.hooks:
+                try:
+                    await hook.before_start(module, container.image, pinned.version)
+                except Exception as exc:  # one hook's failure must not keep the module from being adopted
+                    log.error("%s: restoring what a start sets up failed: %s", module, exc,
+                              extra={"EVENT": "module.adopt_hook_failed", "MODULE": module})
+            self._hooked.add(_run_key(container))
+            log.info("%s: adopted running container %s", module, container.name,
+                     extra={"EVENT": "module.adopted", "MODULE": module, "DEPLOYMENT": str(pinned.version)})
 
     def _settle_restarts(self, pinned: PinnedDeployment, now: float) -> dict[str, RestartState]:
         restarts = self.store.restarts()
@@ -342,3 +368,8 @@ def _runtime_error(failure: Failure) -> str:
 
 
 __all__ = ["Failed", "Good", "PassResult", "Probation", "Reconciler", "Settled", "Verdict"]
+
+
+def _run_key(container: ObservedContainer) -> tuple[str, float | None]:
+    """One run of one container: a restart (new started_at) is a start the executor's hooks see."""
+    return container.id, container.started_at

@@ -356,3 +356,36 @@ async def test_podman_down_backs_off_to_the_cap_and_logs_once(tmp_path: Path, ca
 
 def reported_running(pipe: Pipeline) -> bool:
     return (pipe.reported.get("modules") or {}).get("a", {}).get("runtimeStatus") == "running"
+
+
+async def test_adopted_running_containers_get_the_start_hooks_once_after_an_agent_restart(tmp_path: Path) -> None:
+    # What a start sets up (telemetry socket, image measurement) must come back for a container
+    # the agent adopts after its own restart, which it neither creates nor starts.
+    pipe, runtime, clock, hooks = make_with_hooks(tmp_path)
+    runtime.registry.add(f"reg.local:5000/a@sha256:{hashlib.sha256(b'reg.local:5000/a:1').hexdigest()}")
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    assert [(k, m) for k, m, _ in hooks.calls] == [("before_create", "a"), ("before_start", "a")]
+    hooks.calls.clear()
+    await settle(pipe)
+    assert hooks.calls == []  # a container this run started is not "adopted" again
+
+    restarted_hooks = RecordingHooks()
+    db = open_state_db(tmp_path / "state")
+    restarted = Pipeline(parse_config(CONFIG), db, ReportedState(), runtime, FakeVerifier(), clock=clock,
+                         hooks=[restarted_hooks])
+    await restarted.start()
+    runtime.calls.clear()
+    await settle(restarted)
+    await settle(restarted)
+    assert [c for c in runtime.calls if c[0] in ("create", "start", "stop", "remove")] == []
+    assert [(k, m) for k, m, _ in restarted_hooks.calls] == [("before_start", "a")]
+    assert restarted_hooks.calls[0][2].startswith("reg.local:5000/a@sha256:") and restarted_hooks.calls[0][2].endswith(" v1")
+
+    # A crash and restart of the adopted container: the executor's start runs the hooks, once.
+    restarted_hooks.calls.clear()
+    runtime.exit("a", 1)
+    clock.now += 60
+    await settle(restarted)
+    assert [(k, m) for k, m, _ in restarted_hooks.calls].count(("before_start", "a")) == 1
