@@ -381,7 +381,8 @@ async def test_adopted_running_containers_get_the_start_hooks_once_after_an_agen
     await settle(restarted)
     assert [c for c in runtime.calls if c[0] in ("create", "start", "stop", "remove")] == []
     assert [(k, m) for k, m, _ in restarted_hooks.calls] == [("before_start", "a")]
-    assert restarted_hooks.calls[0][2].startswith("reg.local:5000/a@sha256:") and restarted_hooks.calls[0][2].endswith(" v1")
+    info = restarted_hooks.calls[0][2]
+    assert info.startswith("reg.local:5000/a@sha256:") and info.endswith(" v1")
 
     # A crash and restart of the adopted container: the executor's start runs the hooks, once.
     restarted_hooks.calls.clear()
