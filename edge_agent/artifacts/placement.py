@@ -140,7 +140,7 @@ class ArtifactDirs:
             try:
                 contents = artifact_contents(manifest.body, f"{ref.repository}@{digest}")
             except ArtifactFormatError as exc:
-                raise ArtifactFailed("artifact_invalid", str(exc)) from None
+                raise ArtifactFailed(exc.code, str(exc)) from None
             total = sum(f.size for f in contents.files)
             if total > self.max_bytes:
                 raise ArtifactFailed("artifact_too_large", f"{reference}: {total} bytes; the limit is {self.max_bytes}")
