@@ -223,6 +223,23 @@ class ArtifactDirs:
         )
         return Placed(digest, old, contents)
 
+    def discard(self, module: str, slot: str, digest: str) -> bool:
+        """Remove one version now (a module refused it), unless it is `current`; a `previous`
+        link to it goes too (a rollback never returns to a model the module refused)."""
+        if self.link(module, slot) == digest:
+            return False
+        slot_dir = self.slot_dir(module, slot)
+        if self.link(module, slot, PREVIOUS) == digest:
+            (slot_dir / PREVIOUS).unlink(missing_ok=True)
+        version = self.version_dir(module, slot, digest)
+        if not version.exists():
+            return False
+        shutil.rmtree(version, ignore_errors=True)
+        _fsync_dir(slot_dir)
+        log.info("module %s: removed refused artifact version %s", module, digest[:19],
+                 extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest})
+        return True
+
     def collect(self, module: str, slot: str, keep: set[str]) -> list[str]:
         """Remove versions other than `keep`, `current` and `previous` (staging folders: collect_staging)."""
         slot_dir = self.slot_dir(module, slot)
