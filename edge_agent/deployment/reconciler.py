@@ -46,6 +46,7 @@ from edge_shared.retry import Failure, Retries
 log = get_logger(__name__)
 FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to (per cause)
 RUNTIME = "runtime"  # the retry cause "podman does not answer"
+MODULE_ACTION_ATTEMPTS = 3  # failed creates/starts of one module before its version fails
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class Reconciler:
         # Running containers (id, started at) the hooks were told of in this agent run.
         self._hooked: set[tuple[str, float | None]] = set()
         self._failed_reported: set[str] = set()  # modules whose "deployment failed" was logged
+        # Modules whose last failed action was a create or start (the container's own spec is at
+        # fault); a failed pull is the network's and waits for the apply timeout as before.
+        self._container_failures: set[str] = set()
         if control is not None:
             control.register("plan", self._cmd_plan)
             control.register("restart", self._cmd_restart)
@@ -177,6 +181,7 @@ class Reconciler:
         pinned = committed.pinned()
         if self.pinned is None or self.pinned.version != pinned.version:
             self.module_errors.clear()
+            self._container_failures.clear()
             self.retries.forget("module:")
             self._failed_reported.clear()
         self.pinned = pinned
@@ -219,6 +224,13 @@ class Reconciler:
                     log.info("%s: recovered after %d failed attempts", module, recovered.attempts,
                              extra={"EVENT": "module.recovered", "MODULE": module})
             self.module_errors.update(result.failed)
+            for module, action in result.failed_action.items():
+                if isinstance(action, Create | Start):
+                    self._container_failures.add(module)
+                else:
+                    self._container_failures.discard(module)
+            for module in {a.module for a in result.done} - set(result.failed):
+                self._container_failures.discard(module)
             for module, error in result.failed.items():
                 failure, news = self.retries.failed(f"module:{module}", error, self.clock())
                 (log.error if news else log.debug)(
@@ -286,6 +298,26 @@ class Reconciler:
                         self.device_id, self.probation)
         if self.artifacts is not None and isinstance(verdict, Good | Probation):
             verdict = self._judge_artifacts(committed, pinned, verdict, now)
+        if isinstance(verdict, Probation):
+            verdict = self._judge_action_failures(pinned, verdict)
+        return verdict
+
+    def _judge_action_failures(self, pinned: PinnedDeployment, verdict: Probation) -> Verdict:
+        """A module whose container cannot be created or started (or whose artifact cannot be
+        placed, or pulled) is the version's reason at once, not "not started yet" until the apply
+        timeout; after MODULE_ACTION_ATTEMPTS failed creates or starts (retried with backoff: a
+        podman hiccup heals) the version fails, so a device with a last-known-good one returns to
+        it within seconds. A failing pull keeps waiting (the network may come back)."""
+        for module in pinned.ordered():
+            error = self.module_errors.get(module.name)
+            if error is None:
+                continue
+            failure = self.retries.get(f"module:{module.name}")
+            attempts = failure.attempts if failure is not None else 0
+            if attempts >= MODULE_ACTION_ATTEMPTS and module.name in self._container_failures:
+                return Failed(module.name, f"{error} ({attempts} attempts)", code="module_action_failed")
+            return Probation(verdict.until, f"{module.name}: {error}" + (f" (attempt {attempts}, retrying)"
+                                                                       if attempts else ""))
         return verdict
 
     def _judge_artifacts(

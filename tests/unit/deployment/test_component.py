@@ -17,7 +17,7 @@ from devinfra.pipeline import Pipeline
 from edge_agent.config import parse_config
 from edge_agent.desired.admission import Admitted, Duplicate, Refused
 from edge_agent.reported import ReportedState
-from edge_agent.runtime.api import ContainerRequest, MountRequest
+from edge_agent.runtime.api import ContainerRequest, MountRequest, RuntimeFailure
 from edge_agent.store import open_state_db
 from edge_shared.trust.api import ImageRejected, VerifiedImage
 from tests.fakes.runtime import FakeRuntime
@@ -390,3 +390,60 @@ async def test_adopted_running_containers_get_the_start_hooks_once_after_an_agen
     clock.now += 60
     await settle(restarted)
     assert [(k, m) for k, m, _ in restarted_hooks.calls].count(("before_start", "a")) == 1
+
+
+class RefusingRuntime(FakeRuntime):
+    """podman refuses to create a container whose environment says so (like a duplicate mount
+    destination): the create fails every time, the same way."""
+
+    async def create(self, request: ContainerRequest) -> str:
+        if request.env.get("REFUSE"):
+            self.calls.append(("create", request.name))
+            raise RuntimeFailure(f"create {request.name}: duplicate mount destination /control")
+        return await super().create(request)
+
+
+async def test_a_create_failure_is_the_versions_reason_at_once_and_fails_it_after_three_attempts(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    pipe, rt, clock, _ = make(tmp_path, RefusingRuntime(clock=clock), clock)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    clock.now += 31
+    await settle(pipe)
+    assert pipe.state(1) == "good"
+
+    await pipe.deploy(2, doc(a={"env": {"REFUSE": "1"}}))
+    await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert v2["state"] == "activating", v2
+    assert "duplicate mount destination /control" in v2["description"] and "attempt 1" in v2["description"], v2
+    for _ in range(6):  # the retries' backoff (2 s, 4 s, ...), far below the apply timeout
+        if pipe.state(2) != "activating":
+            break
+        clock.now += 10
+        await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert (v2["state"], v2["code"], v2["module"]) == ("rolled_back", "module_action_failed", "a"), v2
+    assert "duplicate mount destination" in v2["description"] and "3 attempts" in v2["description"], v2
+    assert pipe.section()["current"] == 1
+    await settle(pipe)
+    assert rt.containers and all(c.state == "running" for c in rt.containers.values())
+    assert clock.now - 1031 < pipe.reconciler.probation.apply_timeout_s
+
+
+async def test_a_failing_pull_keeps_waiting_for_the_network(tmp_path: Path) -> None:
+    pipe, _, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    clock.now += 31
+    await settle(pipe)
+    await pipe.deploy(2, doc(a={"img": "a:9"}))  # resolves, but no pull succeeds
+    for _ in range(6):
+        clock.now += 10
+        await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert v2["state"] == "activating" and "not found" in v2["description"], v2
