@@ -77,7 +77,8 @@ def build_components(ctx: AgentContext) -> list[Component]:
     # Module artifacts (models): verified and downloaded by the desired-state owner, placed by the
     # reconciler.
     registry = RegistryClient(registry_settings(ctx.config.trust))
-    artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry)
+    artifact_dirs = ArtifactDirs(ctx.config.state.dir / "artifacts", registry,
+                                 min_free_bytes=ctx.config.state.min_free_mb * 1024 * 1024)
     artifacts = ModuleArtifacts(artifact_dirs)
     identity = None
     if ctx.config.identity.enabled:

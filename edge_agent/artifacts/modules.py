@@ -68,7 +68,12 @@ class ModuleArtifacts:
                     await run_blocking(
                         self.dirs.fetch, module.name, slot, f"{repository}@{digest}", name="artifact fetch"
                     )
-                    await run_blocking(self.dirs.switch, module.name, slot, digest, name="artifact switch")
+                    placed = await run_blocking(self.dirs.switch, module.name, slot, digest, name="artifact switch")
+                    if placed.previous is not None and self._refused(module.name, slot, placed.previous):
+                        # switched back from a model the module refused: it goes at once, not at
+                        # the next good deployment's collection
+                        await run_blocking(self.dirs.discard, module.name, slot, placed.previous,
+                                           name="artifact discard")
                 except ArtifactFailed as exc:
                     errors[module.name] = f"artifact {artifact.ref} at {artifact.path}: {exc.code}: {exc.description}"
                     break
@@ -92,6 +97,12 @@ class ModuleArtifacts:
                     keep.setdefault(key, set()).add(pinned_digest(artifact))
         for (name, slot), digests in keep.items():
             self.dirs.collect(name, slot, digests)
+
+    def _refused(self, module: str, slot: str, digest: str) -> bool:
+        """The module said it refuses a layer of version `digest`."""
+        report = self.reports.get(module)
+        contents = self.dirs.contents(module, slot, digest)
+        return report is not None and contents is not None and bool(contents.layer_digests & set(report.refused))
 
     # ------------------------------------------------------------------ ModuleHooks
 

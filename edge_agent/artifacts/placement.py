@@ -26,10 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.logs import get_logger
-from edge_shared.artifacts.format import ArtifactContents, ArtifactFormatError, artifact_contents
+from edge_shared.artifacts.format import (
+    METADATA_FILE,
+    ArtifactContents,
+    ArtifactFormatError,
+    artifact_contents,
+    validate_metadata,
+)
+from edge_shared.strict_json import loads_strict
 from edge_shared.trust.registry import RegistryClient, RegistryError, parse_reference
 
 log = get_logger(__name__)
+
 
 MANIFEST_FILE = ".manifest.json"
 CURRENT, PREVIOUS = "current", "previous"
@@ -77,11 +85,13 @@ class ArtifactDirs:
     """The artifact tree under the agent's state directory."""
 
     def __init__(
-        self, root: Path, registry: RegistryClient | None = None, max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+        self, root: Path, registry: RegistryClient | None = None, max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        min_free_bytes: int = 0,
     ) -> None:
         self.root = root
         self.registry = registry
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes  # state.min_free_mb: what a download must leave free
         self._staging: set[Path] = set()  # staging folders of downloads in progress (in threads)
         self._lock = threading.Lock()
 
@@ -140,10 +150,12 @@ class ArtifactDirs:
             try:
                 contents = artifact_contents(manifest.body, f"{ref.repository}@{digest}")
             except ArtifactFormatError as exc:
-                raise ArtifactFailed("artifact_invalid", str(exc)) from None
+                raise ArtifactFailed(exc.code, str(exc)) from None
             total = sum(f.size for f in contents.files)
             if total > self.max_bytes:
                 raise ArtifactFailed("artifact_too_large", f"{reference}: {total} bytes; the limit is {self.max_bytes}")
+            usage = shutil.disk_usage(slot_dir)
+            check_space(usage.total, usage.free, total, self.min_free_bytes, reference)
             staging.mkdir(mode=0o755)
             for f in contents.files:
                 with open(staging / f.name, "xb") as fh:
@@ -158,6 +170,7 @@ class ArtifactDirs:
                     os.fsync(fh.fileno())
                 if f.sidecar:
                     _write(staging / (f.name + ".sha256"), f"{f.digest.removeprefix('sha256:')}  {f.name}\n".encode())
+            check_metadata(staging / METADATA_FILE, reference)
             _write(staging / MANIFEST_FILE, manifest.body)
             staging.chmod(0o755)
             _fsync_dir(staging)
@@ -169,7 +182,8 @@ class ArtifactDirs:
         except OSError as exc:
             if self.contents(module, slot, digest) is not None:  # another fetch finished it first
                 return self.contents(module, slot, digest)  # type: ignore[return-value]
-            raise ArtifactFailed("artifact_io", f"{reference}: cannot write {exc.filename}: {exc.strerror}") from None
+            where = exc.filename or staging
+            raise ArtifactFailed("artifact_io", f"{reference}: cannot write {where}: {exc.strerror}") from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -208,6 +222,23 @@ class ArtifactDirs:
             extra={"EVENT": "artifact.switched", "MODULE": module, "DIGEST": digest},
         )
         return Placed(digest, old, contents)
+
+    def discard(self, module: str, slot: str, digest: str) -> bool:
+        """Remove one version now (a module refused it), unless it is `current`; a `previous`
+        link to it goes too (a rollback never returns to a model the module refused)."""
+        if self.link(module, slot) == digest:
+            return False
+        slot_dir = self.slot_dir(module, slot)
+        if self.link(module, slot, PREVIOUS) == digest:
+            (slot_dir / PREVIOUS).unlink(missing_ok=True)
+        version = self.version_dir(module, slot, digest)
+        if not version.exists():
+            return False
+        shutil.rmtree(version, ignore_errors=True)
+        _fsync_dir(slot_dir)
+        log.info("module %s: removed refused artifact version %s", module, digest[:19],
+                 extra={"EVENT": "artifact.removed", "MODULE": module, "DIGEST": digest})
+        return True
 
     def collect(self, module: str, slot: str, keep: set[str]) -> list[str]:
         """Remove versions other than `keep`, `current` and `previous` (staging folders: collect_staging)."""
@@ -248,6 +279,40 @@ class ArtifactDirs:
 
     def forget_module(self, module: str) -> None:
         shutil.rmtree(self.root / module, ignore_errors=True)
+
+
+def check_space(total: int, free: int, need: int, min_free: int, reference: str) -> None:
+    """Refuse a download of `need` bytes that would leave less than `min_free` bytes free: final
+    (artifact_no_space) when it could not fit even on the empty filesystem, else transient
+    (artifact_io: retried, something may be freed meanwhile)."""
+    mb = 1024 * 1024
+    if need + min_free > total:
+        raise ArtifactFailed(
+            "artifact_no_space",
+            f"{reference}: {need / mb:.1f} MB cannot fit on the state filesystem ({total / mb:.1f} MB in all, "
+            f"state.min_free_mb={min_free // mb} kept free)",
+        )
+    if need + min_free > free:
+        raise ArtifactFailed(
+            "artifact_io",
+            f"{reference}: {need / mb:.1f} MB needed and state.min_free_mb={min_free // mb} kept free; "
+            f"{free / mb:.1f} MB free on the state filesystem",
+        )
+
+
+def check_metadata(path: Path, reference: str) -> None:
+    """The model's metadata (model.json) is what the module reads its input shape from: it is
+    checked on the device, not only when the fleet pushed it."""
+    try:
+        doc = loads_strict(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ArtifactFailed("artifact_invalid_metadata", f"{reference}: {METADATA_FILE}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ArtifactFailed("artifact_invalid_metadata", f"{reference}: {METADATA_FILE}: expected a JSON object")
+    try:
+        validate_metadata(doc, f"{reference}: {METADATA_FILE}")
+    except ArtifactFormatError as exc:
+        raise ArtifactFailed("artifact_invalid_metadata", str(exc)) from None
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -35,6 +35,7 @@ class ExecutorSettings:
 class ExecutionResult:
     done: list[Action] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # module -> error
+    failed_action: dict[str, Action] = field(default_factory=dict)  # module -> the action that failed
 
 
 class Executor:
@@ -79,6 +80,7 @@ class Executor:
             except RuntimeFailure as exc:
                 # Logged by the caller, once per change (a persistent failure is not one line per retry).
                 result.failed[action.module] = f"{action.describe()} failed: {exc}"
+                result.failed_action[action.module] = action
                 continue
             log.info("%s: %s (%s)", action.module, action.describe(), action.reason, extra=extra)
             result.done.append(action)

@@ -18,7 +18,9 @@ class ModuleHooks(Protocol):
         ...
 
     async def before_start(self, module: str, image: str, deployment: int | None) -> None:
-        """`image` is repository@sha256:digest. Must not raise for a start to go ahead."""
+        """`image` is repository@sha256:digest. Must not raise for a start to go ahead. Also called
+        once for each running container the agent adopts after its own restart (the reconciler's
+        first look at it), so whatever a start sets up is restored: it must be idempotent."""
         ...
 
     async def after_remove(self, module: str) -> None:

@@ -47,6 +47,7 @@ from edge_shared.retry import Failure, Retries
 log = get_logger(__name__)
 FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to (per cause)
 RUNTIME = "runtime"  # the retry cause "podman does not answer"
+MODULE_ACTION_ATTEMPTS = 3  # failed creates/starts of one module before its version fails
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,12 @@ class Reconciler:
         self.last_modules: dict[str, Any] = {}
         self.busy_since: float | None = None
         self._known_images: set[str] = set()
+        # Running containers (id, started at) the hooks were told of in this agent run.
+        self._hooked: set[tuple[str, float | None]] = set()
         self._failed_reported: set[str] = set()  # modules whose "deployment failed" was logged
+        # Modules whose last failed action was a create or start (the container's own spec is at
+        # fault); a failed pull is the network's and waits for the apply timeout as before.
+        self._container_failures: set[str] = set()
         if control is not None:
             control.register("plan", self._cmd_plan)
             control.register("restart", self._cmd_restart)
@@ -177,12 +183,14 @@ class Reconciler:
         pinned = committed.pinned()
         if self.pinned is None or self.pinned.version != pinned.version:
             self.module_errors.clear()
+            self._container_failures.clear()
             self.retries.forget("module:")
             self._failed_reported.clear()
         self.pinned = pinned
         now = self.clock()
         wake: list[float] = []
         self.observed = await self.runtime.list_containers(self.device_id)
+        await self._adopt(pinned)
         restarts = self._settle_restarts(pinned, now)
         verdict = self._judge(committed, pinned, last_known_good, restarts, now)
         if isinstance(verdict, Probation) and verdict.until is not None:
@@ -219,6 +227,13 @@ class Reconciler:
                     log.info("%s: recovered after %d failed attempts", module, recovered.attempts,
                              extra={"EVENT": "module.recovered", "MODULE": module})
             self.module_errors.update(result.failed)
+            for module, action in result.failed_action.items():
+                if isinstance(action, Create | Start):
+                    self._container_failures.add(module)
+                else:
+                    self._container_failures.discard(module)
+            for module in {a.module for a in result.done} - set(result.failed):
+                self._container_failures.discard(module)
             for module, error in result.failed.items():
                 failure, news = self.retries.failed(f"module:{module}", error, self.clock())
                 (log.error if news else log.debug)(
@@ -230,6 +245,10 @@ class Reconciler:
             else:
                 again = True  # look again at once: the next plan should be empty
             self.observed = await self.runtime.list_containers(self.device_id)
+            for module in {a.module for a in result.done if isinstance(a, Start)}:
+                started = container_for(self.observed, pinned, module, self.device_id)
+                if started is not None:  # the executor ran the hooks before this start
+                    self._hooked.add(_run_key(started))
         module_retry = min((f.next_at for c, f in self.retries.causes().items() if c.startswith("module:")),
                            default=None)
         if module_retry is not None:
@@ -242,6 +261,25 @@ class Reconciler:
         )
         return PassResult(pinned.version, verdict, modules=self.last_modules, wake_at=min(wake, default=None),
                           again=again, acted=acted, why=why)
+
+    async def _adopt(self, pinned: PinnedDeployment) -> None:
+        """Tell the hooks of every running container of `pinned` they were not told of in this
+        agent run, as if it were being started: a container adopted after an agent restart gets
+        back what a start sets up (its telemetry socket, its image measurement). Hooks are
+        idempotent, so a container this run started is only confirmed again."""
+        for module in sorted(pinned.modules):
+            container = container_for(self.observed, pinned, module, self.device_id)
+            if container is None or container.state != "running" or _run_key(container) in self._hooked:
+                continue
+            for hook in self.hooks:
+                try:
+                    await hook.before_start(module, container.image, pinned.version)
+                except Exception as exc:  # one hook's failure must not keep the module from being adopted
+                    log.error("%s: restoring what a start sets up failed: %s", module, exc,
+                              extra={"EVENT": "module.adopt_hook_failed", "MODULE": module})
+            self._hooked.add(_run_key(container))
+            log.info("%s: adopted running container %s", module, container.name,
+                     extra={"EVENT": "module.adopted", "MODULE": module, "DEPLOYMENT": str(pinned.version)})
 
     def _settle_restarts(self, pinned: PinnedDeployment, now: float) -> dict[str, RestartState]:
         restarts = self.store.restarts()
@@ -263,6 +301,26 @@ class Reconciler:
                         self.device_id, self.probation)
         if self.artifacts is not None and isinstance(verdict, Good | Probation):
             verdict = self._judge_artifacts(committed, pinned, verdict, now)
+        if isinstance(verdict, Probation):
+            verdict = self._judge_action_failures(pinned, verdict)
+        return verdict
+
+    def _judge_action_failures(self, pinned: PinnedDeployment, verdict: Probation) -> Verdict:
+        """A module whose container cannot be created or started (or whose artifact cannot be
+        placed, or pulled) is the version's reason at once, not "not started yet" until the apply
+        timeout; after MODULE_ACTION_ATTEMPTS failed creates or starts (retried with backoff: a
+        podman hiccup heals) the version fails, so a device with a last-known-good one returns to
+        it within seconds. A failing pull keeps waiting (the network may come back)."""
+        for module in pinned.ordered():
+            error = self.module_errors.get(module.name)
+            if error is None:
+                continue
+            failure = self.retries.get(f"module:{module.name}")
+            attempts = failure.attempts if failure is not None else 0
+            if attempts >= MODULE_ACTION_ATTEMPTS and module.name in self._container_failures:
+                return Failed(module.name, f"{error} ({attempts} attempts)", code="module_action_failed")
+            return Probation(verdict.until, f"{module.name}: {error}" + (f" (attempt {attempts}, retrying)"
+                                                                       if attempts else ""))
         return verdict
 
     def _judge_artifacts(
@@ -345,3 +403,8 @@ def _runtime_error(failure: Failure) -> str:
 
 
 __all__ = ["Failed", "Good", "PassResult", "Probation", "Reconciler", "Settled", "Verdict"]
+
+
+def _run_key(container: ObservedContainer) -> tuple[str, float | None]:
+    """One run of one container: a restart (new started_at) is a start the executor's hooks see."""
+    return container.id, container.started_at

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
@@ -41,8 +42,11 @@ _CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 # Capabilities that amount to root on the host: refused outright, not merely discouraged.
 FORBIDDEN_CAPABILITIES = frozenset({"SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO", "SYS_BOOT", "MAC_ADMIN"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Where an artifact may not be mounted: the kernel's filesystems and the agent's own mounts.
-RESERVED_TARGETS = tuple(PurePosixPath(p) for p in ("/proc", "/sys", "/dev", "/run/edge-agent"))
+# Where an artifact may not be mounted: the kernel's filesystems, the container's own tmpfs (/tmp)
+# and runtime directory (/run, where the agent mounts the telemetry socket).
+RESERVED_TARGETS = tuple(PurePosixPath(p) for p in ("/proc", "/sys", "/dev", "/tmp", "/run"))
+# The refusal code of a deployment with an artifact path that is reserved or collides with a mount.
+ARTIFACT_PATH_CODE = "artifact_path_refused"
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
@@ -117,7 +121,7 @@ class Mount(_Model):
         path = PurePosixPath(value)
         if not path.is_absolute() or ".." in path.parts:
             raise PydanticCustomError("path", "expected an absolute path without '..'")
-        return str(path)
+        return normalise_container_path(value)
 
 
 class Port(_Model):
@@ -165,6 +169,38 @@ class Capabilities(_Model):
         return sorted(set(out))
 
 
+def normalise_container_path(value: str) -> str:
+    """An absolute container path in one spelling: `//x`, `/x/`, `/a/../x` and `/x/.` are all
+    `/x` (POSIX keeps a leading `//`, podman does not: both must compare equal here)."""
+    if not value.startswith("/"):
+        return value
+    return "/" + posixpath.normpath(value).lstrip("/")
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Two normalised absolute paths are the same, or one contains the other."""
+    pa, pb = PurePosixPath(a), PurePosixPath(b)
+    return pa == pb or pa in pb.parents or pb in pa.parents
+
+
+def artifact_path_problem(
+    path: str, mount_targets: Iterable[str] = (), other_artifacts: Iterable[str] = ()
+) -> str | None:
+    """Why an artifact may not be mounted at the normalised `path`, or None: a reserved place, or
+    a module mount target (the same, above or below it: podman refuses duplicate destinations)."""
+    target = PurePosixPath(path)
+    reserved = next((r for r in RESERVED_TARGETS if target == r or r in target.parents or target in r.parents), None)
+    if reserved is not None:
+        return f"{path}: {reserved} is not a place for artifacts"
+    for mount in mount_targets:
+        if overlaps(path, normalise_container_path(mount)):
+            return f"{path}: overlaps the mount target {mount}"
+    for other in other_artifacts:
+        if overlaps(path, other):
+            return f"{path}: overlaps the artifact path {other}"
+    return None
+
+
 def artifact_slot(target: str) -> str:
     """The directory name an artifact mounted at `target` has on the device: /models -> models."""
     return "-".join(PurePosixPath(target).parts[1:]) or "root"
@@ -193,12 +229,13 @@ class Artifact(_Model):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not path.is_absolute() or ".." in path.parts or len(path.parts) < 2:
-            raise PydanticCustomError("path", "expected an absolute directory below / without '..'")
-        if any(not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*", p) for p in path.parts[1:]):
+        normal = normalise_container_path(value)
+        path = PurePosixPath(normal)
+        if not path.is_absolute() or len(path.parts) < 2:
+            raise PydanticCustomError("path", "expected an absolute directory below /")
+        if any(not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", p) for p in path.parts[1:]):
             raise PydanticCustomError("path", "expected path components of letters, digits, '.', '_', '-'")
-        return str(path)
+        return normal
 
 
 class ModuleSpec(_Model):
@@ -245,22 +282,15 @@ class ModuleSpec(_Model):
                     "artifacts", "{path}: two artifacts map to the same directory ({slot})",
                     {"path": value[i].path, "slot": slot},
                 )
-        for a in value:
-            path = PurePosixPath(a.path)
-            reserved = next((r for r in RESERVED_TARGETS if path == r or r in path.parents), None)
-            if reserved is not None:
-                raise PydanticCustomError(
-                    "artifacts", "{path}: {reserved} is not a place for artifacts",
-                    {"path": a.path, "reserved": str(reserved)},
-                )
         return value
 
     @model_validator(mode="after")
     def _artifact_targets(self) -> ModuleSpec:
-        taken = {m.target for m in self.mounts}
-        for a in self.artifacts:
-            if a.path in taken:
-                raise ValueError(f"artifacts: {a.path} is also a mount target")
+        paths = [a.path for a in self.artifacts]
+        for i, path in enumerate(paths):
+            problem = artifact_path_problem(path, [m.target for m in self.mounts], paths[:i])
+            if problem is not None:
+                raise PydanticCustomError(ARTIFACT_PATH_CODE, "artifacts: {problem}", {"problem": problem})
         return self
 
     @field_validator("image")
@@ -384,7 +414,10 @@ def validate_deployment(raw: Mapping[str, Any], *, allowed_mount_roots: Iterable
         deployment = Deployment.model_validate(dict(raw))
     except ValidationError as exc:
         problems = [_describe(e, raw) for e in exc.errors()]
-        raise DesiredRejected("invalid_deployment", "; ".join(problems)) from None
+        # A refused artifact path has its own code: the fleet tells it from a typo at a glance.
+        path_refused = any(e["type"] == ARTIFACT_PATH_CODE for e in exc.errors())
+        code = ARTIFACT_PATH_CODE if path_refused else "invalid_deployment"
+        raise DesiredRejected(code, "; ".join(problems)) from None
     if allowed_mount_roots is not None:
         problems = _check_mounts(deployment, allowed_mount_roots)
         if problems:

@@ -40,7 +40,29 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ArtifactFormatError(ValueError):
-    """The artifact or its metadata is not usable; the message names the field."""
+    """The artifact or its metadata is not usable; the message names the field. `code` is what
+    the fleet sees: artifact_wrong_type for a manifest or layer of another kind, else artifact_invalid."""
+
+    def __init__(self, message: str, code: str = "artifact_invalid") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# What a model artifact may be made of: anything else (an image, a text/plain layer holding an
+# ONNX file) is refused, so a module never gets a file the agent wrote no checksum for.
+LAYER_TYPES = frozenset({ONNX_LAYER_TYPE})
+
+
+def media_type_problem(artifact_type: str | None, config_type: str, layer_types: list[str]) -> str | None:
+    """Why a manifest with these types is not a model artifact, or None."""
+    if artifact_type != MODEL_ARTIFACT_TYPE:
+        return f"artifactType is {artifact_type!r}; expected {MODEL_ARTIFACT_TYPE}"
+    if config_type != MODEL_CONFIG_TYPE:
+        return f"config mediaType is {config_type!r}; expected {MODEL_CONFIG_TYPE}"
+    for i, media_type in enumerate(layer_types):
+        if media_type not in LAYER_TYPES:
+            return f"layers[{i}] mediaType is {media_type!r}; expected {ONNX_LAYER_TYPE}"
+    return None
 
 
 class ModelInput(BaseModel):
@@ -164,6 +186,9 @@ def artifact_contents(manifest: bytes, what: str = "artifact manifest") -> Artif
         raise ArtifactFormatError(f"{what}: {exc}") from None
     if config is None:
         raise ArtifactFormatError(f"{what}: an index, not an artifact manifest (no config)")
+    problem = media_type_problem(artifact_type, config.media_type, [layer.media_type for layer in layers])
+    if problem is not None:
+        raise ArtifactFormatError(f"{what}: {problem}", "artifact_wrong_type")
     files: list[ArtifactFile] = []
     for i, layer in enumerate(layers):
         name = layer.annotations.get(TITLE)
@@ -171,11 +196,11 @@ def artifact_contents(manifest: bytes, what: str = "artifact manifest") -> Artif
             raise ArtifactFormatError(f"{what}: layers[{i}] has no {TITLE} annotation (the file name to place)")
         if not FILE_NAME.match(name) or name in (".", ".."):
             raise ArtifactFormatError(f"{what}: layers[{i}] file name {name!r} is not a plain file name")
-        files.append(ArtifactFile(name, layer.digest, layer.size, sidecar=layer.media_type == ONNX_LAYER_TYPE))
+        # Every layer gets its checksum file, written from the signed manifest's digest.
+        files.append(ArtifactFile(name, layer.digest, layer.size, sidecar=True))
     if not files:
         raise ArtifactFormatError(f"{what}: no layers")
-    if config.media_type == MODEL_CONFIG_TYPE:
-        files.append(ArtifactFile(METADATA_FILE, config.digest, config.size, is_layer=False))
+    files.append(ArtifactFile(METADATA_FILE, config.digest, config.size, is_layer=False))
     names = [f.name for f in files] + [f.name + ".sha256" for f in files if f.sidecar]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:

@@ -87,18 +87,20 @@ def test_bad_metadata_is_refused_naming_the_field(change: Any, message: str) -> 
     assert str(err.value).startswith("model.json: ") and message in str(err.value)
 
 
-def _manifest(layers: list[dict[str, Any]], config_type: str = MODEL_CONFIG_TYPE) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "config": {"mediaType": config_type, "digest": "sha256:" + "0" * 64, "size": 2},
-            "layers": layers,
-        }
-    ).encode()
+def _manifest(layers: list[dict[str, Any]], config_type: str = MODEL_CONFIG_TYPE,
+              artifact_type: str | None = MODEL_ARTIFACT_TYPE) -> bytes:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "config": {"mediaType": config_type, "digest": "sha256:" + "0" * 64, "size": 2},
+        "layers": layers,
+    }
+    if artifact_type is not None:
+        doc["artifactType"] = artifact_type
+    return json.dumps(doc).encode()
 
 
-def _layer(title: str | None) -> dict[str, Any]:
-    layer: dict[str, Any] = {"mediaType": "application/octet-stream", "digest": "sha256:" + "1" * 64, "size": 3}
+def _layer(title: str | None, media_type: str = ONNX_LAYER_TYPE) -> dict[str, Any]:
+    layer: dict[str, Any] = {"mediaType": media_type, "digest": "sha256:" + "1" * 64, "size": 3}
     if title is not None:
         layer["annotations"] = {"org.opencontainers.image.title": title}
     return layer
@@ -119,6 +121,37 @@ def test_unusable_artifact_manifests_are_refused(layers: list[dict[str, Any]], m
     with pytest.raises(ArtifactFormatError) as err:
         artifact_contents(_manifest(layers))
     assert message in str(err.value)
+
+
+IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
+IMAGE_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (_manifest([_layer("model.onnx")], artifact_type=None), "artifactType is None"),
+        (_manifest([_layer("model.onnx")], artifact_type="application/vnd.other.v1"), "artifactType is 'application/"),
+        (_manifest([_layer("model.onnx")], artifact_type=IMAGE_CONFIG), "artifactType is"),
+        (_manifest([_layer("model.onnx")], config_type=IMAGE_CONFIG), "config mediaType is"),
+        (_manifest([_layer("model.onnx")], config_type="application/vnd.oci.empty.v1+json"), "config mediaType is"),
+        (_manifest([_layer("model.onnx", "text/plain")]), "layers[0] mediaType is 'text/plain'"),
+        (_manifest([_layer("model.onnx", IMAGE_LAYER)]), "layers[0] mediaType is"),
+        (_manifest([_layer("model.onnx", "application/octet-stream")]), "layers[0] mediaType is"),
+        (_manifest([_layer("model.onnx"), _layer("extra.bin", "text/plain")]), "layers[1] mediaType is 'text/plain'"),
+    ],
+)
+def test_other_kinds_of_artifact_are_refused_as_the_wrong_type(manifest: bytes, message: str) -> None:
+    with pytest.raises(ArtifactFormatError) as err:
+        artifact_contents(manifest)
+    assert message in str(err.value) and err.value.code == "artifact_wrong_type"
+
+
+def test_a_model_artifact_places_every_layer_with_its_checksum_and_its_metadata() -> None:
+    contents = artifact_contents(_manifest([_layer("model.onnx")]))
+    assert contents.artifact_type == MODEL_ARTIFACT_TYPE
+    assert [(f.name, f.sidecar, f.is_layer) for f in contents.files] == [
+        ("model.onnx", True, True), (METADATA_FILE, False, False)]
 
 
 def test_pinning_rewrites_only_the_artifact_refs() -> None:

@@ -149,6 +149,11 @@ async def test_models_switch_under_the_container_and_refusals_roll_back(tmp_path
     assert "input.shape" in v3["description"] and pipe.section()["current"] == 2
     assert (slot / "current" / "model.onnx").read_bytes() == b"v2" * 100
     assert [c[0] for c in rt.calls[calls:] if c[0] in ("create", "remove", "stop", "start")] == []
+    # the refused model is gone at once (not kept as `previous` until the next good deployment)
+    v3_dir = "sha256-" + tags["reg.local:5000/m:v3"].removeprefix("sha256:")
+    assert not (slot / v3_dir).exists() and not (slot / "previous").exists()
+    assert [p.name for p in slot.iterdir() if p.name.startswith("sha256-")] == [
+        "sha256-" + tags["reg.local:5000/m:v2"].removeprefix("sha256:")]
 
     await pipe.deploy(4, doc("stranger"))
     v4 = pipe.section()["versions"]["4"]

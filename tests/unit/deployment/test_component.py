@@ -17,7 +17,7 @@ from devinfra.pipeline import Pipeline
 from edge_agent.config import parse_config
 from edge_agent.desired.admission import Admitted, Duplicate, Refused
 from edge_agent.reported import ReportedState
-from edge_agent.runtime.api import ContainerRequest, MountRequest
+from edge_agent.runtime.api import ContainerRequest, MountRequest, RuntimeFailure
 from edge_agent.store import open_state_db
 from edge_shared.trust.api import ImageRejected, VerifiedImage
 from tests.fakes.runtime import FakeRuntime
@@ -356,3 +356,94 @@ async def test_podman_down_backs_off_to_the_cap_and_logs_once(tmp_path: Path, ca
 
 def reported_running(pipe: Pipeline) -> bool:
     return (pipe.reported.get("modules") or {}).get("a", {}).get("runtimeStatus") == "running"
+
+
+async def test_adopted_running_containers_get_the_start_hooks_once_after_an_agent_restart(tmp_path: Path) -> None:
+    # What a start sets up (telemetry socket, image measurement) must come back for a container
+    # the agent adopts after its own restart, which it neither creates nor starts.
+    pipe, runtime, clock, hooks = make_with_hooks(tmp_path)
+    runtime.registry.add(f"reg.local:5000/a@sha256:{hashlib.sha256(b'reg.local:5000/a:1').hexdigest()}")
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    assert [(k, m) for k, m, _ in hooks.calls] == [("before_create", "a"), ("before_start", "a")]
+    hooks.calls.clear()
+    await settle(pipe)
+    assert hooks.calls == []  # a container this run started is not "adopted" again
+
+    restarted_hooks = RecordingHooks()
+    db = open_state_db(tmp_path / "state")
+    restarted = Pipeline(parse_config(CONFIG), db, ReportedState(), runtime, FakeVerifier(), clock=clock,
+                         hooks=[restarted_hooks])
+    await restarted.start()
+    runtime.calls.clear()
+    await settle(restarted)
+    await settle(restarted)
+    assert [c for c in runtime.calls if c[0] in ("create", "start", "stop", "remove")] == []
+    assert [(k, m) for k, m, _ in restarted_hooks.calls] == [("before_start", "a")]
+    info = restarted_hooks.calls[0][2]
+    assert info.startswith("reg.local:5000/a@sha256:") and info.endswith(" v1")
+
+    # A crash and restart of the adopted container: the executor's start runs the hooks, once.
+    restarted_hooks.calls.clear()
+    runtime.exit("a", 1)
+    clock.now += 60
+    await settle(restarted)
+    assert [(k, m) for k, m, _ in restarted_hooks.calls].count(("before_start", "a")) == 1
+
+
+class RefusingRuntime(FakeRuntime):
+    """podman refuses to create a container whose environment says so (like a duplicate mount
+    destination): the create fails every time, the same way."""
+
+    async def create(self, request: ContainerRequest) -> str:
+        if request.env.get("REFUSE"):
+            self.calls.append(("create", request.name))
+            raise RuntimeFailure(f"create {request.name}: duplicate mount destination /control")
+        return await super().create(request)
+
+
+async def test_a_create_failure_is_the_versions_reason_at_once_and_fails_it_after_three_attempts(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    pipe, rt, clock, _ = make(tmp_path, RefusingRuntime(clock=clock), clock)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    clock.now += 31
+    await settle(pipe)
+    assert pipe.state(1) == "good"
+
+    await pipe.deploy(2, doc(a={"env": {"REFUSE": "1"}}))
+    await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert v2["state"] == "activating", v2
+    assert "duplicate mount destination /control" in v2["description"] and "attempt 1" in v2["description"], v2
+    for _ in range(6):  # the retries' backoff (2 s, 4 s, ...), far below the apply timeout
+        if pipe.state(2) != "activating":
+            break
+        clock.now += 10
+        await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert (v2["state"], v2["code"], v2["module"]) == ("rolled_back", "module_action_failed", "a"), v2
+    assert "duplicate mount destination" in v2["description"] and "3 attempts" in v2["description"], v2
+    assert pipe.section()["current"] == 1
+    await settle(pipe)
+    assert rt.containers and all(c.state == "running" for c in rt.containers.values())
+    assert clock.now - 1031 < pipe.reconciler.probation.apply_timeout_s
+
+
+async def test_a_failing_pull_keeps_waiting_for_the_network(tmp_path: Path) -> None:
+    pipe, _, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    clock.now += 31
+    await settle(pipe)
+    await pipe.deploy(2, doc(a={"img": "a:9"}))  # resolves, but no pull succeeds
+    for _ in range(6):
+        clock.now += 10
+        await settle(pipe, 2)
+    v2 = pipe.section()["versions"]["2"]
+    assert v2["state"] == "activating" and "not found" in v2["description"], v2
