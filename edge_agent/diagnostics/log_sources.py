@@ -132,6 +132,8 @@ def read_module(url: str, device_id: str, module: str, lines: int, since: float 
                 got = list(itertools.islice(found, lines) if cursor is not None else found)
             finally:
                 resp.close()
+            if cursor is None and got and isinstance(got[0].position, dict) and got[0].position.get("ts"):
+                got = _tail_with_whole_runs(client, container, params, got)
     except SourceUnavailable:
         raise
     except LogsError as exc:
@@ -139,3 +141,22 @@ def read_module(url: str, device_id: str, module: str, lines: int, since: float 
     except (OSError, ValueError) as exc:
         raise SourceUnavailable(f"podman at {url}: {transport_reason(exc)}") from None
     return got
+
+
+def _tail_with_whole_runs(client: Any, container: str, params: dict[str, str], tail: list[LogLine]) -> list[LogLine]:
+    """The tail again, read from its first line's time: lines written in one go share a timestamp,
+    and a tail can start inside such a run. A line's position counts the lines of its run from
+    the run's first one, so it must see the whole run (else the next page, read from that time,
+    repeats lines the tail already sent)."""
+    first = tail[0].position["ts"]
+    again = {k: v for k, v in params.items() if k != "tail"}
+    again["since"] = str(first)
+    resp = client.api.get(f"/containers/{container}/logs", params=again, stream=True,
+                          timeout=(PODMAN_TIMEOUT_S, PODMAN_TIMEOUT_S))
+    try:
+        if resp.status_code != 200:
+            return tail
+        whole = list(after_podman_cursor(_podman_lines(resp), {"ts": None}))
+    finally:
+        resp.close()
+    return whole[-len(tail):] if whole else tail
