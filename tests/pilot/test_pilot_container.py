@@ -74,6 +74,15 @@ def test_container_drives_the_simulator(
     image: str, container_name: str, tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
 ) -> None:
     models = container_models(tmp_path, signing_key, public_key_pem)
+    # The shipped settings with the simulator in lock step with the pilot (each frame advances the
+    # simulated world by one 20 Hz tick, never by the wall clock), so the lap does not depend on how
+    # busy the machine is; the real-time loop itself is tested in test_frame_pacing/test_drive_loop.
+    settings = json.loads((REPO / "modules/pilot/config/sim.json").read_text())
+    settings["actuator"] = {**settings["actuator"], "sim_clock": "lock_step", "sim_step_s": 0.05}
+    settings["models"] = {**settings["models"], "check_timeout_s": 600}
+    config = tmp_path / "lock-step.json"
+    config.write_text(json.dumps(settings))
+    config.chmod(0o644)
     sock_dir = tmp_path / "sock"
     sock_dir.mkdir(mode=0o755)
     server = IngestServer(sock_dir / "telemetry.sock")
@@ -99,27 +108,30 @@ def test_container_drives_the_simulator(
                 f"{public_key_pem}:/etc/edge-pilot/trust/pilot.pub:ro",
                 "-v",
                 f"{server.path}:/run/edge-agent/telemetry.sock",
+                "-v",
+                f"{config}:/etc/edge-pilot/lock-step.json:ro",
                 "-e",
                 "EDGE_TELEMETRY_SOCKET=/run/edge-agent/telemetry.sock",
                 image,
                 "drive",
                 "--config",
-                "/etc/edge-pilot/config.json",
+                "/etc/edge-pilot/lock-step.json",
                 "--laps",
                 "1",
                 "--duration",
-                "90",
+                "1200",  # a net for a hung pilot only: the lap ends the run
             ],
             env=podman_env(),
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=1500,
         )
     finally:
         server.close()
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["model"] == __import__("hashlib").sha256(SHIPPED_MODEL.read_bytes()).hexdigest()
+    assert out["sim"]["clock"] == "lock_step", out
     assert out["sim"]["laps"] >= 1.0 and out["sim"]["off_road_steps"] == 0, out
     assert out["totals"]["frames"] > 100
     assert out["telemetry"]["sent"] >= 5 and len(server.records) >= 5
