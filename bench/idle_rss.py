@@ -212,7 +212,7 @@ def run_offline(seconds: int) -> list[Series]:
 
 def podman_env() -> None:
     """What scripts/run does before the story: scripts/podman-env.sh (runc, container ulimits
-    these machines allow; MACHINE-NOTES.md)."""
+    these machines allow)."""
     out = subprocess.run(["bash", "-c", f". {REPO_ROOT / 'scripts' / 'podman-env.sh'} && env -0"],
                          capture_output=True, check=True)
     for entry in out.stdout.split(b"\0"):

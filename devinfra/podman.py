@@ -1,5 +1,6 @@
-"""Real podman for tests: the dev containers.conf (runc, lowered ulimits; see MACHINE-NOTES),
-the REST API service on a private socket, and tiny local images (no registry is reachable)."""
+"""Real podman for tests: the dev containers.conf (runc and lowered ulimits: on these machines
+podman's default crun fails with "setrlimit RLIMIT_NOFILE: Operation not permitted"), the REST API
+service on a private socket, and tiny local images (no registry is reachable)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 # Sourced by scripts and the test suite. On the dev/CI machines podman's default runtime
-# (crun) fails and default ulimits are too high (see MACHINE-NOTES), so point podman at a
+# (crun) fails ("setrlimit RLIMIT_NOFILE: Operation not permitted") and default ulimits are too
+# high, so point podman at a
 # containers.conf that uses runc. On a real device none of this is needed: unset EDGE_DEV_PODMAN_CONF
 # or simply don't source this file.
 _edge_conf_dir=${EDGE_DEV_DIR:-/var/tmp/edge-agent-dev}

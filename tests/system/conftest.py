@@ -2,7 +2,7 @@
 booted systemd container.
 
 The images are built by the project's own scripts when missing (idempotent), so a fresh CI
-machine needs nothing but the apt packages from MACHINE-NOTES. Every container a test
+machine needs nothing but the apt packages scripts/install-deps.sh installs. Every container a test
 starts is removed by a fixture finalizer, also when the test fails.
 """
 

@@ -39,7 +39,7 @@ def staged_root(tmp_path_factory: pytest.TempPathFactory, project_wheel: Path) -
     shutil.copy2("/usr/bin/kill", root / "usr/bin/kill")
     # A venv of its own at /opt/edge-agent, as docs/operations.md installs it. Not this
     # interpreter's pip with --prefix: that first uninstalls the dev install from the test's own
-    # venv (MACHINE-NOTES), and tests must not change the environment they run in.
+    # venv, and tests must not change the environment they run in.
     venv = root / "opt" / "edge-agent"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run(
@@ -79,7 +79,7 @@ def test_update_check_units_verify(staged_root: Path) -> None:
 
 def test_podman_socket_dropin_verifies(staged_root: Path) -> None:
     if not (staged_root / "usr/lib/systemd/system/podman.socket").exists():
-        # podman is installed on every dev/CI machine (MACHINE-NOTES); fail loudly otherwise.
+        # podman is installed on every dev/CI machine (scripts/install-deps.sh); fail loudly otherwise.
         raise AssertionError("podman.socket not installed on this machine: apt-get install podman")
     proc = run("systemd-analyze", "verify", f"--root={staged_root}", "podman.socket")
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stdout + proc.stderr
