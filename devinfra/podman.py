@@ -4,11 +4,15 @@ service on a private socket, and tiny local images (no registry is reachable).""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from devinfra.procs import ManagedProcess, require_binary, wait_until
@@ -44,16 +48,32 @@ def podman_answers(url: str) -> bool:
     return True
 
 
-def podman_service_argv(url: str) -> list[str]:
+def podman_service_argv(url: str, store: Sequence[str] = ()) -> list[str]:
     """`podman system service` on `url` with no idle timeout: the API the agent talks to."""
-    return [require_binary("podman"), "system", "service", "--time=0", url]
+    return [require_binary("podman"), *store, "system", "service", "--time=0", url]
+
+
+def private_store(folder: Path) -> list[str]:
+    """podman's global options for a container store of its own in `folder` (made here): for a test
+    whose subject is what is in the whole store, so no other test's containers and images are in it."""
+    (folder / "root").mkdir(parents=True, exist_ok=True)
+    (folder / "run").mkdir(exist_ok=True)
+    return ["--root", str(folder / "root"), "--runroot", str(folder / "run")]
+
+
+def copy_image_into(store: Sequence[str], image: str) -> None:
+    """Copy `image` from the machine's store into a private one (podman save | podman load)."""
+    saved = subprocess.run(["podman", "save", "-q", image], check=True, capture_output=True, timeout=300).stdout
+    subprocess.run(["podman", *store, "load", "-q"], input=saved, check=True, capture_output=True, timeout=300)
 
 
 class PodmanService:
-    """`podman system service` on a private socket: the API the agent talks to."""
+    """`podman system service` on a private socket: the API the agent talks to. `store`: global
+    options (private_store) for a container store of its own; the machine's store by default."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, store: Sequence[str] = ()) -> None:
         self.workdir = workdir
+        self.store = list(store)
         self.socket_path = workdir / "podman.sock"
         self.proc: ManagedProcess | None = None
 
@@ -62,7 +82,9 @@ class PodmanService:
         return f"unix://{self.socket_path}"
 
     def start(self) -> PodmanService:
-        self.proc = ManagedProcess("podman-service", podman_service_argv(self.url), self.workdir / "podman-service.log")
+        self.proc = ManagedProcess(
+            "podman-service", podman_service_argv(self.url, self.store), self.workdir / "podman-service.log"
+        )
         self.proc.start()
         self.proc.wait_ready(lambda: podman_answers(self.url), timeout=30)
         return self
@@ -72,10 +94,28 @@ class PodmanService:
             self.proc.stop()
 
 
+@contextmanager
+def image_build_lock(name: str) -> Iterator[None]:
+    """The lock scripts/image-lock.sh takes for building image `name`: the test suite's two workers
+    never build one image at once (the second waits, then finds it)."""
+    folder = Path(os.environ.get("EDGE_DEV_DIR", "/var/tmp/edge-agent-dev"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"build-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_busybox_image(name: str = BUSYBOX_IMAGE) -> str:
     """A tiny image made from busybox-static (instant, no registry needed)."""
     if podman("image", "exists", name, check=False).returncode == 0:
         return name
+    with image_build_lock(name):
+        if podman("image", "exists", name, check=False).returncode != 0:
+            _import_busybox(name)
+    return name
+
+
+def _import_busybox(name: str) -> None:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise RuntimeError("busybox-static is not installed: run scripts/install-deps.sh")
@@ -96,7 +136,6 @@ def ensure_busybox_image(name: str = BUSYBOX_IMAGE) -> str:
         with tarfile.open(archive, "w") as tar:
             tar.add(root, arcname=".")
         podman("import", "--change", 'CMD ["/bin/sh"]', str(archive), name)
-    return name
 
 
 def wait_podman_gone(name: str, timeout: float = 30) -> None:

@@ -179,6 +179,10 @@ class PodmanSection(Section):
     stop_grace_s: float = Field(
         10.0, ge=0, le=600, description="seconds between SIGTERM and SIGKILL when stopping a module, 0-600"
     )
+    retry_max_s: float = Field(
+        60.0, ge=2, le=3600,
+        description="most seconds between attempts while podman fails (2 s, doubling up to this), 2-3600",
+    )
 
     @field_validator("socket")
     @classmethod

@@ -35,6 +35,9 @@ case "$arch" in
   arm64) machine=aarch64 ;;
   *) echo "build-agent-image.sh: --arch $arch: only amd64 and arm64 are built" >&2; exit 2 ;;
 esac
+# shellcheck source=scripts/image-lock.sh
+. "$here/image-lock.sh"
+image_lock "$image"
 if [ -z "$base" ]; then
   base=localhost/edge-base:bookworm-$arch
   podman image exists "$base" || bash "$here/build-base-image.sh" --arch "$arch" >&2

@@ -31,6 +31,9 @@ fi
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/podman-env.sh
 . "$here/podman-env.sh"
+# shellcheck source=scripts/image-lock.sh
+. "$here/image-lock.sh"
+image_lock "$image"
 
 if [ -z "${EDGE_REBUILD_SYSTEMD:-}" ] && podman image exists "$image"; then
   echo "systemd image $image present"

@@ -32,6 +32,65 @@ set_hypothesis_home_dir(Path(_HYPOTHESIS_HOME))
 atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 
+# The whole suite (scripts/test) runs on two pytest-xdist workers (`-n 2 --dist loadgroup`): most of
+# its time is spent waiting for podman, brokers, systemd containers and emulated arm64 code, not on a
+# CPU. A test module is the unit a worker takes (its module fixtures are set up once), except:
+# modules that share something fixed on the machine run on one worker, one after another.
+SHARED_ON_THE_MACHINE = {
+    # the README's commands: the quickstart's folder and the broker port 1883 of `scripts/run --agent-only`
+    "tests/system/test_quickstart.py": "readme-commands",
+    "tests/system/test_readme_commands.py": "readme-commands",
+    "tests/system/test_readme_run.py": "readme-commands",
+    # all of its images are removed at its session's end (remove_trust_test_images)
+    "tests/integration/trust/": "trust",
+}
+# Modules that take over half a minute (scripts/test prints the 25 slowest tests), heaviest first:
+# they are handed out first, so that the two workers finish at about the same time.
+SLOW_MODULES = (
+    "tests/pilot/test_pilot_arm64.py",
+    "tests/system/test_self_update.py",
+    "tests/integration/powercut/test_update_guard_powercut.py",
+    "tests/integration/desired/test_multiarch_images.py",
+    "tests/system/test_quickstart.py",
+    "tests/system/test_arm64_agent.py",
+    "tests/integration/powercut/test_agent_writes_powercut.py",
+    "tests/integration/identity/test_renewal.py",
+    "tests/integration/telemetry/test_storage_writes_figure.py",
+    "tests/integration/fleet/test_rollout.py",
+    "tests/integration/deployment/test_podman_down.py",
+    "tests/integration/deployment/test_state_owner.py",
+    "tests/integration/desired/test_state_db_migration.py",
+    "tests/explorer/test_explorer.py",
+)
+
+
+def xdist_group(path: str) -> str:
+    """The group a test module runs in: its own, or the one it shares with modules it must not overlap."""
+    for prefix, group in SHARED_ON_THE_MACHINE.items():
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return group
+    return path
+
+
+def start_order(path: str) -> int:
+    return SLOW_MODULES.index(path) if path in SLOW_MODULES else len(SLOW_MODULES)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    paths = {item: item.path.relative_to(REPO_ROOT).as_posix() for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(paths[item])))
+    # A group's modules next to each other, the slow groups first; the order inside a module stays.
+    first: dict[str, int] = {}
+    for item in items:
+        group = xdist_group(paths[item])
+        first[group] = min(first.get(group, len(SLOW_MODULES)), start_order(paths[item]))
+    items.sort(key=lambda item: first[xdist_group(paths[item])])
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

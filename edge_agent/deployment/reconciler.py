@@ -45,7 +45,7 @@ from edge_agent.trust.passthrough import PassthroughVerifier
 from edge_shared.retry import Failure, Retries
 
 log = get_logger(__name__)
-FAILURE_RETRY_S = (2.0, 60.0)  # retry after a failed action: from, doubling to (per cause)
+FAILURE_RETRY_INITIAL_S = 2.0  # retry after a failed action: from, doubling to [podman] retry_max_s (per cause)
 RUNTIME = "runtime"  # the retry cause "podman does not answer"
 MODULE_ACTION_ATTEMPTS = 3  # failed creates/starts of one module before its version fails
 
@@ -90,10 +90,10 @@ class Reconciler:
         self.store = store
         self.runtime = runtime
         self.clock = clock
+        self.retries = Retries(FAILURE_RETRY_INITIAL_S, config.podman.retry_max_s)
         self.configure(config)
         self.lock = asyncio.Lock()
         self.module_errors: dict[str, str] = {}
-        self.retries = Retries(*FAILURE_RETRY_S)
         self.observed: list[ObservedContainer] = []
         self.pinned: PinnedDeployment | None = None  # what the last pass worked on
         self.last_plan = Plan()
@@ -115,6 +115,7 @@ class Reconciler:
         # Plain HTTP for pulls only where [trust] allows it (loopback registries).
         self.passthrough = PassthroughVerifier(config.trust.insecure_registries)
         d, p = config.deployment, config.podman
+        self.retries.cap_s = p.retry_max_s
         self.device_id = config.device.id
         self.naming = NamingSettings(config.device.id, d.container_prefix, p.stop_grace_s)
         self.backoff = BackoffSettings(d.backoff_initial_s, d.backoff_max_s, d.backoff_reset_s)

@@ -36,6 +36,9 @@ case "$arch" in
   *) echo "build-image.sh: --arch $arch: only amd64 and arm64 are built" >&2; exit 2 ;;
 esac
 base=${EDGE_PILOT_BASE:-localhost/edge-base:bookworm-$arch}
+# shellcheck source=scripts/image-lock.sh
+. "$root/scripts/image-lock.sh"
+image_lock "$image"
 if ! podman image exists "$base"; then
   [ -n "${EDGE_PILOT_BASE:-}" ] && { echo "build-image.sh: base image $base missing" >&2; exit 1; }
   bash "$root/scripts/build-base-image.sh" --arch "$arch"

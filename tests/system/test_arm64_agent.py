@@ -180,7 +180,7 @@ def device(
         podman("rm", "-f", "-t", "0", dev.name, check=False)
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={device_id}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
         listing = podman("images", "--format", "{{.ID}} {{.Repository}}", check=False).stdout.splitlines()
         for image_id in {line.split()[0] for line in listing if f"/{device_id}/" in line}:
             podman("rmi", "-f", image_id, check=False)

@@ -322,7 +322,7 @@ def device(
         podman("rm", "-f", "-t", "0", name, check=False)
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={device_id}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
         service.stop()
         broker.stop()
 

@@ -68,7 +68,7 @@ def run_id() -> str:
 def remove_run_containers(run_id: str) -> None:
     ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={run_id}", check=False).stdout.split()
     if ids:
-        podman("rm", "-f", "-t", "0", *ids, check=False)
+        podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ def test_offline_boot_starts_the_stored_deployment(
 
     # "Reboot": the agent is down and the module containers are gone; only state.db and the
     # local image store remain.
-    podman("rm", "-f", "-t", "0", *[c["Id"] for c in owned(run_id)])
+    podman("rm", "-f", "--ignore", "-t", "0", *[c["Id"] for c in owned(run_id)])
     assert owned(run_id) == []
     log_before = len(agent.log())
     agent.start()

@@ -191,7 +191,7 @@ class Device:
     def cleanup(self) -> None:
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={self.id}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
         listing = podman("images", "--format", "{{.ID}} {{.Repository}}", check=False).stdout.splitlines()
         for image_id in {line.split()[0] for line in listing if f"dp-{self.run}" in line or f"/dp/{self.run}" in line}:
             podman("rmi", "-f", image_id, check=False)

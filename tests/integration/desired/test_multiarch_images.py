@@ -190,7 +190,7 @@ async def test_one_signed_multiarch_pilot_runs_its_own_platform_on_amd64_and_arm
         amd64.stop()
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={amd_id}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
 
 
 async def test_the_agent_image_is_one_signed_index_of_amd64_and_arm64(device: Device, tmp_path: Path) -> None:

@@ -311,7 +311,7 @@ def test_the_agent_boots_offline_from_the_previous_releases_state(
         agent.stop()
         ids = podman("ps", "-a", "-q", "--filter", f"label=edge-agent.device={run_id}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
     with opened(state) as db:
         slots = StateStore(db)
         current = slots.current()

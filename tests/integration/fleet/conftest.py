@@ -72,7 +72,7 @@ class Fleet:
                 agent.proc.stop()
         ids = podman("ps", "-a", "-q", "--filter", f"name={self.kit.run}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def failover(
     finally:
         ids = podman("ps", "-a", "-q", "--filter", f"name={kit.run}", check=False).stdout.split()
         if ids:
-            podman("rm", "-f", "-t", "0", *ids, check=False)
+            podman("rm", "-f", "--ignore", "-t", "0", *ids, check=False)
         kit.cleanup()
         brokers.stop()
 

@@ -1,9 +1,9 @@
 """Certificate renewal under load: short-lived device certificates renewed again and again while
 a module streams numbered telemetry; nothing lost, nothing restarted.
 
-CI runs 30-second certificates for 3 minutes. The long run the issue asks for (2-minute
+CI runs 30-second certificates until the fourth renewal (about 90 s). The long run (2-minute
 certificates for 15 minutes) is the same test with
-    EDGE_RENEWAL_CERT_S=120 EDGE_RENEWAL_RUN_S=900
+    EDGE_RENEWAL_CERT_S=120 EDGE_RENEWAL_COUNT=11
 Run by hand on 2026-12-07 (2-core dev machine, shared): 11 renewals of 120 s certificates in 900 s,
 15,984 numbered records acknowledged by the module and every one received by the fleet, 11 session
 switches, no module or agent restart.
@@ -25,11 +25,13 @@ from devinfra.telemetry import Follower
 from tests.integration.identity.fleet_env import Device, Fleet
 
 CERT_S = int(os.environ.get("EDGE_RENEWAL_CERT_S", "30"))
-RUN_S = float(os.environ.get("EDGE_RENEWAL_RUN_S", "180"))
+RENEWALS = int(os.environ.get("EDGE_RENEWAL_COUNT", "4"))
+# Renewal is due at renew_at (2/3) of a lifetime: RENEWALS of them fit well within this.
+RUN_LIMIT_S = CERT_S * (RENEWALS + 2)
 MODULE = Path(__file__).with_name("numbered_module.py")
 
 
-@pytest.mark.timeout(RUN_S + 300)
+@pytest.mark.timeout(RUN_LIMIT_S + 300)
 def test_short_certificates_renewed_continuously_while_a_module_streams_telemetry(tmp_path: Path) -> None:
     tpm = Swtpm(tmp_path / "tpm").manufacture().start()
     fleet = Fleet(tmp_path / "fleet", cert_lifetime_s=CERT_S, trusted_makers=tpm.ca_certs).start()
@@ -49,26 +51,30 @@ def test_short_certificates_renewed_continuously_while_a_module_streams_telemetr
         module = subprocess.Popen([sys.executable, str(MODULE), str(run_dir / "ingest/counter/telemetry.sock"),
                                    str(acked_file), "0.05"], start_new_session=True)
         started = time.monotonic()
-        while time.monotonic() - started < RUN_S:
-            assert module.poll() is None, "the module exited"
-            time.sleep(min(5.0, RUN_S))
+
+        def renewed_enough() -> bool:
+            assert module is not None and module.poll() is None, "the module exited"
+            return int(device.identity()["renewals"]) >= RENEWALS
+
+        wait_until(renewed_enough, RUN_LIMIT_S, f"{RENEWALS} renewals", interval=1.0)
+        run_s = time.monotonic() - started
         module.terminate()
         module.wait(10)
         lines = acked_file.read_text().splitlines()
         assert "reconnect" not in lines, "the module lost its telemetry socket"
         acked = {line.split()[0] for line in lines}
         numbers = [int(line.split()[1]) for line in lines]
-        assert numbers == list(range(len(numbers))) and len(numbers) > RUN_S * 5
+        assert numbers == list(range(len(numbers))) and len(numbers) > run_s * 5
         follower.wait_for_ids(acked, 60)
         received = {r["payload"]["n"] for r in follower.records() if r["stream"] == "count"}
         assert set(numbers) <= received  # every numbered record, none missing
         status = device.identity()
         log = device.agent.log()
         renewals = status["renewals"]
-        print(f"\n{renewals} renewals of {CERT_S} s certificates in {RUN_S:.0f} s; {len(numbers)} records, "
+        print(f"\n{renewals} renewals of {CERT_S} s certificates in {run_s:.0f} s; {len(numbers)} records, "
               f"none lost; {log.count('EVENT=mqtt.switch')} session switches")
         # Each certificate is replaced before it expires: at least one renewal per lifetime.
-        assert renewals >= int(RUN_S // CERT_S), log[-3000:]
+        assert renewals >= int(run_s // CERT_S), log[-3000:]
         assert status["state"] in ("valid", "renewing") and log.count("EVENT=identity.enrolled") == 1
         assert "EVENT=identity.retry" not in log, log[-3000:]
         assert device.agent.proc.proc.pid == agent_pid  # type: ignore[union-attr]

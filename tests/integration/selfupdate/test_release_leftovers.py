@@ -1,59 +1,84 @@
 """What unpacking an agent release leaves when the agent is killed or the power goes mid-way: a
 helper container (labelled) and the release image (labelled by scripts/build-release.sh). The real
-podman service collects them; modules' containers and tagged images are never touched."""
+podman service collects them; modules' containers and tagged images are never touched.
+
+The collection takes every labelled helper and untagged release image in the store, so the test runs
+on a container store of its own: an agent another test starts meanwhile (every agent collects at
+its start) must not collect what this test planted."""
 
 from __future__ import annotations
 
 import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from devinfra.podman import PodmanService, podman
+import pytest
+
+from devinfra.podman import PodmanService, copy_image_into, podman, private_store
 from edge_agent.runtime.api import HELPER_RELEASE_UNPACK, LABEL_HELPER, RELEASE_IMAGE_LABEL
 from edge_agent.runtime.podman import PodmanRuntime
 
 
-def release_image(busybox_image: str, tag: str) -> str:
+@dataclass
+class OwnStore:
+    options: list[str]  # podman's global options for the store
+    service: PodmanService
+
+    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return podman(*self.options, *args, check=check)
+
+    def out(self, *args: str) -> str:
+        return self.podman(*args).stdout.strip()
+
+    def exists(self, kind: str, ref: str) -> bool:
+        return self.podman(kind, "exists", ref, check=False).returncode == 0
+
+
+@pytest.fixture
+def store(podman_env: Path, busybox_image: str, tmp_path: Path) -> Iterator[OwnStore]:
+    options = private_store(tmp_path / "store")
+    copy_image_into(options, busybox_image)
+    service = PodmanService(tmp_path / "service", options).start()
+    try:
+        yield OwnStore(options, service)
+    finally:
+        service.stop()
+        podman(*options, "system", "reset", "--force", check=False)
+
+
+def release_image(store: OwnStore, busybox_image: str, tag: str) -> str:
     """An image with the release label, as a registry pull by digest leaves it: untagged. Returns its id."""
     key, value = RELEASE_IMAGE_LABEL.split("=", 1)
-    container = podman("create", busybox_image, "true").stdout.strip()
+    container = store.out("create", busybox_image, "true")
     try:
-        podman("commit", "-q", "--change", f"LABEL {key}={value}", "--change", f"LABEL nonce={tag}", container,
-               f"localhost/edge-release-test:{tag}")
+        store.podman("commit", "-q", "--change", f"LABEL {key}={value}", "--change", f"LABEL nonce={tag}",
+                     container, f"localhost/edge-release-test:{tag}")
     finally:
-        podman("rm", "-f", container)
-    image_id = podman("image", "inspect", "--format", "{{.Id}}", f"localhost/edge-release-test:{tag}").stdout.strip()
-    podman("untag", image_id)
+        store.podman("rm", "-f", container)
+    image_id = store.out("image", "inspect", "--format", "{{.Id}}", f"localhost/edge-release-test:{tag}")
+    store.podman("untag", image_id)
     return image_id
 
 
-def exists(kind: str, ref: str) -> bool:
-    return podman(kind, "exists", ref, check=False).returncode == 0
-
-
-async def test_helpers_and_release_images_left_behind_are_collected(
-    podman_service: PodmanService, busybox_image: str, tmp_path: Path
-) -> None:
+async def test_helpers_and_release_images_left_behind_are_collected(store: OwnStore, busybox_image: str) -> None:
     run = secrets.token_hex(4)
-    label = f"{LABEL_HELPER}={HELPER_RELEASE_UNPACK}"
-    helper = podman("create", "--label", label, busybox_image, "true").stdout.strip()
-    module = podman("create", "--label", "edge-agent.module=pilot", busybox_image, "true").stdout.strip()
-    left = release_image(busybox_image, f"{run}-left")
-    wanted = release_image(busybox_image, f"{run}-wanted")
-    podman("tag", wanted, f"localhost/edge-release-wanted:{run}")
-    kept_by_hand = release_image(busybox_image, f"{run}-hand")
-    podman("tag", kept_by_hand, f"localhost/edge-release-by-hand:{run}")
-    try:
-        runtime = PodmanRuntime(podman_service.url)
-        containers, images = await runtime.collect_release_leftovers(keep_image=f"localhost/edge-release-wanted:{run}")
-        assert helper in containers and not exists("container", helper)
-        assert exists("container", module)  # not a helper: never touched
-        assert left in images and not exists("image", left)
-        assert exists("image", wanted) and exists("image", kept_by_hand)
-        assert wanted not in images and kept_by_hand not in images
-        # Nothing left: a second pass removes nothing.
-        containers, images = await runtime.collect_release_leftovers()
-        assert helper not in containers and left not in images
-    finally:
-        podman("rm", "-f", helper, module, check=False)
-        podman("rmi", "-f", left, wanted, kept_by_hand, check=False)
+    helper = store.out("create", "--label", f"{LABEL_HELPER}={HELPER_RELEASE_UNPACK}", busybox_image, "true")
+    module = store.out("create", "--label", "edge-agent.module=pilot", busybox_image, "true")
+    left = release_image(store, busybox_image, f"{run}-left")
+    wanted = release_image(store, busybox_image, f"{run}-wanted")
+    store.podman("tag", wanted, f"localhost/edge-release-wanted:{run}")
+    kept_by_hand = release_image(store, busybox_image, f"{run}-hand")
+    store.podman("tag", kept_by_hand, f"localhost/edge-release-by-hand:{run}")
 
+    runtime = PodmanRuntime(store.service.url)
+    containers, images = await runtime.collect_release_leftovers(keep_image=f"localhost/edge-release-wanted:{run}")
+    assert helper in containers and not store.exists("container", helper)
+    assert store.exists("container", module)  # not a helper: never touched
+    assert left in images and not store.exists("image", left)
+    assert store.exists("image", wanted) and store.exists("image", kept_by_hand)
+    assert wanted not in images and kept_by_hand not in images
+    # Nothing left: a second pass removes nothing.
+    containers, images = await runtime.collect_release_leftovers()
+    assert helper not in containers and left not in images
