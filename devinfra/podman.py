@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from devinfra.procs import ManagedProcess, require_binary, wait_until
@@ -35,8 +36,13 @@ def use_dev_containers_conf(workdir: Path) -> Path:
     return conf
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True, timeout=timeout)
+def podman(
+    *args: str, check: bool = True, timeout: float = 300, store: PrivateStore | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The podman CLI on the machine's container store, or on `store`."""
+    argv = ["podman", *(store.options if store else ()), *args]
+    env = {**os.environ, **store.env} if store else None
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def podman_answers(url: str) -> bool:
@@ -48,32 +54,55 @@ def podman_answers(url: str) -> bool:
     return True
 
 
-def podman_service_argv(url: str, store: Sequence[str] = ()) -> list[str]:
+def podman_service_argv(url: str, options: Sequence[str] = ()) -> list[str]:
     """`podman system service` on `url` with no idle timeout: the API the agent talks to."""
-    return [require_binary("podman"), *store, "system", "service", "--time=0", url]
+    return [require_binary("podman"), *options, "system", "service", "--time=0", url]
 
 
-def private_store(folder: Path) -> list[str]:
-    """podman's global options for a container store of its own in `folder` (made here): for a test
-    whose subject is what is in the whole store, so no other test's containers and images are in it."""
-    (folder / "root").mkdir(parents=True, exist_ok=True)
-    (folder / "run").mkdir(exist_ok=True)
-    return ["--root", str(folder / "root"), "--runroot", str(folder / "run")]
+@dataclass(frozen=True)
+class PrivateStore:
+    """A container store of its own, for a test whose subject is what the whole store holds (so no
+    other test's containers and images are in it). Nothing of it is shared with the machine's store:
+    not the storage, not the per-boot folder (podman "refreshes" a store whose per-boot folder it
+    finds new, as after a reboot), not the locks (the default shared-memory locks are one set per
+    machine, and a refresh frees them all): file locks in its own folder."""
+
+    options: tuple[str, ...]  # podman's global options
+    env: dict[str, str]  # CONTAINERS_CONF: the dev containers.conf plus the store's own locks
 
 
-def copy_image_into(store: Sequence[str], image: str) -> None:
+@contextmanager
+def private_store(folder: Path) -> Iterator[PrivateStore]:
+    """A PrivateStore in `folder`, removed at the end."""
+    (folder / "root").mkdir(parents=True)
+    # podman refuses a runroot path over 50 characters
+    short = Path(tempfile.mkdtemp(prefix="edge-store-"))
+    conf = folder / "containers.conf"
+    conf.write_text(DEV_CONTAINERS_CONF + f'lock_type = "file"\ntmp_dir = "{short / "libpod"}"\n')
+    store = PrivateStore(("--root", str(folder / "root"), "--runroot", str(short / "run")),
+                         {"CONTAINERS_CONF": str(conf)})
+    try:
+        yield store
+    finally:
+        for kind in ("container", "image"):  # nothing runs there, so nothing stays mounted
+            podman(kind, "rm", "--all", "--force", check=False, store=store)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def copy_image_into(store: PrivateStore, image: str) -> None:
     """Copy `image` from the machine's store into a private one (podman save | podman load)."""
     saved = subprocess.run(["podman", "save", "-q", image], check=True, capture_output=True, timeout=300).stdout
-    subprocess.run(["podman", *store, "load", "-q"], input=saved, check=True, capture_output=True, timeout=300)
+    subprocess.run(["podman", *store.options, "load", "-q"], input=saved, check=True, capture_output=True,
+                   timeout=300, env={**os.environ, **store.env})
 
 
 class PodmanService:
-    """`podman system service` on a private socket: the API the agent talks to. `store`: global
-    options (private_store) for a container store of its own; the machine's store by default."""
+    """`podman system service` on a private socket: the API the agent talks to, on the machine's
+    container store or on `store`."""
 
-    def __init__(self, workdir: Path, store: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, store: PrivateStore | None = None) -> None:
         self.workdir = workdir
-        self.store = list(store)
+        self.store = store
         self.socket_path = workdir / "podman.sock"
         self.proc: ManagedProcess | None = None
 
@@ -83,7 +112,8 @@ class PodmanService:
 
     def start(self) -> PodmanService:
         self.proc = ManagedProcess(
-            "podman-service", podman_service_argv(self.url, self.store), self.workdir / "podman-service.log"
+            "podman-service", podman_service_argv(self.url, self.store.options if self.store else ()),
+            self.workdir / "podman-service.log", env=self.store.env if self.store else None,
         )
         self.proc.start()
         self.proc.wait_ready(lambda: podman_answers(self.url), timeout=30)

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from devinfra.podman import PodmanService, copy_image_into, podman, private_store
+from devinfra.podman import PodmanService, PrivateStore, copy_image_into, podman, private_store
 from edge_agent.runtime.api import HELPER_RELEASE_UNPACK, LABEL_HELPER, RELEASE_IMAGE_LABEL
 from edge_agent.runtime.podman import PodmanRuntime
 
 
 @dataclass
 class OwnStore:
-    options: list[str]  # podman's global options for the store
+    store: PrivateStore
     service: PodmanService
 
     def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return podman(*self.options, *args, check=check)
+        return podman(*args, check=check, store=self.store)
 
     def out(self, *args: str) -> str:
         return self.podman(*args).stdout.strip()
@@ -38,14 +38,14 @@ class OwnStore:
 
 @pytest.fixture
 def store(podman_env: Path, busybox_image: str, tmp_path: Path) -> Iterator[OwnStore]:
-    options = private_store(tmp_path / "store")
-    copy_image_into(options, busybox_image)
-    service = PodmanService(tmp_path / "service", options).start()
-    try:
-        yield OwnStore(options, service)
-    finally:
-        service.stop()
-        podman(*options, "system", "reset", "--force", check=False)
+    with private_store(tmp_path / "store") as store:
+        copy_image_into(store, busybox_image)
+        (tmp_path / "service").mkdir()
+        service = PodmanService(tmp_path / "service", store).start()
+        try:
+            yield OwnStore(store, service)
+        finally:
+            service.stop()
 
 
 def release_image(store: OwnStore, busybox_image: str, tag: str) -> str:
