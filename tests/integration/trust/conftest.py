@@ -73,8 +73,10 @@ class ImageFactory:
     base: str
 
     def push(self, repo_name: str, tag: str = "1", variant: str | None = None) -> str:
-        """Push an image to <registry>/trust-test/<repo_name>:<tag>; returns the reference."""
-        source = build_variant(self.base, variant) if variant else self.base
+        """Push an image to <registry>/trust-test/<repo_name>:<tag>; returns the reference. Always an
+        image of its own (a variant of the base), never the shared busybox image under another name:
+        removing a trust-test image by id or digest must not remove what other tests run."""
+        source = build_variant(self.base, variant or f"{repo_name}-{tag}")
         ref = f"{self.registry.host}/trust-test/{repo_name}:{tag}"
         podman("tag", source, ref)
         podman("push", "--tls-verify=false", "-q", ref)
