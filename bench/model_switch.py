@@ -56,15 +56,16 @@ PILOT_EVENTS = {"model_checking": "noticed", "model_checked": "checked", "model_
 STEPS = [  # (key, what)
     ("published", "publish: desired document at a raw subscriber"),
     ("admitted", "agent: document admitted (signature, gate)"),
-    ("accepted", "agent: accepted (artifact pinned, verified, committed)"),
     ("dl_start", "agent: artifact download start"),
     ("dl_end", "agent: artifact download end (fsync'd)"),
+    ("accepted", "agent: accepted (artifact pinned, verified, committed)"),
     ("placed", "agent: placed (current renamed to the new version)"),
     ("noticed", "pilot: notices the new model"),
     ("checked", "pilot: off-loop check + self-test + load done"),
     ("swapped", "pilot: swapped in (start of a tick)"),
     ("first_tick", "pilot: first tick driven by it (its stats)"),
     ("confirmed", "agent: has the pilot's report (confirmation)"),
+    ("good", "agent: deployment good (after stabilisation_window_s = 2)"),
 ]
 
 
@@ -311,7 +312,10 @@ def main() -> int:
     ap.add_argument("--before", metavar="REV", help="also run this commit's agent and pilot image")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-model-switch-"))
+    os.chdir(work)  # `python -m edge_agent.cli` puts its working directory first: the agent's code is its tree's
     use_dev_containers_conf(work)
+    for sub in ("registry", "podman"):
+        (work / sub).mkdir()
     registry = Registry(work / "registry").start()
     service = PodmanService(work / "podman").start()
     pki = Pki(work / "pki")
