@@ -377,26 +377,26 @@ def main() -> int:
     print(f"\nmodel switch: deployment changing only the pilot's model artifact ({size / 1e6:.2f} MB int8 ONNX), "
           f"real agent + pilot container, mosquitto mutual TLS, registry and podman on 127.0.0.1; median of "
           f"{args.runs} switches; ms after the publish")
-    print(f"{'step':58}" + "".join(f"{lab:>22}" for lab in labels))
+    print(f"{'step':72}" + "".join(f"{lab:>22}" for lab in labels))
     for key, what in STEPS:
         cells = []
         for lab in labels:
             v = median_ms(table[lab], key)
             cells.append(f"{v:22.0f}" if v is not None else f"{'-':>22}")
-        print(f"{what:58}" + "".join(cells))
+        print(f"{what:72}" + "".join(cells))
     cmd = "".join(f"{statistics.median(r['command_end'] - r['command_start'] for r in table[lab]) * 1000:22.0f}"
                   for lab in labels)
-    print(f"{'the quickstart figure: edgectl deploy --until good, start->exit':58}{cmd}")
-    print(f"{'floor: raw MQTT QoS 1 round trip (p50)':58}{rtt_p50:22.1f}")
-    print(f"{'floor: raw HTTP GET of the model blob (p50)':58}{get_p50:22.1f}")
-    print(f"{'goal: 1 s + the blob download':58}{goal:22.0f}")
+    print(f"{'the quickstart figure: edgectl deploy --until good, start->exit':72}{cmd}")
+    print(f"{'floor: raw MQTT QoS 1 round trip (p50)':72}{rtt_p50:22.1f}")
+    print(f"{'floor: raw HTTP GET of the model blob (p50)':72}{get_p50:22.1f}")
+    print(f"{'goal: 1 s + the blob download':72}{goal:22.0f}")
     for lab in labels:
         v = median_ms(table[lab], "first_tick")
         if v is not None:
-            print(f"{'publish -> first tick / goal (' + lab + ')':58}{v / goal:22.2f}")
-            print(f"{'publish -> first tick / (raw round trip + blob GET) (' + lab + ')':58}"
+            print(f"{'publish -> first tick / goal (' + lab + ')':72}{v / goal:22.2f}")
+            print(f"{'publish -> first tick / (raw round trip + blob GET) (' + lab + ')':72}"
                   f"{v / (rtt_p50 + get_p50):22.1f}")
-        print(f"{'container unchanged (' + lab + ')':58}{extras[lab].get('container_unchanged')!s:>22}")
+        print(f"{'container unchanged (' + lab + ')':72}{extras[lab].get('container_unchanged')!s:>22}")
         if extras[lab].get("first_tick_from_swap"):
             print(f"  ({lab}: its pilot's stats do not name the first tick; taken at its swap)")
     shutil.rmtree(work, ignore_errors=True)

@@ -187,3 +187,26 @@ def test_a_swap_is_reported_at_once_and_the_stats_name_the_first_tick_it_drove()
     stats = telemetry.stats()[-1]
     assert stats["drove_model"] == stats["model"] == new.sha256[:16]
     assert offered_at[0] <= stats["drove_model_since"] <= time.time()
+
+
+def test_a_standby_check_that_dies_waiting_is_not_started_again_and_models_are_still_checked(
+    tmp_path: Path, signing_key: ec.EllipticCurvePrivateKey, public_key_pem: Path
+) -> None:
+    models = tmp_path / "models"
+    deliver(models, SHIPPED_MODEL.read_bytes(), signing_key)
+    slot = ModelSlot(PilotModel.from_file(models / "model.onnx"))
+    watcher = ModelWatcher(models, slot, load_public_key(public_key_pem), poll_s=3600)
+    watcher.last_fingerprint = watcher.fingerprint()
+    try:
+        watcher._prepare_standby()
+        standby = watcher._standby
+        assert standby is not None and standby.usable()
+        standby.proc.kill()  # e.g. the kernel's OOM killer while it waited
+        standby.proc.wait()
+        watcher._prepare_standby()
+        assert watcher._standby is None and watcher.checks.standby is False
+        deliver(models, INT8_MODEL.read_bytes(), signing_key)
+        assert watcher.check_once()  # checked in a fresh process
+        assert watcher.accepted == [hashlib.sha256(INT8_MODEL.read_bytes()).hexdigest()]
+    finally:
+        watcher.close()

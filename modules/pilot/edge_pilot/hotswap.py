@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -230,7 +230,19 @@ class ModelWatcher:
         self._thread.start()
 
     def _prepare_standby(self) -> None:
-        if not self.checks.standby or self._stop.is_set() or (self._standby is not None and self._standby.usable()):
+        if not self.checks.standby or self._stop.is_set():
+            return
+        if self._standby is not None:
+            if self._standby.usable():
+                return
+            # it died waiting (killed for memory, or cannot start): fresh checks from now on, not a
+            # process started every poll
+            code = self._standby.proc.returncode
+            self._standby.close()
+            self._standby = None
+            self.checks = replace(self.checks, standby=False)
+            log.warning("the standby model check exited (%s) before a model came: checking each model in a fresh "
+                        "process", code, extra=fields("model_standby_failed", reason=f"exit {code}"))
             return
         try:
             self._standby = StandbyCheck(self.checks.check_threads, self.checks.nice)
