@@ -141,6 +141,8 @@ class ArtifactDirs:
             return have
         if self.registry is None:
             raise ArtifactFailed("artifact_unreachable", f"{reference}: not on the device and no registry client")
+        log.info("artifact %s downloading for module %s", reference, module,
+                 extra={"EVENT": "artifact.fetching", "MODULE": module, "DIGEST": digest})
         slot_dir = self.ensure_slot(module, slot)
         staging = slot_dir / f"{STAGING_PREFIX}{digest.removeprefix('sha256:')[:12]}-{secrets.token_hex(4)}"
         with self._lock:

@@ -53,7 +53,8 @@ def make_actuator(cfg: PilotConfig, world: SimWorld | None) -> Actuator:
 
 
 def check_settings(cfg: PilotConfig) -> CheckSettings:
-    return CheckSettings(max_model_bytes=int(cfg.models.max_model_mb * 1024 * 1024), timeout_s=cfg.models.check_timeout_s)
+    return CheckSettings(max_model_bytes=int(cfg.models.max_model_mb * 1024 * 1024), timeout_s=cfg.models.check_timeout_s,
+                         standby=cfg.models.standby_check)
 
 
 def initial_model(cfg: PilotConfig, opts: OrtOptions, key: Any,

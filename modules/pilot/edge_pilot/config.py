@@ -81,6 +81,9 @@ class ModelsConfig(_Strict):
     # below it, what the module's memory can hold decides (edge_pilot.memory)
     max_model_mb: float = Field(64.0, gt=0, le=4096)
     check_timeout_s: float = Field(120.0, gt=0)  # the separate check process (edge_pilot.model_check)
+    # keep the next check process started with its imports done, so a delivered model is checked
+    # without waiting for them (about 0.5-1 s on a small CPU); costs that idle process's memory
+    standby_check: bool = True
 
 
 class TelemetryConfig(_Strict):

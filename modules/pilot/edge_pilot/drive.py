@@ -47,11 +47,16 @@ class LoopConfig:
     faults: FaultPolicy = FaultPolicy()
 
 
+def report_due(report: dict[str, Any], last: dict[str, Any] | None, now: float, last_at: float, every_s: float) -> bool:
+    """Pure: send the module.artifacts report? On any change of it, else every ``every_s``."""
+    return report != last or now - last_at >= every_s
+
+
 class DriveLoop:
     def __init__(self, source: FrameSource, actuator: Actuator, slot: ModelSlot, estop: EmergencyStop,
                  telemetry: TelemetryClient | None = None, cfg: LoopConfig = LoopConfig(),
                  clock: Callable[[], float] = time.monotonic, extra_stats: Callable[[], dict[str, Any]] | None = None,
-                 sleep: Callable[[float], object] | None = None):
+                 sleep: Callable[[float], object] | None = None, wall: Callable[[], float] = time.time):
         self.source, self.actuator, self.slot, self.estop = source, actuator, slot, estop
         self.extra_stats = extra_stats  # e.g. the simulator's pose trail
         self.telemetry, self.cfg, self.clock = telemetry, cfg, clock
@@ -72,6 +77,12 @@ class DriveLoop:
         self._phase_error: float | None = None
         self._last_model_report: dict[str, Any] | None = None
         self._model_reported_at = float("-inf")
+        self._reported_for: tuple[object, ...] | None = None  # model_state() when the report was last made
+        # the model that last actuated, and the wall-clock time of its first actuated tick (stats:
+        # how long a delivered model took to drive)
+        self.wall = wall
+        self._drove_model: str | None = None
+        self.model_drove_at: float | None = None
 
     # --- safety -------------------------------------------------------------------------------
     def _safe_stop(self, reason: str) -> None:
@@ -164,6 +175,8 @@ class DriveLoop:
         except Exception as e:
             self._tick_error(f"error in drive tick: {type(e).__name__}: {e}")
             return
+        if model.sha256 != self._drove_model:
+            self._drove_model, self.model_drove_at = model.sha256, self.wall()
         self._resume()
         self.totals["frames"] += 1
         # > 0: the frame waited for the tick; < 0: the tick waited for the frame
@@ -205,6 +218,10 @@ class DriveLoop:
         m = self.slot.current
         extra: dict[str, Any] = {"model": m.sha256[:16] if m else None, "stopped": self.stopped_reason, "swaps": self.slot.swaps,
                                  "faults_total": self.totals["faults"], "safety_stop": self.faults.tripped}
+        if self._drove_model is not None and self.model_drove_at is not None:
+            # the model that drove last and when it first drove (wall clock, seconds since the epoch)
+            extra["drove_model"] = self._drove_model[:16]
+            extra["drove_model_since"] = round(self.model_drove_at, 3)
         if self.telemetry:
             extra["telemetry_dropped"] = self.telemetry.counters.dropped
         if self.extra_stats:
@@ -215,9 +232,14 @@ class DriveLoop:
             self._report_model(now)
         self.window = StatsWindow(now)
 
+    def model_state(self) -> tuple[object, ...]:
+        """What the module.artifacts report is made from: when it changes, the report goes at once."""
+        return (self.slot.current, self.slot.refused, self.faults.tripped)
+
     def _report_model(self, now: float) -> None:
         """Tell the agent which model this module drives with, and which it refused (stream
         module.artifacts): on every change and every `model_report_s` otherwise."""
+        self._reported_for = self.model_state()
         m, refused = self.slot.current, self.slot.refused
         entries = [refused] if refused else []
         if m is not None and self.faults.tripped and self._fault_model == m.sha256:
@@ -226,7 +248,7 @@ class DriveLoop:
             m = None
         report: dict[str, Any] = {"using": [f"sha256:{m.sha256}"] if m else [],
                                   "refused": [{"digest": f"sha256:{d}", "reason": r[:400]} for d, r in entries]}
-        if report != self._last_model_report or now - self._model_reported_at >= self.cfg.model_report_s:
+        if report_due(report, self._last_model_report, now, self._model_reported_at, self.cfg.model_report_s):
             assert self.telemetry is not None
             if self.telemetry.publish(report, stream="module.artifacts", priority=2):
                 self._last_model_report, self._model_reported_at = report, now
@@ -253,6 +275,10 @@ class DriveLoop:
                 except Exception as e:  # last line of defence
                     self.totals["errors"] += 1
                     self._safe_stop(f"unexpected error: {type(e).__name__}: {e}")
+                if self.telemetry is not None and self.model_state() != self._reported_for:
+                    # a swap, a refusal or a safety stop is told to the agent now, not with the next
+                    # stats window: the deployment waits for it
+                    self._report_model(self.clock())
                 if self.cfg.phase_lock and self._phase_error is not None:
                     step = self.cfg.phase_step_max_s
                     self.phase -= max(-step, min(step, 0.5 * self._phase_error))

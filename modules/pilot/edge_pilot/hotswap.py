@@ -1,10 +1,12 @@
 """Model hot-swap: verify a delivered model, load it beside the running one, test it, swap between frames.
 
 Delivery is a mounted models folder holding ``model.onnx``, ``model.onnx.sha256`` and
-``model.onnx.sig`` (cosign sign-blob format). A watcher thread polls the folder. A changed
+``model.onnx.sig`` (cosign sign-blob format). A watcher thread looks at the folder when inotify
+says it changed (edge_pilot.folder_events), and at its poll interval in any case. A changed
 model is first admitted by size against the module's memory (edge_pilot.memory; refused before
 anything is read when it cannot fit), then checked in a separate process under a memory budget
-(edge_pilot.model_check: signature, load, reference self-test), then loaded and warmed up in
+(edge_pilot.model_check: signature, load, reference self-test; a process started ahead, its
+imports done, when ``CheckSettings.standby``), then loaded and warmed up in
 this process (the check process self-tested these very bytes), and only then offered to the
 loop, which swaps it in at the start of its next tick. Meanwhile the loop keeps driving the old
 model. A bad model is refused (logged, and reported to the agent with the reason) and the old
@@ -15,15 +17,16 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .folder_events import FolderEvents
 from .logs import fields, get_logger
 from .memory import MB, Admit, MemoryState, admit, read_state
 from .model import ModelError, OrtOptions, PilotModel
-from .model_check import CheckResult, check_in_subprocess
+from .model_check import CheckResult, StandbyCheck, check_in_subprocess
 from .selftest import Verdict
 from .signing import SignatureError, parse_sha256_file, verify_model_bytes
 
@@ -118,6 +121,9 @@ class CheckSettings:
     check_threads: int = 1
     nice: int = 10  # of the check process (0 at start: nothing drives yet)
     memory: Callable[[], MemoryState] = read_state
+    # keep the next check process started, its imports done (an idle Python with numpy, OpenCV and
+    # ONNX Runtime loaded): a delivered model is checked without paying for them first
+    standby: bool = True
 
 
 def model_digest(folder: Path, max_model_bytes: int) -> str:
@@ -134,8 +140,9 @@ def model_digest(folder: Path, max_model_bytes: int) -> str:
 
 
 def check_and_load(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: OrtOptions | None,
-                   checks: CheckSettings) -> PilotModel:
-    """Admit by size, check in a separate process under a memory budget, then load here."""
+                   checks: CheckSettings, standby: StandbyCheck | None = None) -> PilotModel:
+    """Admit by size, check in a separate process under a memory budget (``standby`` when it is
+    given and alive), then load here."""
     path = folder / MODEL_FILE
     try:
         size = path.stat().st_size
@@ -144,8 +151,9 @@ def check_and_load(folder: Path, key: ec.EllipticCurvePublicKey | None, opts: Or
     decision = admit(str(path), size, checks.max_model_bytes, checks.memory())
     if not isinstance(decision, Admit):
         raise ModelError(decision.reason)
+    log.info("checking delivered model %s (%d bytes)", path, size, extra=fields("model_checking"))
     result: CheckResult = check_in_subprocess(folder, key, decision.check_budget, checks.timeout_s, checks.check_threads,
-                                                    checks.nice)
+                                              checks.nice, standby)
     if not result.ok:
         raise ModelError(result.reason)
     model = read_verified(folder, key, opts)
@@ -170,6 +178,8 @@ class ModelWatcher:
         self.accepted: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events: FolderEvents | None = None
+        self._standby: StandbyCheck | None = None
 
     def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -195,8 +205,9 @@ class ModelWatcher:
         if current is not None and current.sha256 == data_sha:
             return False
         self.checking.set()
+        standby, self._standby = self._standby, None
         try:
-            model = check_and_load(self.folder, self.key, self.opts, self.checks)
+            model = check_and_load(self.folder, self.key, self.opts, self.checks, standby)
         except ModelError as e:
             self.refusals.append(Refusal(fp, str(e)))
             self.slot.refused = (data_sha, str(e))
@@ -205,6 +216,8 @@ class ModelWatcher:
             return False
         finally:
             self.checking.clear()
+            if standby is not None:
+                standby.close()
         self.accepted.append(model.sha256)
         log.info("model verified and loaded beside the running one: %s", model.sha256[:12],
                  extra=fields("model_ready", sha256=model.sha256))
@@ -212,13 +225,40 @@ class ModelWatcher:
         return True
 
     def start(self) -> None:
+        self._events = FolderEvents(self.folder)
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
         self._thread.start()
+
+    def _prepare_standby(self) -> None:
+        if not self.checks.standby or self._stop.is_set():
+            return
+        if self._standby is not None:
+            if self._standby.usable():
+                return
+            # it died waiting (killed for memory, or cannot start): fresh checks from now on, not a
+            # process started every poll
+            code = self._standby.proc.returncode
+            self._standby.close()
+            self._standby = None
+            self.checks = replace(self.checks, standby=False)
+            log.warning("the standby model check exited (%s) before a model came: checking each model in a fresh "
+                        "process", code, extra=fields("model_standby_failed", reason=f"exit {code}"))
+            return
+        try:
+            self._standby = StandbyCheck(self.checks.check_threads, self.checks.nice)
+        except OSError as e:  # a fresh process is started for the next model instead
+            self._standby = None
+            log.warning("cannot start a standby model check: %s", e, extra=fields("model_standby_failed", reason=str(e)))
 
     def _run(self) -> None:
         # Not niced, unlike the check process: a niced thread that holds the GIL on a busy CPU would
         # hold up the drive loop (priority inversion); what it does here is short and mostly in C++.
-        while not self._stop.wait(self.poll_s):
+        assert self._events is not None
+        while not self._stop.is_set():
+            self._prepare_standby()
+            self._events.wait(self.poll_s)  # a change wakes it at once; the poll is the fallback
+            if self._stop.is_set():
+                break
             try:
                 self.check_once()
             except Exception as e:  # never let the watcher die silently
@@ -226,5 +266,12 @@ class ModelWatcher:
 
     def close(self) -> None:
         self._stop.set()
+        if self._events is not None:
+            self._events.wake()
         if self._thread:
             self._thread.join(timeout=2)
+        if self._events is not None:
+            self._events.close()
+        if self._standby is not None:
+            self._standby.close()
+            self._standby = None
