@@ -179,6 +179,14 @@ def store_listing(store: Path) -> list[str]:
     return sorted(str(p.relative_to(store)) for p in store.rglob("*"))
 
 
+def listing_is(store: Path, expected: list[str]) -> Callable[[], bool]:
+    return lambda: store_listing(store) == expected
+
+
+def stats_after(follower: Follower, since: float) -> Callable[[], bool]:
+    return lambda: any(float(r["ts"]) > since for r in stats(follower))
+
+
 def stats(follower: Follower) -> list[dict[str, Any]]:
     return [r for r in follower.records() if r.get("stream") == STREAM and not r.get("duplicate")]
 
@@ -298,13 +306,11 @@ def test_hostile_models_never_drive_and_leave_the_good_one_driving(
                 assert name in description, (case, name, description)
             # Nothing of the refused model stays: the store is back where it was (a rolled-back
             # version's files go when the reconciler switches back, just after the verdict).
-            wait_until(lambda lb=listing_before: store_listing(store) == lb, 60,
-                       f"{case}: the store's listing back to {listing_before}, now {store_listing(store)}")
+            wait_until(listing_is(store, listing_before), 60, f"{case}: the store's listing back to {listing_before}")
             used_after = store_used(store)
             assert used_after == used_before, (case, used_before, used_after)
             # The pilot's own stats: every second of the attempt, and the one after it.
-            wait_until(lambda end=t1: any(float(r["ts"]) > end + 1.5 for r in stats(follower)), 60,
-                       f"{case}: {STREAM} records after the attempt")
+            wait_until(stats_after(follower, t1 + 1.5), 60, f"{case}: {STREAM} records after the attempt")
             window = [r["payload"] for r in stats(follower) if t0 <= float(r["ts"]) <= t1 + 1.5]
             assert window, case
             assert all(p["model"] == good_sha[:16] and p["stopped"] is None and p["swaps"] == 0 for p in window), \
