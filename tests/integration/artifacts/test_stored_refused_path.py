@@ -74,6 +74,10 @@ def test_a_stored_artifact_path_this_release_refuses_is_reported_once_and_the_re
     app = reported["modules"]["app"]
     text = json.dumps(app)
     assert pinned_ref in text and problem in text, app
+    assert app["runtimeStatus"] == "unloadable" and reported["modules"]["other"]["runtimeStatus"] == "running", \
+        reported["modules"]
+    show = device.edgectl("show", *device.flags(), device.id)  # what the operator reads
+    assert show.returncode == 0 and problem in show.stdout and "unloadable" in show.stdout, show.stdout + show.stderr
     # Passes go on (the reconciler polls every 5 s): several of them, and the agent stays up.
     started = time.time()
     wait_until(lambda: time.time() - started > 12, 20, "three reconcile periods")
