@@ -94,7 +94,7 @@ def pin_what_loads(version: int, document: Mapping[str, Any], images: Mapping[st
         deployment = Deployment.model_validate(rest)
     except ValidationError as exc:  # not one module's spec: the document itself
         why = f"stored deployment {version} is not accepted by this release: {summary(exc)}"
-        return PinnedDeployment(version, {}, {name: why for name in raw_modules} or {"*": why})
+        return PinnedDeployment(version, {}, {name: why for name in raw_modules} or {"(document)": why})
     return dataclasses.replace(pin(version, deployment, images), unloadable=unloadable)
 
 
