@@ -78,6 +78,12 @@ def modules_report(
             if uses is not None:
                 entry["moduleReport"] = uses
         modules[m.name] = entry
+    for name, reason in sorted(pinned.unloadable.items()):
+        c = container_for(observed, None, name, device_id)
+        entry = {"runtimeStatus": "unloadable", "statusDescription": reason, "error": reason}
+        if c is not None:
+            entry.update(containerId=c.id[:12], containerState=c.state, startTime=iso(c.started_at))
+        modules[name] = entry
     return modules
 
 

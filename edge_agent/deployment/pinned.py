@@ -7,10 +7,13 @@ committed, pinned deployment named here."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from edge_agent.runtime.api import (
     LABEL_DEPLOYMENT,
@@ -23,6 +26,7 @@ from edge_agent.runtime.api import (
     PortRequest,
 )
 from edge_shared.spec import Deployment, ModuleSpec
+from edge_shared.validation import describe, location, summary
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class PinnedModule:
 class PinnedDeployment:
     version: int
     modules: Mapping[str, PinnedModule] = field(default_factory=dict)
+    # Modules of a stored document this release does not accept (a rule tightened since an older
+    # release committed it, e.g. an artifact path now refused) -> why, one line. Their containers
+    # are left as they are (never created, removed or restarted) and the reason is reported.
+    unloadable: Mapping[str, str] = field(default_factory=dict)
 
     def ordered(self) -> list[PinnedModule]:
         return sorted(self.modules.values(), key=lambda m: (m.spec.startup_order, m.name))
@@ -63,7 +71,42 @@ class CommittedDeployment:
 
     @functools.cached_property
     def _pinned(self) -> PinnedDeployment:
-        return pin(self.version, Deployment.model_validate(self.document), self.images)
+        try:
+            return pin(self.version, Deployment.model_validate(self.document), self.images)
+        except ValidationError:
+            return pin_what_loads(self.version, self.document, self.images)
+
+
+def pin_what_loads(version: int, document: Mapping[str, Any], images: Mapping[str, str]) -> PinnedDeployment:
+    """A stored document this release no longer accepts as a whole (an older release validated
+    and committed it): the modules whose spec still loads are pinned, the others are named with
+    the reason, so the device keeps running what it can instead of failing every pass."""
+    raw = document.get("modules")
+    raw_modules: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
+    unloadable: dict[str, str] = {}
+    for name, spec in sorted(raw_modules.items()):
+        try:
+            ModuleSpec.model_validate(spec)
+        except ValidationError as exc:
+            unloadable[name] = _unloadable_reason(version, name, spec, exc)
+    rest = {**document, "modules": {n: s for n, s in raw_modules.items() if n not in unloadable}}
+    try:
+        deployment = Deployment.model_validate(rest)
+    except ValidationError as exc:  # not one module's spec: the document itself
+        why = f"stored deployment {version} is not accepted by this release: {summary(exc)}"
+        return PinnedDeployment(version, {}, {name: why for name in raw_modules} or {"(document)": why})
+    return dataclasses.replace(pin(version, deployment, images), unloadable=unloadable)
+
+
+def _unloadable_reason(version: int, name: str, spec: Any, exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{location(e['loc']) + ': ' if e['loc'] else ''}{describe(e, show_input=False)}" for e in exc.errors()[:3]
+    )
+    artifacts = spec.get("artifacts") if isinstance(spec, Mapping) else None
+    named = [f"artifact {a.get('ref')} at {a.get('path')}" for a in artifacts or [] if isinstance(a, Mapping)]
+    return (f"stored deployment {version}: module {name} is not accepted by this release: {problems}"
+            + (f" ({', '.join(named)})" if named else "")
+            + "; its container is left as it is until a deployment this release accepts")
 
 
 def pin(version: int, deployment: Deployment, pinned_images: Mapping[str, str]) -> PinnedDeployment:

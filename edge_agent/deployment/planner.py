@@ -8,6 +8,8 @@ Rules:
 - Modules are created/started in (startupOrder, name) order; modules that left the deployment
   are stopped and removed first, in reverse order.
 - Restarts follow the module's restartPolicy, gated by the backoff in restart_policy.py.
+- A module of the stored document this release cannot load (PinnedDeployment.unloadable) is
+  never touched: its container, if any, stays as it is.
 - Planning again after a plan was applied yields an empty plan (tested with hypothesis).
 """
 
@@ -60,12 +62,14 @@ def plan(
         if c.owned_by(naming.device_id) and c.module:
             owned[c.module].append(c)
     modules = pinned.modules if pinned is not None else {}
+    # a module this release cannot load from the stored document is left exactly as it is
+    untouchable = set(pinned.unloadable) if pinned is not None else set()
 
     actions: list[Action] = []
     waits: list[Wait] = []
 
     # 1. Modules that left the deployment: stop and remove, reverse name order.
-    for name in sorted((m for m in owned if m not in modules), reverse=True):
+    for name in sorted((m for m in owned if m not in modules and m not in untouchable), reverse=True):
         for c in _keep_first(owned[name]):
             actions += _retire(c, name, "module is no longer in the deployment", grace)
 

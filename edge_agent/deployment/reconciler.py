@@ -187,6 +187,9 @@ class Reconciler:
             self._container_failures.clear()
             self.retries.forget("module:")
             self._failed_reported.clear()
+            for module, reason in sorted(pinned.unloadable.items()):
+                log.error("%s", reason, extra={"EVENT": "deployment.module_unloadable", "MODULE": module,
+                                               "DEPLOYMENT": str(pinned.version)})
         self.pinned = pinned
         now = self.clock()
         wake: list[float] = []
@@ -300,6 +303,11 @@ class Reconciler:
     ) -> Verdict:
         verdict = judge(pinned, last_known_good, committed.activated_at, self.observed, restarts, now,
                         self.device_id, self.probation)
+        if pinned.unloadable and isinstance(verdict, Good | Probation):
+            # never "good" with a module this release cannot run (a settled version stays settled:
+            # there is nothing better to return to)
+            module, reason = min(pinned.unloadable.items())
+            return Failed(module, reason, code="module_unloadable")
         if self.artifacts is not None and isinstance(verdict, Good | Probation):
             verdict = self._judge_artifacts(committed, pinned, verdict, now)
         if isinstance(verdict, Probation):

@@ -447,3 +447,31 @@ async def test_a_failing_pull_keeps_waiting_for_the_network(tmp_path: Path) -> N
         await settle(pipe, 2)
     v2 = pipe.section()["versions"]["2"]
     assert v2["state"] == "activating" and "not found" in v2["description"], v2
+
+
+async def test_a_version_on_probation_with_a_module_this_release_refuses_fails_and_rolls_back(
+    tmp_path: Path
+) -> None:
+    """An older release committed version 2 (its artifact path /tmp was accepted then); this
+    release boots while it is on probation: it is never "good", it fails with the module's
+    reason and the last-known-good version runs again."""
+    pipe, _, clock, _ = make(tmp_path)
+    await pipe.start()
+    await pipe.deploy(1, doc(a={}))
+    await settle(pipe)
+    clock.now += 31
+    await settle(pipe)
+    assert pipe.state(1) == "good"
+    await pipe.deploy(2, doc(a={}, b={}))
+    current = pipe.manager.current
+    assert current is not None and current.version == 2
+    stored = {"modules": {**current.document["modules"], "b": {
+        **current.document["modules"]["b"],
+        "artifacts": [{"ref": f"reg.local:5000/m:1@sha256:{'7' * 64}", "path": "/tmp"}]}}}
+    pipe.manager.current = dataclasses.replace(current, document=stored)
+    await settle(pipe)
+    v2 = pipe.section()["versions"]["2"]
+    assert (v2["state"], v2["code"], v2["module"]) == ("rolled_back", "module_unloadable", "b"), v2
+    assert "/tmp: /tmp is not a place for artifacts" in v2["description"], v2
+    assert f"artifact reg.local:5000/m:1@sha256:{'7' * 64} at /tmp" in v2["description"], v2
+    assert pipe.section()["current"] == 1
