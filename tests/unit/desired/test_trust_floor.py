@@ -168,6 +168,7 @@ async def test_an_unreadable_file_is_reported_and_state_db_is_used(config: Agent
     try:
         assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
         await accept(rig, signed(1), 1)
+        await rig.manager.floor_written()  # written off the event loop, after the commit
         floor = trust_floor.read(state / trust_floor.FILE_NAME)
         assert floor is not None and floor.version == 1
     finally:
