@@ -84,7 +84,6 @@ class StateStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         t = tables(db)
-        self._accepted: Table = t.table("desired_accepted")
         self._keys: Table = t.table("trust_document_keys")
 
     # ------------------------------------------------------------------ reading
@@ -116,9 +115,8 @@ class StateStore:
         return out
 
     def accepted(self) -> tuple[int, str, bytes] | None:
-        for row in self._accepted.rows_where("id = 1", select="version, digest, payload"):
-            return int(row["version"]), str(row["digest"]), bytes(row["payload"])
-        return None
+        row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
 
     # ------------------------------------------------------------------ the one way to write
 
