@@ -203,7 +203,7 @@ class DesiredStateManager(BaseComponent):
 
     def _raise_floor(self, version: int, digest: str, *, at_start: bool = True) -> None:
         """The file follows state.db. At start it is written at once; after a commit it is written
-        by a thread (floor_writes), so its two fsyncs and rename do not stall the event loop and
+        by a thread (_write_floors), so its two fsyncs and rename do not stall the event loop and
         the next document behind it. A failure to write it is logged; state.db holds the commit,
         only its protection against an agent roll-back is missing."""
         rotated = self.store.rotated_keys() if self.store.keys_version() is not None else ()
@@ -215,8 +215,8 @@ class DesiredStateManager(BaseComponent):
         if new == self.floor:
             return
         self.floor = new  # in memory it holds either way
-        if at_start:
-            self._write_floor(new)
+        if at_start and (self._floor_writer is None or self._floor_writer.done()):
+            self._write_floor(new)  # (with a write under way, the writer takes it: one writer, in order)
             return
         self._floor_due = new
         if self._floor_writer is None or self._floor_writer.done():
