@@ -11,6 +11,10 @@
    (podman-py against the same podman service, no agent code; start returning = running).
 2. RSS of the real `edge-agent run` daemon while it manages 10 running modules.
 
+Where the agent's time goes: every podman call of the agent (and the image verification) is
+stamped, and the table "agent's path" gives, per call, how many per run and their median time,
+from the handover to the report.
+
 Prints a table; nothing is asserted (house rules: speed and memory only in bench/).
 """
 
@@ -35,11 +39,13 @@ from devinfra.podman import PodmanService, ensure_busybox_image, podman, use_dev
 from devinfra.procs import free_port, wait_until  # noqa: E402
 from devinfra.registry import Registry  # noqa: E402
 from edge_agent.config import parse_config  # noqa: E402
+from edge_agent.desired.admission import Admitted, DocumentTrust  # noqa: E402
 from edge_agent.reported import ReportedState  # noqa: E402
 from edge_agent.runtime.podman import PodmanRuntime  # noqa: E402
 from edge_agent.store import open_state_db  # noqa: E402
 from edge_agent.trust.factory import build_verifier  # noqa: E402
 from edge_agent.trust.passthrough import PassthroughVerifier  # noqa: E402
+from edge_shared.protocol import desired_document  # noqa: E402
 
 CMD = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 
@@ -51,14 +57,34 @@ def pct(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def config_text(device: str, url: str, registry: Registry) -> str:
+def config_text(device: str, url: str, registry: Registry, state: Path | None = None) -> str:
     return (f'[device]\nid = "{device}"\n[logging]\nlevel = "warning"\n'
+            + (f'[state]\ndir = "{state}"\n' if state is not None else "") +
             f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n'
             f'[podman]\nsocket = "{url}"\nstop_grace_s = 1\n'
             f'[attestation]\nenabled = false\n[telemetry]\nenabled = false\n'
             f'[trust]\ninsecure_registries = ["{registry.host}"]\n[[trust.policy]]\nscope = "*"\nmode = "off"\n'
             f'[deployment]\ncontainer_prefix = "{device}-"\nstabilisation_window_s = 1\npoll_interval_s = 30\n'
             "local_deploy = true\n")
+
+
+class Stamps:
+    """(name, start, end) of every runtime call and verification, for the agent's path."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, float]] = []
+
+    def wrap(self, obj: Any, name: str, label: str | None = None) -> None:
+        inner = getattr(obj, name)
+
+        async def stamped(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                self.calls.append((label or name, t0, time.perf_counter()))
+
+        setattr(obj, name, stamped)
 
 
 def libpod_create_start(client: Any, digest_ref: str, name: str) -> float:
@@ -70,35 +96,50 @@ def libpod_create_start(client: Any, digest_ref: str, name: str) -> float:
 
 
 async def agent_latency(device: str, url: str, registry: Registry, image: str, digest_ref: str,
-                        runs: int, state: Path) -> tuple[list[float], list[float], list[float]]:
+                        runs: int, state: Path, stamps: Stamps
+                        ) -> tuple[list[float], list[float], list[float], list[list[tuple[str, float, float]]]]:
     from podman import PodmanClient
 
     api = PodmanClient(base_url=url)
     db = open_state_db(state)
     reported = ReportedState()
-    config = parse_config(config_text(device, url, registry))
-    pipe = Pipeline(config, db, reported, PodmanRuntime(url), build_verifier(config, db))
+    config = parse_config(config_text(device, url, registry, state))
+    runtime = PodmanRuntime(url)
+    verifier = build_verifier(config, db)
+    for name in ("list_containers", "image_exists", "create", "start", "inspect", "pull"):
+        stamps.wrap(runtime, name)
+    stamps.wrap(verifier, "verify", "verify (registry)")
+    pipe = Pipeline(config, db, reported, runtime, verifier)
     await pipe.start()
     tasks = [asyncio.create_task(pipe.manager.run())]
+
+    def handover(version: int, deployment: dict[str, Any]) -> None:
+        """As the twin hands a document over: the owner's run() pins and commits it."""
+        decision = pipe.manager.submit(desired_document(version, deployment), trust=DocumentTrust(mode="off"))
+        assert isinstance(decision, Admitted), decision
+
     agent_s: list[float] = []
     raw_s: list[float] = []
     api_s: list[float] = []
+    paths: list[list[tuple[str, float, float]]] = []  # per run: the calls, relative to the handover
     version = 0
     try:
         for i in range(runs):
             # Empty deployment first (not timed), so each timed run creates and starts one container.
             version += 1
-            await pipe.deploy(version, {"modules": {}})
+            handover(version, {"modules": {}})
             while reported.get("modules") or podman("ps", "-aq", "--filter", f"label=edge-agent.device={device}"
                                                     ).stdout.strip():
                 await asyncio.sleep(0.01)
             version += 1
             doc = {"modules": {f"m{i}": {"image": image, "command": CMD[:2], "args": CMD[2:]}}}
+            stamps.calls.clear()
             t0 = time.perf_counter()
-            await pipe.deploy(version, doc)
+            handover(version, doc)
             while (reported.get("modules") or {}).get(f"m{i}", {}).get("runtimeStatus") != "running":
                 await asyncio.sleep(0.002)
             agent_s.append(time.perf_counter() - t0)
+            paths.append([(n, a - t0, b - t0) for n, a, b in stamps.calls if a >= t0])
             # Baseline in the same run: podman run -d of the same image by digest.
             name = f"{device}-raw{i}"
             t0 = time.perf_counter()
@@ -114,7 +155,7 @@ async def agent_latency(device: str, url: str, registry: Registry, image: str, d
             task.cancel()
         await asyncio.wait(tasks, timeout=15)
         db.close()
-    return agent_s, raw_s, api_s
+    return agent_s, raw_s, api_s, paths
 
 
 def agent_rss(device: str, url: str, registry: Registry, image: str, workdir: Path) -> tuple[int, int]:
@@ -148,6 +189,7 @@ def _rss_kb(pid: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--no-rss", action="store_true", help="skip part 2 (the daemon's RSS)")
     args = parser.parse_args()
     device = f"lc-test-bench-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="lc-bench-") as tmp:
@@ -167,9 +209,11 @@ def main() -> int:
             digest = asyncio.run(PassthroughVerifier([registry.host]).verify(image)).digest
             digest_ref = f"{image.rsplit(':', 1)[0]}@{digest}"
             podman("pull", "-q", "--tls-verify=false", digest_ref)
-            agent_s, raw_s, api_s = asyncio.run(agent_latency(device, service.url, registry, image, digest_ref,
-                                                              args.runs, work / "state"))
-            idle_kb, ten_kb = agent_rss(device + "r", service.url, registry, image, work / "agent")
+            agent_s, raw_s, api_s, paths = asyncio.run(agent_latency(
+                device, service.url, registry, image, digest_ref, args.runs, work / "state", Stamps()))
+            idle_kb = ten_kb = 0
+            if not args.no_rss:
+                idle_kb, ten_kb = agent_rss(device + "r", service.url, registry, image, work / "agent")
         finally:
             for dev in (device, device + "r"):
                 ids = podman("ps", "-aq", "--filter", f"label=edge-agent.device={dev}", check=False).stdout.split()
@@ -188,9 +232,26 @@ def main() -> int:
     for label, values in rows:
         print(f"{label:40}{pct(values, .5):8.3f}{pct(values, .99):8.3f}{max(values):8.3f}"
               f"{statistics.mean(values):8.3f}")
-    for label, base in (("ratio agent / libpod API (floor)", api_s), ("ratio agent / podman run -d", raw_s)):
-        ratio50, ratio99 = pct(agent_s, 0.5) / pct(base, 0.5), pct(agent_s, 0.99) / pct(base, 0.99)
+    for label, reference in (("ratio agent / libpod API (floor)", api_s), ("ratio agent / podman run -d", raw_s)):
+        ratio50, ratio99 = pct(agent_s, 0.5) / pct(reference, 0.5), pct(agent_s, 0.99) / pct(reference, 0.99)
         print(f"{label:40}{ratio50:8.2f}{ratio99:8.2f}")
+    print("\nthe agent's path, handover -> reported running (per run: calls, median ms each, median ms in all;"
+          " gaps: agent time between calls)")
+    names = sorted({n for path in paths for n, _, _ in path}, key=lambda n: min(
+        (a for path in paths for m, a, _ in path if m == n), default=0))
+    for name in names:
+        counts = [sum(1 for m, _, _ in path if m == name) for path in paths]
+        each = [(b - a) * 1000 for path in paths for m, a, b in path if m == name]
+        totals = [sum((b - a) * 1000 for m, a, b in path if m == name) for path in paths]
+        print(f"  {name:<22}{statistics.median(counts):>5.0f} x {statistics.median(each):8.1f}"
+              f"{statistics.median(totals):10.1f}")
+    median_run = sorted(range(len(agent_s)), key=agent_s.__getitem__)[len(agent_s) // 2]
+    print(f"the median run ({agent_s[median_run] * 1000:.1f} ms), call by call (ms from the handover; the "
+          "event and health watchers' calls run beside the pass):")
+    for name, start, end in sorted(paths[median_run], key=lambda c: c[1]):
+        print(f"  {start * 1000:8.1f} -> {end * 1000:8.1f}  {name}")
+    if args.no_rss:
+        return 0
     print("\nedge-agent daemon RSS")
     print(f"  idle, no modules        {idle_kb / 1024:7.1f} MiB")
     print(f"  managing 10 modules     {ten_kb / 1024:7.1f} MiB")

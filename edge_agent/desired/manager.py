@@ -155,6 +155,8 @@ class DesiredStateManager(BaseComponent):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.floor_file = config.state.dir / trust_floor.FILE_NAME
         self.floor: trust_floor.TrustFloor | None = None
+        self._floor_due: trust_floor.TrustFloor | None = None  # newer than the file; its writer is on the way
+        self._floor_writer: asyncio.Task[None] | None = None
         self._configure(config)
         if reconciler.artifacts is not None:
             reconciler.artifacts.on_report = self.wake.set  # a module confirmed or refused an artifact
@@ -199,10 +201,12 @@ class DesiredStateManager(BaseComponent):
         if accepted is not None:
             self._raise_floor(accepted[0], accepted[1])
 
-    def _raise_floor(self, version: int, digest: str) -> None:
-        """After a commit: the file follows state.db. A failure to write it is logged; state.db
-        holds the commit, only its protection against an agent roll-back is missing."""
-        rotated = self.store.rotated_keys()
+    def _raise_floor(self, version: int, digest: str, *, at_start: bool = True) -> None:
+        """The file follows state.db. At start it is written at once; after a commit it is written
+        by a thread (_write_floors), so its two fsyncs and rename do not stall the event loop and
+        the next document behind it. A failure to write it is logged; state.db holds the commit,
+        only its protection against an agent roll-back is missing."""
+        rotated = self.store.rotated_keys() if self.store.keys_version() is not None else ()
         new = trust_floor.merged(
             self.floor, version=version, digest=digest, config=self.store.config_fingerprint() or "",
             keys_version=self.store.keys_version() if rotated else None,
@@ -210,11 +214,31 @@ class DesiredStateManager(BaseComponent):
         )
         if new == self.floor:
             return
+        self.floor = new  # in memory it holds either way
+        if at_start and (self._floor_writer is None or self._floor_writer.done()):
+            self._write_floor(new)  # (with a write under way, the writer takes it: one writer, in order)
+            return
+        self._floor_due = new
+        if self._floor_writer is None or self._floor_writer.done():
+            self._floor_writer = asyncio.get_running_loop().create_task(self._write_floors(), name="trust-floor")
+
+    def _write_floor(self, floor: trust_floor.TrustFloor) -> None:
         try:
-            trust_floor.write(self.floor_file, new)
+            trust_floor.write(self.floor_file, floor)
         except OSError as exc:
             log.error("cannot keep the replay floor across roll-backs (%s)", exc, extra={"EVENT": "trust.floor_failed"})
-        self.floor = new  # in memory it holds either way
+
+    async def _write_floors(self) -> None:
+        """One writer, newest floor wins: commits that land while a write is under way are written
+        together by the next one (the floor only moves forward, so the newest holds them all)."""
+        while (floor := self._floor_due) is not None:
+            self._floor_due = None
+            await run_blocking(self._write_floor, floor, name="trust floor write")
+
+    async def floor_written(self) -> None:
+        """Wait until the file holds the newest floor (the stop waits for it too)."""
+        while self._floor_writer is not None and not self._floor_writer.done():
+            await asyncio.shield(self._floor_writer)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,6 +290,7 @@ class DesiredStateManager(BaseComponent):
                 tg.create_task(self.monitor.watch_events(), name="deployment-events")
                 tg.create_task(self.monitor.watch_health(), name="deployment-health")
         finally:
+            await self.floor_written()
             await self.reconciler.runtime.close()
 
     async def first_pass_done(self) -> Mapping[str, Cause]:
@@ -647,7 +672,7 @@ class DesiredStateManager(BaseComponent):
         self._pending = None
         self._fetching.clear()
         self.current = committed
-        self._raise_floor(version, admitted.digest)
+        self._raise_floor(version, admitted.digest, at_start=False)
         for row in transition.statuses:
             self.statuses[row.version] = row
         if admitted.new_keys:

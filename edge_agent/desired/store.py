@@ -13,7 +13,9 @@ Everything that changes this state is a Transition (transitions.py computes them
 still what the transition was computed from: a rollback is a compare-and-swap on `current`, so it
 can never overwrite a newer deployment committed meanwhile. A power cut leaves all of a
 transition or none of it. The tables are created and migrated by state_schema.py, and read and
-written with sqlite-utils.
+written with sqlite-utils, except the rows a transition writes: those are plain SQL upserts, since
+sqlite-utils reads the table's schema again on every upsert (about 50 statements per accepted
+document, half of the commit's time besides its fsync; bench/twin_latency.py).
 """
 
 from __future__ import annotations
@@ -82,10 +84,6 @@ class StateStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         t = tables(db)
-        self._slots: Table = t.table("deployment_slots")
-        self._restarts: Table = t.table("deployment_restarts")
-        self._versions: Table = t.table("desired_versions")
-        self._accepted: Table = t.table("desired_accepted")
         self._keys: Table = t.table("trust_document_keys")
 
     # ------------------------------------------------------------------ reading
@@ -117,9 +115,8 @@ class StateStore:
         return out
 
     def accepted(self) -> tuple[int, str, bytes] | None:
-        for row in self._accepted.rows_where("id = 1", select="version, digest, payload"):
-            return int(row["version"]), str(row["digest"]), bytes(row["payload"])
-        return None
+        row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
 
     # ------------------------------------------------------------------ the one way to write
 
@@ -134,13 +131,18 @@ class StateStore:
                     f"{transition.why}: expected current/last-known-good {expected}, found {found}")
             if transition.accepted is not None and transition.current is not None:
                 a = transition.accepted
-                self._accepted.upsert({"id": 1, "version": transition.current.version, "digest": a.digest,
-                                       "payload": a.raw, "accepted_at": time.time()}, pk="id")
+                self.db.execute(
+                    "INSERT INTO desired_accepted (id, version, digest, payload, accepted_at) VALUES (1, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
+                    "payload = excluded.payload, accepted_at = excluded.accepted_at",
+                    (transition.current.version, a.digest, a.raw, time.time()),
+                )
                 if a.new_keys:
                     self._install_keys(a.new_keys, transition.current.version)
             if transition.current is not None:
                 self._put_slot(CURRENT, transition.current)
-                self._restarts.delete_where()  # counters belong to the deployment that was current
+                # Restart counters belong to the deployment that was current.
+                self.db.execute("DELETE FROM deployment_restarts")
             if transition.last_known_good is not None:
                 self._put_slot(LAST_KNOWN_GOOD, transition.last_known_good)
             for status in transition.statuses:
@@ -158,34 +160,28 @@ class StateStore:
         return None if row is None else int(row[0])
 
     def _put_slot(self, slot: str, dep: CommittedDeployment) -> None:
-        self._slots.upsert(
-            {
-                "slot": slot,
-                "version": dep.version,
-                "document": json.dumps(dep.document, sort_keys=True),
-                "images": json.dumps(dep.images, sort_keys=True),
-                "activated_at": dep.activated_at,
-            },
-            pk="slot",
+        self.db.execute(
+            "INSERT INTO deployment_slots (slot, version, document, images, activated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (slot) DO UPDATE SET version = excluded.version, document = excluded.document, "
+            "images = excluded.images, activated_at = excluded.activated_at",
+            (slot, dep.version, json.dumps(dep.document, sort_keys=True), json.dumps(dep.images, sort_keys=True),
+             dep.activated_at),
         )
 
     def _put_status(self, status: VersionStatus) -> None:
-        self._versions.upsert(
-            {
-                "version": status.version,
-                "digest": status.digest,
-                "state": str(status.state),
-                "at": status.at,
-                "code": status.code,
-                "module": status.module,
-                "description": status.description,
-            },
-            pk="version",
+        self.db.execute(
+            "INSERT INTO desired_versions (version, digest, state, at, code, module, description) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (version) DO UPDATE SET digest = excluded.digest, state = excluded.state, at = excluded.at, "
+            "code = excluded.code, module = excluded.module, description = excluded.description",
+            (status.version, status.digest, str(status.state), status.at, status.code, status.module,
+             status.description),
         )
 
     def _prune(self) -> None:
         keep = [v if v is not None else -1 for v in (self._version_in(CURRENT), self._version_in(LAST_KNOWN_GOOD))]
-        self._versions.delete_where(
+        self.db.execute(
+            "DELETE FROM desired_versions WHERE "
             "version NOT IN (SELECT version FROM desired_versions ORDER BY version DESC LIMIT ?) "
             "AND version NOT IN (?, ?)",
             [_PRUNE_KEEP, *keep],

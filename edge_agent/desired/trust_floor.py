@@ -12,7 +12,8 @@ accepted document moved them:
   refuse the retained document signed with the new one.
 
 The file is written after the commit that moved them (temporary name, fsync, rename, fsync of the
-folder), and read at start, where the owner takes the newer of it and state.db. A rotation
+folder), off the event loop by one writer that writes the newest floor (the owner's stop waits for
+it), and read at start, where the owner takes the newer of it and state.db. A rotation
 replaces the whole key set, so the keys installed by the higher document version win whole (a key
 the newer rotation dropped stays revoked); no union is taken. An operator who edits the config's
 [trust] document_keys overrules any rotation, here as in state.db (`config` fingerprint).

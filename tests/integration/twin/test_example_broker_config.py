@@ -4,6 +4,7 @@ does what docs/protocol.md says: mutual TLS required, device confined by the ACL
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -68,6 +69,11 @@ async def test_example_mosquitto_config(pki: Pki, tmp_path: Path) -> None:
             await fleet.deploy(device, {"modules": {"m": {"image": "registry.local/i:1"}}})
             await fleet.deploy("someone-else", {"modules": {"x": {"image": "secret"}}})
             async with make_client(broker_params(section(dev_cert.cert, dev_cert.key), device)) as client:
+                # Both sides of the agent's and edgectl's connections send each packet at once
+                # (no Nagle; the broker's side is `set_tcp_nodelay true` above, which it accepted).
+                for sock in (client._client.socket(), fleet.client._client.socket()):
+                    assert isinstance(sock, socket.socket)
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
                 await client.subscribe("edge/+/desired", qos=1)
                 async with asyncio.timeout(10):
                     async for message in client.messages:

@@ -119,6 +119,7 @@ class Rig:
             self.task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await self.task
+        await self.manager.floor_written()  # as the owner's run() does when it stops
 
     def section(self) -> dict[str, Any]:
         section = self.reported.get("deployment")

@@ -3,8 +3,10 @@ the pure decisions, the file, and the owner after a roll-back restored an older 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -168,7 +170,65 @@ async def test_an_unreadable_file_is_reported_and_state_db_is_used(config: Agent
     try:
         assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
         await accept(rig, signed(1), 1)
+        await rig.manager.floor_written()  # written off the event loop, after the commit
         floor = trust_floor.read(state / trust_floor.FILE_NAME)
         assert floor is not None and floor.version == 1
+    finally:
+        await rig.stop()
+
+
+async def test_the_file_is_written_off_the_event_loop_newest_floor_wins(
+        config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow disk holds the file's write, not the owner: versions 2 and 3 are accepted while the
+    write of 1 hangs, and the next write carries 3 (2 is never written: the floor only moves
+    forward, so the newest holds it). The stop waits for the write."""
+    written: list[int] = []
+    release = threading.Event()
+    write = trust_floor.write
+
+    def slow_write(path: Path, floor: TrustFloor) -> None:
+        if not written:
+            release.wait(30)
+        write(path, floor)
+        written.append(floor.version)
+
+    monkeypatch.setattr(trust_floor, "write", slow_write)
+    rig = await Rig(config, open_state_db(config.state.dir)).start()
+    try:
+        await accept(rig, signed(1), 1)
+        await accept(rig, signed(2), 2)
+        await accept(rig, signed(3), 3)
+        assert written == []  # the first write still hangs; the owner went on
+        assert rig.manager.floor is not None and rig.manager.floor.version == 3
+        release.set()
+    finally:
+        release.set()
+        await rig.stop()
+    assert written == [1, 3]
+    floor = trust_floor.read(config.state.dir / trust_floor.FILE_NAME)
+    assert floor is not None and floor.version == 3
+
+
+async def test_a_failed_write_is_reported_and_the_next_commit_writes_again(
+        config: AgentConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    write = trust_floor.write
+    failures = [OSError("No space left on device")]
+
+    def failing_once(path: Path, floor: TrustFloor) -> None:
+        if failures:
+            raise failures.pop()
+        write(path, floor)
+
+    monkeypatch.setattr(trust_floor, "write", failing_once)
+    rig = await Rig(config, open_state_db(config.state.dir)).start()
+    try:
+        await accept(rig, signed(1), 1)
+        await rig.manager.floor_written()
+        assert "cannot keep the replay floor across roll-backs (No space left on device)" in caplog.text
+        assert trust_floor.read(config.state.dir / trust_floor.FILE_NAME) is None
+        await accept(rig, signed(2), 2)
+        await asyncio.wait_for(rig.manager.floor_written(), 30)
+        floor = trust_floor.read(config.state.dir / trust_floor.FILE_NAME)
+        assert floor is not None and floor.version == 2
     finally:
         await rig.stop()
