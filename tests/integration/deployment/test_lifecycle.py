@@ -131,11 +131,12 @@ async def test_crash_loop_backs_off_growing_to_the_cap(harness_factory: Any, ima
         await asyncio.sleep(0.05)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) >= 5, f"only {len(starts)} starts seen"
-    # 1, 2, 4, 4, 4 s (plus the few ms the container runs): doubling, then capped, never giving up.
-    # Upper bounds leave room for a loaded CI machine (create/start/observe overhead).
-    assert 0.95 < gaps[0] < 2.5 and 1.95 < gaps[1] < 3.5 and 3.95 < gaps[2] < 5.5, gaps
-    assert all(3.95 < g < 5.5 for g in gaps[3:]), gaps
-    assert gaps[0] < gaps[1] < gaps[2]
+    # 1, 2, 4, 4, 4 s (plus the container's run and the agent's create/start/observe, which a loaded
+    # machine stretches): never shorter than the delay, doubling, then capped (a capped gap stays
+    # below the 8 s a further doubling would give), never giving up.
+    assert gaps[0] > 0.95 and gaps[1] > 1.95 and all(g > 3.95 for g in gaps[2:]), gaps
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+    assert all(g < 8 for g in gaps[3:]), gaps
     await h.wait_for(lambda: h.modules()["crashy"]["restartCount"] >= 5, 10, "restart count reported")
     m = h.modules()["crashy"]
     assert m["exitCode"] == 3 and m["lastExitTime"]
