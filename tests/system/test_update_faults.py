@@ -25,8 +25,10 @@ stop them too; their restart after a boot is tested elsewhere).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ BREAK_DIR = "/edge-test-break"
 TEST_BREAK_MODULE = '''"""Test build only: hold the agent at a named point while /edge-test-break/point names it."""
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 POINT = Path("/edge-test-break/point")
@@ -108,6 +111,10 @@ def with_break_points(pkg: Path) -> None:
     anchor += 'name="agent install")\n'
     replace_once(pkg / "selfupdate" / "component.py", anchor,
                  anchor + "            await __import__('edge_agent.test_break').test_break.hold_async('installed')\n")
+    # soak: the release on trial is connected and its first pass was clean; it has not confirmed.
+    anchor = "        if self.soak.seconds > 0:\n"
+    replace_once(pkg / "selfupdate" / "component.py", anchor,
+                 "        await __import__('edge_agent.test_break').test_break.hold_async('soak')\n" + anchor)
 
 
 GUARD_HOLD = f"""
@@ -482,6 +489,76 @@ def test_a_module_that_crashes_once_while_the_release_soaks_does_not_fail_it(
     )
     assert device.modules()["app"] != app, "the module's crash went unseen"  # restarted (or re-created)
     assert faulty.box.out(f"readlink {AGENT_DIR}/current").strip() == f"{AGENT_DIR}/releases/{NEW}"
+
+
+def deploy_signed(
+    faulty: Faulty, doc: dict[str, Any], key: Path, tmp: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`edgectl deploy --wait` of `doc` signed by `key`, with `extra` flags (--version, --rotate-to)."""
+    device = faulty.device
+    path = tmp / f"deployment-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(doc))
+    return edgectl("deploy", *device.flags(), device.id, str(path), "--key", str(key), *extra,
+                   "--wait", "120", timeout=180)
+
+
+def highest_version(reported: dict[str, Any]) -> int:
+    return int((reported.get("deployment") or {}).get("highestVersion") or 0)
+
+
+def test_a_key_rotation_during_a_trial_outlives_its_roll_back(
+    faulty: Faulty, app: tuple[str, str], module_image: str, keys: Keys, tmp_path: Path  # noqa: F811
+) -> None:
+    """While 0.1.1 is on trial a signed document rotates the document keys; then the trial fails (its
+    process killed at every start, as the watchdog or the OOM killer would) and the guard rolls back,
+    restoring the state.db of before the trial. The rotated key is still the one trusted and the
+    versions accepted during the trial are still refused as replays (document-trust.json): with the
+    restored state.db alone, the old key and those versions would be accepted again."""
+    device = faulty.device
+    must(edgectl("keygen", "--output-key-prefix", str(tmp_path / "rotated")))
+    rotated_key, rotated_pub = tmp_path / "rotated.key", tmp_path / "rotated.pub"
+    doc = document(module_image, {"version": NEW, "image": faulty.ref})
+    faulty.hold_at("soak")  # on trial, connected, first pass clean: held before it could confirm
+    seen = faulty.agent_log().count("test break point reached: soak")
+    faulty.reset_to_factory(keep_release=True, start=True)
+    faulty.wait_held("soak", seen)
+    floor_before = highest_version(device.reported())
+    proc = deploy_signed(faulty, doc, keys.fleet_key, tmp_path, "--rotate-to", str(rotated_pub))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rotation = highest_version(device.reported())
+    assert rotation > floor_before and faulty.trial().get("version") == NEW
+    # The trial fails: killed at each of its starts until the guard gives up on it.
+    killed: set[str] = set()
+    deadline = time.monotonic() + 300
+    while faulty.running_version() != FACTORY:
+        assert time.monotonic() < deadline, f"no roll-back after {len(killed)} kills:\n{faulty.agent_log()[-3000:]}"
+        invocation = faulty.box.show(UNIT, "InvocationID", "ActiveState")
+        if invocation.get("ActiveState") == "active" and invocation["InvocationID"] not in killed \
+                and faulty.running_version() == NEW:
+            killed.add(invocation["InvocationID"])
+            faulty.box.sh(f"systemctl kill --kill-whom=main --signal=KILL {UNIT}", check=False)
+        assert len(killed) <= MAX_STARTS, f"killed {len(killed)} starts and no roll-back:\n{faulty.agent_log()[-3000:]}"
+        time.sleep(0.5)
+    faulty.hold_at(None)
+    reported = device.wait_reported(
+        "the roll-back to be reported",
+        lambda r: update_section(r).get("running") == FACTORY and last_update(r).get("result") == "rolled_back",
+        timeout=120,
+    )
+    assert last_update(reported)["version"] == NEW, last_update(reported)
+    # The retired key, with the version the trial accepted: refused (state.db alone would accept it).
+    proc = deploy_signed(faulty, doc, keys.fleet_key, tmp_path, "--version", str(rotation))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and ("replayed" in said or "untrusted_key" in said), said
+    # The rotated key, with that version again: a replay.
+    proc = deploy_signed(faulty, doc, rotated_key, tmp_path, "--version", str(rotation))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "replayed" in said, said
+    # The rotated key, with the next version as edgectl picks it from what the device reports:
+    # accepted (state.db alone trusts only the retired key, and reports a lower newest version).
+    proc = deploy_signed(faulty, doc, rotated_key, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert highest_version(device.reported()) == rotation + 1
 
 
 def test_a_full_disk_while_the_guard_starts_a_trial_still_starts_the_agent(faulty: Faulty) -> None:
