@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 from devinfra.podman import PodmanService, podman
+from devinfra.registry import Registry
 from edge_agent.runtime.api import HELPER_RELEASE_UNPACK, LABEL_HELPER, RELEASE_IMAGE_LABEL
 from edge_agent.runtime.podman import PodmanRuntime
 
@@ -57,3 +58,31 @@ async def test_helpers_and_release_images_left_behind_are_collected(
         podman("rm", "-f", helper, module, check=False)
         podman("rmi", "-f", left, wanted, kept_by_hand, check=False)
 
+
+
+async def test_a_release_image_pulled_by_digest_is_collected(
+    podman_service: PodmanService, busybox_image: str, registry: Registry
+) -> None:
+    """As the agent pulls a release (pinned by digest): podman lists the digest reference among the
+    image's RepoTags, which is no tag; a kill between the pull and the install's removal of the image
+    must not leave it forever."""
+    run = secrets.token_hex(4)
+    local = release_image(busybox_image, f"{run}-pulled")
+    ref = f"{registry.host}/leftovers-{run}/edge-agent-release:1"
+    podman("tag", local, ref)
+    digest_file = Path(podman("info", "--format", "{{.Store.RunRoot}}").stdout.strip()) / f"digest-{run}"
+    try:
+        podman("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), ref)
+        digest = digest_file.read_text().strip()
+    finally:
+        digest_file.unlink(missing_ok=True)
+    podman("rmi", "-f", local)
+    pinned = f"{registry.host}/leftovers-{run}/edge-agent-release@{digest}"
+    runtime = PodmanRuntime(podman_service.url)
+    try:
+        await runtime.pull(pinned, insecure=True, timeout_s=120)
+        pulled = podman("image", "inspect", "--format", "{{.Id}}", pinned).stdout.strip()
+        _, images = await runtime.collect_release_leftovers()
+        assert pulled in images and not exists("image", pulled)
+    finally:
+        podman("rmi", "-f", pinned, check=False)
