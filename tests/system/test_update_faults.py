@@ -546,6 +546,8 @@ def test_a_key_rotation_during_a_trial_outlives_its_roll_back(
         timeout=120,
     )
     assert last_update(reported)["version"] == NEW, last_update(reported)
+    # The device tells the fleet the newest version it took (the floor), though state.db went back.
+    assert highest_version(reported) == rotation, reported.get("deployment")
     # The retired key, with the version the trial accepted: refused (state.db alone would accept it).
     proc = deploy_signed(faulty, doc, keys.fleet_key, tmp_path, "--version", str(rotation))
     said = proc.stdout + proc.stderr
