@@ -499,7 +499,7 @@ def deploy_signed(
     path = tmp / f"deployment-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(doc))
     return edgectl("deploy", *device.flags(), device.id, str(path), "--key", str(key), *extra,
-                   "--wait", "120", timeout=180)
+                   "--wait", "120", "--until", "accepted", timeout=180)
 
 
 def highest_version(reported: dict[str, Any]) -> int:
