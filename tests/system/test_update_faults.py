@@ -131,6 +131,9 @@ def guard_with_break_points(out: Path) -> Path:
     guard = out / "update-guard"
     shutil.copy2(REPO_ROOT / "systemd" / "edge-agent-update-guard", guard)
     replace_once(guard, "set -eu\n", "set -eu\n" + GUARD_HOLD)
+    # state-copy: a request is being taken up; the state copy not yet begun (the disk-full test).
+    anchor = "    save_state\n    started=$(now)\n"
+    replace_once(guard, anchor, "    test_hold state-copy\n" + anchor)
     # (c) trial written: the trial is synced, the request not yet dropped, the pointer not switched.
     anchor = '    write_trial "$version" "$current" 1 "$started" 0\n    remove "$DIR/request"\n'
     replace_once(guard, anchor, '    write_trial "$version" "$current" 1 "$started" 0\n    test_hold trial-written\n'
@@ -564,16 +567,15 @@ def test_a_key_rotation_during_a_trial_outlives_its_roll_back(
 
 
 def test_a_full_disk_while_the_guard_starts_a_trial_still_starts_the_agent(faulty: Faulty) -> None:
-    """The state folder on a small filesystem (a tmpfs mounted over it, as a small SD card partition)
-    with less room left than state.db needs: the guard's copy of it fails with ENOSPC. The agent
-    starts on the release it ran, the request is dropped and the reason reported, and the agent
-    does not ask again at once (each ask restarts it)."""
+    """The state folder on a small filesystem (a tmpfs mounted over it, as a small SD card partition),
+    filled while the guard holds before its copy of state.db, leaving less room than that copy needs:
+    the copy fails with ENOSPC. The guard drops the request with the reason reported, the agent starts
+    on the release it ran, and it does not ask again at once (each ask restarts it). The filler goes
+    once the guard has reported (the subject is the guard: an agent that cannot write its own
+    database on a full disk is another matter)."""
     device = faulty.device
-    faulty.reset_to_factory(keep_release=True, start=False)
     box = faulty.box
-    size = int(box.out(f"stat -c %s {STATE}/state.db").strip())
-    slack = max(32 * 1024, size // 2 // 4096 * 4096)
-    assert size > slack + 8192, f"state.db ({size} bytes) is too small for this test's slack ({slack})"
+    faulty.reset_to_factory(keep_release=True, start=False)
     box.sh(f"""set -e
 cp -a {STATE} {STATE}.disk
 used=$(du -sk {STATE}.disk | cut -f1)
@@ -581,13 +583,19 @@ mount -t tmpfs -o size=$((used + 4096))k tmpfs {STATE}
 chown --reference={STATE}.disk {STATE}
 chmod --reference={STATE}.disk {STATE}
 cp -a {STATE}.disk/. {STATE}/
-free=$(df --output=avail -B1 {STATE} | tail -n 1)
-fallocate -l $((free - {slack})) {STATE}/filler
 """)
-    free = int(box.out(f"df --output=avail -B1 {STATE} | tail -n 1").strip())
-    assert free < size, (free, size)
-    starts = faulty.agent_log().count(f"edge-agent {FACTORY} started")
-    box.sh(f"systemctl start {UNIT}", timeout=180)
+    guard_failures = faulty.agent_log().count("edge-agent-update-guard: start failed")
+    faulty.hold_at("state-copy")
+    box.sh(f"systemctl start {UNIT}", timeout=180)  # the factory install asks for 0.1.1 and restarts
+    faulty.wait_held("state-copy", 0)
+    size = int(box.out(f"stat -c %s {STATE}/state.db").strip())
+    slack = 16 * 1024
+    assert size > 2 * slack, f"state.db ({size} bytes) is smaller than twice this test's slack"
+    box.sh(f"fallocate -l $(( $(df --output=avail -B1 {STATE} | tail -n 1) - {slack} )) {STATE}/filler")
+    faulty.hold_at(None)
+    box.wait_for("the guard to report its failure", lambda: '"failed"' in (faulty.file("outcome.json") or ""),
+                 timeout=120)
+    box.sh(f"rm -f {STATE}/filler")
     reported = device.wait_reported(
         "the guard's failure to be reported",
         lambda r: last_update(r).get("result") == "failed" and update_section(r).get("state") == "waiting",
@@ -602,5 +610,6 @@ fallocate -l $((free - {slack})) {STATE}/filler
     assert faulty.file("request") is None and faulty.file("trial") is None
     assert box.sh(f"test -e {AGENT_DIR}/state-before-update.tmp", check=False).returncode != 0
     assert box.out(f"readlink {AGENT_DIR}/current").strip() == "/opt/edge-agent"
-    # Started twice: to ask for the switch, and after the guard failed; not again while it waits.
-    assert faulty.agent_log().count(f"edge-agent {FACTORY} started") == starts + 2
+    # One failure: the agent waits before it asks again (it would restart every few seconds).
+    assert faulty.agent_log().count("edge-agent-update-guard: start failed") == guard_failures + 1
+    assert json.loads(faulty.file("outcome.json") or "{}").get("at") == last["at"]
