@@ -7,10 +7,11 @@ PID 1, the unit and the guard as docs/operations.md installs them, mosquitto, th
 signed release images, and the podman service the device uses (on the host, socket mounted in).
 
 Stopping at a point. The factory install (0.1.0) and the release (0.1.1) are test builds of this
-checkout with one addition, edge_agent/test_break.py (BREAK_POINTS below): at a named point the
+checkout with one addition, edge_agent/test_break.py (with_break_points below): at a named point the
 agent waits while /edge-test-break/point names it (a folder the test writes from the host, even
 while the device is down), after saying so in the journal. The guard on the device is the
-project's guard with one line added at its two points (it writes a `reached-<point>` file there).
+project's guard with one line added at each of its points (guard_with_break_points), which
+writes a `reached-<point>` file there.
 Held at a point, nothing after it has run and everything before it has finished, which is what a
 power cut at that instant leaves (unsynced writes aside: tests/integration/powercut/ cuts those);
 the SIGKILL of the container then kills the held process with all the others, like a power cut.
