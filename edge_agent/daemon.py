@@ -132,6 +132,7 @@ def build_components(ctx: AgentContext) -> list[Component]:
         desired.first_pass_done,
         ctx.restart,
         is_insecure=reconciler.passthrough.is_insecure,
+        is_connected=lambda: twin.session.connected,
     )
     # The owner starts first: it loads (and recovers) the stored state, so the modules are known
     # (and adopted) before any document arrives. Attestation starts after it (TPM key creation

@@ -727,6 +727,7 @@ class DesiredStateManager(BaseComponent):
                 max_document_bytes=self.limits.max_bytes,
                 document_mode=self.trust.mode,
                 error=self.error,
+                floor=self.floor.version if self.floor is not None else None,
             ),
         )
 

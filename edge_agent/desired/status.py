@@ -101,15 +101,20 @@ def deployment_section(
     max_document_bytes: int,
     document_mode: str = "enforce",
     error: str | None = None,
+    floor: int | None = None,
 ) -> dict[str, Any]:
     """The reported `deployment` section: the one place the device says what it runs and what
-    became of each version (docs/protocol.md, "Reported state")."""
+    became of each version (docs/protocol.md, "Reported state"). `floor`: the replay floor kept
+    across agent roll-backs (trust_floor.py), which a restored state.db's versions may lie below:
+    the newest version reported is never below it, or the fleet would sign its next document with
+    a version the device refuses as a replay."""
     ordered = sorted(versions, key=lambda s: s.version, reverse=True)
+    highest = max((v for v in (ordered[0].version if ordered else current, floor) if v is not None), default=None)
     keep = {s.version for s in ordered[:KEEP_VERSIONS]} | {v for v in (current, last_known_good) if v is not None}
     section: dict[str, Any] = {
         "current": current,
         "lastKnownGood": last_known_good,
-        "highestVersion": ordered[0].version if ordered else current,
+        "highestVersion": highest,
         "versions": {str(s.version): status_to_dict(s) for s in ordered if s.version in keep},
         "lastRefused": None,
         "maxDocumentBytes": max_document_bytes,

@@ -414,7 +414,7 @@ class PodmanRuntime:
                     keep_id = self._client.images.get(keep_image).id
             images: list[str] = []
             for found in self._client.images.list(filters={"label": RELEASE_IMAGE_LABEL}):
-                if found.id == keep_id or found.attrs.get("RepoTags"):
+                if found.id == keep_id or tagged(found.attrs.get("RepoTags")):
                     continue
                 try:
                     self._client.images.remove(found.id)
@@ -489,6 +489,15 @@ class PodmanRuntime:
     async def close(self) -> None:
         """Release podman-py's pooled connections."""
         self._client.close()
+
+
+def tagged(repo_tags: object) -> bool:
+    """Whether an image carries a tag someone gave it. podman lists an image pulled by digest (as
+    the agent pulls releases) with its digest reference, `repo@sha256:...`, among its RepoTags:
+    that is no tag, and such an image is the agent's to collect."""
+    if not isinstance(repo_tags, list):
+        return False
+    return any(isinstance(t, str) and "@" not in t and not t.endswith(":<none>") for t in repo_tags)
 
 
 def _plain_members(archive: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:

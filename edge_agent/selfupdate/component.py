@@ -39,7 +39,7 @@ from edge_agent.runtime.api import RuntimeFailure
 from edge_agent.runtime.podman import PodmanRuntime
 from edge_agent.selfupdate import install as installer
 from edge_agent.selfupdate.files import UpdateFiles
-from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, decide
+from edge_agent.selfupdate.plan import Confirm, Idle, Install, Refuse, Restart, Wait, decide
 from edge_agent.selfupdate.soak import Soak, soak_from_env
 from edge_shared.retry import Retries
 from edge_shared.spec import AGENT_RELEASE
@@ -66,6 +66,7 @@ class SelfUpdateComponent(BaseComponent):
         restart: Callable[[str], None],
         *,
         is_insecure: Callable[[str], bool],
+        is_connected: Callable[[], bool] = lambda: True,
         under_guard: bool | None = None,
         soak: Soak | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -78,6 +79,7 @@ class SelfUpdateComponent(BaseComponent):
         self.first_pass = first_pass
         self.restart = restart
         self.is_insecure = is_insecure
+        self.is_connected = is_connected
         self.pull_timeout_s = config.podman.pull_timeout_s
         self.under_guard = (
             under_guard
@@ -123,6 +125,9 @@ class SelfUpdateComponent(BaseComponent):
             self.files.bad_versions(),
             installed,
             self.files.pending_request(),
+            connected=self.is_connected(),
+            last=self.files.outcome(),
+            now=time.time(),
         )
         if isinstance(action, Confirm):
             return  # run() confirms (or says why it cannot) before the first step
@@ -130,6 +135,8 @@ class SelfUpdateComponent(BaseComponent):
             self._set("idle", action.why)
         elif isinstance(action, Refuse):
             self._set("refused", f"agent {action.version}: {action.reason}")
+        elif isinstance(action, Wait):
+            self._set("waiting", action.why)
         elif not self.under_guard:
             self._set(
                 "refused",
@@ -176,6 +183,9 @@ class SelfUpdateComponent(BaseComponent):
         self.retries.succeeded("install")
         await self._collect_leftovers()
         self._collect_releases(action.version)
+        if not self.is_connected():  # the next step switches once connected (plan.decide)
+            self._set("waiting", f"agent {action.version} installed; switches once connected to the broker")
+            return
         self._switch(action.version)
 
     def _collect_releases(self, version: str) -> None:

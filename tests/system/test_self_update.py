@@ -78,8 +78,8 @@ def agent_wheel(out: Path, version: str, fault: Callable[[Path], None] | None = 
     shutil.copytree(REPO_ROOT / "edge_agent", src / "edge_agent", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO_ROOT / "README.md", src / "README.md")
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    patched = re.sub(r'(?m)^version = "[^"]+"$', f'version = "{version}"', pyproject, count=1)
-    assert patched != pyproject, "pyproject.toml has no version line to change"
+    patched, changed = re.subn(r'(?m)^version = "[^"]+"$', f'version = "{version}"', pyproject, count=1)
+    assert changed == 1, "pyproject.toml has no version line to change"
     (src / "pyproject.toml").write_text(patched)
     if fault is not None:
         fault(src / "edge_agent")

@@ -284,3 +284,54 @@ def test_sqlite_without_fsync_loses_a_returned_commit_here(fs: PowerCutFS, tmp_p
     fs.cut()
     with contextlib.closing(open_state_db(fs.mountpoint / "state")) as conn:
         assert get_meta(conn, "phase") == "initial"  # the commit had returned, and is gone
+
+
+# ---------------------------------------------------------------------------------------------------
+# document-trust.json (the replay floor and rotated keys an agent roll-back must not undo)
+
+
+def test_document_trust_file(fs: PowerCutFS, tmp_path: Path) -> None:
+    """The file as the desired-state owner writes it after each accepted document (merged: each part
+    only moves forward): v1, v2 rotating the keys, v3. After any cut the file reads (never a
+    TrustFloorError), its floor is never below the last write that returned, and a rotation whose
+    write returned is never lost."""
+    from edge_agent.desired import trust_floor
+
+    template = tmp_path / "template"
+    template.mkdir()
+    path = fs.mountpoint / trust_floor.FILE_NAME
+    accepted = [(1, None, ()), (2, 2, ("K2-pem",)), (3, None, ())]  # version, rotation version, its keys
+    returned: list[trust_floor.TrustFloor | None] = [None]
+
+    def accept(version: int, keys_version: int | None, keys: tuple[str, ...]) -> Step:
+        def step() -> None:
+            new = trust_floor.merged(returned[0], version=version, digest=f"d{version}", config="cfg",
+                                     keys_version=keys_version, keys=keys)
+            trust_floor.write(path, new)
+            returned[0] = new
+
+        return step
+
+    def reset_marks() -> None:
+        returned[0] = None
+
+    steps: list[Step] = [reset_marks, *(accept(*a) for a in accepted)]
+
+    def after_cut(k: int, keep_names: bool) -> list[str]:
+        try:
+            now = trust_floor.read(path)
+        except (OSError, trust_floor.TrustFloorError) as e:
+            return [f"document-trust.json does not read: {e}"]
+        last = returned[0]
+        if last is None:
+            return []
+        if now is None:
+            return [f"document-trust.json is gone after the write of version {last.version} returned"]
+        problems = []
+        if now.version < last.version:
+            problems.append(f"the floor went down: {now.version} after the write of {last.version} returned")
+        if last.keys_version is not None and (now.keys_version, now.keys) != (last.keys_version, last.keys):
+            problems.append(f"the rotation of version {last.keys_version} was lost: {now}")
+        return problems
+
+    report("document-trust.json", explore(fs, template, steps, after_cut, lambda: after_cut(0, False)))

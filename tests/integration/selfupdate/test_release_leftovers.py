@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devinfra.podman import PodmanService, PrivateStore, copy_image_into, podman, private_store
+from devinfra.registry import Registry
 from edge_agent.runtime.api import HELPER_RELEASE_UNPACK, LABEL_HELPER, RELEASE_IMAGE_LABEL
 from edge_agent.runtime.podman import PodmanRuntime
 
@@ -82,3 +83,24 @@ async def test_helpers_and_release_images_left_behind_are_collected(store: OwnSt
     # Nothing left: a second pass removes nothing.
     containers, images = await runtime.collect_release_leftovers()
     assert helper not in containers and left not in images
+
+
+async def test_a_release_image_pulled_by_digest_is_collected(
+    store: OwnStore, busybox_image: str, registry: Registry, tmp_path: Path
+) -> None:
+    """As the agent pulls a release (pinned by digest): podman lists the digest reference among the
+    image's RepoTags, which is no tag; a kill between the pull and the install's removal of the image
+    must not leave it forever."""
+    run = secrets.token_hex(4)
+    local = release_image(store, busybox_image, f"{run}-pulled")
+    ref = f"{registry.host}/leftovers-{run}/edge-agent-release:1"
+    store.podman("tag", local, ref)
+    digest_file = tmp_path / "digest"
+    store.podman("push", "-q", "--tls-verify=false", "--digestfile", str(digest_file), ref)
+    store.podman("rmi", "-f", local)
+    pinned = f"{registry.host}/leftovers-{run}/edge-agent-release@{digest_file.read_text().strip()}"
+    runtime = PodmanRuntime(store.service.url)
+    await runtime.pull(pinned, insecure=True, timeout_s=120)
+    pulled = store.out("image", "inspect", "--format", "{{.Id}}", pinned)
+    _, images = await runtime.collect_release_leftovers()
+    assert pulled in images and not store.exists("image", pulled)

@@ -97,6 +97,21 @@ def test_section_without_current_or_lkg_keeps_exactly_keep_versions() -> None:
     assert len(section["versions"]) == KEEP_VERSIONS and "1" not in section["versions"]
 
 
+def test_the_newest_version_reported_is_never_below_the_replay_floor() -> None:
+    """After an agent roll-back restored an older state.db, the floor (document-trust.json) is newer
+    than any version state.db holds: the fleet's next version must be above it."""
+    versions = [VersionStatus(v, "d", S.SUPERSEDED, 0.0) for v in (3, 4)]
+    section = deployment_section(current=4, last_known_good=4, versions=versions, last_refused=None,
+                                 max_document_bytes=1, floor=6)
+    assert section["highestVersion"] == 6
+    section = deployment_section(current=4, last_known_good=4, versions=versions, last_refused=None,
+                                 max_document_bytes=1, floor=2)
+    assert section["highestVersion"] == 4
+    section = deployment_section(current=None, last_known_good=None, versions=[], last_refused=None,
+                                 max_document_bytes=1, floor=None)
+    assert section["highestVersion"] is None
+
+
 def test_section_with_no_versions() -> None:
     section = deployment_section(current=4, last_known_good=None, versions=[], last_refused=None,
                                  max_document_bytes=1, error="podman: connection refused")

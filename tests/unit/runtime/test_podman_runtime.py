@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.runtime.api import ContainerRequest, RuntimeEvent, RuntimeFailure
-from edge_agent.runtime.podman import PodmanRuntime, build_spec
+from edge_agent.runtime.podman import PodmanRuntime, build_spec, tagged
 
 from .helpers import ScriptedServer, chunked, split
 
@@ -135,3 +135,20 @@ async def test_a_consumer_that_stops_ends_the_event_thread_and_its_connection(tm
             await asyncio.sleep(0.05)
         assert not any(t.name == "podman-events" for t in threading.enumerate())
         await runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("repo_tags", "expected"),
+    [
+        (None, False),
+        ([], False),
+        (["reg.local/edge-agent-release@sha256:" + "a" * 64], False),  # what a pull by digest leaves
+        (["<none>:<none>"], False),
+        (["reg.local/edge-agent-release:<none>"], False),
+        (["reg.local/edge-agent-release:0.2.0"], True),  # tagged by someone: kept
+        (["reg.local/edge-agent-release@sha256:" + "a" * 64, "localhost/mine:1"], True),
+        ("reg.local/x:1", False),  # not the API's shape
+    ],
+)
+def test_an_image_pulled_by_digest_is_not_tagged(repo_tags: object, expected: bool) -> None:
+    assert tagged(repo_tags) is expected
