@@ -99,7 +99,7 @@ class SelfUpdateComponent(BaseComponent):
         self._report()
 
     async def run(self) -> None:
-        await self._collect_leftovers()  # of an unpack a kill or a power cut interrupted
+        await self.collect_interrupted_install()
         trial = self.files.trial()
         if trial is not None and trial.version == __version__:
             await self._confirm()
@@ -158,6 +158,7 @@ class SelfUpdateComponent(BaseComponent):
         log.info("installing agent %s from %s", action.version, action.image, extra={"EVENT": "agent.update_install"})
         try:
             self.files.releases.mkdir(parents=True, exist_ok=True)
+            self.files.start_fetching(action.image)
             with tempfile.TemporaryDirectory(dir=self.files.releases, prefix=".wheels-") as tmp:
                 await self.runtime.pull(
                     action.image, insecure=self.is_insecure(action.image), timeout_s=self.pull_timeout_s
@@ -193,13 +194,22 @@ class SelfUpdateComponent(BaseComponent):
         if removed:
             log.info("removed old agent releases: %s", ", ".join(removed), extra={"EVENT": "agent.update_gc"})
 
+    async def collect_interrupted_install(self) -> None:
+        """At start: what an install this agent began left in podman (its fetching mark says so), and
+        nothing when there was none (another agent on the same podman store may be installing)."""
+        if self.files.fetching() is not None:
+            await self._collect_leftovers()
+
     async def _collect_leftovers(self, keep_image: str | None = None) -> None:
-        """Helper containers and release images an interrupted or finished install left."""
+        """Helper containers and release images an interrupted or finished install left; the fetching
+        mark goes once they are collected (kept when the retry keeps the pulled image)."""
         try:
             containers, images = await self.runtime.collect_release_leftovers(keep_image)
         except RuntimeFailure as exc:
             log.warning("cannot collect agent release leftovers: %s", exc, extra={"EVENT": "agent.update_gc"})
             return
+        if keep_image is None:
+            self.files.done_fetching()
         if containers or images:
             log.info("removed %d helper container(s) and %d agent release image(s) left by earlier installs",
                      len(containers), len(images), extra={"EVENT": "agent.update_gc"})

@@ -59,6 +59,28 @@ class UpdateFiles:
         self.note_file = self.dir / "trial-note"
         self.outcome_file = self.dir / "outcome.json"
         self.bad_dir = self.dir / "bad"
+        # Written before a release image is pulled, removed once what the install left in podman is
+        # collected: only an agent that finds it at start (a kill or power cut came between) collects
+        # at start, so agents that share one podman store never collect each other's install under way.
+        self.fetching_file = self.dir / "fetching"
+
+    def fetching(self) -> str | None:
+        """The release image an install was fetching when it was cut short (or is fetching now)."""
+        try:
+            return self.fetching_file.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def start_fetching(self, image: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.fetching_file, image + "\n")
+
+    def done_fetching(self) -> None:
+        try:
+            self.fetching_file.unlink()
+        except FileNotFoundError:
+            return
+        sync_dir(self.dir)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

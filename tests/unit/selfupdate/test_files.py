@@ -110,3 +110,46 @@ def test_check_says_whether_updates_can_happen_and_how_the_last_ended(tmp_path: 
     result = check_agent_updates(config)
     assert result.outcome == "warn"
     assert "last update: rolled_back 1.2 (crash loop); not retried: 1.2" in result.detail
+
+
+class CollectingRuntime:
+    """The podman adapter's release-leftover collection, recorded."""
+
+    def __init__(self) -> None:
+        self.collections: list[str | None] = []
+
+    async def collect_release_leftovers(self, keep_image: str | None = None) -> tuple[list[str], list[str]]:
+        self.collections.append(keep_image)
+        return [], []
+
+
+async def test_only_an_interrupted_install_is_collected_at_start(tmp_path: Path) -> None:
+    from typing import cast
+
+    from edge_agent.config import AgentConfig
+    from edge_agent.reported import ReportedState
+    from edge_agent.runtime.podman import PodmanRuntime
+    from edge_agent.selfupdate.component import SelfUpdateComponent
+
+    async def nothing() -> None:
+        return None
+
+    async def no_causes() -> dict[str, object]:
+        return {}
+
+    config = AgentConfig.model_validate({"device": {"id": "d"}, "mqtt": {"host": "h"}, "state": {"dir": str(tmp_path)}})
+    runtime = CollectingRuntime()
+    component = SelfUpdateComponent(
+        config, ReportedState(), cast(PodmanRuntime, runtime), lambda: None, nothing, no_causes,
+        lambda _: None, is_insecure=lambda _: False, under_guard=True,
+    )
+    # No install was under way: the store may hold another agent's install, which is left alone.
+    await component.collect_interrupted_install()
+    assert runtime.collections == []
+    # An install was cut short after its mark: collected, and the mark goes.
+    component.files.start_fetching("registry.example/edge-agent-release@sha256:" + "a" * 64)
+    assert component.files.fetching() == "registry.example/edge-agent-release@sha256:" + "a" * 64
+    await component.collect_interrupted_install()
+    assert runtime.collections == [None] and component.files.fetching() is None
+    await component.collect_interrupted_install()
+    assert runtime.collections == [None]
