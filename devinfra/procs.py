@@ -60,7 +60,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def signals_to_take_over(handlers: Mapping[int, Any], main_thread: bool) -> list[int]:
+def signals_to_take_over(handlers: Mapping[signal.Signals, Any], main_thread: bool) -> list[signal.Signals]:
     """The exit signals whose handler is still the default (another handler, e.g. pytest's or
     the caller's own, is left alone); none outside the main thread (Python allows handlers
     only there)."""
