@@ -77,4 +77,4 @@ async def test_two_waits_on_one_device_are_both_woken() -> None:
     second = asyncio.create_task(fleet.wait_for(Published("d1", 3, DIGEST), "good", 3600))
     await asyncio.sleep(0)
     fleet._take(protocol.DeviceTopics(PREFIX, "d1").reported, report("good"))
-    assert await asyncio.wait_for(asyncio.gather(first, second), 5) == ["good", "good"]
+    assert list(await asyncio.wait_for(asyncio.gather(first, second), 5)) == ["good", "good"]
