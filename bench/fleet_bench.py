@@ -427,6 +427,7 @@ def main() -> int:
                 raise SystemExit("device hosts did not come up")
             time.sleep(0.2)
         startup = time.monotonic() - t_start
+        load_start = os.getloadavg()[0]
         time.sleep(3)  # first reported documents settle
         rss_hosts = sum(rss_mib(p.pid) for p in hosts)
         rss_brokers = sum(rss_mib(pid) for pid in broker_pids)
@@ -496,11 +497,13 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     where = "one mosquitto 2" if brokers_n == 1 else f"{brokers_n} mosquitto 2 (a central one, {brokers_n - 1} " \
         "bridged to it; devices spread over all)"
+    load_end = os.getloadavg()[0]
     fs = subprocess.run(["stat", "-f", "-c", "%T", str(work.parent)], capture_output=True, text=True).stdout.strip()
     print(f"fleet deploy to N devices, {where} on 127.0.0.1 (plain MQTT 5), {total} lightweight devices "
           f"(state on {fs} {work.parent}) in "
           f"{len(hosts)} host processes (started in {startup:.0f} s; RSS: hosts {rss_hosts:.0f} MiB, brokers "
-          f"{rss_brokers:.0f} MiB; open files allowed {fd_limit}), ~{doc_size} B documents, {os.cpu_count()} cores")
+          f"{rss_brokers:.0f} MiB; open files allowed {fd_limit}), ~{doc_size} B documents, {os.cpu_count()} cores, "
+          f"load average {load_start:.1f} -> {load_end:.1f} (the machine is shared)")
     print(f"{'N':>6} {'how':<44} {'wall s':>8} {'publish s':>9} {'p50 s':>8} {'p99 s':>8} {'ctl cpu':>8} "
           f"{'brk cpu':>8} {'dev cpu':>8}")
     for line in rows:
