@@ -1,22 +1,31 @@
-"""Fleet deploy: one deployment to N devices at once against one mosquitto on this machine, as
-`edgectl deploy` / `edgectl rollout` publish it (one subscription for the fleet's retained state,
-documents made locally, QoS 1 publishes concurrent with at most 64 in flight), against the way
-edgectl published before (device after device: read its state, publish, next) and against the raw
-floor: `mosquitto_pub -q 1 -l` sending N messages of the same size to a subscriber.
+"""Fleet deploy: one deployment to N devices at once, as `edgectl deploy` publishes it (one
+subscription each for the fleet's retained documents and reports, documents made locally, QoS 1
+publishes on one connection with 64 in flight), against the raw floor: `mosquitto_pub -q 1 -l`
+sending N messages of the same size, received by one subscriber.
 
-    python bench/fleet_bench.py [--devices 100,300,1000] [--hosts 4] [--sequential-max 300]
+    python bench/fleet_bench.py [--devices 100,300,1000] [--hosts 4] [--brokers 1] [--before]
+                                [--wait] [--sequential-max 0] [--state-dir DIR] [--profile DIR]
 
 The devices are lightweight: real edge-agent twin and desired-state code (TwinComponent: the MQTT
-session with its persistent session, reported state; DesiredStateManager: the document gate,
-the commit transaction in each device's own SQLite state.db with FULL sync) with an image
-verifier that answers at once and no reconciler (no podman: the hand-over to the reconciler is
-the "accepted" moment). Real agents cost about 54 MB and a second of CPU to start each
-(tests/integration/fleet/test_rollout.py runs 21 of them); these cost a few MB, so 1,000 fit on a
-2-core machine. They run in --hosts worker processes (one event loop each, K devices per loop),
-which print the wall-clock time each device accepted. Documents are unsigned (document_mode off):
-signing is edgectl's cost per device (~0.1 ms), verifying the device's (measured in
-bench/twin_latency.py's figures). Plain MQTT on 127.0.0.1, no TLS (1,000 client certificates
-would take minutes to make); broker CPU is read from /proc for the mosquitto process.
+session with its persistent session, reported state; DesiredStateManager: the document gate, the
+commit transaction in each device's own SQLite state.db with FULL sync, the replay-floor file)
+with an image verifier that answers at once and no containers (no podman: passes record nothing,
+no healthcheck ticks; the hand-over to the reconciler is the "accepted" moment). Real agents cost
+about 54 MB and a second of CPU to start each (tests/integration/fleet/test_rollout.py runs 21 of
+them); these cost about 0.4 MB, so 10,000 fit on a 2-core machine. They run in --hosts worker
+processes (one event loop each; device i in host i % H and on broker i % K), which print the
+wall-clock time each device accepted. Documents are unsigned (document_mode off): signing is
+edgectl's cost per device (~0.1 ms), verifying the device's (bench/twin_latency.py). Plain MQTT
+on 127.0.0.1, no TLS (10,000 client certificates would take long to make).
+
+--brokers K: a central mosquitto (edgectl's) and K-1 bridged to it (MQTT 5 bridges, the prefix
+both ways, QoS 1). --before: edgectl's publishing before (a task per document). --wait: edgectl
+deploy --wait --until accepted, until edgectl has seen every device's report. --state-dir: where
+the devices' state goes (/dev/shm: tmpfs, so the simulated devices do not share one disk's
+fsyncs, as real devices do not). --profile: cProfile of edgectl (the largest deploy) and of the
+device hosts (from READY), top functions printed. Each row shows the CPU seconds of edgectl (its
+thread), the brokers and the device hosts (/proc). The bench raises its soft open-files limit to
+what its largest host or broker needs (inherited by both).
 
 Per-device accept latency = the device's accept time - the moment the deploy command started
 (before it read any state): what an operator waits for each device.
