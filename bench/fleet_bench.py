@@ -1,22 +1,31 @@
-"""Fleet deploy: one deployment to N devices at once against one mosquitto on this machine, as
-`edgectl deploy` / `edgectl rollout` publish it (one subscription for the fleet's retained state,
-documents made locally, QoS 1 publishes concurrent with at most 64 in flight), against the way
-edgectl published before (device after device: read its state, publish, next) and against the raw
-floor: `mosquitto_pub -q 1 -l` sending N messages of the same size to a subscriber.
+"""Fleet deploy: one deployment to N devices at once, as `edgectl deploy` publishes it (one
+subscription each for the fleet's retained documents and reports, documents made locally, QoS 1
+publishes on one connection with 64 in flight), against the raw floor: `mosquitto_pub -q 1 -l`
+sending N messages of the same size, received by one subscriber.
 
-    python bench/fleet_bench.py [--devices 100,300,1000] [--hosts 4] [--sequential-max 300]
+    python bench/fleet_bench.py [--devices 100,300,1000] [--hosts 4] [--brokers 1] [--before]
+                                [--wait] [--sequential-max 0] [--state-dir DIR] [--profile DIR]
 
 The devices are lightweight: real edge-agent twin and desired-state code (TwinComponent: the MQTT
-session with its persistent session, reported state; DesiredStateManager: the document gate,
-the commit transaction in each device's own SQLite state.db with FULL sync) with an image
-verifier that answers at once and no reconciler (no podman: the hand-over to the reconciler is
-the "accepted" moment). Real agents cost about 54 MB and a second of CPU to start each
-(tests/integration/fleet/test_rollout.py runs 21 of them); these cost a few MB, so 1,000 fit on a
-2-core machine. They run in --hosts worker processes (one event loop each, K devices per loop),
-which print the wall-clock time each device accepted. Documents are unsigned (document_mode off):
-signing is edgectl's cost per device (~0.1 ms), verifying the device's (measured in
-bench/twin_latency.py's figures). Plain MQTT on 127.0.0.1, no TLS (1,000 client certificates
-would take minutes to make); broker CPU is read from /proc for the mosquitto process.
+session with its persistent session, reported state; DesiredStateManager: the document gate, the
+commit transaction in each device's own SQLite state.db with FULL sync, the replay-floor file)
+with an image verifier that answers at once and no containers (no podman: passes record nothing,
+no healthcheck ticks; the hand-over to the reconciler is the "accepted" moment). Real agents cost
+about 54 MB and a second of CPU to start each (tests/integration/fleet/test_rollout.py runs 21 of
+them); these cost about 0.4 MB, so 10,000 fit on a 2-core machine. They run in --hosts worker
+processes (one event loop each; device i in host i % H and on broker i % K), which print the
+wall-clock time each device accepted. Documents are unsigned (document_mode off): signing is
+edgectl's cost per device (~0.1 ms), verifying the device's (bench/twin_latency.py). Plain MQTT
+on 127.0.0.1, no TLS (10,000 client certificates would take long to make).
+
+--brokers K: a central mosquitto (edgectl's) and K-1 bridged to it (MQTT 5 bridges, the prefix
+both ways, QoS 1). --before: edgectl's publishing before (a task per document). --wait: edgectl
+deploy --wait --until accepted, until edgectl has seen every device's report. --state-dir: where
+the devices' state goes (/dev/shm: tmpfs, so the simulated devices do not share one disk's
+fsyncs, as real devices do not). --profile: cProfile of edgectl (the largest deploy) and of the
+device hosts (from READY), top functions printed. Each row shows the CPU seconds of edgectl (its
+thread), the brokers and the device hosts (/proc). The bench raises its soft open-files limit to
+what its largest host or broker needs (inherited by both).
 
 Per-device accept latency = the device's accept time - the moment the deploy command started
 (before it read any state): what an operator waits for each device.
@@ -30,6 +39,8 @@ import contextlib
 import json
 import logging
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,7 +90,7 @@ class LightDevice:
         return VerifiedImage(reference, reference.rsplit(":", 1)[0], "sha256:" + "0" * 64, "off", None)
 
     async def run(self, connected: asyncio.Event) -> None:
-        from edge_agent.deployment.reconciler import Reconciler
+        from edge_agent.deployment.reconciler import PassResult, Reconciler
         from edge_agent.deployment.store import ReconcilerStore
         from edge_agent.desired.manager import DesiredStateManager
         from edge_agent.desired.store import Transition
@@ -90,7 +101,14 @@ class LightDevice:
 
         db = open_state_db(self.config.state.dir)
         reported = ReportedState()
-        reconciler = Reconciler(self.config, ReconcilerStore(db), FakeRuntime())
+        class HandOver(Reconciler):
+            """No containers: a pass records nothing, so the device's work is the document's
+            (gate, commit, report); a real device runs its passes on its own CPU."""
+
+            async def run_pass(self, committed: Any, lkg: int | None, still_current: Any) -> PassResult:
+                return PassResult(committed.version if committed is not None else None, None)
+
+        reconciler = HandOver(self.config, ReconcilerStore(db), FakeRuntime())
         room = DesiredStateManager(self.config, db, reported, self, reconciler)
         apply = room.store.apply
 
@@ -100,6 +118,9 @@ class LightDevice:
                 self.activate(transition.current)
 
         room.store.apply = committing  # type: ignore[method-assign]
+        # No containers, so no healthchecks: the monitor's 4 ticks a second per device would be
+        # 40,000 idle wake-ups a second across 10,000 devices on this machine's 2 cores.
+        room.monitor.watch_health = asyncio.Event().wait  # type: ignore[method-assign]
         await room.start()
         twin = TwinComponent(self.config, reported, room.submit)
         tasks = [asyncio.create_task(room.run()), asyncio.create_task(twin.run())]
@@ -108,18 +129,24 @@ class LightDevice:
         await asyncio.gather(*tasks)
 
 
-async def host_main(devices: list[str], port: int, prefix: str, work: Path) -> None:
+async def host_main(devices: list[str], port: int, prefix: str, work: Path, on_ready: Any = None) -> None:
+    """Run `devices` in this process; an entry "NAME@PORT" connects that device to the broker on
+    PORT instead of `port` (devices spread over bridged brokers)."""
     logging.getLogger("edge_agent").setLevel(logging.ERROR)
     events = []
     tasks = []
-    for i, device in enumerate(devices):
+    for i, entry in enumerate(devices):
+        device, _, own_port = entry.partition("@")
         ev = asyncio.Event()
         events.append(ev)
-        tasks.append(asyncio.create_task(LightDevice(device, port, prefix, work / device).run(ev)))
+        light = LightDevice(device, int(own_port or port), prefix, work / device)
+        tasks.append(asyncio.create_task(light.run(ev)))
         if i % 25 == 24:
             await asyncio.sleep(0.05)  # do not storm the broker with hundreds of handshakes at once
     for ev in events:
         await ev.wait()
+    if on_ready is not None:
+        on_ready()
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     await asyncio.gather(*tasks)
@@ -164,15 +191,52 @@ class Accepts:
         raise SystemExit(f"{len(missing)} devices did not accept within {timeout:.0f} s, e.g. {missing[:3]}")
 
 
-async def deploy_concurrent(fleet: Any, devices: list[str]) -> tuple[float, float, dict[str, int]]:
-    """edgectl deploy's path now: (start, all PUBACKs, versions)."""
+async def publish_deployment(fleet: Any, devices: list[str]) -> tuple[float, dict[str, Any]]:
+    """edgectl deploy's path now: read the fleet's documents and reports, make the documents,
+    publish them; (start, device -> Published)."""
+    from edgectl.cli import DEPLOY_LEAVES
+
     t0 = time.time()
-    await fleet.watch(None if len(devices) > 50 else devices)
+    await fleet.watch(None if len(devices) > 50 else devices, leaves=DEPLOY_LEAVES)
     prepared = {d: fleet.prepare(fleet.cached_view(d), MANIFEST) for d in devices}
     results = await fleet.publish_many([(d, payload) for d, (_, payload) in prepared.items()])
     failed = [d for d, e in results.items() if e is not None]
     if failed:
         raise SystemExit(f"publish failed for {failed[:3]}")
+    return t0, {d: p for d, (p, _) in prepared.items()}
+
+
+async def deploy_concurrent(fleet: Any, devices: list[str]) -> tuple[float, float, dict[str, int]]:
+    """edgectl deploy: (start, all PUBACKs, versions)."""
+    t0, published = await publish_deployment(fleet, devices)
+    return t0, time.time(), {d: p.version for d, p in published.items()}
+
+
+async def deploy_and_wait(fleet: Any, devices: list[str]) -> tuple[float, float, dict[str, int]]:
+    """edgectl deploy --wait --until accepted: (start, the moment edgectl saw the last device
+    report its document accepted, versions)."""
+    t0, published = await publish_deployment(fleet, devices)
+    await asyncio.gather(*(fleet.wait_for(p, "accepted", 600) for p in published.values()))
+    return t0, time.time(), {d: p.version for d, p in published.items()}
+
+
+async def deploy_before(fleet: Any, devices: list[str]) -> tuple[float, float, dict[str, int]]:
+    """edgectl deploy's publishing before this change: a task per document, each waiting for its
+    own PUBACK, at most 64 at once."""
+    from edge_shared.protocol import DeviceTopics
+
+    t0 = time.time()
+    await fleet.watch(None if len(devices) > 50 else devices)
+    prepared = {d: fleet.prepare(fleet.cached_view(d), MANIFEST) for d in devices}
+    gate = asyncio.Semaphore(64)
+
+    async def one(device: str, payload: bytes) -> None:
+        async with gate:
+            await fleet._publish(DeviceTopics(fleet.prefix, device).desired, payload, retain=True)
+
+    async with asyncio.TaskGroup() as tg:
+        for d, (_, payload) in prepared.items():
+            tg.create_task(one(d, payload))
     return t0, time.time(), {d: p.version for d, (p, _) in prepared.items()}
 
 
@@ -185,8 +249,9 @@ async def deploy_sequential(fleet: Any, devices: list[str]) -> tuple[float, floa
     return t0, time.time(), versions
 
 
-def raw_publish(port: int, prefix: str, n: int, size: int) -> tuple[float, list[float]]:
-    """mosquitto_pub -q 1 -l: n messages of `size` bytes, received by one subscriber."""
+def raw_publish(port: int, sub_port: int, prefix: str, n: int, size: int) -> tuple[float, list[float]]:
+    """mosquitto_pub -q 1 -l: n messages of `size` bytes to the broker on `port`, received by one
+    subscriber on the broker on `sub_port` (the same one, or a leaf bridged to it)."""
     import aiomqtt
 
     topic = f"{prefix}/fleet/responses/bench-raw"
@@ -195,7 +260,7 @@ def raw_publish(port: int, prefix: str, n: int, size: int) -> tuple[float, list[
     done = threading.Event()
 
     async def sub() -> None:
-        async with aiomqtt.Client("127.0.0.1", port, identifier=f"bench-sub-{os.getpid()}",
+        async with aiomqtt.Client("127.0.0.1", sub_port, identifier=f"bench-sub-{os.getpid()}",
                                   protocol=aiomqtt.ProtocolVersion.V5) as client:
             await client.subscribe(topic, qos=1)
             ready.set()
@@ -221,19 +286,100 @@ def stats(t0: float, times: list[float]) -> tuple[float, float, float]:
     return percentile(lat, 0.5), percentile(lat, 0.99), max(lat)
 
 
+FDS_PER_DEVICE = 4  # its MQTT socket, state.db and its WAL and shm files (measured: /proc/PID/fd)
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE (inherited by the brokers and device hosts started
+    from here) to `needed`, within the hard limit; exit with what is missing when it does not fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if ceiling > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+    if ceiling < needed:
+        raise SystemExit(f"the bench needs {needed} open files per process (one broker with every device, or one "
+                         f"host's devices x {FDS_PER_DEVICE}); the hard limit is {hard}: use more --brokers/--hosts "
+                         "or raise the hard limit (ulimit -Hn)")
+    return max(soft, ceiling)
+
+
+def bridge_conf(name: str, central_port: int, prefix: str) -> str:
+    """A leaf broker's bridge to the central one: everything under the prefix both ways, QoS 1,
+    as an MQTT 5 bridge (retained flags are kept across it)."""
+    return (f"connection {name}\naddress 127.0.0.1:{central_port}\ntopic {prefix}/# both 1\n"
+            "bridge_protocol_version mqttv50\ncleansession true\ntry_private true\nnotifications false\n")
+
+
+def wait_bridged(central_port: int, leaf_port: int, prefix: str) -> None:
+    """A message published on the leaf reaches the central broker and one published there reaches
+    the leaf: the bridge is up."""
+    import aiomqtt
+
+    async def probe(from_port: int, to_port: int) -> None:
+        topic = f"{prefix}/bench-probe/{from_port}-{to_port}"
+        async with aiomqtt.Client("127.0.0.1", to_port, identifier=f"probe-r-{from_port}-{to_port}",
+                                  protocol=aiomqtt.ProtocolVersion.V5) as reader:
+            await reader.subscribe(topic, qos=1)
+            async with asyncio.timeout(60):
+                while True:
+                    async with aiomqtt.Client("127.0.0.1", from_port, identifier=f"probe-w-{from_port}-{to_port}",
+                                              protocol=aiomqtt.ProtocolVersion.V5) as writer:
+                        await writer.publish(topic, b"x", qos=1)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            async for _ in reader.messages:
+                                return
+
+    asyncio.run(probe(leaf_port, central_port))
+    asyncio.run(probe(central_port, leaf_port))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def thread_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_utime + usage.ru_stime
+
+
+def profile_summary(paths: list[str], limit: int) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(*paths, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", default="100,300,1000", help="fleet sizes, comma-separated (default 100,300,1000)")
     parser.add_argument("--hosts", type=int, default=4, help="device host processes (default 4)")
-    parser.add_argument("--sequential-max", type=int, default=300,
-                        help="also measure the device-after-device way up to this fleet size (default 300)")
+    parser.add_argument("--brokers", type=int, default=1,
+                        help="mosquittos: 1, or a central one (edgectl's) and leaves bridged to it, devices spread "
+                             "over all of them (default 1)")
+    parser.add_argument("--before", action="store_true",
+                        help="also measure edgectl's publishing before this change (a task and a PUBACK wait per "
+                             "document, at most 64 in flight)")
+    parser.add_argument("--wait", action="store_true",
+                        help="also measure edgectl deploy --wait --until accepted: until edgectl has every report")
+    parser.add_argument("--sequential-max", type=int, default=0,
+                        help="also measure the device-after-device way up to this fleet size (default 0: not)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where the devices' state.db files go (default: the system's temporary directory; "
+                             "/dev/shm: tmpfs, so the devices do not share one disk's fsyncs)")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile edgectl (largest size) and the device hosts "
+                        "(from READY to the end) into DIR, and print the top functions")
     parser.add_argument("--worker", nargs=4, metavar=("PORT", "PREFIX", "WORKDIR", "DEVICES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        port, prefix, workdir, names = args.worker
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(host_main(names.split(","), int(port), prefix, Path(workdir)))
-        return 0
+        return worker(*args.worker)
 
     from devinfra.mosquitto import Mosquitto
     from edge_shared import protocol
@@ -243,65 +389,108 @@ def main() -> int:
 
     sizes = sorted({int(x) for x in args.devices.split(",")})
     total = sizes[-1]
-    work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    brokers_n = max(1, args.brokers)
+    per_host = -(-total // args.hosts)
+    per_broker = -(-total // brokers_n)
+    fd_limit = raise_fd_limit(max(per_broker + 256, per_host * FDS_PER_DEVICE + 256))
+    work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=args.state_dir))
     prefix = "fb"
-    broker = Mosquitto(work / "mosquitto", extra_conf="max_queued_messages 10000\n").start()
-    assert broker.proc is not None and broker.proc.proc is not None
-    broker_pid = broker.proc.proc.pid
-    names = [f"dev{i:04d}" for i in range(total)]
+    profile_dir = Path(args.profile).resolve() if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        for old in profile_dir.glob("host.*"):
+            old.unlink()
+    conf = ""  # the shipped per-client queue bound (devinfra/mosquitto.py, docs/protocol.md)
+    brokers: list[Any] = []
+    names = [f"dev{i:05d}" for i in range(total)]
     hosts: list[subprocess.Popen[str]] = []
     accepts = Accepts()
     rows: list[str] = []
     try:
+        brokers.append(Mosquitto(work / "broker0", extra_conf=conf).start())
+        for b in range(1, brokers_n):
+            leaf = Mosquitto(work / f"broker{b}")
+            leaf.extra_conf = conf + bridge_conf(f"leaf{b}", brokers[0].port, prefix)
+            brokers.append(leaf.start())
+            wait_bridged(brokers[0].port, leaf.port, prefix)
+        broker_pids = [b.proc.proc.pid for b in brokers]
+        # Device i on broker i % K and in host i % H: every host and broker gets its share of
+        # each deployment from the start (a host with the first quarter of the fleet would
+        # otherwise idle while the last quarter's documents are still being published).
+        port_of = {d: brokers[i % brokers_n].port for i, d in enumerate(names)}
         t_start = time.monotonic()
-        per = (total + args.hosts - 1) // args.hosts
+        env = {**os.environ, **({"FLEET_BENCH_PROFILE": str(profile_dir / "host")} if profile_dir else {})}
         for h in range(args.hosts):
-            chunk = names[h * per:(h + 1) * per]
+            chunk = names[h::args.hosts]
             if not chunk:
                 continue
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--worker", str(broker.port), prefix, str(work / f"host{h}"),
-                 ",".join(chunk)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                [sys.executable, __file__, "--worker", str(brokers[0].port), prefix, str(work / f"host{h}"),
+                 ",".join(f"{d}@{port_of[d]}" for d in chunk)], stdout=subprocess.PIPE, text=True, cwd=REPO, env=env,
             )
             hosts.append(proc)
             threading.Thread(target=accepts.follow, args=(proc,), daemon=True).start()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1800
         while accepts.ready < len(hosts):
             if time.monotonic() > deadline or any(p.poll() is not None for p in hosts):
                 raise SystemExit("device hosts did not come up")
             time.sleep(0.2)
         startup = time.monotonic() - t_start
+        load_start = os.getloadavg()[0]
         time.sleep(3)  # first reported documents settle
-        section = MqttSection(host="127.0.0.1", port=broker.port, topic_prefix=prefix)
+        rss_hosts = sum(rss_mib(p.pid) for p in hosts)
+        rss_brokers = sum(rss_mib(pid) for pid in broker_pids)
+        section = MqttSection(host="127.0.0.1", port=brokers[0].port, topic_prefix=prefix)
         doc_size = len(protocol.encode({"version": 1, "deployment": MANIFEST, "meta": {"deployedAt": 0, "by": "x"}}))
 
         def run(kind: str, n: int) -> None:
             devices = names[:n]
+            profile = None
+            if profile_dir is not None and kind == "concurrent" and n == total:
+                import cProfile
+
+                profile = cProfile.Profile()
 
             async def go() -> tuple[float, float, dict[str, int]]:
                 client = FleetClient(broker_params(section, f"edgectl-bench-{kind}-{n}"), prefix)
                 async with client as fleet:
-                    return await (deploy_concurrent(fleet, devices) if kind == "concurrent"
-                                  else deploy_sequential(fleet, devices))
+                    how = {"concurrent": deploy_concurrent, "before": deploy_before,
+                           "sequential": deploy_sequential, "wait": deploy_and_wait}[kind]
+                    return await how(fleet, devices)
 
-            cpu0 = cpu_seconds(broker_pid)
+            brk0 = sum(cpu_seconds(pid) for pid in broker_pids)
+            hosts0 = sum(cpu_seconds(p.pid) for p in hosts)
+            me0 = thread_cpu()
+            if profile:
+                profile.enable()
             t0, t_pub, versions = asyncio.run(go())
-            times = accepts.wait([(d, versions[d]) for d in devices], timeout=300)
-            cpu = cpu_seconds(broker_pid) - cpu0
+            if profile:
+                profile.disable()
+                profile.dump_stats(profile_dir / "edgectl.prof")
+            me = thread_cpu() - me0
+            times = accepts.wait([(d, versions[d]) for d in devices], timeout=600)
+            brk = sum(cpu_seconds(pid) for pid in broker_pids) - brk0
+            dev = sum(cpu_seconds(p.pid) for p in hosts) - hosts0
             p50, p99, wall = stats(t0, times)
-            label = ("edgectl deploy, concurrent (now)" if kind == "concurrent"
-                     else "edgectl deploy, one after another (before)")
-            rows.append(f"{n:>6} {label:<44} {wall:>8.2f} {t_pub - t0:>9.2f} {p50:>8.2f} {p99:>8.2f} {cpu:>8.2f}")
-            time.sleep(2)
+            label = {"concurrent": "edgectl deploy (now)", "before": "edgectl deploy (before)",
+                     "wait": "edgectl deploy --wait (publish s: all seen)",
+                     "sequential": "edgectl deploy, one after another (older)"}[kind]
+            rows.append(f"{n:>6} {label:<44} {wall:>8.2f} {t_pub - t0:>9.2f} {p50:>8.2f} {p99:>8.2f} "
+                        f"{me:>8.2f} {brk:>8.2f} {dev:>8.2f}")
+            time.sleep(2 + n / 1000)  # the devices' reports after the accept settle
 
         for n in sizes:
-            cpu0 = cpu_seconds(broker_pid)
-            t0, received = raw_publish(broker.port, prefix, n, doc_size)
-            cpu = cpu_seconds(broker_pid) - cpu0
+            brk0 = sum(cpu_seconds(pid) for pid in broker_pids)
+            t0, received = raw_publish(brokers[0].port, brokers[-1].port, prefix, n, doc_size)
+            brk = sum(cpu_seconds(pid) for pid in broker_pids) - brk0
             p50, p99, wall = stats(t0, received)
             rows.append(f"{n:>6} {'raw mosquitto_pub -q 1 -l (floor)':<44} {wall:>8.2f} {'':>9} {p50:>8.2f} "
-                        f"{p99:>8.2f} {cpu:>8.2f}")
+                        f"{p99:>8.2f} {'':>8} {brk:>8.2f} {'':>8}")
+            if args.before:
+                run("before", n)
             run("concurrent", n)
+            if args.wait:
+                run("wait", n)
             if n <= args.sequential_max:
                 run("sequential", n)
     finally:
@@ -309,19 +498,60 @@ def main() -> int:
             proc.terminate()
         for proc in hosts:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
+                proc.wait(60)
             if proc.poll() is None:
                 proc.kill()
-        broker.stop()
-    print(f"fleet deploy to N devices, one mosquitto 2 on 127.0.0.1 (plain MQTT 5), {total} lightweight devices "
-          f"in {len(hosts)} host processes (started in {startup:.0f} s), ~{doc_size} B documents, "
-          f"{os.cpu_count()} cores")
-    print(f"{'N':>6} {'how':<44} {'wall s':>8} {'publish s':>9} {'p50 s':>8} {'p99 s':>8} {'brk cpu':>8}")
+        for broker in reversed(brokers):
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    where = "one mosquitto 2" if brokers_n == 1 else f"{brokers_n} mosquitto 2 (a central one, {brokers_n - 1} " \
+        "bridged to it; devices spread over all)"
+    load_end = os.getloadavg()[0]
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(work.parent)], capture_output=True, text=True).stdout.strip()
+    print(f"fleet deploy to N devices, {where} on 127.0.0.1 (plain MQTT 5), {total} lightweight devices "
+          f"(state on {fs} {work.parent}) in "
+          f"{len(hosts)} host processes (started in {startup:.0f} s; RSS: hosts {rss_hosts:.0f} MiB, brokers "
+          f"{rss_brokers:.0f} MiB; open files allowed {fd_limit}), ~{doc_size} B documents, {os.cpu_count()} cores, "
+          f"load average {load_start:.1f} -> {load_end:.1f} (the machine is shared)")
+    print(f"{'N':>6} {'how':<44} {'wall s':>8} {'publish s':>9} {'p50 s':>8} {'p99 s':>8} {'ctl cpu':>8} "
+          f"{'brk cpu':>8} {'dev cpu':>8}")
     for line in rows:
         print(line)
     print("wall: command start -> last device accepted; publish: -> last PUBACK; p50/p99: per-device accept "
-          "after the command started; brk cpu: mosquitto CPU seconds during the measurement")
-    print(json.dumps({"devices": total, "hostStartupS": round(startup, 1)}))
+          "after the command started; cpu: CPU seconds of edgectl (its thread), the brokers and the device hosts "
+          "during the measurement; floor: one subscriber on the " + ("broker" if brokers_n == 1 else "last leaf"))
+    print(json.dumps({"devices": total, "hostStartupS": round(startup, 1), "brokers": brokers_n,
+                      "hosts": len(hosts)}))
+    if profile_dir is not None:
+        print("\n== edgectl (largest deploy)\n" + profile_summary([str(profile_dir / "edgectl.prof")], 25))
+        host_files = sorted(str(p) for p in profile_dir.glob("host.*"))
+        if host_files:
+            print("== device hosts (all, READY -> end)\n" + profile_summary(host_files, 25))
+    return 0
+
+
+def worker(port: str, prefix: str, workdir: str, devices: str) -> int:
+    import cProfile
+    import signal
+
+    prof_path = os.environ.get("FLEET_BENCH_PROFILE")
+    prof = cProfile.Profile() if prof_path else None
+    # The devices are simulated on the fleet side's machine; on a real fleet each has its own CPU.
+    # FLEET_BENCH_NICE=10 keeps them from starving edgectl and the brokers (on a machine shared
+    # with other work it also gives them less than that work: default 0).
+    os.nice(int(os.environ.get("FLEET_BENCH_NICE", "0")))
+
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    if prof:
+        prof.enable()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(host_main(devices.split(","), int(port), prefix, Path(workdir), prof.clear if prof else None))
+    if prof:
+        prof.disable()
+        prof.dump_stats(f"{prof_path}.{os.getpid()}")
     return 0
 
 

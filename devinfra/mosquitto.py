@@ -8,18 +8,25 @@ from pathlib import Path
 
 from devinfra.procs import ManagedProcess, free_port, port_open, require_binary
 
+# What config/mosquitto/mosquitto.conf ships: a reader of a whole fleet's retained state gets up
+# to three messages per device at once, and mosquitto drops what a client has not taken beyond
+# this bound (QoS 0 included); 40000 reads 10,000 devices (docs/protocol.md, "Reading retained state").
+MAX_QUEUED_MESSAGES = 40000
+
 
 def mosquitto_conf(data_dir: Path, port: int, *, anonymous: bool, extra: str = "") -> str:
-    """A mosquitto.conf for a loopback listener on `port`, persistence in `data_dir`, plus `extra`
-    (TLS, ACL, limits). Persistence on, so retained messages and persistent sessions survive a
-    broker restart. Started as root, mosquitto drops to the "mosquitto" user and could then not
-    write its persistence file (nor read certificates and keys) in 0700 work folders: stay root.
-    TCP_NODELAY on, as config/mosquitto/mosquitto.conf recommends (Nagle's algorithm holds a
-    packet for the peer's 40 ms delayed ACK)."""
+    """A mosquitto.conf for a loopback listener on `port`, persistence in `data_dir`, the shipped
+    per-client queue bound, plus `extra` (TLS, ACL, limits; a later line wins). Persistence on, so
+    retained messages and persistent sessions survive a broker restart. Started as root, mosquitto
+    drops to the "mosquitto" user and could then not write its persistence file (nor read
+    certificates and keys) in 0700 work folders: stay root. TCP_NODELAY on, as
+    config/mosquitto/mosquitto.conf recommends (Nagle's algorithm holds a packet for the peer's
+    40 ms delayed ACK)."""
     user = "user root\n" if os.geteuid() == 0 else ""
     return (
         f"per_listener_settings false\n{user}"
         f"persistence true\npersistence_location {data_dir}/\nset_tcp_nodelay true\n"
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
         "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
         f"allow_anonymous {'true' if anonymous else 'false'}\n"
         f"listener {port} 127.0.0.1\n"

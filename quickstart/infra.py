@@ -48,7 +48,7 @@ class Broker:
             shutil.copy(data / "edge-agent.acl.base", data / "edge-agent.acl")
         conf = data / "mosquitto.conf"
         conf.write_text(mosquitto_conf(data, port, anonymous=False, extra=(
-            "autosave_interval 60\npersistent_client_expiration 14d\nmax_queued_messages 1000\n"
+            "autosave_interval 60\npersistent_client_expiration 14d\n"
             "max_packet_size 4194304\n"
             f"cafile {certs}/ca.crt\ncertfile {certs}/broker.crt\nkeyfile {certs}/broker.key\n"
             "tls_version tlsv1.2\nrequire_certificate true\nuse_identity_as_username true\n"

@@ -105,6 +105,7 @@ class FleetClient:
         self._subscribed: set[str] = set()
         self._received: dict[str, int] = {}  # topic -> messages seen on it (a change counter)
         self._news = asyncio.Event()
+        self._watchers: dict[str, set[asyncio.Event]] = {}  # topic -> waiters woken by its next message
 
     async def __aenter__(self) -> FleetClient:
         import aiomqtt
@@ -169,12 +170,18 @@ class FleetClient:
                     doc, err = _json(payload)
                     future.set_result(doc if doc is not None else {"ok": False, "error": f"bad answer: {err}"})
                 continue
-            if payload:
-                self._messages[topic] = payload
-            else:
-                self._messages.pop(topic, None)
-            self._received[topic] = self._received.get(topic, 0) + 1
-            self._news.set()
+            self._take(topic, payload)
+
+    def _take(self, topic: str, payload: bytes) -> None:
+        """A message on a watched topic: into the cache, and wake whoever waits for that topic."""
+        if payload:
+            self._messages[topic] = payload
+        else:
+            self._messages.pop(topic, None)
+        self._received[topic] = self._received.get(topic, 0) + 1
+        self._news.set()
+        for waiter in self._watchers.get(topic, ()):
+            waiter.set()
 
     async def retained(self, filters: list[str], timeout: float = 10.0) -> dict[str, bytes]:
         """Subscribe to `filters` and return every retained message that matches them now."""
@@ -207,11 +214,13 @@ class FleetClient:
         found = await self.retained([topics.desired, topics.reported, topics.presence])
         return _view_of(self.prefix, device, found)
 
-    async def watch(self, devices: list[str] | None = None, timeout: float = 30.0) -> None:
-        """Subscribe to the desired, reported and presence topics of `devices` (every device when
-        None: three wildcard subscriptions); when this returns, everything retained is in the cache
-        (`cached_view`), and later messages keep it current."""
-        leaves = ("desired", "reported", "presence")
+    async def watch(
+        self, devices: list[str] | None = None, timeout: float = 30.0,
+        leaves: tuple[str, ...] = ("desired", "reported", "presence"),
+    ) -> None:
+        """Subscribe to the `leaves` (desired, reported, presence) of `devices` (every device when
+        None: one wildcard subscription per leaf); when this returns, everything retained is in the
+        cache (`cached_view`), and later messages keep it current."""
         if devices is None:
             filters = [protocol.all_devices_filter(self.prefix, leaf) for leaf in leaves]
         else:  # (what a fleet-wide subscription already covers is not subscribed twice)
@@ -338,12 +347,14 @@ class FleetClient:
         self, items: Sequence[tuple[str, bytes]], limit: int = MAX_IN_FLIGHT
     ) -> dict[str, FleetError | None]:
         """Publish desired documents ((device, payload), retained, QoS 1) concurrently, at most
-        `limit` waiting for their PUBACK at once; per device None (the broker took it) or the error."""
-        gate = asyncio.Semaphore(max(1, limit))
+        `limit` waiting for their PUBACK at once; per device None (the broker took it) or the error.
+        `limit` publishers take the next document as soon as theirs is acknowledged (a task per
+        document would be 10,000 tasks for a fleet of 10,000)."""
         results: dict[str, FleetError | None] = {}
+        queue = iter(items)
 
-        async def one(device: str, payload: bytes) -> None:
-            async with gate:
+        async def publisher() -> None:
+            for device, payload in queue:
                 try:
                     await self._publish(DeviceTopics(self.prefix, device).desired, payload, retain=True)
                     results[device] = None
@@ -351,8 +362,8 @@ class FleetClient:
                     results[device] = exc
 
         async with asyncio.TaskGroup() as tg:
-            for device, payload in items:
-                tg.create_task(one(device, payload))
+            for _ in range(max(1, min(limit, len(items)))):
+                tg.create_task(publisher())
         return results
 
     async def remove_if_refused(self, published: Published) -> bool:
@@ -423,20 +434,32 @@ class FleetClient:
         ) not in self._subscribed:
             await self.retained([topics.reported])
         deadline = time.monotonic() + timeout
-        last = "not reported yet"
-        while True:
-            outcome, detail = self.outcome(published, target)
-            if outcome == "reached":
-                return detail
-            if outcome == "failed":
-                raise FleetError(f"{published.device}: version {published.version} {detail}")
-            last = detail
-            if time.monotonic() > deadline:
-                raise FleetError(
-                    f"{published.device}: version {published.version} not {target} within {timeout:g} s "
-                    f"(last reported: {last})"
-                )
-            await asyncio.sleep(0.05)
+        # Woken by the device's next report, not by a timer: a deploy waiting on 10,000 devices
+        # must not look at 10,000 cached reports twenty times a second.
+        news = asyncio.Event()
+        self._watchers.setdefault(topics.reported, set()).add(news)
+        try:
+            while True:
+                news.clear()  # (set again only by a report that arrives after this look)
+                outcome, detail = self.outcome(published, target)
+                if outcome == "reached":
+                    return detail
+                if outcome == "failed":
+                    raise FleetError(f"{published.device}: version {published.version} {detail}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FleetError(
+                        f"{published.device}: version {published.version} not {target} within {timeout:g} s "
+                        f"(last reported: {detail})"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await news.wait()
+        finally:
+            waiters = self._watchers.get(topics.reported, set())
+            waiters.discard(news)
+            if not waiters:
+                self._watchers.pop(topics.reported, None)
 
 
 def _view_of(prefix: str, device: str, messages: Mapping[str, bytes]) -> DeviceView:
