@@ -43,12 +43,17 @@ SHARED_ON_THE_MACHINE = {
     "tests/system/test_readme_run.py": "readme-commands",
     # all of its images are removed at its session's end (remove_trust_test_images)
     "tests/integration/trust/": "trust",
+    # agents that install agent releases collect every untagged release image and unpacking helper
+    # in the store once an install is over (the store a device has is its own)
+    "tests/system/test_self_update.py": "agent-releases",
+    "tests/system/test_update_faults.py": "agent-releases",
 }
 # Modules that take over half a minute (scripts/test prints the 25 slowest tests), heaviest first:
 # they are handed out first, so that the two workers finish at about the same time.
 SLOW_MODULES = (
     "tests/pilot/test_pilot_arm64.py",
     "tests/system/test_self_update.py",
+    "tests/system/test_update_faults.py",
     "tests/integration/powercut/test_update_guard_powercut.py",
     "tests/integration/desired/test_multiarch_images.py",
     "tests/system/test_quickstart.py",
