@@ -81,19 +81,31 @@ def start_order(path: str) -> int:
     return SLOW_MODULES.index(path) if path in SLOW_MODULES else len(SLOW_MODULES)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def shared_out_by_groups(config: pytest.Config) -> bool:
+    # Collection runs in the workers, where xdist sets `dist` to "no" and `loadgroup` to whether the
+    # run is shared out by groups.
+    return bool(getattr(config.option, "loadgroup", False))
+
+
+def module_path(item: pytest.Item) -> str:
+    return item.path.relative_to(REPO_ROOT).as_posix()
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as each test is collected: xdist reads the marks in its own pytest_collection_modifyitems.
+    if shared_out_by_groups(item.config):
+        item.add_marker(pytest.mark.xdist_group(xdist_group(module_path(item))))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "loadgroup":
+    if not shared_out_by_groups(config):
         return
-    paths = {item: item.path.relative_to(REPO_ROOT).as_posix() for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(paths[item])))
     # A group's modules next to each other, the slow groups first; the order inside a module stays.
     first: dict[str, int] = {}
     for item in items:
-        group = xdist_group(paths[item])
-        first[group] = min(first.get(group, len(SLOW_MODULES)), start_order(paths[item]))
-    items.sort(key=lambda item: first[xdist_group(paths[item])])
+        group = xdist_group(module_path(item))
+        first[group] = min(first.get(group, len(SLOW_MODULES)), start_order(module_path(item)))
+    items.sort(key=lambda item: first[xdist_group(module_path(item))])
 
 
 @pytest.fixture(scope="session")
