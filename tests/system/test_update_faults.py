@@ -599,7 +599,9 @@ cp -a {STATE}.disk/. {STATE}/
     box.sh(f"rm -f {STATE}/filler")
     reported = device.wait_reported(
         "the guard's failure to be reported",
-        lambda r: last_update(r).get("result") == "failed" and update_section(r).get("state") == "waiting",
+        # (right after the start it may say it waits for the broker first, before it has connected)
+        lambda r: last_update(r).get("result") == "failed" and update_section(r).get("state") == "waiting"
+        and "could not start its trial" in (update_section(r).get("detail") or ""),
         timeout=300,
     )
     last = last_update(reported)

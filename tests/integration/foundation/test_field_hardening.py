@@ -51,7 +51,11 @@ def test_sighup_before_ready_is_a_reload_once_ready(tmp_path: Path) -> None:
                 break
             time.sleep(0.02)
         agent.wait_log("received SIGHUP while starting: reloading once started", timeout=20)
-        agent.wait_log("config reloaded; changed: logging.level", timeout=20)
+        # The reload comes once READY. What it changes depends on when the agent read the file at
+        # start: the signal handler is in place before the config is read (so that no early signal
+        # kills it), so an edit made just after the handler appeared may already be in the config it
+        # started with ("changed: nothing"); either way the reload happens and the agent runs on.
+        agent.wait_log("config reloaded; changed: ", timeout=20)
         assert agent.proc.alive()
         status = agent.call("status")
         assert isinstance(status, dict) and status["reported"]["config"]["status"] == "applied"
