@@ -5,6 +5,7 @@ died, was removed) and the modules' healthchecks. The monitor only says "look ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -14,7 +15,8 @@ from edge_agent.runtime.api import ContainerRuntime, ObservedContainer, RuntimeF
 from edge_shared.retry import Retries
 
 log = get_logger(__name__)
-HEALTH_TICK_S = 0.25
+HEALTH_IDLE_S = 30.0  # the longest sleep between looks: a wall-clock step cannot hold checks back longer
+HEALTH_MIN_S = 0.05
 EVENTS_RETRY_S = (1.0, 30.0)  # reconnecting the event stream: from, doubling to
 
 
@@ -34,6 +36,11 @@ class Monitor:
         self.clock = clock
         self._health: dict[str, str] = {}
         self._next_check: dict[str, float] = {}
+        self._looked = asyncio.Event()
+
+    def looked(self) -> None:
+        """A pass has observed the containers again: there may be new ones to check."""
+        self._looked.set()
 
     async def watch_events(self) -> None:
         events = Retries(*EVENTS_RETRY_S)  # logged once per change
@@ -57,28 +64,49 @@ class Monitor:
 
     async def watch_health(self) -> None:
         """Run container healthchecks on their interval (podman relies on systemd timers for this,
-        which a device without a systemd-managed podman lacks); a changed result wakes the pass."""
+        which a device without a systemd-managed podman lacks); a changed result wakes the pass.
+        Between checks it sleeps until the next one is due or a pass has looked again, so a device
+        without healthchecks does not wake for them (battery)."""
         while True:
-            await asyncio.sleep(HEALTH_TICK_S)
-            await self.check_health()
+            self._looked.clear()
+            due = await self.check_health()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(health_sleep(due, self.clock())):
+                    await self._looked.wait()
 
-    async def check_health(self) -> None:
+    async def check_health(self) -> float | None:
+        """Run the checks that are due; return when the next one is due (None: no container has one)."""
         pinned, observed = self.seen()
         if pinned is None:
-            return
+            return None
         now = self.clock()
+        due: float | None = None
+        checked: set[str] = set()
         for c in list(observed):
             module = pinned.modules.get(c.module or "")
             if (c.state != "running" or module is None or module.spec.healthcheck is None
                     or c.spec_hash != module.spec_hash):
                 continue
-            if now < self._next_check.get(c.id, 0.0):
-                continue
-            self._next_check[c.id] = now + module.spec.healthcheck.interval
-            try:
-                health = await self.runtime.healthcheck(c.id)
-            except RuntimeFailure:
-                continue  # the container went away; the event stream says so
-            if self._health.get(c.id) != health:
-                self._health[c.id] = health
-                self.wake()
+            checked.add(c.id)
+            if now >= self._next_check.get(c.id, 0.0):
+                self._next_check[c.id] = now + module.spec.healthcheck.interval
+                try:
+                    health: str | None = await self.runtime.healthcheck(c.id)
+                except RuntimeFailure:
+                    health = None  # the container went away; the event stream says so
+                if health is not None and self._health.get(c.id) != health:
+                    self._health[c.id] = health
+                    self.wake()
+            next_check = self._next_check[c.id]
+            due = next_check if due is None else min(due, next_check)
+        for gone in set(self._next_check) - checked:  # containers removed or replaced
+            self._next_check.pop(gone, None)
+            self._health.pop(gone, None)
+        return due
+
+
+def health_sleep(due: float | None, now: float) -> float:
+    """How long the health watch may sleep: until the next check is due, never past HEALTH_IDLE_S."""
+    if due is None:
+        return HEALTH_IDLE_S
+    return min(HEALTH_IDLE_S, max(HEALTH_MIN_S, due - now))

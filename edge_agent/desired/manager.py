@@ -322,6 +322,7 @@ class DesiredStateManager(BaseComponent):
         committed = self.current
         lkg = self.last_known_good.version if self.last_known_good else None
         result = await self.reconciler.run_pass(committed, lkg, lambda: self.current is committed)
+        self.monitor.looked()
         self.settle(result)
         return result
 
