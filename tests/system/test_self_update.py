@@ -258,26 +258,31 @@ def agent_config(device_id: str, prefix: str, broker: Mosquitto, registry: Regis
     return container_agent_config(device_id, prefix, broker.port, registry.host, '[logging]\nlevel = "info"\n')
 
 
-INSTALL = f"""
-set -e
-python3 -m venv /opt/edge-agent
-/opt/edge-agent/bin/pip install --quiet --no-index --find-links /wheels edge-agent
-install -m 0644 /src/systemd/edge-agent.service /src/systemd/edge-agent-update-check.service \
-    /src/systemd/edge-agent-update-check.timer /etc/systemd/system/
-install -D -m 0755 /src/systemd/edge-agent-update-guard /usr/lib/edge-agent/update-guard
-install -D -m 0644 /src/systemd/edge-agent.sysusers.conf /etc/sysusers.d/edge-agent.conf
-install -D -m 0644 /src/systemd/edge-agent.tmpfiles.conf /etc/tmpfiles.d/edge-agent.conf
-systemd-sysusers
-systemd-tmpfiles --create /etc/tmpfiles.d/edge-agent.conf
-install -m 0640 -o root -g edge-agent /work/config.toml /etc/edge-agent/config.toml
-install -D -m 0644 /work/fleet.pub /etc/edge-agent/keys/fleet.pub
-install -D -m 0644 /work/image.pub /etc/edge-agent/keys/image.pub
-printf 'EDGE_AGENT_UPDATE_WINDOW_S={WINDOW_S}\\nEDGE_AGENT_UPDATE_MAX_STARTS={MAX_STARTS}\\n' \\
-    > /etc/edge-agent/update.env
-printf 'EDGE_AGENT_UPDATE_SOAK_S={SOAK_S}\\n' >> /etc/edge-agent/update.env
-systemctl daemon-reload
-systemctl enable edge-agent.service
-"""
+def install_script(guard: str, window_s: int, soak_s: int, max_starts: int) -> str:
+    """The device's install of the agent from the wheelhouse, with `guard` as its update guard."""
+    return f"""
+    set -e
+    python3 -m venv /opt/edge-agent
+    /opt/edge-agent/bin/pip install --quiet --no-index --find-links /wheels edge-agent
+    install -m 0644 /src/systemd/edge-agent.service /src/systemd/edge-agent-update-check.service \
+        /src/systemd/edge-agent-update-check.timer /etc/systemd/system/
+    install -D -m 0755 {guard} /usr/lib/edge-agent/update-guard
+    install -D -m 0644 /src/systemd/edge-agent.sysusers.conf /etc/sysusers.d/edge-agent.conf
+    install -D -m 0644 /src/systemd/edge-agent.tmpfiles.conf /etc/tmpfiles.d/edge-agent.conf
+    systemd-sysusers
+    systemd-tmpfiles --create /etc/tmpfiles.d/edge-agent.conf
+    install -m 0640 -o root -g edge-agent /work/config.toml /etc/edge-agent/config.toml
+    install -D -m 0644 /work/fleet.pub /etc/edge-agent/keys/fleet.pub
+    install -D -m 0644 /work/image.pub /etc/edge-agent/keys/image.pub
+    printf 'EDGE_AGENT_UPDATE_WINDOW_S={window_s}\\nEDGE_AGENT_UPDATE_MAX_STARTS={max_starts}\\n' \\
+        > /etc/edge-agent/update.env
+    printf 'EDGE_AGENT_UPDATE_SOAK_S={soak_s}\\n' >> /etc/edge-agent/update.env
+    systemctl daemon-reload
+    systemctl enable edge-agent.service
+    """
+
+
+INSTALL = install_script("/src/systemd/edge-agent-update-guard", WINDOW_S, SOAK_S, MAX_STARTS)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ from tests.system.test_self_update import (  # noqa: F401 (keys, module_image: f
     agent_wheel,
     document,
     edgectl,
+    install_script,
     keys,
     module_image,
     must,
@@ -170,26 +171,7 @@ def builds(
     return {"factory": factory, "ref": ref, "repo": repo, "guard": guard_with_break_points(out)}
 
 
-INSTALL = f"""
-set -e
-python3 -m venv /opt/edge-agent
-/opt/edge-agent/bin/pip install --quiet --no-index --find-links /wheels edge-agent
-install -m 0644 /src/systemd/edge-agent.service /src/systemd/edge-agent-update-check.service \
-    /src/systemd/edge-agent-update-check.timer /etc/systemd/system/
-install -D -m 0755 /work/update-guard /usr/lib/edge-agent/update-guard
-install -D -m 0644 /src/systemd/edge-agent.sysusers.conf /etc/sysusers.d/edge-agent.conf
-install -D -m 0644 /src/systemd/edge-agent.tmpfiles.conf /etc/tmpfiles.d/edge-agent.conf
-systemd-sysusers
-systemd-tmpfiles --create /etc/tmpfiles.d/edge-agent.conf
-install -m 0640 -o root -g edge-agent /work/config.toml /etc/edge-agent/config.toml
-install -D -m 0644 /work/fleet.pub /etc/edge-agent/keys/fleet.pub
-install -D -m 0644 /work/image.pub /etc/edge-agent/keys/image.pub
-printf 'EDGE_AGENT_UPDATE_WINDOW_S={WINDOW_S}\\nEDGE_AGENT_UPDATE_MAX_STARTS={MAX_STARTS}\\n' \\
-    > /etc/edge-agent/update.env
-printf 'EDGE_AGENT_UPDATE_SOAK_S={SOAK_S}\\n' >> /etc/edge-agent/update.env
-systemctl daemon-reload
-systemctl enable edge-agent.service
-"""
+INSTALL = install_script("/work/update-guard", WINDOW_S, SOAK_S, MAX_STARTS)
 
 
 @dataclass
