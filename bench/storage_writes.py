@@ -44,6 +44,11 @@ from devinfra.agent import AgentProcess  # noqa: E402
 from devinfra.mosquitto import Mosquitto  # noqa: E402
 from devinfra.telemetry import BROKER_CONF, IngestClient, agent_config  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "modules" / "pilot"))
+from edge_pilot.config import TelemetryConfig  # noqa: E402
+
+PILOT_FLUSH_S = TelemetryConfig().flush_s
+
 STAGES = ("capture", "preprocess", "inference", "actuation", "total", "frame_age", "capture_to_actuate")
 TARGET_TIMES_FLOOR = 4.0
 
@@ -92,7 +97,7 @@ class Result:
         return self.written / max(1, self.line_bytes)
 
 
-def run(label: str, work: Path, port: int, warmup: float, seconds: float, rate: float,
+def run(label: str, work: Path, port: int, warmup: float, seconds: float, rate: float, flush_s: float,
         pythonpath: str | None) -> Result:
     env = {"PYTHONPATH": pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")} if pythonpath else {}
     # `python -m` puts the working directory first on sys.path: not the repository, or an older
@@ -114,27 +119,36 @@ def run(label: str, work: Path, port: int, warmup: float, seconds: float, rate: 
             t0 = w0 = 0.0
             records = line_bytes = payload_bytes = 0
             next_at = start
+            held: list[bytes] = []  # request lines not yet sent, as the pilot holds them
+            held_since = 0.0
             while True:
-                now = time.monotonic()
-                if not measuring and now - start >= warmup:
-                    measuring, t0, w0 = True, now, write_bytes(pid)
-                if measuring and now - t0 >= seconds:
-                    break
-                time.sleep(max(0.0, next_at - now))
+                time.sleep(max(0.0, next_at - time.monotonic()))
                 next_at += period
                 number += 1
-                payload = pilot_payload(rng)
-                request = {"stream": "pilot.stats", "priority": 5, "payload": payload, "ts": round(time.time(), 3),
-                           "key": f"{prefix}-{number}"}
-                line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
-                module.send_raw(line)
-                answer = module.read_answer()
-                if not answer.get("ok"):
-                    raise RuntimeError(f"agent refused a record: {answer}")
-                if measuring:
-                    records += 1
-                    line_bytes += len(line)
-                    payload_bytes += len(json.dumps(payload, separators=(",", ":")))
+                request = {"stream": "pilot.stats", "priority": 5, "payload": pilot_payload(rng),
+                           "ts": round(time.time(), 3), "key": f"{prefix}-{number}"}
+                if not held:
+                    held_since = time.monotonic()
+                held.append(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+                if time.monotonic() + period - held_since < flush_s:
+                    continue  # the pilot sends what it holds once the oldest waited flush_s
+                # Every held line at once (pipelined), then their answers, in order.
+                module.send_raw(b"".join(held))
+                for line in held:
+                    answer = module.read_answer()
+                    if not answer.get("ok"):
+                        raise RuntimeError(f"agent refused a record: {answer}")
+                    if measuring:
+                        records += 1
+                        line_bytes += len(line)
+                        payload_bytes += len(json.dumps(json.loads(line)["payload"], separators=(",", ":")))
+                held = []
+                # The window starts and ends right after a group's answers: whole groups only.
+                now = time.monotonic()
+                if measuring and now - t0 >= seconds:
+                    break
+                if not measuring and now - start >= warmup:
+                    measuring, t0, w0 = True, now, write_bytes(pid)
             elapsed = time.monotonic() - t0
             written = write_bytes(pid) - int(w0)
         status = agent.call("status")
@@ -160,7 +174,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="measured window per agent (default 180)")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (start-up writes)")
     parser.add_argument("--rate", type=float, default=1.0, help="records per second (the pilot: 1)")
+    parser.add_argument("--flush-s", type=float, default=PILOT_FLUSH_S,
+                        help=f"the pilot's telemetry.flush_s: records held, then sent together (default {PILOT_FLUSH_S:g})")
     parser.add_argument("--before", metavar="REV", help="also run the agent of this commit (git rev)")
+    parser.add_argument("--before-flush-s", type=float, default=0.0,
+                        help="flush_s of the pilot run against the --before agent (default 0: one record at a time, "
+                        "how the pilot sent before flush_s)")
     args = parser.parse_args()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="storage-writes-") as tmp:
@@ -171,8 +190,8 @@ def main() -> int:
                 (work / "before").mkdir()
                 path = checkout(args.before, work / "before")
                 results.append(run(f"before ({args.before})", work / "run-before", broker.port, args.warmup,
-                                   args.seconds, args.rate, path))
-            results.append(run("now", work / "run-now", broker.port, args.warmup, args.seconds, args.rate, None))
+                                   args.seconds, args.rate, args.before_flush_s, path))
+            results.append(run("now", work / "run-now", broker.port, args.warmup, args.seconds, args.rate, args.flush_s, None))
         finally:
             broker.stop()
     print(f"agent storage writes, a module sending pilot.stats at {args.rate:g}/s (each after the last's answer), "
