@@ -227,6 +227,11 @@ class TelemetryQueue:
         # page_size and auto_vacuum only take effect on a new, empty database.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # The agent is the file's only user: with the lock held for good, SQLite keeps the WAL index
+        # in memory instead of the mmapped telemetry.db-shm, whose pages every commit dirtied and
+        # the kernel wrote back to the card (8 KiB per commit). Other processes cannot open the
+        # file while the agent runs (edge-agent check says so); the lock goes with the process.
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise QueueError(f"{self.path}: cannot use WAL journal mode (got {mode})")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from edge_agent.telemetry.policy import Rules, StreamRules
-from edge_agent.telemetry.queue import SENT_FLUSH_RECORDS, Accepted, NewRecord, TelemetryQueue
+from edge_agent.telemetry.queue import SENT_FLUSH_AGE_S, Accepted, NewRecord, TelemetryQueue
 
 PILOT_LIKE = json.dumps({"fps": 20.0, "total_ms": [3.25] * 20, "latency_ms": {"total": {"p50": 3.1}},
                          "pad": "p" * 400}).encode()
@@ -84,14 +85,18 @@ def test_a_sent_record_is_not_read_again_and_leaves_the_file_with_a_later_commit
     assert q.delete_sent("pilot.stats", batch[0].n, batch[-1].n) == 1
     assert q.depth == 0 and q.heads() == {} and q.read_batch("pilot.stats", 0, 10, 1 << 20) == []
     assert q.oldest_received() is None
-    with sqlite3.connect(q.path) as other:  # still in the file: a power cut now sends it again
-        assert other.execute("SELECT count(*) FROM records").fetchone()[0] == 1
-    for i in range(2, SENT_FLUSH_RECORDS + 1):  # 256 marked in all
-        q.append([rec(i)])
-        q.delete_sent("pilot.stats", 1, 10**9)
-    q.append([rec(10**6)])  # the flush rides along this append's commit
-    with sqlite3.connect(q.path) as other:
-        assert other.execute("SELECT count(*) FROM records").fetchone()[0] == 1
+    in_file = q._db().execute  # the agent holds the file exclusively: read through its connection
+    assert in_file("SELECT count(*) FROM records").fetchone()[0] == 1, "still in the file: a power cut sends it again"
+    q.append([rec(2)])  # the delete rides along the next append's commit
+    assert [k for (k,) in in_file("SELECT key FROM records")] == ["k-2"]
+    # No append comes: the marked records leave with a commit of their own once the oldest waited
+    # SENT_FLUSH_AGE_S (or SENT_FLUSH_RECORDS are waiting), at the next housekeeping round.
+    q.delete_sent("pilot.stats", 1, 10**9)
+    q.expire()
+    assert in_file("SELECT count(*) FROM records").fetchone()[0] == 1, "not due yet"
+    q._sent_since = time.monotonic() - SENT_FLUSH_AGE_S
+    q.expire()
+    assert in_file("SELECT count(*) FROM records").fetchone()[0] == 0
     q.close()
 
 
@@ -99,7 +104,9 @@ def test_a_sent_record_left_in_the_file_by_a_crash_is_sent_again(tmp_path: Path)
     q = make(tmp_path)
     q.append([rec(1), rec(2)])
     q.delete_sent("pilot.stats", 1, 10**9)
-    q.conn = None  # the agent dies: no close, no flush
+    assert q.conn is not None
+    q.conn.close()  # the agent dies (its lock with it): no flush
+    q.conn = None
     again = make(tmp_path)
     assert again.depth == 2 and [r.payload for r in again.read_batch("pilot.stats", 0, 10, 1 << 20)] == [PILOT_LIKE] * 2
     again.close()
