@@ -6,13 +6,17 @@ Steady state like the quickstart's device: a real mosquitto (devinfra) receives 
 module sends the pilot's telemetry into the agent's ingest socket the way the pilot does
 (modules/pilot/edge_pilot/telemetry.py): one `pilot.stats` record per second (the pilot's
 telemetry.interval_s), with the pilot's payload shape (fps, latency p50/p99 per stage, the 20
-per-frame latencies of each second), a ts and an idempotency key, each sent after the previous
-one's answer. The agent's own health component runs as configured by default (a health record
-every 5 minutes).
+per-frame latencies of each second), a ts and an idempotency key; the records are held
+telemetry.flush_s (--flush-s, default the pilot's default, 10 s: groups of 10) and then sent
+together, pipelined (every line, then every answer, in order). The --before agent gets its records
+one at a time, each after the previous one's answer (--before-flush-s, default 0), as the pilot
+sent them before flush_s existed. The agent's own health component runs as configured by default
+(a health record every 5 minutes).
 
 Measured: write_bytes of /proc/AGENT_PID/io (bytes the agent process caused to be written to the
-storage layer: SQLite WAL frames, checkpoints, logs) over --seconds after a --warmup, divided by the
-records acknowledged in that window. The floor, measured in the same run: the bytes of those
+storage layer: SQLite WAL frames, checkpoints, logs; whole 4 KiB pages dirtied) over --seconds
+after a --warmup, divided by the records acknowledged in that window (the window starts and ends
+right after a group's answers). The floor, measured in the same run: the bytes of those
 records as the module sent them (the request lines: stream, priority, payload, ts, key).
 
 --before REV also runs the agent of an older commit (its edge_agent and edge_shared, taken with
@@ -20,7 +24,7 @@ records as the module sent them (the request lines: stream, priority, payload, t
 table holds before and now in one run.
 
     python bench/storage_writes.py                        # now only, 180 s
-    python bench/storage_writes.py --before a0412f7 --seconds 120
+    python bench/storage_writes.py --before 0da8436 --seconds 120
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Result:
     payload_bytes: int
     written: int
     status_figures: dict[str, object]
+    flush_s: float
 
     @property
     def per_record(self) -> float:
@@ -156,7 +161,7 @@ def run(label: str, work: Path, port: int, warmup: float, seconds: float, rate: 
         figures = health.get("storageWrites") or {}
     finally:
         agent.stop()
-    return Result(label, elapsed, records, line_bytes, payload_bytes, written, figures)
+    return Result(label, elapsed, records, line_bytes, payload_bytes, written, figures, flush_s)
 
 
 def checkout(rev: str, into: Path) -> str:
@@ -175,7 +180,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (start-up writes)")
     parser.add_argument("--rate", type=float, default=1.0, help="records per second (the pilot: 1)")
     parser.add_argument("--flush-s", type=float, default=PILOT_FLUSH_S,
-                        help=f"the pilot's telemetry.flush_s: records held, then sent together (default {PILOT_FLUSH_S:g})")
+                        help="the pilot's telemetry.flush_s: records held, then sent together "
+                        f"(default {PILOT_FLUSH_S:g})")
     parser.add_argument("--before", metavar="REV", help="also run the agent of this commit (git rev)")
     parser.add_argument("--before-flush-s", type=float, default=0.0,
                         help="flush_s of the pilot run against the --before agent (default 0: one record at a time, "
@@ -191,16 +197,18 @@ def main() -> int:
                 path = checkout(args.before, work / "before")
                 results.append(run(f"before ({args.before})", work / "run-before", broker.port, args.warmup,
                                    args.seconds, args.rate, args.before_flush_s, path))
-            results.append(run("now", work / "run-now", broker.port, args.warmup, args.seconds, args.rate, args.flush_s, None))
+            results.append(run("now", work / "run-now", broker.port, args.warmup, args.seconds, args.rate,
+                               args.flush_s, None))
         finally:
             broker.stop()
-    print(f"agent storage writes, a module sending pilot.stats at {args.rate:g}/s (each after the last's answer), "
+    print(f"agent storage writes, a module sending pilot.stats at {args.rate:g}/s, held 'held s' then sent together, "
+          "pipelined (0: one at a time, each after the last's answer), "
           f"telemetry synchronous=full, mosquitto on 127.0.0.1; {args.seconds:.0f} s measured after "
           f"{args.warmup:.0f} s; floor = the records' request lines")
-    print(f"{'agent':<22} {'records':>8} {'floor B/rec':>12} {'payload B/rec':>14} {'written B/rec':>14} "
+    print(f"{'agent':<22} {'held s':>6} {'records':>8} {'floor B/rec':>12} {'payload B/rec':>14} {'written B/rec':>14} "
           f"{'x floor':>8} {'floor MB/h':>11} {'written MB/h':>13}")
     for r in results:
-        print(f"{r.label:<22} {r.records:>8} {r.line_bytes / max(1, r.records):>12.0f} "
+        print(f"{r.label:<22} {r.flush_s:>6g} {r.records:>8} {r.line_bytes / max(1, r.records):>12.0f} "
               f"{r.payload_bytes / max(1, r.records):>14.0f} {r.per_record:>14.0f} {r.times_floor:>8.2f} "
               f"{r.floor_per_hour / 1e6:>11.2f} {r.per_hour / 1e6:>13.2f}")
     for r in results:

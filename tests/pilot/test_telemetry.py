@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -71,10 +72,8 @@ class IngestServer:
         self._stop.set()
         self.sock.close()
         for conn in self.conns:  # like an agent that stops: its connections end too
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.thread.join(2)
 
 

@@ -25,8 +25,8 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .logs import fields, get_logger
