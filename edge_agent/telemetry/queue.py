@@ -229,7 +229,7 @@ class TelemetryQueue:
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         # The agent is the file's only user: with the lock held for good, SQLite keeps the WAL index
         # in memory instead of the mmapped telemetry.db-shm, whose pages every commit dirtied and
-        # the kernel wrote back to the card (8 KiB per commit). Other processes cannot open the
+        # the kernel wrote back to the card (about 6 KB per commit in bench/storage_writes.py). Other processes cannot open the
         # file while the agent runs (edge-agent check says so); the lock goes with the process.
         conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
