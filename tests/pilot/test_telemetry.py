@@ -28,6 +28,7 @@ class IngestServer:
         self.drop_first = drop_first  # close the connection without answering this many times
         self.answer = answer
         self.conns: list[socket.socket] = []
+        self.seen = 0  # request lines read
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
@@ -45,6 +46,7 @@ class IngestServer:
             self.conns.append(conn)
             with conn, conn.makefile("rb") as rf:
                 for line in rf:
+                    self.seen += 1
                     if self.drop_first > 0:
                         self.drop_first -= 1
                         self.dropped_keys.append(json.loads(line).get("key"))
@@ -292,3 +294,24 @@ def test_held_records_wait_for_a_restarting_agent(tmp_path: Path) -> None:
     c.close()
     s2.close()
     assert [r["payload"]["n"] for r in s2.records] == [1, 2]
+
+
+def test_a_full_agent_gets_the_held_records_again_later_not_at_once(tmp_path: Path) -> None:
+    """queue_full / disk_full: the records stay held (same keys) and are tried again after flush_s,
+    not in a tight loop and not dropped."""
+    s = IngestServer(tmp_path / "t.sock", answer="queue_full")
+    clock = FakeClock()
+    c = TelemetryClient(s.path, flush_s=5.0, clock=clock)
+    c.publish({"n": 1})
+    c.publish({"n": 2})
+    assert wait_for(lambda: c.q.empty())
+    clock.now += 5.0
+    assert wait_for(lambda: s.seen == 6)  # the group, and its two quick retries
+    time.sleep(0.5)  # a client without the pause would have sent it again by now
+    assert s.seen == 6 and c.counters.dropped == 0 and c.counters.sent == 0
+    s.answer = "ok"
+    clock.now += 5.0
+    assert wait_for(lambda: c.counters.sent == 2)
+    c.close()
+    s.close()
+    assert [r["payload"]["n"] for r in s.records] == [1, 2]

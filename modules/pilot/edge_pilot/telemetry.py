@@ -161,13 +161,16 @@ class TelemetryClient:
         held: list[dict[str, Any]] = []
         held_since = 0.0
         urgent = False
+        retry_at = 0.0  # after a delivery that left records unanswered: not again before this
         while True:
             closing = self._stop.is_set()
             if closing and self.q.empty() and not held:
                 return
-            age = self.clock() - held_since if held else 0.0
+            now = self.clock()
+            backing_off = now < retry_at
+            wait = 0.2 if backing_off else hold_wait_s(len(held), now - held_since if held else 0.0, self.flush_s)
             try:
-                rec = self.q.get(timeout=0 if closing else hold_wait_s(len(held), age, self.flush_s))
+                rec = self.q.get(timeout=0 if closing else wait)
             except queue.Empty:
                 rec = None
             if rec is not None:
@@ -175,18 +178,21 @@ class TelemetryClient:
                     held_since = self.clock()
                 held.append(rec)
                 urgent = urgent or rec["priority"] <= self.send_at_once_priority
-            age = self.clock() - held_since if held else 0.0
+                if len(held) > self.max_held:  # the agent has not taken any for a while
+                    self.counters.dropped += 1
+                    held.pop(0)
+            now = self.clock()
             # While closing, everything queued joins the last group.
             closing = self._stop.is_set() and self.q.empty()
-            if flush_due(len(held), age, self.flush_s, self.max_held, urgent, closing):
+            due = flush_due(len(held), now - held_since if held else 0.0, self.flush_s, self.max_held, urgent, closing)
+            if due and (closing or now >= retry_at):
                 held, urgent = self._deliver(held), False
                 if closing:
                     self.counters.dropped += len(held)
                     return
-                if held:  # the agent is restarting: keep them for the next flush, the newest max_held
-                    self.counters.dropped += max(0, len(held) - self.max_held)
-                    held = held[-self.max_held:]
+                if held:  # the agent restarts or is full: keep them (same keys) for a later try
                     held_since = self.clock()
+                    retry_at = held_since + max(self.flush_s, 1.0)
 
     def _deliver(self, group: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send a group; returns the records that got no answer (to be sent again, same keys)."""
