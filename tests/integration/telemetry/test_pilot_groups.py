@@ -7,11 +7,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from edge_pilot.telemetry import TelemetryClient
+
 from devinfra.agent import AgentProcess
 from devinfra.mosquitto import Mosquitto
 from devinfra.procs import wait_until
 from devinfra.telemetry import BROKER_CONF, agent_config
-from edge_pilot.telemetry import TelemetryClient
 
 GROUP = 20
 
