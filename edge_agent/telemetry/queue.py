@@ -229,8 +229,9 @@ class TelemetryQueue:
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         # The agent is the file's only user: with the lock held for good, SQLite keeps the WAL index
         # in memory instead of the mmapped telemetry.db-shm, whose pages every commit dirtied and
-        # the kernel wrote back to the card (about 6 KB per commit in bench/storage_writes.py). Other processes cannot open the
-        # file while the agent runs (edge-agent check says so); the lock goes with the process.
+        # the kernel wrote back to the card (about 6 KB per commit in bench/storage_writes.py).
+        # Other processes cannot open the file while the agent runs (edge-agent check says so);
+        # the lock goes with the process.
         conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
