@@ -52,7 +52,10 @@ from edge_agent.telemetry.policy import (
 log = get_logger(__name__)
 
 QUEUE_DB_NAME = "telemetry.db"
-PAGE_SIZE = 1024
+# 512-byte pages (SQLite's smallest) for a new queue: a commit writes whole pages, and most of a
+# small group commit's pages are not the records' own (page 1, index leaves, interior pages); half
+# the page, half those bytes. A pilot record then takes a leaf cell and one overflow page.
+PAGE_SIZE = 512
 WAL_AUTOCHECKPOINT_BYTES = 1024 * 1024  # checkpoint once the WAL holds 1 MiB (in pages of the file's size)
 WAL_SIZE_LIMIT = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
 # One group commit writes at most ~1 MiB of records (component.GROUP_MAX_BYTES) plus index and
@@ -64,9 +67,11 @@ SQLITE_FULL = 13
 # Idempotency keys are remembered this long, and at most this many (the newest), whichever ends first.
 DEFAULT_KEY_WINDOW_S = 3600.0
 DEFAULT_KEY_MAX = 100_000
-# Records the broker acknowledged are deleted from the file in bulk, riding along an append's commit
-# (or flush_sent's), once this many are waiting, this many bytes, or the oldest waited this long.
-# A power cut before that sends them again (at-least-once; the fleet drops duplicates by id).
+# Records the broker acknowledged are deleted from the file riding along the next append's commit
+# (every append takes all that are waiting: deleting while the queue is small writes fewer pages
+# than deleting in bulk later), or with a commit of their own once this many are waiting, this many
+# bytes, or the oldest waited this long and no append came. A power cut before that sends them
+# again (at-least-once; the fleet drops duplicates by id).
 SENT_FLUSH_RECORDS = 256
 SENT_FLUSH_BYTES = 256 * 1024
 SENT_FLUSH_AGE_S = 60.0
@@ -222,6 +227,12 @@ class TelemetryQueue:
         # page_size and auto_vacuum only take effect on a new, empty database.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        # The agent is the file's only user: with the lock held for good, SQLite keeps the WAL index
+        # in memory instead of the mmapped telemetry.db-shm, whose pages every commit dirtied and
+        # the kernel wrote back to the card (about 6 KB per commit in bench/storage_writes.py).
+        # Other processes cannot open the file while the agent runs (edge-agent check says so);
+        # the lock goes with the process.
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise QueueError(f"{self.path}: cannot use WAL journal mode (got {mode})")
@@ -551,10 +562,9 @@ class TelemetryQueue:
         need = used + sum(i.cost for i in incoming) - cap
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if need > 0 or self._sent_flush_due():
-                # Sent records leave with this append's commit (no commit of their own); before
-                # choosing what to evict, so none of them is counted as dropped.
-                self._flush_sent(conn)
+            # Sent records leave with this append's commit (no commit of their own); before
+            # choosing what to evict, so none of them is counted as dropped.
+            self._flush_sent(conn)
             candidates = self._candidates(conn, need) if need > 0 else []
             plan = plan_admission(incoming, used, cap, candidates)
             drops: Counter[tuple[str, str]] = Counter()

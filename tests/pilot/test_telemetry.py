@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -26,6 +27,8 @@ class IngestServer:
         self.dropped_keys: list[str | None] = []
         self.drop_first = drop_first  # close the connection without answering this many times
         self.answer = answer
+        self.conns: list[socket.socket] = []
+        self.seen = 0  # request lines read
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
@@ -40,8 +43,10 @@ class IngestServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
+            self.conns.append(conn)
             with conn, conn.makefile("rb") as rf:
                 for line in rf:
+                    self.seen += 1
                     if self.drop_first > 0:
                         self.drop_first -= 1
                         self.dropped_keys.append(json.loads(line).get("key"))
@@ -68,6 +73,9 @@ class IngestServer:
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
+        for conn in self.conns:  # like an agent that stops: its connections end too
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         self.thread.join(2)
 
 
@@ -146,3 +154,164 @@ def test_without_socket_the_stats_line_is_logged(
     assert wait_for(lambda: c.counters.logged == 1)
     c.close()
     assert any('"fps":19.9' in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ held records, sent together
+
+
+def test_flush_due_decision() -> None:
+    from edge_pilot.telemetry import flush_due
+
+    # nothing held: never
+    assert not flush_due(0, 99.0, 10.0, 64, urgent=True, closing=True)
+    # held, young, not urgent, not full, not closing: keep holding
+    assert not flush_due(3, 9.99, 10.0, 64, urgent=False, closing=False)
+    # each reason alone sends
+    assert flush_due(3, 10.0, 10.0, 64, urgent=False, closing=False)
+    assert flush_due(64, 0.0, 10.0, 64, urgent=False, closing=False)
+    assert flush_due(1, 0.0, 10.0, 64, urgent=True, closing=False)
+    assert flush_due(1, 0.0, 10.0, 64, urgent=False, closing=True)
+    # flush_s 0: every record at once
+    assert flush_due(1, 0.0, 0.0, 64, urgent=False, closing=False)
+
+
+def test_hold_wait_decision() -> None:
+    from edge_pilot.telemetry import hold_wait_s
+
+    assert hold_wait_s(0, 0.0, 10.0) == 0.2
+    assert hold_wait_s(2, 9.95, 10.0) == pytest.approx(0.05)
+    assert hold_wait_s(2, 12.0, 10.0) == 0.0
+    assert hold_wait_s(2, 1.0, 10.0) == 0.2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GroupServer:
+    """Answers nothing until it has `group` request lines (or EOF): a client that waits for each
+    answer before sending the next line gets none. Records every line, then answers all in order."""
+
+    def __init__(self, path: Path, group: int):
+        self.path, self.group = str(path), group
+        self.lines: list[dict] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn, conn.makefile("rb") as rf:
+                waiting: list[dict] = []
+                for line in rf:
+                    waiting.append(json.loads(line))
+                    if len(waiting) < self.group:
+                        continue
+                    for rec in waiting:
+                        self.lines.append(rec)
+                        conn.sendall(json.dumps({"ok": True, "id": str(len(self.lines))}).encode() + b"\n")
+                    waiting = []
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self.thread.join(2)
+
+
+def test_records_are_held_for_flush_s_then_sent_together(tmp_path: Path) -> None:
+    s = GroupServer(tmp_path / "g.sock", group=5)
+    clock = FakeClock()
+    c = TelemetryClient(s.path, flush_s=10.0, clock=clock, timeout=5.0)
+    for i in range(5):
+        assert c.publish({"i": i})
+    assert wait_for(lambda: c.q.empty())
+    time.sleep(0.3)  # a sender that did not hold them would have sent one by now (the server takes any line)
+    assert s.lines == [] and c.counters.sent == 0
+    clock.now += 10.0
+    # Pipelined: all five lines before any answer (this server answers only once it has five).
+    assert wait_for(lambda: c.counters.sent == 5)
+    c.close()
+    s.close()
+    assert [r["payload"]["i"] for r in s.lines] == list(range(5))
+
+
+def test_an_urgent_record_is_sent_at_once_with_the_held_ones(tmp_path: Path) -> None:
+    s = GroupServer(tmp_path / "g.sock", group=3)
+    c = TelemetryClient(s.path, flush_s=3600.0, clock=FakeClock(), send_at_once_priority=2)
+    c.publish({"i": 0})
+    c.publish({"i": 1})
+    c.publish({"model": "m"}, stream="module.artifacts", priority=2)
+    assert wait_for(lambda: c.counters.sent == 3)
+    c.close()
+    s.close()
+    assert [r["stream"] for r in s.lines] == ["pilot.stats", "pilot.stats", "module.artifacts"]
+
+
+def test_close_sends_what_is_held(tmp_path: Path) -> None:
+    s = GroupServer(tmp_path / "g.sock", group=4)
+    c = TelemetryClient(s.path, flush_s=3600.0, clock=FakeClock())
+    for i in range(4):
+        c.publish({"i": i})
+    c.close(timeout=5.0)
+    s.close()
+    assert c.counters.sent == 4 and len(s.lines) == 4
+
+
+def test_held_records_wait_for_a_restarting_agent(tmp_path: Path) -> None:
+    """Once an agent answered, a socket gone (the agent restarts) keeps the records for the next
+    flush, with their keys, instead of logging them away."""
+    path = tmp_path / "t.sock"
+    s = IngestServer(path)
+    clock = FakeClock()
+    c = TelemetryClient(str(path), flush_s=5.0, clock=clock)
+    c.publish({"n": 0})
+    assert wait_for(lambda: c.q.empty())  # taken and held (its hold starts on the fake clock)
+    clock.now += 5.0
+    assert wait_for(lambda: c.counters.sent == 1)
+    s.close()
+    path.unlink()
+    c.publish({"n": 1})
+    c.publish({"n": 2})
+    assert wait_for(lambda: c.q.empty())
+    clock.now += 5.0
+    time.sleep(0.5)  # the retries (0.1 s, 0.2 s) are over: the records are held again
+    assert c.counters.logged == 0 and c.counters.dropped == 0
+    s2 = IngestServer(path)
+    clock.now += 5.0
+    assert wait_for(lambda: c.counters.sent == 3)
+    c.close()
+    s2.close()
+    assert [r["payload"]["n"] for r in s2.records] == [1, 2]
+
+
+def test_a_full_agent_gets_the_held_records_again_later_not_at_once(tmp_path: Path) -> None:
+    """queue_full / disk_full: the records stay held (same keys) and are tried again after flush_s,
+    not in a tight loop and not dropped."""
+    s = IngestServer(tmp_path / "t.sock", answer="queue_full")
+    clock = FakeClock()
+    c = TelemetryClient(s.path, flush_s=5.0, clock=clock)
+    c.publish({"n": 1})
+    c.publish({"n": 2})
+    assert wait_for(lambda: c.q.empty())
+    clock.now += 5.0
+    assert wait_for(lambda: s.seen == 6)  # the group, and its two quick retries
+    time.sleep(0.5)  # a client without the pause would have sent it again by now
+    assert s.seen == 6 and c.counters.dropped == 0 and c.counters.sent == 0
+    s.answer = "ok"
+    clock.now += 5.0
+    assert wait_for(lambda: c.counters.sent == 2)
+    c.close()
+    s.close()
+    assert [r["payload"]["n"] for r in s.records] == [1, 2]

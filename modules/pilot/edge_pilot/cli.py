@@ -128,7 +128,8 @@ def cmd_drive(a: argparse.Namespace) -> int:
         source.start()
     except CameraError as e:
         log.error("camera unavailable: %s", e, extra=fields("camera_unavailable", reason=str(e)))
-    telemetry = TelemetryClient(stream=cfg.telemetry.stream, priority=cfg.telemetry.priority)
+    telemetry = TelemetryClient(stream=cfg.telemetry.stream, priority=cfg.telemetry.priority,
+                                flush_s=cfg.telemetry.flush_s, send_at_once_priority=cfg.telemetry.send_at_once_priority)
     watcher = None
     if cfg.models.dir and (key is not None or cfg.models.allow_unsigned):
         watcher = ModelWatcher(Path(cfg.models.dir), slot, key, opts, cfg.models.poll_s, check_settings(cfg))

@@ -90,6 +90,13 @@ class TelemetryConfig(_Strict):
     stream: str = Field("pilot.stats", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     priority: int = Field(5, ge=0, le=9)
     interval_s: float = Field(1.0, gt=0)
+    # Records are held this long, then sent to the agent together, so one durable commit (one
+    # fsync) covers them all: SD card wear. A power cut loses up to this many seconds of records
+    # not yet acknowledged, as it loses records not yet sent. 0: each record is sent at once.
+    flush_s: float = Field(10.0, ge=0, le=300)
+    # Records at this priority or more urgent (a lower number), e.g. module.artifacts (2), are
+    # sent at once, with everything held.
+    send_at_once_priority: int = Field(2, ge=-1, le=9)
 
 
 class PilotConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -144,8 +145,15 @@ def test_full_disk_refuses_clearly_keeps_the_database_whole_and_recovers(tmp_pat
             assert "disk is full" in refusal["error"]
             st = status(agent)
             assert st["diskFull"] is True and st["refused"]["data"]["disk_full"] >= 1
-            readonly = f"file:{agent.state_dir / 'telemetry.db'}?mode=ro"
-            with contextlib.closing(sqlite3.connect(readonly, uri=True)) as db:
+            # The running agent holds telemetry.db exclusively: check what is on the disk now (the
+            # file and its WAL, as a power cut would leave them) in a copy.
+            on_disk = tmp_path / "on-disk"
+            on_disk.mkdir()
+            for suffix in ("", "-wal"):
+                source = agent.state_dir / f"telemetry.db{suffix}"
+                if source.exists():
+                    shutil.copyfile(source, on_disk / source.name)
+            with contextlib.closing(sqlite3.connect(on_disk / "telemetry.db")) as db:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             # Space returns: the agent takes records again by itself, no restart.
             (small_fs / "filler").unlink()

@@ -4,7 +4,9 @@ lifecycle API, records acknowledged and uploaded, config reload, figures in repo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,47 @@ async def test_records_carry_the_deployment_version_their_module_was_started_for
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_pipelined_records_are_one_group_commit_and_answered_only_after_it(tmp_path: Path) -> None:
+    """What the pilot does (telemetry.flush_s): several lines at once. They go into one append (one
+    transaction, one fsync), and no answer leaves before that append returned."""
+    comp = TelemetryComponent(config(tmp_path), ReportedState(), None, publisher=FakePublisher())
+    await comp.start()
+    path = await comp.open_module("pilot")
+    real_append = comp.queue.append
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def blocking_append(batch: Any) -> Any:
+        calls.append(len(batch))
+        entered.set()
+        assert release.wait(30), "the test did not release the commit"
+        return real_append(batch)
+
+    comp.queue.append = blocking_append  # type: ignore[method-assign]
+    runner = asyncio.create_task(comp.run())
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"".join(json.dumps({"stream": "pilot.stats", "payload": {"i": i}, "key": f"k-{i}"}).encode()
+                              + b"\n" for i in range(10)))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+        # The commit is under way: nothing may be answered yet (a read that returns is a violation).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                early = await reader.read(1)
+                raise AssertionError(f"answered before the commit returned: {early!r}")
+        release.set()
+        answers = [json.loads(await reader.readline()) for _ in range(10)]
+        writer.close()
+        assert all(a["ok"] for a in answers), answers
+        assert calls == [10], f"one append for the ten pipelined records, got appends of {calls}"
+        assert len({a["id"] for a in answers}) == 10
+    finally:
+        release.set()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+

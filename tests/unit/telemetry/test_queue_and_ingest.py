@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_file_page_limit_met_before_counted_cap(tmp_path: Path, monkeypatch: pyt
     assert "ok" in bulk_codes and q.drops["bulk"]["evicted"] > 0
     assert (tmp_path / "t.db").stat().st_size <= file_limit(64 * 1024)
     assert q.integrity_check() == "ok"
-    count = sqlite3.connect(tmp_path / "t.db").execute("SELECT count(*) FROM records").fetchone()[0]
+    count = q._db().execute("SELECT count(*) FROM records").fetchone()[0]
     assert count == q.depth
 
 
@@ -178,9 +179,11 @@ def test_check_line(tmp_path: Path) -> None:
     q = TelemetryQueue(tmp_path / "telemetry.db", 1 << 20, Rules(StreamRules(None, "drop-oldest", 0)))
     q.open()
     q.append([rec("s")])
-    result = check_telemetry_queue(config)
-    assert result.outcome == "pass" and "1 records queued" in result.detail
+    result = check_telemetry_queue(config)  # the agent holds the file exclusively while it runs
+    assert result.outcome == "pass" and "in use by the running agent" in result.detail, result
     q.close()
+    result = check_telemetry_queue(config)
+    assert result.outcome == "pass" and "1 records queued" in result.detail, result
     (tmp_path / "telemetry.db").write_bytes(b"garbage" * 1000)
     assert check_telemetry_queue(config).outcome == "fail"
 
@@ -230,8 +233,9 @@ def test_a_queue_from_an_older_agent_gets_the_deployment_column(tmp_path: Path) 
     q = make_queue(tmp_path)
     q.append([rec("s", {"old": True})])
     q.close()
-    with sqlite3.connect(tmp_path / "t.db") as db:  # as an agent before the column wrote it
+    with contextlib.closing(sqlite3.connect(tmp_path / "t.db")) as db:  # as an agent before the column wrote it
         db.execute("ALTER TABLE records DROP COLUMN deployment")
+        db.commit()
     q = make_queue(tmp_path)
     q.append([NewRecord("m", "s", 5, None, b"{}", deployment=3)])
     assert [r.deployment for r in q.read_batch("s", 0, 10, 1 << 20)] == [None, 3]
