@@ -66,6 +66,23 @@ def percentile(values: list[float], p: float) -> float:
 # --------------------------------------------------------------------------- device host (worker)
 
 
+_lines: list[str] = []
+
+
+def report_line(line: str) -> None:
+    """Hand a line to the bench: written with the others of the next 20 ms in one write (the time
+    is in the line; a write and flush per accepted document cost the device hosts ~0.5 ms each)."""
+    if not _lines:
+        asyncio.get_running_loop().call_later(0.02, _write_lines)
+    _lines.append(line)
+
+
+def _write_lines() -> None:
+    sys.stdout.write("".join(_lines))
+    sys.stdout.flush()
+    _lines.clear()
+
+
 class LightDevice:
     """TwinComponent + DesiredStateManager of one device; prints ACCEPT lines."""
 
@@ -82,8 +99,7 @@ class LightDevice:
 
     def activate(self, deployment: Any) -> None:
         """The moment the document is accepted (committed)."""
-        sys.stdout.write(f"ACCEPT {self.device} {deployment.version} {time.time():.6f}\n")
-        sys.stdout.flush()
+        report_line(f"ACCEPT {self.device} {deployment.version} {time.time():.6f}\n")
 
     async def verify(self, reference: str) -> Any:
         from edge_shared.trust.api import VerifiedImage
