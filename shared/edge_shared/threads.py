@@ -23,6 +23,7 @@ on a single dedicated executor thread, so that its writes stay in order on one c
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -36,6 +37,15 @@ _Call = Callable[[], None]
 _calls: queue.SimpleQueue[tuple[str, _Call]] = queue.SimpleQueue()
 _lock = threading.Lock()
 _idle = 0  # threads waiting for a call, less the calls handed to them and not yet taken
+
+
+def _forget_threads() -> None:
+    """A forked child has none of its parent's threads: none is idle there."""
+    global _calls, _lock, _idle
+    _calls, _lock, _idle = queue.SimpleQueue(), threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _worker(name: str, call: _Call) -> None:

@@ -60,3 +60,20 @@ def test_an_idle_thread_ends_after_its_wait(monkeypatch: pytest.MonkeyPatch) -> 
     thread = asyncio.run(run_blocking(threading.current_thread))
     thread.join(10)  # it ends by itself, after IDLE_S with no call
     assert not thread.is_alive()
+
+
+def test_a_forked_child_starts_its_own_threads() -> None:
+    """The parent's idle threads do not exist in a child: a call there must not wait for them."""
+    import os
+
+    asyncio.run(run_blocking(threading.get_ident))
+    asyncio.run(idle_thread())  # the parent has an idle thread now
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(run_blocking(sum, [1, 2]), 10)) == 3 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
