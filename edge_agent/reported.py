@@ -12,6 +12,19 @@ import copy
 from typing import Any
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value (what sections are), several times faster than copy.deepcopy,
+    which the desired-state room's report of every document went through; anything else is
+    deep-copied as before."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return copy.deepcopy(value)
+
+
 class ReportedState:
     def __init__(self) -> None:
         self._sections: dict[str, Any] = {}
@@ -25,7 +38,7 @@ class ReportedState:
     def set(self, section: str, value: Any) -> None:
         if self._sections.get(section) == value:
             return
-        self._sections[section] = copy.deepcopy(value)
+        self._sections[section] = copy_json(value)
         self._version += 1
         self._changed.set()
 

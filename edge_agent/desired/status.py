@@ -34,8 +34,11 @@ NEXT_STATES: Mapping[State, frozenset[State]] = {
     State.FAILED: frozenset(),
     State.ROLLED_BACK: frozenset(),
 }
-# How many version rows are kept and reported (the current and last-known-good ones always are).
+# How many version rows are reported (the current and last-known-good ones always are).
 KEEP_VERSIONS = 10
+# How many are stored, and held in memory: more than are reported, so the newest version is never
+# pruned by an old one (the current and last-known-good ones are always kept).
+STORED_VERSIONS = KEEP_VERSIONS * 2
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,15 @@ def advance(
     if state not in NEXT_STATES[status.state]:
         return None
     return VersionStatus(status.version, status.digest, state, at, code, module, description)
+
+
+def pruned(statuses: Mapping[int, VersionStatus], current: int | None, last_known_good: int | None
+           ) -> dict[int, VersionStatus]:
+    """The rows that are kept: the STORED_VERSIONS newest, and those of `current` and
+    `last_known_good` (the rule the store's prune applies to state.db)."""
+    newest = sorted(statuses, reverse=True)[:STORED_VERSIONS]
+    keep = set(newest) | {current, last_known_good}
+    return {v: s for v, s in statuses.items() if v in keep}
 
 
 @dataclass(frozen=True)
