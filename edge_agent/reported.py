@@ -35,10 +35,12 @@ class ReportedState:
     def version(self) -> int:
         return self._version
 
-    def set(self, section: str, value: Any) -> None:
+    def set(self, section: str, value: Any, *, handed_over: bool = False) -> None:
+        """`handed_over`: the caller built `value` for this call and keeps no reference to it, so
+        it is kept as it is (the desired-state room's section, set twice per document)."""
         if self._sections.get(section) == value:
             return
-        self._sections[section] = copy_json(value)
+        self._sections[section] = value if handed_over else copy_json(value)
         self._version += 1
         self._changed.set()
 

@@ -762,6 +762,7 @@ class DesiredStateManager(BaseComponent):
                 error=self.error,
                 floor=self.floor.version if self.floor is not None else None,
             ),
+            handed_over=True,  # built here for this call
         )
 
     # ------------------------------------------------------------------ control command (CLI)

@@ -18,8 +18,10 @@ reported only as `lastRefused` (by the sha256 of its bytes, so the fleet can rec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from edge_shared.outcome import State
@@ -87,9 +89,8 @@ class Refusal:
     version: int | None = None
 
 
+@functools.lru_cache(maxsize=256)  # a row's time is formatted again for every report while it is shown
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
