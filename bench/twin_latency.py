@@ -15,7 +15,11 @@ the agent's do. On a virtual disk that matters: commits back to back (the commit
 0.05-0.1 ms, while one commit after a millisecond of other work can take ten times as long
 (the flush is no longer warm); both floors and both ratios are printed.
 
-    python bench/twin_latency.py [--updates 200] [--profile] [--before REVISION]
+    python bench/twin_latency.py [--updates 200] [--profile] [--signed] [--before REVISION]
+
+--signed: the documents are signed (ECDSA P-256, as `edgectl deploy --key`) and the device
+enforces signatures (document_mode = "enforce"), so the gate verifies each one; the floor's
+payloads are then a signed document's size.
 
 `edgectl deploy` first reads the device's retained view (one round trip of its own), then
 publishes: "publish -> accepted" starts at the publish; "deploy call -> accepted" includes the
@@ -35,6 +39,7 @@ import cProfile
 import gc
 import io
 import itertools
+import json
 import logging
 import os
 import pstats
@@ -68,9 +73,25 @@ from edge_shared import protocol  # noqa: E402
 from edge_shared.mqtt_client import make_client  # noqa: E402
 from edge_shared.mqtt_params import broker_params  # noqa: E402
 from edge_shared.trust.api import VerifiedImage  # noqa: E402
+from edge_shared.trust.keys import generate_private_key, public_key_pem  # noqa: E402
+from edgectl.client import Signer  # noqa: E402
+from edgectl.documents import sign_document  # noqa: E402
 from tests.fakes.runtime import FakeRuntime  # noqa: E402
 
 MANIFEST = {"modules": {f"m{i}": {"image": f"registry.local/m{i}:1.0", "env": {"A": "1"}} for i in range(5)}}
+
+
+def signer(work: Path) -> tuple[Signer, Path]:
+    """A document key pair as `edgectl keygen` makes it (ECDSA P-256): edgectl's signing (a
+    30-day expiry, as `edgectl deploy --key`), and the public key file the device trusts."""
+    key = generate_private_key()
+    public = work / "document-key.pub"
+    public.write_bytes(public_key_pem(key.public_key()))
+
+    def sign(payload: bytes) -> bytes:
+        return sign_document(json.loads(payload), key)
+
+    return sign, public
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -83,15 +104,17 @@ def percentile(values: list[float], p: float) -> float:
 class AgentThread(threading.Thread):
     """The real TwinComponent (session, parser, store) on its own event loop."""
 
-    def __init__(self, env: TwinEnv, device: str, state_dir: Path, *, profile: bool = False) -> None:
+    def __init__(self, env: TwinEnv, device: str, state_dir: Path, *, profile: bool = False,
+                 document_key: Path | None = None) -> None:
         super().__init__(daemon=True)
         cert = env.pki.client(device)
+        trust = (f'[trust]\ndocument_mode = "enforce"\ndocument_keys = ["{document_key}"]\n' if document_key
+                 else '[trust]\ndocument_mode = "off"\n')
         self.config = parse_config(
             f'[device]\nid = "{device}"\n[state]\ndir = "{state_dir}"\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {env.broker.port}\ntopic_prefix = "{env.prefix}"\ntls = true\n'
             f'ca_file = "{env.pki.ca}"\ncert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
-            "[twin]\nreport_min_interval_s = 1.0\n"
-            '[trust]\ndocument_mode = "off"\n'
+            "[twin]\nreport_min_interval_s = 1.0\n" + trust
         )
         self.accepted: queue.Queue[tuple[int, float]] = queue.Queue()
         self.connected = threading.Event()
@@ -212,10 +235,10 @@ class SubscriberThread(threading.Thread):
                 self.received.put((payload, time.perf_counter()))
 
 
-async def bench_deploy(env: TwinEnv, agent: AgentThread, device: str, updates: int
+async def bench_deploy(env: TwinEnv, agent: AgentThread, device: str, updates: int, sign: Signer | None = None,
                        ) -> tuple[list[float], list[float]]:
     """(publish -> accepted, deploy call -> accepted): `edgectl deploy` is view + publish; the
-    publish is stamped where FleetClient hands the payload to the broker."""
+    publish is stamped where FleetClient hands the payload to the broker (after signing)."""
     from_publish, from_call = [], []
     async with env.fleet_client() as fleet:
         publish = fleet._publish
@@ -230,7 +253,7 @@ async def bench_deploy(env: TwinEnv, agent: AgentThread, device: str, updates: i
         for version in range(1, updates + 1):
             stamps.clear()
             t_call = time.perf_counter()
-            await fleet.deploy(device, MANIFEST, version=version)
+            await fleet.deploy(device, MANIFEST, version=version, sign=sign)
             got, t1 = await asyncio.to_thread(agent.accepted.get, True, 10)
             assert got == version, (got, version)
             from_publish.append(t1 - stamps[0])
@@ -238,14 +261,13 @@ async def bench_deploy(env: TwinEnv, agent: AgentThread, device: str, updates: i
     return from_publish, from_call
 
 
-def bench_commit(state_dir: Path, updates: int) -> list[float]:
+def bench_commit(state_dir: Path, updates: int, payload: bytes) -> list[float]:
     """One durable commit (WAL, synchronous=FULL: the state database's settings) of a row of a
     desired document's size, in a scratch database beside state.db (the same disk)."""
     path = state_dir / "bench-floor.db"
     db = agent_store.open_db(path, synchronous="FULL")
     try:
         db.execute("CREATE TABLE IF NOT EXISTS doc (id INTEGER PRIMARY KEY, payload BLOB)")
-        payload = protocol.desired_document(1, MANIFEST)
         samples = []
         for i in range(updates):
             t0 = time.perf_counter()
@@ -261,7 +283,7 @@ def bench_commit(state_dir: Path, updates: int) -> list[float]:
                 Path(f"{path}{suffix}").unlink()
 
 
-async def bench_raw(env: TwinEnv, updates: int, commit_to: Path | None = None) -> list[float]:
+async def bench_raw(env: TwinEnv, updates: int, payload_size: int, commit_to: Path | None = None) -> list[float]:
     """Publish -> a raw subscriber received it; with `commit_to`, -> it received it and committed
     it as one row there (the floor measured whole, paced as the documents are)."""
     # A payload of the same size as the desired documents above, on a topic the fleet may use.
@@ -269,7 +291,6 @@ async def bench_raw(env: TwinEnv, updates: int, commit_to: Path | None = None) -
     sub = SubscriberThread(env, topic, commit_to)
     sub.start()
     sub.ready.wait(10)
-    payload_size = len(protocol.desired_document(1, MANIFEST))
     samples = []
     cert = env.fleet
     params = broker_params(env.mqtt_section(cert), unique("bench-pub"))
@@ -316,7 +337,7 @@ def print_profile(agent: AgentThread, updates: int) -> None:
     print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
 
 
-def run_before(revision: str, updates: int) -> None:
+def run_before(revision: str, updates: int, signed: bool) -> None:
     """This bench as it was at `revision` (exported with git archive, run as it was), first."""
     with tempfile.TemporaryDirectory(prefix="twin-bench-before-") as tmp:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], check=True,
@@ -325,8 +346,12 @@ def run_before(revision: str, updates: int) -> None:
             tar.extractall(tmp, filter="data")
         # Its own packages first (the venv's editable install points at this tree).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, f"{tmp}/shared", f"{tmp}/fleet"])}
-        out = subprocess.run([sys.executable, f"{tmp}/bench/twin_latency.py", "--updates", str(updates)],
-                             env=env, capture_output=True, text=True, check=True).stdout
+        command = [sys.executable, f"{tmp}/bench/twin_latency.py", "--updates", str(updates)]
+        done = subprocess.run([*command, "--signed"] if signed else command,
+                              env=env, cwd=tmp, capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # e.g. an older bench without --signed
+        raise SystemExit(f"the bench at {revision} failed:\n{done.stderr[-2000:]}")
+    out = done.stdout
     table = out.split("\n\n")[0]
     print(f"before: {revision}\n{table}\n\nafter: this tree")
 
@@ -335,11 +360,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="profile the agent's thread (slows it)")
+    parser.add_argument("--signed", action="store_true",
+                        help="signed documents (edgectl deploy --key; the device enforces signatures)")
     parser.add_argument("--before", metavar="REVISION",
                         help="first run this bench as it was at a git revision (e.g. main), for the figures before")
     args = parser.parse_args()
     if args.before:
-        run_before(args.before, args.updates)
+        run_before(args.before, args.updates, args.signed)
     work = Path(tempfile.mkdtemp(prefix="twin-bench-"))
     (work / "pki").mkdir()
     pki = Pki(work / "pki")
@@ -349,31 +376,34 @@ def main() -> int:
     try:
         env = TwinEnv(pki, broker, prefix, fleet)
         device = unique("bench-dev")
-        agent = AgentThread(env, device, work / "state", profile=args.profile)
+        sign, document_key = signer(work) if args.signed else (None, None)
+        sample = protocol.desired_document(1, MANIFEST)
+        sample = sign(sample) if sign is not None else sample  # the floor's payloads: a document's size
+        agent = AgentThread(env, device, work / "state", profile=args.profile, document_key=document_key)
         agent.start()
         if not agent.connected.wait(20):
             raise SystemExit("agent did not connect")
-        raw = asyncio.run(bench_raw(env, args.updates))
-        commit = bench_commit(work / "state", args.updates)
-        whole = asyncio.run(bench_raw(env, args.updates, work / "state" / "bench-floor-whole.db"))
+        raw = asyncio.run(bench_raw(env, args.updates, len(sample)))
+        commit = bench_commit(work / "state", args.updates, sample)
+        whole = asyncio.run(bench_raw(env, args.updates, len(sample), work / "state" / "bench-floor-whole.db"))
         if agent.profiler is not None:
             agent.on_thread(agent.profiler.enable)  # cProfile hooks the thread that enables it
-        deploy, deploy_call = asyncio.run(bench_deploy(env, agent, device, args.updates))
+        deploy, deploy_call = asyncio.run(bench_deploy(env, agent, device, args.updates, sign))
         if agent.profiler is not None:
             agent.on_thread(agent.profiler.disable)
-        raw2 = asyncio.run(bench_raw(env, args.updates))  # again, to see drift within the run
-        commit2 = bench_commit(work / "state", args.updates)
-        whole2 = asyncio.run(bench_raw(env, args.updates, work / "state" / "bench-floor-whole2.db"))
+        raw2 = asyncio.run(bench_raw(env, args.updates, len(sample)))  # again, to see drift within the run
+        commit2 = bench_commit(work / "state", args.updates, sample)
+        whole2 = asyncio.run(bench_raw(env, args.updates, len(sample), work / "state" / "bench-floor-whole2.db"))
     finally:
         broker.stop()
     raw_all, commit_all = raw + raw2, commit + commit2
     floor = tuple((percentile(raw_all, p) + percentile(commit_all, p)) * 1000 for p in (0.5, 0.99))
     whole_all = whole + whole2
     floor_whole = tuple(percentile(whole_all, p) * 1000 for p in (0.5, 0.99))
-    doc_bytes = len(protocol.desired_document(1, MANIFEST)) + 80  # + meta
+    doc_bytes = len(sample) + 80  # + meta
     print(
         f"twin acceptance latency, mosquitto 2 + mutual TLS on 127.0.0.1, {args.updates} sequential updates, "
-        f"~{doc_bytes} B documents"
+        f"~{doc_bytes} B documents{', signed (P-256), signatures enforced' if args.signed else ''}"
     )
     print(f"{'measurement':<46} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'vs floor p50/p99':>16}")
     print(row("raw aiomqtt publish -> subscribe", raw, None))

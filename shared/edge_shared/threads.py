@@ -12,8 +12,11 @@ would hold up the agent's stop past systemd's TimeoutStopSec. A daemon thread is
 abandoned; its result is dropped if nobody waits any more (the awaiting task was cancelled).
 A thread per call costs tens of microseconds, nothing next to a Unix-socket HTTP round trip.
 
-The one exception is the telemetry queue (telemetry/component.py): its SQLite connection lives
-on a single dedicated executor thread, so that its writes stay in order on one connection.
+Two exceptions keep one dedicated executor thread: the telemetry queue (telemetry/component.py),
+whose SQLite connection lives on it so that its writes stay in order on one connection, and the
+replay floor file's writer (edge_agent/desired/manager.py), which writes after every accepted
+document: starting a thread makes the event loop wait until the new thread runs, which on a busy
+machine delayed the next document.
 """
 
 from __future__ import annotations
