@@ -728,7 +728,7 @@ class DesiredStateManager(BaseComponent):
         document costs (its report, the supersede scan) does not grow with the device's history."""
         for row in rows:
             self.statuses[row.version] = row
-        if len(self.statuses) > STORED_VERSIONS + 2:
+        if len(self.statuses) > STORED_VERSIONS:
             self.statuses = pruned(self.statuses, self.current.version if self.current else None,
                                    self.last_known_good.version if self.last_known_good else None)
 
