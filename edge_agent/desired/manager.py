@@ -33,7 +33,8 @@ import datetime as dt
 import functools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from edge_agent.artifacts.pinning import pin_artifact_refs
@@ -54,12 +55,20 @@ from edge_agent.desired.admission import (
     Decision,
     DocumentTrust,
     Duplicate,
+    ExpiryBasis,
     History,
     Refused,
     admit,
     expiry_basis,
 )
-from edge_agent.desired.status import Refusal, VersionStatus, advance, deployment_section
+from edge_agent.desired.status import (
+    STORED_VERSIONS,
+    Refusal,
+    VersionStatus,
+    advance,
+    deployment_section,
+    pruned,
+)
 from edge_agent.desired.store import Accepted, StaleTransition, StateStore, Transition
 from edge_agent.identity.clock import CLOCK_FILE, ClockWatch, env_build_date
 from edge_agent.logs import get_logger
@@ -146,6 +155,7 @@ class DesiredStateManager(BaseComponent):
         self.monitor = Monitor(reconciler.runtime, lambda: reconciler.device_id,
                                lambda: (reconciler.pinned, reconciler.observed), self.wake.set, clock)
         self._pending: tuple[Admitted, bytes] | None = None
+        self._accepted_claim: tuple[str, RolloutClaim | None] | None = None  # (digest, its rollout claim)
         self._fetching: set[tuple[str, str, str]] = set()  # (module, slot, digest) the pending version downloaded
         self._arrived = asyncio.Event()
         self._pin_task: asyncio.Task[None] | None = None
@@ -157,6 +167,9 @@ class DesiredStateManager(BaseComponent):
         self.floor: trust_floor.TrustFloor | None = None
         self._floor_due: trust_floor.TrustFloor | None = None  # newer than the file; its writer is on the way
         self._floor_writer: asyncio.Task[None] | None = None
+        # The file's one writer thread, kept between writes: starting a thread per commit made the
+        # event loop wait for the new thread to be scheduled, while the next document was due.
+        self._floor_thread: ThreadPoolExecutor | None = None
         self._configure(config)
         if reconciler.artifacts is not None:
             reconciler.artifacts.on_report = self.wake.set  # a module confirmed or refused an artifact
@@ -203,8 +216,8 @@ class DesiredStateManager(BaseComponent):
 
     def _raise_floor(self, version: int, digest: str, *, at_start: bool = True) -> None:
         """The file follows state.db. At start it is written at once; after a commit it is written
-        by a thread (_write_floors), so its two fsyncs and rename do not stall the event loop and
-        the next document behind it. A failure to write it is logged; state.db holds the commit,
+        by a thread of its own (_write_floors), so its two fsyncs and rename do not stall the event
+        loop and the next document behind it. A failure to write it is logged; state.db holds the commit,
         only its protection against an agent roll-back is missing."""
         rotated = self.store.rotated_keys() if self.store.keys_version() is not None else ()
         new = trust_floor.merged(
@@ -233,7 +246,9 @@ class DesiredStateManager(BaseComponent):
         together by the next one (the floor only moves forward, so the newest holds them all)."""
         while (floor := self._floor_due) is not None:
             self._floor_due = None
-            await run_blocking(self._write_floor, floor, name="trust floor write")
+            if self._floor_thread is None:
+                self._floor_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trust-floor")
+            await asyncio.get_running_loop().run_in_executor(self._floor_thread, self._write_floor, floor)
 
     async def floor_written(self) -> None:
         """Wait until the file holds the newest floor (the stop waits for it too)."""
@@ -291,6 +306,9 @@ class DesiredStateManager(BaseComponent):
                 tg.create_task(self.monitor.watch_health(), name="deployment-health")
         finally:
             await self.floor_written()
+            if self._floor_thread is not None:
+                self._floor_thread.shutdown(wait=False)
+                self._floor_thread = None
             await self.reconciler.runtime.close()
 
     async def first_pass_done(self) -> Mapping[str, Cause]:
@@ -389,8 +407,7 @@ class DesiredStateManager(BaseComponent):
             self.wake.set()
         if transition.last_known_good is not None:
             self.last_known_good = transition.last_known_good
-        for row in transition.statuses:
-            self.statuses[row.version] = row
+        self._remember(transition.statuses)
         self._report()
         return True
 
@@ -426,12 +443,16 @@ class DesiredStateManager(BaseComponent):
         """The twin hands over every payload of the desired topic. Synchronous: documents are
         judged one at a time, in arrival order; only image pinning runs later (in run())."""
         now = self.clock()
-        clock, reference = self.clock_watch.expiry_reference(dt.datetime.fromtimestamp(now, dt.UTC))
-        expiry = expiry_basis(clock.synchronised, clock.reason, reference)
+        trust = trust or self.trust
+        # Only a signed document's expiry is judged: the clock's state (two files) is read for those.
+        expiry = ExpiryBasis(now)
+        if trust.mode == "enforce":
+            clock, reference = self.clock_watch.expiry_reference(dt.datetime.fromtimestamp(now, dt.UTC))
+            expiry = expiry_basis(clock.synchronised, clock.reason, reference)
         decision = admit(
             raw,
             limits=self.limits,
-            trust=trust or self.trust,
+            trust=trust,
             history=self._history(),
             now=now,
             validate=self.validate,
@@ -465,7 +486,11 @@ class DesiredStateManager(BaseComponent):
         if self._pending is not None:
             return self._pending[0].rollout
         accepted = self.store.accepted()
-        return claim_of_envelope(accepted[2]) if accepted else None
+        if accepted is None:
+            return None
+        if self._accepted_claim is None or self._accepted_claim[0] != accepted[1]:
+            self._accepted_claim = (accepted[1], claim_of_envelope(accepted[2]))  # parsed once per document
+        return self._accepted_claim[1]
 
     def _refuse(self, refused: Refused) -> None:
         if refused.code == "cleared":
@@ -674,8 +699,7 @@ class DesiredStateManager(BaseComponent):
         self._fetching.clear()
         self.current = committed
         self._raise_floor(version, admitted.digest, at_start=False)
-        for row in transition.statuses:
-            self.statuses[row.version] = row
+        self._remember(transition.statuses)
         if admitted.new_keys:
             self.trust = document_trust(self.config, self.store.rotated_keys())
             log.warning("document keys rotated by version %d (signed by %s): now %s", version, admitted.signer,
@@ -700,9 +724,18 @@ class DesiredStateManager(BaseComponent):
         if moved is not None:
             self._put(moved)
 
+    def _remember(self, rows: Iterable[VersionStatus]) -> None:
+        """Rows into memory, which keeps what state.db keeps (status.pruned), so what each
+        document costs (its report, the supersede scan) does not grow with the device's history."""
+        for row in rows:
+            self.statuses[row.version] = row
+        if len(self.statuses) > STORED_VERSIONS:
+            self.statuses = pruned(self.statuses, self.current.version if self.current else None,
+                                   self.last_known_good.version if self.last_known_good else None)
+
     def _put(self, status: VersionStatus) -> None:
         """A row of a version that is not committed (verifying, rejected, superseded before commit)."""
-        self.statuses[status.version] = status
+        self._remember((status,))
         if status.state == State.VERIFYING:
             # Not stored: a restart forgets a verification in progress anyway (the broker delivers
             # the retained document again), and its retry progress is not worth a disk write.
@@ -730,6 +763,7 @@ class DesiredStateManager(BaseComponent):
                 error=self.error,
                 floor=self.floor.version if self.floor is not None else None,
             ),
+            handed_over=True,  # built here for this call
         )
 
     # ------------------------------------------------------------------ control command (CLI)

@@ -18,8 +18,10 @@ reported only as `lastRefused` (by the sha256 of its bytes, so the fleet can rec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from edge_shared.outcome import State
@@ -34,8 +36,11 @@ NEXT_STATES: Mapping[State, frozenset[State]] = {
     State.FAILED: frozenset(),
     State.ROLLED_BACK: frozenset(),
 }
-# How many version rows are kept and reported (the current and last-known-good ones always are).
+# How many version rows are reported (the current and last-known-good ones always are).
 KEEP_VERSIONS = 10
+# How many are stored, and held in memory: more than are reported, so the newest version is never
+# pruned by an old one (the current and last-known-good ones are always kept).
+STORED_VERSIONS = KEEP_VERSIONS * 2
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,15 @@ def advance(
     return VersionStatus(status.version, status.digest, state, at, code, module, description)
 
 
+def pruned(statuses: Mapping[int, VersionStatus], current: int | None, last_known_good: int | None
+           ) -> dict[int, VersionStatus]:
+    """The rows that are kept: the STORED_VERSIONS newest, and those of `current` and
+    `last_known_good` (the rule the store's prune applies to state.db)."""
+    newest = sorted(statuses, reverse=True)[:STORED_VERSIONS]
+    keep = set(newest) | {current, last_known_good}
+    return {v: s for v, s in statuses.items() if v in keep}
+
+
 @dataclass(frozen=True)
 class Refusal:
     """The last document the gate refused. `version` only when its signature verified."""
@@ -75,9 +89,8 @@ class Refusal:
     version: int | None = None
 
 
+@functools.lru_cache(maxsize=256)  # a row's time is formatted again for every report while it is shown
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 

@@ -15,7 +15,12 @@ can never overwrite a newer deployment committed meanwhile. A power cut leaves a
 transition or none of it. The tables are created and migrated by state_schema.py, and read and
 written with sqlite-utils, except the rows a transition writes: those are plain SQL upserts, since
 sqlite-utils reads the table's schema again on every upsert (about 50 statements per accepted
-document, half of the commit's time besides its fsync; bench/twin_latency.py).
+document, half of the commit's time besides its fsync; bench/twin_latency.py). An accepted
+document's transaction is seven statements (the slots' versions in one read, the document, the
+`current` slot, the restart counters, its status rows, the prune) and three pages in the WAL
+(desired_accepted, deployment_slots, desired_versions). What the gate and the replay
+floor read for every document (the accepted document, the rotated keys and their meta rows) is
+read once and then kept as this store writes it: it is their one writer.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.deployment.pinned import CommittedDeployment
-from edge_agent.desired.status import KEEP_VERSIONS, VersionStatus
+from edge_agent.desired.status import STORED_VERSIONS, VersionStatus
 from edge_agent.store import delete_meta, get_meta, set_meta, tables, transaction
 from edge_shared.outcome import State
 from edge_shared.trust.keys import TrustedKey, parse_public_key
@@ -41,8 +46,6 @@ META_CONFIG_FP = "trust.document_keys.config"
 META_VERSION = "trust.document_keys.version"
 CURRENT = "current"
 LAST_KNOWN_GOOD = "last_known_good"
-# Rows kept beyond the reported ones, so the newest version is never pruned by an old one.
-_PRUNE_KEEP = KEEP_VERSIONS * 2
 
 
 def keys_fingerprint(keys: Sequence[TrustedKey]) -> str:
@@ -85,6 +88,12 @@ class StateStore:
         self.db = db
         t = tables(db)
         self._keys: Table = t.table("trust_document_keys")
+        # What the gate and the replay floor read for every document, read from state.db once and
+        # then kept as this store writes it (it is the one writer of these rows; a failed write
+        # makes it read them again).
+        self._accepted: tuple[int, str, bytes] | None = None
+        self._accepted_read = False
+        self._rotation: tuple[int | None, tuple[TrustedKey, ...], str | None] | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -115,22 +124,40 @@ class StateStore:
         return out
 
     def accepted(self) -> tuple[int, str, bytes] | None:
-        row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
-        return None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
+        """(version, digest, bytes) of the accepted document: read once, then kept as apply() writes it."""
+        if not self._accepted_read:
+            row = self.db.execute("SELECT version, digest, payload FROM desired_accepted WHERE id = 1").fetchone()
+            self._accepted = None if row is None else (int(row[0]), str(row[1]), bytes(row[2]))
+            self._accepted_read = True
+        return self._accepted
 
     # ------------------------------------------------------------------ the one way to write
 
     def apply(self, transition: Transition) -> None:
         """Write the transition in one transaction, or nothing: raises StaleTransition when a slot
         holds another version than expected, sqlite3.Error when the disk refuses."""
+        try:
+            self._write(transition)
+        except BaseException:
+            # The disk may hold the write or not (a commit whose fsync failed): read it again.
+            self._accepted_read, self._rotation = False, None
+            raise
+        if transition.accepted is not None and transition.current is not None:
+            self._accepted = (transition.current.version, transition.accepted.digest, transition.accepted.raw)
+            self._accepted_read = True
+
+    def _write(self, transition: Transition) -> None:
+        a = transition.accepted
+        if a is not None and a.new_keys:
+            self._rotation = None  # read again after this write
         with transaction(self.db):
-            found = (self._version_in(CURRENT), self._version_in(LAST_KNOWN_GOOD))
+            found = self._slot_versions()
             expected = (transition.expect_current, transition.expect_last_known_good)
             if found != expected:
                 raise StaleTransition(
                     f"{transition.why}: expected current/last-known-good {expected}, found {found}")
-            if transition.accepted is not None and transition.current is not None:
-                a = transition.accepted
+            current, last_known_good = found
+            if a is not None and transition.current is not None:
                 self.db.execute(
                     "INSERT INTO desired_accepted (id, version, digest, payload, accepted_at) VALUES (1, ?, ?, ?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET version = excluded.version, digest = excluded.digest, "
@@ -141,23 +168,29 @@ class StateStore:
                     self._install_keys(a.new_keys, transition.current.version)
             if transition.current is not None:
                 self._put_slot(CURRENT, transition.current)
-                # Restart counters belong to the deployment that was current.
-                self.db.execute("DELETE FROM deployment_restarts")
+                current = transition.current.version
+                # Restart counters belong to the deployment that was current. A WHERE clause, so
+                # that an empty table is not rewritten (without one, SQLite clears the table's two
+                # b-trees: two more pages in the WAL on every accepted document).
+                self.db.execute("DELETE FROM deployment_restarts WHERE true")
             if transition.last_known_good is not None:
                 self._put_slot(LAST_KNOWN_GOOD, transition.last_known_good)
+                last_known_good = transition.last_known_good.version
             for status in transition.statuses:
                 self._put_status(status)
-            self._prune()
+            self._prune(current, last_known_good)
 
     def put_status(self, status: VersionStatus) -> None:
         """A status row that changes no slot (probation, a description update, a rejection)."""
         with transaction(self.db):
             self._put_status(status)
-            self._prune()
+            self._prune(*self._slot_versions())
 
-    def _version_in(self, slot: str) -> int | None:
-        row = self.db.execute("SELECT version FROM deployment_slots WHERE slot = ?", (slot,)).fetchone()
-        return None if row is None else int(row[0])
+    def _slot_versions(self) -> tuple[int | None, int | None]:
+        """The versions in `current` and `last_known_good` (None: empty), in one read."""
+        found = dict(self.db.execute("SELECT slot, version FROM deployment_slots").fetchall())
+        return (None if (c := found.get(CURRENT)) is None else int(c),
+                None if (g := found.get(LAST_KNOWN_GOOD)) is None else int(g))
 
     def _put_slot(self, slot: str, dep: CommittedDeployment) -> None:
         self.db.execute(
@@ -178,13 +211,14 @@ class StateStore:
              status.description),
         )
 
-    def _prune(self) -> None:
-        keep = [v if v is not None else -1 for v in (self._version_in(CURRENT), self._version_in(LAST_KNOWN_GOOD))]
+    def _prune(self, current: int | None, last_known_good: int | None) -> None:
+        """The rule of status.pruned, on the stored rows (`current`, `last_known_good`: the slots'
+        versions as this transaction leaves them)."""
         self.db.execute(
             "DELETE FROM desired_versions WHERE "
             "version NOT IN (SELECT version FROM desired_versions ORDER BY version DESC LIMIT ?) "
             "AND version NOT IN (?, ?)",
-            [_PRUNE_KEEP, *keep],
+            [STORED_VERSIONS, -1 if current is None else current, -1 if last_known_good is None else last_known_good],
         )
 
     # ------------------------------------------------------------------ document keys
@@ -192,31 +226,40 @@ class StateStore:
     def reset_keys_if_config_changed(self, config_keys: Sequence[TrustedKey]) -> bool:
         """The operator changed [trust] document_keys on the device: they win over any rotation."""
         fingerprint = keys_fingerprint(config_keys)
-        if get_meta(self.db, META_CONFIG_FP) == fingerprint:
+        if self.config_fingerprint() == fingerprint:
             return False
+        self._rotation = None
         with transaction(self.db):
             self._keys.delete_where()
             delete_meta(self.db, META_VERSION)
             set_meta(self.db, META_CONFIG_FP, fingerprint)
         return True
 
+    def _rotation_state(self) -> tuple[int | None, tuple[TrustedKey, ...], str | None]:
+        """(keys version, rotated keys, config fingerprint), read once after each change."""
+        if self._rotation is None:
+            value = get_meta(self.db, META_VERSION)
+            keys = tuple(
+                parse_public_key(str(r["pem"]).encode(), "state.db trust_document_keys")
+                for r in self._keys.rows_where(select="pem", order_by="key_id")
+            )
+            self._rotation = (None if value is None else int(value), keys, get_meta(self.db, META_CONFIG_FP))
+        return self._rotation
+
     def rotated_keys(self) -> tuple[TrustedKey, ...]:
-        return tuple(
-            parse_public_key(str(r["pem"]).encode(), "state.db trust_document_keys")
-            for r in self._keys.rows_where(select="pem", order_by="key_id")
-        )
+        return self._rotation_state()[1]
 
     def keys_version(self) -> int | None:
-        value = get_meta(self.db, META_VERSION)
-        return None if value is None else int(value)
+        return self._rotation_state()[0]
 
     def restore_keys(self, keys: Sequence[TrustedKey], version: int) -> None:
         """Put back a rotation that an agent roll-back's older state.db lost (trust_floor.py)."""
+        self._rotation = None
         with transaction(self.db):
             self._install_keys(keys, version)
 
     def config_fingerprint(self) -> str | None:
-        return get_meta(self.db, META_CONFIG_FP)
+        return self._rotation_state()[2]
 
     def _install_keys(self, keys: Sequence[TrustedKey], version: int) -> None:
         self._keys.delete_where()

@@ -16,8 +16,11 @@ Python 3.11), so one blocking call still in flight (a pull can take minutes, a T
 would hold up the agent's stop past systemd's TimeoutStopSec. A daemon thread is simply
 abandoned; its result is dropped if nobody waits any more (the awaiting task was cancelled).
 
-The one exception is the telemetry queue (telemetry/component.py): its SQLite connection lives
-on a single dedicated executor thread, so that its writes stay in order on one connection.
+Two exceptions keep one dedicated executor thread: the telemetry queue (telemetry/component.py),
+whose SQLite connection lives on it so that its writes stay in order on one connection, and the
+replay floor file's writer (edge_agent/desired/manager.py), which writes after every accepted
+document: starting a thread makes the event loop wait until the new thread runs, which on a busy
+machine delayed the next document.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from edge_agent.deployment.store import ReconcilerStore
 from edge_agent.desired import manager as manager_module
 from edge_agent.desired.admission import Admitted, Duplicate, Refused, digest_of
 from edge_agent.desired.manager import DesiredStateManager
+from edge_agent.desired.status import STORED_VERSIONS
 from edge_agent.desired.store import StateStore, Transition
 from edge_agent.reported import ReportedState
 from edge_agent.store import open_state_db
@@ -621,6 +622,31 @@ async def test_the_commit_is_one_transaction_up_to_its_last_write(rig: Rig, monk
     assert not rig.db.in_transaction
     assert [k.key_id for k in rig.manager.trust.keys] == [key_id(OLD)]
     assert [d.version for d in rig.activated] == [1]
+
+
+async def test_memory_holds_the_version_rows_state_db_holds(rig: Rig) -> None:
+    """The room prunes its rows as the store prunes state.db, so what each document costs (its
+    report, the supersede scan) does not grow with the device's history."""
+    for version in range(1, STORED_VERSIONS + 6):
+        await accept(rig, signed(version, f"reg.local/pilot:{version}"), version)
+    stored = {s.version: s for s in rig.manager.store.versions()}
+    assert set(rig.manager.statuses) == set(stored) == set(range(6, STORED_VERSIONS + 6))
+    assert rig.manager.statuses == stored
+
+
+async def test_an_accepted_document_writes_three_pages(rig: Rig) -> None:
+    """The document, the `current` slot and the status rows: one page each in the WAL (clearing
+    the empty restart counters writes none)."""
+    await accept(rig, signed(1), 1)
+    rig.db.execute("PRAGMA wal_autocheckpoint=0")
+    rig.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = rig.config.state.dir / "state.db-wal"
+    assert wal.stat().st_size == 0
+    raw = signed(2, "reg.local/pilot:2")
+    await accept(rig, raw, 2)
+    frame = 24 + int(rig.db.execute("PRAGMA page_size").fetchone()[0])
+    assert (wal.stat().st_size - 32) // frame == 3
+    assert rig.manager.store.accepted() == (2, digest_of(raw), raw) == StateStore(rig.db).accepted()
 
 
 # --------------------------------------------------------------------------- local deploy (control socket)

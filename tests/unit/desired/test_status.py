@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from edge_agent.desired.status import KEEP_VERSIONS, NEXT_STATES, Refusal, VersionStatus, advance, deployment_section
+from edge_agent.desired.status import (
+    KEEP_VERSIONS,
+    NEXT_STATES,
+    STORED_VERSIONS,
+    Refusal,
+    VersionStatus,
+    advance,
+    deployment_section,
+    pruned,
+)
 from edge_shared.outcome import State, wait_outcome
 
 S = State
@@ -254,3 +263,13 @@ def test_the_agent_release_matters_only_for_good() -> None:
     assert running[0] == "reached"
     assert wait_outcome(section_with(S.GOOD), 5, DIGEST, "good", agent=None, agent_update=update)[0] == "reached"
     assert wait_outcome(section_with(S.PROBATION), 5, DIGEST, "good", agent="1.1", agent_update=update)[0] == "pending"
+
+
+def test_pruned_keeps_the_stored_number_of_newest_rows_plus_current_and_lkg() -> None:
+    rows = {v: VersionStatus(v, "d", S.SUPERSEDED, 0.0) for v in range(1, STORED_VERSIONS + 8)}
+    kept = pruned(rows, 2, 1)
+    assert set(kept) == set(range(8, STORED_VERSIONS + 8)) | {1, 2}
+    assert all(kept[v] is rows[v] for v in kept)
+    assert set(pruned(rows, None, None)) == set(range(8, STORED_VERSIONS + 8))
+    few = {v: rows[v] for v in (3, 5)}
+    assert pruned(few, None, None) == few

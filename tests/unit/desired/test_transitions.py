@@ -155,3 +155,22 @@ def test_apply_is_one_transaction(store: StateStore, monkeypatch: pytest.MonkeyP
     with pytest.raises(sqlite3.OperationalError):
         store.apply(Transition("1 good", 1, None, last_known_good=dep(1), statuses=(row(1, State.GOOD),)))
     assert list(store.db.iterdump()) == before and not store.db.in_transaction
+
+
+def test_the_store_keeps_the_accepted_document_as_it_writes_it_and_reads_it_again_after_a_failure(
+    store: StateStore,
+) -> None:
+    assert store.accepted() is None
+    v1 = VersionStatus(1, "d1", State.VERIFYING, 1.0)
+    store.apply(transitions.commit({1: v1}, None, None, dep(1), Accepted(b"raw1", "d1"), v1))
+    assert store.accepted() == (1, "d1", b"raw1") == StateStore(store.db).accepted()
+    v2 = VersionStatus(2, "d2", State.VERIFYING, 1.0)
+    stale = transitions.commit({2: v2}, None, None, dep(2), Accepted(b"raw2", "d2"), v2)  # computed from nothing
+    with pytest.raises(StaleTransition):
+        store.apply(stale)
+    assert store.accepted() == (1, "d1", b"raw1")
+    # Written behind the store's back (not how the agent writes): a failed apply reads it again.
+    store.db.execute("UPDATE desired_accepted SET payload = ?", (b"other",))
+    with pytest.raises(StaleTransition):
+        store.apply(stale)
+    assert store.accepted() == (1, "d1", b"other")
