@@ -18,17 +18,12 @@ from edge_pilot.telemetry import TelemetryClient
 from edge_shared.names import is_stream_name
 
 
-class IngestServer:
-    """Validates each line like the agent does and answers one line per request, in order."""
+class LineServer:
+    """A Unix socket server on its own thread; subclasses set their state, then call this
+    __init__, and answer each connection in `handle`."""
 
-    def __init__(self, path: Path, drop_first: int = 0, answer: str = "ok"):
+    def __init__(self, path: Path):
         self.path = str(path)
-        self.records: list[dict] = []
-        self.dropped_keys: list[str | None] = []
-        self.drop_first = drop_first  # close the connection without answering this many times
-        self.answer = answer
-        self.conns: list[socket.socket] = []
-        self.seen = 0  # request lines read
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
@@ -43,36 +38,58 @@ class IngestServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
-            self.conns.append(conn)
-            with conn, conn.makefile("rb") as rf:
-                for line in rf:
-                    self.seen += 1
-                    if self.drop_first > 0:
-                        self.drop_first -= 1
-                        self.dropped_keys.append(json.loads(line).get("key"))
-                        break  # no answer: the client must send it again (same key)
-                    try:
-                        rec = json.loads(line)
-                        ok = (
-                            isinstance(rec, dict)
-                            and is_stream_name(rec.get("stream", ""))
-                            and rec.get("priority", 5) in range(10)
-                            and "payload" in rec
-                            and len(line) <= 256 * 1024
-                        )
-                    except json.JSONDecodeError:
-                        ok = False
-                    if not ok:
-                        conn.sendall(b'{"ok": false, "code": "invalid", "error": "bad record"}\n')
-                    elif self.answer != "ok":
-                        conn.sendall(json.dumps({"ok": False, "code": self.answer, "error": "x"}).encode() + b"\n")
-                    else:
-                        self.records.append(rec)
-                        conn.sendall(json.dumps({"ok": True, "id": str(len(self.records))}).encode() + b"\n")
+            self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
+
+
+class IngestServer(LineServer):
+    """Validates each line like the agent does and answers one line per request, in order."""
+
+    def __init__(self, path: Path, drop_first: int = 0, answer: str = "ok"):
+        self.records: list[dict] = []
+        self.dropped_keys: list[str | None] = []
+        self.drop_first = drop_first  # close the connection without answering this many times
+        self.answer = answer
+        self.conns: list[socket.socket] = []
+        self.seen = 0  # request lines read
+        super().__init__(path)
+
+    def handle(self, conn: socket.socket) -> None:
+        self.conns.append(conn)
+        with conn, conn.makefile("rb") as rf:
+            for line in rf:
+                self.seen += 1
+                if self.drop_first > 0:
+                    self.drop_first -= 1
+                    self.dropped_keys.append(json.loads(line).get("key"))
+                    break  # no answer: the client must send it again (same key)
+                try:
+                    rec = json.loads(line)
+                    ok = (
+                        isinstance(rec, dict)
+                        and is_stream_name(rec.get("stream", ""))
+                        and rec.get("priority", 5) in range(10)
+                        and "payload" in rec
+                        and len(line) <= 256 * 1024
+                    )
+                except json.JSONDecodeError:
+                    ok = False
+                if not ok:
+                    conn.sendall(b'{"ok": false, "code": "invalid", "error": "bad record"}\n')
+                elif self.answer != "ok":
+                    conn.sendall(json.dumps({"ok": False, "code": self.answer, "error": "x"}).encode() + b"\n")
+                else:
+                    self.records.append(rec)
+                    conn.sendall(json.dumps({"ok": True, "id": str(len(self.records))}).encode() + b"\n")
+
+    def close(self) -> None:
+        super().close()
         for conn in self.conns:  # like an agent that stops: its connections end too
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -192,41 +209,29 @@ class FakeClock:
         return self.now
 
 
-class GroupServer:
+class GroupServer(LineServer):
     """Answers nothing until it has `group` request lines (or EOF): a client that waits for each
     answer before sending the next line gets none. Records every line, then answers all in order."""
 
     def __init__(self, path: Path, group: int):
-        self.path, self.group = str(path), group
+        self.group = group
         self.lines: list[dict] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            with conn, conn.makefile("rb") as rf:
-                waiting: list[dict] = []
-                for line in rf:
-                    waiting.append(json.loads(line))
-                    if len(waiting) < self.group:
-                        continue
-                    for rec in waiting:
-                        self.lines.append(rec)
-                        conn.sendall(json.dumps({"ok": True, "id": str(len(self.lines))}).encode() + b"\n")
-                    waiting = []
+    def handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as rf:
+            waiting: list[dict] = []
+            for line in rf:
+                waiting.append(json.loads(line))
+                if len(waiting) < self.group:
+                    continue
+                for rec in waiting:
+                    self.lines.append(rec)
+                    conn.sendall(json.dumps({"ok": True, "id": str(len(self.lines))}).encode() + b"\n")
+                waiting = []
 
     def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
+        super().close()
         self.thread.join(2)
 
 
