@@ -386,8 +386,11 @@ class PodmanRuntime:
             if resp.status_code != 404:
                 resp.raise_for_status()
 
-        self._touch(container)  # if the remove fails, what is left is inspected again
-        await self._call(f"remove {container}", remove)
+        try:
+            await self._call(f"remove {container}", remove)
+        except BaseException:
+            self._touch(container)  # what is left of it is inspected again
+            raise
 
     async def healthcheck(self, container: str) -> Health:
         what = f"healthcheck {container}"
