@@ -161,6 +161,8 @@ class Reconciler:
         verification and the commit still come before any container action."""
         if self._ahead_task is not None and not self._ahead_task.done():
             return
+        if self.retries.get(RUNTIME) is not None:
+            return  # podman failed: asked again only when its backoff is over, by a pass
         self._ahead_task = asyncio.get_running_loop().create_task(self._observe_ahead(), name="observe-ahead")
 
     def cancel_ahead(self) -> None:

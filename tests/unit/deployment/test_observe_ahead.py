@@ -111,3 +111,14 @@ async def test_a_failed_observation_ahead_leaves_the_pass_to_observe_and_report(
     clock.now += reconciler.FAILURE_RETRY_INITIAL_S
     await settle(pipe)
     assert running(rt, "edge-a")
+
+
+async def test_no_observation_ahead_while_podman_is_in_its_backoff(tmp_path: Path) -> None:
+    pipe, rt, _, _ = make(tmp_path)
+    await pipe.start()
+    rt.down = True
+    await pipe.deploy(1, doc(a={}))
+    assert (await pipe.reconcile()).runtime_error is not None
+    calls = rt.list_calls
+    pipe.reconciler.observe_ahead()
+    assert pipe.reconciler._ahead_task is None and rt.list_calls == calls
