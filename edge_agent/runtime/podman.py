@@ -64,6 +64,7 @@ from edge_agent.runtime.api import (
     RuntimeEvent,
     RuntimeFailure,
 )
+from edge_agent.runtime.inspect_cache import Inspected, inspect_key, list_key, refresh
 from edge_shared.threads import call_soon_from_thread, run_blocking
 
 log = get_logger(__name__)
@@ -73,6 +74,7 @@ LOG_MAX_BYTES = 16 * 1024 * 1024  # k8s-file log driver rotates at this size: lo
 API_TIMEOUT_S = 60.0
 EVENTS_CONNECT_TIMEOUT_S = 10.0  # up to the response headers; the stream itself has no timeout
 MAX_ERROR_BODY = 64 * 1024
+INSPECT_LANES = 4  # at most this many threads inspect the containers acted on, beside the list
 EVENT_ACTIONS = {"create", "start", "died", "stop", "remove", "health_status", "oom", "kill", "exited", "restart"}
 
 _STATES: dict[str, ContainerState] = {
@@ -187,6 +189,12 @@ def observed_from_inspect(doc: dict[str, Any]) -> ObservedContainer:
     )
 
 
+def inspected(doc: dict[str, Any]) -> Inspected:
+    """An inspect document as the agent observes it, with the key the list shows for it."""
+    observed = observed_from_inspect(doc)
+    return Inspected(inspect_key(doc, observed), observed)
+
+
 def _health(text: str) -> Health:
     return text if text in ("starting", "healthy", "unhealthy") else "none"  # type: ignore[return-value]
 
@@ -226,6 +234,11 @@ class PodmanRuntime:
         self.url = url
         self._client = podman_client(url, timeout=API_TIMEOUT_S)
         self._api = self._client.api  # podman-py's APIClient: see the module docstring for where
+        self._inspected: dict[str, Inspected] = {}  # the last inspect of each listed container, by id
+        # Containers (id or name) acted on and not observed since, with the count of the latest action.
+        self._touched: dict[str, int] = {}
+        self._actions = 0
+        self._created: dict[str, str] = {}  # name -> id of the containers created since the last list
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """The bridge: `fn(*args)` (blocking podman-py) in a daemon thread; podman-py's errors
@@ -254,18 +267,51 @@ class PodmanRuntime:
     # ------------------------------------------------------------------ queries
 
     async def list_containers(self, device_id: str) -> list[ObservedContainer]:
-        def observe() -> list[ObservedContainer]:
-            # podman-py's filters: a list of "name=value" (a dict would stringify list values).
-            found = self._client.containers.list(all=True, sparse=True, filters=[f"label={LABEL_DEVICE}={device_id}"])
+        """The device's containers: libpod's sparse list, then a full inspect of each container the
+        list shows changed or the agent acted on since the last list (inspect_cache.py). The
+        inspects of containers the agent acted on are taken beside the list, not after it."""
+        touched = dict(self._touched)
+        self._created.clear()  # a start by name after this list is an inspect by name
+        observed = await self._observe(device_id, set(touched))
+        for ref, action in touched.items():  # observed, unless acted on again meanwhile
+            if self._touched.get(ref) == action:
+                del self._touched[ref]
+        return observed
+
+    def _touch(self, container: str) -> None:
+        """The agent acts on `container` (id or name): the next list inspects it again."""
+        self._actions += 1
+        self._touched[self._created.get(container, container)] = self._actions
+
+    async def _observe(self, device_id: str, touched: set[str]) -> list[ObservedContainer]:
+        what = "list containers"
+        # podman-py's filters: a list of "name=value" (a dict would stringify list values).
+        filters = [f"label={LABEL_DEVICE}={device_id}"]
+
+        def sparse_list() -> list[dict[str, Any]]:
+            return [dict(c.attrs) for c in self._client.containers.list(all=True, sparse=True, filters=filters)]
+
+        def inspect_each(refs: tuple[str, ...]) -> list[Inspected]:
             out = []
-            for entry in found:
+            for ref in refs:
                 try:
-                    out.append(observed_from_inspect(self._client.containers.get(entry.id).attrs))
+                    out.append(inspected(self._client.containers.get(ref).attrs))
                 except NotFound:
-                    continue  # removed between list and inspect
+                    continue  # removed meanwhile: the list says whether it is there
             return out
 
-        return await self._call("list containers", observe)
+        refs = sorted(touched)
+        lanes = min(len(refs), INSPECT_LANES)
+        beside = (self._call(what, inspect_each, tuple(refs[i::lanes])) for i in range(lanes))
+        listing, *taken = await asyncio.gather(self._call(what, sparse_list), *beside)
+        fresh = {i.key[0]: i for lane in taken for i in lane}
+        decision = refresh(listing, self._inspected, fresh, touched)
+        known = dict(decision.known)
+        if decision.inspect:
+            known.update((i.key[0], i) for i in await self._call(what, inspect_each, decision.inspect))
+        self._inspected = known  # only what this list shows: the rest is gone
+        ids = (list_key(entry)[0] for entry in listing)
+        return [known[cid].observed for cid in ids if cid in known]
 
     async def inspect(self, container: str) -> dict[str, Any]:
         def get() -> dict[str, Any]:
@@ -310,15 +356,20 @@ class PodmanRuntime:
                 raise RuntimeFailure(f"{what}: podman answered without a container id: {resp.text[:200]!r}")
             return str(doc["Id"])
 
-        return await self._call(what, create)
+        created = await self._call(what, create)
+        self._created[request.name] = created
+        self._touch(created)
+        return created
 
     async def start(self, container: str) -> None:
         # A model from the id alone: no inspect round trip before the start (304, running, is no error).
         model: Container = self._client.containers.prepare_model({"Id": container})
+        self._touch(container)  # also when the start fails: its state may have changed
         await self._call(f"start {container}", model.start)
 
     async def stop(self, container: str, grace_s: float) -> None:
         t = max(0, math.ceil(grace_s))
+        self._touch(container)
 
         def stop() -> None:
             resp = self._api.post(f"/containers/{_q(container)}/stop", params={"timeout": t},
@@ -335,7 +386,11 @@ class PodmanRuntime:
             if resp.status_code != 404:
                 resp.raise_for_status()
 
-        await self._call(f"remove {container}", remove)
+        try:
+            await self._call(f"remove {container}", remove)
+        except BaseException:
+            self._touch(container)  # what is left of it is inspected again
+            raise
 
     async def healthcheck(self, container: str) -> Health:
         what = f"healthcheck {container}"
