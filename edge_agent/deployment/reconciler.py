@@ -48,17 +48,6 @@ log = get_logger(__name__)
 FAILURE_RETRY_INITIAL_S = 2.0  # retry after a failed action: from, doubling to [podman] retry_max_s (per cause)
 RUNTIME = "runtime"  # the retry cause "podman does not answer"
 MODULE_ACTION_ATTEMPTS = 3  # failed creates/starts of one module before its version fails
-# How old an observation taken ahead of a pass (observe_ahead) may be for that pass to use it:
-# a pass that started this much earlier would have seen the same.
-AHEAD_MAX_AGE_S = 0.5
-
-
-@dataclass(frozen=True)
-class _Ahead:
-    """Containers observed ahead of a pass, and when the observation started (time.monotonic)."""
-
-    at: float
-    observed: list[ObservedContainer]
 
 
 @dataclass(frozen=True)
@@ -104,8 +93,6 @@ class Reconciler:
         self.retries = Retries(FAILURE_RETRY_INITIAL_S, config.podman.retry_max_s)
         self.configure(config)
         self.lock = asyncio.Lock()
-        self._ahead: _Ahead | None = None  # taken by observe_ahead() since the last pass
-        self._ahead_task: asyncio.Task[None] | None = None
         self.module_errors: dict[str, str] = {}
         self.observed: list[ObservedContainer] = []
         self.pinned: PinnedDeployment | None = None  # what the last pass worked on
@@ -153,37 +140,6 @@ class Reconciler:
 
     # ------------------------------------------------------------------ one pass
 
-    def observe_ahead(self) -> None:
-        """A new deployment is being verified: observe the containers now, beside the verification,
-        for the pass that follows its commit. Under the pass lock, like a pass: no action runs
-        meanwhile. The next pass, whichever it is, takes the observation or drops it; it uses it
-        only when it is younger than AHEAD_MAX_AGE_S. Nothing is planned or done here: the
-        verification and the commit still come before any container action."""
-        if self._ahead_task is not None and not self._ahead_task.done():
-            return
-        if self.retries.get(RUNTIME) is not None:
-            return  # podman failed: asked again only when its backoff is over, by a pass
-        self._ahead_task = asyncio.get_running_loop().create_task(self._observe_ahead(), name="observe-ahead")
-
-    def cancel_ahead(self) -> None:
-        """The agent stops: no observation ahead outlives it."""
-        if self._ahead_task is not None:
-            self._ahead_task.cancel()
-
-    async def _observe_ahead(self) -> None:
-        async with self.lock:
-            at = time.monotonic()
-            try:
-                observed = await self.runtime.list_containers(self.device_id)
-            except RuntimeFailure:
-                return  # the pass observes (and reports the failure) itself
-            self._ahead = _Ahead(at, observed)
-
-    async def _observe(self, ahead: _Ahead | None) -> list[ObservedContainer]:
-        if ahead is not None and time.monotonic() - ahead.at <= AHEAD_MAX_AGE_S:
-            return ahead.observed
-        return await self.runtime.list_containers(self.device_id)
-
     async def run_pass(
         self, committed: CommittedDeployment | None, last_known_good: int | None,
         still_current: Callable[[], bool] = lambda: True,
@@ -199,9 +155,8 @@ class Reconciler:
                 # podman failed: not before its backoff is over
                 return PassResult(version, None, runtime_error=_runtime_error(failure), wake_at=failure.next_at)
             self.busy_since = now
-            ahead, self._ahead = self._ahead, None  # only the first pass after it may use it
             try:
-                result = await self._pass(committed, last_known_good, still_current, ahead)
+                result = await self._pass(committed, last_known_good, still_current)
             except RuntimeFailure as exc:
                 failure, news = self.retries.failed(RUNTIME, str(exc), self.clock())
                 (log.error if news else log.debug)(
@@ -219,8 +174,7 @@ class Reconciler:
             return result
 
     async def _pass(
-        self, committed: CommittedDeployment | None, last_known_good: int | None, still_current: Callable[[], bool],
-        ahead: _Ahead | None = None,
+        self, committed: CommittedDeployment | None, last_known_good: int | None, still_current: Callable[[], bool]
     ) -> PassResult:
         if committed is None:
             # Nothing committed yet (a fresh device): leave every container alone rather than
@@ -239,7 +193,7 @@ class Reconciler:
         self.pinned = pinned
         now = self.clock()
         wake: list[float] = []
-        self.observed = await self._observe(ahead)
+        self.observed = await self.runtime.list_containers(self.device_id)
         await self._adopt(pinned)
         restarts = self._settle_restarts(pinned, now)
         verdict = self._judge(committed, pinned, last_known_good, restarts, now)
@@ -440,7 +394,6 @@ class Reconciler:
                 raise CommandError(f"no module {module!r} in the current deployment (modules: {known})")
             if pinned.modules[module].spec.status != "running":
                 raise CommandError(f"module {module!r} is desired stopped; change the deployment to run it")
-            self._ahead = None  # taken before this restart
             self.observed = await self.runtime.list_containers(self.device_id)
             c = container_for(self.observed, pinned, module, self.device_id)
             if c is None:

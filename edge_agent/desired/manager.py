@@ -305,7 +305,6 @@ class DesiredStateManager(BaseComponent):
                 tg.create_task(self.monitor.watch_events(), name="deployment-events")
                 tg.create_task(self.monitor.watch_health(), name="deployment-health")
         finally:
-            self.reconciler.cancel_ahead()
             await self.floor_written()
             if self._floor_thread is not None:
                 self._floor_thread.shutdown(wait=False)
@@ -546,8 +545,6 @@ class DesiredStateManager(BaseComponent):
             pending = self._pending
             if pending is None:
                 continue
-            # The pass after the commit starts from containers listed while the images are verified.
-            self.reconciler.observe_ahead()
             task = asyncio.create_task(self._pin_and_commit(*pending), name=f"pin-{pending[0].version}")
             self._pin_task = task
             try:
