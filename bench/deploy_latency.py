@@ -8,10 +8,11 @@
    fresh module (a new spec), with the previous one removed beforehand, so each run is: resolve
    the tag in the registry, commit, plan, create by digest, start, observe. Baseline, measured
    in the same run and interleaved: `podman run -d` of the same image by digest (the CLI
-   returning = started), and the floor: the raw libpod API create + start of the same image and command by digest
-   (podman-py against the same podman service, no agent code; start returning = running).
-   Floor 2: the same, with the agent's own container spec for that module (its least-privilege
-   settings, mounts and labels) posted as is to the libpod API, create then start.
+   returning = started), and the floor: the raw libpod API create + start of the same image and
+   command by digest (podman-py against the same podman service, no agent code; its create also
+   inspects the new container; start returning = running). Floor 2: the agent's own container
+   spec for that module (its least-privilege settings, mounts and labels) posted as is to the
+   libpod API, create then start, nothing between them.
 2. RSS of the real `edge-agent run` daemon while it manages 10 running modules.
 
 Where the agent's time goes: every podman call of the agent (and the image verification) is
