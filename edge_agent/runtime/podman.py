@@ -74,7 +74,6 @@ LOG_MAX_BYTES = 16 * 1024 * 1024  # k8s-file log driver rotates at this size: lo
 API_TIMEOUT_S = 60.0
 EVENTS_CONNECT_TIMEOUT_S = 10.0  # up to the response headers; the stream itself has no timeout
 MAX_ERROR_BODY = 64 * 1024
-INSPECT_LANES = 4  # at most this many threads inspect the containers acted on, beside the list
 EVENT_ACTIONS = {"create", "start", "died", "stop", "remove", "health_status", "oom", "kill", "exited", "restart"}
 
 _STATES: dict[str, ContainerState] = {
@@ -300,11 +299,12 @@ class PodmanRuntime:
                     continue  # removed meanwhile: the list says whether it is there
             return out
 
-        refs = sorted(touched)
-        lanes = min(len(refs), INSPECT_LANES)
-        beside = (self._call(what, inspect_each, tuple(refs[i::lanes])) for i in range(lanes))
-        listing, *taken = await asyncio.gather(self._call(what, sparse_list), *beside)
-        fresh = {i.key[0]: i for lane in taken for i in lane}
+        if touched:
+            listing, taken = await asyncio.gather(self._call(what, sparse_list),
+                                                  self._call(what, inspect_each, tuple(sorted(touched))))
+        else:
+            listing, taken = await self._call(what, sparse_list), []
+        fresh = {i.key[0]: i for i in taken}
         decision = refresh(listing, self._inspected, fresh, touched)
         known = dict(decision.known)
         if decision.inspect:
