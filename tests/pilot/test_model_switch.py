@@ -69,6 +69,9 @@ def test_control_ticks_are_not_missed_while_a_big_model_is_checked_and_loaded(
             during, t1 = {k: loop.totals[k] - before[k] for k in before}, time.monotonic()
             assert wait_for(lambda: slot.swaps == 1, 10)
             assert wait_for(lambda: loop.totals["frames"] > before["frames"] + during["frames"] + 1)
+            # from the check's start to two frames after the swap: at least two ticks on any machine
+            # (a fast one checks and loads within one 500 ms period)
+            through = {k: loop.totals[k] - before[k] for k in before}
     finally:
         watcher.close()
         src.close()
@@ -78,9 +81,9 @@ def test_control_ticks_are_not_missed_while_a_big_model_is_checked_and_loaded(
     assert watcher.refusals == [], watcher.refusals
     assert slot.current.sha256 == hashlib.sha256(big).hexdigest()  # type: ignore[union-attr]
     assert drove_with == {old}  # the old model drove while the new one was checked and loaded
-    assert during["ticks"] >= 2, during  # the loop kept ticking through the check and load...
-    assert during["late"] == 0 and during["stale"] == 0 and during["errors"] == 0, during  # ...and missed none
-    assert during["frames"] + during["repeats"] == during["ticks"], during  # every tick drove
+    assert through["ticks"] >= 2, through  # the loop kept ticking through the check, load and swap...
+    assert through["late"] == 0 and through["stale"] == 0 and through["errors"] == 0, through  # ...missed none
+    assert through["frames"] + through["repeats"] == through["ticks"], through  # every tick drove
 
 
 def test_the_tick_count_shows_a_stall_of_the_loop_thread() -> None:
