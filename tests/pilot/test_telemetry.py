@@ -155,7 +155,7 @@ def test_full_buffer_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     c = TelemetryClient(str(path), max_queue=4, timeout=5.0)
     t0 = time.monotonic()
     results = [c.publish({"n": i}) for i in range(50)]
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 2.5  # none waited for the stuck sender (it gives up after 5 s)
     assert results.count(False) >= 40 and c.counters.dropped >= 40
     c._stop.set()
     srv.close()

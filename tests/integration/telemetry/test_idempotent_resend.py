@@ -24,6 +24,12 @@ from devinfra.telemetry import BROKER_CONF, agent_config
 KILLS = 20
 
 
+def lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+
+
 class Subscriber:
     """mosquitto_sub with a persistent session: every telemetry payload, one JSON document a line."""
 
@@ -79,7 +85,10 @@ def test_sigkill_mid_write_with_keys_and_resends_gives_zero_duplicates(tmp_path:
             start_new_session=True,
         )
         for _ in range(KILLS):
+            answered = lines(answers_file)
             time.sleep(rng.uniform(0.2, 1.2))
+            # a kill mid-stream on a machine of any speed: the restarted agent answered 100 more first
+            wait_until(lambda n=answered: lines(answers_file) >= n + 100, 120, "100 more answers")
             agent.kill()  # SIGKILL, mid-write
             agent.start()
         time.sleep(0.5)

@@ -20,7 +20,13 @@ from devinfra.procs import wait_until
 from devinfra.telemetry import BROKER_CONF, Follower, agent_config, assert_in_order
 
 KILLS = 22
+
+
 BATCH, WINDOW = 50, 4
+
+
+def lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -> None:
@@ -50,7 +56,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) 
             start_new_session=True,
         )
         for _ in range(KILLS):
+            answered = lines(acked_file)
             time.sleep(rng.uniform(0.2, 1.5))
+            # a kill mid-stream on a machine of any speed: the restarted agent answered 100 more first
+            wait_until(lambda n=answered: lines(acked_file) >= n + 100, 120, "100 more answers")
             agent.kill()
             agent.start()
         time.sleep(1.0)

@@ -89,7 +89,9 @@ async def test_a_hanging_tpm_call_is_reported_as_stalled(tmp_path: Path, monkeyp
     tpm.quote = hanging_quote  # type: ignore[method-assign]
     monkeypatch.setattr(service_module, "TPM_STALL_S", 0.05)
     task = asyncio.create_task(service.handle_attest({"nonce": "11" * 32}))
-    await asyncio.sleep(0.3)
+    async with asyncio.timeout(30):
+        while service.stalled() is None:
+            await asyncio.sleep(0.01)
     assert "TPM operation 'quote' running for" in (service.stalled() or "")
     release.set()
     await task

@@ -201,9 +201,13 @@ def test_close_cuts_a_running_call_short(fake_python: Path, monkeypatch: pytest.
         except TpmError as exc:
             errors.append(exc)
 
+    sent_before = tpm._next_id
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.3)  # the call is waiting on the hung worker
+    deadline = time.monotonic() + 60
+    while tpm._next_id == sent_before and time.monotonic() < deadline:  # the call took its id and sends
+        time.sleep(0.01)
+    assert tpm._lock.locked()  # the call is waiting on the hung worker
     tpm.close()
     thread.join(10)
     assert not thread.is_alive()

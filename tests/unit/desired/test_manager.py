@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -417,10 +418,11 @@ async def test_retries_back_off(config: AgentConfig, monkeypatch: pytest.MonkeyP
     rig = await Rig(config, open_state_db(config.state.dir)).start()
     try:
         rig.verifier.unreachable["reg.local/pilot:1"] = 10**9
+        start = time.monotonic()
         rig.manager.submit(signed(1))
-        await asyncio.sleep(0.5)
-        # 0.05 + 0.1 + 0.2 + 0.2 ... : about 4 attempts in 0.5 s, not one per event-loop turn
-        assert 3 <= len(rig.verifier.calls) <= 6, rig.verifier.calls
+        await rig.until(lambda: len(rig.verifier.calls) >= 4, "four attempts", 30)
+        # waits of 0.05 + 0.1 + 0.2 s between them at least (a sleep is never shorter), not one per loop turn
+        assert time.monotonic() - start >= 0.35, rig.verifier.calls
     finally:
         await rig.stop()
 

@@ -94,7 +94,10 @@ async def test_nothing_deleted_without_puback_and_window_is_bounded(tmp_path: Pa
     add(q, "a", 100)
     add(q, "b", 100)
     task = asyncio.create_task(up.run())
-    await asyncio.sleep(0.5)
+    async with asyncio.timeout(30):
+        while pub.waiting < 3:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # time for a fourth, which the window must not send
     assert q.depth == 200 and pub.waiting == 3, "three messages in flight, none acknowledged"
     pub.hold.set()
     async with asyncio.timeout(10):
