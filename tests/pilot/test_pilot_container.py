@@ -163,20 +163,35 @@ def test_emergency_stop_from_outside_the_container(image: str, container_name: s
             "--config",
             "/etc/edge-pilot/config.json",
             "--duration",
-            "60",
+            "600",  # a net only: the test stops it
         ],
         env=env,
         check=True,
         capture_output=True,
         timeout=60,
     )
-    time.sleep(3.0)
+
+    def wait_for_stats(stopped: str | None) -> None:
+        """Until a stats line says the car drove (5 frames or more) or stood stopped for that reason
+        (no frame): a log line, not a time, so a slow start only makes it later."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = subprocess.run(["podman", "logs", container_name], env=env, capture_output=True, text=True)
+            for line in logs.stderr.splitlines():
+                if "stats pilot.stats " in line:
+                    st = json.loads(line.split("stats pilot.stats ", 1)[1].rsplit(" event=", 1)[0])
+                    if st["stopped"] == stopped and (st["frames"] == 0 if stopped else st["frames"] >= 5):
+                        return
+            time.sleep(0.2)
+        raise AssertionError(f"no stats line with stopped={stopped!r}:\n{logs.stderr[-2000:]}")
+
+    wait_for_stats(None)
     subprocess.run(["podman", "kill", "--signal", "USR1", container_name], env=env, check=True, capture_output=True)
-    time.sleep(2.5)
+    wait_for_stats("emergency stop (SIGUSR1)")
     subprocess.run(["podman", "stop", "-t", "10", container_name], env=env, check=True, capture_output=True, timeout=30)
     logs = subprocess.run(["podman", "logs", container_name], env=env, capture_output=True, text=True, check=True)
     out = json.loads(logs.stdout.strip().splitlines()[-1])
-    assert out["totals"]["frames"] > 20  # it drove before the stop
+    assert out["totals"]["frames"] >= 5  # it drove before the stop
     assert "emergency stop (SIGUSR1)" in out["stop_reasons"]
     assert out["last_stats"]["stopped"] == "emergency stop (SIGUSR1)" and out["last_stats"]["frames"] == 0
     assert out["final_throttle"] == 0.0
