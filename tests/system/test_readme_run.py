@@ -42,7 +42,7 @@ def test_scripts_run_starts_agent_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     if not broker_was_running:
         # The broker the script started is gone again, and it saved its persistence database
         # (mosquitto started as root must not drop to a user that cannot write there).
-        wait_until(lambda: not port_open(1883), 5, "the script's broker to stop")
+        wait_until(lambda: not port_open(1883), 30, "the script's broker to stop")
         broker_log = (state / "mosquitto.log").read_text(errors="replace")
         assert "Permission denied" not in broker_log, broker_log
         assert (state / "mosquitto" / "mosquitto.db").stat().st_size > 0, broker_log

@@ -78,7 +78,7 @@ def test_short_certificates_renewed_continuously_while_a_module_streams_telemetr
         assert status["state"] in ("valid", "renewing") and log.count("EVENT=identity.enrolled") == 1
         assert "EVENT=identity.retry" not in log, log[-3000:]
         assert device.agent.proc.proc.pid == agent_pid  # type: ignore[union-attr]
-        wait_until(lambda: device.agent.answers(), 5, "the agent still answering")
+        wait_until(lambda: device.agent.answers(), 30, "the agent still answering")
     finally:
         if module is not None and module.poll() is None:
             module.kill()
