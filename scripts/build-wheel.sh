@@ -49,20 +49,29 @@ fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 mkdir -p "$out"
-# pip builds in the source tree; a stale build/ could smuggle deleted modules into the wheel.
-rm -rf "$repo/build"
+# pip builds in the source tree (build/, *.egg-info): it builds from a copy of the sources, so two
+# builds at once (the test suite's two workers) never share or delete each other's build/, a stale
+# build/ cannot smuggle deleted modules into a wheel, and the checkout is left as it was.
+src=$(mktemp -d "${TMPDIR:-/tmp}/edge-wheel-src.XXXXXX")
+trap 'rm -rf "$src"' EXIT
+copy_sources() {  # FROM TO FILES...: the files a wheel is made of, without caches
+  local from=$1 to=$2
+  shift 2
+  mkdir -p "$to"
+  (cd "$from" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' "$@") | tar -xf - -C "$to"
+}
+copy_sources "$repo" "$src/agent" pyproject.toml README.md edge_agent
+copy_sources "$repo/shared" "$src/shared" pyproject.toml edge_shared
 # The shared leaf (shared/) first: the agent's wheel names it as a dependency, found in OUTDIR.
 build_shared() {
-  rm -rf "$repo/shared/build"
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo/shared"
-  rm -rf "$repo/shared/build"
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$src/shared"
 }
 if [ -z "$with_deps" ]; then
   build_shared
-  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$src/agent"
 elif [ -z "$machine" ]; then
   build_shared
-  "$python" -m pip wheel --quiet --find-links "$out" --wheel-dir "$out" "$repo"
+  "$python" -m pip wheel --quiet --find-links "$out" --wheel-dir "$out" "$src/agent"
 else
   if [ -n "$agent_wheel" ]; then
     cp "$agent_wheel" "$out/"
@@ -72,8 +81,7 @@ else
     if [ -n "$shared_wheels" ]; then cp $shared_wheels "$out/"; else build_shared; fi
   else
     build_shared
-    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$repo"
-    rm -rf "$repo/build"
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$out" "$src/agent"
     version=$(sed -n 's/^version = "\([^"]*\)"$/\1/p' "$repo/pyproject.toml" | head -n1)
     wheel=$(ls "$out"/edge_agent-"$version"-py3-none-any.whl)
   fi
