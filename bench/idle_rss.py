@@ -227,7 +227,7 @@ def run_production(seconds: int) -> list[Series]:
     from quickstart.story import Options, Story
 
     root = REPO_ROOT / ".bench" / "idle-production"
-    story = Story(Options(root=root, out=root / "out", interactive=False))
+    story = Story(Options(work=root / "run", out=root / "out", interactive=False))
     base: subprocess.Popen[bytes] | None = None
     try:
         print("production: setting up the quickstart device (steps 1-4 of scripts/run) ...", flush=True)

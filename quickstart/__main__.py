@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / ".quickstart" / "out",
                         help="folder for the pictures and figures.json (default .quickstart/out)")
+    parser.add_argument("--work", type=Path, default=REPO / ".quickstart" / "run", metavar="DIR",
+                        help="folder for everything the story starts (broker, registry, TPM, agent), its keys, "
+                             "state and logs; emptied at the next start, so it must be new, empty or one the "
+                             "quickstart made (default .quickstart/run)")
     parser.add_argument("--drive", type=float, default=20.0, metavar="SECONDS",
                         help="seconds of live driving shown before the outage (default 20)")
     parser.add_argument("--outage", type=float, default=20.0, metavar="SECONDS",
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                              "TPM, podman service, keys and identity)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    story = Story(Options(root=REPO / ".quickstart", out=args.out.resolve(), drive_s=args.drive,
+    story = Story(Options(work=args.work.resolve(), out=args.out.resolve(), drive_s=args.drive,
                           outage_s=args.outage, interactive=not args.non_interactive))
     started = time.monotonic()
     print("edge-agent quickstart: the whole edge story on this machine (Ctrl-C stops everything)", flush=True)

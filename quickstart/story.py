@@ -30,6 +30,7 @@ from quickstart.procs import QS_LABEL, Processes, clean_stale, remove_containers
 
 REPO = infra.REPO
 DEVICE = "quickstart-rover"
+WORK_MARKER = ".quickstart-work"  # in every work folder the story made: only such a folder is emptied
 FLEET_USER = "fleet-ops"  # the operator certificate's CN (config/mosquitto/edge-agent.acl)
 PREFIX = "edge"
 STEPS = 9
@@ -45,7 +46,7 @@ class StoryError(Exception):
 
 @dataclass
 class Options:
-    root: Path  # .quickstart
+    work: Path  # everything the story starts and keeps (default .quickstart/run); emptied at each start
     out: Path
     drive_s: float = 20.0  # driving before the outage
     outage_s: float = 20.0
@@ -74,7 +75,7 @@ class Run:
 class Story:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.work = opts.root / "run"
+        self.work = opts.work
         self.enrollment_conf = self.work / "fleet" / "enrollment.toml"
         self.run_state = Run()
         self.procs: Processes | None = None
@@ -172,7 +173,12 @@ class Story:
 
     def prepare(self) -> None:
         """Clean what a previous run left behind, then a fresh work folder."""
-        self.opts.root.mkdir(parents=True, exist_ok=True)
+        made_here = (self.work / WORK_MARKER).exists() or (self.work / "pids").is_dir()  # (older runs: no marker)
+        if self.work.exists() and any(self.work.iterdir()) and not made_here:
+            # the folder is emptied below: never one the story did not make (a mistyped --work)
+            raise StoryError(f"work folder {self.work} is not empty and was not made by the quickstart "
+                             f"(no {WORK_MARKER} in it): name an empty or new folder")
+        self.work.parent.mkdir(parents=True, exist_ok=True)
         stale = clean_stale(self.work / "pids") if (self.work / "pids").exists() else []
         containers = remove_containers()
         if stale or containers:
@@ -181,6 +187,7 @@ class Story:
             shutil.rmtree(self.work)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self.work.mkdir(mode=0o700, parents=True)
+        (self.work / WORK_MARKER).write_text("a work folder of scripts/run: emptied at its next start\n")
         self.procs = Processes(self.work)
         self.env = {
             # edgectl reads broker settings from this file: no flags on every command

@@ -12,27 +12,43 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from devinfra.procs import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-WORK = REPO / ".quickstart" / "run"
-QS_LABEL = "qs-quickstart"
+# The test's own work folder and container label: the checkout's .quickstart and a developer's
+# quickstart running on the same machine are left alone. A short path: the podman service's socket
+# lives in it.
+RUN_ID = uuid.uuid4().hex[:8]
+WORK = Path(tempfile.gettempdir()) / f"qs-test-{RUN_ID}" / "run"  # made by the story itself
+QS_LABEL = f"qs-test-{RUN_ID}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_work_folder() -> Iterator[None]:
+    yield
+    shutil.rmtree(WORK.parent, ignore_errors=True)
 
 
 def _start(out: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [str(REPO / "scripts" / "run"), "--non-interactive", "--drive", "8", "--outage", "8",
-             "--out", str(out), *extra],
+             "--work", str(WORK), "--out", str(out), *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "EDGE_QUICKSTART_LABEL": QS_LABEL},
         )
 
 

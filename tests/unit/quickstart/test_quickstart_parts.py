@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from quickstart import pictures
 from quickstart.procs import Processes, clean_stale
@@ -92,3 +93,18 @@ def test_empty_inputs_still_make_a_labelled_picture(tmp_path: Path) -> None:
     assert pictures.latency_picture([], tmp_path / "latency.png") == {"frames": 0}
     pictures.queue_picture([], None, tmp_path / "queue.png")
     assert cv2.imread(str(tmp_path / "latency.png")) is not None
+
+
+def test_a_work_folder_the_story_did_not_make_is_refused_and_left_whole(tmp_path: Path) -> None:
+    """The story empties its work folder at each start: a mistyped --work must not empty another."""
+    from quickstart.story import WORK_MARKER, Options, Story, StoryError
+
+    work = tmp_path / "documents"
+    work.mkdir()
+    (work / "thesis.txt").write_text("precious")
+    story = Story(Options(work=work, out=tmp_path / "out", interactive=False))
+    with pytest.raises(StoryError, match=f"work folder {work} is not empty and was not made by the quickstart"):
+        story.prepare()
+    assert (work / "thesis.txt").read_text() == "precious" and story.procs is None
+    assert not (work / WORK_MARKER).exists()
+    # (a folder the story made, with the marker, is emptied and reused: tests/system/test_quickstart.py)
