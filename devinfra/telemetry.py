@@ -157,3 +157,8 @@ def assert_in_order(records: list[dict[str, Any]]) -> None:
         stream = rec["stream"]
         assert rec["seq"] > last.get(stream, 0), f"stream {stream}: seq {rec['seq']} after {last.get(stream)}"
         last[stream] = rec["seq"]
+
+
+def answered(path: Path) -> int:
+    """How many answers a test module (tests/integration/telemetry/sender.py) has written: its lines."""
+    return path.read_text().count("\n") if path.exists() else 0

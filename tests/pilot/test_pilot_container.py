@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from devinfra.pilot_image import ensure_pilot_image
 
 from .conftest import REPO, SHIPPED_MODEL, container_models
+from .helpers import stats_in
 from .test_telemetry import IngestServer
 
 
@@ -178,10 +179,9 @@ def test_emergency_stop_from_outside_the_container(image: str, container_name: s
         while time.monotonic() < deadline:
             logs = subprocess.run(["podman", "logs", container_name], env=env, capture_output=True, text=True)
             for line in logs.stderr.splitlines():
-                if "stats pilot.stats " in line:
-                    st = json.loads(line.split("stats pilot.stats ", 1)[1].rsplit(" event=", 1)[0])
-                    if st["stopped"] == stopped and (st["frames"] == 0 if stopped else st["frames"] >= 5):
-                        return
+                st = stats_in(line) or {}
+                if st and st["stopped"] == stopped and (st["frames"] == 0 if stopped else st["frames"] >= 5):
+                    return
             time.sleep(0.2)
         raise AssertionError(f"no stats line with stopped={stopped!r}:\n{logs.stderr[-2000:]}")
 

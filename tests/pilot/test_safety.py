@@ -27,7 +27,7 @@ from edge_pilot.sim.world import SimWorld
 
 from .conftest import deliver
 from .fakes import FakeI2CBus
-from .helpers import LoopThread, wait_for
+from .helpers import LoopThread, stats_in, wait_for
 
 EDGE_PILOT = [sys.executable, "-m", "edge_pilot.cli"]
 
@@ -129,9 +129,9 @@ def run_cli_until(args: list[str], steps: list[tuple[Callable[[str], bool], int]
 
 def test_emergency_stop_signal_stops_a_driving_car(short_model: Path) -> None:
     def stats_line(line: str, *, stopped: str | None, frames: int) -> bool:
-        if "stats pilot.stats " not in line:
+        st = stats_in(line)
+        if st is None:
             return False
-        st = json.loads(line.split("stats pilot.stats ", 1)[1].rsplit(" event=", 1)[0])
         return bool(st["stopped"] == stopped and (st["frames"] == 0 if frames == 0 else st["frames"] >= frames))
 
     out, err = run_cli_until(

@@ -19,13 +19,10 @@ from pathlib import Path
 from devinfra.agent import AgentProcess
 from devinfra.mosquitto import Mosquitto
 from devinfra.procs import require_binary, wait_until
-from devinfra.telemetry import BROKER_CONF, agent_config
+from devinfra.telemetry import BROKER_CONF, agent_config, answered
 
 KILLS = 20
 
-
-def lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
 
 
 
@@ -85,10 +82,10 @@ def test_sigkill_mid_write_with_keys_and_resends_gives_zero_duplicates(tmp_path:
             start_new_session=True,
         )
         for _ in range(KILLS):
-            answered = lines(answers_file)
+            before = answered(answers_file)
             time.sleep(rng.uniform(0.2, 1.2))
             # a kill mid-stream on a machine of any speed: the restarted agent answered 100 more first
-            wait_until(lambda n=answered: lines(answers_file) >= n + 100, 120, "100 more answers")
+            wait_until(lambda n=before: answered(answers_file) >= n + 100, 120, "100 more answers")
             agent.kill()  # SIGKILL, mid-write
             agent.start()
         time.sleep(0.5)

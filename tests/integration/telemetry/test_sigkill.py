@@ -17,16 +17,13 @@ from pathlib import Path
 from devinfra.agent import AgentProcess
 from devinfra.mosquitto import Mosquitto
 from devinfra.procs import wait_until
-from devinfra.telemetry import BROKER_CONF, Follower, agent_config, assert_in_order
+from devinfra.telemetry import BROKER_CONF, Follower, agent_config, answered, assert_in_order
 
 KILLS = 22
 
 
 BATCH, WINDOW = 50, 4
 
-
-def lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
 
 
 def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -> None:
@@ -56,10 +53,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) 
             start_new_session=True,
         )
         for _ in range(KILLS):
-            answered = lines(acked_file)
+            before = answered(acked_file)
             time.sleep(rng.uniform(0.2, 1.5))
             # a kill mid-stream on a machine of any speed: the restarted agent answered 100 more first
-            wait_until(lambda n=answered: lines(acked_file) >= n + 100, 120, "100 more answers")
+            wait_until(lambda n=before: answered(acked_file) >= n + 100, 120, "100 more answers")
             agent.kill()
             agent.start()
         time.sleep(1.0)
